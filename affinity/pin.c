@@ -1,0 +1,197 @@
+/* pin.c - pinning the calling thread to CPUs, and the affinity error text.
+ *
+ * All calls act on the calling thread through sched_{get,set}affinity(0).
+ *
+ * The allowed set. After a thread pins itself to one CPU its own mask is
+ * that CPU, so validating a second pin against the current mask alone would
+ * refuse to move a pinned worker anywhere else. We therefore also remember
+ * the mask the process had when the library was loaded: a constructor reads
+ * it before main() runs (before any pool or user code could pin), and a
+ * forked worker inherits the variable with the rest of memory. A CPU is
+ * allowed when it is in that start mask or in the current mask. The kernel
+ * checks again (cgroup cpuset, offline CPUs) and its EINVAL becomes ours,
+ * with the same kind of message.
+ *
+ * The error text is a thread-local buffer in the style of dlerror(): every
+ * affinity call clears it on entry and a failure fills it, so it always
+ * describes the calling thread's last affinity call.
+ */
+#include "affinity/affinity.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char errbuf[512];
+
+/* The process's mask at library load; start_ok is 0 when it could not be
+ * read (then only the current mask counts). Written once by the constructor
+ * before main(), read-only afterwards, so no locking is needed. */
+static fp_cpuset start_mask;
+static int start_ok;
+
+__attribute__((constructor)) static void capture_start_mask(void) {
+  start_ok = fp__affinity_getmask(&start_mask) == 0;
+}
+
+void fp__affinity_seterr(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+  va_end(ap);
+}
+
+void fp__affinity_clearerr(void) {
+  errbuf[0] = '\0';
+}
+
+const char *fp_affinity_error(void) {
+  return errbuf;
+}
+
+/* Copies our bitset into a kernel mask of size bytes (allocated by the
+ * caller with CPU_ALLOC). */
+static void to_kernel(const fp_cpuset *set, cpu_set_t *k, size_t size) {
+  CPU_ZERO_S(size, k);
+  for (int c = 0; c < FP_CPU_MAX; c++)
+    if (fp_cpuset_isset(set, c))
+      CPU_SET_S((size_t)c, size, k);
+}
+
+/* sched_getaffinity fails with EINVAL when the buffer is smaller than the
+ * kernel's cpumask (kernels built for more CPUs than glibc's 1024), so grow
+ * the buffer until it fits. CPUs at or beyond FP_CPU_MAX are dropped: we
+ * cannot name them. */
+int fp__affinity_getmask(fp_cpuset *out) {
+  for (int ncpu = FP_CPU_MAX; ncpu <= (1 << 16); ncpu *= 2) {
+    size_t size = CPU_ALLOC_SIZE(ncpu);
+    cpu_set_t *k = CPU_ALLOC(ncpu);
+    if (k == NULL)
+      return FP_ENOMEM;
+    if (sched_getaffinity(0, size, k) == 0) {
+      fp_cpuset_zero(out);
+      for (int c = 0; c < FP_CPU_MAX; c++)
+        if (CPU_ISSET_S((size_t)c, size, k))
+          fp_cpuset_set(out, c);
+      CPU_FREE(k);
+      return 0;
+    }
+    int err = errno;
+    CPU_FREE(k);
+    if (err != EINVAL)
+      return -err;
+  }
+  return FP_EINVAL;
+}
+
+/* Computes the allowed set (start mask | current mask) into *out. Returns 0
+ * or the error of reading the current mask. */
+static int allowed_set(fp_cpuset *out) {
+  int rc = fp__affinity_getmask(out);
+  if (rc != 0)
+    return rc;
+  if (start_ok)
+    for (size_t i = 0; i < FP_CPU_MAX / 64; i++)
+      out->bits[i] |= start_mask.bits[i];
+  return 0;
+}
+
+/* Applies *set to the calling thread after validation against the allowed
+ * set. what names the request in messages ("CPU 7", "CPUs 5,7"). */
+static int set_mask(const fp_cpuset *set) {
+  fp_cpuset allowed, bad;
+  char a[FP_CPULIST_MAX], b[FP_CPULIST_MAX];
+  int rc;
+
+  if (fp_cpuset_count(set) == 0) {
+    fp__affinity_seterr("empty CPU set");
+    return FP_EINVAL;
+  }
+  if ((rc = allowed_set(&allowed)) != 0) {
+    fp__affinity_seterr("sched_getaffinity: %s", strerror(-rc));
+    return rc;
+  }
+  for (size_t i = 0; i < FP_CPU_MAX / 64; i++)
+    bad.bits[i] = set->bits[i] & ~allowed.bits[i];
+  if (fp_cpuset_count(&bad) > 0) {
+    fp_cpulist_format(&allowed, a, sizeof a);
+    fp_cpulist_format(&bad, b, sizeof b);
+    fp__affinity_seterr("CPU%s %s not in allowed set %s",
+                        fp_cpuset_count(&bad) > 1 ? "s" : "", b, a);
+    return FP_EINVAL;
+  }
+
+  cpu_set_t *k = CPU_ALLOC(FP_CPU_MAX);
+  size_t size = CPU_ALLOC_SIZE(FP_CPU_MAX);
+  if (k == NULL) {
+    fp__affinity_seterr("out of memory");
+    return FP_ENOMEM;
+  }
+  to_kernel(set, k, size);
+  rc = sched_setaffinity(0, size, k) == 0 ? 0 : -errno;
+  CPU_FREE(k);
+  if (rc != 0) {
+    fp_cpulist_format(set, b, sizeof b);
+    fp_cpulist_format(&allowed, a, sizeof a);
+    fp__affinity_seterr("sched_setaffinity(%s): %s (allowed set %s)", b,
+                        strerror(-rc), a);
+  }
+  return rc;
+}
+
+int fp_affinity_pin(int cpu) {
+  fp_cpuset set;
+  fp_cpuset allowed;
+  char a[FP_CPULIST_MAX];
+
+  fp__affinity_clearerr();
+  if (cpu < 0 || cpu >= FP_CPU_MAX) {
+    if (allowed_set(&allowed) == 0)
+      fp_cpulist_format(&allowed, a, sizeof a);
+    else
+      snprintf(a, sizeof a, "unknown");
+    fp__affinity_seterr("CPU %d not in allowed set %s", cpu, a);
+    return FP_EINVAL;
+  }
+  fp_cpuset_zero(&set);
+  fp_cpuset_set(&set, cpu);
+  return set_mask(&set);
+}
+
+int fp_affinity_get(fp_cpuset *out) {
+  int rc;
+  fp__affinity_clearerr();
+  if (out == NULL) {
+    fp__affinity_seterr("fp_affinity_get: NULL argument");
+    return FP_EINVAL;
+  }
+  rc = fp__affinity_getmask(out);
+  if (rc != 0)
+    fp__affinity_seterr("sched_getaffinity: %s", strerror(-rc));
+  return rc;
+}
+
+int fp_affinity_set(const fp_cpuset *set) {
+  fp__affinity_clearerr();
+  if (set == NULL) {
+    fp__affinity_seterr("fp_affinity_set: NULL argument");
+    return FP_EINVAL;
+  }
+  return set_mask(set);
+}
+
+int fp_current_cpu(void) {
+  int cpu = sched_getcpu();
+  return cpu >= 0 ? cpu : -errno;
+}
+
+int fp__affinity_apply(int cpu) {
+  if (cpu == -1) {
+    fp__affinity_clearerr();
+    return 0;
+  }
+  return fp_affinity_pin(cpu);
+}
