@@ -1,0 +1,295 @@
+/* progress.c - opt-in progress output for pool jobs (see progress.h).
+ *
+ * One reporter per job. The pool thread calls fp__progress_update() with
+ * the cumulative number of finished items; the reporter decides whether to
+ * say anything. Three outputs, all optional:
+ *
+ *   BAR     a tqdm-like bar on stderr, redrawn in place with '\r' at most
+ *           ten times a second and once more, with a newline, at finish:
+ *             forkpool(n=2):  40%|############       | 40/100
+ * [00:01<00:01, 33.30it/s] LINES   joblib-style lines, one per growing step of
+ * `done` (1, 2, 4, 8, ... items) but never closer than 0.5 s apart, plus at
+ * least one every 10 s while work progresses, and a final line:
+ *             [forkpool(n=2)]: Done 40 of 100 tasks | elapsed: 1.2s
+ * remaining: 1.8s [forkpool(n=2)]: Done 100 of 100 tasks | elapsed: 3.0s
+ * finished the user's callback, called on every update that passes the 0.1 s
+ * rate limit (in every mode) and once at finish.
+ *
+ * With an unknown total (-1) no percentage, bar or remaining time is shown.
+ *
+ * Cost on the hot path: fp__progress_update() stores `done`, reads
+ * CLOCK_MONOTONIC once and compares it with the next tick time; only past
+ * a tick does it format anything. Each line is written to fd 2 with one
+ * write(2) call (looping only on EINTR and short writes), so nothing sits in
+ * a stdio buffer and lines from different processes do not interleave
+ * mid-line. Write errors are ignored: progress output must never fail a job.
+ *
+ * The reporter is used by one thread at a time (the pool thread), so it
+ * needs no lock.
+ */
+#include "pool/progress.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TICK_SEC 0.1      /* bar redraws and callbacks: at most 10 per s */
+#define LINE_MIN_SEC 0.5  /* joblib lines: never closer than this */
+#define LINE_MAX_SEC 10.0 /* ... and at least this often while progressing */
+#define LINE_CAP 512      /* one output line, bar included */
+#define BAR_MIN 10        /* bar width bounds, in characters */
+#define BAR_MAX 40
+
+struct fp__progress {
+  fp_progress_mode mode; /* BAR, LINES or CALLBACK (AUTO resolved) */
+  fp_progress_fn cb;
+  void *cb_arg;
+  int nworkers;
+  int64_t total;     /* -1: unknown */
+  int64_t done;      /* last value given to update */
+  int64_t printed;   /* done at the last line/bar written, -1: none yet */
+  int64_t next_done; /* LINES: the next step of done worth a line */
+  double t0;         /* creation time */
+  double next_tick;  /* earliest time of the next bar/callback/line */
+  double last_line;  /* LINES: time of the last line */
+  int bar_len;       /* BAR: visible length of the last bar drawn */
+};
+
+/* Returns CLOCK_MONOTONIC in seconds. */
+static double now_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Writes the n bytes at buf to fd 2 in as few write(2) calls as the kernel
+ * allows (one, unless interrupted or short). Errors are ignored. */
+static void write_all(const char *buf, size_t n) {
+  while (n > 0) {
+    ssize_t k = write(STDERR_FILENO, buf, n);
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      return;
+    }
+    buf += k;
+    n -= (size_t)k;
+  }
+}
+
+/* Appends printf-formatted text at buf[*len], never past cap - 1 bytes;
+ * output that does not fit is truncated. */
+static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+    FP_PRINTF(4, 5);
+static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
+  va_list ap;
+  int k;
+  if (*len + 1 >= cap)
+    return;
+  va_start(ap, fmt);
+  k = vsnprintf(buf + *len, cap - *len, fmt, ap);
+  va_end(ap);
+  if (k < 0)
+    return;
+  *len += (size_t)k < cap - *len ? (size_t)k : cap - *len - 1;
+}
+
+/* Formats a duration the way joblib does: "1.2s", "2.5min", "1.1h". */
+static void append_short_time(char *buf, size_t cap, size_t *len, double t) {
+  if (t < 0)
+    t = 0;
+  if (t < 60)
+    append(buf, cap, len, "%.1fs", t);
+  else if (t < 3600)
+    append(buf, cap, len, "%.1fmin", t / 60);
+  else
+    append(buf, cap, len, "%.1fh", t / 3600);
+}
+
+/* Formats a duration the way tqdm does: "MM:SS", or "H:MM:SS" past an
+ * hour. */
+static void append_clock(char *buf, size_t cap, size_t *len, double t) {
+  long s = t < 0 ? 0 : (long)t;
+  if (s >= 3600)
+    append(buf, cap, len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  else
+    append(buf, cap, len, "%02ld:%02ld", s / 60, s % 60);
+}
+
+/* Returns the width of the terminal on fd 2, or 80 when unknown. */
+static int term_width(void) {
+  struct winsize ws;
+  if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    return ws.ws_col;
+  return 80;
+}
+
+/* Writes one joblib-style line for the current state. `final` gives the
+ * "finished" form. */
+static void emit_line(fp__progress *pg, double now, int final) {
+  char buf[LINE_CAP];
+  size_t len = 0;
+  double el = now - pg->t0;
+  append(buf, sizeof buf, &len, "[forkpool(n=%d)]: Done %lld", pg->nworkers,
+         (long long)pg->done);
+  if (pg->total >= 0)
+    append(buf, sizeof buf, &len, " of %lld", (long long)pg->total);
+  append(buf, sizeof buf, &len, " tasks | elapsed: ");
+  append_short_time(buf, sizeof buf, &len, el);
+  if (final) {
+    append(buf, sizeof buf, &len, " finished");
+  } else if (pg->total >= 0 && pg->done > 0) {
+    double left = el * (double)(pg->total - pg->done) / (double)pg->done;
+    append(buf, sizeof buf, &len, " remaining: ");
+    append_short_time(buf, sizeof buf, &len, left);
+  }
+  append(buf, sizeof buf, &len, "\n");
+  write_all(buf, len);
+  pg->printed = pg->done;
+  pg->last_line = now;
+}
+
+/* Redraws the bar in place ('\r' first, spaces over any leftover of a
+ * longer previous bar); `final` ends it with a newline. The line is kept
+ * one column short of the terminal width so it never wraps. */
+static void emit_bar(fp__progress *pg, double now, int final) {
+  char tail[LINE_CAP], buf[LINE_CAP];
+  size_t tlen = 0, len = 0;
+  double el = now - pg->t0;
+  double rate = el > 0 ? (double)pg->done / el : 0;
+  int width = term_width() - 1, prefix_len, pad;
+  char prefix[64];
+
+  prefix_len =
+      snprintf(prefix, sizeof prefix, "forkpool(n=%d): ", pg->nworkers);
+  if (prefix_len < 0 || prefix_len >= (int)sizeof prefix)
+    prefix_len = 0, prefix[0] = '\0';
+
+  /* The tail after the bar: "| 40/100 [00:01<00:01, 33.30it/s]". */
+  if (pg->total >= 0)
+    append(tail, sizeof tail, &tlen, "| %lld/%lld [", (long long)pg->done,
+           (long long)pg->total);
+  else
+    append(tail, sizeof tail, &tlen, "%lldit [", (long long)pg->done);
+  append_clock(tail, sizeof tail, &tlen, el);
+  if (pg->total >= 0) {
+    append(tail, sizeof tail, &tlen, "<");
+    if (pg->done > 0 && rate > 0)
+      append_clock(tail, sizeof tail, &tlen,
+                   (double)(pg->total - pg->done) / rate);
+    else
+      append(tail, sizeof tail, &tlen, "?");
+  }
+  if (rate >= 1 || pg->done == 0)
+    append(tail, sizeof tail, &tlen, ", %.2fit/s]", rate);
+  else
+    append(tail, sizeof tail, &tlen, ", %.2fs/it]", 1 / rate);
+
+  append(buf, sizeof buf, &len, "\r%s", prefix);
+  if (pg->total >= 0) {
+    int64_t d = pg->done < pg->total ? pg->done : pg->total;
+    double frac = pg->total > 0 ? (double)d / (double)pg->total : 1.0;
+    int bar = width - prefix_len - 5 - (int)tlen; /* "100%|" is 5 */
+    int fill, i;
+    if (bar > BAR_MAX)
+      bar = BAR_MAX;
+    if (bar < BAR_MIN)
+      bar = BAR_MIN;
+    fill = (int)(frac * bar);
+    append(buf, sizeof buf, &len, "%3d%%|", (int)(frac * 100));
+    for (i = 0; i < bar && len + 2 < sizeof buf; i++)
+      buf[len++] = i < fill ? '#' : ' ';
+    buf[len] = '\0';
+  }
+  append(buf, sizeof buf, &len, "%s", tail);
+
+  /* Blank out what is left of a longer previous bar. */
+  pad = pg->bar_len - (int)(len - 1);
+  pg->bar_len = (int)(len - 1);
+  while (pad-- > 0 && len + 2 < sizeof buf)
+    buf[len++] = ' ';
+  if (final)
+    buf[len++] = '\n';
+  write_all(buf, len);
+  pg->printed = pg->done;
+}
+
+int fp__progress_new(fp__progress **out, fp_progress_mode mode,
+                     fp_progress_fn cb, void *cb_arg, int nworkers,
+                     int64_t total) {
+  fp__progress *pg;
+  *out = NULL;
+  if (mode == FP_PROGRESS_OFF || mode == FP_PROGRESS_DEFAULT)
+    return 0;
+  pg = calloc(1, sizeof *pg);
+  if (pg == NULL)
+    return FP_ENOMEM;
+  if (mode == FP_PROGRESS_AUTO)
+    mode = isatty(STDERR_FILENO) ? FP_PROGRESS_BAR : FP_PROGRESS_LINES;
+  pg->mode = mode;
+  pg->cb = cb;
+  pg->cb_arg = cb_arg;
+  pg->nworkers = nworkers;
+  pg->total = total < 0 ? -1 : total;
+  pg->printed = -1;
+  pg->next_done = 1;
+  pg->t0 = now_sec();
+  pg->next_tick = pg->t0; /* the first update may report at once */
+  pg->last_line = pg->t0 - LINE_MIN_SEC;
+  *out = pg;
+  return 0;
+}
+
+void fp__progress_update(fp__progress *pg, int64_t done) {
+  double now;
+  if (pg == NULL)
+    return;
+  pg->done = done;
+  now = now_sec();
+  if (now < pg->next_tick)
+    return; /* the hot path: one clock read, one compare */
+  pg->next_tick = now + TICK_SEC;
+  if (pg->cb != NULL)
+    pg->cb(done, pg->total, now - pg->t0, pg->cb_arg);
+  switch (pg->mode) {
+  case FP_PROGRESS_BAR:
+    emit_bar(pg, now, 0);
+    break;
+  case FP_PROGRESS_LINES:
+    /* A line per doubling of done, rate-limited, plus a heartbeat. */
+    if (done > pg->printed && now - pg->last_line >= LINE_MIN_SEC &&
+        (done >= pg->next_done || now - pg->last_line >= LINE_MAX_SEC)) {
+      emit_line(pg, now, 0);
+      while (pg->next_done <= done)
+        pg->next_done *= 2;
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+void fp__progress_set_total(fp__progress *pg, int64_t total) {
+  if (pg == NULL)
+    return;
+  pg->total = total < 0 ? -1 : total;
+}
+
+void fp__progress_finish(fp__progress *pg) {
+  double now;
+  if (pg == NULL)
+    return;
+  now = now_sec();
+  if (pg->cb != NULL)
+    pg->cb(pg->done, pg->total, now - pg->t0, pg->cb_arg);
+  if (pg->mode == FP_PROGRESS_BAR)
+    emit_bar(pg, now, 1);
+  else if (pg->mode == FP_PROGRESS_LINES)
+    emit_line(pg, now, 1);
+  free(pg);
+}

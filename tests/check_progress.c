@@ -1,0 +1,367 @@
+/* check_progress.c - tests of the progress reporter (pool/progress.c).
+ *
+ * The reporter is driven directly through fp__progress_* (no pool needed).
+ * Its output goes to fd 2, so each test points fd 2 at a temporary file
+ * with dup2() for the duration (capture_begin / capture_end) and then
+ * checks the text: line formats, rate limiting (many updates give few
+ * lines), the final line, callback counts, unknown totals, and that OFF
+ * writes nothing at all. Rate limits are real time, so a few tests sleep
+ * for a fraction of a second.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "forkpool.h"
+#include "pool/progress.h"
+#include "testutil.h"
+
+static int saved_fd = -1;
+static FILE *cap_file;
+
+/* Points fd 2 at a fresh temporary file. */
+static void capture_begin(void) {
+  cap_file = tmpfile();
+  ck_assert_ptr_nonnull(cap_file);
+  saved_fd = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved_fd, 0);
+  ck_assert_int_ge(dup2(fileno(cap_file), STDERR_FILENO), 0);
+}
+
+/* Restores fd 2 and returns what was written to it (malloc'd,
+ * NUL-terminated; the caller frees it). */
+static char *capture_end(void) {
+  long n;
+  char *text;
+  ck_assert_int_ge(dup2(saved_fd, STDERR_FILENO), 0);
+  close(saved_fd);
+  saved_fd = -1;
+  n = lseek(fileno(cap_file), 0, SEEK_END);
+  ck_assert_int_ge(n, 0);
+  text = malloc((size_t)n + 1);
+  ck_assert_ptr_nonnull(text);
+  ck_assert_int_eq(pread(fileno(cap_file), text, (size_t)n, 0), n);
+  text[n] = '\0';
+  fclose(cap_file);
+  cap_file = NULL;
+  return text;
+}
+
+/* Counts occurrences of the character c in s. */
+static int count_char(const char *s, char c) {
+  int n = 0;
+  for (; *s; s++)
+    n += *s == c;
+  return n;
+}
+
+/* Sleeps for ms milliseconds. */
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0)
+    ;
+}
+
+typedef struct cb_log {
+  int calls;
+  int64_t last_done, last_total;
+  double last_elapsed;
+} cb_log;
+
+static void log_cb(int64_t done, int64_t total, double elapsed, void *arg) {
+  cb_log *log = arg;
+  log->calls++;
+  log->last_done = done;
+  log->last_total = total;
+  log->last_elapsed = elapsed;
+}
+
+START_TEST(progress_new_off_gives_null_and_prints_nothing) {
+  fp__progress *pg = (fp__progress *)1;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_OFF, NULL, NULL, 2, 10),
+                   0);
+  ck_assert_ptr_null(pg);
+  fp__progress_update(pg, 5); /* NULL is ignored */
+  fp__progress_set_total(pg, 5);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_str_eq(out, "");
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_lines_final_line_format) {
+  fp__progress *pg;
+  char *out, *last;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_LINES, NULL, NULL, 2, 100),
+                   0);
+  ck_assert_ptr_nonnull(pg);
+  for (int i = 1; i <= 100; i++)
+    fp__progress_update(pg, i);
+  fp__progress_finish(pg);
+  out = capture_end();
+  /* Every line is a joblib-style line ending in a newline. */
+  ck_assert_int_gt(strlen(out), 0);
+  ck_assert_int_eq(out[strlen(out) - 1], '\n');
+  out[strlen(out) - 1] = '\0';
+  last = strrchr(out, '\n');
+  last = last ? last + 1 : out;
+  ck_assert_msg(
+      strncmp(last, "[forkpool(n=2)]: Done 100 of 100 tasks | elapsed: ", 50) ==
+          0,
+      "bad final line: %s", last);
+  ck_assert_msg(strstr(last, "s finished") != NULL, "no finished: %s", last);
+  ck_assert_ptr_null(strchr(out, '\r'));
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_lines_rate_limited) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_LINES, NULL, NULL, 4, 1000000), 0);
+  for (int i = 1; i <= 1000000; i++)
+    fp__progress_update(pg, i);
+  fp__progress_finish(pg);
+  out = capture_end();
+  /* A million updates in well under a second: the first line, perhaps one
+   * more, and the final line. */
+  ck_assert_msg(count_char(out, '\n') <= 3, "too many lines:\n%s", out);
+  ck_assert_ptr_nonnull(strstr(out, "Done 1000000 of 1000000 tasks"));
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_lines_intermediate_has_remaining) {
+  fp__progress *pg;
+  char *out, *line;
+  int lines = 0;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_LINES, NULL, NULL, 2, 100),
+                   0);
+  sleep_ms(50);
+  fp__progress_update(pg, 10); /* first line at once */
+  sleep_ms(600);
+  fp__progress_update(pg, 40); /* past 0.5 s and past the next step */
+  sleep_ms(100);
+  fp__progress_update(pg, 41); /* too soon: no line */
+  fp__progress_finish(pg);
+  out = capture_end();
+  for (line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+    lines++;
+    ck_assert_msg(strncmp(line, "[forkpool(n=2)]: Done ", 22) == 0, "%s", line);
+    if (lines == 1)
+      ck_assert_msg(strstr(line, "Done 10 of 100 tasks | elapsed: 0.") &&
+                        strstr(line, "s remaining: "),
+                    "%s", line);
+    if (lines == 2)
+      ck_assert_msg(strstr(line, "Done 40 of 100 tasks | elapsed: 0.") &&
+                        (strstr(line, "s remaining: 0.9s") ||
+                         strstr(line, "s remaining: 1.0s") ||
+                         strstr(line, "s remaining: 1.1s")),
+                    "%s", line);
+    if (lines == 3)
+      ck_assert_msg(strstr(line, "Done 41 of 100 tasks") &&
+                        strstr(line, "finished"),
+                    "%s", line);
+  }
+  ck_assert_int_eq(lines, 3);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_lines_unknown_total) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_LINES, NULL, NULL, 3, -1),
+                   0);
+  fp__progress_update(pg, 7);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_msg(strncmp(out, "[forkpool(n=3)]: Done 7 tasks | elapsed: ", 41) ==
+                    0,
+                "%s", out);
+  ck_assert_ptr_null(strstr(out, " of "));
+  ck_assert_ptr_null(strstr(out, "remaining"));
+  ck_assert_int_eq(count_char(out, '\n'), 2);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_set_total_used_by_final_line) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_LINES, NULL, NULL, 2, -1),
+                   0);
+  fp__progress_update(pg, 5);
+  fp__progress_set_total(pg, 5);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_msg(strstr(out, "Done 5 of 5 tasks | elapsed: ") &&
+                    strstr(out, "finished\n"),
+                "%s", out);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_bar_redraws_in_place) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, 50),
+                   0);
+  for (int i = 1; i <= 50; i++)
+    fp__progress_update(pg, i);
+  fp__progress_finish(pg);
+  out = capture_end();
+  /* One newline only, at the very end; every draw starts with '\r'. */
+  ck_assert_int_eq(count_char(out, '\n'), 1);
+  ck_assert_int_eq(out[strlen(out) - 1], '\n');
+  ck_assert_int_eq(out[0], '\r');
+  /* A million updates would not draw more than ~10 per s: here 2. */
+  ck_assert_int_le(count_char(out, '\r'), 3);
+  ck_assert_msg(strstr(out, "forkpool(n=2): 100%|#") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "| 50/50 [00:00<00:00, ") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "it/s]") != NULL, "%s", out);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_bar_rate_limited) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, 2000000), 0);
+  for (int i = 1; i <= 2000000; i++)
+    fp__progress_update(pg, i);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_int_le(count_char(out, '\r'), 12);
+  ck_assert_ptr_nonnull(strstr(out, "2000000/2000000"));
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_bar_unknown_total) {
+  fp__progress *pg;
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, -1),
+                   0);
+  fp__progress_update(pg, 3);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_ptr_null(strchr(out, '%'));
+  ck_assert_ptr_null(strchr(out, '<'));
+  ck_assert_msg(strstr(out, "forkpool(n=2): 3it [00:00, ") != NULL, "%s", out);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_auto_without_tty_gives_lines) {
+  fp__progress *pg;
+  char *out;
+  capture_begin(); /* fd 2 is a regular file, not a TTY */
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_AUTO, NULL, NULL, 2, 4),
+                   0);
+  fp__progress_update(pg, 4);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_ptr_null(strchr(out, '\r'));
+  ck_assert_ptr_nonnull(strstr(out, "Done 4 of 4 tasks"));
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_callback_only_prints_nothing) {
+  fp__progress *pg;
+  cb_log log = {0};
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_CALLBACK, log_cb, &log, 2, 100000), 0);
+  for (int i = 1; i <= 100000; i++)
+    fp__progress_update(pg, i);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_str_eq(out, "");
+  /* Rate-limited: the first update, maybe a tick or two, and the end. */
+  ck_assert_int_ge(log.calls, 2);
+  ck_assert_int_le(log.calls, 4);
+  ck_assert_int_eq(log.last_done, 100000);
+  ck_assert_int_eq(log.last_total, 100000);
+  ck_assert(log.last_elapsed >= 0);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_callback_ticks_ten_per_second) {
+  fp__progress *pg;
+  cb_log log = {0};
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_LINES, log_cb, &log, 2, -1), 0);
+  for (int i = 1; i <= 50; i++) {
+    fp__progress_update(pg, i);
+    sleep_ms(10);
+  }
+  fp__progress_finish(pg);
+  out = capture_end();
+  /* 0.5 s of updates every 10 ms: about 5 ticks plus the final call. */
+  ck_assert_msg(log.calls >= 4 && log.calls <= 8, "calls=%d", log.calls);
+  ck_assert_int_eq(log.last_total, -1);
+  ck_assert_int_eq(log.last_done, 50);
+  ck_assert_ptr_nonnull(strstr(out, "Done 50 tasks | elapsed: "));
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_finish_without_updates) {
+  fp__progress *pg;
+  cb_log log = {0};
+  char *out;
+  capture_begin();
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_LINES, log_cb, &log, 1, 0),
+                   0);
+  fp__progress_finish(pg);
+  out = capture_end();
+  ck_assert_int_eq(log.calls, 1);
+  ck_assert_msg(
+      strncmp(out, "[forkpool(n=1)]: Done 0 of 0 tasks | elapsed: ", 46) == 0,
+      "%s", out);
+  free(out);
+}
+END_TEST
+
+Suite *progress_suite(void) {
+  Suite *s = suite_create("progress");
+  TCase *tc = tcase_create("progress");
+  tcase_set_timeout(tc, 20);
+  tcase_add_test(tc, progress_new_off_gives_null_and_prints_nothing);
+  tcase_add_test(tc, progress_lines_final_line_format);
+  tcase_add_test(tc, progress_lines_rate_limited);
+  tcase_add_test(tc, progress_lines_intermediate_has_remaining);
+  tcase_add_test(tc, progress_lines_unknown_total);
+  tcase_add_test(tc, progress_set_total_used_by_final_line);
+  tcase_add_test(tc, progress_bar_redraws_in_place);
+  tcase_add_test(tc, progress_bar_rate_limited);
+  tcase_add_test(tc, progress_bar_unknown_total);
+  tcase_add_test(tc, progress_auto_without_tty_gives_lines);
+  tcase_add_test(tc, progress_callback_only_prints_nothing);
+  tcase_add_test(tc, progress_callback_ticks_ten_per_second);
+  tcase_add_test(tc, progress_finish_without_updates);
+  suite_add_tcase(s, tc);
+  return s;
+}
