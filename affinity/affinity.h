@@ -45,8 +45,8 @@ int fp__affinity_plan_topo(const fp_topology *topo, fp_pin_policy policy,
                            int *cpu_of_worker, char *err, size_t errlen);
 
 /* Pins the calling worker to cpu; cpu == -1 is a no-op returning 0. Same
- * results as fp_affinity_pin(). Async-signal-unsafe parts: none beyond
- * sched_setaffinity and snprintf of the error message. */
+ * results and message as fp_affinity_pin(). Allocates nothing, so it is
+ * safe first thing in a freshly forked worker. */
 int fp__affinity_apply(int cpu);
 
 /* Loads a topology as fp_topology_get() does, but reads every file under

@@ -22,7 +22,6 @@
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char errbuf[512];
@@ -52,35 +51,43 @@ const char *fp_affinity_error(void) {
   return errbuf;
 }
 
-/* Copies our bitset into a kernel mask of size bytes (allocated by the
- * caller with CPU_ALLOC). */
-static void to_kernel(const fp_cpuset *set, cpu_set_t *k, size_t size) {
-  CPU_ZERO_S(size, k);
+/* Our bitset and glibc's cpu_set_t cover the same 1024 CPUs, so a plain
+ * cpu_set_t on the stack holds any fp_cpuset: the common paths allocate
+ * nothing, which keeps them safe in a freshly forked worker. */
+_Static_assert(FP_CPU_MAX <= CPU_SETSIZE, "fp_cpuset must fit a cpu_set_t");
+
+/* Copies the first FP_CPU_MAX CPUs of a kernel mask of size bytes. */
+static void from_kernel(const cpu_set_t *k, size_t size, fp_cpuset *out) {
+  fp_cpuset_zero(out);
   for (int c = 0; c < FP_CPU_MAX; c++)
-    if (fp_cpuset_isset(set, c))
-      CPU_SET_S((size_t)c, size, k);
+    if (CPU_ISSET_S((size_t)c, size, k))
+      fp_cpuset_set(out, c);
 }
 
 /* sched_getaffinity fails with EINVAL when the buffer is smaller than the
- * kernel's cpumask (kernels built for more CPUs than glibc's 1024), so grow
- * the buffer until it fits. CPUs at or beyond FP_CPU_MAX are dropped: we
- * cannot name them. */
+ * kernel's cpumask (kernels built for more CPUs than glibc's 1024). Then
+ * grow a heap buffer until it fits. CPUs at or beyond FP_CPU_MAX are
+ * dropped: we cannot name them. */
 int fp__affinity_getmask(fp_cpuset *out) {
-  for (int ncpu = FP_CPU_MAX; ncpu <= (1 << 16); ncpu *= 2) {
+  cpu_set_t k;
+  if (sched_getaffinity(0, sizeof k, &k) == 0) {
+    from_kernel(&k, sizeof k, out);
+    return 0;
+  }
+  if (errno != EINVAL)
+    return -errno;
+  for (int ncpu = 2 * CPU_SETSIZE; ncpu <= (1 << 16); ncpu *= 2) {
     size_t size = CPU_ALLOC_SIZE(ncpu);
-    cpu_set_t *k = CPU_ALLOC(ncpu);
-    if (k == NULL)
+    cpu_set_t *big = CPU_ALLOC(ncpu);
+    if (big == NULL)
       return FP_ENOMEM;
-    if (sched_getaffinity(0, size, k) == 0) {
-      fp_cpuset_zero(out);
-      for (int c = 0; c < FP_CPU_MAX; c++)
-        if (CPU_ISSET_S((size_t)c, size, k))
-          fp_cpuset_set(out, c);
-      CPU_FREE(k);
+    if (sched_getaffinity(0, size, big) == 0) {
+      from_kernel(big, size, out);
+      CPU_FREE(big);
       return 0;
     }
     int err = errno;
-    CPU_FREE(k);
+    CPU_FREE(big);
     if (err != EINVAL)
       return -err;
   }
@@ -99,11 +106,15 @@ static int allowed_set(fp_cpuset *out) {
   return 0;
 }
 
-/* Applies *set to the calling thread after validation against the allowed
- * set. what names the request in messages ("CPU 7", "CPUs 5,7"). */
+/* Applies *set to the calling thread after validating it against the
+ * allowed set. Returns 0, FP_EINVAL (empty set, a CPU not allowed, or the
+ * kernel refused) or another -errno; the thread's affinity error says why.
+ * A mask shorter than the kernel's is fine for sched_setaffinity: the
+ * missing CPUs count as not set. */
 static int set_mask(const fp_cpuset *set) {
   fp_cpuset allowed, bad;
   char a[FP_CPULIST_MAX], b[FP_CPULIST_MAX];
+  cpu_set_t k;
   int rc;
 
   if (fp_cpuset_count(set) == 0) {
@@ -124,21 +135,17 @@ static int set_mask(const fp_cpuset *set) {
     return FP_EINVAL;
   }
 
-  cpu_set_t *k = CPU_ALLOC(FP_CPU_MAX);
-  size_t size = CPU_ALLOC_SIZE(FP_CPU_MAX);
-  if (k == NULL) {
-    fp__affinity_seterr("out of memory");
-    return FP_ENOMEM;
-  }
-  to_kernel(set, k, size);
-  rc = sched_setaffinity(0, size, k) == 0 ? 0 : -errno;
-  CPU_FREE(k);
-  if (rc != 0) {
-    fp_cpulist_format(set, b, sizeof b);
-    fp_cpulist_format(&allowed, a, sizeof a);
-    fp__affinity_seterr("sched_setaffinity(%s): %s (allowed set %s)", b,
-                        strerror(-rc), a);
-  }
+  CPU_ZERO(&k);
+  for (int c = 0; c < FP_CPU_MAX; c++)
+    if (fp_cpuset_isset(set, c))
+      CPU_SET(c, &k);
+  if (sched_setaffinity(0, sizeof k, &k) == 0)
+    return 0;
+  rc = -errno;
+  fp_cpulist_format(set, b, sizeof b);
+  fp_cpulist_format(&allowed, a, sizeof a);
+  fp__affinity_seterr("sched_setaffinity(%s): %s (allowed set %s)", b,
+                      strerror(-rc), a);
   return rc;
 }
 
