@@ -1,0 +1,68 @@
+/* shm_array.c - the manager's raw shared arrays.
+ *
+ * An array is one arena object: the 64-byte object header, a 64-byte
+ * descriptor (its size), then the zero-filled bytes, 64-byte aligned so
+ * that tasks writing neighbouring slices do not share a cache line at the
+ * start. Creation and destruction are single allocator steps, so they are
+ * crash-safe like every object; the bytes themselves are the user's: the
+ * library never locks or repairs them.
+ */
+#include "ipc/shm_arena.h"
+
+#define ARRAY_HDR 128
+
+struct fp_array {
+  fp__shm_obj hdr;
+  uint64_t size;
+  uint64_t reserved[7];
+  unsigned char data[];
+};
+
+_Static_assert(sizeof(struct fp_array) == ARRAY_HDR, "array header size");
+
+int fp_array_new(fp_manager *m, size_t size, fp_array **out) {
+  void *o;
+  int rc;
+
+  if (out != NULL)
+    *out = NULL;
+  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
+    return FP_EINVAL;
+  if (size > FP__SHM_MAX_SIZE)
+    return FP_EMSGSIZE;
+  /* fp__shm_obj_new zero-fills the whole chunk. */
+  rc = fp__shm_obj_new(m, FP__SHM_ARRAY, ARRAY_HDR + (uint64_t)size, NULL, NULL,
+                       &o);
+  if (rc != 0)
+    return rc;
+  ((fp_array *)o)->size = size;
+  *out = o;
+  return 0;
+}
+
+int fp_array_destroy(fp_array *a) {
+  int rc = fp__shm_obj_check(a, FP__SHM_ARRAY);
+  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&a->hdr), &a->hdr);
+}
+
+void *fp_array_data(fp_array *a) {
+  return fp__shm_obj_check(a, FP__SHM_ARRAY) == 0 ? a->data : NULL;
+}
+
+size_t fp_array_size(const fp_array *a) {
+  return fp__shm_obj_check(a, FP__SHM_ARRAY) == 0 ? (size_t)a->size : 0;
+}
+
+uint64_t fp_array_ref(const fp_array *a) {
+  if (fp__shm_obj_check(a, FP__SHM_ARRAY) != 0)
+    return 0;
+  return fp__shm_obj_ref(&a->hdr);
+}
+
+int fp_array_from_ref(fp_manager *m, uint64_t ref, fp_array **out) {
+  int err;
+  if (out == NULL)
+    return FP_EINVAL;
+  *out = fp__shm_obj_from_ref(m, ref, FP__SHM_ARRAY, &err);
+  return err;
+}

@@ -1,0 +1,191 @@
+/* shm_sync.c - the manager's counter and lock.
+ *
+ * A counter is an arena object holding one 8-byte aligned _Atomic int64_t;
+ * every call is a single C11 atomic operation (sequentially consistent), so
+ * it never blocks and a process killed at any instant leaves either the old
+ * or the new value: there is nothing to repair. Lock-free on every platform
+ * where atomic_is_lock_free(int64) holds (x86-64, AArch64), which is also
+ * what makes it safe across processes.
+ *
+ * A lock is an arena object holding one robust, process-shared pthread
+ * mutex. When its holder dies the kernel marks it owner-dead; the next
+ * acquirer gets EOWNERDEAD, which we turn into FP_EOWNERDEAD after calling
+ * pthread_mutex_consistent(): the caller owns the lock and must check the
+ * state the lock protects (we cannot know what that state is).
+ */
+#include "ipc/shm_arena.h"
+
+#include <math.h>
+#include <time.h>
+
+struct fp_counter {
+  fp__shm_obj hdr;
+  _Atomic int64_t value;
+};
+
+struct fp_lock {
+  fp__shm_obj hdr;
+  pthread_mutex_t mu;
+};
+
+_Static_assert(sizeof(fp__shm_obj) % 8 == 0, "counter must be 8-aligned");
+
+/* --- counter ------------------------------------------------------------ */
+
+static int init_counter(void *obj, void *arg) {
+  atomic_init(&((fp_counter *)obj)->value, *(int64_t *)arg);
+  return 0;
+}
+
+int fp_counter_new(fp_manager *m, int64_t initial, fp_counter **out) {
+  void *o;
+  int rc;
+
+  if (out != NULL)
+    *out = NULL;
+  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
+    return FP_EINVAL;
+  rc = fp__shm_obj_new(m, FP__SHM_COUNTER, sizeof(fp_counter), init_counter,
+                       &initial, &o);
+  if (rc == 0)
+    *out = o;
+  return rc;
+}
+
+int fp_counter_destroy(fp_counter *c) {
+  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
+  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&c->hdr), &c->hdr);
+}
+
+int fp_counter_add(fp_counter *c, int64_t delta, int64_t *new_value) {
+  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
+  if (rc != 0)
+    return rc;
+  /* fetch_add on a signed atomic wraps (C11 7.17.7.5): no UB. */
+  int64_t old = atomic_fetch_add(&c->value, delta);
+  if (new_value != NULL)
+    *new_value = (int64_t)((uint64_t)old + (uint64_t)delta);
+  return 0;
+}
+
+int fp_counter_get(fp_counter *c, int64_t *value) {
+  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
+  if (rc != 0)
+    return rc;
+  if (value == NULL)
+    return FP_EINVAL;
+  *value = atomic_load(&c->value);
+  return 0;
+}
+
+int fp_counter_set(fp_counter *c, int64_t value) {
+  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
+  if (rc != 0)
+    return rc;
+  atomic_store(&c->value, value);
+  return 0;
+}
+
+int fp_counter_cas(fp_counter *c, int64_t *expected, int64_t desired) {
+  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
+  if (rc != 0)
+    return rc;
+  if (expected == NULL)
+    return FP_EINVAL;
+  return atomic_compare_exchange_strong(&c->value, expected, desired) ? 1 : 0;
+}
+
+uint64_t fp_counter_ref(const fp_counter *c) {
+  if (fp__shm_obj_check(c, FP__SHM_COUNTER) != 0)
+    return 0;
+  return fp__shm_obj_ref(&c->hdr);
+}
+
+int fp_counter_from_ref(fp_manager *m, uint64_t ref, fp_counter **out) {
+  int err;
+  if (out == NULL)
+    return FP_EINVAL;
+  *out = fp__shm_obj_from_ref(m, ref, FP__SHM_COUNTER, &err);
+  return err;
+}
+
+/* --- lock --------------------------------------------------------------- */
+
+static int init_lock(void *obj, void *arg) {
+  return fp__shm_mutex_init(&((fp_lock *)obj)->mu);
+}
+
+int fp_lock_new(fp_manager *m, fp_lock **out) {
+  void *o;
+  int rc;
+
+  if (out != NULL)
+    *out = NULL;
+  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
+    return FP_EINVAL;
+  rc = fp__shm_obj_new(m, FP__SHM_LOCK, sizeof(fp_lock), init_lock, NULL, &o);
+  if (rc == 0)
+    *out = o;
+  return rc;
+}
+
+int fp_lock_destroy(fp_lock *l) {
+  int rc = fp__shm_obj_check(l, FP__SHM_LOCK);
+  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&l->hdr), &l->hdr);
+}
+
+int fp_lock_acquire(fp_lock *l, double timeout) {
+  int rc = fp__shm_obj_check(l, FP__SHM_LOCK);
+  if (rc != 0)
+    return rc;
+  if (isnan(timeout))
+    return FP_EINVAL;
+  if (timeout < 0) {
+    rc = pthread_mutex_lock(&l->mu);
+  } else if (timeout == 0) {
+    rc = pthread_mutex_trylock(&l->mu);
+    if (rc == EBUSY)
+      rc = ETIMEDOUT;
+  } else {
+    /* A monotonic deadline, immune to wall-clock jumps. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (timeout > 1e9)
+      timeout = 1e9;
+    double whole = floor(timeout);
+    ts.tv_sec += (time_t)whole;
+    ts.tv_nsec += (long)((timeout - whole) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    rc = pthread_mutex_clocklock(&l->mu, CLOCK_MONOTONIC, &ts);
+  }
+  if (rc == EOWNERDEAD) {
+    pthread_mutex_consistent(&l->mu);
+    return FP_EOWNERDEAD;
+  }
+  return -rc;
+}
+
+int fp_lock_release(fp_lock *l) {
+  int rc = fp__shm_obj_check(l, FP__SHM_LOCK);
+  if (rc != 0)
+    return rc;
+  rc = pthread_mutex_unlock(&l->mu);
+  return rc == EPERM ? FP_EPERM : -rc;
+}
+
+uint64_t fp_lock_ref(const fp_lock *l) {
+  if (fp__shm_obj_check(l, FP__SHM_LOCK) != 0)
+    return 0;
+  return fp__shm_obj_ref(&l->hdr);
+}
+
+int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out) {
+  int err;
+  if (out == NULL)
+    return FP_EINVAL;
+  *out = fp__shm_obj_from_ref(m, ref, FP__SHM_LOCK, &err);
+  return err;
+}
