@@ -1,0 +1,147 @@
+/* bogosort.c - 1000 tiny arrays sorted by bogosort, split into one
+ * partition per worker: the seed's joblib Parallel(verbose=...) example.
+ *
+ * Bogosort shuffles an array until it happens to be sorted: for 8 distinct
+ * values that takes 8! = 40,320 shuffles on average, a nicely CPU-bound and
+ * wildly uneven task (the count is geometric). Each array carries its own
+ * seed, so the shuffles it goes through are the same in the sequential loop
+ * and in any worker: the outputs, shuffle counts included, must be equal.
+ *
+ * The Python seed splits the arrays with np.array_split(arrays, n_jobs) and
+ * hands one partition to each joblib job. The C form of that is
+ * fp_pool_map over an array of structs with chunksize = ceil(n / workers):
+ * one chunk, one task, per worker. Progress goes to stderr as joblib-style
+ * lines (FP_PROGRESS_LINES), like joblib's verbose output. A table then
+ * times the same map with 1 .. 2 x CPUs workers: past the CPU count more
+ * workers only share the same cores.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/demo.h"
+
+#define LEN 8
+#define SEED 42ULL
+
+/* One array to sort, with the seed of its shuffles. */
+typedef struct job {
+  int32_t a[LEN];
+  uint64_t seed;
+} job;
+
+/* The sorted array and how many shuffles it took. */
+typedef struct sorted {
+  int32_t a[LEN];
+  uint64_t shuffles;
+} sorted;
+
+/* Returns 1 when a[0..LEN) is in non-decreasing order. */
+static int is_sorted(const int32_t *a) {
+  for (int i = 1; i < LEN; i++)
+    if (a[i - 1] > a[i])
+      return 0;
+  return 1;
+}
+
+/* Task: bogosorts one array. Python: while not is_sorted(a): shuffle(a). */
+static int bogosort_task(const void *in, void *out) {
+  const job *j = in;
+  sorted *s = out;
+  demo_rng r;
+  demo_rng_seed(&r, j->seed);
+  memcpy(s->a, j->a, sizeof s->a);
+  s->shuffles = 0;
+  while (!is_sorted(s->a)) {
+    for (int i = LEN - 1; i > 0; i--) { /* Fisher-Yates */
+      int k = (int)demo_rng_below(&r, (uint64_t)i + 1);
+      int32_t t = s->a[i];
+      s->a[i] = s->a[k];
+      s->a[k] = t;
+    }
+    s->shuffles++;
+  }
+  return 0;
+}
+
+/* Times one fp_pool_map of the jobs with one partition per worker. */
+static double run_partitioned(const demo_opts *o, int workers,
+                              fp_progress_mode progress, const job *jobs,
+                              size_t n, sorted *out) {
+  demo_opts po = *o;
+  fp_pool *pool;
+  fp_call_opts co = {0};
+  double t;
+  po.workers = workers;
+  pool = demo_pool(&po, progress, 1);
+  co.chunksize = (n + (size_t)workers - 1) / (size_t)workers;
+  t = demo_now();
+  demo_check(fp_pool_map(pool, bogosort_task, jobs, n, sizeof(job), out,
+                         sizeof(sorted), &co),
+             "fp_pool_map");
+  t = demo_now() - t;
+  fp_pool_close(pool);
+  fp_pool_join(pool);
+  fp_pool_free(pool);
+  return t;
+}
+
+int main(int argc, char **argv) {
+  demo_opts o;
+  size_t n;
+  job *jobs;
+  sorted *seq_out, *par_out;
+  double seq, par, t;
+  uint64_t total = 0;
+  int ok, cpus = fp_cpu_count();
+
+  demo_parse(argc, argv, &o,
+             "bogosort: 1000 arrays of 8 ints, one "
+             "partition per worker");
+  n = 1000; /* the seed's size; the work is the same with --full */
+  jobs = malloc(sizeof(job) * n);
+  seq_out = malloc(sizeof(sorted) * n);
+  par_out = malloc(sizeof(sorted) * n);
+  if (jobs == NULL || seq_out == NULL || par_out == NULL)
+    return 2;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t s = SEED ^ (i * 0x9e3779b97f4a7c15ULL);
+    demo_rng r;
+    demo_rng_seed(&r, demo_splitmix64(&s));
+    for (int k = 0; k < LEN; k++)
+      jobs[i].a[k] = (int32_t)demo_rng_below(&r, 100);
+    jobs[i].seed = demo_rng_next(&r);
+  }
+  demo_say(&o, "bogosort: %zu arrays of %d ints in [0, 100), %d workers\n", n,
+           LEN, o.workers);
+
+  t = demo_now();
+  for (size_t i = 0; i < n; i++)
+    bogosort_task(&jobs[i], &seq_out[i]);
+  seq = demo_now() - t;
+  for (size_t i = 0; i < n; i++)
+    total += seq_out[i].shuffles;
+  demo_say(&o, "  sequential: %.3f s, %llu shuffles in all (%.0f per array)\n",
+           seq, (unsigned long long)total, (double)total / (double)n);
+
+  demo_say(&o, "  parallel, %d partitions of %zu arrays:\n", o.workers,
+           (n + (size_t)o.workers - 1) / (size_t)o.workers);
+  par = run_partitioned(&o, o.workers, FP_PROGRESS_LINES, jobs, n, par_out);
+  ok = memcmp(seq_out, par_out, sizeof(sorted) * n) == 0;
+  for (size_t i = 0; i < n; i++)
+    ok &= is_sorted(par_out[i].a);
+
+  demo_say(&o, "  workers  time (s)  speedup\n");
+  for (int w = 1; w <= 2 * cpus; w++) {
+    double tw;
+    memset(par_out, 0, sizeof(sorted) * n);
+    tw = run_partitioned(&o, w, FP_PROGRESS_OFF, jobs, n, par_out);
+    ok &= memcmp(seq_out, par_out, sizeof(sorted) * n) == 0;
+    demo_say(&o, "  %7d  %8.3f  %6.2fx%s\n", w, tw, seq / tw,
+             w == cpus ? "  <- CPUs" : "");
+  }
+  free(jobs);
+  free(seq_out);
+  free(par_out);
+  return demo_result(&o, "bogosort", seq, par, ok);
+}

@@ -1,0 +1,139 @@
+/* cumsum.c - sum(range(1, n + 1)) for five n, sequentially and with
+ * fp_pool_map: the seed's first example, in C.
+ *
+ * The Python seed computes five sums of about 10^8 integers each, first in a
+ * loop, then with Pool.map and joblib. Here each sum is one fixed-size task:
+ * an int64_t n goes in, an int64_t sum comes out, and fp_pool_map moves the
+ * five inputs and outputs by memcpy, with no encoding at all.
+ *
+ * The kernel must really loop. A C compiler turns a plain summation loop
+ * into n(n+1)/2 (gcc and clang both do, at -O2), which would make the demo
+ * measure nothing; an empty asm statement that "modifies" the accumulator
+ * on every iteration forbids that (check with `objdump -d`: the loop is an
+ * add, an increment, a compare and a branch). The result is verified
+ * against the closed form.
+ *
+ * Five equal tasks on two workers need three rounds where the sequential
+ * loop needs five, so the speedup cannot pass 5/3 = 1.67 whatever the
+ * library does. The demo shows that, then the usual cure: cut each sum into
+ * many slices (partial sums over sub-ranges) so the work divides evenly.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "lib/demo.h"
+
+#define NVALUES 5
+#define SLICES 16 /* per value, in the balanced variant */
+#define REPEAT 3  /* best of: the runs are short, keep the noise out */
+
+/* A sub-range [lo, hi] of integers to sum. */
+typedef struct range {
+  int64_t lo, hi;
+} range;
+
+/* Returns lo + (lo + 1) + ... + hi by actually adding each term. */
+static int64_t sum_range(int64_t lo, int64_t hi) {
+  int64_t acc = 0;
+  for (int64_t i = lo; i <= hi; i++) {
+    acc += i;
+    /* Tell the compiler acc may have changed: no closed form, no SIMD. */
+    __asm__ volatile("" : "+r"(acc));
+  }
+  return acc;
+}
+
+/* Task: *out = sum(range(1, *in + 1)), Python's cumsum(n). */
+static int cumsum_task(const void *in, void *out) {
+  int64_t n = *(const int64_t *)in;
+  *(int64_t *)out = sum_range(1, n);
+  return 0;
+}
+
+/* Task: the partial sum over one slice. */
+static int slice_task(const void *in, void *out) {
+  const range *r = in;
+  *(int64_t *)out = sum_range(r->lo, r->hi);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  demo_opts o;
+  int64_t base, values[NVALUES], seq_out[NVALUES], par_out[NVALUES];
+  int64_t slice_out[NVALUES * SLICES], bal_sum[NVALUES];
+  range slices[NVALUES * SLICES];
+  double seq = 1e9, par = 1e9, bal = 1e9, t;
+  int ok = 1;
+  fp_pool *pool;
+  fp_call_opts co = {.chunksize = 1};
+
+  demo_parse(argc, argv, &o, "cumsum: sum(range(1, n+1)) for five n");
+  base = o.full ? 100000000 : 40000000;
+  for (int i = 0; i < NVALUES; i++)
+    values[i] = base + i;
+  for (int i = 0; i < NVALUES; i++)
+    for (int s = 0; s < SLICES; s++) {
+      int64_t step = values[i] / SLICES;
+      range *r = &slices[i * SLICES + s];
+      r->lo = s * step + 1;
+      r->hi = s == SLICES - 1 ? values[i] : (s + 1) * step;
+    }
+  demo_say(&o,
+           "cumsum: sum(range(1, n+1)) for n = %lld .. %lld "
+           "(%d values), %d workers, best of %d runs\n",
+           (long long)values[0], (long long)values[NVALUES - 1], NVALUES,
+           o.workers, REPEAT);
+
+  pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
+  for (int rep = 0; rep < REPEAT; rep++) {
+    /* Sequential: Python's [cumsum(n) for n in values]. */
+    t = demo_now();
+    for (int i = 0; i < NVALUES; i++)
+      cumsum_task(&values[i], &seq_out[i]);
+    t = demo_now() - t;
+    seq = t < seq ? t : seq;
+
+    /* Parallel: Python's pool.map(cumsum, values). */
+    t = demo_now();
+    demo_check(fp_pool_map(pool, cumsum_task, values, NVALUES, sizeof values[0],
+                           par_out, sizeof par_out[0], &co),
+               "fp_pool_map");
+    t = demo_now() - t;
+    par = t < par ? t : par;
+
+    /* Balanced: 16 slices per value, partial sums added in the master. */
+    t = demo_now();
+    demo_check(fp_pool_map(pool, slice_task, slices, NVALUES * SLICES,
+                           sizeof slices[0], slice_out, sizeof slice_out[0],
+                           NULL),
+               "fp_pool_map");
+    for (int i = 0; i < NVALUES; i++) {
+      bal_sum[i] = 0;
+      for (int s = 0; s < SLICES; s++)
+        bal_sum[i] += slice_out[i * SLICES + s];
+    }
+    t = demo_now() - t;
+    bal = t < bal ? t : bal;
+  }
+  fp_pool_close(pool);
+  fp_pool_join(pool);
+  fp_pool_free(pool);
+
+  for (int i = 0; i < NVALUES; i++) {
+    int64_t n = values[i], want = n * (n + 1) / 2;
+    int good = seq_out[i] == want && par_out[i] == want && bal_sum[i] == want;
+    demo_say(&o, "  n=%lld  sum=%lld  closed form %s\n", (long long)n,
+             (long long)par_out[i], good ? "ok" : "MISMATCH");
+    ok &= good;
+  }
+  demo_say(&o,
+           "  %d tasks on %d workers take %d rounds instead of %d: speedup "
+           "at most %.2fx\n",
+           NVALUES, o.workers, (NVALUES + o.workers - 1) / o.workers, NVALUES,
+           (double)NVALUES / ((NVALUES + o.workers - 1) / o.workers));
+  demo_say(&o,
+           "  balanced variant (%d slices): %.3f s, speedup %.2fx over "
+           "sequential\n",
+           NVALUES * SLICES, bal, seq / bal);
+  return demo_result(&o, "cumsum", seq, par, ok);
+}

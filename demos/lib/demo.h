@@ -1,0 +1,79 @@
+/* demo.h - helpers shared by the demo programs (demos/NAME.c).
+ *
+ * Every demo parses the same options (--workers N, --full, --quiet), times
+ * a sequential and a parallel version of one computation, checks that both
+ * agree, and ends with one machine-readable line that demos/run.sh greps:
+ *
+ *   RESULT <name> seq=<seconds> par=<seconds> speedup=<x> check=ok|FAIL
+ *
+ * This header gathers what they share: the option parser, a monotonic
+ * clock, the result line, a die-on-error helper for forkpool calls and a
+ * small deterministic random number generator (splitmix64 to seed,
+ * xoshiro256** to draw), so that sequential and parallel runs, and runs on
+ * different machines, see exactly the same data.
+ */
+#ifndef DEMO_H
+#define DEMO_H
+
+#include <stdint.h>
+
+#include "forkpool.h"
+
+typedef struct demo_opts {
+  int workers; /* --workers N; default fp_cpu_count() */
+  int full;    /* --full: the seed example's original sizes */
+  int quiet;   /* --quiet: only the RESULT line and errors */
+} demo_opts;
+
+/* Parses argv into *o. Unknown options print the usage (with `extra`, a
+ * line describing the demo, may be NULL) to stderr and exit with status 2;
+ * --help prints it to stdout and exits 0. */
+void demo_parse(int argc, char **argv, demo_opts *o, const char *extra);
+
+/* Returns CLOCK_MONOTONIC in seconds. */
+double demo_now(void);
+
+/* printf to stdout unless --quiet was given. */
+void demo_say(const demo_opts *o, const char *fmt, ...) FP_PRINTF(2, 3);
+
+/* When rc < 0, prints "<what>: <error name>: <message> (<fp_last_error>)"
+ * to stderr and exits with status 2. Returns rc otherwise. */
+int demo_check(int rc, const char *what);
+
+/* Prints the timing summary and the RESULT line; returns the exit status
+ * the demo should end with: 0 when ok, 1 otherwise. */
+int demo_result(const demo_opts *o, const char *name, double seq, double par,
+                int ok);
+
+/* Creates a pool of o->workers workers with the given progress mode and
+ * in-flight depth (0: the library default), or exits with status 2. */
+fp_pool *demo_pool(const demo_opts *o, fp_progress_mode progress, int inflight);
+
+/* --- deterministic random numbers ------------------------------------- */
+
+/* xoshiro256** state. Seed it with demo_rng_seed. */
+typedef struct demo_rng {
+  uint64_t s[4];
+} demo_rng;
+
+/* splitmix64: advances *x and returns the next value; also a good 64-bit
+ * mixing function for deriving seeds (e.g. splitmix of seed ^ index). */
+uint64_t demo_splitmix64(uint64_t *x);
+
+/* Seeds r from one 64-bit value (through splitmix64, as recommended by
+ * the xoshiro authors). */
+void demo_rng_seed(demo_rng *r, uint64_t seed);
+
+/* Returns the next 64 random bits. */
+uint64_t demo_rng_next(demo_rng *r);
+
+/* Returns a uniform double in [0, 1) with 53 random bits. */
+double demo_rng_uniform(demo_rng *r);
+
+/* Returns a uniform integer in [0, n), n > 0, without modulo bias. */
+uint64_t demo_rng_below(demo_rng *r, uint64_t n);
+
+/* Returns a standard normal deviate (Box-Muller, one value per call). */
+double demo_rng_normal(demo_rng *r);
+
+#endif
