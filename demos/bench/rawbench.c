@@ -287,6 +287,18 @@ static void bench_scale(const char *name, int maxw) {
     snprintf(metric, sizeof metric, "scale.%s.w%d", name, w);
     emit(metric, "openmp", dt, "s");
   }
+  /* A second sequential sample after the parallel ones, so that a burst of
+   * noise at the start does not skew every speedup of this run. */
+  t0 = now_s();
+  int64_t again = 0;
+  for (int64_t t = 0; t < k->ntasks; t++)
+    again += k->fn(t);
+  snprintf(metric, sizeof metric, "scale.%s.seq", name);
+  emit(metric, "sequential", now_s() - t0, "s");
+  if (again != want)
+    die("sequential %s: checksum changed", name);
+  snprintf(metric, sizeof metric, "scale.%s.checksum", name);
+  emit(metric, "sequential", (double)want, "sum");
 }
 
 int main(int argc, char **argv) {

@@ -1,0 +1,13 @@
+# rss.gp - master peak RSS vs item count: fp_pool_map (input and output
+# arrays grow with n) and a producer-fed fp_pool_imap_producer (bounded).
+set terminal pngcairo size 900,560 font ",10"
+set output out
+set title "Master peak RSS (fresh process per point)"
+set logscale x
+set grid
+set key top left
+set xlabel "items n"
+set ylabel "peak RSS (MiB)"
+set yrange [0:*]
+plot datadir."/rss.dat" using 1:2 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "fp_pool_map", \
+     "" using 1:3 with linespoints lw 2 pt 5 lc rgb "#2ca02c" title "fp_pool_imap_producer"

@@ -1,0 +1,122 @@
+#!/bin/sh
+# run.sh - runs every benchmark side by side and writes the report.
+#
+#   sh demos/bench/run.sh BUILD_DIR        (what `make bench` runs)
+#   BENCH_QUICK=1 sh demos/bench/run.sh build   (CI smoke test, < 60 s)
+#
+# Runs the raw C baselines (rawbench), forkpool (fpbench) and Python
+# multiprocessing / joblib (py_bench.py, always with /usr/bin/python3, the
+# Debian interpreter that has joblib) group by group, interleaving the sides
+# run after run so that drift on a shared machine hits all sides alike. Every
+# line of every run goes to BUILD/bench/results.txt; report.py then takes
+# the medians, prints the table and writes JSON, Markdown and gnuplot PNGs:
+# into docs/ for a full run, into BUILD/bench-report/ in quick mode (so CI
+# never dirties the tree).
+#
+# A command that fails or hangs (timeout) is reported and its figures are
+# missing from the table; the script then exits 1 after writing the report.
+
+set -u
+BUILD=${1:-build}
+HERE=$(dirname "$0")
+PY=/usr/bin/python3
+QUICK=${BENCH_QUICK:-0}
+[ "$QUICK" = "" ] && QUICK=0
+
+if [ "$QUICK" != 0 ]; then
+  RUNS=1; SRUNS=1; TMO=60; OUT=$BUILD/bench-report; MODE=--quick
+else
+  RUNS=5; SRUNS=3; TMO=300; OUT=docs; MODE=
+fi
+export BENCH_QUICK="$QUICK"
+
+RAW=$BUILD/bench/rawbench
+FP=$BUILD/bench/fpbench
+RES=$BUILD/bench/results.txt
+PROF=$BUILD/bench/profile.txt
+mkdir -p "$BUILD/bench" "$OUT"
+: > "$RES"
+: > "$PROF"
+FAILED=0
+START=$(date +%s)
+
+# --- tools the report needs: gnuplot and joblib ------------------------------
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+need=
+command -v gnuplot >/dev/null 2>&1 || need="$need gnuplot-nox"
+$PY -c 'import joblib' >/dev/null 2>&1 || need="$need python3-joblib"
+if [ -n "$need" ]; then
+  echo "bench: installing$need" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    $SUDO apt-get update -qq >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      --no-install-recommends $need >/dev/null 2>&1 ||
+      echo "bench: could not install$need (plots or joblib rows skipped)" >&2
+  else
+    echo "bench: no apt-get; install$need yourself" >&2
+  fi
+fi
+
+# run CMD...: one run of one group, its lines appended to the results.
+run() {
+  if ! timeout "$TMO" "$@" >> "$RES"; then
+    echo "bench: FAILED: $*" >&2
+    echo "failed cmd=$*" >> "$RES"
+    FAILED=1
+  fi
+}
+
+CORES=$(nproc)
+MAXW=$((2 * CORES))
+echo "bench: $RUNS runs per group, CPU kernels on 1..$MAXW workers" \
+  "($([ "$QUICK" != 0 ] && echo quick || echo full) mode)" >&2
+
+# --- overheads: the three sides interleaved, run after run ------------------
+r=1
+while [ $r -le $RUNS ]; do
+  echo "bench: overheads, run $r of $RUNS" >&2
+  run "$RAW" fork;    run "$FP" startstop; run $PY "$HERE/py_bench.py" startstop
+  run "$RAW" pipe;    run "$FP" apply;     run $PY "$HERE/py_bench.py" apply
+  run "$FP" async;    run $PY "$HERE/py_bench.py" async
+  run "$FP" map;      run $PY "$HERE/py_bench.py" map
+  run "$FP" starmap;  run $PY "$HERE/py_bench.py" starmap
+  run "$FP" imap;     run $PY "$HERE/py_bench.py" imap
+  run "$RAW" pipebw;  run "$RAW" memcpy
+  run "$FP" payload;  run $PY "$HERE/py_bench.py" payload
+  run "$FP" chunks;   run $PY "$HERE/py_bench.py" chunks
+  run "$RAW" shared;  run "$FP" manager;   run $PY "$HERE/py_bench.py" manager
+  r=$((r + 1))
+done
+
+# --- fault tolerance, CPU-bound scaling, pinning, memory ---------------------
+r=1
+while [ $r -le $SRUNS ]; do
+  echo "bench: fault tolerance and CPU kernels, run $r of $SRUNS" >&2
+  run "$FP" fault
+  for k in cumsum bogosort kmeans forest; do
+    run "$RAW" scale $k $MAXW
+    run "$FP" scale $k $MAXW
+  done
+  run "$FP" pin
+  r=$((r + 1))
+done
+echo "bench: peak RSS as n grows" >&2
+run "$FP" rss
+
+# --- where the time goes: software counters of one run per hot group --------
+# (full mode only; perf may be missing or forbidden, which is not an error)
+if [ "$QUICK" = 0 ] && command -v perf >/dev/null 2>&1; then
+  for g in apply async map imap payload; do
+    echo "group=$g" >> "$PROF"
+    perf stat -x, -e task-clock,context-switches,cpu-migrations,page-faults \
+      "$FP" $g 2>> "$PROF" >/dev/null || echo "perf failed" >> "$PROF"
+  done
+fi
+
+END=$(date +%s)
+echo "elapsed=$((END - START))" >> "$RES"
+$PY "$HERE/report.py" --results "$RES" --profile "$PROF" --out "$OUT" \
+  --gp "$HERE" --work "$BUILD/bench/plot" $MODE || FAILED=1
+echo "bench: done in $((END - START)) s; report in $OUT/benchmarks.md" >&2
+exit $FAILED
