@@ -1,0 +1,247 @@
+# Makefile - builds forkpool: libforkpool.a, libforkpool.so (soname
+# libforkpool.so.0), the Check test runner, the demos, the benchmarks and
+# the libFuzzer target. GNU make only, no autotools.
+#
+#   make                 libraries (installs missing Debian packages first)
+#   make check           build and run the test suite (Check's summary last)
+#   make check SANITIZE=1   the same under ASan + UBSan (build/asan)
+#   make check TSAN=1       the same under ThreadSanitizer (build/tsan)
+#   make valgrind        the test runner under valgrind (master side)
+#   make demo            the demo tour;  make demo-python  its Python twin
+#   make bench           benchmarks (BENCH_QUICK=1 for a short smoke run)
+#   make fuzz            the codec fuzzer (FUZZ_SECONDS=60)
+#   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
+#   make deps            install build dependencies (Debian/Ubuntu)
+#   make format          clang-format the tree
+
+PREFIX      ?= /usr/local
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR     ?=
+
+VERSION  := 0.1.0
+SOMAJOR  := 0
+
+ifeq ($(SANITIZE),1)
+BUILD    ?= build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+            -fno-omit-frame-pointer -DFP_ALLOC_LIBC
+OPT      ?= -O1
+else ifeq ($(TSAN),1)
+BUILD    ?= build/tsan
+SANFLAGS := -fsanitize=thread -DFP_ALLOC_LIBC
+OPT      ?= -O1
+else
+BUILD    ?= build
+SANFLAGS ?=
+OPT      ?= -O2
+endif
+
+# Dependencies come from pkg-config. These are recursive (=) variables on
+# purpose: they are expanded only when a recipe runs, i.e. after the
+# $(BUILD)/.deps stamp rule has installed anything that was missing.
+PKGS         := libuv jemalloc
+DEP_CFLAGS    = $(shell pkg-config --cflags $(PKGS))
+DEP_LIBS      = $(shell pkg-config --libs $(PKGS)) -ldl -lm
+CHECK_CFLAGS  = $(shell pkg-config --cflags check)
+CHECK_LIBS    = $(shell pkg-config --libs check)
+
+DEB_PKGS := pkg-config libuv1-dev check libjemalloc-dev
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS   ?=
+BASEFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -pthread -fPIC \
+            -fvisibility=hidden -Iinclude -I. $(SANFLAGS) $(DEP_CFLAGS) $(CFLAGS)
+LDFLAGS  ?=
+
+LIB_SRCS  := $(sort $(wildcard ipc/*.c pool/*.c affinity/*.c))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+STATIC    := $(BUILD)/libforkpool.a
+SHARED    := $(BUILD)/libforkpool.so.$(VERSION)
+SONAME    := libforkpool.so.$(SOMAJOR)
+
+TEST_SRCS  := $(sort $(wildcard tests/*.c))
+TEST_NAMES := $(patsubst tests/check_%.c,%,$(filter tests/check_%.c,$(TEST_SRCS)))
+TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
+RUNNER     := $(BUILD)/tests/runner
+
+DEMO_LIB_SRCS := $(sort $(wildcard demos/lib/*.c))
+DEMO_LIB_OBJS := $(DEMO_LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+DEMO_SRCS  := $(sort $(wildcard demos/*.c))
+DEMOS      := $(DEMO_SRCS:demos/%.c=$(BUILD)/demos/%)
+BENCH_SRCS := $(sort $(wildcard demos/bench/*.c))
+BENCHES    := $(BENCH_SRCS:demos/bench/%.c=$(BUILD)/bench/%)
+DOC_EX_SRCS := $(sort $(wildcard docs/examples/*.c))
+DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
+
+.PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
+        install uninstall clean deps format tsan asan
+.DEFAULT_GOAL := all
+
+all: lib
+lib: $(STATIC) $(SHARED) $(BUILD)/forkpool.pc
+
+# --- dependencies -----------------------------------------------------------
+# The stamp is an order-only prerequisite of every object, so a fresh clone
+# installs what is missing before the first compiler call expands its flags.
+$(BUILD)/.deps:
+	@mkdir -p $(@D)
+	@if ! pkg-config --exists $(PKGS) check 2>/dev/null; then \
+	  echo "forkpool: build dependencies missing; running 'make deps'"; \
+	  $(MAKE) --no-print-directory deps || exit 1; \
+	fi
+	@touch $@
+
+deps:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "forkpool: installing $(DEB_PKGS)"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $(DEB_PKGS) >/dev/null || exit 1; \
+	else \
+	  echo "forkpool: not a Debian/Ubuntu system; install these yourself:" >&2; \
+	  echo "  pkg-config, libuv (>= 1.44) with headers, check (>= 0.15)," >&2; \
+	  echo "  jemalloc (>= 5) with headers" >&2; \
+	  exit 1; \
+	fi
+
+# --- library ----------------------------------------------------------------
+$(BUILD)/obj/%.o: %.c | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(CC) $(BASEFLAGS) -MMD -MP -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(SHARED): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(SANFLAGS) \
+	  -pthread -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
+	ln -sf libforkpool.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf libforkpool.so.$(VERSION) $(BUILD)/libforkpool.so
+
+$(BUILD)/forkpool.pc: Makefile
+	@mkdir -p $(@D)
+	@printf '%s\n' \
+	  'prefix=$(PREFIX)' \
+	  'libdir=$(LIBDIR)' \
+	  'includedir=$(INCLUDEDIR)' \
+	  '' \
+	  'Name: forkpool' \
+	  'Description: multiprocessing.Pool for C: forked workers, shared-memory manager, affinity' \
+	  'Version: $(VERSION)' \
+	  'Requires.private: libuv jemalloc' \
+	  'Cflags: -I$${includedir}' \
+	  'Libs: -L$${libdir} -lforkpool' \
+	  'Libs.private: -pthread -ldl -lm' > $@
+
+# --- tests ------------------------------------------------------------------
+# tests/runner.c includes the generated list of suites: one per
+# tests/check_<name>.c, which must define Suite *<name>_suite(void).
+$(BUILD)/tests/suites.h: FORCE | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	@printf 'FP_SUITE(%s)\n' $(TEST_NAMES) > $@.tmp
+	@cmp -s $@.tmp $@ 2>/dev/null && rm -f $@.tmp || mv $@.tmp $@
+
+$(BUILD)/obj/tests/%.o: tests/%.c $(BUILD)/tests/suites.h | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(CC) $(BASEFLAGS) $(CHECK_CFLAGS) -I$(BUILD)/tests -MMD -MP -c $< -o $@
+
+$(RUNNER): $(TEST_OBJS) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -pthread -rdynamic -o $@ $(TEST_OBJS) $(STATIC) \
+	  $(LDFLAGS) $(CHECK_LIBS) $(DEP_LIBS)
+
+check: $(RUNNER) $(DOC_EXS)
+	@for ex in $(DOC_EXS); do \
+	  $$ex >/dev/null || { echo "docs example $$ex failed"; exit 1; }; \
+	done
+	$(RUNNER)
+
+valgrind: $(RUNNER)
+	CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
+	  --leak-check=full --errors-for-leak-kinds=definite \
+	  --child-silent-after-fork=yes --track-fds=no $(RUNNER)
+
+# --- demos, docs examples, benchmarks ---------------------------------------
+DEMO_CFLAGS = $(BASEFLAGS) -fopenmp -Wno-error=unused-function
+
+$(BUILD)/obj/demos/%.o: demos/%.c | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(CC) $(DEMO_CFLAGS) -Idemos -MMD -MP -c $< -o $@
+
+$(BUILD)/demos/%: $(BUILD)/obj/demos/%.o $(DEMO_LIB_OBJS) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -fopenmp -pthread -rdynamic -o $@ $< $(DEMO_LIB_OBJS) \
+	  $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/demos/bench/%.o $(DEMO_LIB_OBJS) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -fopenmp -pthread -rdynamic -o $@ $< $(DEMO_LIB_OBJS) \
+	  $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+$(BUILD)/obj/docs/examples/%.o: docs/examples/%.c | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(CC) $(BASEFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/docs/%: $(BUILD)/obj/docs/examples/%.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -pthread -rdynamic -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+demos: $(DEMOS)
+
+demo: $(DEMOS)
+	@sh demos/run.sh $(BUILD)/demos
+
+demo-python:
+	@sh demos/python/run.sh
+
+bench: $(BENCHES) $(DEMOS)
+	@sh demos/bench/run.sh $(BUILD)
+
+# --- fuzzing ----------------------------------------------------------------
+FUZZ_SECONDS ?= 60
+FUZZ_BIN     := build/fuzz/fuzz_codec
+FUZZ_LIB_SRCS := $(sort $(wildcard ipc/*.c))
+
+$(FUZZ_BIN): tests/fuzz/fuzz_codec.c $(FUZZ_LIB_SRCS) | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -I. -DFP_ALLOC_LIBC \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -pthread -o $@ $^ $(DEP_LIBS)
+
+fuzz: $(FUZZ_BIN)
+	@mkdir -p build/fuzz/corpus
+	cp -n tests/fuzz/corpus/* build/fuzz/corpus/ 2>/dev/null || true
+	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus
+
+# --- install ----------------------------------------------------------------
+install: lib
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 include/forkpool.h $(DESTDIR)$(INCLUDEDIR)/forkpool.h
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libforkpool.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION)
+	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libforkpool.so
+	install -m 644 $(BUILD)/forkpool.pc $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/forkpool.h \
+	  $(DESTDIR)$(LIBDIR)/libforkpool.a \
+	  $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION) \
+	  $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	  $(DESTDIR)$(LIBDIR)/libforkpool.so \
+	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+
+clean:
+	rm -rf build
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+FORCE:
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,30 @@
+/* testutil.c - helpers shared by the Check suites (see testutil.h). */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+void fp_test_no_children(void) {
+  int status;
+  pid_t pid = waitpid(-1, &status, WNOHANG);
+  ck_assert_msg(pid == -1 && errno == ECHILD,
+                "test left a child process behind (waitpid gave %d)",
+                (int)pid);
+}
+
+int fp_test_count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  int n = 0;
+  if (d == NULL)
+    return -1;
+  while (readdir(d) != NULL)
+    n++;
+  closedir(d);
+  return n - 3; /* ".", ".." and the DIR's own descriptor */
+}
+
+int fp_test_under_valgrind(void) {
+  return getenv("FP_TEST_VALGRIND") != NULL;
+}

@@ -1,0 +1,23 @@
+/* testutil.h - helpers shared by the Check suites.
+ *
+ * fp_test_no_children() is every process-spawning test case's teardown: it
+ * asserts that the test left no child process behind (waitpid(-1) must
+ * report ECHILD). fp_test_count_fds() counts /proc/self/fd entries so a test
+ * can compare before and after.
+ */
+#ifndef FP_TESTUTIL_H
+#define FP_TESTUTIL_H
+
+#include <check.h>
+
+/* Asserts that the calling process has no child (zombie or live). */
+void fp_test_no_children(void);
+
+/* Returns the number of open file descriptors of the calling process. */
+int fp_test_count_fds(void);
+
+/* Returns 1 when the tests run under valgrind (FP_TEST_VALGRIND set), so
+ * heavy cases can shrink their sizes. */
+int fp_test_under_valgrind(void);
+
+#endif
