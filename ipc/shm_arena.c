@@ -25,8 +25,9 @@
  * anundo > 0: the next locker of the allocator mutex (EOWNERDEAD) restores
  * the logged words in reverse order, which is idempotent, so even a repairer
  * that dies is repaired by the next one. Writes into chunks that were not
- * reachable before the step (the "next" word of a chunk being pushed, a new
+ * reachable before the step (the upper halves of a split chunk, a new
  * object's body) need no logging: after a rollback nobody can reach them.
+ * The first word of a chunk being freed IS logged: it was reachable.
  *
  * Structure journals (fp__shm_journal) use the same idea one level up; see
  * the protocol in shm_arena.h and jrollback()/jfinish() below.
@@ -37,12 +38,22 @@
 #include "ipc/shm_arena.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+long fp__shm_crash_countdown;
+
+/* A crash point of the deterministic crash tests (see shm_arena.h). */
+#define CRASH_POINT()                                                          \
+  do {                                                                         \
+    if (fp__shm_crash_countdown > 0 && --fp__shm_crash_countdown == 0)         \
+      kill(getpid(), SIGKILL);                                                 \
+  } while (0)
 
 /* A compiler barrier: keeps stores in program order in the emitted code,
  * which is all a SIGKILLed process's observers need (see shm_arena.h). */
@@ -76,7 +87,10 @@ static void alog(fp_manager *m, uint64_t *p, uint64_t v) {
   BARRIER();
   m->anundo = n + 1;
   BARRIER();
+  CRASH_POINT();
   *p = v;
+  BARRIER();
+  CRASH_POINT();
 }
 
 /* Restores the allocator's undo log, newest entry first, then empties it. */
@@ -87,6 +101,8 @@ static void arollback(fp_manager *m) {
   while (n-- > 0) {
     uint64_t *p = fp__shm_ptr(m, m->aundo[n].off);
     *p = m->aundo[n].old;
+    BARRIER();
+    CRASH_POINT();
   }
   BARRIER();
   m->anundo = 0;
@@ -103,6 +119,9 @@ static void acommit(fp_manager *m) {
 static int alock(fp_manager *m) {
   int rc = pthread_mutex_lock(&m->mu);
   if (rc == EOWNERDEAD) {
+    atomic_fetch_add(&m->recovered, 1);
+    if (m->anundo != 0)
+      atomic_fetch_add(&m->repairs, 1);
     arollback(m);
     pthread_mutex_consistent(&m->mu);
     return 0;
@@ -160,9 +179,11 @@ static uint64_t alloc_locked(fp_manager *m, uint32_t k) {
 
 /* Pushes a chunk of class k back onto its free list (inside a step). */
 static void free_locked(fp_manager *m, uint64_t off, uint32_t k) {
-  /* The chunk's contents are dead once the caller frees it, so its next
-   * word needs no logging even though a rollback makes it live again. */
-  *(uint64_t *)fp__shm_ptr(m, off) = m->free_head[k];
+  /* The link overwrites the chunk's first word, which is logged too: a
+   * rollback makes the chunk live again, and a deep release that is redone
+   * after the rollback reads the chunk's size from that very word. (The
+   * crash-point test found this.) */
+  alog(m, (uint64_t *)fp__shm_ptr(m, off), m->free_head[k]);
   alog(m, &m->free_head[k], off);
 }
 
@@ -202,7 +223,9 @@ void fp__shm_free_slot(fp_manager *m, uint64_t *slot, uint64_t size) {
   if (alock(m) != 0)
     return; /* ENOTRECOVERABLE: never made inconsistent by us */
   if (*slot != 0) {
-    uint32_t k = class_of(size);
+    /* Read a chunk's own size word only now, under the lock: the repair
+     * alock() may just have done restores that very word. */
+    uint32_t k = class_of(size ? size : *(uint64_t *)fp__shm_ptr(m, *slot));
     free_locked(m, *slot, k);
     alog(m, &m->used, m->used - ((uint64_t)1 << k));
     alog(m, &m->nlive, m->nlive - 1);
@@ -252,9 +275,12 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
     aunlock(m);
     return FP_ENOMEM;
   }
-  /* The chunk is unreachable until the registry link below: build it in
-   * full without logging. */
+  /* The chunk is unreachable until the registry link below, except for its
+   * first word if it came off a free list (the list's link, which a
+   * rollback puts back in use): log that word, then build the rest
+   * without logging. */
   o = fp__shm_ptr(m, off);
+  alog(m, (uint64_t *)o, 0);
   memset(o, 0, size);
   o->type = (uint32_t)type;
   o->self = off;
@@ -340,6 +366,7 @@ void fp__shm_jbegin(fp__shm_journal *j) {
   BARRIER();
   j->state = FP__J_ACTIVE;
   BARRIER();
+  CRASH_POINT();
 }
 
 void fp__shm_jwrite(fp_manager *m, fp__shm_journal *j, void *dst,
@@ -363,10 +390,13 @@ void fp__shm_jwrite(fp_manager *m, fp__shm_journal *j, void *dst,
     memcpy(&j->undo[j->nundo].old, d + at, 8);
     BARRIER();
     j->nundo++;
+    BARRIER();
+    CRASH_POINT();
   }
   BARRIER();
   memcpy(d, s, n);
   BARRIER();
+  CRASH_POINT();
 }
 
 void fp__shm_jset(fp_manager *m, fp__shm_journal *j, uint64_t *word,
@@ -380,9 +410,11 @@ void fp__shm_jset(fp_manager *m, fp__shm_journal *j, uint64_t *word,
  * each slot atomically, so a replay skips what was already freed). */
 static void jrollback(fp_manager *m, fp__shm_journal *j) {
   uint32_t n = j->nundo > FP__SHM_UNDO_MAX ? FP__SHM_UNDO_MAX : j->nundo;
-  while (n-- > 0)
+  while (n-- > 0) {
     memcpy(fp__shm_ptr(m, j->undo[n].off), &j->undo[n].old, 8);
-  BARRIER();
+    BARRIER();
+    CRASH_POINT();
+  }
   j->nundo = 0;
   j->deep_n = 0;
   j->release[0] = j->release[1] = 0;
@@ -404,12 +436,15 @@ static void jfinish(fp_manager *m, fp__shm_journal *j) {
   if (j->deep_n != 0 && j->release[0] != 0) {
     uint64_t *arr = fp__shm_ptr(m, j->release[0]);
     for (uint64_t i = 0; i < j->deep_n; i++)
-      if (arr[i] > 1)
-        fp__shm_free_slot(m, &arr[i], *(uint64_t *)fp__shm_ptr(m, arr[i]));
+      if (arr[i] > 1) {
+        fp__shm_free_slot(m, &arr[i], 0); /* size: the chunk's word 0 */
+        CRASH_POINT();
+      }
   }
   BARRIER();
   j->deep_n = 0;
   BARRIER();
+  CRASH_POINT();
   for (int k = 0; k < 2; k++)
     fp__shm_free_slot(m, &j->release[k], j->release_size[k]);
   BARRIER();
@@ -421,6 +456,7 @@ void fp__shm_jcommit(fp_manager *m, fp__shm_journal *j) {
   BARRIER();
   j->state = FP__J_COMMITTED;
   BARRIER();
+  CRASH_POINT();
   jfinish(m, j);
 }
 
@@ -429,6 +465,16 @@ void fp__shm_jabort(fp_manager *m, fp__shm_journal *j) {
 }
 
 void fp__shm_repair(fp_manager *m, fp__shm_journal *j) {
+  if (j->state == FP__J_IDLE)
+    return;
+  atomic_fetch_add(&m->repairs, 1);
+  /* The dead holder may also have died inside an allocator step on one of
+   * this journal's slots. Settle the allocator first (taking its lock rolls
+   * such a step back), so that the slots read below are final: nobody else
+   * touches them, since we hold the structure's lock. (The crash-point
+   * test found the race this prevents.) */
+  if (alock(m) == 0)
+    aunlock(m);
   if (j->state == FP__J_ACTIVE)
     jrollback(m, j);
   else if (j->state == FP__J_COMMITTED)
@@ -453,6 +499,7 @@ int fp__shm_mutex_init(pthread_mutex_t *mu) {
 int fp__shm_lock(fp_manager *m, pthread_mutex_t *mu, fp__shm_journal *j) {
   int rc = pthread_mutex_lock(mu);
   if (rc == EOWNERDEAD) {
+    atomic_fetch_add(&m->recovered, 1);
     /* Repair before declaring the mutex consistent: a repairer that dies
      * half-way leaves the mutex owner-dead again for the next one. */
     if (j != NULL)

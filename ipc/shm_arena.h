@@ -122,6 +122,10 @@ struct fp_manager {
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
   uint64_t gen;      /* objects ever created */
+  _Atomic uint64_t repairs;           /* journals rolled back or forward after a
+                                         holder died (allocator's included) */
+  _Atomic uint64_t recovered;         /* internal locks taken over from a dead
+                                         holder (EOWNERDEAD) */
   uint64_t free_head[FP__SHM_NCLASS]; /* free list per class */
   pthread_mutex_t mu;                 /* protects all of the above */
   uint64_t anundo;                    /* allocator undo log length */
@@ -179,7 +183,9 @@ FP__SHM_HIDDEN int fp__shm_alloc_slot(fp_manager *m, uint64_t *slot,
 
 /* If *slot (inside the arena) is nonzero, frees that chunk of `size`
  * requested bytes and sets *slot to 0, atomically; *slot is read under the
- * allocator lock, so calling it again after a crash is harmless. */
+ * allocator lock, so calling it again after a crash is harmless. size 0
+ * means "the chunk's first u64 holds its size" (dict nodes, list values);
+ * that word is then read under the lock too, after any allocator repair. */
 FP__SHM_HIDDEN void fp__shm_free_slot(fp_manager *m, uint64_t *slot,
                                       uint64_t size);
 
@@ -232,6 +238,13 @@ static inline void fp__shm_put_le64(unsigned char *p, int64_t x) {
   for (int i = 0; i < 8; i++, v >>= 8)
     p[i] = (unsigned char)v;
 }
+
+/* Test hook for deterministic crash tests: when set to n > 0 in a process,
+ * that process SIGKILLs itself at the n-th crash point it passes (every
+ * logged store of the allocator and of the journals, every state change of
+ * a journal, every step of a repair). 0 (the default) disables it. Process
+ * local, not shared. */
+FP__SHM_HIDDEN extern long fp__shm_crash_countdown;
 
 /* --- consistency checker ---------------------------------------------- */
 

@@ -1,0 +1,1041 @@
+/* check_manager.c - tests of the shared-memory manager: arena, dict, list,
+ * counter, lock and array (ipc/shm_*.c).
+ *
+ * Single-process cases pin down every call's success and error paths and
+ * run the full consistency checker (fp__shm_check) afterwards. Multi-process
+ * cases use plain fork() + waitpid() (not the pool) and check exact totals.
+ * The crash cases SIGKILL a child at random points of a tight update loop
+ * and require the next operation in the parent to succeed and the checker
+ * to find every structure valid and no byte leaked.
+ */
+#include "testutil.h"
+
+#include "forkpool.h"
+#include "ipc/shm_arena.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static fp_manager *mgr;
+
+static void setup(void) {
+  fp_manager_opts o = {.arena_size = 64u << 20};
+  ck_assert_int_eq(fp_manager_new(&mgr, &o), 0);
+}
+
+static void teardown(void) {
+  fp_test_no_children();
+  fp_manager_free(mgr);
+  mgr = NULL;
+}
+
+/* Asserts that the whole manager passes the consistency check. */
+static void assert_consistent(void) {
+  char err[256];
+  int rc = fp__shm_check(mgr, err, sizeof(err));
+  ck_assert_msg(rc == 0, "consistency check failed (%d): %s", rc, err);
+}
+
+/* Waits for a child and returns its exit code (-signal if killed). */
+static int reap(pid_t pid) {
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+}
+
+#define K(s) s, strlen(s)
+
+/* --- dict --------------------------------------------------------------- */
+
+START_TEST(dict_set_get_typed_roundtrip) {
+  fp_dict *d;
+  fp_writer w;
+  fp_reader r;
+  int64_t i;
+  double f;
+  const char *s;
+  size_t n;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_dict_set_int(d, K("a"), 42), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("a"), &i), 0);
+  ck_assert_int_eq(i, 42);
+  ck_assert_int_eq(fp_dict_set_float(d, K("f"), 2.5), 0);
+  ck_assert_int_eq(fp_dict_get_float(d, K("f"), &f), 0);
+  ck_assert(f == 2.5);
+  ck_assert_int_eq(fp_dict_set_str(d, K("s"), "hello"), 0);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_dict_get(d, K("s"), &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_str(&r, &s, &n), 0);
+  ck_assert_str_eq(s, "hello");
+  /* Overwrite with a longer value (new node), then same size (in place). */
+  ck_assert_int_eq(fp_dict_set_str(d, K("s"), "a much longer string value"), 0);
+  ck_assert_int_eq(fp_dict_set_int(d, K("a"), -7), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("a"), &i), 0);
+  ck_assert_int_eq(i, -7);
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_dict_get(d, K("s"), &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_str(&r, &s, &n), 0);
+  ck_assert_str_eq(s, "a much longer string value");
+  ck_assert_int_eq(fp_dict_set_bytes(d, "\0b", 2, "\x01\x02", 2), 0);
+  ck_assert_int_eq(fp_dict_contains(d, "\0b", 2), 1);
+  ck_assert_int_eq(fp_dict_set_int(d, "", 0, 1), 0); /* empty key */
+  ck_assert_int_eq(fp_dict_contains(d, "", 0), 1);
+  ck_assert_int_eq(fp_dict_len(d), 5);
+  /* Generic set with an encoded list value. */
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_pack(&w, "[ i s ]", (int64_t)1, "x"), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("l"), w.data, w.len), 0);
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_dict_get(d, K("l"), &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_unpack(&r, "[ i s ]", &i, &s), 0);
+  ck_assert_int_eq(i, 1);
+  fp_writer_free(&w);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(dict_missing_and_wrong_type_fail) {
+  fp_dict *d;
+  fp_writer w;
+  int64_t i;
+  double f;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_dict_get(d, K("nope"), &w), FP_ENOENT);
+  ck_assert_int_eq(fp_dict_get_int(d, K("nope"), &i), FP_ENOENT);
+  ck_assert_int_eq(fp_dict_delete(d, K("nope"), NULL), FP_ENOENT);
+  ck_assert_int_eq(fp_dict_contains(d, K("nope")), 0);
+  ck_assert_int_eq(fp_dict_set_str(d, K("s"), "x"), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("s"), &i), FP_ETYPE);
+  ck_assert_int_eq(fp_dict_get_float(d, K("s"), &f), FP_ETYPE);
+  ck_assert_int_eq(fp_dict_add_int(d, K("s"), 1, &i), FP_ETYPE);
+  ck_assert_int_eq(fp_dict_set_float(d, K("f"), 1.0), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("f"), &i), FP_ETYPE);
+  ck_assert_int_eq(w.len, 0);
+  fp_writer_free(&w);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(dict_atomic_helpers_work) {
+  fp_dict *d;
+  fp_writer w, v;
+  fp_reader r;
+  int64_t i;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_dict_add_int(d, K("n"), 5, &i), 0); /* starts at 0 */
+  ck_assert_int_eq(i, 5);
+  ck_assert_int_eq(fp_dict_add_int(d, K("n"), -8, NULL), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("n"), &i), 0);
+  ck_assert_int_eq(i, -3);
+  ck_assert_int_eq(fp_dict_add_int(d, K("n"), INT64_MAX, &i), 0);
+  ck_assert_int_eq(fp_dict_add_int(d, K("n"), 10, &i), 0); /* wraps */
+  fp_writer_init(&v);
+  fp_write_int(&v, 9);
+  ck_assert_int_eq(fp_dict_set_if_absent(d, K("n"), v.data, v.len), FP_EEXIST);
+  ck_assert_int_eq(fp_dict_set_if_absent(d, K("m"), v.data, v.len), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("m"), &i), 0);
+  ck_assert_int_eq(i, 9);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_dict_setdefault(d, K("q"), v.data, v.len, &w), 0);
+  fp_writer_reset(&v);
+  fp_write_int(&v, 100);
+  ck_assert_int_eq(fp_dict_setdefault(d, K("q"), v.data, v.len, &w), 1);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_int(&r, &i), 0);
+  ck_assert_int_eq(i, 9);
+  ck_assert_int_eq(fp_read_int(&r, &i), 0);
+  ck_assert_int_eq(i, 9); /* the existing value, not 100 */
+  /* pop: delete with the value copied out. */
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_dict_delete(d, K("q"), &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_int(&r, &i), 0);
+  ck_assert_int_eq(i, 9);
+  ck_assert_int_eq(fp_dict_contains(d, K("q")), 0);
+  fp_writer_free(&w);
+  fp_writer_free(&v);
+  assert_consistent();
+}
+END_TEST
+
+static int sum_cb(const void *key, size_t klen, const void *value, size_t vlen,
+                  void *arg) {
+  fp_reader r;
+  int64_t v;
+  fp_reader_init(&r, value, vlen);
+  if (fp_read_int(&r, &v) != 0)
+    return -1;
+  ((int64_t *)arg)[0] += v;
+  ((int64_t *)arg)[1]++;
+  return 0;
+}
+
+static int stop_cb(const void *key, size_t klen, const void *value, size_t vlen,
+                   void *arg) {
+  return ++*(int *)arg == 3 ? 77 : 0;
+}
+
+START_TEST(dict_many_keys_resize_delete_clear) {
+  enum { N = 20000 };
+  fp_dict *d;
+  char key[32];
+  int64_t acc[2] = {0, 0}, i;
+  int stops = 0;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  for (int k = 0; k < N; k++) {
+    snprintf(key, sizeof(key), "key-%d", k);
+    ck_assert_int_eq(fp_dict_set_int(d, K(key), k), 0);
+  }
+  ck_assert_int_eq(fp_dict_len(d), N);
+  assert_consistent();
+  for (int k = 0; k < N; k += 2) {
+    snprintf(key, sizeof(key), "key-%d", k);
+    ck_assert_int_eq(fp_dict_delete(d, K(key), NULL), 0);
+  }
+  ck_assert_int_eq(fp_dict_len(d), N / 2);
+  for (int k = 0; k < N; k++) {
+    snprintf(key, sizeof(key), "key-%d", k);
+    ck_assert_int_eq(fp_dict_contains(d, K(key)), k % 2);
+  }
+  ck_assert_int_eq(fp_dict_foreach(d, sum_cb, acc), 0);
+  ck_assert_int_eq(acc[1], N / 2);
+  ck_assert_int_eq(acc[0], (int64_t)(N / 2) * (N / 2)); /* sum of odds */
+  ck_assert_int_eq(fp_dict_foreach(d, stop_cb, &stops), 77);
+  ck_assert_int_eq(fp_dict_foreach(d, NULL, NULL), FP_EINVAL);
+  assert_consistent();
+  ck_assert_int_eq(fp_dict_clear(d), 0);
+  ck_assert_int_eq(fp_dict_len(d), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("key-1"), &i), FP_ENOENT);
+  assert_consistent();
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(dict_bad_input_fails) {
+  fp_dict *d, *d2;
+  fp_list *l;
+  fp_writer w;
+  static char big[FP_DICT_KEY_MAX + 1];
+  unsigned char junk[] = {0x42, 0x00};
+  int64_t i;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_dict_new(NULL, &d2), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_new(mgr, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_set_int(NULL, K("a"), 1), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_get_int(NULL, K("a"), &i), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_len(NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_set_int(d, NULL, 3, 1), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_get_int(d, K("a"), NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_get(d, K("a"), NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_set_int(d, big, sizeof(big), 1), FP_EMSGSIZE);
+  ck_assert_int_eq(fp_dict_set_int(d, big, FP_DICT_KEY_MAX, 1), 0);
+  ck_assert_int_eq(fp_dict_set_str(d, K("a"), NULL), FP_EINVAL);
+  /* Not exactly one value. */
+  ck_assert_int_eq(fp_dict_set(d, K("a"), junk, sizeof(junk)), FP_EPROTO);
+  ck_assert_int_eq(fp_dict_set(d, K("a"), junk, 0), FP_EPROTO);
+  fp_writer_init(&w);
+  fp_write_int(&w, 1);
+  fp_write_int(&w, 2);
+  ck_assert_int_eq(fp_dict_set(d, K("a"), w.data, w.len), FP_EPROTO);
+  ck_assert_int_eq(fp_dict_set(d, K("a"), NULL, 0), FP_EINVAL);
+  fp_writer_free(&w);
+  /* Wrong object type, and a destroyed object. */
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_dict_set_int((fp_dict *)l, K("a"), 1), FP_ETYPE);
+  ck_assert_int_eq(fp_list_len((fp_list *)d), FP_ETYPE);
+  ck_assert_int_eq(fp_dict_new(mgr, &d2), 0);
+  ck_assert_int_eq(fp_dict_destroy(d2), 0);
+  ck_assert_int_eq(fp_dict_set_int(d2, K("a"), 1), FP_EINVAL);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(refs_roundtrip_and_reject_bad) {
+  fp_dict *d, *d2;
+  fp_list *l, *l2;
+  fp_counter *c, *c2;
+  fp_lock *k, *k2;
+  fp_array *a, *a2;
+  uint64_t ref;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &c), 0);
+  ck_assert_int_eq(fp_lock_new(mgr, &k), 0);
+  ck_assert_int_eq(fp_array_new(mgr, 100, &a), 0);
+  ck_assert_int_eq(fp_dict_from_ref(mgr, fp_dict_ref(d), &d2), 0);
+  ck_assert_ptr_eq(d, d2);
+  ck_assert_int_eq(fp_list_from_ref(mgr, fp_list_ref(l), &l2), 0);
+  ck_assert_ptr_eq(l, l2);
+  ck_assert_int_eq(fp_counter_from_ref(mgr, fp_counter_ref(c), &c2), 0);
+  ck_assert_ptr_eq(c, c2);
+  ck_assert_int_eq(fp_lock_from_ref(mgr, fp_lock_ref(k), &k2), 0);
+  ck_assert_ptr_eq(k, k2);
+  ck_assert_int_eq(fp_array_from_ref(mgr, fp_array_ref(a), &a2), 0);
+  ck_assert_ptr_eq(a, a2);
+  /* Wrong type, garbage, NULL manager, stale ref. */
+  ck_assert_int_eq(fp_list_from_ref(mgr, fp_dict_ref(d), &l2), FP_ETYPE);
+  ck_assert_ptr_null(l2);
+  ck_assert_int_eq(fp_dict_from_ref(mgr, 12345, &d2), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_from_ref(mgr, 0, &d2), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_from_ref(NULL, fp_dict_ref(d), &d2), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_from_ref(mgr, fp_dict_ref(d), NULL), FP_EINVAL);
+  ck_assert_uint_eq(fp_dict_ref(NULL), 0);
+  ref = fp_counter_ref(c);
+  ck_assert_int_eq(fp_counter_destroy(c), 0);
+  ck_assert_int_eq(fp_counter_from_ref(mgr, ref, &c2), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &c), 0); /* reuses the chunk */
+  ck_assert_int_eq(fp_counter_from_ref(mgr, ref, &c2), FP_EINVAL);
+  assert_consistent();
+}
+END_TEST
+
+/* --- list --------------------------------------------------------------- */
+
+static void push_int(fp_list *l, int64_t v) {
+  unsigned char buf[16];
+  fp_writer w;
+  fp_writer_init(&w);
+  fp_write_int(&w, v);
+  memcpy(buf, w.data, w.len);
+  ck_assert_int_eq(fp_list_append(l, buf, w.len), 0);
+  fp_writer_free(&w);
+}
+
+static int64_t list_int(fp_list *l, int64_t index) {
+  fp_writer w;
+  fp_reader r;
+  int64_t v = INT64_MIN;
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_list_get(l, index, &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_int(&r, &v), 0);
+  fp_writer_free(&w);
+  return v;
+}
+
+START_TEST(list_append_get_set_pop) {
+  fp_list *l;
+  fp_writer w;
+  fp_reader r;
+  int64_t v;
+  uint32_t cnt;
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  for (int i = 0; i < 100; i++)
+    push_int(l, i);
+  ck_assert_int_eq(fp_list_len(l), 100);
+  ck_assert_int_eq(list_int(l, 0), 0);
+  ck_assert_int_eq(list_int(l, 99), 99);
+  ck_assert_int_eq(list_int(l, -1), 99);
+  ck_assert_int_eq(list_int(l, -100), 0);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_list_get(l, 100, &w), FP_ERANGE);
+  ck_assert_int_eq(fp_list_get(l, -101, &w), FP_ERANGE);
+  fp_write_str(&w, "replaced");
+  ck_assert_int_eq(fp_list_set(l, 5, w.data, w.len), 0);
+  ck_assert_int_eq(fp_list_set(l, 100, w.data, w.len), FP_ERANGE);
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_list_get(l, 5, &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_peek(&r), FP_STR);
+  /* pop last, first, middle */
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_list_pop(l, -1, &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_int(&r, &v), 0);
+  ck_assert_int_eq(v, 99);
+  ck_assert_int_eq(fp_list_pop(l, 0, NULL), 0);
+  ck_assert_int_eq(list_int(l, 0), 1);
+  ck_assert_int_eq(fp_list_pop(l, 10, NULL), 0); /* was 11 */
+  ck_assert_int_eq(list_int(l, 10), 12);
+  ck_assert_int_eq(fp_list_len(l), 97);
+  /* snapshot */
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_list_snapshot(l, &w), 0);
+  fp_reader_init(&r, w.data, w.len);
+  ck_assert_int_eq(fp_read_list(&r, &cnt), 0);
+  ck_assert_uint_eq(cnt, 97);
+  /* extend with three values, then an invalid sequence */
+  fp_writer_reset(&w);
+  fp_write_int(&w, 1000);
+  fp_write_nil(&w);
+  fp_write_bool(&w, 1);
+  ck_assert_int_eq(fp_list_extend(l, w.data, w.len), 0);
+  ck_assert_int_eq(fp_list_len(l), 100);
+  ck_assert_int_eq(list_int(l, -3), 1000);
+  ck_assert_int_eq(fp_list_extend(l, w.data, w.len - 1), FP_EPROTO);
+  ck_assert_int_eq(fp_list_extend(l, NULL, 0), 0);
+  ck_assert_int_eq(fp_list_len(l), 100);
+  assert_consistent();
+  ck_assert_int_eq(fp_list_clear(l), 0);
+  ck_assert_int_eq(fp_list_len(l), 0);
+  ck_assert_int_eq(fp_list_pop(l, -1, NULL), FP_ERANGE);
+  push_int(l, 7);
+  ck_assert_int_eq(list_int(l, 0), 7);
+  fp_writer_free(&w);
+  assert_consistent();
+  ck_assert_int_eq(fp_list_destroy(l), 0);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(list_bad_input_fails) {
+  fp_list *l;
+  fp_writer w;
+  unsigned char junk[] = {0x99};
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_list_new(NULL, &l), FP_EINVAL);
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_list_append(NULL, junk, 1), FP_EINVAL);
+  ck_assert_int_eq(fp_list_append(l, junk, 1), FP_EPROTO);
+  ck_assert_int_eq(fp_list_append(l, NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_list_get(l, 0, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_list_get(NULL, 0, &w), FP_EINVAL);
+  ck_assert_int_eq(fp_list_len(NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_list_clear(NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_list_snapshot(l, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_list_extend(l, NULL, 3), FP_EINVAL);
+  ck_assert_int_eq(fp_list_set(l, 0, junk, 1), FP_EPROTO);
+  fp_write_int(&w, 1);
+  ck_assert_int_eq(fp_list_set(l, 0, w.data, w.len), FP_ERANGE);
+  ck_assert_uint_eq(fp_list_ref(NULL), 0);
+  fp_writer_free(&w);
+  assert_consistent();
+}
+END_TEST
+
+/* --- counter, lock, array ----------------------------------------------- */
+
+START_TEST(counter_ops_work_and_fail_on_bad_handle) {
+  fp_counter *c;
+  int64_t v, e;
+
+  ck_assert_int_eq(fp_counter_new(mgr, 10, &c), 0);
+  ck_assert_int_eq(fp_counter_add(c, 5, &v), 0);
+  ck_assert_int_eq(v, 15);
+  ck_assert_int_eq(fp_counter_add(c, -20, NULL), 0);
+  ck_assert_int_eq(fp_counter_get(c, &v), 0);
+  ck_assert_int_eq(v, -5);
+  ck_assert_int_eq(fp_counter_set(c, 100), 0);
+  e = 99;
+  ck_assert_int_eq(fp_counter_cas(c, &e, 1), 0);
+  ck_assert_int_eq(e, 100);
+  ck_assert_int_eq(fp_counter_cas(c, &e, 1), 1);
+  ck_assert_int_eq(fp_counter_get(c, &v), 0);
+  ck_assert_int_eq(v, 1);
+  ck_assert_int_eq(fp_counter_new(NULL, 0, &c), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_add(NULL, 1, &v), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_get(c, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_cas(c, NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_set((fp_counter *)mgr, 1), FP_EINVAL);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(lock_acquire_release_timeout) {
+  fp_lock *l;
+  int p[2];
+  char b;
+  pid_t pid;
+
+  ck_assert_int_eq(fp_lock_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_lock_acquire(l, FP_FOREVER), 0);
+  ck_assert_int_eq(fp_lock_release(l), 0);
+  ck_assert_int_eq(fp_lock_release(l), FP_EPERM);
+  ck_assert_int_eq(fp_lock_acquire(NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_lock_release(NULL), FP_EINVAL);
+  /* A child holds it: try-once and a short timeout both time out. Two
+   * pipes: "held" (child -> parent) and "go" (parent -> child). */
+  int q[2];
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(pipe(q), 0);
+  pid = fork();
+  if (pid == 0) {
+    if (fp_lock_acquire(l, FP_FOREVER) != 0)
+      _exit(1);
+    (void)write(p[1], "x", 1);
+    (void)read(q[0], &b, 1); /* hold until the parent says so */
+    _exit(fp_lock_release(l) == 0 ? 0 : 2);
+  }
+  ck_assert_int_eq(read(p[0], &b, 1), 1);
+  ck_assert_int_eq(fp_lock_acquire(l, 0), FP_ETIMEDOUT);
+  ck_assert_int_eq(fp_lock_acquire(l, 0.05), FP_ETIMEDOUT);
+  ck_assert_int_eq(write(q[1], "y", 1), 1);
+  ck_assert_int_eq(reap(pid), 0);
+  close(q[0]);
+  close(q[1]);
+  ck_assert_int_eq(fp_lock_acquire(l, 1.0), 0);
+  ck_assert_int_eq(fp_lock_release(l), 0);
+  close(p[0]);
+  close(p[1]);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(lock_held_by_killed_child_is_recovered) {
+  fp_lock *l;
+  pid_t pid;
+
+  ck_assert_int_eq(fp_lock_new(mgr, &l), 0);
+  pid = fork();
+  if (pid == 0) {
+    if (fp_lock_acquire(l, FP_FOREVER) != 0)
+      _exit(1);
+    raise(SIGKILL);
+    _exit(2);
+  }
+  ck_assert_int_eq(reap(pid), -SIGKILL);
+  ck_assert_int_eq(fp_lock_acquire(l, 1.0), FP_EOWNERDEAD);
+  ck_assert_int_eq(fp_lock_release(l), 0);
+  ck_assert_int_eq(fp_lock_acquire(l, 1.0), 0);
+  ck_assert_int_eq(fp_lock_release(l), 0);
+}
+END_TEST
+
+START_TEST(array_is_shared_zeroed_and_checked) {
+  fp_array *a;
+  unsigned char *p;
+  pid_t pid;
+
+  ck_assert_int_eq(fp_array_new(mgr, 1000, &a), 0);
+  p = fp_array_data(a);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_eq((uintptr_t)p % 64, 0);
+  ck_assert_uint_eq(fp_array_size(a), 1000);
+  for (int i = 0; i < 1000; i++)
+    ck_assert_int_eq(p[i], 0);
+  pid = fork();
+  if (pid == 0) {
+    memset(fp_array_data(a), 0xab, 1000);
+    _exit(0);
+  }
+  ck_assert_int_eq(reap(pid), 0);
+  ck_assert_int_eq(p[0], 0xab);
+  ck_assert_int_eq(p[999], 0xab);
+  ck_assert_ptr_null(fp_array_data(NULL));
+  ck_assert_uint_eq(fp_array_size(NULL), 0);
+  ck_assert_int_eq(fp_array_new(mgr, 1000, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_array_new(mgr, (size_t)1 << 30, &a), FP_EMSGSIZE);
+  ck_assert_int_eq(fp_array_destroy(NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_array_new(mgr, 0, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+  assert_consistent();
+}
+END_TEST
+
+/* --- arena -------------------------------------------------------------- */
+
+START_TEST(manager_new_rejects_bad_sizes) {
+  fp_manager *m;
+  fp_manager_opts o = {.arena_size = 1000};
+  fp_manager_stats st;
+
+  ck_assert_int_eq(fp_manager_new(&m, &o), FP_EINVAL);
+  ck_assert_int_eq(fp_manager_new(NULL, NULL), FP_EINVAL);
+  o.arena_size = (size_t)1 << 41;
+  ck_assert_int_eq(fp_manager_new(&m, &o), FP_EINVAL);
+  ck_assert_int_eq(fp_manager_new(&m, NULL), 0); /* 1 GiB reserved */
+  ck_assert_int_eq(fp_manager_stats_get(m, &st), 0);
+  ck_assert_uint_eq(st.arena_size, (size_t)1 << 30);
+  ck_assert_uint_eq(st.objects, 0);
+  fp_manager_free(m);
+  fp_manager_free(NULL);
+  ck_assert_int_eq(fp_manager_stats_get(NULL, &st), FP_EINVAL);
+}
+END_TEST
+
+START_TEST(full_arena_fails_cleanly_and_reuses_memory) {
+  fp_manager *m;
+  fp_manager_opts o = {.arena_size = 512u << 10};
+  fp_manager_stats st, st2;
+  fp_dict *d;
+  fp_list *l;
+  fp_writer w;
+  char key[32], val[300];
+  int n = 0, rc, n2 = 0;
+  int64_t v;
+
+  ck_assert_int_eq(fp_manager_new(&m, &o), 0);
+  fp_manager_free(mgr);
+  mgr = m;
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  memset(val, 'v', sizeof(val) - 1);
+  val[sizeof(val) - 1] = 0;
+  fp_writer_init(&w);
+  fp_write_str(&w, val);
+  for (;;) {
+    snprintf(key, sizeof(key), "k%d", n);
+    if ((rc = fp_dict_set_int(d, K(key), n)) != 0)
+      break;
+    if ((rc = fp_list_append(l, w.data, w.len)) != 0)
+      break;
+    n++;
+  }
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  ck_assert_int_gt(n, 100);
+  ck_assert_int_eq(fp_dict_set(d, K("huge"), w.data, w.len), FP_ENOMEM);
+  assert_consistent();
+  /* Everything is still readable. */
+  for (int i = 0; i < n; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    ck_assert_int_eq(fp_dict_get_int(d, K(key), &v), 0);
+    ck_assert_int_eq(v, i);
+  }
+  ck_assert_int_eq(fp_list_len(l), n);
+  /* A value larger than the whole arena: a distinct error. */
+  {
+    static unsigned char bigv[1 << 20];
+    fp_writer b;
+    fp_writer_init(&b);
+    fp_write_bytes(&b, bigv, sizeof(bigv));
+    ck_assert_int_eq(fp_list_append(l, b.data, b.len), FP_EMSGSIZE);
+    fp_writer_free(&b);
+  }
+  ck_assert_int_eq(fp_manager_stats_get(m, &st), 0);
+  ck_assert_int_eq(fp_list_clear(l), 0);
+  ck_assert_int_eq(fp_manager_stats_get(m, &st2), 0);
+  ck_assert_uint_gt(st2.free, st.free);
+  ck_assert_uint_lt(st2.used, st.used);
+  /* Freed memory is reused: the list refills to the same length. */
+  for (;;) {
+    if ((rc = fp_list_append(l, w.data, w.len)) != 0)
+      break;
+    n2++;
+  }
+  /* Chunks are not merged back, so a few larger requests (the item table)
+   * may not find room even though as much memory is free; but without
+   * reuse nothing at all would fit. */
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  ck_assert_int_ge(n2, n / 2);
+  assert_consistent();
+  fp_writer_free(&w);
+}
+END_TEST
+
+/* --- concurrency -------------------------------------------------------- */
+
+static int iters(int n) {
+  return fp_test_under_valgrind() ? n / 20 : n;
+}
+
+START_TEST(two_processes_atomic_increments_are_exact) {
+  int n = iters(100000);
+  fp_dict *d;
+  fp_counter *c;
+  pid_t pid[2];
+  int64_t v;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &c), 0);
+  for (int p = 0; p < 2; p++) {
+    pid[p] = fork();
+    if (pid[p] == 0) {
+      for (int i = 0; i < n; i++)
+        if (fp_dict_add_int(d, K("hits"), 1, NULL) != 0 ||
+            fp_counter_add(c, 1, NULL) != 0)
+          _exit(1);
+      _exit(0);
+    }
+  }
+  ck_assert_int_eq(reap(pid[0]), 0);
+  ck_assert_int_eq(reap(pid[1]), 0);
+  ck_assert_int_eq(fp_dict_get_int(d, K("hits"), &v), 0);
+  ck_assert_int_eq(v, 2 * (int64_t)n);
+  ck_assert_int_eq(fp_counter_get(c, &v), 0);
+  ck_assert_int_eq(v, 2 * (int64_t)n);
+  assert_consistent();
+}
+END_TEST
+
+START_TEST(two_processes_appends_each_land_once) {
+  int n = iters(20000);
+  fp_list *l;
+  fp_dict *d;
+  pid_t pid[2];
+  char *seen;
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  for (int p = 0; p < 2; p++) {
+    pid[p] = fork();
+    if (pid[p] == 0) {
+      for (int i = 0; i < n; i++) {
+        unsigned char buf[9] = {FP_INT};
+        char key[32];
+        int64_t v = (int64_t)p * n + i;
+        fp__shm_put_le64(buf + 1, v);
+        snprintf(key, sizeof(key), "%d/%d", p, i);
+        if (fp_list_append(l, buf, 9) != 0 ||
+            fp_dict_set(d, key, strlen(key), buf, 9) != 0)
+          _exit(1);
+      }
+      _exit(0);
+    }
+  }
+  ck_assert_int_eq(reap(pid[0]), 0);
+  ck_assert_int_eq(reap(pid[1]), 0);
+  ck_assert_int_eq(fp_list_len(l), 2 * n);
+  ck_assert_int_eq(fp_dict_len(d), 2 * n);
+  seen = calloc(2 * (size_t)n, 1);
+  for (int i = 0; i < 2 * n; i++) {
+    int64_t v = list_int(l, i);
+    ck_assert(v >= 0 && v < 2 * n);
+    ck_assert_msg(!seen[v], "value %lld appended twice", (long long)v);
+    seen[v] = 1;
+  }
+  free(seen);
+  assert_consistent();
+}
+END_TEST
+
+/* --- crash consistency -------------------------------------------------- */
+
+/* The child's tight loop: every kind of mutation, with values of varying
+ * sizes so that in-place updates, node replacement, table growth, pops
+ * from the middle and deep clears all happen. Never returns. */
+static void crash_loop(fp_dict *d, fp_list *l, fp_counter *c, int seed,
+                       int ready_fd) {
+  enum { NVAL = 8, NKEY = 97 };
+  char keys[NKEY][8], val[200];
+  fp_writer v[NVAL];
+  unsigned x = (unsigned)seed * 2654435761u + 1;
+
+  /* Encode everything up front so that the loop spends its time inside
+   * the manager's critical sections, where the kills must land. */
+  memset(val, 'z', sizeof(val));
+  for (int i = 0; i < NVAL; i++) {
+    fp_writer_init(&v[i]);
+    fp_write_strn(&v[i], val, (size_t)i * 23);
+  }
+  for (int i = 0; i < NKEY; i++)
+    snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+  for (long i = 0;; i++) {
+    x = x * 1103515245u + 12345u;
+    unsigned r = x >> 8;
+    const char *key = keys[r % NKEY];
+    fp_writer *w = &v[(r >> 8) % NVAL];
+    switch (r % 11) {
+    case 0:
+    case 1:
+      fp_dict_set(d, K(key), w->data, w->len);
+      break;
+    case 2:
+      fp_dict_set_int(d, K(key), (int64_t)r);
+      break;
+    case 3:
+      fp_dict_add_int(d, K("sum"), 1, NULL);
+      break;
+    case 4:
+      fp_dict_delete(d, K(key), NULL);
+      break;
+    case 5:
+    case 6:
+      fp_list_append(l, w->data, w->len);
+      break;
+    case 7:
+      fp_list_pop(l, (r % 3 == 0) ? 0 : -1, NULL);
+      break;
+    case 8:
+      fp_list_set(l, (int64_t)(r % 5), w->data, w->len);
+      break;
+    case 9:
+      fp_counter_add(c, 1, NULL);
+      break;
+    default:
+      if (r % 40 == 0)
+        fp_dict_clear(d);
+      else if (r % 40 == 1)
+        fp_list_clear(l);
+      else if (fp_list_len(l) > 300)
+        fp_list_pop(l, 0, NULL);
+    }
+    if (i == 50 && ready_fd >= 0) {
+      (void)write(ready_fd, "r", 1);
+      close(ready_fd);
+      ready_fd = -1;
+    }
+  }
+}
+
+START_TEST(child_killed_mid_update_leaves_valid_state) {
+  int rounds = fp_test_under_valgrind() ? 10 : 200;
+  fp_dict *d, *pd;
+  fp_list *l;
+  fp_counter *c;
+  volatile unsigned sink = 0;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &pd), 0);
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &c), 0);
+  srand(12345);
+  for (int round = 0; round < rounds; round++) {
+    int p[2];
+    char b;
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(p[0]);
+      crash_loop(d, l, c, round, p[1]);
+    }
+    close(p[1]);
+    /* Wait until the child is inside its loop, then let it run for a
+     * random number of spins (bounded work, no timing assumption). */
+    ck_assert_int_eq(read(p[0], &b, 1), 1);
+    close(p[0]);
+    for (long k = 0, n = rand() % 400000; k < n; k++)
+      sink += (unsigned)k;
+    kill(pid, SIGKILL);
+    ck_assert_int_eq(reap(pid), -SIGKILL);
+    /* The next operations succeed... */
+    ck_assert_int_eq(fp_dict_add_int(pd, K("parent"), 1, NULL), 0);
+    ck_assert_int_eq(fp_dict_set_int(d, K("k1"), 1), 0);
+    ck_assert_int_ge(fp_dict_len(d), 1);
+    {
+      unsigned char one[9] = {FP_INT};
+      ck_assert_int_eq(fp_list_append(l, one, 9), 0);
+    }
+    ck_assert_int_eq(fp_counter_add(c, 1, NULL), 0);
+    /* ... and the whole arena is consistent, with nothing leaked. */
+    if (round % 10 == 0 || round == rounds - 1)
+      assert_consistent();
+  }
+  {
+    int64_t v;
+    ck_assert_int_eq(fp_dict_get_int(pd, K("parent"), &v), 0);
+    ck_assert_int_eq(v, rounds);
+  }
+}
+END_TEST
+
+/* --- deterministic crash points --------------------------------------- */
+
+/* The state used by the crash-point test: built the same way every time. */
+typedef struct cstate {
+  fp_manager *m;
+  fp_dict *d;
+  fp_list *l;
+  fp_counter *c;
+  fp_counter *spare; /* destroyed by op 13 */
+} cstate;
+
+static void cstate_build(cstate *st) {
+  fp_manager_opts o = {.arena_size = 1u << 20};
+  char key[16];
+  ck_assert_int_eq(fp_manager_new(&st->m, &o), 0);
+  ck_assert_int_eq(fp_dict_new(st->m, &st->d), 0);
+  ck_assert_int_eq(fp_list_new(st->m, &st->l), 0);
+  ck_assert_int_eq(fp_counter_new(st->m, 5, &st->c), 0);
+  ck_assert_int_eq(fp_counter_new(st->m, 0, &st->spare), 0);
+  for (int i = 0; i < 12; i++) {
+    snprintf(key, sizeof(key), "key%d", i);
+    if (i % 2)
+      ck_assert_int_eq(fp_dict_set_int(st->d, K(key), i), 0);
+    else
+      ck_assert_int_eq(fp_dict_set_str(st->d, K(key), "value"), 0);
+  }
+  for (int i = 0; i < 8; i++) /* len 8 == cap 8: the next append grows */
+    push_int(st->l, i);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 0x100000001b3ULL;
+  return h;
+}
+
+static int digest_cb(const void *key, size_t klen, const void *value,
+                     size_t vlen, void *arg) {
+  uint64_t h = fnv(fnv(0xcbf29ce484222325ULL, key, klen), value, vlen);
+  *(uint64_t *)arg += h; /* order-independent */
+  return 0;
+}
+
+/* A digest of everything a user can observe in the state. */
+static uint64_t cstate_digest(cstate *st) {
+  uint64_t h = 0;
+  int64_t v;
+  fp_writer w;
+  fp_manager_stats ms;
+
+  ck_assert_int_eq(fp_dict_foreach(st->d, digest_cb, &h), 0);
+  h = fnv(h, &(int64_t){fp_dict_len(st->d)}, 8);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_list_snapshot(st->l, &w), 0);
+  h = fnv(h, w.data, w.len);
+  fp_writer_free(&w);
+  ck_assert_int_eq(fp_counter_get(st->c, &v), 0);
+  h = fnv(h, &v, 8);
+  ck_assert_int_eq(fp_manager_stats_get(st->m, &ms), 0);
+  h = fnv(h, &ms.objects, sizeof(ms.objects));
+  return h;
+}
+
+/* Runs operation op on the state; returns its result. */
+static int cstate_op(cstate *st, int op) {
+  unsigned char v9[9] = {FP_INT, 1};
+  fp_counter *c2;
+  switch (op) {
+  case 0:
+    return fp_dict_set_str(st->d, K("brand-new"), "fresh");
+  case 1:
+    return fp_dict_set_str(st->d, K("key0"), "a longer replacement");
+  case 2:
+    return fp_dict_set_int(st->d, K("key1"), 1234);
+  case 3:
+    return fp_dict_add_int(st->d, K("key3"), 10, NULL);
+  case 4:
+    return fp_dict_add_int(st->d, K("new-counter"), 10, NULL);
+  case 5:
+    return fp_dict_delete(st->d, K("key2"), NULL);
+  case 6:
+    return fp_dict_clear(st->d); /* 32 stripes: see the check below */
+  case 7:
+    return fp_list_append(st->l, v9, 9);
+  case 8:
+    return fp_list_set(st->l, 3, v9, 9);
+  case 9:
+    return fp_list_pop(st->l, -1, NULL);
+  case 10:
+    return fp_list_pop(st->l, 0, NULL);
+  case 11:
+    return fp_list_clear(st->l);
+  case 12:
+    return fp_counter_new(st->m, 0, &c2);
+  case 13:
+    return fp_counter_destroy(st->spare);
+  default:
+    return -1;
+  }
+}
+#define NOPS 14
+
+START_TEST(crash_at_every_point_gives_before_or_after) {
+  int stride = fp_test_under_valgrind() ? 7 : 1;
+  long points = 0;
+
+  for (int op = 0; op < NOPS; op++) {
+    cstate st;
+    uint64_t pre, post;
+    int done = 0;
+
+    cstate_build(&st);
+    pre = cstate_digest(&st);
+    ck_assert_int_eq(cstate_op(&st, op), 0);
+    post = cstate_digest(&st);
+    fp_manager_free(st.m);
+    for (long k = 1; !done && k < 5000; k += stride) {
+      cstate_build(&st);
+      pid_t pid = fork();
+      if (pid == 0) {
+        fp__shm_crash_countdown = k;
+        cstate_op(&st, op);
+        _exit(0);
+      }
+      int rc = reap(pid);
+      if (rc == 0) {
+        done = 1; /* the op has fewer than k crash points */
+      } else {
+        char err[256];
+        ck_assert_int_eq(rc, -SIGKILL);
+        points++;
+        /* Repairs happen lazily at the next lock: the digest takes every
+         * lock, then the checker confirms nothing is left over. */
+        uint64_t h = cstate_digest(&st);
+        int e = fp__shm_check(st.m, err, sizeof(err));
+        ck_assert_msg(e == 0, "op %d crash point %ld: %s", op, k, err);
+        /* Clear works stripe by stripe: a crash may leave a prefix of
+         * stripes cleared, each stripe before-or-after. */
+        if (op != 6)
+          ck_assert_msg(h == pre || h == post,
+                        "op %d crash point %ld: state neither before nor "
+                        "after",
+                        op, k);
+        /* The structures work on: run the op again (a delete that
+         * already took effect finds nothing). */
+        rc = cstate_op(&st, op);
+        ck_assert_msg(rc == 0 || (op == 5 && rc == FP_ENOENT) ||
+                          (op == 13 && rc == FP_EINVAL && h == post),
+                      "op %d after crash point %ld: %d", op, k, rc);
+        ck_assert_int_eq(fp__shm_check(st.m, err, sizeof(err)), 0);
+      }
+      fp_manager_free(st.m);
+    }
+    ck_assert_msg(done, "op %d never completed", op);
+  }
+  ck_assert_int_gt(points, 100);
+}
+END_TEST
+
+Suite *manager_suite(void) {
+  Suite *s = suite_create("manager");
+  TCase *tc;
+
+  tc = tcase_create("dict");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, dict_set_get_typed_roundtrip);
+  tcase_add_test(tc, dict_missing_and_wrong_type_fail);
+  tcase_add_test(tc, dict_atomic_helpers_work);
+  tcase_add_test(tc, dict_many_keys_resize_delete_clear);
+  tcase_add_test(tc, dict_bad_input_fails);
+  tcase_add_test(tc, refs_roundtrip_and_reject_bad);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("list");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, list_append_get_set_pop);
+  tcase_add_test(tc, list_bad_input_fails);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("sync");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, counter_ops_work_and_fail_on_bad_handle);
+  tcase_add_test(tc, lock_acquire_release_timeout);
+  tcase_add_test(tc, lock_held_by_killed_child_is_recovered);
+  tcase_add_test(tc, array_is_shared_zeroed_and_checked);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("arena");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, manager_new_rejects_bad_sizes);
+  tcase_add_test(tc, full_arena_fails_cleanly_and_reuses_memory);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("concurrency");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, two_processes_atomic_increments_are_exact);
+  tcase_add_test(tc, two_processes_appends_each_land_once);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("crash");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, child_killed_mid_update_leaves_valid_state);
+  tcase_add_test(tc, crash_at_every_point_gives_before_or_after);
+  suite_add_tcase(s, tc);
+  return s;
+}
