@@ -223,10 +223,12 @@ void fp__shm_free_slot(fp_manager *m, uint64_t *slot, uint64_t size) {
   if (alock(m) != 0)
     return; /* ENOTRECOVERABLE: never made inconsistent by us */
   if (*slot != 0) {
+    /* Slots may carry tag bits above the 40-bit offset (dict buckets). */
+    uint64_t off = *slot & (FP__SHM_MAX_SIZE - 1);
     /* Read a chunk's own size word only now, under the lock: the repair
      * alock() may just have done restores that very word. */
-    uint32_t k = class_of(size ? size : *(uint64_t *)fp__shm_ptr(m, *slot));
-    free_locked(m, *slot, k);
+    uint32_t k = class_of(size ? size : *(uint64_t *)fp__shm_ptr(m, off));
+    free_locked(m, off, k);
     alog(m, &m->used, m->used - ((uint64_t)1 << k));
     alog(m, &m->nlive, m->nlive - 1);
     alog(m, slot, 0);

@@ -93,8 +93,9 @@ typedef struct fp__shm_journal {
   uint64_t release[2];      /* chunks to free once committed */
   uint64_t release_size[2]; /* their requested sizes */
   uint64_t deep_n; /* if nonzero: release[0] is an array of deep_n chunk
-                      offsets (0/1 = none) each starting with its u64 size;
-                      they are freed before the array itself */
+                      offsets (0/1 = none; bits above 40 ignored) each
+                      starting with its u64 size; they are freed before the
+                      array itself */
   fp__shm_undo undo[FP__SHM_UNDO_MAX];
 } fp__shm_journal;
 

@@ -7,7 +7,10 @@
  * processes working on keys of different stripes do not contend.
  *
  * Layout (offsets from the arena base):
- *   stripe.buckets -> u64[cap]: 0 = empty, 1 = tombstone, else a node
+ *   stripe.buckets -> u64[cap]: 0 = empty, 1 = tombstone, else
+ *                     tag << 40 | node offset (tag: 24 bits of the hash,
+ *                     so a probe rejects most other keys without touching
+ *                     their node)
  *   node: u64 size | u64 hash | u32 klen | u32 vlen | key | value
  * The value is stored encoded (one codec value), so a get is a copy.
  *
@@ -38,6 +41,10 @@
 #define NODE_HDR 24
 #define INPLACE_MAX 40 /* values up to this size are updated in place */
 #define TOMB 1
+#define OFF_MASK (FP__SHM_MAX_SIZE - 1)
+#define BOFF(b) ((b)&OFF_MASK)
+#define TAG(h) (((h) >> 16) & 0xffffff)
+#define BUCKET(h, off) (TAG(h) << 40 | (off))
 
 typedef struct stripe {
   pthread_mutex_t mu;
@@ -129,7 +136,9 @@ static int64_t lookup(fp_manager *m, stripe *s, const void *key, size_t klen,
         first = i;
       continue;
     }
-    node *nd = node_at(m, b[i]);
+    if ((b[i] >> 40) != TAG(h))
+      continue;
+    node *nd = node_at(m, BOFF(b[i]));
     if (nd->hash == h && nd->klen == klen &&
         (klen == 0 || memcmp(nd->data, key, klen) == 0))
       return (int64_t)i;
@@ -178,7 +187,7 @@ int fp_dict_new(fp_manager *m, fp_dict **out) {
   return rc;
 }
 
-/* Makes room for one more key in a stripe: when the table would pass 3/4
+/* Makes room for one more key in a stripe: when the table would pass 70%
  * full (live + tombstones), builds a new table sized for twice the live
  * keys in the journal's alloc slot 1, rehashes into it (unreachable, so
  * unlogged) and publishes it; the old table goes to release slot 1. Called
@@ -187,7 +196,7 @@ static int reserve_one(fp_manager *m, stripe *s) {
   uint64_t ncap = 8, *nb, *ob, mask;
   int rc;
 
-  if ((s->count + s->tombs + 1) * 4 <= s->cap * 3)
+  if ((s->count + s->tombs + 1) * 10 <= s->cap * 7)
     return 0;
   while (ncap < (s->count + 1) * 2)
     ncap *= 2;
@@ -201,7 +210,7 @@ static int reserve_one(fp_manager *m, stripe *s) {
   for (uint64_t i = 0; i < s->cap; i++) {
     if (ob[i] <= TOMB)
       continue;
-    uint64_t k = node_at(m, ob[i])->hash & mask;
+    uint64_t k = node_at(m, BOFF(ob[i]))->hash & mask;
     while (nb[k] != 0)
       k = (k + 1) & mask;
     nb[k] = ob[i];
@@ -252,7 +261,7 @@ static int insert_new(fp_manager *m, stripe *s, const void *key, size_t klen,
     abort(); /* reserve_one guarantees a free bucket */
   if (table(m, s)[ins] == TOMB)
     fp__shm_jset(m, &s->j, &s->tombs, s->tombs - 1);
-  fp__shm_jset(m, &s->j, &table(m, s)[ins], s->j.alloc[0]);
+  fp__shm_jset(m, &s->j, &table(m, s)[ins], BUCKET(h, s->j.alloc[0]));
   fp__shm_jset(m, &s->j, &s->count, s->count + 1);
   return 0;
 }
@@ -262,7 +271,7 @@ static int insert_new(fp_manager *m, stripe *s, const void *key, size_t klen,
 static int replace_value(fp_manager *m, stripe *s, uint64_t i, const void *val,
                          size_t vlen) {
   uint64_t *b = table(m, s);
-  node *old = node_at(m, b[i]);
+  node *old = node_at(m, BOFF(b[i]));
   int rc;
 
   if (old->vlen == vlen && vlen <= INPLACE_MAX) {
@@ -272,9 +281,9 @@ static int replace_value(fp_manager *m, stripe *s, uint64_t i, const void *val,
   rc = make_node(m, s, old->data, old->klen, old->hash, val, vlen);
   if (rc != 0)
     return rc;
-  s->j.release[0] = b[i];
+  s->j.release[0] = BOFF(b[i]);
   s->j.release_size[0] = old->size;
-  fp__shm_jset(m, &s->j, &b[i], s->j.alloc[0]);
+  fp__shm_jset(m, &s->j, &b[i], BUCKET(old->hash, s->j.alloc[0]));
   return 0;
 }
 
@@ -302,7 +311,7 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
     return rc;
   i = lookup(m, s, key, klen, h, NULL);
   if (i >= 0) {
-    node *nd = node_at(m, table(m, s)[i]);
+    node *nd = node_at(m, BOFF(table(m, s)[i]));
     unsigned char *v = node_value(nd);
     switch (mode) {
     case W_IF_ABSENT:
@@ -448,7 +457,7 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
     return mode == R_CONTAINS ? 0 : FP_ENOENT;
   }
   uint64_t *b = table(m, s);
-  node *nd = node_at(m, b[i]);
+  node *nd = node_at(m, BOFF(b[i]));
   unsigned char *v = node_value(nd);
   switch (mode) {
   case R_GET:
@@ -470,7 +479,7 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
     if (out != NULL && (rc = fp_write_raw(out, v, nd->vlen)) != 0)
       break;
     fp__shm_jbegin(&s->j);
-    s->j.release[0] = b[i];
+    s->j.release[0] = BOFF(b[i]);
     s->j.release_size[0] = nd->size;
     fp__shm_jset(m, &s->j, &b[i], TOMB);
     fp__shm_jset(m, &s->j, &s->count, s->count - 1);
@@ -571,7 +580,7 @@ static int snapshot_stripe(fp_manager *m, stripe *s, unsigned char **buf,
   b = s->cap ? table(m, s) : NULL;
   for (uint64_t i = 0; i < s->cap; i++)
     if (b[i] > TOMB)
-      total += 8 + node_at(m, b[i])->klen + node_at(m, b[i])->vlen;
+      total += 8 + node_at(m, BOFF(b[i]))->klen + node_at(m, BOFF(b[i]))->vlen;
   if (total != 0 && (p = malloc(total)) == NULL) {
     fp__shm_unlock(&s->mu);
     return FP_ENOMEM;
@@ -579,7 +588,7 @@ static int snapshot_stripe(fp_manager *m, stripe *s, unsigned char **buf,
   for (uint64_t i = 0; i < s->cap; i++) {
     if (b[i] <= TOMB)
       continue;
-    node *nd = node_at(m, b[i]);
+    node *nd = node_at(m, BOFF(b[i]));
     memcpy(p + pos, &nd->klen, 4);
     memcpy(p + pos + 4, &nd->vlen, 4);
     memcpy(p + pos + 8, nd->data, (size_t)nd->klen + nd->vlen);
@@ -668,16 +677,17 @@ static int check_stripe(fp__shm_checker *c, fp_manager *m, stripe *s, int idx) {
       tombs++;
       continue;
     }
-    if (b[i] < m->heap || b[i] + NODE_HDR > m->brk)
+    uint64_t off = BOFF(b[i]);
+    if (off < m->heap || off + NODE_HDR > m->brk)
       return fp__shm_fail(c, "dict stripe %d: node offset %llu", idx,
-                          (unsigned long long)b[i]);
-    node *nd = node_at(m, b[i]);
+                          (unsigned long long)off);
+    node *nd = node_at(m, off);
     if (nd->size != NODE_HDR + (uint64_t)nd->klen + nd->vlen)
       return fp__shm_fail(c, "dict stripe %d: node size mismatch", idx);
-    if ((rc = fp__shm_claim(c, b[i], nd->size, "dict node")) != 0)
+    if ((rc = fp__shm_claim(c, off, nd->size, "dict node")) != 0)
       return rc;
     if (nd->hash != hash_key(nd->data, nd->klen) ||
-        (int)(nd->hash >> STRIPE_SHIFT) != idx)
+        (b[i] >> 40) != TAG(nd->hash) || (int)(nd->hash >> STRIPE_SHIFT) != idx)
       return fp__shm_fail(c, "dict stripe %d: node hash wrong", idx);
     if (fp__shm_check_value(node_value(nd), nd->vlen) != 0)
       return fp__shm_fail(c, "dict stripe %d: bad value encoding", idx);

@@ -1,0 +1,258 @@
+/* manager.c - the seed lecture's Manager example: a shared list, dict,
+ * counter (Value('i', 0)) and lock updated by pool workers (twin of
+ * demos/python/manager.py).
+ *
+ * The manager is created before the pool, so every worker inherits its
+ * arena and the handles below (plain globals) are valid in every worker.
+ * Each phase runs one task per worker through fp_pool_starmap, each task
+ * doing `iters` updates:
+ *
+ *   1. plain get-then-set of d["plain"] and of the counter, no lock: the
+ *      classic lost-update race. The demo reports expected vs got; losing
+ *      updates is the point, so this phase is not checked.
+ *   2. the same get-then-set inside fp_lock_acquire/fp_lock_release
+ *      (Python: `with lock: d[k] = d[k] + 1`): exact, checked.
+ *   3. the atomic helpers fp_dict_add_int and fp_counter_add (no Python
+ *      equivalent on a Manager: exact without any user lock): checked.
+ *   4. results: workers store d["sq:<i>"] = i*i and append i*i to the
+ *      shared list for their slice of range(n); the master checks every
+ *      key and that every value is in the list exactly once. This phase is
+ *      also run by the master alone: that is seq vs par in the RESULT line.
+ *
+ * Output: one line per phase with its time and rate, then
+ *   RESULT manager seq=<s> par=<s> speedup=<x> check=ok|FAIL
+ * Exit status 1 when a checked phase is wrong.
+ *
+ * Usage: manager [--workers N] [--full] [--quiet]
+ *   Default: 200,000 updates per worker per phase and 200,000 results
+ *   (well under a second); --full: 2,000,000 of each.
+ */
+#include <forkpool.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/demo.h"
+
+/* Created before the pool, inherited by every worker. */
+static fp_manager *mgr;
+static fp_dict *shared_dict;
+static fp_list *shared_list;
+static fp_counter *shared_value;
+static fp_lock *shared_lock;
+
+enum { PH_PLAIN, PH_LOCKED, PH_ATOMIC, PH_RESULTS };
+
+#define KEY(s) s, sizeof(s) - 1
+
+/* One phase's work for one worker: args are (phase, first, count). */
+static int phase_task(fp_reader *args, fp_writer *out) {
+  int64_t phase, first, count, v;
+  int rc = fp_unpack(args, "i i i", &phase, &first, &count);
+  if (rc != 0)
+    return rc;
+  for (int64_t i = 0; i < count && rc == 0; i++) {
+    switch (phase) {
+    case PH_PLAIN: /* d["plain"] += 1 and value += 1, racy on purpose */
+      if (fp_dict_get_int(shared_dict, KEY("plain"), &v) == 0)
+        rc = fp_dict_set_int(shared_dict, KEY("plain"), v + 1);
+      if (rc == 0 && (rc = fp_counter_get(shared_value, &v)) == 0)
+        rc = fp_counter_set(shared_value, v + 1);
+      break;
+    case PH_LOCKED: /* with lock: d["locked"] += 1 */
+      if ((rc = fp_lock_acquire(shared_lock, FP_FOREVER)) != 0)
+        break;
+      if ((rc = fp_dict_get_int(shared_dict, KEY("locked"), &v)) == 0)
+        rc = fp_dict_set_int(shared_dict, KEY("locked"), v + 1);
+      fp_lock_release(shared_lock);
+      break;
+    case PH_ATOMIC:
+      rc = fp_dict_add_int(shared_dict, KEY("atomic"), 1, NULL);
+      if (rc == 0)
+        rc = fp_counter_add(shared_value, 1, NULL);
+      break;
+    default: { /* PH_RESULTS */
+      char key[32];
+      unsigned char enc[9] = {FP_INT};
+      int64_t x = first + i, sq = x * x;
+      int n = snprintf(key, sizeof(key), "sq:%lld", (long long)x);
+      for (int b = 0; b < 8; b++)
+        enc[1 + b] = (unsigned char)((uint64_t)sq >> (8 * b));
+      rc = fp_dict_set(shared_dict, key, (size_t)n, enc, sizeof(enc));
+      if (rc == 0)
+        rc = fp_list_append(shared_list, enc, sizeof(enc));
+    }
+    }
+  }
+  return rc != 0
+             ? fp_task_fail("phase %lld: %s", (long long)phase, fp_strerror(rc))
+             : fp_write_nil(out);
+}
+
+/* Runs one phase on the pool: `total` updates split across the workers.
+ * Returns the elapsed seconds. */
+static double run_phase(fp_pool *pool, int workers, int64_t phase,
+                        int64_t total) {
+  fp_call_opts co = {.chunksize = 1};
+  fp_writer items, out;
+  double t0;
+
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  for (int w = 0; w < workers; w++) {
+    int64_t first = total * w / workers, last = total * (w + 1) / workers;
+    demo_check(fp_pack(&items, "[ i i i ]", phase, first, last - first),
+               "fp_pack");
+  }
+  t0 = demo_now();
+  demo_check(fp_pool_starmap(pool, phase_task, &items, &out, &co),
+             "fp_pool_starmap");
+  t0 = demo_now() - t0;
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+  return t0;
+}
+
+static int64_t dict_int(const char *key) {
+  int64_t v = -1;
+  demo_check(fp_dict_get_int(shared_dict, key, strlen(key), &v),
+             "fp_dict_get_int");
+  return v;
+}
+
+/* Checks the results phase: every key present with the right square, and
+ * the list holding each square exactly once. */
+static int check_results(int64_t n) {
+  char *seen = calloc((size_t)n, 1);
+  int ok = seen != NULL && fp_list_len(shared_list) == n;
+  fp_writer w;
+
+  fp_writer_init(&w);
+  for (int64_t i = 0; ok && i < n; i++) {
+    char key[32];
+    snprintf(key, sizeof(key), "sq:%lld", (long long)i);
+    ok = dict_int(key) == i * i;
+  }
+  demo_check(fp_list_snapshot(shared_list, &w), "fp_list_snapshot");
+  fp_reader r;
+  uint32_t cnt = 0;
+  fp_reader_init(&r, w.data, w.len);
+  if (ok && fp_read_list(&r, &cnt) == 0 && cnt == (uint32_t)n) {
+    for (uint32_t k = 0; ok && k < cnt; k++) {
+      int64_t sq, root;
+      ok = fp_read_int(&r, &sq) == 0;
+      /* squares of 0..n-1: find the root by a float guess, then adjust */
+      for (root = (int64_t)__builtin_sqrt((double)sq); root * root > sq;)
+        root--;
+      while ((root + 1) * (root + 1) <= sq)
+        root++;
+      ok = ok && root * root == sq && root < n && !seen[root];
+      if (ok)
+        seen[root] = 1;
+    }
+  } else {
+    ok = 0;
+  }
+  fp_writer_free(&w);
+  free(seen);
+  return ok;
+}
+
+static void reset_structures(void) {
+  demo_check(fp_dict_clear(shared_dict), "fp_dict_clear");
+  demo_check(fp_list_clear(shared_list), "fp_list_clear");
+}
+
+int main(int argc, char **argv) {
+  demo_opts o;
+  fp_pool *pool;
+  fp_manager_stats st;
+  int64_t iters, total, v;
+  double t, seq, par;
+  int ok = 1, ok_phase;
+
+  demo_parse(argc, argv, &o,
+             "Manager: shared dict/list/counter/lock updated by workers");
+  iters = o.full ? 2000000 : 200000;
+
+  /* 1. The manager first, then the pool: workers inherit the arena. */
+  demo_check(fp_manager_new(&mgr, NULL), "fp_manager_new");
+  demo_check(fp_dict_new(mgr, &shared_dict), "fp_dict_new");
+  demo_check(fp_list_new(mgr, &shared_list), "fp_list_new");
+  demo_check(fp_counter_new(mgr, 0, &shared_value), "fp_counter_new");
+  demo_check(fp_lock_new(mgr, &shared_lock), "fp_lock_new");
+  pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
+  total = iters * o.workers;
+  demo_say(&o, "%d workers, %lld updates each per phase\n", o.workers,
+           (long long)iters);
+
+  /* Phase 1: lost updates. */
+  demo_check(fp_dict_set_int(shared_dict, KEY("plain"), 0), "set");
+  t = run_phase(pool, o.workers, PH_PLAIN, total);
+  demo_check(fp_counter_get(shared_value, &v), "fp_counter_get");
+  demo_say(&o,
+           "plain get-then-set  : dict %lld of %lld, value %lld of %lld "
+           "(%.1f%% lost: not atomic)  %.3f s\n",
+           (long long)dict_int("plain"), (long long)total, (long long)v,
+           (long long)total,
+           100.0 * (double)(total - dict_int("plain")) / (double)total, t);
+
+  /* Phase 2: the same under the shared lock. */
+  demo_check(fp_dict_set_int(shared_dict, KEY("locked"), 0), "set");
+  t = run_phase(pool, o.workers, PH_LOCKED, total);
+  ok_phase = dict_int("locked") == total;
+  ok &= ok_phase;
+  demo_say(&o,
+           "with fp_lock        : dict %lld of %lld  %s  %.3f s  "
+           "(%.2f M updates/s)\n",
+           (long long)dict_int("locked"), (long long)total,
+           ok_phase ? "exact" : "WRONG", t, (double)total / t / 1e6);
+
+  /* Phase 3: the atomic helpers. */
+  demo_check(fp_counter_set(shared_value, 0), "fp_counter_set");
+  t = run_phase(pool, o.workers, PH_ATOMIC, total);
+  demo_check(fp_counter_get(shared_value, &v), "fp_counter_get");
+  ok_phase = dict_int("atomic") == total && v == total;
+  ok &= ok_phase;
+  demo_say(&o,
+           "atomic helpers      : dict %lld, value %lld of %lld  %s  "
+           "%.3f s  (%.2f M dict+counter updates/s)\n",
+           (long long)dict_int("atomic"), (long long)v, (long long)total,
+           ok_phase ? "exact" : "WRONG", t, (double)total / t / 1e6);
+
+  /* Phase 4: results, sequential (the master alone) then parallel. */
+  reset_structures();
+  {
+    fp_writer a, out;
+    fp_reader r;
+    fp_writer_init(&a);
+    fp_writer_init(&out);
+    demo_check(fp_pack(&a, "i i i", (int64_t)PH_RESULTS, (int64_t)0, total),
+               "fp_pack");
+    fp_reader_init(&r, a.data, a.len);
+    seq = demo_now();
+    demo_check(phase_task(&r, &out), "phase_task");
+    seq = demo_now() - seq;
+    fp_writer_free(&a);
+    fp_writer_free(&out);
+  }
+  ok_phase = check_results(total);
+  ok &= ok_phase;
+  reset_structures();
+  par = run_phase(pool, o.workers, PH_RESULTS, total);
+  ok_phase &= check_results(total);
+  ok &= ok_phase;
+  demo_say(&o,
+           "results d[k]=v + append: %lld items  seq %.3f s  par %.3f s "
+           " %s  (%.2f M items/s in parallel)\n",
+           (long long)total, seq, par, ok_phase ? "all present once" : "WRONG",
+           (double)total / par / 1e6);
+  demo_check(fp_manager_stats_get(mgr, &st), "fp_manager_stats_get");
+  demo_say(&o, "arena: %.1f MiB used, %zu objects\n",
+           (double)st.used / (1 << 20), st.objects);
+
+  fp_pool_free(pool);
+  fp_manager_free(mgr);
+  return demo_result(&o, "manager", seq, par, ok);
+}
