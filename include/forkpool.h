@@ -947,6 +947,8 @@ typedef struct fp_manager_stats {
   size_t used;       /* bytes in live allocations (size-class rounded) */
   size_t free;       /* bytes still allocatable: free lists + untouched */
   size_t objects;    /* live dicts, lists, counters, locks and arrays */
+  size_t repairs;    /* interrupted updates rolled back or forward after
+                        the process doing them died */
 } fp_manager_stats;
 
 /* Maximum dict key length in bytes; longer keys give FP_EMSGSIZE. */
@@ -967,8 +969,8 @@ FP_EXTERN void fp_manager_free(fp_manager *m);
 FP_EXTERN int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out);
 
 /* --- dict: byte-string keys -> codec values --------------------------- */
-/* Keys are byte strings (key, klen), 0 < klen <= FP_DICT_KEY_MAX (an empty
- * key is allowed: klen 0 with key NULL or not). The dict is split into 32
+/* Keys are byte strings (key, klen), klen <= FP_DICT_KEY_MAX; the empty key
+ * (klen 0, key may be NULL) is allowed. The dict is split into 32
  * stripes by key hash, each with its own robust lock, so processes updating
  * different keys rarely contend. Errors common to all calls: FP_EINVAL (NULL
  * handle or argument), FP_ETYPE (handle of another type), FP_EMSGSIZE (key

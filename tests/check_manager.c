@@ -714,7 +714,7 @@ END_TEST
 static void crash_loop(fp_dict *d, fp_list *l, fp_counter *c, int seed,
                        int ready_fd) {
   enum { NVAL = 8, NKEY = 97 };
-  char keys[NKEY][8], val[200];
+  char keys[NKEY][16], val[200];
   fp_writer v[NVAL];
   unsigned x = (unsigned)seed * 2654435761u + 1;
 
