@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""manager.py - the seed lecture's Manager example (twin of demos/manager.c).
+
+A multiprocessing.Manager() shares a list, a dict, a Value('i', 0) and a
+Lock with pool workers. Phases, one task per worker:
+
+  1. plain get-then-set of d["plain"] and value.value, no lock: lost updates
+     (reported, not checked: losing them is the point);
+  2. the same inside `with lock:` -> exact (checked);
+  3. there is no atomic add on a Manager dict, so the closest Python idiom
+     is the lock again, for the counter (checked);
+  4. results: workers store d["sq:<i>"] = i*i and append i*i to the list;
+     also done by the master alone (seq vs par in the RESULT line).
+
+Every access is a round trip to the manager's server process (~30k ops/s),
+so the default sizes are 100x smaller than the C demo's; --full uses 10x
+smaller ones.
+
+Usage: manager.py [--workers N] [--full] [--quiet]
+Ends with: RESULT manager seq=<s> par=<s> speedup=<x> check=ok|FAIL
+"""
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+
+PLAIN, LOCKED, ATOMIC, RESULTS = range(4)
+
+
+def phase_task(phase, first, count, d, lst, value, lock):
+    """One phase's work for one worker (mirrors phase_task in manager.c)."""
+    for i in range(count):
+        if phase == PLAIN:  # racy on purpose
+            d["plain"] = d["plain"] + 1
+            value.value = value.value + 1
+        elif phase == LOCKED:
+            with lock:
+                d["locked"] = d["locked"] + 1
+        elif phase == ATOMIC:
+            with lock:
+                value.value += 1
+        else:
+            x = first + i
+            d["sq:%d" % x] = x * x
+            lst.append(x * x)
+    return None
+
+
+def run_phase(pool, workers, phase, total, shared):
+    items = []
+    for w in range(workers):
+        first, last = total * w // workers, total * (w + 1) // workers
+        items.append((phase, first, last - first) + shared)
+    t0 = time.perf_counter()
+    pool.starmap(phase_task, items, chunksize=1)
+    return time.perf_counter() - t0
+
+
+def check_results(d, lst, n):
+    if len(lst) != n:
+        return False
+    if any(d["sq:%d" % i] != i * i for i in range(n)):
+        return False
+    return sorted(lst[:]) == [i * i for i in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    o = ap.parse_args()
+    say = (lambda *a: None) if o.quiet else print
+    iters = 20000 if o.full else 2000
+    total = iters * o.workers
+    ok = True
+
+    with mp.Manager() as mgr:
+        d, lst = mgr.dict(), mgr.list()
+        value, lock = mgr.Value("i", 0), mgr.Lock()
+        shared = (d, lst, value, lock)
+        with mp.Pool(o.workers) as pool:
+            say("%d workers, %d updates each per phase" % (o.workers, iters))
+
+            d["plain"] = 0
+            t = run_phase(pool, o.workers, PLAIN, total, shared)
+            say("plain get-then-set  : dict %d of %d, value %d of %d "
+                "(%.1f%% lost: not atomic)  %.3f s"
+                % (d["plain"], total, value.value, total,
+                   100.0 * (total - d["plain"]) / total, t))
+
+            d["locked"] = 0
+            t = run_phase(pool, o.workers, LOCKED, total, shared)
+            good = d["locked"] == total
+            ok &= good
+            say("with Lock           : dict %d of %d  %s  %.3f s  "
+                "(%.3f M updates/s)" % (d["locked"], total,
+                                        "exact" if good else "WRONG", t,
+                                        total / t / 1e6))
+
+            value.value = 0
+            t = run_phase(pool, o.workers, ATOMIC, total, shared)
+            good = value.value == total
+            ok &= good
+            say("value under Lock    : value %d of %d  %s  %.3f s  "
+                "(%.3f M updates/s)" % (value.value, total,
+                                        "exact" if good else "WRONG", t,
+                                        total / t / 1e6))
+
+            d.clear()
+            del lst[:]
+            seq = time.perf_counter()
+            phase_task(RESULTS, 0, total, *shared)
+            seq = time.perf_counter() - seq
+            good = check_results(d, lst, total)
+            d.clear()
+            del lst[:]
+            par = run_phase(pool, o.workers, RESULTS, total, shared)
+            good &= check_results(d, lst, total)
+            ok &= good
+            say("results d[k]=v + append: %d items  seq %.3f s  par %.3f s  "
+                "%s  (%.3f M items/s in parallel)"
+                % (total, seq, par, "all present once" if good else "WRONG",
+                   total / par / 1e6))
+
+    say("  sequential  %8.3f s" % seq)
+    say("  parallel    %8.3f s  (%d workers)" % (par, o.workers))
+    say("  speedup     %8.2fx" % (seq / par))
+    say("  check      %s" % ("ok" if ok else "FAIL"))
+    print("RESULT manager seq=%.3f par=%.3f speedup=%.2f check=%s"
+          % (seq, par, seq / par, "ok" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
