@@ -29,7 +29,6 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,49 +37,46 @@
 sigset_t fp__fs_orig_mask;
 pid_t fp__fs_pid;
 
-struct linux_dirent64 {
-  uint64_t d_ino;
-  int64_t d_off;
-  unsigned short d_reclen;
-  unsigned char d_type;
-  char d_name[];
-};
+/* The registry of library-owned descriptors: the master ends of every
+ * pool's control socket and worker sockets. A fork server must not keep
+ * another pool's descriptors open (its workers would hold them too, and a
+ * worker would then never see EOF when its master closes its end), so it
+ * closes every registered descriptor when it starts.
+ *
+ * Why not simply close every close-on-exec descriptor? Because libuv's
+ * pthread_atfork child handler closes and re-creates its own signal pipe by
+ * the numbers it remembers: if we had closed that pipe and a worker socket
+ * had taken its number, the handler would close our socket in the worker.
+ *
+ * Lock-free on purpose: the fork server reads it right after fork(), when
+ * a mutex could be held by a thread that no longer exists. */
+#define FDREG_MAX 4096
+static _Atomic int fdreg[FDREG_MAX]; /* fd + 1, 0 = free */
 
-void fp__close_cloexec_fds(int keep1, int keep2) {
-  char buf[4096];
-  int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    return;
-  /* Collect first, close after: closing while reading the directory would
-   * change what we are reading. 1024 descriptors per pass, repeated. */
-  for (;;) {
-    int fds[1024];
-    int n = 0;
-    lseek(dfd, 0, SEEK_SET);
-    long nread;
-    while (n < 1024 &&
-           (nread = syscall(SYS_getdents64, dfd, buf, sizeof(buf))) > 0) {
-      for (long off = 0; off < nread;) {
-        struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
-        off += d->d_reclen;
-        if (d->d_name[0] < '0' || d->d_name[0] > '9')
-          continue;
-        int fd = 0;
-        for (const char *p = d->d_name; *p; p++)
-          fd = fd * 10 + (*p - '0');
-        if (fd < 3 || fd == dfd || fd == keep1 || fd == keep2)
-          continue;
-        int fl = fcntl(fd, F_GETFD);
-        if (fl >= 0 && (fl & FD_CLOEXEC) && n < 1024)
-          fds[n++] = fd;
-      }
-    }
-    for (int i = 0; i < n; i++)
-      close(fds[i]);
-    if (n < 1024)
-      break;
+void fp__fdreg_add(int fd) {
+  for (int i = 0; i < FDREG_MAX; i++) {
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&fdreg[i], &expect, fd + 1))
+      return;
   }
-  close(dfd);
+  /* Full: the descriptor just stays open in later fork servers. */
+}
+
+void fp__fdreg_del(int fd) {
+  for (int i = 0; i < FDREG_MAX; i++) {
+    int expect = fd + 1;
+    if (atomic_compare_exchange_strong(&fdreg[i], &expect, 0))
+      return;
+  }
+}
+
+/* Closes every registered descriptor except keep (fork server only). */
+static void fdreg_close_all(int keep) {
+  for (int i = 0; i < FDREG_MAX; i++) {
+    int v = atomic_load(&fdreg[i]);
+    if (v != 0 && v - 1 != keep)
+      close(v - 1);
+  }
 }
 
 /* Sends one message, with `pass_fd` attached when >= 0. Returns 0 or
@@ -143,8 +139,24 @@ void fp__forkserver_main(fp_pool *pool, int ctl) {
    * drop our copy so it is never printed twice. */
   __fpurge(stdout);
   __fpurge(stderr);
-  fp__close_cloexec_fds(ctl, -1);
-  signal(SIGCHLD, SIG_DFL); /* SIG_IGN would auto-reap and hide statuses */
+  fdreg_close_all(ctl);
+  /* Handlers the master installed are the master's business: the fork
+   * server and the workers start as after exec(), with every caught signal
+   * back to its default action (ignored ones stay ignored). Without this a
+   * handler meant for the master (a test harness's SIGTERM handler that
+   * kills its process group, say) would run inside a worker. */
+  for (int sig = 1; sig < NSIG; sig++) {
+    struct sigaction sa;
+    if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0)
+      continue;
+    if (!(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_IGN &&
+        sig != SIGCHLD)
+      continue;
+    if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_DFL)
+      signal(sig, SIG_DFL);
+  }
+  /* SIGCHLD is back to SIG_DFL above: SIG_IGN would auto-reap and hide
+   * exit statuses. */
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, &fp__fs_orig_mask);

@@ -590,6 +590,7 @@ static void conn_close(fp__conn *c) {
   if (c->closing)
     return;
   c->closing = 1;
+  fp__fdreg_del(c->fd);
   close(c->fd);
   uv_close((uv_handle_t *)&c->poll, conn_closed);
 }
@@ -790,6 +791,7 @@ static void worker_spawned_locked(fp_pool *pool, int slot, pid_t pid, int fd) {
     fs_send(pool, FP__FS_KILL, slot, pid, SIGKILL);
     return; /* its EXITED report finds no conn; nalive fixed there */
   }
+  fp__fdreg_add(fd);
   c->ws = ws;
   c->pool = pool;
   c->fd = fd;
@@ -1172,6 +1174,7 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   close(sv[1]);
   pool->fs_pid = pid;
   pool->fs_fd = sv[0];
+  fp__fdreg_add(sv[0]);
 
   if ((rc = uv_loop_init(&pool->loop)) != 0)
     goto fail_fs;
@@ -1221,6 +1224,7 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   return 0;
 
 fail_fs:
+  fp__fdreg_del(pool->fs_fd);
   close(pool->fs_fd);
   while (waitpid(pool->fs_pid, NULL, 0) < 0 && errno == EINTR) {
   }
@@ -1305,6 +1309,7 @@ int fp_pool_join(fp_pool *pool) {
   pthread_mutex_unlock(&pool->mu);
   pthread_join(pool->thread, NULL);
   uv_loop_close(&pool->loop);
+  fp__fdreg_del(pool->fs_fd);
   close(pool->fs_fd);
   pool->fs_fd = -1;
   int st;

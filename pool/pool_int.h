@@ -364,10 +364,10 @@ void fp__forkserver_main(fp_pool *pool, int ctl_fd) __attribute__((noreturn));
 /* A worker's main loop; never returns. */
 void fp__worker_main(fp_pool *pool, int slot, int fd) __attribute__((noreturn));
 
-/* Closes every descriptor >= 3 that has FD_CLOEXEC set, except `keep1` and
- * `keep2`: the library opens all of its descriptors close-on-exec, so this
- * drops other pools' and libuv's descriptors in a freshly forked child
- * while leaving the user's inheritable descriptors alone. */
-void fp__close_cloexec_fds(int keep1, int keep2);
+/* The registry of library-owned descriptors that fork servers close (see
+ * forkserver.c). Register right after opening; unregister before closing,
+ * so a reused number is never closed by mistake. */
+void fp__fdreg_add(int fd);
+void fp__fdreg_del(int fd);
 
 #endif
