@@ -2,7 +2,8 @@
 set terminal pngcairo size 900,560 font ",10"
 set output out
 set title "Per-item cost of a trivial map vs chunksize"
-set logscale xy
+set logscale x 4
+set logscale y
 set grid
 set key top right
 set xlabel "chunksize (items per task)"

@@ -588,10 +588,13 @@ static void g_fault(sizes_t n) {
   cur_kernel = spin_task;
   fp_pool *p = mkpool(2);
   int reps = quick ? 3 : 15;
+  fp_writer arg;
+  fp_writer_init(&arg);
+  fp_write_int(&arg, 0);
   for (int r = 0; r < reps; r++) {
     fp_result *res;
     atomic_store(&fshm->slot, -1);
-    check(fp_pool_apply_async(p, hang_task, NULL, NULL, &res),
+    check(fp_pool_apply_async(p, hang_task, &arg, NULL, &res),
           "fp_pool_apply_async");
     double t0 = now_s();
     while (atomic_load(&fshm->slot) < 0)
@@ -612,6 +615,7 @@ static void g_fault(sizes_t n) {
     fp_result_free(res);
     emit("fault_latency", "forkpool", dt * 1e3, "ms");
   }
+  fp_writer_free(&arg);
   fp_pool_free(p);
 
   /* Throughput of 1 ms tasks, undisturbed and with a kill every 100 ms;
