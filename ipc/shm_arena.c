@@ -483,13 +483,15 @@ void fp__shm_repair(fp_manager *m, fp__shm_journal *j) {
     jfinish(m, j);
 }
 
-int fp__shm_mutex_init(pthread_mutex_t *mu) {
+int fp__shm_mutex_init(pthread_mutex_t *mu, int type) {
   pthread_mutexattr_t a;
   int rc;
 
   if ((rc = pthread_mutexattr_init(&a)) != 0)
     return -rc;
-  rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  rc = pthread_mutexattr_settype(&a, type);
+  if (rc == 0)
+    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
   if (rc == 0)
     rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
   if (rc == 0)
@@ -546,7 +548,7 @@ int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
   m->heap = (sizeof(*m) + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
   m->brk = m->heap;
   m->base = (uint64_t)(uintptr_t)m;
-  if ((rc = fp__shm_mutex_init(&m->mu)) != 0) {
+  if ((rc = fp__shm_mutex_init(&m->mu, PTHREAD_MUTEX_NORMAL)) != 0) {
     munmap(p, size);
     return rc;
   }

@@ -197,9 +197,10 @@ FP__SHM_HIDDEN int fp__shm_lock(fp_manager *m, pthread_mutex_t *mu,
                                 fp__shm_journal *j);
 FP__SHM_HIDDEN void fp__shm_unlock(pthread_mutex_t *mu);
 
-/* Initialises a robust, process-shared mutex in the arena. Returns 0 or a
- * negative errno. */
-FP__SHM_HIDDEN int fp__shm_mutex_init(pthread_mutex_t *mu);
+/* Initialises a robust, process-shared mutex of the given pthread type
+ * (PTHREAD_MUTEX_NORMAL inside the library, ERRORCHECK for fp_lock) in the
+ * arena. Returns 0 or a negative errno. */
+FP__SHM_HIDDEN int fp__shm_mutex_init(pthread_mutex_t *mu, int type);
 
 /* Journal protocol, used with the structure's lock held:
  *   fp__shm_jbegin(j)              state IDLE -> ACTIVE

@@ -168,7 +168,7 @@ static int init_dict(void *obj, void *arg) {
   int rc;
 
   for (int i = 0; i < NSTRIPE; i++)
-    if ((rc = fp__shm_mutex_init(&d->s[i].mu)) != 0)
+    if ((rc = fp__shm_mutex_init(&d->s[i].mu, PTHREAD_MUTEX_NORMAL)) != 0)
       return rc;
   return 0;
 }

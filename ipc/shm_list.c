@@ -54,7 +54,7 @@ static value *value_at(fp_manager *m, uint64_t off) {
 }
 
 static int init_list(void *obj, void *arg) {
-  return fp__shm_mutex_init(&((fp_list *)obj)->mu);
+  return fp__shm_mutex_init(&((fp_list *)obj)->mu, PTHREAD_MUTEX_NORMAL);
 }
 
 int fp_list_new(fp_manager *m, fp_list **out) {

@@ -112,7 +112,9 @@ int fp_counter_from_ref(fp_manager *m, uint64_t ref, fp_counter **out) {
 /* --- lock --------------------------------------------------------------- */
 
 static int init_lock(void *obj, void *arg) {
-  return fp__shm_mutex_init(&((fp_lock *)obj)->mu);
+  /* Error-checking: relocking by the holder gives EDEADLK instead of a
+   * silent self-deadlock, unlocking by a non-holder EPERM. */
+  return fp__shm_mutex_init(&((fp_lock *)obj)->mu, PTHREAD_MUTEX_ERRORCHECK);
 }
 
 int fp_lock_new(fp_manager *m, fp_lock **out) {

@@ -13,6 +13,7 @@
 #include "forkpool.h"
 #include "ipc/shm_arena.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -457,6 +458,9 @@ START_TEST(lock_acquire_release_timeout) {
 
   ck_assert_int_eq(fp_lock_new(mgr, &l), 0);
   ck_assert_int_eq(fp_lock_acquire(l, FP_FOREVER), 0);
+  ck_assert_int_eq(fp_lock_acquire(l, FP_FOREVER), -EDEADLK);
+  ck_assert_int_eq(fp_lock_acquire(l, 0), -EDEADLK);
+  ck_assert_int_eq(fp_lock_acquire(l, 0.01), -EDEADLK);
   ck_assert_int_eq(fp_lock_release(l), 0);
   ck_assert_int_eq(fp_lock_release(l), FP_EPERM);
   ck_assert_int_eq(fp_lock_acquire(NULL, 0), FP_EINVAL);
