@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
   size_t n;
   job *jobs;
   sorted *seq_out, *par_out;
-  double seq, par, t;
+  double seq, par, omp, t;
   uint64_t total = 0;
   int ok, cpus = fp_cpu_count();
 
@@ -140,6 +140,16 @@ int main(int argc, char **argv) {
     demo_say(&o, "  %7d  %8.3f  %6.2fx%s\n", w, tw, seq / tw,
              w == cpus ? "  <- CPUs" : "");
   }
+
+  /* The reference: OpenMP threads, one static partition each. */
+  t = demo_now();
+#pragma omp parallel for schedule(static) num_threads(o.workers)
+  for (size_t i = 0; i < n; i++)
+    bogosort_task(&jobs[i], &par_out[i]);
+  omp = demo_now() - t;
+  ok &= memcmp(seq_out, par_out, sizeof(sorted) * n) == 0;
+  demo_openmp(&o, seq, par, omp);
+
   free(jobs);
   free(seq_out);
   free(par_out);

@@ -20,6 +20,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lib/demo.h"
 
@@ -62,7 +63,7 @@ int main(int argc, char **argv) {
   int64_t base, values[NVALUES], seq_out[NVALUES], par_out[NVALUES];
   int64_t slice_out[NVALUES * SLICES], bal_sum[NVALUES];
   range slices[NVALUES * SLICES];
-  double seq = 1e9, par = 1e9, bal = 1e9, t;
+  double seq = 1e9, par = 1e9, bal = 1e9, omp = 1e9, t;
   int ok = 1;
   fp_pool *pool;
   fp_call_opts co = {.chunksize = 1};
@@ -119,6 +120,19 @@ int main(int argc, char **argv) {
   fp_pool_join(pool);
   fp_pool_free(pool);
 
+  /* The reference: OpenMP threads over the same five tasks (after the
+   * pool is gone, so no thread exists when the fork server is forked). */
+  for (int rep = 0; rep < REPEAT; rep++) {
+    int64_t omp_out[NVALUES];
+    t = demo_now();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(o.workers)
+    for (int i = 0; i < NVALUES; i++)
+      cumsum_task(&values[i], &omp_out[i]);
+    t = demo_now() - t;
+    omp = t < omp ? t : omp;
+    ok &= memcmp(omp_out, seq_out, sizeof omp_out) == 0;
+  }
+
   for (int i = 0; i < NVALUES; i++) {
     int64_t n = values[i], want = n * (n + 1) / 2;
     int good = seq_out[i] == want && par_out[i] == want && bal_sum[i] == want;
@@ -135,5 +149,6 @@ int main(int argc, char **argv) {
            "  balanced variant (%d slices): %.3f s, speedup %.2fx over "
            "sequential\n",
            NVALUES * SLICES, bal, seq / bal);
+  demo_openmp(&o, seq, par, omp);
   return demo_result(&o, "cumsum", seq, par, ok);
 }

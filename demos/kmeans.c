@@ -249,7 +249,8 @@ int main(int argc, char **argv) {
   demo_opts o;
   int64_t ks[NK];
   kresult seq_r[NK], par_r[NK];
-  double seq, par, t;
+  double seq, par, omp, t;
+  kresult omp_r[NK];
   int ok, kseq, kpar;
   fp_pool *pool;
   fp_call_opts co = {.chunksize = 1};
@@ -282,6 +283,13 @@ int main(int argc, char **argv) {
   fp_pool_join(pool);
   fp_pool_free(pool);
 
+  /* The reference: OpenMP threads over the same k values. */
+  t = demo_now();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(o.workers)
+  for (int i = 0; i < NK; i++)
+    kmeans_task(&ks[i], &omp_r[NK - 1 - i]);
+  omp = demo_now() - t;
+
   /* par_r is in ks order (largest k first); put it in k order. */
   for (int i = 0; i < NK / 2; i++) {
     kresult tmp = par_r[i];
@@ -300,5 +308,7 @@ int main(int argc, char **argv) {
            kseq, kpar, CENTERS,
            ok ? "bit-identical" : "DIFFER between sequential and parallel");
   ok &= kseq == kpar && kpar == CENTERS;
+  ok &= memcmp(omp_r, seq_r, sizeof seq_r) == 0;
+  demo_openmp(&o, seq, par, omp);
   return demo_result(&o, "kmeans", seq, par, ok);
 }

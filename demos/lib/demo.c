@@ -105,6 +105,13 @@ int demo_result(const demo_opts *o, const char *name, double seq, double par,
   return ok ? 0 : 1;
 }
 
+void demo_openmp(const demo_opts *o, double seq, double par, double omp) {
+  demo_say(o,
+           "  OpenMP, same kernel, %d threads: %.3f s, speedup %.2fx; "
+           "forkpool reaches %.0f%% of it\n",
+           o->workers, omp, seq / omp, 100 * omp / par);
+}
+
 fp_pool *demo_pool(const demo_opts *o, fp_progress_mode progress,
                    int inflight) {
   fp_pool_opts po;

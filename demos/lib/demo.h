@@ -45,6 +45,12 @@ int demo_check(int rc, const char *what);
 int demo_result(const demo_opts *o, const char *name, double seq, double par,
                 int ok);
 
+/* Prints the OpenMP reference: the same kernel run by o->workers threads
+ * in `omp` seconds, against the sequential and forkpool times. It tells a
+ * slow pool from a busy machine: when OpenMP gains nothing either, the
+ * cores were not free. */
+void demo_openmp(const demo_opts *o, double seq, double par, double omp);
+
 /* Creates a pool of o->workers workers with the given progress mode and
  * in-flight depth (0: the library default), or exits with status 2. */
 fp_pool *demo_pool(const demo_opts *o, fp_progress_mode progress, int inflight);
