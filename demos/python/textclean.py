@@ -1,0 +1,116 @@
+#!/usr/bin/python3
+"""textclean.py - clean a corpus line by line with pool.imap; twin of
+demos/textclean.c.
+
+Corpus: the licence texts of /usr/share/common-licenses (sorted by name),
+else /usr/share/dict/words, else generated words, repeated to 200,000 lines
+(1,000,000 with --full). Cleaning: lowercase, punctuation to blanks,
+blanks collapsed, stop words dropped. pool.imap(clean, lines,
+chunksize=64) must give exactly what the sequential loop gives. A tqdm bar
+is shown when tqdm is installed and stderr is a terminal.
+
+The pitfall: pool.map(clean, text) with text a str runs clean on every
+CHARACTER; pass text.splitlines() to get one task per line.
+
+Ends with: RESULT textclean seq=<s> par=<s> speedup=<x> check=ok|FAIL
+"""
+import argparse
+import os
+import random
+import re
+import sys
+import time
+from multiprocessing import Pool
+
+STOP = frozenset("""a about after all also an and any are as at be been but by
+can could do does each for from had has have he her his how i if in into is
+it its may more must no not of on one or other our out shall she so some such
+than that the their them then there these they this those to under up upon us
+was we were what when which who will with would you your""".split())
+NONWORD = re.compile(r"[^a-z0-9]+")
+
+
+def clean(line):
+    words = NONWORD.split(line.lower())
+    return " ".join(w for w in words if w and w not in STOP)
+
+
+def load(target):
+    lines, source = [], "/usr/share/common-licenses"
+    if os.path.isdir(source):
+        for name in sorted(os.listdir(source)):
+            if name.startswith("."):
+                continue
+            with open(os.path.join(source, name), "rb") as f:
+                data = f.read().decode("utf-8", "replace").split("\n")
+            if data and data[-1] == "":
+                data.pop()  # the newline that ends the file
+            lines += [line.rstrip("\r") for line in data]  # as C getline
+    if not lines and os.path.exists("/usr/share/dict/words"):
+        source = "/usr/share/dict/words"
+        with open(source, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    if not lines:
+        source = "generated words"
+        words = ("The software is provided as is, without warranty of any "
+                 "kind; Licence Copy modify and share Source code! Program "
+                 "(the Work) may be used.").split()
+        rng = random.Random(99)
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+                 for _ in range(5000)]
+    base = len(lines)
+    while len(lines) < target:
+        lines += lines[:min(base, target - len(lines))]
+    return lines, base, source
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--full", action="store_true", help="1,000,000 lines")
+    ap.add_argument("--quiet", action="store_true")
+    opt = ap.parse_args()
+    say = (lambda *a: None) if opt.quiet else print
+    lines, base, source = load(1000000 if opt.full else 200000)
+    say(f"textclean: {len(lines)} lines from {source}, {base} lines repeated")
+
+    text = ("Copyright (C) The Free Software Foundation.\n"
+            "Everyone is permitted to copy this document,\n"
+            "but changing it is not allowed.")
+    with Pool(opt.workers) as pool:
+        say("pitfall - the function runs once per ELEMENT of the input:")
+        say(f"  pool.map(clean, text)              -> "
+            f"{len(pool.map(clean, text))} results (one per character!)")
+        say(f"  pool.map(clean, [text])            -> "
+            f"{len(pool.map(clean, [text]))} result (one item: no parallelism)")
+        say(f"  pool.map(clean, text.splitlines()) -> "
+            f"{len(pool.map(clean, text.splitlines()))} results (one per line)")
+
+        t = time.perf_counter()
+        seq_out = [clean(line) for line in lines]
+        seq = time.perf_counter() - t
+
+        it = pool.imap(clean, lines, chunksize=64)
+        try:
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+                it = tqdm(it, total=len(lines))
+        except ImportError:
+            pass
+        t = time.perf_counter()
+        par_out = list(it)
+        par = time.perf_counter() - t
+
+    ok = par_out == seq_out
+    say(f"  {sum(1 for s in par_out if s)} of {len(lines)} lines keep words; "
+        f"parallel output {'identical to' if ok else 'DIFFERS from'} sequential")
+    say(f"  sequential {seq:8.3f} s\n  parallel   {par:8.3f} s  "
+        f"({opt.workers} workers)\n  speedup    {seq / par:8.2f}x\n"
+        f"  check      {'ok' if ok else 'FAIL'}")
+    print(f"RESULT textclean seq={seq:.3f} par={par:.3f} "
+          f"speedup={seq / par:.2f} check={'ok' if ok else 'FAIL'}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
