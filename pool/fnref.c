@@ -44,8 +44,18 @@ static int find_module(struct dl_phdr_info *info, size_t size, void *arg) {
 /* Fills *out with the reference of `fn`. Returns 0, or FP_EINVAL for NULL.
  * When no module contains fn (a static binary), the raw address is used. */
 int fp__fnref_make(const void *fn, fp__fnref *out) {
+  /* Callers submit the same few functions over and over: remember the
+   * last ones per thread rather than walk the module list each time. */
+  static __thread const void *cache_fn[4];
+  static __thread fp__fnref cache_ref[4];
+  static __thread unsigned cache_next;
   if (fn == NULL || out == NULL)
     return FP_EINVAL;
+  for (int i = 0; i < 4; i++)
+    if (cache_fn[i] == fn) {
+      *out = cache_ref[i];
+      return 0;
+    }
   find_ctx ctx = {(uintptr_t)fn, 0, 0, 0};
   dl_iterate_phdr(find_module, &ctx);
   memset(out, 0, sizeof(*out));
@@ -56,6 +66,9 @@ int fp__fnref_make(const void *fn, fp__fnref *out) {
     out->module = UINT32_MAX;
     out->offset = (uint64_t)(uintptr_t)fn;
   }
+  cache_fn[cache_next % 4] = fn;
+  cache_ref[cache_next % 4] = *out;
+  cache_next++;
   return 0;
 }
 

@@ -42,7 +42,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define EWMA_PREFETCH_NS 2000000 /* prefetch a 2nd chunk below 2 ms/chunk */
+#define EWMA_PREFETCH_NS 2000000 /* queue `inflight` chunks below 2 ms */
+#define EWMA_BATCH_NS 100000     /* queue FP__MAX_INFLIGHT below 100 us */
 #define TICK_MS 2
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
@@ -137,33 +138,48 @@ static void conn_set_events(fp__conn *c, int events) {
   uv_poll_start(&c->poll, events, conn_on_io);
 }
 
-/* Sends one chunk to the worker of ws. Returns 0 when the frame is fully
- * written or its tail is buffered for the pool thread; -errno when the
- * socket is broken (the worker is dying; its EXITED report follows). */
-static int send_chunk_locked(fp_pool *pool, fp__wslot *ws, fp__chunk *ch) {
+/* Writes the chunks queued for ws but not yet written, all in one
+ * sendmsg, so a worker fed several small chunks wakes once and reads them
+ * in one go. Returns 0 when everything is written or the unsent tail is
+ * buffered for the pool thread; -errno when the socket is broken (the
+ * worker is dying; its EXITED report follows). */
+static int send_chunks_locked(fp_pool *pool, fp__wslot *ws) {
   fp__conn *c = ws->conn;
-  fp__job *job = ch->job;
-  fp__task_hdr th;
-  memset(&th, 0, sizeof(th));
-  th.type = FP__MSG_TASK;
-  th.wire = job->wire;
-  th.flags = (job->timeout > 0 ? FP__TASK_TIMED : 0) |
-             (job->kind == FP__JOB_APPLY ? FP__TASK_WHOLE : 0);
-  th.count = ch->count;
-  th.seq = ch->seq;
-  th.start = ch->start;
-  th.in_size = (uint32_t)job->in_size;
-  th.out_size = (uint32_t)job->out_size;
-  th.fn = job->fn;
-  uint32_t flen = (uint32_t)(sizeof(th) + ch->items_len);
-  struct iovec iov[3] = {{&flen, 4},
-                         {&th, sizeof(th)},
-                         {(void *)ch->items, ch->items_len}};
-  size_t total = 4 + sizeof(th) + ch->items_len;
+  int first = ws->nwritten, n = ws->ninflight - first;
+  if (n <= 0 || c->out_len > 0)
+    return 0;
+  fp__task_hdr th[FP__MAX_INFLIGHT];
+  uint32_t flen[FP__MAX_INFLIGHT];
+  struct iovec iov[3 * FP__MAX_INFLIGHT];
+  size_t total = 0;
+  for (int i = 0; i < n; i++) {
+    fp__chunk *ch = ws->inflight[first + i];
+    fp__job *job = ch->job;
+    memset(&th[i], 0, sizeof(th[i]));
+    th[i].type = FP__MSG_TASK;
+    th[i].wire = job->wire;
+    th[i].flags = (job->timeout > 0 ? FP__TASK_TIMED : 0) |
+                  (job->kind == FP__JOB_APPLY ? FP__TASK_WHOLE : 0);
+    th[i].count = ch->count;
+    th[i].seq = ch->seq;
+    th[i].start = ch->start;
+    th[i].in_size = (uint32_t)job->in_size;
+    th[i].out_size = (uint32_t)job->out_size;
+    th[i].fn = job->fn;
+    flen[i] = (uint32_t)(sizeof(th[i]) + ch->items_len);
+    iov[3 * i].iov_base = &flen[i];
+    iov[3 * i].iov_len = 4;
+    iov[3 * i + 1].iov_base = &th[i];
+    iov[3 * i + 1].iov_len = sizeof(th[i]);
+    iov[3 * i + 2].iov_base = (void *)ch->items;
+    iov[3 * i + 2].iov_len = ch->items_len;
+    total += 4 + sizeof(th[i]) + ch->items_len;
+  }
+  ws->nwritten = ws->ninflight;
   struct msghdr mh;
   memset(&mh, 0, sizeof(mh));
   mh.msg_iov = iov;
-  mh.msg_iovlen = 3;
+  mh.msg_iovlen = (size_t)(3 * n);
   ssize_t w;
   do
     w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -180,7 +196,7 @@ static int send_chunk_locked(fp_pool *pool, fp__wslot *ws, fp__chunk *ch) {
     if (buf == NULL)
       return FP_ENOMEM;
     size_t off = 0, skip = (size_t)w;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 3 * n; i++) {
       size_t l = iov[i].iov_len;
       if (skip >= l) {
         skip -= l;
@@ -218,10 +234,18 @@ static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
 void fp__dispatch_locked(fp_pool *pool) {
   if (pool->qhead == NULL || pool->state == FP__TERMINATE)
     return;
-  int maxdepth = pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS
-                     ? pool->inflight
-                     : 1;
-  /* Fill idle workers first, then deepen queues level by level. */
+  int sent_timed = 0;
+  /* How deep each worker's queue may be: one chunk when chunks are long
+   * (or not measured yet), so work balances dynamically; a few when they
+   * are short, so no worker idles while its next chunk travels; many when
+   * they are tiny, so one wakeup carries several chunks. */
+  int maxdepth = 1;
+  if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_BATCH_NS)
+    maxdepth = FP__MAX_INFLIGHT;
+  else if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS)
+    maxdepth = pool->inflight;
+  /* Assign level by level, idle workers first; then write each worker's
+   * new chunks with one system call. */
   for (int depth = 0; depth < maxdepth && pool->qhead; depth++) {
     for (int k = 0; k < pool->nworkers && pool->qhead; k++) {
       fp__wslot *ws = &pool->ws[(pool->rr + k) % pool->nworkers];
@@ -232,17 +256,19 @@ void fp__dispatch_locked(fp_pool *pool) {
       ch->state = FP__CH_SENT;
       ws->inflight[ws->ninflight++] = ch;
       ws->sent++;
+      sent_timed |= ch->job->timeout > 0;
       if (ws->ninflight == 1)
         ws->last_done_ns = fp__now_ns();
-      if (send_chunk_locked(pool, ws, ch) != 0) {
-        /* Broken socket: the worker is dying. Its death handler requeues
-         * what it held; stop feeding it. */
-        ws->conn->eof = 1;
-      }
     }
   }
+  for (int k = 0; k < pool->nworkers; k++) {
+    fp__wslot *ws = &pool->ws[k];
+    if (ws->conn && ws->nwritten < ws->ninflight &&
+        send_chunks_locked(pool, ws) != 0)
+      ws->conn->eof = 1; /* broken: its death requeues what it held */
+  }
   pool->rr = (pool->rr + 1) % pool->nworkers;
-  if (pool->jobs != NULL && !pool->tick_on)
+  if (sent_timed && !pool->tick_on && !fp__on_pool_thread(pool))
     fp__wake(pool); /* let the loop arm the tick for time limits */
 }
 
@@ -378,6 +404,7 @@ static void chunk_results(fp_pool *pool, fp__wslot *ws, const unsigned char *p,
     goto bad;
   memmove(ws->inflight, ws->inflight + 1,
           sizeof(ws->inflight[0]) * (size_t)--ws->ninflight);
+  ws->nwritten--;
   int64_t now = fp__now_ns();
   int64_t took = now - ws->last_done_ns;
   ws->last_done_ns = now;
@@ -522,8 +549,13 @@ static int conn_read(fp_pool *pool, fp__conn *c) {
     ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len,
                      MSG_DONTWAIT);
     if (n > 0) {
+      size_t space = c->in_cap - c->in_len;
       c->in_len += (size_t)n;
       conn_process(pool, c);
+      /* A short read drained the socket: the level-triggered poll says
+       * when more arrives, so skip the recv that would say EAGAIN. */
+      if ((size_t)n < space)
+        return 0;
       continue;
     }
     if (n == 0)
@@ -714,6 +746,7 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
   fp__chunk *held[FP__MAX_INFLIGHT];
   memcpy(held, ws->inflight, sizeof(held[0]) * (size_t)n);
   ws->ninflight = 0;
+  ws->nwritten = 0;
   /* Requeue in reverse so the queue keeps the original order. */
   for (int k = n - 1; k >= 0; k--) {
     fp__chunk *ch = held[k];

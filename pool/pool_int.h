@@ -266,6 +266,7 @@ typedef struct fp__wslot {
   int spawning;          /* SPAWN sent, no answer yet */
   fp__chunk *inflight[FP__MAX_INFLIGHT];
   int ninflight;
+  int nwritten;          /* of inflight, how many were written */
   uint64_t sent;         /* chunks sent to the current process */
   int retiring;
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED: why we killed it */

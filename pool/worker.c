@@ -267,6 +267,49 @@ static int run_chunk(int fd, fp__slot *slot, const unsigned char *p,
   return rc;
 }
 
+/* Returns the next frame's payload, reading as much as the socket has in
+ * one call, so frames the master queued back to back cost one read.
+ * `in` holds raw bytes from *off on; the payload stays valid until the
+ * next call. Returns 0, or non-zero at EOF, on error or on an over-long
+ * frame. */
+static int next_frame(int fd, fp_writer *in, size_t *off, size_t max,
+                      const unsigned char **payload, size_t *plen) {
+  for (;;) {
+    size_t have = in->len - *off;
+    if (have >= 4) {
+      int rc = fp_frame_parse(in->data + *off, have, max, plen);
+      if (rc < 0)
+        return rc;
+      if (rc == 0) {
+        *payload = in->data + *off + 4;
+        *off += 4 + *plen;
+        return 0;
+      }
+    }
+    /* Move the partial frame to the front and make room for the rest. */
+    if (*off > 0) {
+      memmove(in->data, in->data + *off, have);
+      in->len = have;
+      *off = 0;
+    }
+    size_t want = 65536;
+    if (have >= 4) {
+      uint32_t l;
+      memcpy(&l, in->data, 4);
+      if ((size_t)l + 4 > have + want)
+        want = (size_t)l + 4 - have;
+    }
+    if (in->cap - in->len < want && fp_writer_reserve(in, want) != 0)
+      return FP_ENOMEM;
+    ssize_t n = read(fd, in->data + in->len, in->cap - in->len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n == 0 ? FP_EOF : -errno;
+    in->len += (size_t)n;
+  }
+}
+
 void fp__worker_main(fp_pool *pool, int slot_index, int fd) {
   fp__slot *slot = &pool->slots[slot_index];
   g_worker_id = slot_index;
@@ -299,13 +342,16 @@ void fp__worker_main(fp_pool *pool, int slot_index, int fd) {
   fp_writer_init(&data);
   fp_writer_init(&errs);
   unsigned done = 0;
+  size_t off = 0; /* start of the next frame in `in` */
   for (;;) {
-    int rc = fp_frame_read(fd, &in, pool->max_frame);
+    const unsigned char *payload = NULL;
+    size_t plen = 0;
+    int rc = next_frame(fd, &in, &off, pool->max_frame, &payload, &plen);
     if (rc != 0)
       _exit(0); /* EOF: the pool is closing, or the master is gone */
-    if (in.len < 1 || in.data[0] != FP__MSG_TASK)
+    if (plen < 1 || payload[0] != FP__MSG_TASK)
       _exit(124);
-    rc = run_chunk(fd, slot, in.data, in.len, &data, &errs);
+    rc = run_chunk(fd, slot, payload, plen, &data, &errs);
     fflush(stdout);
     fflush(stderr);
     if (rc != 0)
