@@ -401,7 +401,7 @@ int main(int argc, char **argv) {
   omp = demo_now() - t;
   ok &= memcmp(r2_omp, r2_seq, sizeof(double) * (size_t)ngrid) == 0;
 
-  demo_say(&o, "total (a) + (b):\n");
   demo_openmp(&o, seq_a + seq_b, par_a + par_b, omp);
+  demo_say(&o, "total (a) + (b):\n");
   return demo_result(&o, "forest", seq_a + seq_b, par_a + par_b, ok);
 }
