@@ -1,0 +1,700 @@
+/* check_faults.c - a dead worker fails its task, never the pool.
+ *
+ * Crashes of every kind (NULL dereference, abort, exit, SIGKILL from
+ * outside, time limits, memory limits, failing initializers) in apply, map,
+ * imap and apply_async; the crash policies; terminate with workers that
+ * ignore SIGTERM; no orphans when the master is SIGKILLed; no deadlock when
+ * a replacement worker is forked while a user thread holds a lock. Each
+ * case is bounded by a Check timeout, so a hang is a failure, and each ends
+ * with no child process left.
+ */
+#include "forkpool.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static fp_pool *pool_with(int n, fp_crash_policy pol, int retries) {
+  fp_pool *p = NULL;
+  fp_pool_opts o = {0};
+  o.processes = n;
+  o.on_crash = pol;
+  o.retries = retries;
+  int rc = fp_pool_new(&p, &o);
+  ck_assert_msg(rc == 0, "fp_pool_new: %s", fp_err_name(rc));
+  return p;
+}
+
+/* The pool still answers after a fault. */
+static int t_pid(fp_reader *args, fp_writer *out) {
+  (void)args;
+  return fp_write_int(out, (int64_t)getpid());
+}
+
+static void assert_serving(fp_pool *p) {
+  fp_writer o;
+  fp_writer_init(&o);
+  ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, &o), 0);
+  fp_writer_free(&o);
+}
+
+/* ---- tasks that die ------------------------------------------------------ */
+
+enum { CRASH_SEGV = 1, CRASH_ABORT, CRASH_EXIT3, CRASH_EXIT0, CRASH_SLEEP };
+
+static void die(int how) {
+  switch (how) {
+  case CRASH_SEGV: {
+    volatile int *p = NULL;
+    *p = 1;
+    break;
+  }
+  case CRASH_ABORT:
+    abort();
+  case CRASH_EXIT3:
+    exit(3);
+  case CRASH_EXIT0:
+    exit(0);
+  }
+}
+
+/* args: (how, index-to-crash) ; crashes when its item index matches, or
+ * always for apply (index -1). */
+static int t_crash(fp_reader *args, fp_writer *out) {
+  int64_t how, at;
+  fp_unpack(args, "i i", &how, &at);
+  if (at < 0 || at == fp_task_index())
+    die((int)how);
+  return fp_write_int(out, fp_task_index());
+}
+
+static int e_crash_at_37(const void *in, void *out) {
+  int64_t v = *(const int64_t *)in;
+  if (v == 37)
+    die(CRASH_SEGV);
+  *(int64_t *)out = v + 1;
+  return 0;
+}
+
+static int e_crash_low(const void *in, void *out) {
+  int64_t v = *(const int64_t *)in;
+  if (v < 2)
+    die(CRASH_ABORT);
+  *(int64_t *)out = v;
+  return 0;
+}
+
+static void teardown(void) {
+  fp_test_no_children();
+}
+
+static void apply_dies(int how, const char *expect) {
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_writer a, o;
+  fp_writer_init(&a);
+  fp_writer_init(&o);
+  fp_pack(&a, "i i", (int64_t)how, (int64_t)-1);
+  ck_assert_int_eq(fp_pool_apply(p, t_crash, &a, &o), FP_EWORKER);
+  ck_assert_msg(strstr(fp_last_error(), expect) != NULL, "message: %s",
+                fp_last_error());
+  ck_assert_msg(strstr(fp_last_error(), "item 0") != NULL, "message: %s",
+                fp_last_error());
+  ck_assert_int_eq(o.len, 0);
+  assert_serving(p);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  fp_writer_free(&o);
+}
+
+START_TEST(apply_null_dereference_fails_with_eworker) {
+  apply_dies(CRASH_SEGV, "SIGSEGV");
+}
+END_TEST
+
+START_TEST(apply_abort_fails_with_eworker) {
+  apply_dies(CRASH_ABORT, "SIGABRT");
+}
+END_TEST
+
+START_TEST(apply_exit3_fails_with_eworker) {
+  apply_dies(CRASH_EXIT3, "exited with status 3");
+}
+END_TEST
+
+START_TEST(apply_exit0_mid_task_is_a_failure) {
+  apply_dies(CRASH_EXIT0, "exited with status 0");
+}
+END_TEST
+
+START_TEST(map_crash_names_item_others_complete) {
+  enum { N = 100 };
+  int64_t in[N], out[N];
+  for (int i = 0; i < N; i++) {
+    in[i] = i;
+    out[i] = -1;
+  }
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  ck_assert_int_eq(fp_pool_map(p, e_crash_at_37, in, N, 8, out, 8, &co),
+                   FP_EWORKER);
+  ck_assert_msg(strstr(fp_last_error(), "item 37") != NULL, "%s",
+                fp_last_error());
+  for (int i = 0; i < N; i++)
+    if (i != 37)
+      ck_assert_int_eq(out[i], i + 1);
+  /* Default chunking: the error still names the item that crashed. */
+  fp_result *r;
+  ck_assert_int_eq(
+      fp_pool_map_async(p, e_crash_at_37, in, N, 8, out, 8, NULL, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 30), FP_EWORKER);
+  ck_assert_int_eq(fp_result_error_index(r), 37);
+  fp_result_free(r);
+  assert_serving(p);
+  fp_pool_free(p);
+}
+END_TEST
+
+static int t_crash_item(fp_reader *args, fp_writer *out) {
+  int64_t v;
+  fp_read_int(args, &v);
+  if (v == 7)
+    die(CRASH_SEGV);
+  return fp_write_int(out, v * 10);
+}
+
+START_TEST(imap_crash_item_reports_and_continues) {
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_writer items;
+  fp_writer_init(&items);
+  for (int i = 0; i < 20; i++)
+    fp_write_int(&items, i);
+  fp_iter *it;
+  ck_assert_int_eq(fp_pool_imap(p, t_crash_item, &items, NULL, &it), 0);
+  fp_reader rd;
+  for (int i = 0; i < 20; i++) {
+    int rc = fp_iter_next(it, &rd, 30);
+    if (i == 7) {
+      ck_assert_int_eq(rc, FP_EWORKER);
+      ck_assert_ptr_nonnull(strstr(fp_iter_error(it), "SIGSEGV"));
+      ck_assert_ptr_nonnull(strstr(fp_iter_error(it), "item 7"));
+    } else {
+      int64_t v;
+      ck_assert_int_eq(rc, 0);
+      ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+      ck_assert_int_eq(v, i * 10);
+    }
+  }
+  ck_assert_int_eq(fp_iter_next(it, &rd, 30), FP_EOF);
+  fp_iter_free(it);
+  fp_writer_free(&items);
+  fp_pool_free(p);
+}
+END_TEST
+
+static atomic_int g_err_calls, g_ok_calls;
+static void on_err(fp_result *r, void *arg) {
+  (void)arg;
+  ck_assert_int_eq(fp_result_get(r, 0), FP_EWORKER);
+  atomic_fetch_add(&g_err_calls, 1);
+}
+static void on_ok(fp_result *r, void *arg) {
+  (void)r;
+  (void)arg;
+  atomic_fetch_add(&g_ok_calls, 1);
+}
+
+START_TEST(apply_async_crash_calls_error_callback_once) {
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_pack(&a, "i i", (int64_t)CRASH_ABORT, (int64_t)-1);
+  fp_call_opts co = {0};
+  co.callback = on_ok;
+  co.error_callback = on_err;
+  fp_result *r[5];
+  for (int i = 0; i < 5; i++)
+    ck_assert_int_eq(fp_pool_apply_async(p, t_crash, &a, &co, &r[i]), 0);
+  for (int i = 0; i < 5; i++) {
+    ck_assert_int_eq(fp_result_get(r[i], 30), FP_EWORKER);
+    ck_assert_ptr_nonnull(strstr(fp_result_error(r[i]), "SIGABRT"));
+    fp_result_free(r[i]);
+  }
+  ck_assert_int_eq(atomic_load(&g_err_calls), 5);
+  ck_assert_int_eq(atomic_load(&g_ok_calls), 0);
+  assert_serving(p);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+}
+END_TEST
+
+START_TEST(both_workers_crash_at_once) {
+  int64_t in[4] = {0, 1, 2, 3}, out[4] = {0};
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  for (int round = 0; round < 3; round++) {
+    ck_assert_int_eq(fp_pool_map(p, e_crash_low, in, 4, 8, out, 8, &co),
+                     FP_EWORKER);
+    ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 0"));
+    ck_assert_int_eq(out[2], 2);
+    ck_assert_int_eq(out[3], 3);
+  }
+  assert_serving(p);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* ---- killed from outside ---------------------------------------------------- */
+
+static int g_pipe[2] = {-1, -1};
+
+/* Reports its pid through the pipe, then waits (bounded) to be killed. */
+static int t_report_and_wait(fp_reader *args, fp_writer *out) {
+  (void)args;
+  int32_t pid = getpid();
+  if (write(g_pipe[1], &pid, sizeof(pid)) != sizeof(pid))
+    return fp_task_fail("pipe write failed");
+  struct timespec ts = {60, 0};
+  nanosleep(&ts, NULL);
+  return fp_write_int(out, 0);
+}
+
+static int t_ignore_term_and_wait(fp_reader *args, fp_writer *out) {
+  signal(SIGTERM, SIG_IGN);
+  return t_report_and_wait(args, out);
+}
+
+static pid_t read_pid(void) {
+  struct pollfd pf = {g_pipe[0], POLLIN, 0};
+  ck_assert_int_eq(poll(&pf, 1, 10000), 1);
+  int32_t pid = 0;
+  ck_assert_int_eq(read(g_pipe[0], &pid, sizeof(pid)), sizeof(pid));
+  return pid;
+}
+
+START_TEST(sigkill_from_outside_fails_task) {
+  ck_assert_int_eq(pipe(g_pipe), 0);
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_report_and_wait, NULL, NULL, &r),
+                   0);
+  pid_t pid = read_pid();
+  double t0 = now_s();
+  kill(pid, SIGKILL);
+  ck_assert_int_eq(fp_result_get(r, 10), FP_EWORKER);
+  ck_assert_msg(now_s() - t0 < 1.0, "death noticed after %.3fs",
+                now_s() - t0);
+  ck_assert_ptr_nonnull(strstr(fp_result_error(r), "SIGKILL"));
+  fp_result_free(r);
+  assert_serving(p);
+  fp_pool_free(p);
+  close(g_pipe[0]);
+  close(g_pipe[1]);
+}
+END_TEST
+
+START_TEST(terminate_kills_workers_ignoring_sigterm) {
+  ck_assert_int_eq(pipe(g_pipe), 0);
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_result *r[2];
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(
+        fp_pool_apply_async(p, t_ignore_term_and_wait, NULL, NULL, &r[i]), 0);
+  read_pid();
+  read_pid();
+  double t0 = now_s();
+  ck_assert_int_eq(fp_pool_terminate(p), 0);
+  ck_assert_msg(now_s() - t0 < 1.0, "terminate took %.3fs", now_s() - t0);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(fp_result_get(r[i], 5), FP_ECANCELED);
+    fp_result_free(r[i]);
+  }
+  fp_pool_join(p);
+  fp_pool_free(p);
+  close(g_pipe[0]);
+  close(g_pipe[1]);
+}
+END_TEST
+
+/* ---- time and memory limits -------------------------------------------------- */
+
+static int t_forever(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  volatile uint64_t x = 0;
+  double t0 = now_s();
+  while (now_s() - t0 < 60) /* bounded "forever" */
+    x++;
+  return 0;
+}
+
+START_TEST(task_over_time_limit_fails_with_etimedout) {
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_call_opts co = {0};
+  co.timeout = 0.2;
+  fp_result *r;
+  double t0 = now_s();
+  ck_assert_int_eq(fp_pool_apply_async(p, t_forever, NULL, &co, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 10), FP_ETIMEDOUT);
+  double took = now_s() - t0;
+  ck_assert_msg(took >= 0.19 && took < 2.0, "took %.3fs", took);
+  ck_assert_ptr_nonnull(strstr(fp_result_error(r), "time limit"));
+  fp_result_free(r);
+  /* A pool-wide limit applies to every call, fast tasks are unaffected. */
+  fp_pool_free(p);
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  o.task_timeout = 0.2;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  assert_serving(p);
+  ck_assert_int_eq(fp_pool_apply(p, t_forever, NULL, NULL), FP_ETIMEDOUT);
+  assert_serving(p);
+  fp_pool_free(p);
+}
+END_TEST
+
+static int t_hog(fp_reader *args, fp_writer *out) {
+  (void)args;
+  size_t total = 0;
+  for (;;) {
+    char *blk = malloc((size_t)64 << 20);
+    if (blk == NULL)
+      return fp_task_fail("out of memory after %zu MiB", total >> 20);
+    memset(blk, 1, (size_t)64 << 20);
+    total += (size_t)64 << 20;
+    if (total > ((size_t)8 << 30))
+      break; /* the limit did not work: report it */
+  }
+  return fp_write_int(out, (int64_t)total);
+}
+
+START_TEST(memory_limit_reported_clearly) {
+  if (fp_test_under_valgrind())
+    return;
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.memory_limit = (size_t)512 << 20;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  ck_assert_int_eq(fp_pool_apply(p, t_hog, NULL, NULL), FP_ETASK);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "out of memory"));
+  assert_serving(p);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* ---- start-up failures and policies -------------------------------------------- */
+
+static int init_crash(void *arg) {
+  (void)arg;
+  die(CRASH_SEGV);
+  return 0;
+}
+
+static int init_fail(void *arg) {
+  (void)arg;
+  return 1;
+}
+
+START_TEST(initializer_crash_repeated_gives_estorm) {
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  o.initializer = init_crash;
+  fp_pool *p = NULL;
+  double t0 = now_s();
+  ck_assert_int_eq(fp_pool_new(&p, &o), FP_ESTORM);
+  ck_assert_ptr_null(p);
+  ck_assert_msg(now_s() - t0 < 5, "storm detected after %.2fs", now_s() - t0);
+  o.initializer = init_fail;
+  ck_assert_int_eq(fp_pool_new(&p, &o), FP_ESTORM);
+}
+END_TEST
+
+static _Atomic int *g_attempts; /* shared with workers (MAP_SHARED) */
+
+static int e_crash_first_try(const void *in, void *out) {
+  if (atomic_fetch_add(g_attempts, 1) == 0)
+    die(CRASH_SEGV);
+  *(int64_t *)out = *(const int64_t *)in * 2;
+  return 0;
+}
+
+START_TEST(retry_policy_reruns_crashed_task) {
+  g_attempts = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(g_attempts, MAP_FAILED);
+  fp_pool *p = pool_with(2, FP_CRASH_RETRY, 1);
+  int64_t in = 21, out = 0;
+  ck_assert_int_eq(fp_pool_map(p, e_crash_first_try, &in, 1, 8, &out, 8, NULL),
+                   0);
+  ck_assert_int_eq(out, 42);
+  ck_assert_int_eq(atomic_load(g_attempts), 2);
+  /* Per call: FAIL overrides the pool's RETRY. */
+  atomic_store(g_attempts, 0);
+  fp_call_opts co = {0};
+  co.on_crash = FP_CRASH_FAIL;
+  ck_assert_int_eq(fp_pool_map(p, e_crash_first_try, &in, 1, 8, &out, 8, &co),
+                   FP_EWORKER);
+  fp_pool_free(p);
+  munmap(g_attempts, 4096);
+}
+END_TEST
+
+static int e_slow_or_crash(const void *in, void *out) {
+  int64_t v = *(const int64_t *)in;
+  if (v == 0)
+    die(CRASH_SEGV);
+  struct timespec ts = {0, 20 * 1000000};
+  nanosleep(&ts, NULL);
+  *(int64_t *)out = v;
+  return 0;
+}
+
+START_TEST(abort_policy_fails_whole_job_fast) {
+  enum { N = 200 };
+  int64_t in[N], out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_pool *p = pool_with(2, FP_CRASH_ABORT, 0);
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  double t0 = now_s();
+  ck_assert_int_eq(fp_pool_map(p, e_slow_or_crash, in, N, 8, out, 8, &co),
+                   FP_EWORKER);
+  /* 200 x 20 ms on 2 workers would take 2 s: ABORT stops at the crash. */
+  ck_assert_msg(now_s() - t0 < 1.0, "took %.2fs", now_s() - t0);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 0"));
+  assert_serving(p);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* ---- no orphans -------------------------------------------------------------------- */
+
+static int proc_alive(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *rp = strrchr(buf, ')');
+  return rp != NULL && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+}
+
+START_TEST(master_sigkill_leaves_no_orphans) {
+  int pf[2];
+  ck_assert_int_eq(pipe(pf), 0);
+  pid_t master = fork();
+  ck_assert_int_ge(master, 0);
+  if (master == 0) {
+    close(pf[0]);
+    fp_pool *p;
+    fp_pool_opts o = {0};
+    o.processes = 2;
+    if (fp_pool_new(&p, &o) != 0)
+      _exit(1);
+    int32_t pids[4] = {0};
+    for (int i = 0; i < 2; i++) {
+      fp_worker_info wi;
+      fp_pool_worker_info(p, i, &wi);
+      pids[i] = wi.pid;
+    }
+    /* The fork server is the master's only child. */
+    char path[64], buf[64] = "";
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)getpid(),
+             (int)getpid());
+    FILE *f = fopen(path, "r");
+    if (f) {
+      if (fgets(buf, sizeof(buf), f) == NULL)
+        buf[0] = 0;
+      fclose(f);
+    }
+    pids[2] = atoi(buf);
+    if (write(pf[1], pids, sizeof(pids)) != sizeof(pids))
+      _exit(1);
+    for (;;)
+      pause();
+  }
+  close(pf[1]);
+  int32_t pids[4];
+  struct pollfd pfd = {pf[0], POLLIN, 0};
+  ck_assert_int_eq(poll(&pfd, 1, 10000), 1);
+  ck_assert_int_eq(read(pf[0], pids, sizeof(pids)), sizeof(pids));
+  close(pf[0]);
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_gt(pids[i], 0);
+  kill(master, SIGKILL);
+  waitpid(master, NULL, 0);
+  double t0 = now_s();
+  int alive = 1;
+  while (alive && now_s() - t0 < 1.0) {
+    alive = 0;
+    for (int i = 0; i < 3; i++)
+      alive |= proc_alive(pids[i]);
+    if (alive)
+      sched_yield();
+  }
+  ck_assert_msg(!alive, "a worker or the fork server outlived the master");
+}
+END_TEST
+
+/* ---- fork safety and the user's process state ------------------------------------- */
+
+static pthread_mutex_t g_user_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int t_takes_user_lock(fp_reader *args, fp_writer *out) {
+  (void)args;
+  pthread_mutex_lock(&g_user_lock);
+  pthread_mutex_unlock(&g_user_lock);
+  return fp_write_int(out, 1);
+}
+
+typedef struct holder {
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+  int holding, release;
+} holder;
+
+static void *hold_user_lock(void *arg) {
+  holder *h = arg;
+  pthread_mutex_lock(&g_user_lock);
+  pthread_mutex_lock(&h->mu);
+  h->holding = 1;
+  pthread_cond_broadcast(&h->cond);
+  while (!h->release)
+    pthread_cond_wait(&h->cond, &h->mu);
+  pthread_mutex_unlock(&h->mu);
+  pthread_mutex_unlock(&g_user_lock);
+  return NULL;
+}
+
+START_TEST(replacement_worker_forked_while_user_thread_holds_lock) {
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  holder h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  pthread_t th;
+  pthread_create(&th, NULL, hold_user_lock, &h);
+  pthread_mutex_lock(&h.mu);
+  while (!h.holding)
+    pthread_cond_wait(&h.cond, &h.mu);
+  pthread_mutex_unlock(&h.mu);
+  /* Kill both workers: their replacements are forked while the user
+   * thread holds g_user_lock in the master. */
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_pack(&a, "i i", (int64_t)CRASH_SEGV, (int64_t)-1);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(fp_pool_apply(p, t_crash, &a, NULL), FP_EWORKER);
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_takes_user_lock, NULL, NULL, &r),
+                   0);
+  ck_assert_int_eq(fp_result_get(r, 10), 0); /* no deadlock */
+  fp_result_free(r);
+  pthread_mutex_lock(&h.mu);
+  h.release = 1;
+  pthread_cond_broadcast(&h.cond);
+  pthread_mutex_unlock(&h.mu);
+  pthread_join(th, NULL);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+}
+END_TEST
+
+static void user_chld(int sig) {
+  (void)sig;
+}
+
+START_TEST(user_signal_dispositions_untouched) {
+  struct sigaction sa, old_chld, old_pipe, now_chld, now_pipe;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = user_chld;
+  sigaction(SIGCHLD, &sa, &old_chld);
+  sigaction(SIGPIPE, NULL, &old_pipe);
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_pack(&a, "i i", (int64_t)CRASH_SEGV, (int64_t)-1);
+  ck_assert_int_eq(fp_pool_apply(p, t_crash, &a, NULL), FP_EWORKER);
+  assert_serving(p);
+  sigaction(SIGCHLD, NULL, &now_chld);
+  sigaction(SIGPIPE, NULL, &now_pipe);
+  ck_assert_ptr_eq((void *)now_chld.sa_handler, (void *)user_chld);
+  ck_assert_ptr_eq((void *)now_pipe.sa_handler, (void *)old_pipe.sa_handler);
+  fp_pool_free(p);
+  sigaction(SIGCHLD, &old_chld, NULL);
+  fp_writer_free(&a);
+}
+END_TEST
+
+START_TEST(crashes_leak_no_descriptors) {
+  fp_pool_free(pool_with(1, FP_CRASH_DEFAULT, 0)); /* libuv's global pipe */
+  int fds = fp_test_count_fds();
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_pack(&a, "i i", (int64_t)CRASH_ABORT, (int64_t)-1);
+  for (int i = 0; i < 10; i++)
+    ck_assert_int_eq(fp_pool_apply(p, t_crash, &a, NULL), FP_EWORKER);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  ck_assert_int_eq(fp_test_count_fds(), fds);
+}
+END_TEST
+
+Suite *faults_suite(void) {
+  Suite *s = suite_create("faults");
+  TCase *tc = tcase_create("crashes");
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, apply_null_dereference_fails_with_eworker);
+  tcase_add_test(tc, apply_abort_fails_with_eworker);
+  tcase_add_test(tc, apply_exit3_fails_with_eworker);
+  tcase_add_test(tc, apply_exit0_mid_task_is_a_failure);
+  tcase_add_test(tc, map_crash_names_item_others_complete);
+  tcase_add_test(tc, imap_crash_item_reports_and_continues);
+  tcase_add_test(tc, apply_async_crash_calls_error_callback_once);
+  tcase_add_test(tc, both_workers_crash_at_once);
+  tcase_add_test(tc, sigkill_from_outside_fails_task);
+  tcase_add_test(tc, terminate_kills_workers_ignoring_sigterm);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("limits");
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, task_over_time_limit_fails_with_etimedout);
+  tcase_add_test(tc, memory_limit_reported_clearly);
+  tcase_add_test(tc, initializer_crash_repeated_gives_estorm);
+  tcase_add_test(tc, retry_policy_reruns_crashed_task);
+  tcase_add_test(tc, abort_policy_fails_whole_job_fast);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("process");
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, master_sigkill_leaves_no_orphans);
+  tcase_add_test(tc, replacement_worker_forked_while_user_thread_holds_lock);
+  tcase_add_test(tc, user_signal_dispositions_untouched);
+  tcase_add_test(tc, crashes_leak_no_descriptors);
+  suite_add_tcase(s, tc);
+  return s;
+}
