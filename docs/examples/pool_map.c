@@ -15,8 +15,16 @@
 
 #define N 100000
 
-/* Filled before the pool exists: every worker sees it for free. */
+/* [inherit] Filled before the pool exists: every worker sees it for free. */
 static int64_t g_table[N];
+
+/* Reads the inherited table instead of receiving the data. */
+static int lookup(const void *in, void *out) {
+  int64_t i = *(const int64_t *)in;
+  *(int64_t *)out = g_table[i] + 1;
+  return 0;
+}
+/* [/inherit] */
 
 /* [map-task] A fixed-size task: qsort style, one element in, one out. */
 static int square(const void *in, void *out) {
@@ -25,13 +33,6 @@ static int square(const void *in, void *out) {
   return 0;
 }
 /* [/map-task] */
-
-/* Reads the inherited global instead of receiving the data. */
-static int lookup(const void *in, void *out) {
-  int64_t i = *(const int64_t *)in;
-  *(int64_t *)out = g_table[i] + 1;
-  return 0;
-}
 
 /* [map-values-task] A codec task: one string in, one string out. */
 static int shout(fp_reader *args, fp_writer *out) {
