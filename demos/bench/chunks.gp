@@ -1,5 +1,5 @@
 # chunks.gp - per-item cost of an identity map vs chunksize.
-set terminal pngcairo size 900,560 font ",10"
+set terminal pngcairo size 900,560 font ",10" noenhanced
 set output out
 set title "Per-item cost of a trivial map vs chunksize"
 set logscale x 4

@@ -1,7 +1,7 @@
 # payload.gp - round-trip throughput vs payload size (both directions
 # counted) for forkpool and Python, with the raw pipe (one direction) and
 # memcpy bandwidths as horizontal baselines.
-set terminal pngcairo size 900,560 font ",10"
+set terminal pngcairo size 900,560 font ",10" noenhanced
 set output out
 set title "Payload throughput: map of bytes values, chunksize 1"
 set logscale x 2

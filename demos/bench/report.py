@@ -71,22 +71,25 @@ EFF_TARGET = 0.95
 
 
 def parse(path):
-    data, failed, elapsed = {}, [], None
+    data, failed, meta = {}, [], {}
     with open(path) as f:
         for line in f:
             line = line.strip()
             if line.startswith("failed "):
                 failed.append(line[len("failed cmd="):])
                 continue
-            if line.startswith("elapsed="):
-                elapsed = int(line.split("=", 1)[1])
+            if line.split("=", 1)[0] in ("elapsed", "loadavg_start",
+                                         "loadavg_end", "date"):
+                k, v = line.split("=", 1)
+                meta[k] = (int(v) if k == "elapsed" else
+                           v if k == "date" else v.replace(",", " "))
                 continue
             kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
             if not {"metric", "side", "value", "unit"} <= kv.keys():
                 continue
             m = data.setdefault(kv["metric"], {"unit": kv["unit"], "sides": {}})
             m["sides"].setdefault(kv["side"], []).append(float(kv["value"]))
-    return data, failed, elapsed
+    return data, failed, meta
 
 
 def stats(vals):
@@ -100,10 +103,12 @@ def speed_ratio(fp, other, better):
     return fp / other if better == "hi" else other / fp
 
 
-def build(data, failed, elapsed, quick, profile):
-    out = {"date": datetime.datetime.now(datetime.timezone.utc)
-           .strftime("%Y-%m-%d %H:%M UTC"),
-           "mode": "quick" if quick else "full", "elapsed_s": elapsed,
+def build(data, failed, meta, quick, profile):
+    out = {"date": meta.get("date") or datetime.datetime.now(
+               datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "mode": "quick" if quick else "full", "elapsed_s": meta.get("elapsed"),
+           "loadavg_start": meta.get("loadavg_start"),
+           "loadavg_end": meta.get("loadavg_end"),
            "failed": failed, "machine": machine(), "metrics": {},
            "payload": {}, "scaling": {}, "pin": {}, "chunks": {}, "rss": {},
            "profile": profile}
@@ -378,7 +383,9 @@ def markdown(rep, pngs, plot_note, notes):
          "benchmarks.json; do not edit by hand: every figure here comes from "
          "that run.\n",
          f"- date: {rep['date']}, mode: {rep['mode']}, "
-         f"whole run: {rep['elapsed_s']} s",
+         f"whole run: {rep['elapsed_s']} s; load average (1, 5, 15 min) "
+         f"at the start {rep.get('loadavg_start')}, at the end "
+         f"{rep.get('loadavg_end')}",
          f"- CPU: {m['cpu']}, {m['cpus_usable']} usable of "
          f"{m['cpus_online']} online, memory {m['memory']}",
          f"- OS: {m['os']}, kernel {m['kernel']}, {m['gcc']}",
@@ -456,13 +463,21 @@ def markdown(rep, pngs, plot_note, notes):
                  "`perf stat` over one run of each group (master and "
                  "workers; the count includes the pool start and the "
                  "checks):\n")
-        s.append(md_table(["group", "task-clock ms", "context switches",
-                           "cpu migrations", "page faults"],
-                          [[g, fmt(c.get("task-clock")),
-                            fmt(c.get("context-switches")),
-                            fmt(c.get("cpu-migrations")),
-                            fmt(c.get("page-faults"))]
-                           for g, c in rep["profile"].items()]))
+        items = profile_items()
+        rows = []
+        for g, c in rep["profile"].items():
+            n = items.get(g)
+            cs = c.get("context-switches")
+            tc = c.get("task-clock")
+            rows.append([g, fmt(n), fmt(tc), fmt(cs),
+                         fmt(cs / n) if n and cs is not None else "-",
+                         fmt(tc * 1e6 / n) if n and tc is not None else "-",
+                         fmt(c.get("cpu-migrations")),
+                         fmt(c.get("page-faults"))])
+        s.append(md_table(["group", "items", "task-clock ms",
+                           "context switches", "switches / item",
+                           "CPU ns / item", "cpu migrations", "page faults"],
+                          rows))
     s.append("\n## How to read and reproduce\n")
     s.append("`make bench` (about 5-10 minutes) rewrites this page, "
              "docs/benchmarks.json and docs/img/; `BENCH_QUICK=1 make bench` "
@@ -471,6 +486,18 @@ def markdown(rep, pngs, plot_note, notes):
     if notes:
         s.append("\n" + notes.strip() + "\n")
     return "\n".join(s) + "\n"
+
+
+def profile_items():
+    """Items processed by one full-size run of each profiled group, from
+    py_bench.py's sizes() (the same counts as fpbench.c's)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import py_bench  # noqa: E402 - stdlib only, defines no side effects
+    py_bench.QUICK = False
+    n = py_bench.sizes()
+    return {"apply": n["apply"], "async": n["async_"], "map": n["map"],
+            "imap": n["imap"],
+            "payload": sum(k for _, k in py_bench.payload_sizes())}
 
 
 def parse_profile(path):
@@ -502,8 +529,8 @@ def main():
     ap.add_argument("--work", default="build/bench/plot")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    data, failed, elapsed = parse(a.results)
-    rep = build(data, failed, elapsed, a.quick, parse_profile(a.profile))
+    data, failed, meta = parse(a.results)
+    rep = build(data, failed, meta, a.quick, parse_profile(a.profile))
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "benchmarks.json"), "w") as f:
         json.dump(rep, f, indent=1, sort_keys=False)

@@ -1,9 +1,10 @@
 # rss.gp - master peak RSS vs item count: fp_pool_map (input and output
 # arrays grow with n) and a producer-fed fp_pool_imap_producer (bounded).
-set terminal pngcairo size 900,560 font ",10"
+set terminal pngcairo size 900,560 font ",10" noenhanced
 set output out
 set title "Master peak RSS (fresh process per point)"
 set logscale x
+set xtics ("10k" 1e4, "100k" 1e5, "1M" 1e6, "10M" 1e7)
 set grid
 set key top left
 set xlabel "items n"

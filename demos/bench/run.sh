@@ -38,6 +38,21 @@ mkdir -p "$BUILD/bench" "$OUT"
 : > "$RES"
 : > "$PROF"
 FAILED=0
+
+# Other work on the machine skews every figure. A full run waits (at most
+# 2 minutes) for the 1-minute load average to fall below 1, and the load at
+# the start and the end of the run goes into the report either way.
+if [ "$QUICK" = 0 ]; then
+  waited=0
+  while [ $waited -lt 120 ] &&
+    [ "$(awk '{print ($1 < 1.0)}' /proc/loadavg)" = 0 ]; do
+    [ $waited = 0 ] && echo "bench: waiting for the machine to calm down"       "(load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    sleep 5
+    waited=$((waited + 5))
+  done
+fi
+echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')" >> "$RES"
+echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)" >> "$RES"
 START=$(date +%s)
 
 # --- tools the report needs: gnuplot and joblib ------------------------------
@@ -116,6 +131,7 @@ fi
 
 END=$(date +%s)
 echo "elapsed=$((END - START))" >> "$RES"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)" >> "$RES"
 $PY "$HERE/report.py" --results "$RES" --profile "$PROF" --out "$OUT" \
   --gp "$HERE" --work "$BUILD/bench/plot" $MODE || FAILED=1
 echo "bench: done in $((END - START)) s; report in $OUT/benchmarks.md" >&2

@@ -1,7 +1,7 @@
 # speedup.gp - speedup vs workers per CPU kernel: forkpool, OpenMP and the
 # ideal line (speedup = workers up to the usable CPUs, flat beyond).
 # Called by report.py: gnuplot -e "datadir='...'; out='...png'; cores=N"
-set terminal pngcairo size 1100,800 font ",10"
+set terminal pngcairo size 1100,800 font ",10" noenhanced
 set output out
 set multiplot layout 2,2 title "Speedup over the sequential loop (".cores." usable CPUs)"
 set key top left
