@@ -154,11 +154,17 @@ $(RUNNER): $(TEST_OBJS) $(STATIC)
 	$(CC) $(SANFLAGS) -pthread -rdynamic -o $@ $(TEST_OBJS) $(STATIC) \
 	  $(LDFLAGS) $(CHECK_LIBS) $(DEP_LIBS)
 
+# Under ASan, a task's deliberate SIGSEGV must kill its worker with SIGSEGV
+# (the faults suite checks the reported signal), not turn into exit(1).
+SAN_ENV := ASAN_OPTIONS=handle_segv=0:handle_sigbus=0:handle_sigfpe=0:detect_leaks=1 \
+           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+           TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
 check: $(RUNNER) $(DOC_EXS)
 	@for ex in $(DOC_EXS); do \
-	  $$ex >/dev/null || { echo "docs example $$ex failed"; exit 1; }; \
+	  $(SAN_ENV) $$ex >/dev/null || { echo "docs example $$ex failed"; exit 1; }; \
 	done
-	$(RUNNER)
+	$(SAN_ENV) $(RUNNER)
 
 valgrind: $(RUNNER)
 	CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \

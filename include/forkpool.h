@@ -95,11 +95,12 @@ FP_EXTERN const char *fp_strerror(int code);
  * code outside the table (system errno codes get "FP_SYSERR"). Never NULL. */
 FP_EXTERN const char *fp_err_name(int code);
 
-/* Returns the message attached to the last failed blocking pool call
- * (fp_pool_apply, fp_pool_map, ...) made by the calling thread: the task's
- * own message, the worker's death, the item index. Like dlerror(), it is
- * per thread and valid until the thread's next blocking pool call. Returns
- * an empty string when there is none. Never NULL. */
+/* Returns the message attached to the last failed pool call made by the
+ * calling thread (a blocking call's task failure: the task's own message,
+ * the worker's death, the item index; or why a call or fp_pool_new was
+ * refused). Like dlerror(), it is per thread and overwritten by the
+ * thread's next failing pool call; a successful blocking call clears it.
+ * Returns an empty string when there is none. Never NULL. */
 FP_EXTERN const char *fp_last_error(void);
 
 #define FP_FOREVER (-1.0)
@@ -694,7 +695,8 @@ typedef struct fp_call_opts {
  * see max_restarts). `opts` may be NULL. On success *out owns the pool;
  * free it with fp_pool_free(). Fails with FP_EINVAL (bad options, such as
  * a pinned CPU outside the process's set), FP_ENOMEM, FP_ESTORM (workers
- * cannot start), or -errno of socketpair/fork/mmap. */
+ * cannot start), FP_EWORKER (the fork server died while starting), or
+ * -errno of socketpair/fork/mmap. fp_last_error() says why. */
 FP_EXTERN int fp_pool_new(fp_pool **out, const fp_pool_opts *opts);
 
 /* Stops accepting work (state CLOSE): queued work still runs, then workers
@@ -712,10 +714,12 @@ FP_EXTERN int fp_pool_terminate(fp_pool *pool);
  * returns FP_EINVAL (CPython raises ValueError). Returns 0. */
 FP_EXTERN int fp_pool_join(fp_pool *pool);
 
-/* Terminates (if still running), joins and frees the pool: what leaving a
- * Python `with Pool() as p:` block does. Results still held by the caller
- * stay valid (failed with FP_ECANCELED if unfinished) until fp_result_free.
- * NULL is ignored. After the call `pool` is invalid. */
+/* Terminates (unless already joined: even after fp_pool_close, queued work
+ * is canceled), joins and frees the pool: what leaving a Python
+ * `with Pool() as p:` block does. To let queued work finish, call
+ * fp_pool_close() and fp_pool_join() first. Results still held by the
+ * caller stay valid (failed with FP_ECANCELED if unfinished) until
+ * fp_result_free. NULL is ignored. After the call `pool` is invalid. */
 FP_EXTERN void fp_pool_free(fp_pool *pool);
 
 /* Returns the number of worker processes, or FP_EINVAL for NULL. */
@@ -727,7 +731,8 @@ typedef struct fp_worker_info {
   int cpu;            /* CPU it is pinned to, -1 when not pinned */
   int last_cpu;       /* CPU it last ran a task on (sched_getcpu), or -1 */
   uint64_t tasks;     /* chunks completed by this slot, all processes */
-  uint64_t restarts;  /* processes that died or retired in this slot */
+  uint64_t restarts;  /* replacement processes started in this slot
+                         (after a death or maxtasksperchild) */
 } fp_worker_info;
 
 /* Fills *info for worker slot i (0 <= i < fp_pool_size). FP_EINVAL for a

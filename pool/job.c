@@ -179,8 +179,8 @@ fp_result *fp__job_complete_locked(fp_pool *pool, fp__job *job) {
     it->finished = 1;
     it->job = NULL;
     it->pool = NULL;
-    if (job->err_code != 0 && job->err_index < 0) {
-      /* Job-level failure: terminate, cancel, restart storm. */
+    if (job->canceled && job->err_code != 0) {
+      /* Job-level failure: terminate, cancel, abort policy, storm. */
       it->final_code = job->err_code;
       it->final_msg = job->err_msg;
       job->err_msg = NULL;
@@ -1109,11 +1109,10 @@ static fp__chunk *next_chunk_locked(fp_iter *it) {
 int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   if (it == NULL || item == NULL)
     return FP_EINVAL;
-  if (it->producer && !it->producer_done) {
-    int rc = iter_fill(it);
-    if (rc < 0)
-      return rc;
-  }
+  /* A producer error cancels the job; the iteration then hands out what
+   * had completed and reports the error once, at its end. */
+  if (it->producer && !it->producer_done)
+    iter_fill(it);
   struct timespec ts;
   if (timeout > 0)
     deadline_after(&ts, timeout);
@@ -1172,9 +1171,7 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
     if (it->producer && !it->producer_done &&
         it->produced - it->consumed < (int64_t)it->readahead) {
       pthread_mutex_unlock(&it->mu);
-      int rc = iter_fill(it);
-      if (rc < 0)
-        return rc;
+      iter_fill(it);
       pthread_mutex_lock(&it->mu);
       continue;
     }

@@ -150,7 +150,8 @@ static int send_chunks_locked(fp_pool *pool, fp__wslot *ws) {
     return 0;
   fp__task_hdr th[FP__MAX_INFLIGHT];
   uint32_t flen[FP__MAX_INFLIGHT];
-  struct iovec iov[3 * FP__MAX_INFLIGHT];
+  struct iovec iov[5 * FP__MAX_INFLIGHT];
+  static const unsigned char zeros[FP__FRAME_ALIGN];
   size_t total = 0;
   for (int i = 0; i < n; i++) {
     fp__chunk *ch = ws->inflight[first + i];
@@ -166,20 +167,28 @@ static int send_chunks_locked(fp_pool *pool, fp__wslot *ws) {
     th[i].in_size = (uint32_t)job->in_size;
     th[i].out_size = (uint32_t)job->out_size;
     th[i].fn = job->fn;
-    flen[i] = (uint32_t)(sizeof(th[i]) + ch->items_len);
-    iov[3 * i].iov_base = &flen[i];
-    iov[3 * i].iov_len = 4;
-    iov[3 * i + 1].iov_base = &th[i];
-    iov[3 * i + 1].iov_len = sizeof(th[i]);
-    iov[3 * i + 2].iov_base = (void *)ch->items;
-    iov[3 * i + 2].iov_len = ch->items_len;
-    total += 4 + sizeof(th[i]) + ch->items_len;
+    th[i].items_len = ch->items_len;
+    size_t pad = (FP__FRAME_ALIGN - ch->items_len % FP__FRAME_ALIGN) %
+                 FP__FRAME_ALIGN;
+    flen[i] =
+        (uint32_t)(sizeof(th[i]) + FP__HDR_PAD + ch->items_len + pad);
+    iov[5 * i].iov_base = &flen[i];
+    iov[5 * i].iov_len = 4;
+    iov[5 * i + 1].iov_base = &th[i];
+    iov[5 * i + 1].iov_len = sizeof(th[i]);
+    iov[5 * i + 2].iov_base = (void *)zeros;
+    iov[5 * i + 2].iov_len = FP__HDR_PAD;
+    iov[5 * i + 3].iov_base = (void *)ch->items;
+    iov[5 * i + 3].iov_len = ch->items_len;
+    iov[5 * i + 4].iov_base = (void *)zeros;
+    iov[5 * i + 4].iov_len = pad;
+    total += 4 + flen[i];
   }
   ws->nwritten = ws->ninflight;
   struct msghdr mh;
   memset(&mh, 0, sizeof(mh));
   mh.msg_iov = iov;
-  mh.msg_iovlen = (size_t)(3 * n);
+  mh.msg_iovlen = (size_t)(5 * n);
   ssize_t w;
   do
     w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -196,7 +205,7 @@ static int send_chunks_locked(fp_pool *pool, fp__wslot *ws) {
     if (buf == NULL)
       return FP_ENOMEM;
     size_t off = 0, skip = (size_t)w;
-    for (int i = 0; i < 3 * n; i++) {
+    for (int i = 0; i < 5 * n; i++) {
       size_t l = iov[i].iov_len;
       if (skip >= l) {
         skip -= l;
@@ -335,21 +344,22 @@ void fp__job_cancel_locked(fp_pool *pool, fp__job *job, int code,
         fp__chunk_free(ch); /* iterator chunks are not in a job array */
     }
   }
-  /* Running chunks: their workers are killed and replaced. */
+  /* A running chunk of the job (always a worker's first in-flight chunk)
+   * has its worker killed and replaced. Chunks of the job queued behind
+   * another job's chunk are left to run and their results dropped: killing
+   * that worker would fail an innocent job. */
   for (int i = 0; i < pool->nworkers; i++) {
     fp__wslot *ws = &pool->ws[i];
-    for (int k = 0; k < ws->ninflight; k++) {
-      if (ws->inflight[k]->job == job && ws->conn && !ws->kill_reason &&
-          pool->state != FP__TERMINATE) {
-        ws->kill_reason = FP_ECANCELED;
-        ws->kill_at_ns = fp__now_ns() +
-                         (int64_t)(pool->opts.kill_grace * 1e9);
-        kill_worker_locked(pool, ws, SIGTERM);
-        fp__wake(pool);
-        break;
-      }
+    if (ws->ninflight > 0 && ws->inflight[0]->job == job && ws->conn &&
+        !ws->kill_reason && pool->state != FP__TERMINATE) {
+      ws->kill_reason = FP_ECANCELED;
+      ws->kill_seq = ws->inflight[0]->seq;
+      ws->kill_at_ns = fp__now_ns() + (int64_t)(pool->opts.kill_grace * 1e9);
+      kill_worker_locked(pool, ws, SIGTERM);
+      fp__wake(pool);
     }
   }
+  job->canceled = 1;
   job->err_code = 0;
   job_note_error(job, index, code, msg, strlen(msg));
   job->input_done = 1;
@@ -729,10 +739,11 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
   ws->conn = NULL;
   conn_close(c);
   pool->nalive--;
-  ws->restarts++;
   int clean = ws->retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   int reason = ws->kill_reason ? ws->kill_reason : FP_EWORKER;
+  uint64_t kill_seq = ws->kill_seq;
   ws->kill_reason = 0;
+  ws->kill_seq = 0;
   ws->kill_at_ns = 0;
   ws->retiring = 0;
   ws->sent = 0;
@@ -757,7 +768,12 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
         fp__job_free(job);
       continue;
     }
-    if (clean || ch->seq != running || pool->state == FP__TERMINATE) {
+    /* We killed this worker for another chunk (a time limit or a cancel
+     * that raced with the worker moving on): this one is innocent. */
+    int innocent = (reason == FP_ETIMEDOUT || reason == FP_ECANCELED) &&
+                   ch->seq != kill_seq;
+    if (clean || innocent || ch->seq != running ||
+        pool->state == FP__TERMINATE) {
       if (pool->state == FP__TERMINATE)
         ch->state = FP__CH_DONE; /* the job is being canceled */
       else
@@ -784,7 +800,10 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
       ch->attempts++;
       requeue_front_locked(pool, ch);
     } else if (reason == FP_EWORKER && job->on_crash == FP_CRASH_ABORT) {
+      int heap = ch->heap;
       fp__job_cancel_locked(pool, job, FP_EWORKER, at, msg);
+      if (heap)
+        fp__chunk_free(ch); /* array chunks go with their job */
     } else {
       chunk_crashed_locked(pool, ch, reason, at, msg);
     }
@@ -803,8 +822,10 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
   int respawn = !pool->broken &&
                 (pool->state == FP__RUN ||
                  (pool->state == FP__CLOSE && work_remains(pool)));
-  if (respawn)
+  if (respawn) {
+    ws->restarts++;
     spawn_slot_locked(pool, ws);
+  }
   fp__dispatch_locked(pool);
   pthread_cond_broadcast(&pool->cond);
 }
@@ -856,7 +877,8 @@ static void fs_gone_locked(fp_pool *pool) {
     }
   }
   pool->nalive = 0;
-  if (pool->state != FP__TERMINATE && pool->jobs)
+  /* Broken even when idle: new work could never run. */
+  if (pool->state != FP__TERMINATE)
     break_pool_locked(pool, FP_EWORKER, "the pool's fork server died");
 }
 
@@ -909,6 +931,9 @@ static void fs_on_io(uv_poll_t *h, int status, int events) {
         if (storm_locked(pool))
           break_pool_locked(pool, FP_ESTORM,
                             "the fork server cannot fork workers");
+        else if (pool->state == FP__RUN ||
+                 (pool->state == FP__CLOSE && work_remains(pool)))
+          spawn_slot_locked(pool, &pool->ws[m.slot]); /* try again */
       }
       break;
     default:
@@ -960,6 +985,7 @@ static void on_tick(uv_timer_t *t) {
                                            memory_order_acquire);
     if (started > 0 && now - started > (int64_t)(limit * 1e9)) {
       ws->kill_reason = FP_ETIMEDOUT;
+      ws->kill_seq = ch->seq;
       ws->kill_at_ns = now + (int64_t)(pool->opts.kill_grace * 1e9);
       kill_worker_locked(pool, ws, SIGTERM);
     }
@@ -1355,12 +1381,8 @@ void fp_pool_free(fp_pool *pool) {
   if (pool == NULL)
     return;
   if (pool->thread_started && !pool->joined) {
-    int state;
-    pthread_mutex_lock(&pool->mu);
-    state = pool->state;
-    pthread_mutex_unlock(&pool->mu);
-    if (state == FP__RUN || pool->broken)
-      fp_pool_terminate(pool);
+    /* As leaving Python's with-block: terminate, even after close. */
+    fp_pool_terminate(pool);
     fp_pool_join(pool);
   }
   pool_release(pool);

@@ -87,7 +87,19 @@ typedef struct fp__task_hdr {
   uint32_t in_size;  /* FIXED: element sizes */
   uint32_t out_size;
   fp__fnref fn;
-} fp__task_hdr; /* followed by the items */
+  uint64_t items_len; /* bytes of items; zero padding follows them */
+} fp__task_hdr; /* followed by the items, then padding to 16 bytes */
+
+/* Every task frame is a multiple of FP__FRAME_ALIGN bytes long and its
+ * items start FP__FRAME_ALIGN-aligned within the frame, so a worker that
+ * reads frames back to back into an aligned buffer hands fixed-size tasks
+ * element pointers aligned like a C array (an int64_t or double element is
+ * never misaligned). */
+#define FP__FRAME_ALIGN 16
+/* Zero bytes between the header and the items. */
+#define FP__HDR_PAD                                                           \
+  ((FP__FRAME_ALIGN - (4 + sizeof(fp__task_hdr)) % FP__FRAME_ALIGN) %        \
+   FP__FRAME_ALIGN)
 
 typedef struct fp__res_hdr {
   uint8_t type;
@@ -188,6 +200,7 @@ struct fp__job {
   fp__progress *pg;
   int input_done;               /* no more chunks will be added */
   int finished;                 /* outcome delivered */
+  int canceled;                 /* failed as a whole (cancel, abort, ...) */
   int err_code;                 /* lowest failing item so far */
   int64_t err_index;
   char *err_msg;
@@ -270,6 +283,7 @@ typedef struct fp__wslot {
   uint64_t sent;         /* chunks sent to the current process */
   int retiring;
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED: why we killed it */
+  uint64_t kill_seq;     /* the chunk we killed it for */
   int64_t kill_at_ns;    /* when SIGKILL follows SIGTERM, 0: not killing */
   int cpu;               /* pinned CPU or -1 */
   uint64_t tasks, restarts;

@@ -147,9 +147,14 @@ static int run_chunk(int fd, fp__slot *slot, const unsigned char *p,
   wstate st = {slot, 0};
   if (len < sizeof(th))
     return -EPROTO;
+  if (len < sizeof(th) + FP__HDR_PAD)
+    return -EPROTO;
   memcpy(&th, p, sizeof(th));
-  p += sizeof(th);
-  len -= sizeof(th);
+  p += sizeof(th) + FP__HDR_PAD;
+  len -= sizeof(th) + FP__HDR_PAD;
+  if (th.items_len > len)
+    return -EPROTO;
+  len = th.items_len; /* drop the alignment padding */
   st.timed = (th.flags & FP__TASK_TIMED) != 0;
   fp_writer_reset(data);
   fp_writer_reset(errs);

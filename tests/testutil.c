@@ -28,3 +28,11 @@ int fp_test_count_fds(void) {
 int fp_test_under_valgrind(void) {
   return getenv("FP_TEST_VALGRIND") != NULL;
 }
+
+int fp_test_under_sanitizer(void) {
+#ifdef FP_ALLOC_LIBC
+  return 1;
+#else
+  return 0;
+#endif
+}

@@ -20,4 +20,9 @@ int fp_test_count_fds(void);
  * heavy cases can shrink their sizes. */
 int fp_test_under_valgrind(void);
 
+/* Returns 1 in ASan/UBSan/TSan builds (FP_ALLOC_LIBC is defined there):
+ * tests of address-space limits or peak RSS skip what the sanitizers'
+ * shadow memory and quarantine make meaningless. */
+int fp_test_under_sanitizer(void);
+
 #endif
