@@ -49,6 +49,24 @@
 static void conn_on_io(uv_poll_t *h, int status, int events);
 static void run_callbacks(fp_pool *pool);
 
+_Atomic unsigned fp__fork_gen;
+
+static void on_fork_child(void) {
+  atomic_fetch_add(&fp__fork_gen, 1);
+}
+
+static void register_atfork(void) {
+  pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+void fp__mutex_init(pthread_mutex_t *mu) {
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_NORMAL);
+  pthread_mutex_init(mu, &ma);
+  pthread_mutexattr_destroy(&ma);
+}
+
 int fp__on_pool_thread(fp_pool *pool) {
   return pool->thread_started && pthread_equal(pthread_self(), pool->thread);
 }
@@ -253,6 +271,11 @@ void fp__dispatch_locked(fp_pool *pool) {
     maxdepth = FP__MAX_INFLIGHT;
   else if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS)
     maxdepth = pool->inflight;
+  /* A submitting thread feeds idle workers only: deeper queues are filled
+   * by the pool thread when results come back, several chunks per write,
+   * instead of one system call and one worker wakeup per submission. */
+  if (!fp__on_pool_thread(pool))
+    maxdepth = 1;
   /* Assign level by level, idle workers first; then write each worker's
    * new chunks with one system call. */
   for (int depth = 0; depth < maxdepth && pool->qhead; depth++) {
@@ -1069,25 +1092,24 @@ static void on_wake(uv_async_t *a) {
 static void run_callbacks(fp_pool *pool) {
   for (;;) {
     pthread_mutex_lock(&pool->mu);
-    cbnode *n = pool->cb_head;
-    if (n) {
-      pool->cb_head = n->next;
-      if (!pool->cb_head)
-        pool->cb_tail = NULL;
-    } else {
-      if (!pool->stopping) {
-        if (!pool->tick_on && need_tick_locked(pool)) {
-          uv_timer_start(&pool->tick, on_tick, TICK_MS, TICK_MS);
-          pool->tick_on = 1;
-        }
-        maybe_shutdown_locked(pool);
+    cbnode *list = pool->cb_head; /* take the whole list at once */
+    pool->cb_head = pool->cb_tail = NULL;
+    if (list == NULL && !pool->stopping) {
+      if (!pool->tick_on && need_tick_locked(pool)) {
+        uv_timer_start(&pool->tick, on_tick, TICK_MS, TICK_MS);
+        pool->tick_on = 1;
       }
+      maybe_shutdown_locked(pool);
     }
     pthread_mutex_unlock(&pool->mu);
-    if (!n)
+    if (list == NULL)
       return;
-    fp__result_run_callbacks(n->res);
-    free(n);
+    while (list != NULL) {
+      cbnode *n = list;
+      list = n->next;
+      fp__result_run_callbacks(n->res);
+      free(n);
+    }
   }
 }
 
@@ -1160,7 +1182,9 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   fp_pool *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return FP_ENOMEM;
-  pthread_mutex_init(&pool->mu, NULL);
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, register_atfork);
+  fp__mutex_init(&pool->mu);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1175,6 +1199,7 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   }
   int n = pool->nworkers;
   pool->owner_pid = getpid();
+  pool->fork_gen = atomic_load(&fp__fork_gen);
   pool->ws = calloc((size_t)n, sizeof(*pool->ws));
   pool->cpu_of_worker = malloc(sizeof(int) * (size_t)n);
   pool->start_fail_ns =
@@ -1310,7 +1335,8 @@ int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
 }
 
 int fp__pool_check_submit(fp_pool *pool) {
-  if (pool->owner_pid != getpid())
+  if (pool->fork_gen != atomic_load_explicit(&fp__fork_gen,
+                                             memory_order_relaxed))
     return FP_EINVAL; /* a forked copy of the master, or a worker */
   if (pool->broken)
     return pool->broken;

@@ -310,6 +310,7 @@ struct fp_pool {
   size_t max_frame;
   int inflight;
   pid_t owner_pid;
+  unsigned fork_gen;     /* fp__fork_gen when the pool was made */
   /* processes */
   pid_t fs_pid;
   int fs_fd;             /* master end of the control socket */
@@ -344,6 +345,15 @@ struct fp_pool {
 };
 
 /* ---- pool.c ------------------------------------------------------------ */
+
+/* Bumped in every child forked from this process (pthread_atfork), so a
+ * forked copy of the master or a worker can tell that a pool it inherited
+ * is not its own without a getpid() system call per submission. */
+extern _Atomic unsigned fp__fork_gen;
+
+/* Initialises a mutex that spins briefly before sleeping: the pool's
+ * critical sections are short, and a futex sleep/wake pair costs more. */
+void fp__mutex_init(pthread_mutex_t *mu);
 
 int64_t fp__now_ns(void);
 /* Queues a job's chunks (pool->mu held), then dispatches. */
