@@ -63,12 +63,21 @@ static void cond_init_mono(pthread_cond_t *c) {
 
 /* Releases what a chunk owns; frees the chunk itself when it was allocated
  * alone. Safe to call twice on an array chunk. */
+/* Frees a chunk's result buffer (which may be a whole read buffer the
+ * chunk took over, see STEAL_MIN in pool.c). */
+static void chunk_drop_res(fp__chunk *ch) {
+  if (ch->res_base != NULL)
+    fp__free(ch->res_base, ch->res_cap);
+  else
+    fp__free(ch->res, ch->res_len);
+  ch->res = ch->res_base = NULL;
+  ch->res_len = ch->res_cap = 0;
+}
+
 void fp__chunk_free(fp__chunk *ch) {
   if (ch == NULL)
     return;
-  fp__free(ch->res, ch->res_len);
-  ch->res = NULL;
-  ch->res_len = 0;
+  chunk_drop_res(ch);
   for (uint32_t i = 0; i < ch->nerr; i++)
     free(ch->errs[i].msg);
   free(ch->errs);
@@ -83,8 +92,9 @@ void fp__chunk_free(fp__chunk *ch) {
 
 typedef struct fp__jobx {
   fp__job job;
-  fp__chunk *carr; /* result jobs: all chunks in one array */
-  int borrowed;    /* input belongs to the caller (blocking calls) */
+  fp__chunk *carr;     /* result jobs: all chunks in one array */
+  int borrowed;        /* input belongs to the caller (blocking calls) */
+  fp_writer *sync_out; /* blocking calls: where the results go */
 } jobx;
 
 void fp__job_free(fp__job *job) {
@@ -144,7 +154,8 @@ static int assemble_values(fp__job *job, unsigned char **out, size_t *len) {
   size_t total = 0;
   *out = NULL;
   *len = 0;
-  if (job->nchunks == 1) { /* apply and small maps: take the buffer */
+  if (job->nchunks == 1 && jx->carr[0].res_base == NULL) {
+    /* apply and small maps: take the buffer */
     *out = jx->carr[0].res;
     *len = jx->carr[0].res_len;
     jx->carr[0].res = NULL;
@@ -162,9 +173,7 @@ static int assemble_values(fp__job *job, unsigned char **out, size_t *len) {
   for (size_t i = 0; i < job->nchunks; i++) {
     memcpy(buf + off, jx->carr[i].res, jx->carr[i].res_len);
     off += jx->carr[i].res_len;
-    fp__free(jx->carr[i].res, jx->carr[i].res_len);
-    jx->carr[i].res = NULL;
-    jx->carr[i].res_len = 0;
+    chunk_drop_res(&jx->carr[i]);
   }
   *out = buf;
   *len = total;
@@ -199,7 +208,19 @@ fp_result *fp__job_complete_locked(fp_pool *pool, fp__job *job) {
   res->err_index = job->err_code ? job->err_index : -1;
   res->msg = job->err_msg;
   job->err_msg = NULL;
-  if (res->code == 0 && job->wire != FP__WIRE_FIXED) {
+  jobx *jx = (jobx *)job;
+  if (res->code == 0 && job->wire != FP__WIRE_FIXED && jx->sync_out) {
+    /* A blocking call: its caller waits, so its writer takes the results
+     * straight from the chunks, with no intermediate buffer. */
+    int rc = 0;
+    for (size_t i = 0; i < job->nchunks && rc == 0; i++)
+      rc = fp_writer_append(jx->sync_out, jx->carr[i].res,
+                            jx->carr[i].res_len);
+    if (rc != 0) {
+      res->code = rc;
+      res->msg = strdup("out of memory copying the results");
+    }
+  } else if (res->code == 0 && job->wire != FP__WIRE_FIXED) {
     int rc = assemble_values(job, &res->value, &res->value_len);
     if (rc != 0) {
       res->code = rc;
@@ -363,6 +384,22 @@ static int resolve_common(fp_pool *pool, fp__job *job, const void *fn,
   return 0;
 }
 
+/* Allocates a job for fn with the call's options resolved against the
+ * pool's. Returns 0 and *out, or FP_ENOMEM / FP_EINVAL. */
+static int job_alloc(fp_pool *pool, const void *fn, const fp_call_opts *o,
+                     jobx **out) {
+  jobx *jx = calloc(1, sizeof(*jx));
+  if (jx == NULL)
+    return FP_ENOMEM;
+  int rc = resolve_common(pool, &jx->job, fn, o);
+  if (rc != 0) {
+    free(jx);
+    return rc;
+  }
+  *out = jx;
+  return 0;
+}
+
 static size_t default_chunksize(fp_pool *pool, size_t n,
                                 const fp_call_opts *o) {
   if (o && o->chunksize > 0)
@@ -425,15 +462,11 @@ static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
   size_t room = pool->max_frame - 256;
   if (in_size > room || out_size > room)
     return FP_EMSGSIZE;
-  jobx *jx = calloc(1, sizeof(*jx));
-  if (jx == NULL)
-    return FP_ENOMEM;
-  fp__job *job = &jx->job;
-  int rc = resolve_common(pool, job, (const void *)fn, o);
-  if (rc != 0) {
-    free(jx);
+  jobx *jx;
+  int rc = job_alloc(pool, (const void *)fn, o, &jx);
+  if (rc != 0)
     return rc;
-  }
+  fp__job *job = &jx->job;
   job->kind = FP__JOB_MAP_FIXED;
   job->wire = FP__WIRE_FIXED;
   job->in_size = in_size;
@@ -557,15 +590,11 @@ static int make_values(fp_pool *pool, int kind, fp_task_fn fn,
     return FP_EINVAL; /* a writer in error or with an open list */
   const unsigned char *buf = items ? items->data : NULL;
   size_t len = items ? items->len : 0;
-  jobx *jx = calloc(1, sizeof(*jx));
-  if (jx == NULL)
-    return FP_ENOMEM;
-  fp__job *job = &jx->job;
-  int rc = resolve_common(pool, job, (const void *)fn, o);
-  if (rc != 0) {
-    free(jx);
+  jobx *jx;
+  int rc = job_alloc(pool, (const void *)fn, o, &jx);
+  if (rc != 0)
     return rc;
-  }
+  fp__job *job = &jx->job;
   job->kind = kind;
   job->wire = kind == FP__JOB_STARMAP ? FP__WIRE_STAR : FP__WIRE_VALUES;
   size_t room = pool->max_frame - 256;
@@ -692,7 +721,7 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
 /* Waits for a blocking call's result, copies its values, frees it. */
 static int finish_blocking(fp_result *res, fp_writer *out) {
   int rc = fp_result_get(res, FP_FOREVER);
-  if (rc == 0 && out != NULL && res->value_len > 0) {
+  if (rc == 0 && out != NULL && res->value_len > 0) { /* not sync_out */
     if (out->depth == 0) {
       rc = fp_writer_append(out, res->value, res->value_len);
     } else {
@@ -736,8 +765,11 @@ int fp_pool_apply(fp_pool *pool, fp_task_fn fn, const fp_writer *args,
   if (pool == NULL || !blocking_allowed(pool))
     return FP_EINVAL;
   int rc = make_values(pool, FP__JOB_APPLY, fn, args, 1, NULL, &job);
-  if (rc == 0)
+  if (rc == 0) {
+    if (out != NULL && out->depth == 0)
+      ((jobx *)job)->sync_out = out;
     rc = start_result_job(pool, job, NULL, &res);
+  }
   if (rc != 0)
     return fail_call(rc);
   return finish_blocking(res, out);
@@ -765,7 +797,7 @@ int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
     return FP_EINVAL;
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
   if (rc == 0)
-    rc = start_result_job(pool, job, opts, &res);
+    rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
   if (rc != 0)
     return fail_call(rc);
   return finish_blocking(res, NULL);
@@ -792,8 +824,11 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
   if (pool == NULL || !blocking_allowed(pool))
     return FP_EINVAL;
   int rc = make_values(pool, kind, fn, items, 1, opts, &job);
-  if (rc == 0)
-    rc = start_result_job(pool, job, opts, &res);
+  if (rc == 0) {
+    if (out != NULL && out->depth == 0)
+      ((jobx *)job)->sync_out = out;
+    rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
+  }
   if (rc != 0)
     return fail_call(rc);
   return finish_blocking(res, out);
@@ -1035,16 +1070,12 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
   *out = NULL;
   if (pool == NULL || fn == NULL || producer == NULL)
     return fail_call(FP_EINVAL);
-  jobx *jx = calloc(1, sizeof(*jx));
-  if (jx == NULL)
-    return fail_call(FP_ENOMEM);
+  jobx *jx;
+  int rc = job_alloc(pool, (const void *)fn, opts, &jx);
+  if (rc != 0)
+    return fail_call(rc);
   fp__job *job = &jx->job;
   jx->borrowed = 1;
-  int rc = resolve_common(pool, job, (const void *)fn, opts);
-  if (rc != 0) {
-    free(jx);
-    return fail_call(rc);
-  }
   job->kind = ordered ? FP__JOB_IMAP : FP__JOB_IMAP_UNORDERED;
   job->wire = FP__WIRE_VALUES;
   job->chunksize = opts && opts->chunksize ? opts->chunksize : 1;

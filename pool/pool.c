@@ -425,8 +425,15 @@ static void job_finish_locked(fp_pool *pool, fp__job *job) {
 
 /* ---- results from workers ------------------------------------------------ */
 
+/* Frames at least this big that start the read buffer are handed to their
+ * chunk with the buffer itself instead of being copied out of it. */
+#define STEAL_MIN (64 * 1024)
+
+/* Takes a RESULT frame's payload (p, len). When `steal` is set, p is the
+ * start of c->in and the chunk may take the whole buffer (c->in becomes
+ * NULL; the caller keeps what followed the frame). */
 static void chunk_results(fp_pool *pool, fp__wslot *ws, const unsigned char *p,
-                          size_t len) {
+                          size_t len, fp__conn *steal) {
   fp__res_hdr rh;
   if (len < sizeof(rh) || ws->ninflight == 0)
     goto bad;
@@ -489,6 +496,14 @@ static void chunk_results(fp_pool *pool, fp__wslot *ws, const unsigned char *p,
                want);
       pthread_mutex_unlock(&res->mu);
     }
+  } else if (data_len >= STEAL_MIN && steal != NULL) {
+    /* Large results: keep them where recv() put them. */
+    ch->res_base = steal->in;
+    ch->res_cap = steal->in_cap;
+    ch->res = (unsigned char *)data;
+    ch->res_len = data_len;
+    steal->in = NULL;
+    steal->in_cap = 0;
   } else if (data_len > 0) {
     ch->res = fp__alloc(data_len);
     if (ch->res != NULL) {
@@ -540,7 +555,24 @@ static void conn_process(fp_pool *pool, fp__conn *c) {
       }
       break;
     case FP__MSG_RESULT:
-      chunk_results(pool, ws, p, plen);
+      chunk_results(pool, ws, p, plen,
+                    off == 4 + plen && plen >= STEAL_MIN ? c : NULL);
+      if (c->in == NULL) {
+        /* The buffer went to the chunk: keep what followed the frame. */
+        const unsigned char *old_buf = p - 4;
+        size_t rest = c->in_len - off;
+        size_t cap = rest > 65536 ? rest : 65536;
+        c->in = fp__alloc(cap);
+        if (c->in == NULL) {
+          c->in_len = c->in_cap = 0;
+          c->eof = 1; /* out of memory: treat the worker as gone */
+          return;
+        }
+        c->in_cap = cap;
+        memcpy(c->in, old_buf + off, rest);
+        c->in_len = rest;
+        off = 0;
+      }
       break;
     case FP__MSG_RETIRE:
       ws->retiring = 1;

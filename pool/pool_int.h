@@ -163,6 +163,8 @@ struct fp__chunk {
   size_t items_len;
   unsigned char *res;       /* values kinds: encoded results, owned */
   size_t res_len;
+  unsigned char *res_base;  /* when set, res points into this buffer of */
+  size_t res_cap;           /* res_cap bytes, which is what gets freed */
   fp__item_err *errs;       /* failed items, ascending index */
   uint32_t nerr;
   unsigned char *owned_items; /* producer chunks own their items */

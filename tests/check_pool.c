@@ -635,6 +635,69 @@ START_TEST(map_values_keeps_order) {
 }
 END_TEST
 
+
+/* Large values take the buffer-stealing path in the master (results of
+ * 64 KiB and more); mix them with small ones in one stream. */
+START_TEST(large_payloads_round_trip) {
+  fp_pool *p = new_pool(2);
+  fp_writer items, out;
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  size_t sizes[] = {1 << 20, 10, 70000, 3, (size_t)1 << 20, 65536, 0, 200000};
+  enum { K = sizeof(sizes) / sizeof(sizes[0]) };
+  for (int rep = 0; rep < 3; rep++)
+    for (int k = 0; k < K; k++) {
+      void *dst;
+      ck_assert_int_eq(fp_write_bytes_begin(&items, sizes[k], &dst), 0);
+      memset(dst, 'a' + k, sizes[k]);
+    }
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  for (int mode = 0; mode < 3; mode++) {
+    fp_reader rd;
+    fp_iter *it = NULL;
+    fp_result *r = NULL;
+    fp_writer_reset(&out);
+    if (mode == 0) {
+      ck_assert_int_eq(fp_pool_map_values(p, t_ident, &items, &out, &co), 0);
+      fp_reader_init(&rd, out.data, out.len);
+    } else if (mode == 1) {
+      ck_assert_int_eq(fp_pool_map_values_async(p, t_ident, &items, NULL, &r),
+                       0);
+      ck_assert_int_eq(fp_result_get(r, 60), 0);
+      ck_assert_int_eq(fp_result_value(r, &rd), 0);
+    } else {
+      ck_assert_int_eq(fp_pool_imap(p, t_ident, &items, NULL, &it), 0);
+    }
+    for (int rep = 0; rep < 3; rep++)
+      for (int k = 0; k < K; k++) {
+        const void *v;
+        size_t n;
+        if (mode == 2)
+          ck_assert_int_eq(fp_iter_next(it, &rd, 60), 0);
+        ck_assert_int_eq(fp_read_bytes(&rd, &v, &n), 0);
+        ck_assert_uint_eq(n, sizes[k]);
+        for (size_t i = 0; i < n; i += 4093)
+          ck_assert_int_eq(((const char *)v)[i], 'a' + k);
+      }
+    fp_iter_free(it);
+    fp_result_free(r);
+  }
+  /* One 16 MiB value through apply. */
+  fp_writer_reset(&items);
+  void *dst;
+  ck_assert_int_eq(fp_write_bytes_begin(&items, (size_t)16 << 20, &dst), 0);
+  memset(dst, 'z', (size_t)16 << 20);
+  fp_writer_reset(&out);
+  ck_assert_int_eq(fp_pool_apply(p, t_ident, &items, &out), 0);
+  ck_assert_uint_eq(out.len, items.len);
+  ck_assert_int_eq(memcmp(out.data, items.data, out.len), 0);
+  fp_pool_free(p);
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+}
+END_TEST
+
 START_TEST(starmap_over_packed_tuples) {
   fp_pool *p = new_pool(2);
   fp_writer items, out;
@@ -1187,6 +1250,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, map_rejects_bad_arguments);
   tcase_add_test(tc, map_values_keeps_order);
   tcase_add_test(tc, starmap_over_packed_tuples);
+  tcase_add_test(tc, large_payloads_round_trip);
   tcase_add_test(tc, task_sees_index_and_worker_id);
   suite_add_tcase(s, tc);
 
