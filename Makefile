@@ -122,12 +122,20 @@ $(SHARED): $(LIB_OBJS)
 	ln -sf libforkpool.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf libforkpool.so.$(VERSION) $(BUILD)/libforkpool.so
 
-$(BUILD)/forkpool.pc: Makefile
+# The .pc file is relocatable: prefix is found from the .pc file's own
+# location (${pcfiledir}, understood by pkgconf and pkg-config >= 0.29), so
+# a DESTDIR-staged install works with PKG_CONFIG_PATH pointed at it. It is
+# rewritten when PREFIX/LIBDIR/INCLUDEDIR change (FORCE + compare).
+PC_PREFIX = $${pcfiledir}/$(shell realpath -m --relative-to=$(PKGCONFIGDIR) $(PREFIX))
+PC_LIBDIR = $${prefix}/$(shell realpath -m --relative-to=$(PREFIX) $(LIBDIR))
+PC_INCDIR = $${prefix}/$(shell realpath -m --relative-to=$(PREFIX) $(INCLUDEDIR))
+
+$(BUILD)/forkpool.pc: FORCE
 	@mkdir -p $(@D)
 	@printf '%s\n' \
-	  'prefix=$(PREFIX)' \
-	  'libdir=$(LIBDIR)' \
-	  'includedir=$(INCLUDEDIR)' \
+	  'prefix=$(PC_PREFIX)' \
+	  'libdir=$(PC_LIBDIR)' \
+	  'includedir=$(PC_INCDIR)' \
 	  '' \
 	  'Name: forkpool' \
 	  'Description: multiprocessing.Pool for C: forked workers, shared-memory manager, affinity' \
@@ -135,7 +143,8 @@ $(BUILD)/forkpool.pc: Makefile
 	  'Requires.private: libuv jemalloc' \
 	  'Cflags: -I$${includedir}' \
 	  'Libs: -L$${libdir} -lforkpool' \
-	  'Libs.private: -pthread -ldl -lm' > $@
+	  'Libs.private: -pthread -ldl -lm' > $@.tmp
+	@cmp -s $@.tmp $@ 2>/dev/null && rm -f $@.tmp || mv $@.tmp $@
 
 # --- tests ------------------------------------------------------------------
 # tests/runner.c includes the generated list of suites: one per
