@@ -95,6 +95,9 @@ typedef struct fp__jobx {
   fp__chunk *carr;     /* result jobs: all chunks in one array */
   int borrowed;        /* input belongs to the caller (blocking calls) */
   fp_writer *sync_out; /* blocking calls: where the results go */
+  size_t sync_len0;    /* its length before the call */
+  size_t streamed;     /* chunks already appended to sync_out */
+  int stream_err;      /* an append failed */
 } jobx;
 
 void fp__job_free(fp__job *job) {
@@ -110,6 +113,22 @@ void fp__job_free(fp__job *job) {
   free(job->err_msg);
   fp__progress_finish(job->pg);
   free(jx);
+}
+
+void fp__job_stream_locked(fp__job *job) {
+  jobx *jx = (jobx *)job;
+  if (jx->sync_out == NULL || jx->carr == NULL || job->err_code != 0)
+    return; /* a failing blocking call keeps its writer untouched */
+  while (jx->streamed < job->nchunks &&
+         jx->carr[jx->streamed].state == FP__CH_DONE) {
+    fp__chunk *ch = &jx->carr[jx->streamed++];
+    if (!jx->stream_err) {
+      int rc = fp_writer_append(jx->sync_out, ch->res, ch->res_len);
+      if (rc != 0)
+        jx->stream_err = rc;
+    }
+    chunk_drop_res(ch);
+  }
 }
 
 /* ---- results -------------------------------------------------------------- */
@@ -209,16 +228,16 @@ fp_result *fp__job_complete_locked(fp_pool *pool, fp__job *job) {
   res->msg = job->err_msg;
   job->err_msg = NULL;
   jobx *jx = (jobx *)job;
-  if (res->code == 0 && job->wire != FP__WIRE_FIXED && jx->sync_out) {
-    /* A blocking call: its caller waits, so its writer takes the results
-     * straight from the chunks, with no intermediate buffer. */
-    int rc = 0;
-    for (size_t i = 0; i < job->nchunks && rc == 0; i++)
-      rc = fp_writer_append(jx->sync_out, jx->carr[i].res,
-                            jx->carr[i].res_len);
-    if (rc != 0) {
-      res->code = rc;
+  if (job->wire != FP__WIRE_FIXED && jx->sync_out) {
+    /* Results were streamed into the caller's writer as they came; a
+     * failed call leaves the writer as it was. */
+    if (res->code == 0 && jx->stream_err) {
+      res->code = jx->stream_err;
       res->msg = strdup("out of memory copying the results");
+    }
+    if (res->code != 0) {
+      jx->sync_out->len = jx->sync_len0;
+      jx->sync_out->err = 0;
     }
   } else if (res->code == 0 && job->wire != FP__WIRE_FIXED) {
     int rc = assemble_values(job, &res->value, &res->value_len);
@@ -766,8 +785,10 @@ int fp_pool_apply(fp_pool *pool, fp_task_fn fn, const fp_writer *args,
     return FP_EINVAL;
   int rc = make_values(pool, FP__JOB_APPLY, fn, args, 1, NULL, &job);
   if (rc == 0) {
-    if (out != NULL && out->depth == 0)
+    if (out != NULL && out->depth == 0 && out->err == 0) {
       ((jobx *)job)->sync_out = out;
+      ((jobx *)job)->sync_len0 = out->len;
+    }
     rc = start_result_job(pool, job, NULL, &res);
   }
   if (rc != 0)
@@ -825,8 +846,10 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
     return FP_EINVAL;
   int rc = make_values(pool, kind, fn, items, 1, opts, &job);
   if (rc == 0) {
-    if (out != NULL && out->depth == 0)
+    if (out != NULL && out->depth == 0 && out->err == 0) {
       ((jobx *)job)->sync_out = out;
+      ((jobx *)job)->sync_len0 = out->len;
+    }
     rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
   }
   if (rc != 0)

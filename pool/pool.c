@@ -517,6 +517,8 @@ static void chunk_results(fp_pool *pool, fp__wslot *ws, const unsigned char *p,
   fp__progress_update(job->pg, job->items_done);
   if (is_iter)
     fp__iter_chunk_done_locked(job, ch);
+  else
+    fp__job_stream_locked(job);
   fp__job_maybe_finish_locked(pool, job);
   return;
 bad:
@@ -751,6 +753,8 @@ static void chunk_crashed_locked(fp_pool *pool, fp__chunk *ch, int code,
   fp__progress_update(job->pg, job->items_done);
   if (job->it != NULL)
     fp__iter_chunk_done_locked(job, ch);
+  else
+    fp__job_stream_locked(job);
   fp__job_maybe_finish_locked(pool, job);
 }
 

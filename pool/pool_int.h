@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #define FP__MAX_INFLIGHT 8
+#define FP__SOCKBUF (2 << 20) /* requested SO_SNDBUF/SO_RCVBUF per socket */
 #define FP__MSG_LEN 512 /* longest task failure message kept */
 
 /* ---- function references (fnref.c) ---------------------------------- */
@@ -381,6 +382,10 @@ int fp__on_pool_thread(fp_pool *pool);
 fp_result *fp__job_complete_locked(fp_pool *pool, fp__job *job);
 void fp__result_run_callbacks(fp_result *res);
 void fp__iter_chunk_done_locked(fp__job *job, fp__chunk *ch);
+/* A blocking call's results go to the caller's writer as soon as they are
+ * in input order, freeing each chunk's buffer right away (so receive
+ * buffers are recycled instead of 200 MiB of results piling up). */
+void fp__job_stream_locked(fp__job *job);
 void fp__job_free(fp__job *job);
 void fp__set_last_error(int code, const char *msg);
 
