@@ -849,6 +849,14 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
     if (out != NULL && out->depth == 0 && out->err == 0) {
       ((jobx *)job)->sync_out = out;
       ((jobx *)job)->sync_len0 = out->len;
+      /* Results are often about as large as the items (transforms of
+       * strings or byte buffers): reserving that much up front spares the
+       * writer its doubling copies. Pages never written are never touched,
+       * so a smaller result costs address space, not memory. */
+      size_t guess =
+          items != NULL && items->len < ((size_t)1 << 30) ? items->len : 0;
+      if (guess > 0 && fp_writer_reserve(out, guess) != 0)
+        out->err = 0; /* only a hint: nothing was written */
     }
     rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
   }
