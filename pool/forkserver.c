@@ -30,6 +30,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The signal mask the master had when the pool was created; workers get it
@@ -77,6 +78,14 @@ static void fdreg_close_all(int keep) {
     if (v != 0 && v - 1 != keep)
       close(v - 1);
   }
+}
+
+#define EXIT_GRACE_MS 200
+
+static int64_t fs_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Sends one message, with `pass_fd` attached when >= 0. Returns 0 or
@@ -244,7 +253,25 @@ void fp__forkserver_main(fp_pool *pool, int ctl) {
     }
   }
 
-  /* The master is gone or done: nothing we forked may outlive it. */
+  /* The master is gone or done: nothing we forked may outlive it. The
+   * workers saw EOF on their sockets too (the master's ends are closed) and
+   * idle ones are exiting by themselves; give them EXIT_GRACE_MS, then
+   * SIGKILL whatever is still running. */
+  int64_t deadline = fs_now_ms() + EXIT_GRACE_MS;
+  for (;;) {
+    int left = 0;
+    for (int i = 0; i < nkids; i++)
+      left += kids[i].pid > 0;
+    int64_t now = fs_now_ms();
+    if (left == 0 || now >= deadline)
+      break;
+    struct pollfd pf = {sfd, POLLIN, 0};
+    poll(&pf, 1, (int)(deadline - now));
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof(si)) > 0) {
+    }
+    reap(-1, kids, nkids);
+  }
   for (int i = 0; i < nkids; i++)
     if (kids[i].pid > 0)
       kill(kids[i].pid, SIGKILL);

@@ -1075,7 +1075,11 @@ static void maybe_shutdown_locked(fp_pool *pool) {
         ws->conn->out_len == 0)
       shutdown(ws->conn->fd, SHUT_WR); /* EOF: the worker exits */
   }
-  if (pool->nalive > 0 && !pool->fs_gone)
+  /* Terminating: wait until every worker is reported dead (terminate
+   * returns only then). Closing: the workers have no work and are leaving
+   * on EOF; the fork server reaps them before it exits, and join waits for
+   * the fork server, so there is no need to wait for each EXITED report. */
+  if (pool->state == FP__TERMINATE && pool->nalive > 0 && !pool->fs_gone)
     return;
   pool->stopping = 1;
   if (!pool->fs_gone)
