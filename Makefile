@@ -181,7 +181,7 @@ valgrind: $(RUNNER)
 	  --child-silent-after-fork=yes --track-fds=no $(RUNNER)
 
 # --- demos, docs examples, benchmarks ---------------------------------------
-DEMO_CFLAGS = $(BASEFLAGS) -fopenmp -Wno-error=unused-function
+DEMO_CFLAGS = $(BASEFLAGS) -fopenmp
 
 $(BUILD)/obj/demos/%.o: demos/%.c | $(BUILD)/.deps
 	@mkdir -p $(@D)

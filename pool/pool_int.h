@@ -215,7 +215,8 @@ struct fp_result {
   pthread_mutex_t mu;
   pthread_cond_t cond;
   int refs;          /* user + job */
-  int ready;
+  _Atomic int ready; /* written under mu; read without it by waiters
+                        spinning before they sleep */
   int user_freed;
   int code;
   int64_t err_index;
