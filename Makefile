@@ -78,6 +78,9 @@ DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
 .PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
         install uninstall clean deps format tsan asan
 .DEFAULT_GOAL := all
+# Keep intermediate objects (docs examples, demos): make would otherwise
+# delete them after linking, printing "rm ..." after Check's summary.
+.SECONDARY:
 
 all: lib
 lib: $(STATIC) $(SHARED) $(BUILD)/forkpool.pc

@@ -437,6 +437,38 @@ static void op_dict_set(int which, long iters) {
   }
 }
 
+/* Updates of existing keys, each process its own 1024 keys: no
+ * allocation, so only the dict's lock stripes are shared. */
+static fp_dict *g_dict3;
+#define UPD_KEYS 1024
+
+static void op_dict_update(int which, long iters) {
+  char key[UPD_KEYS][16];
+  size_t kl[UPD_KEYS];
+  for (int i = 0; i < UPD_KEYS; i++)
+    kl[i] = (size_t)snprintf(key[i], sizeof key[i], "%c%d", 'a' + which, i);
+  for (long i = 0; i < iters; i++)
+    if (fp_dict_add_int(g_dict3, key[i % UPD_KEYS], kl[i % UPD_KEYS], 1,
+                        NULL) != 0)
+      _exit(1);
+}
+
+/* Like two_procs() with a single process doing all the work. */
+static double one_proc(void (*fn)(int, long), long iters) {
+  pid_t pid = fork();
+  if (pid < 0)
+    die("fork: %s", strerror(errno));
+  if (pid == 0) {
+    fn(0, iters);
+    _exit(0);
+  }
+  double t0 = now_s();
+  int st;
+  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    die("a manager test process failed");
+  return now_s() - t0;
+}
+
 static void op_counter(int which, long iters) {
   for (long i = 0; i < iters; i++)
     if (fp_counter_add(g_counter, 1, NULL) != 0)
@@ -497,6 +529,19 @@ static void g_manager(sizes_t n) {
   if (fp_dict_len(g_dict2) != 2 * (k / 2))
     die("dict from 2 processes: wrong size");
   emit("mgr_dict_set_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
+
+  /* The same number of updates of existing keys, by one process, then
+   * split over two (different keys): does the dict scale? */
+  check(fp_dict_new(m, &g_dict3), "fp_dict_new");
+  for (int w = 0; w < 2; w++)
+    for (int i = 0; i < UPD_KEYS; i++) {
+      int kl = snprintf(key, sizeof key, "%c%d", 'a' + w, i);
+      check(fp_dict_set_int(g_dict3, key, (size_t)kl, 0), "fp_dict_set_int");
+    }
+  dt = one_proc(op_dict_update, k);
+  emit("mgr_dict_upd_2w", "baseline", (double)k / dt, "ops/s");
+  dt = two_procs(op_dict_update, k / 2);
+  emit("mgr_dict_upd_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
 
   fp_writer w;
   fp_writer_init(&w);

@@ -55,6 +55,9 @@ ROWS = [
     ("mgr_dict_get", "Manager dict get, from the master", "hi", []),
     ("mgr_dict_set_2w", "Manager dict set from 2 processes, different keys",
      "hi", []),
+    ("mgr_dict_upd_2w", "Manager dict add-to-int on existing keys, 2 "
+     "processes with different keys (baseline: 1 process, same count)",
+     "hi", [("baseline", 1.5)]),
     ("mgr_list_append", "Manager list append", "hi", []),
     ("counter_2proc", "counter += 1 from 2 processes (python: Manager Value "
      "+ Lock; baseline: atomic fetch_add)", "hi", [("baseline", 0.4)]),
