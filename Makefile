@@ -78,9 +78,13 @@ DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
 .PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
         install uninstall clean deps format tsan asan
 .DEFAULT_GOAL := all
-# Keep intermediate objects (docs examples, demos): make would otherwise
-# delete them after linking, printing "rm ..." after Check's summary.
-.SECONDARY:
+# Keep the objects of programs linked by pattern rules (docs examples,
+# demos, benchmarks): make would otherwise delete them as intermediates,
+# printing "rm ..." after Check's summary. Listed by name: a bare
+# .SECONDARY: would also stop the FORCE-based rules from running.
+.SECONDARY: $(DOC_EX_SRCS:%.c=$(BUILD)/obj/%.o) \
+            $(DEMO_SRCS:%.c=$(BUILD)/obj/%.o) \
+            $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o)
 
 all: lib
 lib: $(STATIC) $(SHARED) $(BUILD)/forkpool.pc
