@@ -182,10 +182,16 @@ check: $(RUNNER) $(DOC_EXS)
 	done
 	$(SAN_ENV) $(RUNNER)
 
-valgrind: $(RUNNER)
+# valgrind runs a build whose IPC buffers come from libc malloc
+# (FP_ALLOC_LIBC), so a leaked or overrun codec/frame buffer is visible to
+# it too (jemalloc's arena memory is opaque to valgrind).
+VG_BUILD := build/valgrind
+valgrind:
+	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) \
+	  CFLAGS="$(CFLAGS) -DFP_ALLOC_LIBC" $(VG_BUILD)/tests/runner
 	CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
 	  --leak-check=full --errors-for-leak-kinds=definite \
-	  --child-silent-after-fork=yes --track-fds=no $(RUNNER)
+	  --child-silent-after-fork=yes --track-fds=no $(VG_BUILD)/tests/runner
 
 # --- demos, docs examples, benchmarks ---------------------------------------
 DEMO_CFLAGS = $(BASEFLAGS) -fopenmp
