@@ -47,6 +47,7 @@
 #define TICK_MS 2
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
+static int ring_drain_locked(fp_pool *pool, struct fp__wslot *ws);
 static void run_callbacks(fp_pool *pool);
 
 _Atomic unsigned fp__fork_gen;
@@ -97,6 +98,9 @@ static void spawn_slot_locked(fp_pool *pool, fp__wslot *ws) {
     return;
   atomic_store(&pool->slots[ws->index].pid, 0);
   atomic_store(&pool->slots[ws->index].seq, 0);
+  /* The previous process's ring was drained when it died. */
+  atomic_store(&pool->shm->rings[ws->index].head, 0);
+  atomic_store(&pool->shm->rings[ws->index].tail, 0);
   if (fs_send(pool, FP__FS_SPAWN, ws->index, 0, 0) == 0) {
     ws->spawning = 1;
     pool->nalive++;
@@ -438,12 +442,19 @@ static void chunk_results(fp_pool *pool, fp__wslot *ws, const unsigned char *p,
   if (len < sizeof(rh) || ws->ninflight == 0)
     goto bad;
   memcpy(&rh, p, sizeof(rh));
-  fp__chunk *ch = ws->inflight[0];
-  if (rh.seq != ch->seq || rh.count != ch->count ||
-      rh.errs_len > len - sizeof(rh))
+  /* Results come in order per path, but a large one (socket) may be
+   * overtaken by a later small one (ring): find the chunk by its id. */
+  int k = 0;
+  while (k < ws->nwritten && ws->inflight[k]->seq != rh.seq)
+    k++;
+  if (k == ws->nwritten)
     goto bad;
-  memmove(ws->inflight, ws->inflight + 1,
-          sizeof(ws->inflight[0]) * (size_t)--ws->ninflight);
+  fp__chunk *ch = ws->inflight[k];
+  if (rh.count != ch->count || rh.errs_len > len - sizeof(rh))
+    goto bad;
+  memmove(ws->inflight + k, ws->inflight + k + 1,
+          sizeof(ws->inflight[0]) * (size_t)(ws->ninflight - k - 1));
+  ws->ninflight--;
   ws->nwritten--;
   int64_t now = fp__now_ns();
   int64_t took = now - ws->last_done_ns;
@@ -579,6 +590,9 @@ static void conn_process(fp_pool *pool, fp__conn *c) {
     case FP__MSG_RETIRE:
       ws->retiring = 1;
       break;
+    case FP__MSG_KICK:
+      ring_drain_locked(pool, ws); /* the results are in the ring */
+      break;
     default:
       ws->kill_reason = FP_EPROTO;
       kill_worker_locked(pool, ws, SIGKILL);
@@ -589,6 +603,50 @@ static void conn_process(fp_pool *pool, fp__conn *c) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
   }
+}
+
+/* Handles every result published in ws's ring (see pool_int.h). Returns
+ * the number of results taken. */
+static int ring_drain_locked(fp_pool *pool, fp__wslot *ws) {
+  fp__ring *r = &pool->shm->rings[ws->index];
+  uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
+  int n = 0;
+  while (h != t) {
+    size_t pos = (size_t)(h % FP__RING_SIZE);
+    uint32_t len;
+    memcpy(&len, r->data + pos, 4);
+    if (len == FP__RING_WRAP) {
+      h += FP__RING_SIZE - pos;
+      continue;
+    }
+    if (len > FP__RING_MAX || pos + 4 + len > FP__RING_SIZE ||
+        t - h > FP__RING_SIZE) {
+      /* A worker that corrupts its ring is killed like one that sends
+       * nonsense on its socket. */
+      ws->kill_reason = FP_EPROTO;
+      kill_worker_locked(pool, ws, SIGKILL);
+      h = t;
+      break;
+    }
+    if (r->data[pos + 4] == FP__MSG_RESULT)
+      chunk_results(pool, ws, r->data + pos + 4, len, NULL);
+    h += (4 + (uint64_t)len + 7) & ~(uint64_t)7;
+    n++;
+  }
+  /* chunk_results copied what it keeps: the space can be reused. */
+  atomic_store_explicit(&r->head, h, memory_order_release);
+  return n;
+}
+
+static int rings_pending(fp_pool *pool) {
+  for (int i = 0; i < pool->nworkers; i++) {
+    fp__ring *r = &pool->shm->rings[i];
+    if (atomic_load_explicit(&r->tail, memory_order_seq_cst) !=
+        atomic_load_explicit(&r->head, memory_order_relaxed))
+      return 1;
+  }
+  return 0;
 }
 
 /* Reads what the socket has. Returns 0, or 1 at EOF/error. */
@@ -662,6 +720,7 @@ static void conn_on_io(uv_poll_t *h, int status, int events) {
   fp_pool *pool = c->pool;
   pthread_mutex_lock(&pool->mu);
   if (!c->closing) {
+    ring_drain_locked(pool, c->ws);
     if (events & UV_WRITABLE)
       conn_flush(pool, c);
     if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT))) {
@@ -789,9 +848,11 @@ static void worker_exited_locked(fp_pool *pool, int slot, pid_t pid,
   fp__conn *c = ws->conn;
   if (c == NULL || c->pid != pid)
     return;
-  /* Results the worker wrote before dying are still in the socket. */
+  /* Results the worker wrote before dying are still in the socket and in
+   * its ring: take them all before deciding what it held. */
   if (!c->eof)
     conn_read(pool, c);
+  ring_drain_locked(pool, ws);
   int was_ready = c->ready;
   if (was_ready)
     pool->nready--;
@@ -1089,6 +1150,9 @@ static void maybe_shutdown_locked(fp_pool *pool) {
   uv_close((uv_handle_t *)&pool->wake, closed_noop);
   uv_timer_stop(&pool->tick);
   uv_close((uv_handle_t *)&pool->tick, closed_noop);
+  uv_close((uv_handle_t *)&pool->prep, closed_noop);
+  uv_close((uv_handle_t *)&pool->chk, closed_noop);
+  uv_close((uv_handle_t *)&pool->spin, closed_noop);
   for (int i = 0; i < pool->nworkers; i++)
     if (pool->ws[i].conn) {
       conn_close(pool->ws[i].conn);
@@ -1153,6 +1217,39 @@ static void run_callbacks(fp_pool *pool) {
   }
 }
 
+static void idle_noop(uv_idle_t *h) {
+  (void)h;
+}
+
+/* Before the loop sleeps: tell workers to kick, then look at the rings
+ * once more (a result published before the flag was seen would otherwise
+ * wait for the next event). */
+static void on_prepare(uv_prepare_t *h) {
+  fp_pool *pool = h->data;
+  atomic_store(&pool->shm->master_idle, 1); /* seq_cst, as the tail */
+  if (rings_pending(pool)) {
+    atomic_store(&pool->shm->master_idle, 0);
+    uv_idle_start(&pool->spin, idle_noop); /* poll, don't wait */
+  } else {
+    uv_idle_stop(&pool->spin);
+  }
+}
+
+/* After the loop wakes: no kicks needed while we work; take the results. */
+static void on_check(uv_check_t *h) {
+  fp_pool *pool = h->data;
+  atomic_store(&pool->shm->master_idle, 0);
+  if (!rings_pending(pool))
+    return;
+  pthread_mutex_lock(&pool->mu);
+  for (int i = 0; i < pool->nworkers; i++)
+    if (pool->ws[i].conn != NULL)
+      ring_drain_locked(pool, &pool->ws[i]);
+  fp__dispatch_locked(pool);
+  pthread_mutex_unlock(&pool->mu);
+  run_callbacks(pool);
+}
+
 static void *pool_thread(void *arg) {
   fp_pool *pool = arg;
   uv_run(&pool->loop, UV_RUN_DEFAULT);
@@ -1206,6 +1303,8 @@ static int resolve_opts(fp_pool *pool, const fp_pool_opts *in) {
 static void pool_release(fp_pool *pool) {
   if (pool->slots)
     munmap(pool->slots, pool->slots_len);
+  if (pool->shm)
+    munmap(pool->shm, pool->shm_len);
   free(pool->ws);
   free(pool->cpu_of_worker);
   free(pool->pin_cpus);
@@ -1277,6 +1376,16 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
     pool_release(pool);
     return -errno;
   }
+  /* Rings are reserved, not touched: a page costs memory once used. */
+  pool->shm_len = sizeof(fp__shared) + sizeof(fp__ring) * (size_t)n;
+  pool->shm = mmap(NULL, pool->shm_len, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (pool->shm == MAP_FAILED) {
+    rc = -errno;
+    pool->shm = NULL;
+    pool_release(pool);
+    return rc;
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
     rc = -errno;
@@ -1309,6 +1418,16 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   uv_poll_start(&pool->fs_poll, UV_READABLE | UV_DISCONNECT, fs_on_io);
   uv_timer_init(&pool->loop, &pool->tick);
   pool->tick.data = pool;
+  uv_prepare_init(&pool->loop, &pool->prep);
+  pool->prep.data = pool;
+  uv_prepare_start(&pool->prep, on_prepare);
+  uv_check_init(&pool->loop, &pool->chk);
+  pool->chk.data = pool;
+  uv_check_start(&pool->chk, on_check);
+  uv_idle_init(&pool->loop, &pool->spin);
+  /* prepare/check/idle must not keep the loop alive on their own. */
+  uv_unref((uv_handle_t *)&pool->prep);
+  uv_unref((uv_handle_t *)&pool->chk);
 
   pthread_mutex_lock(&pool->mu);
   for (int i = 0; i < n; i++)
@@ -1327,6 +1446,9 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
     uv_close((uv_handle_t *)&pool->wake, NULL);
     uv_close((uv_handle_t *)&pool->fs_poll, NULL);
     uv_close((uv_handle_t *)&pool->tick, NULL);
+    uv_close((uv_handle_t *)&pool->prep, NULL);
+    uv_close((uv_handle_t *)&pool->chk, NULL);
+    uv_close((uv_handle_t *)&pool->spin, NULL);
     uv_run(&pool->loop, UV_RUN_DEFAULT);
     uv_loop_close(&pool->loop);
     goto fail_fs;

@@ -69,8 +69,44 @@ enum {
   FP__MSG_TASK = 1, /* master -> worker: run a chunk */
   FP__MSG_READY,    /* worker -> master: initializer done */
   FP__MSG_RESULT,   /* worker -> master: a chunk's results */
-  FP__MSG_RETIRE    /* worker -> master: maxtasksperchild reached, exiting */
+  FP__MSG_RETIRE,   /* worker -> master: maxtasksperchild reached, exiting */
+  FP__MSG_KICK      /* worker -> master: a result is waiting in the ring */
 };
+
+/* ---- result rings ----------------------------------------------------------
+ *
+ * Results of up to FP__RING_MAX bytes travel through a per-worker ring in
+ * shared memory instead of the socket: the worker copies the RESULT
+ * payload into the ring and publishes it with one release store, with no
+ * system call. The master drains the rings after every wake-up of its
+ * loop. Only when the master is about to sleep (master_idle, set in a
+ * prepare handler just before epoll) does a worker send a one-frame KICK
+ * on its socket to wake it: Dekker-style, the worker stores the tail, then
+ * reads master_idle; the master stores master_idle, then reads the tails,
+ * all four accesses seq_cst, so at least one side sees the other's store
+ * and a result is never left unseen.
+ *
+ * Results in the ring survive the worker: when a worker dies, the master
+ * drains its ring before accounting for its chunks, so a chunk that
+ * finished is never run twice or lost. Entries: u32 length + payload,
+ * 8-byte aligned; FP__RING_WRAP marks the unused end before a wrap. */
+#define FP__RING_SIZE (256 * 1024)
+#define FP__RING_MAX (FP__RING_SIZE / 2)
+#define FP__RING_WRAP 0xFFFFFFFFu
+
+typedef struct fp__ring {
+  _Atomic uint64_t head; /* consumer (master) position in bytes */
+  char pad1[56];
+  _Atomic uint64_t tail; /* producer (worker) position in bytes */
+  char pad2[56];
+  unsigned char data[FP__RING_SIZE];
+} fp__ring;
+
+typedef struct fp__shared {
+  _Atomic int master_idle; /* the pool thread is (about to be) asleep */
+  char pad[60];
+  fp__ring rings[];        /* one per worker slot */
+} fp__shared;
 
 enum { FP__WIRE_FIXED = 1, FP__WIRE_VALUES, FP__WIRE_STAR };
 
@@ -320,6 +356,8 @@ struct fp_pool {
   int fs_fd;             /* master end of the control socket */
   fp__slot *slots;       /* shared mapping */
   size_t slots_len;
+  fp__shared *shm;       /* result rings (shared mapping) */
+  size_t shm_len;
   fp__wslot *ws;
   int nready;            /* workers that reported READY */
   int nalive;            /* worker processes alive or being spawned */
@@ -338,6 +376,9 @@ struct fp_pool {
   uv_async_t wake;
   uv_poll_t fs_poll;
   uv_timer_t tick;
+  uv_prepare_t prep;     /* before each poll: master_idle, ring check */
+  uv_check_t chk;        /* after each poll: drain the rings */
+  uv_idle_t spin;        /* keeps the poll from blocking while rings fill */
   int tick_on;
   pthread_t thread;
   int thread_started;

@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -124,6 +125,38 @@ static void item_failed(fp_writer *errs, uint32_t *nerr, int64_t index,
   add_error(errs, nerr, index, rc < 0 ? rc : FP_ETASK, buf);
 }
 
+/* Copies a RESULT payload (the iov parts, total bytes) into the ring.
+ * Returns 0, or -1 when it does not fit now (the caller uses the socket).
+ * Only this worker writes the tail; the master only moves the head. */
+static int ring_put(fp__ring *r, const struct iovec *iov, int n,
+                    size_t total) {
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  uint64_t h = atomic_load_explicit(&r->head, memory_order_acquire);
+  size_t need = (4 + total + 7) & ~(size_t)7;
+  size_t pos = (size_t)(t % FP__RING_SIZE);
+  size_t waste = pos + need > FP__RING_SIZE ? FP__RING_SIZE - pos : 0;
+  if (total > FP__RING_MAX || FP__RING_SIZE - (t - h) < waste + need)
+    return -1;
+  if (waste > 0) { /* 8-aligned positions: waste >= 8, room for a marker */
+    uint32_t wrap = FP__RING_WRAP;
+    memcpy(r->data + pos, &wrap, 4);
+    t += waste;
+    pos = 0;
+  }
+  uint32_t len = (uint32_t)total;
+  memcpy(r->data + pos, &len, 4);
+  size_t off = pos + 4;
+  for (int i = 0; i < n; i++) {
+    if (iov[i].iov_len > 0)
+      memcpy(r->data + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  /* seq_cst, not just release: this store and the caller's load of
+   * master_idle are the worker's half of the kick protocol. */
+  atomic_store_explicit(&r->tail, t + need, memory_order_seq_cst);
+  return 0;
+}
+
 typedef struct wstate {
   fp__slot *slot;
   int timed;
@@ -140,8 +173,9 @@ static inline void publish_item(wstate *ws, int64_t index) {
 
 /* Runs one chunk and writes its RESULT frame. Returns 0 or -errno of the
  * write (the master is gone). */
-static int run_chunk(int fd, fp__slot *slot, const unsigned char *p,
-                     size_t len, fp_writer *data, fp_writer *errs) {
+static int run_chunk(int fd, fp__slot *slot, fp__shared *shared,
+                     int slot_index, const unsigned char *p, size_t len,
+                     fp_writer *data, fp_writer *errs) {
   fp__task_hdr th;
   uint32_t nerr = 0;
   wstate st = {slot, 0};
@@ -264,9 +298,22 @@ static int run_chunk(int fd, fp__slot *slot, const unsigned char *p,
                          {&rh, sizeof(rh)},
                          {errs->data, errs->len},
                          {data->data, data->len}};
+  int rc = 0;
+  /* A sleeping master has to be woken by the socket anyway: then the
+   * result itself goes that way (one system call, as a kick would be). A
+   * busy master takes it from the ring with no system call at all. */
+  if (shared != NULL &&
+      ring_put(&shared->rings[slot_index], iov + 1, 3, (size_t)total) == 0) {
+    /* Published. Wake the master only if it is going to sleep (see the
+     * protocol in pool_int.h): both accesses are seq_cst, so this load
+     * cannot be ordered before the tail store. */
+    if (atomic_load_explicit(&shared->master_idle, memory_order_seq_cst))
+      rc = send_simple(fd, FP__MSG_KICK);
+  } else {
+    rc = send_all(fd, iov, 4);
+  }
   /* The chunk is finished: it is no longer "running" for crash accounting
    * once the result is on its way. */
-  int rc = send_all(fd, iov, 4);
   atomic_store_explicit(&slot->seq, 0, memory_order_release);
   atomic_store_explicit(&slot->started_ns, 0, memory_order_relaxed);
   return rc;
@@ -356,7 +403,8 @@ void fp__worker_main(fp_pool *pool, int slot_index, int fd) {
       _exit(0); /* EOF: the pool is closing, or the master is gone */
     if (plen < 1 || payload[0] != FP__MSG_TASK)
       _exit(124);
-    rc = run_chunk(fd, slot, payload, plen, &data, &errs);
+    rc = run_chunk(fd, slot, pool->shm, slot_index, payload, plen, &data,
+                   &errs);
     fflush(stdout);
     fflush(stderr);
     if (rc != 0)

@@ -264,7 +264,58 @@ START_TEST(both_workers_crash_at_once) {
 }
 END_TEST
 
-/* ---- killed from outside ---------------------------------------------------- */
+/* Every item but the crashing one runs exactly once, even though results
+ * of finished chunks may still sit in the dead worker's ring or socket. */
+static _Atomic int *g_runs; /* per item, shared with the workers */
+
+static int e_count_and_crash(const void *in, void *out) {
+  int64_t v = *(const int64_t *)in;
+  atomic_fetch_add(&g_runs[v], 1);
+  if (v == 37 || v == 611)
+    die(CRASH_SEGV);
+  *(int64_t *)out = v * 3;
+  return 0;
+}
+
+START_TEST(crash_runs_no_other_item_twice) {
+  enum { N = 1000 };
+  g_runs = mmap(NULL, N * sizeof(*g_runs), PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(g_runs, MAP_FAILED);
+  int64_t *in = malloc(N * sizeof(*in)), *out = calloc(N, sizeof(*out));
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  size_t sizes[] = {1, 3, 64};
+  for (int k = 0; k < 3; k++) {
+    memset((void *)g_runs, 0, N * sizeof(*g_runs));
+    fp_call_opts co = {0};
+    co.chunksize = sizes[k];
+    ck_assert_int_eq(fp_pool_map(p, e_count_and_crash, in, N, 8, out, 8, &co),
+                     FP_EWORKER);
+    ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 37"));
+    for (int i = 0; i < N; i++) {
+      /* Items after a crash in the same chunk never ran; the rest ran
+       * exactly once. */
+      int same_chunk_after =
+          (i > 37 && i / (int)sizes[k] == 37 / (int)sizes[k]) ||
+          (i > 611 && i / (int)sizes[k] == 611 / (int)sizes[k]);
+      if (same_chunk_after)
+        ck_assert_int_eq(atomic_load(&g_runs[i]), 0);
+      else
+        ck_assert_msg(atomic_load(&g_runs[i]) == 1, "item %d ran %d times", i,
+                      atomic_load(&g_runs[i]));
+    }
+  }
+  fp_pool_free(p);
+  free(in);
+  free(out);
+  munmap((void *)g_runs, N * sizeof(*g_runs));
+}
+END_TEST
+
+/* ---- killed from outside ----------------------------------------------------
+ */
 
 static int g_pipe[2] = {-1, -1};
 
@@ -302,8 +353,7 @@ START_TEST(sigkill_from_outside_fails_task) {
   double t0 = now_s();
   kill(pid, SIGKILL);
   ck_assert_int_eq(fp_result_get(r, 10), FP_EWORKER);
-  ck_assert_msg(now_s() - t0 < 1.0, "death noticed after %.3fs",
-                now_s() - t0);
+  ck_assert_msg(now_s() - t0 < 1.0, "death noticed after %.3fs", now_s() - t0);
   ck_assert_ptr_nonnull(strstr(fp_result_error(r), "SIGKILL"));
   fp_result_free(r);
   assert_serving(p);
@@ -336,7 +386,8 @@ START_TEST(terminate_kills_workers_ignoring_sigterm) {
 }
 END_TEST
 
-/* ---- time and memory limits -------------------------------------------------- */
+/* ---- time and memory limits
+ * -------------------------------------------------- */
 
 static int t_forever(fp_reader *args, fp_writer *out) {
   (void)args;
@@ -404,7 +455,8 @@ START_TEST(memory_limit_reported_clearly) {
 }
 END_TEST
 
-/* ---- start-up failures and policies -------------------------------------------- */
+/* ---- start-up failures and policies
+ * -------------------------------------------- */
 
 static int init_crash(void *arg) {
   (void)arg;
@@ -490,7 +542,8 @@ START_TEST(abort_policy_fails_whole_job_fast) {
 }
 END_TEST
 
-/* ---- no orphans -------------------------------------------------------------------- */
+/* ---- no orphans
+ * -------------------------------------------------------------------- */
 
 static int proc_alive(pid_t pid) {
   char path[64], buf[512];
@@ -562,7 +615,8 @@ START_TEST(master_sigkill_leaves_no_orphans) {
 }
 END_TEST
 
-/* ---- fork safety and the user's process state ------------------------------------- */
+/* ---- fork safety and the user's process state
+ * ------------------------------------- */
 
 static pthread_mutex_t g_user_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -664,8 +718,8 @@ START_TEST(crashes_leak_no_descriptors) {
 }
 END_TEST
 
-
-/* ---- regressions ------------------------------------------------------------ */
+/* ---- regressions ------------------------------------------------------------
+ */
 
 static int t_sleep_ms(fp_reader *args, fp_writer *out) {
   int64_t ms = 0;
@@ -760,6 +814,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, imap_crash_item_reports_and_continues);
   tcase_add_test(tc, apply_async_crash_calls_error_callback_once);
   tcase_add_test(tc, both_workers_crash_at_once);
+  tcase_add_test(tc, crash_runs_no_other_item_twice);
   tcase_add_test(tc, sigkill_from_outside_fails_task);
   tcase_add_test(tc, terminate_kills_workers_ignoring_sigterm);
   suite_add_tcase(s, tc);
