@@ -42,8 +42,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define EWMA_PREFETCH_NS 2000000 /* queue `inflight` chunks below 2 ms */
-#define EWMA_BATCH_NS 100000     /* queue FP__MAX_INFLIGHT below 100 us */
+#define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
+#define QUEUE_AHEAD_NS 1000000    /* ... about this much work per worker */
 #define TICK_MS 2
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
@@ -266,15 +266,20 @@ void fp__dispatch_locked(fp_pool *pool) {
   if (pool->qhead == NULL || pool->state == FP__TERMINATE)
     return;
   int sent_timed = 0;
-  /* How deep each worker's queue may be: one chunk when chunks are long
-   * (or not measured yet), so work balances dynamically; a few when they
-   * are short, so no worker idles while its next chunk travels; many when
-   * they are tiny, so one wakeup carries several chunks. */
+  /* How deep each worker's queue may be. Long chunks (or none measured
+   * yet): one, so the next chunk goes to whichever worker frees up first,
+   * as with CPython's shared queue. Shorter chunks: enough queued work to
+   * cover QUEUE_AHEAD_NS, the time a result takes to reach the pool thread
+   * and the next chunk to come back (a cross-CPU wake-up each way costs
+   * tens of microseconds on small VMs), so a worker never idles between
+   * chunks; at least `inflight`, at most FP__MAX_INFLIGHT. */
   int maxdepth = 1;
-  if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_BATCH_NS)
-    maxdepth = FP__MAX_INFLIGHT;
-  else if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS)
-    maxdepth = pool->inflight;
+  if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS) {
+    int64_t d = 1 + (QUEUE_AHEAD_NS + pool->ewma_ns - 1) / pool->ewma_ns;
+    maxdepth = d < pool->inflight          ? pool->inflight
+               : d > FP__MAX_INFLIGHT ? FP__MAX_INFLIGHT
+                                           : (int)d;
+  }
   /* A submitting thread feeds idle workers only: deeper queues are filled
    * by the pool thread when results come back, several chunks per write,
    * instead of one system call and one worker wakeup per submission. */

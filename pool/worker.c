@@ -125,6 +125,23 @@ static void item_failed(fp_writer *errs, uint32_t *nerr, int64_t index,
   add_error(errs, nerr, index, rc < 0 ? rc : FP_ETASK, buf);
 }
 
+#define KICK_DEFER_NS 1000000 /* longest a published result waits */
+static int64_t g_deferred_since; /* first result not kicked, 0: none */
+
+/* Counts the complete frames (at most 2) buffered in `in` from off on:
+ * chunks this worker will run without reading its socket. */
+static int frames_buffered(const fp_writer *in, size_t off, size_t max) {
+  int n = 0;
+  while (n < 2 && in->len - off >= 4) {
+    size_t plen;
+    if (fp_frame_parse(in->data + off, in->len - off, max, &plen) != 0)
+      break;
+    off += 4 + plen;
+    n++;
+  }
+  return n;
+}
+
 /* Copies a RESULT payload (the iov parts, total bytes) into the ring.
  * Returns 0, or -1 when it does not fit now (the caller uses the socket).
  * Only this worker writes the tail; the master only moves the head. */
@@ -174,8 +191,8 @@ static inline void publish_item(wstate *ws, int64_t index) {
 /* Runs one chunk and writes its RESULT frame. Returns 0 or -errno of the
  * write (the master is gone). */
 static int run_chunk(int fd, fp__slot *slot, fp__shared *shared,
-                     int slot_index, const unsigned char *p, size_t len,
-                     fp_writer *data, fp_writer *errs) {
+                     int slot_index, int may_defer, const unsigned char *p,
+                     size_t len, fp_writer *data, fp_writer *errs) {
   fp__task_hdr th;
   uint32_t nerr = 0;
   wstate st = {slot, 0};
@@ -306,9 +323,22 @@ static int run_chunk(int fd, fp__slot *slot, fp__shared *shared,
       ring_put(&shared->rings[slot_index], iov + 1, 3, (size_t)total) == 0) {
     /* Published. Wake the master only if it is going to sleep (see the
      * protocol in pool_int.h): both accesses are seq_cst, so this load
-     * cannot be ordered before the tail store. */
-    if (atomic_load_explicit(&shared->master_idle, memory_order_seq_cst))
-      rc = send_simple(fd, FP__MSG_KICK);
+     * cannot be ordered before the tail store. While this worker still
+     * has chunks queued, the kick may wait (up to KICK_DEFER_NS): the
+     * master then drains several results and refills the queue with one
+     * write, instead of one wake-up and one write per chunk. */
+    if (atomic_load_explicit(&shared->master_idle, memory_order_seq_cst)) {
+      int64_t now = fp__now_ns();
+      if (!may_defer || (g_deferred_since != 0 &&
+                         now - g_deferred_since >= KICK_DEFER_NS)) {
+        rc = send_simple(fd, FP__MSG_KICK);
+        g_deferred_since = 0;
+      } else if (g_deferred_since == 0) {
+        g_deferred_since = now;
+      }
+    } else {
+      g_deferred_since = 0; /* the master is awake and drains the rings */
+    }
   } else {
     rc = send_all(fd, iov, 4);
   }
@@ -403,8 +433,9 @@ void fp__worker_main(fp_pool *pool, int slot_index, int fd) {
       _exit(0); /* EOF: the pool is closing, or the master is gone */
     if (plen < 1 || payload[0] != FP__MSG_TASK)
       _exit(124);
-    rc = run_chunk(fd, slot, pool->shm, slot_index, payload, plen, &data,
-                   &errs);
+    rc = run_chunk(fd, slot, pool->shm, slot_index,
+                   frames_buffered(&in, off, pool->max_frame) >= 2, payload,
+                   plen, &data, &errs);
     fflush(stdout);
     fflush(stderr);
     if (rc != 0)
