@@ -671,7 +671,9 @@ typedef struct fp_pool_opts {
   fp_progress_mode progress; /* 0: off */
   fp_progress_fn progress_cb;
   void *progress_arg;
-  int inflight;              /* chunks queued per worker; 0: 2 */
+  int inflight;              /* chunks queued per worker when chunks
+                                take under 20 ms (1 when longer); 0:
+                                adaptive, about 1 ms of work, 2 to 8 */
 } fp_pool_opts;
 
 /* Per-call options; NULL or zero fields take the pool's defaults. */

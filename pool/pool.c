@@ -272,13 +272,15 @@ void fp__dispatch_locked(fp_pool *pool) {
    * cover QUEUE_AHEAD_NS, the time a result takes to reach the pool thread
    * and the next chunk to come back (a cross-CPU wake-up each way costs
    * tens of microseconds on small VMs), so a worker never idles between
-   * chunks; at least `inflight`, at most FP__MAX_INFLIGHT. */
+   * chunks; between 2 and FP__MAX_INFLIGHT, or exactly `inflight` when
+   * the user set it. */
   int maxdepth = 1;
   if (pool->ewma_ns > 0 && pool->ewma_ns < EWMA_PREFETCH_NS) {
     int64_t d = 1 + (QUEUE_AHEAD_NS + pool->ewma_ns - 1) / pool->ewma_ns;
-    maxdepth = d < pool->inflight          ? pool->inflight
-               : d > FP__MAX_INFLIGHT ? FP__MAX_INFLIGHT
-                                           : (int)d;
+    if (pool->inflight > 0) /* the user fixed it */
+      maxdepth = pool->inflight;
+    else
+      maxdepth = d < 2 ? 2 : d > FP__MAX_INFLIGHT ? FP__MAX_INFLIGHT : (int)d;
   }
   /* A submitting thread feeds idle workers only: deeper queues are filled
    * by the pool thread when results come back, several chunks per write,
@@ -1298,7 +1300,7 @@ static int resolve_opts(fp_pool *pool, const fp_pool_opts *in) {
     o.restart_window = 1.0;
   if (o.progress == FP_PROGRESS_DEFAULT)
     o.progress = FP_PROGRESS_OFF;
-  pool->inflight = o.inflight ? o.inflight : 2;
+  pool->inflight = o.inflight; /* 0: adaptive */
   pool->max_frame = o.max_frame ? o.max_frame : FP_FRAME_MAX_DEFAULT;
   pool->nworkers = o.processes;
   pool->opts = o;
