@@ -574,26 +574,34 @@ static void conn_process(fp_pool *pool, fp__conn *c) {
         pthread_cond_broadcast(&pool->cond);
       }
       break;
-    case FP__MSG_RESULT:
-      chunk_results(pool, ws, p, plen,
-                    off == 4 + plen && plen >= STEAL_MIN ? c : NULL);
-      if (c->in == NULL) {
-        /* The buffer went to the chunk: keep what followed the frame. */
-        const unsigned char *old_buf = p - 4;
-        size_t rest = c->in_len - off;
-        size_t cap = rest > 65536 ? rest : 65536;
-        c->in = fp__alloc(cap);
-        if (c->in == NULL) {
-          c->in_len = c->in_cap = 0;
-          c->eof = 1; /* out of memory: treat the worker as gone */
-          return;
+    case FP__MSG_RESULT: {
+      /* A large result alone at the start of the buffer may take the
+       * buffer with it. What followed the frame is saved first: the chunk
+       * can free the buffer before chunk_results returns (a blocking call
+       * streams its results out at once). */
+      fp__conn *steal = NULL;
+      unsigned char *nb = NULL;
+      size_t rest = 0, cap = 0;
+      if (off == 4 + plen && plen >= STEAL_MIN) {
+        rest = c->in_len - off;
+        cap = rest > 65536 ? rest : 65536;
+        nb = fp__alloc(cap);
+        if (nb != NULL) {
+          memcpy(nb, c->in + off, rest);
+          steal = c;
         }
+      }
+      chunk_results(pool, ws, p, plen, steal);
+      if (steal != NULL && c->in == NULL) {
+        c->in = nb;
         c->in_cap = cap;
-        memcpy(c->in, old_buf + off, rest);
         c->in_len = rest;
         off = 0;
+      } else if (nb != NULL) {
+        fp__free(nb, cap);
       }
       break;
+    }
     case FP__MSG_RETIRE:
       ws->retiring = 1;
       break;
