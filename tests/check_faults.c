@@ -314,6 +314,153 @@ START_TEST(crash_runs_no_other_item_twice) {
 }
 END_TEST
 
+/* ---- every fault kind through every call form ---------------------------
+ *
+ * The item with index FAULT_AT misbehaves in the way the pool under test
+ * was made for; the other items are fine. apply runs the faulty item only. */
+enum { FK_SEGV, FK_ABORT, FK_EXIT, FK_KILL, FK_FOREVER, FK_HOG, FK_COUNT };
+enum { FAULT_AT = 5, FAULT_N = 8 };
+static int g_fault_kind;
+
+static int fault_item(int64_t v) {
+  if (v != FAULT_AT)
+    return 0;
+  switch (g_fault_kind) {
+  case FK_SEGV:
+    die(CRASH_SEGV);
+    break;
+  case FK_ABORT:
+    die(CRASH_ABORT);
+    break;
+  case FK_EXIT:
+    die(CRASH_EXIT3);
+    break;
+  case FK_KILL:
+    raise(SIGKILL);
+    break;
+  case FK_FOREVER: {
+    volatile uint64_t x = 0;
+    double t0 = now_s();
+    while (now_s() - t0 < 60)
+      x++;
+    break;
+  }
+  case FK_HOG: {
+    size_t total = 0;
+    for (;;) {
+      char *blk = malloc((size_t)32 << 20);
+      if (blk == NULL)
+        return fp_task_fail("out of memory after %zu MiB", total >> 20);
+      memset(blk, 1, (size_t)32 << 20);
+      total += (size_t)32 << 20;
+    }
+  }
+  }
+  return 0;
+}
+
+static int t_fault(fp_reader *args, fp_writer *out) {
+  int64_t v = -1;
+  fp_read_int(args, &v);
+  int rc = fault_item(v);
+  return rc != 0 ? rc : fp_write_int(out, v);
+}
+
+static int e_fault(const void *in, void *out) {
+  int64_t v = *(const int64_t *)in;
+  int rc = fault_item(v);
+  *(int64_t *)out = v;
+  return rc;
+}
+
+static atomic_int g_matrix_errcb;
+static void matrix_errcb(fp_result *r, void *arg) {
+  (void)r;
+  (void)arg;
+  atomic_fetch_add(&g_matrix_errcb, 1);
+}
+
+START_TEST(every_fault_in_every_call_form) {
+  static const int want[FK_COUNT] = {FP_EWORKER, FP_EWORKER,   FP_EWORKER,
+                                     FP_EWORKER, FP_ETIMEDOUT, FP_ETASK};
+  for (int kind = 0; kind < FK_COUNT; kind++) {
+    if (kind == FK_HOG &&
+        (fp_test_under_valgrind() || fp_test_under_sanitizer()))
+      continue; /* their own address-space reservations */
+    g_fault_kind = kind;
+    fp_pool_opts o = {0};
+    o.processes = 2;
+    o.task_timeout = kind == FK_FOREVER ? 0.2 : 0;
+    o.memory_limit = kind == FK_HOG ? (size_t)512 << 20 : 0;
+    fp_pool *p;
+    ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+    fp_writer args, items, out;
+    fp_writer_init(&args);
+    fp_writer_init(&items);
+    fp_writer_init(&out);
+    fp_write_int(&args, FAULT_AT);
+    for (int i = 0; i < FAULT_N; i++)
+      fp_write_int(&items, i);
+    fp_call_opts co = {0};
+    co.chunksize = 1;
+    co.error_callback = matrix_errcb;
+
+    /* apply */
+    ck_assert_msg(fp_pool_apply(p, t_fault, &args, NULL) == want[kind],
+                  "kind %d apply: %s", kind, fp_last_error());
+    ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 0"));
+
+    /* map: the error names the item, the other items complete */
+    int64_t in[FAULT_N], res[FAULT_N];
+    for (int i = 0; i < FAULT_N; i++) {
+      in[i] = i;
+      res[i] = -1;
+    }
+    ck_assert_msg(fp_pool_map(p, e_fault, in, FAULT_N, 8, res, 8, &co) ==
+                      want[kind],
+                  "kind %d map: %s", kind, fp_last_error());
+    ck_assert_msg(strstr(fp_last_error(), "item 5") != NULL, "kind %d map: %s",
+                  kind, fp_last_error());
+    for (int i = 0; i < FAULT_N; i++)
+      if (i != FAULT_AT)
+        ck_assert_int_eq(res[i], i);
+
+    /* imap: that item fails, the iteration goes on */
+    fp_iter *it;
+    fp_reader rd;
+    ck_assert_int_eq(fp_pool_imap(p, t_fault, &items, &co, &it), 0);
+    for (int i = 0; i < FAULT_N; i++) {
+      int rc = fp_iter_next(it, &rd, 30);
+      if (i == FAULT_AT) {
+        ck_assert_msg(rc == want[kind], "kind %d imap: %s", kind,
+                      fp_iter_error(it));
+      } else {
+        int64_t v;
+        ck_assert_int_eq(rc, 0);
+        ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+        ck_assert_int_eq(v, i);
+      }
+    }
+    ck_assert_int_eq(fp_iter_next(it, &rd, 30), FP_EOF);
+    fp_iter_free(it);
+
+    /* apply_async: error_callback exactly once */
+    atomic_store(&g_matrix_errcb, 0);
+    fp_result *r;
+    ck_assert_int_eq(fp_pool_apply_async(p, t_fault, &args, &co, &r), 0);
+    ck_assert_int_eq(fp_result_get(r, 30), want[kind]);
+    ck_assert_int_eq(atomic_load(&g_matrix_errcb), 1);
+    fp_result_free(r);
+
+    assert_serving(p);
+    fp_pool_free(p);
+    fp_writer_free(&args);
+    fp_writer_free(&items);
+    fp_writer_free(&out);
+  }
+}
+END_TEST
+
 /* ---- killed from outside ----------------------------------------------------
  */
 
@@ -815,6 +962,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, apply_async_crash_calls_error_callback_once);
   tcase_add_test(tc, both_workers_crash_at_once);
   tcase_add_test(tc, crash_runs_no_other_item_twice);
+  tcase_add_test(tc, every_fault_in_every_call_form);
   tcase_add_test(tc, sigkill_from_outside_fails_task);
   tcase_add_test(tc, terminate_kills_workers_ignoring_sigterm);
   suite_add_tcase(s, tc);
