@@ -920,12 +920,10 @@ static fp_iter *iter_new(fp_pool *pool, int ordered) {
   it->ordered = ordered;
   it->pool = pool;
   it->last_index = -1;
-  fp_writer_init(&it->pbuf);
   return it;
 }
 
 static void iter_destroy(fp_iter *it) {
-  fp_writer_free(&it->pbuf);
   free(it->final_msg);
   free(it->done_by_num);
   pthread_mutex_destroy(&it->mu);
@@ -1143,7 +1141,6 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
   }
   it->producer = producer;
   it->parg = parg;
-  it->fn = fn;
   it->chunksize = job->chunksize;
   it->readahead = opts && opts->readahead
                       ? opts->readahead

@@ -3,15 +3,17 @@
  * The master side of forkpool. fp_pool_new() forks the fork server, asks it
  * for one worker per slot, and starts the pool thread, which runs a libuv
  * loop over: the control socket (SPAWNED / EXITED reports), one socket per
- * worker (results), an async handle (user threads poke it) and a tick timer
- * (task time limits and SIGTERM -> SIGKILL escalation).
+ * worker (large results, kicks), an async handle (user threads poke it), a
+ * tick timer (task time limits and SIGTERM -> SIGKILL escalation), and a
+ * prepare/check pair that drains the workers' result rings around every
+ * poll (see pool_int.h for the ring protocol).
  *
  * Work flows as chunks: a job (one API call) is cut into chunks that wait in
- * the pending queue until fp__dispatch_locked() sends them to workers. Each
- * worker holds at most `inflight` chunks; it gets a second one only when
- * chunks are short (smoothed service time under 2 ms), so short tasks never
- * leave a worker idle waiting for the master while long tasks still balance
- * dynamically across workers, as with CPython's shared task queue.
+ * the pending queue until fp__dispatch_locked() sends them to workers. A
+ * worker holds one chunk when chunks are long (20 ms or more), so long
+ * tasks balance dynamically across workers as with CPython's shared task
+ * queue, and about 1 ms of work (2 to 8 chunks) when they are short, so a
+ * worker never idles waiting for the master.
  *
  * Dispatch may run on a user thread (submission) or on the pool thread
  * (after a result); both hold pool->mu, and both write to a worker's socket
@@ -20,7 +22,8 @@
  * changes libuv poll masks.
  *
  * When a worker dies, the fork server's EXITED report (authoritative: it
- * carries the wait status) makes the master drain the worker's socket, then
+ * carries the wait status) makes the master drain the worker's socket and
+ * result ring, then
  * fail the chunk that was running (the shared slot names the chunk and the
  * item), requeue the chunks the worker had not started, and ask for a
  * replacement - unless workers keep dying at start, which breaks the pool

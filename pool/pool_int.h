@@ -229,7 +229,7 @@ struct fp__job {
   unsigned char *input;         /* values: the copied items */
   size_t input_len;
   fp__chunk **chunks;           /* in input order; NULL once freed */
-  size_t nchunks, chunks_cap;
+  size_t nchunks;
   size_t chunks_done;
   size_t chunks_live;           /* allocated and not freed */
   int64_t n_items, items_done;
@@ -293,8 +293,6 @@ struct fp_iter {
   int producer_done;
   size_t readahead;
   size_t chunksize;
-  fp_writer pbuf;
-  fp_task_fn fn;
 };
 
 typedef struct fp__conn {
@@ -386,7 +384,6 @@ struct fp_pool {
   int stopping;          /* loop asked to shut down */
   int joined;
   int fs_gone;
-  int wait_status_fs;
 };
 
 /* ---- pool.c ------------------------------------------------------------ */

@@ -39,7 +39,8 @@ static fp_pool *new_pool(int n) {
   return p;
 }
 
-/* ---- task functions ------------------------------------------------------- */
+/* ---- task functions -------------------------------------------------------
+ */
 
 static int t_square(const void *in, void *out) {
   int64_t v = *(const int64_t *)in;
@@ -146,7 +147,8 @@ static void teardown(void) {
   fp_test_no_children();
 }
 
-/* ---- lifecycle -------------------------------------------------------------- */
+/* ---- lifecycle --------------------------------------------------------------
+ */
 
 START_TEST(pool_new_and_free_leaves_nothing) {
   /* The first libuv loop of a process opens libuv's process-wide signal
@@ -221,8 +223,7 @@ START_TEST(apply_after_close_fails) {
   ck_assert_int_eq(fp_pool_apply_async(p, t_add, &a, NULL, &r), FP_ECLOSED);
   ck_assert_ptr_null(r);
   int64_t x = 1, y;
-  ck_assert_int_eq(fp_pool_map(p, t_square, &x, 1, 8, &y, 8, NULL),
-                   FP_ECLOSED);
+  ck_assert_int_eq(fp_pool_map(p, t_square, &x, 1, 8, &y, 8, NULL), FP_ECLOSED);
   ck_assert_int_eq(fp_pool_join(p), 0);
   fp_pool_free(p);
   fp_writer_free(&a);
@@ -281,7 +282,8 @@ START_TEST(free_while_running_cancels_results) {
 }
 END_TEST
 
-/* ---- apply -------------------------------------------------------------------- */
+/* ---- apply
+ * -------------------------------------------------------------------- */
 
 START_TEST(apply_returns_value) {
   fp_pool *p = new_pool(2);
@@ -490,7 +492,8 @@ START_TEST(cancel_running_task_replaces_worker) {
 }
 END_TEST
 
-/* ---- map ------------------------------------------------------------------------ */
+/* ---- map
+ * ------------------------------------------------------------------------ */
 
 START_TEST(map_million_int64_correct) {
   size_t n = fp_test_under_valgrind() ? 20000 : 1000000;
@@ -550,16 +553,15 @@ START_TEST(map_failure_names_lowest_item_and_completes_others) {
   fp_pool *p = new_pool(2);
   fp_call_opts co = {0};
   co.chunksize = 10;
-  ck_assert_int_eq(fp_pool_map(p, t_fail_odd, in, N, 8, out, 8, &co),
-                   FP_ETASK);
+  ck_assert_int_eq(fp_pool_map(p, t_fail_odd, in, N, 8, out, 8, &co), FP_ETASK);
   ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 11"));
   ck_assert_ptr_nonnull(strstr(fp_last_error(), "odd value 11"));
   for (int i = 0; i < N; i++)
     if (!(i % 2 == 1 && i > 10))
       ck_assert_int_eq(out[i], -i);
   fp_result *r;
-  ck_assert_int_eq(
-      fp_pool_map_async(p, t_fail_odd, in, N, 8, out, 8, &co, &r), 0);
+  ck_assert_int_eq(fp_pool_map_async(p, t_fail_odd, in, N, 8, out, 8, &co, &r),
+                   0);
   ck_assert_int_eq(fp_result_get(r, 30), FP_ETASK);
   ck_assert_int_eq(fp_result_error_index(r), 11);
   fp_result_free(r);
@@ -576,9 +578,8 @@ START_TEST(map_rejects_bad_arguments) {
                    FP_EINVAL);
   ck_assert_int_eq(fp_pool_map(p, t_square, &x, 1, 8, NULL, 8, NULL),
                    FP_EINVAL);
-  ck_assert_int_eq(fp_pool_map(p, t_square, &x, 1, (size_t)1 << 40, &y, 8,
-                               NULL),
-                   FP_EINVAL);
+  ck_assert_int_eq(
+      fp_pool_map(p, t_square, &x, 1, (size_t)1 << 40, &y, 8, NULL), FP_EINVAL);
   ck_assert_int_eq(fp_pool_map_async(p, t_square, &x, 1, 8, &y, 8, NULL, NULL),
                    FP_EINVAL);
   fp_call_opts co = {0};
@@ -628,13 +629,11 @@ START_TEST(map_values_keeps_order) {
   unsigned char junk[] = {0x42, 1, 2};
   bad.data = junk;
   bad.len = sizeof(junk);
-  ck_assert_int_eq(fp_pool_map_values(p, t_upper, &bad, &out, NULL),
-                   FP_EPROTO);
+  ck_assert_int_eq(fp_pool_map_values(p, t_upper, &bad, &out, NULL), FP_EPROTO);
   fp_pool_free(p);
   fp_writer_free(&out);
 }
 END_TEST
-
 
 /* Large values take the buffer-stealing path in the master (results of
  * 64 KiB and more); mix them with small ones in one stream. */
@@ -690,8 +689,7 @@ START_TEST(large_payloads_round_trip) {
   fp_writer_reset(&items);
   for (int k = 0; k < 96; k++) {
     void *d;
-    ck_assert_int_eq(fp_write_bytes_begin(&items, 70000 + 4093 * (size_t)k,
-                                          &d),
+    ck_assert_int_eq(fp_write_bytes_begin(&items, 70000 + 4093 * (size_t)k, &d),
                      0);
     memset(d, k, 70000 + 4093 * (size_t)k);
   }
@@ -770,7 +768,8 @@ START_TEST(task_sees_index_and_worker_id) {
 }
 END_TEST
 
-/* ---- imap ----------------------------------------------------------------------- */
+/* ---- imap
+ * ----------------------------------------------------------------------- */
 
 START_TEST(imap_in_order) {
   fp_pool *p = new_pool(2);
@@ -907,7 +906,7 @@ static long vm_hwm_kb(void) {
 }
 
 START_TEST(imap_producer_bounded_memory) {
-  int64_t n = fp_test_under_valgrind()     ? 20000
+  int64_t n = fp_test_under_valgrind()    ? 20000
               : fp_test_under_sanitizer() ? 1000000
                                           : 10000000;
   fp_pool *p = new_pool(2);
@@ -937,10 +936,9 @@ START_TEST(imap_producer_bounded_memory) {
   fp_iter_free(it);
   /* A producer error ends the iteration with its code. */
   counter_src bad = {0, 1000};
-  ck_assert_int_eq(
-      fp_pool_imap_unordered_producer(p, t_ident, produce_fail, &bad, NULL,
-                                      &it),
-      0);
+  ck_assert_int_eq(fp_pool_imap_unordered_producer(p, t_ident, produce_fail,
+                                                   &bad, NULL, &it),
+                   0);
   int got = 0;
   while ((rc = fp_iter_next(it, &rd, 30)) == 0)
     got++;
@@ -953,7 +951,52 @@ START_TEST(imap_producer_bounded_memory) {
 }
 END_TEST
 
-/* ---- workers -------------------------------------------------------------------- */
+START_TEST(async_and_stream_calls_reject_bad_arguments) {
+  fp_pool *p = new_pool(1);
+  fp_writer items;
+  fp_writer_init(&items);
+  fp_write_int(&items, 1);
+  fp_result *r = (fp_result *)1;
+  fp_iter *it = (fp_iter *)1;
+  counter_src src = {0, 1};
+  /* NULL out-parameters and NULL functions. */
+  ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_pool_apply_async(p, NULL, NULL, NULL, &r), FP_EINVAL);
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(fp_pool_map_values_async(p, t_ident, &items, NULL, NULL),
+                   FP_EINVAL);
+  ck_assert_int_eq(fp_pool_starmap_async(p, NULL, &items, NULL, &r), FP_EINVAL);
+  ck_assert_int_eq(fp_pool_imap(p, t_ident, &items, NULL, NULL), FP_EINVAL);
+  ck_assert_int_eq(fp_pool_imap_unordered(p, NULL, &items, NULL, &it),
+                   FP_EINVAL);
+  ck_assert_ptr_null(it);
+  ck_assert_int_eq(
+      fp_pool_imap_unordered_producer(p, t_ident, produce, &src, NULL, NULL),
+      FP_EINVAL);
+  /* After close every submission is refused with FP_ECLOSED. */
+  fp_pool_close(p);
+  ck_assert_int_eq(fp_pool_map_values_async(p, t_ident, &items, NULL, &r),
+                   FP_ECLOSED);
+  fp_writer tuples;
+  fp_writer_init(&tuples);
+  fp_pack(&tuples, "[ i i ]", (int64_t)1, (int64_t)2);
+  ck_assert_int_eq(fp_pool_starmap(p, t_add, &tuples, NULL, NULL), FP_ECLOSED);
+  fp_writer_free(&tuples);
+  ck_assert_int_eq(fp_pool_imap(p, t_ident, &items, NULL, &it), FP_ECLOSED);
+  ck_assert_int_eq(fp_pool_imap_producer(p, t_ident, produce, &src, NULL, &it),
+                   FP_ECLOSED);
+  ck_assert_int_eq(fp_iter_index(NULL), -1);
+  ck_assert_str_eq(fp_iter_error(NULL), "");
+  ck_assert_int_eq(fp_result_error_index(NULL), -1);
+  ck_assert_ptr_null(fp_result_error(NULL));
+  fp_pool_join(p);
+  fp_pool_free(p);
+  fp_writer_free(&items);
+}
+END_TEST
+
+/* ---- workers
+ * -------------------------------------------------------------------- */
 
 START_TEST(initializer_effects_visible) {
   int64_t v = 777;
@@ -1123,7 +1166,8 @@ START_TEST(worker_info_reports_slots) {
 }
 END_TEST
 
-/* ---- affinity of workers ---------------------------------------------------------- */
+/* ---- affinity of workers
+ * ---------------------------------------------------------- */
 
 static int t_affinity(fp_reader *args, fp_writer *out) {
   (void)args;
@@ -1136,8 +1180,8 @@ static int t_affinity(fp_reader *args, fp_writer *out) {
       only = c;
       break;
     }
-  return fp_pack(out, "[ i i i ]", (int64_t)fp_task_worker_id(),
-                 (int64_t)count, (int64_t)only);
+  return fp_pack(out, "[ i i i ]", (int64_t)fp_task_worker_id(), (int64_t)count,
+                 (int64_t)only);
 }
 
 START_TEST(compact_pinning_sets_exact_masks) {
@@ -1165,9 +1209,8 @@ START_TEST(compact_pinning_sets_exact_masks) {
     fp_pool_worker_info(p, (int)wid, &wi);
     ck_assert_int_eq(count, 1);
     ck_assert_int_eq(only, wi.cpu);
-    ck_assert_int_eq(wi.cpu,
-                     fp_cpuset_nth(&allowed, (int)wid %
-                                                 fp_cpuset_count(&allowed)));
+    ck_assert_int_eq(
+        wi.cpu, fp_cpuset_nth(&allowed, (int)wid % fp_cpuset_count(&allowed)));
   }
   /* A replaced worker keeps its predecessor's CPU. */
   fp_worker_info before, after;
@@ -1279,6 +1322,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, imap_unordered_exactly_once);
   tcase_add_test(tc, imap_item_failure_continues);
   tcase_add_test(tc, imap_producer_bounded_memory);
+  tcase_add_test(tc, async_and_stream_calls_reject_bad_arguments);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("workers");
