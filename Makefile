@@ -55,7 +55,7 @@ BASEFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -pthread -fPIC \
             -fvisibility=hidden -Iinclude -I. $(SANFLAGS) $(DEP_CFLAGS) $(CFLAGS)
 LDFLAGS  ?=
 
-LIB_SRCS  := $(sort $(wildcard ipc/*.c pool/*.c affinity/*.c))
+LIB_SRCS  := $(sort $(wildcard ipc/*/*.c pool/*.c pool/*/*.c affinity/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 STATIC    := $(BUILD)/libforkpool.a
 SHARED    := $(BUILD)/libforkpool.so.$(VERSION)
@@ -237,7 +237,7 @@ bench: $(BENCHES) $(DEMOS)
 # --- fuzzing ----------------------------------------------------------------
 FUZZ_SECONDS ?= 60
 FUZZ_BIN     := build/fuzz/fuzz_codec
-FUZZ_LIB_SRCS := $(sort $(wildcard ipc/*.c))
+FUZZ_LIB_SRCS := $(sort $(wildcard ipc/wire/*.c))
 
 $(FUZZ_BIN): tests/fuzz/fuzz_codec.c $(FUZZ_LIB_SRCS) | $(BUILD)/.deps
 	@mkdir -p $(@D)

@@ -19,7 +19,7 @@
  * bounded however long the input is.
  */
 #include "pool/pool_int.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -31,7 +31,7 @@
  */
 #include "pool/pool_int.h"
 #include "affinity/affinity.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -5,7 +5,7 @@
  * then only the plain allocation behaviour is checked.
  */
 #include "forkpool.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 #include "testutil.h"
 
 #include <jemalloc/jemalloc.h>

@@ -8,7 +8,7 @@
  * allocating, and a dead peer that must give FP_EPIPE, not SIGPIPE.
  */
 #include "forkpool.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 #include "testutil.h"
 
 #include <pthread.h>

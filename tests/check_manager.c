@@ -11,7 +11,7 @@
 #include "testutil.h"
 
 #include "forkpool.h"
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #include <errno.h>
 #include <signal.h>

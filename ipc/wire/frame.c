@@ -16,7 +16,7 @@
  * for a library to stay out of the application's signal disposition.
  */
 #include "forkpool.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 
 #include <errno.h>
 #include <pthread.h>

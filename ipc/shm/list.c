@@ -19,7 +19,7 @@
  * copy of the table without that slot (a shift in place could not be
  * undone from a small log). clear detaches the table and releases it deep.
  */
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #include <stdlib.h>
 #include <string.h>

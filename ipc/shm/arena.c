@@ -35,7 +35,7 @@
  * The consistency checker at the end walks the allocator and every object
  * and accounts for every byte of [heap, brk).
  */
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #include <errno.h>
 #include <signal.h>

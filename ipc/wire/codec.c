@@ -25,7 +25,7 @@
  * the list being read keeps remain == 0 until that child is finished.
  */
 #include "forkpool.h"
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 
 #include <string.h>
 

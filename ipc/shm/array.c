@@ -7,7 +7,7 @@
  * crash-safe like every object; the bytes themselves are the user's: the
  * library never locks or repairs them.
  */
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #define ARRAY_HDR 128
 

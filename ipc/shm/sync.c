@@ -13,7 +13,7 @@
  * pthread_mutex_consistent(): the caller owns the lock and must check the
  * state the lock protects (we cannot know what that state is).
  */
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #include <math.h>
 #include <time.h>

@@ -31,7 +31,7 @@
  * the undo log instead of allocating a node, which keeps fp_dict_add_int
  * allocation-free.
  */
-#include "ipc/shm_arena.h"
+#include "ipc/shm/arena.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -22,7 +22,7 @@
  * allocating and when freeing (sized deallocation must see the same size
  * class it allocated).
  */
-#include "ipc/alloc.h"
+#include "ipc/wire/alloc.h"
 
 #include <stdlib.h>
 
