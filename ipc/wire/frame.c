@@ -17,6 +17,7 @@
  */
 #include "forkpool.h"
 #include "ipc/wire/alloc.h"
+#include "ipc/wire/frame.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -29,6 +30,26 @@
 static uint32_t get_u32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
          (uint32_t)p[3] << 24;
+}
+
+int fp__frame_put_hdr(unsigned char out[FP__FRAME_HDR], size_t len) {
+  if (len > UINT32_MAX)
+    return FP_EMSGSIZE;
+  out[0] = (unsigned char)len;
+  out[1] = (unsigned char)(len >> 8);
+  out[2] = (unsigned char)(len >> 16);
+  out[3] = (unsigned char)(len >> 24);
+  return 0;
+}
+
+size_t fp__frame_want(const unsigned char *buf, size_t have, size_t max) {
+  size_t want = have + FP__FRAME_READ_MIN;
+  if (have >= FP__FRAME_HDR) {
+    uint32_t n = get_u32(buf);
+    if (n <= max && FP__FRAME_HDR + (size_t)n > want)
+      want = FP__FRAME_HDR + (size_t)n;
+  }
+  return want;
 }
 
 int fp_frame_parse(const void *buf, size_t len, size_t max,
@@ -88,10 +109,7 @@ int fp_frame_write(int fd, const void *payload, size_t len) {
     return FP_EMSGSIZE;
   if (payload == NULL && len != 0)
     return FP_EINVAL;
-  hdr[0] = (unsigned char)len;
-  hdr[1] = (unsigned char)(len >> 8);
-  hdr[2] = (unsigned char)(len >> 16);
-  hdr[3] = (unsigned char)(len >> 24);
+  fp__frame_put_hdr(hdr, len);
   iov[0].iov_base = hdr;
   iov[0].iov_len = 4;
   iov[1].iov_base = (void *)payload;
