@@ -1,6 +1,13 @@
 /* affinity.h - internal interface of the affinity module for the pool and
  * the tests.
  *
+ * The affinity/ folder answers "which CPUs may this process use, and which
+ * one runs each worker": cpuset.c (fp_cpuset and the cpu-list syntax),
+ * topology.c (usable CPUs, SMT siblings, cgroup quota, default worker
+ * count), pin.c (pinning the calling thread) and plan.c (the CPU of each
+ * pool worker). It depends only on the public header and on
+ * ipc/wire/error.h, where its per-thread message fp_affinity_error() lives.
+ *
  * The public half (cpu sets, topology, pinning) is in include/forkpool.h.
  * This header adds what the pool needs to pin its workers - a plan computed
  * once in the master, applied by each worker at start - and the hooks the
@@ -21,6 +28,7 @@
 #define FP_AFFINITY_H
 
 #include "forkpool.h"
+#include "ipc/wire/error.h"
 
 #include <stddef.h>
 
@@ -77,11 +85,5 @@ double fp__cgroup_cpu_quota(const char *sysroot);
  * Copes with kernels configured for more than FP_CPU_MAX CPUs (the CPUs
  * beyond FP_CPU_MAX are dropped). */
 int fp__affinity_getmask(fp_cpuset *out);
-
-/* Records msg (printf format) as the calling thread's fp_affinity_error(). */
-void fp__affinity_seterr(const char *fmt, ...) FP_PRINTF(1, 2);
-
-/* Clears the calling thread's fp_affinity_error(). */
-void fp__affinity_clearerr(void);
 
 #endif /* FP_AFFINITY_H */

@@ -97,11 +97,13 @@ static int scan_num(const char **pp, const char *start, int *val) {
   long v = 0;
   if (!isdigit((unsigned char)*p)) {
     if (*p == '\0')
-      fp__affinity_seterr("cpu-list \"%s\": number expected at end", start);
+      fp__err_setf(FP__ERR_AFFINITY, "cpu-list \"%s\": number expected at end",
+                   start);
     else
-      fp__affinity_seterr("cpu-list \"%s\": number expected at offset %d "
-                          "('%c')",
-                          start, (int)(p - start), *p);
+      fp__err_setf(FP__ERR_AFFINITY,
+                   "cpu-list \"%s\": number expected at offset %d "
+                   "('%c')",
+                   start, (int)(p - start), *p);
     return FP_EINVAL;
   }
   while (isdigit((unsigned char)*p)) {
@@ -111,9 +113,10 @@ static int scan_num(const char **pp, const char *start, int *val) {
   }
   *pp = p;
   if (v >= FP_CPU_MAX) {
-    fp__affinity_seterr("cpu-list \"%s\": CPU number at offset %d is not "
-                        "below FP_CPU_MAX (%d)",
-                        start, (int)(p - start), FP_CPU_MAX);
+    fp__err_setf(FP__ERR_AFFINITY,
+                 "cpu-list \"%s\": CPU number at offset %d is not "
+                 "below FP_CPU_MAX (%d)",
+                 start, (int)(p - start), FP_CPU_MAX);
     return FP_ERANGE;
   }
   *val = (int)v;
@@ -124,9 +127,9 @@ int fp_cpulist_parse(const char *s, fp_cpuset *out) {
   const char *p;
   int rc;
 
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
   if (out == NULL || s == NULL) {
-    fp__affinity_seterr("fp_cpulist_parse: NULL argument");
+    fp__err_setf(FP__ERR_AFFINITY, "fp_cpulist_parse: NULL argument");
     return FP_EINVAL;
   }
   fp_cpuset_zero(out);
@@ -144,7 +147,8 @@ int fp_cpulist_parse(const char *s, fp_cpuset *out) {
       if ((rc = scan_num(&p, s, &hi)) != 0)
         goto fail;
       if (hi < lo) {
-        fp__affinity_seterr("cpu-list \"%s\": reversed range %d-%d", s, lo, hi);
+        fp__err_setf(FP__ERR_AFFINITY, "cpu-list \"%s\": reversed range %d-%d",
+                     s, lo, hi);
         rc = FP_EINVAL;
         goto fail;
       }
@@ -155,8 +159,9 @@ int fp_cpulist_parse(const char *s, fp_cpuset *out) {
     if (*p == '\0')
       return 0;
     if (*p != ',') {
-      fp__affinity_seterr("cpu-list \"%s\": unexpected '%c' at offset %d", s,
-                          *p, (int)(p - s));
+      fp__err_setf(FP__ERR_AFFINITY,
+                   "cpu-list \"%s\": unexpected '%c' at offset %d", s, *p,
+                   (int)(p - s));
       rc = FP_EINVAL;
       goto fail;
     }

@@ -1,4 +1,4 @@
-/* pin.c - pinning the calling thread to CPUs, and the affinity error text.
+/* pin.c - pinning the calling thread to CPUs.
  *
  * All calls act on the calling thread through sched_{get,set}affinity(0).
  *
@@ -12,19 +12,17 @@
  * checks again (cgroup cpuset, offline CPUs) and its EINVAL becomes ours,
  * with the same kind of message.
  *
- * The error text is a thread-local buffer in the style of dlerror(): every
- * affinity call clears it on entry and a failure fills it, so it always
- * describes the calling thread's last affinity call.
+ * The error text is fp_affinity_error(), kept with the library's other
+ * per-thread messages in ipc/wire/error.c (source FP__ERR_AFFINITY). In the
+ * style of dlerror(), every affinity call clears it on entry and a failure
+ * fills it, so it always describes the calling thread's last affinity call.
  */
 #include "affinity/affinity.h"
 
 #include <errno.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-static _Thread_local char errbuf[512];
 
 /* The process's mask at library load; start_ok is 0 when it could not be
  * read (then only the current mask counts). Written once by the constructor
@@ -34,21 +32,6 @@ static int start_ok;
 
 __attribute__((constructor)) static void capture_start_mask(void) {
   start_ok = fp__affinity_getmask(&start_mask) == 0;
-}
-
-void fp__affinity_seterr(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
-  va_end(ap);
-}
-
-void fp__affinity_clearerr(void) {
-  errbuf[0] = '\0';
-}
-
-const char *fp_affinity_error(void) {
-  return errbuf;
 }
 
 /* Our bitset and glibc's cpu_set_t cover the same 1024 CPUs, so a plain
@@ -118,11 +101,11 @@ static int set_mask(const fp_cpuset *set) {
   int rc;
 
   if (fp_cpuset_count(set) == 0) {
-    fp__affinity_seterr("empty CPU set");
+    fp__err_setf(FP__ERR_AFFINITY, "empty CPU set");
     return FP_EINVAL;
   }
   if ((rc = allowed_set(&allowed)) != 0) {
-    fp__affinity_seterr("sched_getaffinity: %s", strerror(-rc));
+    fp__err_setf(FP__ERR_AFFINITY, "sched_getaffinity: %s", strerror(-rc));
     return rc;
   }
   for (size_t i = 0; i < FP_CPU_MAX / 64; i++)
@@ -130,8 +113,8 @@ static int set_mask(const fp_cpuset *set) {
   if (fp_cpuset_count(&bad) > 0) {
     fp_cpulist_format(&allowed, a, sizeof a);
     fp_cpulist_format(&bad, b, sizeof b);
-    fp__affinity_seterr("CPU%s %s not in allowed set %s",
-                        fp_cpuset_count(&bad) > 1 ? "s" : "", b, a);
+    fp__err_setf(FP__ERR_AFFINITY, "CPU%s %s not in allowed set %s",
+                 fp_cpuset_count(&bad) > 1 ? "s" : "", b, a);
     return FP_EINVAL;
   }
 
@@ -144,8 +127,8 @@ static int set_mask(const fp_cpuset *set) {
   rc = -errno;
   fp_cpulist_format(set, b, sizeof b);
   fp_cpulist_format(&allowed, a, sizeof a);
-  fp__affinity_seterr("sched_setaffinity(%s): %s (allowed set %s)", b,
-                      strerror(-rc), a);
+  fp__err_setf(FP__ERR_AFFINITY, "sched_setaffinity(%s): %s (allowed set %s)",
+               b, strerror(-rc), a);
   return rc;
 }
 
@@ -154,13 +137,13 @@ int fp_affinity_pin(int cpu) {
   fp_cpuset allowed;
   char a[FP_CPULIST_MAX];
 
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
   if (cpu < 0 || cpu >= FP_CPU_MAX) {
     if (allowed_set(&allowed) == 0)
       fp_cpulist_format(&allowed, a, sizeof a);
     else
       snprintf(a, sizeof a, "unknown");
-    fp__affinity_seterr("CPU %d not in allowed set %s", cpu, a);
+    fp__err_setf(FP__ERR_AFFINITY, "CPU %d not in allowed set %s", cpu, a);
     return FP_EINVAL;
   }
   fp_cpuset_zero(&set);
@@ -170,21 +153,21 @@ int fp_affinity_pin(int cpu) {
 
 int fp_affinity_get(fp_cpuset *out) {
   int rc;
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
   if (out == NULL) {
-    fp__affinity_seterr("fp_affinity_get: NULL argument");
+    fp__err_setf(FP__ERR_AFFINITY, "fp_affinity_get: NULL argument");
     return FP_EINVAL;
   }
   rc = fp__affinity_getmask(out);
   if (rc != 0)
-    fp__affinity_seterr("sched_getaffinity: %s", strerror(-rc));
+    fp__err_setf(FP__ERR_AFFINITY, "sched_getaffinity: %s", strerror(-rc));
   return rc;
 }
 
 int fp_affinity_set(const fp_cpuset *set) {
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
   if (set == NULL) {
-    fp__affinity_seterr("fp_affinity_set: NULL argument");
+    fp__err_setf(FP__ERR_AFFINITY, "fp_affinity_set: NULL argument");
     return FP_EINVAL;
   }
   return set_mask(set);
@@ -197,7 +180,7 @@ int fp_current_cpu(void) {
 
 int fp__affinity_apply(int cpu) {
   if (cpu == -1) {
-    fp__affinity_clearerr();
+    fp__err_clear(FP__ERR_AFFINITY);
     return 0;
   }
   return fp_affinity_pin(cpu);

@@ -33,7 +33,7 @@ static int plan_error(char *err, size_t errlen, const char *fmt, ...) {
   va_end(ap);
   if (err != NULL && errlen > 0)
     snprintf(err, errlen, "%s", msg);
-  fp__affinity_seterr("%s", msg);
+  fp__err_setf(FP__ERR_AFFINITY, "%s", msg);
   return FP_EINVAL;
 }
 
@@ -42,7 +42,7 @@ int fp__affinity_plan_topo(const fp_topology *topo, fp_pin_policy policy,
                            int *cpu_of_worker, char *err, size_t errlen) {
   size_t n;
 
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
   if (err != NULL && errlen > 0)
     err[0] = '\0';
   if (topo == NULL || cpu_of_worker == NULL || nworkers < 1)
@@ -114,7 +114,7 @@ int fp__affinity_plan(fp_pin_policy policy, const int *cpus, size_t ncpus,
 
   /* FP_PIN_NONE needs no topology: skip the sysfs reads. */
   if (policy == FP_PIN_NONE && cpu_of_worker != NULL && nworkers >= 1) {
-    fp__affinity_clearerr();
+    fp__err_clear(FP__ERR_AFFINITY);
     if (err != NULL && errlen > 0)
       err[0] = '\0';
     for (int i = 0; i < nworkers; i++)

@@ -388,7 +388,7 @@ int fp__topology_load(const char *sysroot, const fp_cpuset *usable,
     long on = sysconf(_SC_NPROCESSORS_ONLN);
     t->online = on > 0 ? (int)on : t->nusable;
   }
-  fp__affinity_clearerr();
+  fp__err_clear(FP__ERR_AFFINITY);
 
   load_ids(sysroot, t);
   derive_counts(t);

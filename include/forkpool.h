@@ -81,18 +81,21 @@ FP_EXTERN const char *fp_version(void);
   XX(EDEPTH, -4007, "list nesting deeper than the limit")
 
 typedef enum fp_errno {
+  FP_OK = 0, /* success; not in the table, which lists failures */
 #define FP__ERR_ENUM(name, value, msg) FP_##name = (value),
   FP_ERRNO_MAP(FP__ERR_ENUM)
 #undef FP__ERR_ENUM
 } fp_errno;
 
-/* Returns a human-readable description of a code. Never NULL: system errno
- * codes outside the table get the C library's description, anything else a
- * generic "unknown error" string. The string is static; do not free it. */
+/* Returns a human-readable description of a code. Never NULL: FP_OK (0)
+ * gives "success", system errno codes outside the table get the C
+ * library's description, anything else a generic "unknown error" string.
+ * The string is static; do not free it. */
 FP_EXTERN const char *fp_strerror(int code);
 
-/* Returns the symbolic name of a code ("FP_EINVAL"), or "FP_UNKNOWN" for a
- * code outside the table (system errno codes get "FP_SYSERR"). Never NULL. */
+/* Returns the symbolic name of a code ("FP_EINVAL"; "FP_OK" for 0), or
+ * "FP_UNKNOWN" for a code outside the table (system errno codes get
+ * "FP_SYSERR"). Never NULL. */
 FP_EXTERN const char *fp_err_name(int code);
 
 /* Returns the message attached to the last failed pool call made by the

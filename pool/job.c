@@ -20,25 +20,13 @@
  */
 #include "pool/pool_int.h"
 #include "ipc/wire/alloc.h"
+#include "ipc/wire/error.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-/* ---- last error (per thread, like dlerror) ------------------------------ */
-
-static __thread char tl_last_error[FP__MSG_LEN + 64];
-
-void fp__set_last_error(int code, const char *msg) {
-  snprintf(tl_last_error, sizeof(tl_last_error), "%s",
-           msg != NULL && msg[0] ? msg : fp_strerror(code));
-}
-
-const char *fp_last_error(void) {
-  return tl_last_error;
-}
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -775,7 +763,7 @@ static int finish_blocking(fp_result *res, fp_writer *out) {
   if (rc != 0)
     fp__set_last_error(rc, res->code ? res->msg : NULL);
   else
-    tl_last_error[0] = 0;
+    fp__clear_last_error();
   fp_result_free(res);
   return rc;
 }
