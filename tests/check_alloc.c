@@ -1,4 +1,4 @@
-/* check_alloc.c - tests of ipc/alloc.c, the private jemalloc arena.
+/* check_alloc.c - tests of ipc/wire/alloc.c, the private jemalloc arena.
  *
  * Arena membership is asserted only when the build uses the arena
  * (fp__alloc_uses_arena() == 1); sanitizer builds define FP_ALLOC_LIBC and

@@ -1,4 +1,4 @@
-/* check_codec.c - tests of the value codec (ipc/codec.c).
+/* check_codec.c - tests of the value codec (ipc/wire/codec.c).
  *
  * Round trips of every type with edge values, the exact wire bytes of small
  * values (the examples of docs/codec.md), nesting at and past FP_MAX_DEPTH,

@@ -1,4 +1,4 @@
-/* check_frame.c - tests of the frame layer (ipc/frame.c).
+/* check_frame.c - tests of the frame layer (ipc/wire/frame.c).
  *
  * fp_frame_parse on partial and over-long input; fp_frame_write and
  * fp_frame_read across a socketpair and a pipe, including a peer that

@@ -1,4 +1,4 @@
-/* check_pack.c - tests of fp_pack/fp_unpack (ipc/pack.c).
+/* check_pack.c - tests of fp_pack/fp_unpack (ipc/wire/pack.c).
  *
  * Every format letter in both directions, byte equality with the plain
  * writer calls, malformed formats (rejected before anything happens), and
