@@ -1,5 +1,14 @@
 /* alloc.c - IPC buffers from a private jemalloc arena (see alloc.h).
  *
+ * The ipc/wire/ folder is everything that turns data into bytes on the wire
+ * and back, with no knowledge of pools or processes: the value codec
+ * (codec.c), printf-style pack/unpack over it (pack.c), length-prefixed
+ * frames (frame.c, frame.h), the buffers they live in (this file), and the
+ * error codes and per-thread messages the whole library reports (error.c,
+ * error.h). It depends on nothing else in the tree, which is why the codec
+ * fuzzer links it alone; ipc/shm/ (the Manager's shared memory), pool/ and
+ * affinity/ build on it.
+ *
  * Why jemalloc's explicit API: merely linking -ljemalloc into a shared
  * library does not replace malloc. The dynamic linker resolves malloc to
  * the first definition in breadth-first load order, and libc is loaded

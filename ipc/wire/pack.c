@@ -139,14 +139,86 @@ int fp_pack(fp_writer *w, const char *fmt, ...) {
   return rc;
 }
 
+/* Reads a str ('S') or bytes ('b') value and, when store is nonzero,
+ * stores its pointer and length through the next two output pointers
+ * (NULL ones are skipped). Each letter takes its own pointer type from *ap:
+ * reading a const char ** as a const void ** would not be portable. Returns
+ * 0 or the read's error. */
+static int read_span(fp_reader *r, char c, va_list *ap, int store) {
+  size_t n;
+  int rc;
+
+  if (c == 'S') {
+    const char **out = va_arg(*ap, const char **), *v;
+    size_t *nout = va_arg(*ap, size_t *);
+    if ((rc = fp_read_str(r, &v, &n)) == 0 && store && out != NULL)
+      *out = v;
+    if (rc == 0 && store && nout != NULL)
+      *nout = n;
+  } else {
+    const void **out = va_arg(*ap, const void **), *v;
+    size_t *nout = va_arg(*ap, size_t *);
+    if ((rc = fp_read_bytes(r, &v, &n)) == 0 && store && out != NULL)
+      *out = v;
+    if (rc == 0 && store && nout != NULL)
+      *nout = n;
+  }
+  return rc;
+}
+
+/* Reads the value named by the letter c (anything but '[' and ']') and,
+ * when store is nonzero, stores it through the next output pointer taken
+ * from *ap (a NULL pointer is skipped). Returns 0 or the read's error. */
+static int read_value(fp_reader *r, char c, va_list *ap, int store) {
+  int rc;
+
+  switch (c) {
+  case 'n':
+    return fp_read_nil(r);
+  case '*':
+    return fp_read_skip(r);
+  case 'S':
+  case 'b':
+    return read_span(r, c, ap, store);
+  case '?': {
+    int *out = va_arg(*ap, int *), v;
+    if ((rc = fp_read_bool(r, &v)) == 0 && store && out != NULL)
+      *out = v;
+    return rc;
+  }
+  case 'i': {
+    int64_t *out = va_arg(*ap, int64_t *), v;
+    if ((rc = fp_read_int(r, &v)) == 0 && store && out != NULL)
+      *out = v;
+    return rc;
+  }
+  case 'd': {
+    double *out = va_arg(*ap, double *), v;
+    if ((rc = fp_read_float(r, &v)) == 0 && store && out != NULL)
+      *out = v;
+    return rc;
+  }
+  case 's': {
+    const char **out = va_arg(*ap, const char **), *v;
+    if ((rc = fp_read_str(r, &v, NULL)) == 0 && store && out != NULL)
+      *out = v;
+    return rc;
+  }
+  default:
+    return FP_EINVAL; /* unreachable: the format was checked */
+  }
+}
+
 /* One unpack pass over a well-formed format. Reads from r and, when store
- * is nonzero, stores into the output pointers (NULL ones are skipped).
- * Returns 0 or the first error; r is left wherever the error happened. */
-static int unpack_pass(fp_reader *r, const char *fmt, va_list ap, int store) {
+ * is nonzero, stores into the output pointers taken from *ap (NULL ones
+ * are skipped). Returns 0 or the first error; r is left wherever the error
+ * happened. */
+static int unpack_pass(fp_reader *r, const char *fmt, va_list *ap, int store) {
   /* left[k]: items left in the k-th list entered by this format; level 0
-   * is the caller's level, bounded only when the reader is inside a list. */
+   * is the caller's level, bounded only when the reader is inside a list.
+   * The format was checked, so lvl stays within 0..FP_MAX_DEPTH. */
   uint32_t left[FP_MAX_DEPTH + 1];
-  int lvl = 0, bounded0 = r->depth > 0, rc = 0;
+  int lvl = 0, bounded0 = r->depth > 0, rc;
 
   left[0] = bounded0 ? r->remain[r->depth - 1] : 0;
   for (; *fmt != '\0'; fmt++) {
@@ -154,86 +226,36 @@ static int unpack_pass(fp_reader *r, const char *fmt, va_list ap, int store) {
 
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
       continue;
+    /* Closing a list: every item it holds must have been named. */
     if (c == ']') {
       if (left[lvl] != 0)
         return FP_EPROTO; /* the list holds more items than named */
       lvl--;
       continue;
     }
+    /* Every other letter is one item of the level it appears at. */
     if (lvl > 0 || bounded0) {
       if (left[lvl] == 0)
         return lvl > 0 ? FP_EPROTO : FP_EOF;
       left[lvl]--;
     }
-    switch (c) {
-    case 'n':
-      rc = fp_read_nil(r);
-      break;
-    case '?': {
-      int *out = va_arg(ap, int *), v;
-      if ((rc = fp_read_bool(r, &v)) == 0 && store && out != NULL)
-        *out = v;
-      break;
-    }
-    case 'i': {
-      int64_t *out = va_arg(ap, int64_t *), v;
-      if ((rc = fp_read_int(r, &v)) == 0 && store && out != NULL)
-        *out = v;
-      break;
-    }
-    case 'd': {
-      double *out = va_arg(ap, double *), v;
-      if ((rc = fp_read_float(r, &v)) == 0 && store && out != NULL)
-        *out = v;
-      break;
-    }
-    case 's': {
-      const char **out = va_arg(ap, const char **), *v;
-      if ((rc = fp_read_str(r, &v, NULL)) == 0 && store && out != NULL)
-        *out = v;
-      break;
-    }
-    case 'S': {
-      const char **out = va_arg(ap, const char **), *v;
-      size_t *nout = va_arg(ap, size_t *), n;
-      if ((rc = fp_read_str(r, &v, &n)) == 0 && store) {
-        if (out != NULL)
-          *out = v;
-        if (nout != NULL)
-          *nout = n;
-      }
-      break;
-    }
-    case 'b': {
-      const void **out = va_arg(ap, const void **), *v;
-      size_t *nout = va_arg(ap, size_t *), n;
-      if ((rc = fp_read_bytes(r, &v, &n)) == 0 && store) {
-        if (out != NULL)
-          *out = v;
-        if (nout != NULL)
-          *nout = n;
-      }
-      break;
-    }
-    case '*':
-      rc = fp_read_skip(r);
-      break;
-    case '[': {
+    /* Opening a list: its count bounds the letters up to its ']'. */
+    if (c == '[') {
       uint32_t n;
-      if ((rc = fp_read_list(r, &n)) == 0)
-        left[++lvl] = n;
-      break;
+      if ((rc = fp_read_list(r, &n)) != 0)
+        return rc;
+      left[++lvl] = n;
+      continue;
     }
-    default:
-      rc = FP_EINVAL; /* unreachable: the format was checked */
-      break;
-    }
-    if (rc != 0)
+    if ((rc = read_value(r, c, ap, store)) != 0)
       return rc;
   }
   return 0;
 }
 
+/* Both passes take their own copy of ap: a va_list handed to a function
+ * that calls va_arg on it is indeterminate afterwards, so each pass walks
+ * a va_copy through a pointer and ap itself is never consumed. */
 int fp_vunpack(fp_reader *r, const char *fmt, va_list ap) {
   fp_reader probe;
   va_list aq;
@@ -243,11 +265,14 @@ int fp_vunpack(fp_reader *r, const char *fmt, va_list ap) {
     return FP_EINVAL;
   probe = *r;
   va_copy(aq, ap);
-  rc = unpack_pass(&probe, fmt, aq, 0);
+  rc = unpack_pass(&probe, fmt, &aq, 0);
   va_end(aq);
   if (rc != 0)
     return rc;
-  return unpack_pass(r, fmt, ap, 1);
+  va_copy(aq, ap);
+  rc = unpack_pass(r, fmt, &aq, 1);
+  va_end(aq);
+  return rc;
 }
 
 int fp_unpack(fp_reader *r, const char *fmt, ...) {
