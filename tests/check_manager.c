@@ -784,7 +784,7 @@ START_TEST(child_killed_mid_update_leaves_valid_state) {
   fp_dict *d, *pd;
   fp_list *l;
   fp_counter *c;
-  volatile unsigned sink = 0;
+  volatile unsigned sink __attribute__((unused)) = 0; /* spin only */
 
   ck_assert_int_eq(fp_dict_new(mgr, &pd), 0);
   ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
