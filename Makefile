@@ -11,6 +11,7 @@
 #   make bench           benchmarks (BENCH_QUICK=1 for a short smoke run)
 #   make fuzz            the codec fuzzer (FUZZ_SECONDS=60)
 #   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
+#                        (MANDIR, LIBDIR, INCLUDEDIR; INSTALL_SHARED=0)
 #   make deps            install build dependencies (Debian/Ubuntu)
 #   make format          clang-format the tree
 
@@ -18,6 +19,7 @@ PREFIX      ?= /usr/local
 LIBDIR      ?= $(PREFIX)/lib
 INCLUDEDIR  ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR      ?= $(PREFIX)/share/man
 DESTDIR     ?=
 
 VERSION  := 0.1.0
@@ -267,14 +269,21 @@ fuzz: $(FUZZ_BIN)
 	  -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus
 
 # --- install ----------------------------------------------------------------
+# INSTALL_SHARED=0 leaves the shared library out, so that -lforkpool (and
+# `pkg-config --static --libs forkpool`) can only mean libforkpool.a.
+INSTALL_SHARED ?= 1
 install: lib
-	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
+	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man3
 	install -m 644 include/forkpool.h $(DESTDIR)$(INCLUDEDIR)/forkpool.h
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libforkpool.a
+ifneq ($(INSTALL_SHARED),0)
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION)
 	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libforkpool.so
+endif
 	install -m 644 $(BUILD)/forkpool.pc $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+	install -m 644 docs/forkpool.3 $(DESTDIR)$(MANDIR)/man3/forkpool.3
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/forkpool.h \
@@ -282,7 +291,8 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION) \
 	  $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	  $(DESTDIR)$(LIBDIR)/libforkpool.so \
-	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc \
+	  $(DESTDIR)$(MANDIR)/man3/forkpool.3
 
 clean:
 	rm -rf build
