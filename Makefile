@@ -4,6 +4,7 @@
 #
 #   make                 libraries (installs missing Debian packages first)
 #   make check           build and run the test suite (Check's summary last)
+#   make check-install   README's build lines against a staged install
 #   make check SANITIZE=1   the same under ASan + UBSan (build/asan)
 #   make check TSAN=1       the same under ThreadSanitizer (build/tsan)
 #   make valgrind        the test runner under valgrind (master side)
@@ -84,7 +85,8 @@ DOC_EX_SRCS := $(sort $(wildcard docs/examples/*.c))
 DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
 
 .PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
-        install uninstall clean deps format tsan asan
+        install uninstall clean deps format tsan asan compile-fail \
+        check-install
 .DEFAULT_GOAL := all
 # Keep the objects of programs linked by pattern rules (docs examples,
 # demos, benchmarks): make would otherwise delete them as intermediates,
@@ -193,11 +195,50 @@ SAN_ENV := ASAN_OPTIONS=handle_segv=0:handle_sigbus=0:handle_sigfpe=0:detect_lea
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
            TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
-check: $(RUNNER) $(DOC_EXS)
+# make check runs, in order: the docs examples; every ```c block of
+# README.md, whose stdout must equal the ```text block after it; the
+# compile-fail cases; the Check suites (their summary comes last).
+check: $(RUNNER) $(DOC_EXS) $(STATIC)
 	@for ex in $(DOC_EXS); do \
 	  $(SAN_ENV) $$ex >/dev/null || { echo "docs example $$ex failed"; exit 1; }; \
 	done
+	@for src in $$(sh tests/readme_blocks.sh README.md $(BUILD)/readme); do \
+	  bin=$${src%.c}; \
+	  $(CC) $(BASEFLAGS) -o $$bin $$src $(STATIC) $(LDFLAGS) $(DEP_LIBS) || \
+	    { echo "README block $$src does not compile"; exit 1; }; \
+	  $(SAN_ENV) $$bin > $$bin.out || \
+	    { echo "README block $$src failed (status $$?)"; exit 1; }; \
+	  if [ -f $$bin.expected ] && ! cmp -s $$bin.out $$bin.expected; then \
+	    echo "README block $$src printed:"; cat $$bin.out; \
+	    echo "where README.md says:"; cat $$bin.expected; exit 1; \
+	  fi; \
+	done
+	@$(MAKE) --no-print-directory compile-fail
 	$(SAN_ENV) $(RUNNER)
+
+# Each CASE of tests/compile_fail/typed.c is a misuse of the typed macros
+# of forkpool.h that must not compile (with or without -Werror); CASE=0 is
+# the correct use and must compile without a warning.
+COMPILE_FAIL := tests/compile_fail/typed.c
+compile-fail: | $(BUILD)/.deps
+	@for c in $$(sed -n 's/^#elif CASE == \([0-9]*\).*/\1/p' $(COMPILE_FAIL)); do \
+	  if $(CC) -std=c11 -Iinclude -DCASE=$$c -c $(COMPILE_FAIL) \
+	       -o /dev/null 2>/dev/null; then \
+	    echo "$(COMPILE_FAIL): CASE=$$c compiled, it must not"; exit 1; \
+	  fi; \
+	done
+	@$(CC) -std=c11 -Wall -Wextra -Wpedantic -Werror -Iinclude -DCASE=0 \
+	  -c $(COMPILE_FAIL) -o /dev/null || \
+	  { echo "$(COMPILE_FAIL): CASE=0 (correct code) must compile"; exit 1; }
+
+# What README.md promises about an installed forkpool: its cc line builds
+# and runs the taste, and pkg-config --static links libforkpool.a alone.
+check-install: lib
+	@rm -rf $(BUILD)/stage
+	@$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/stage \
+	  PREFIX=/usr >/dev/null
+	@sh tests/readme_blocks.sh README.md $(BUILD)/readme >/dev/null
+	@CC="$(CC)" sh tests/install_check.sh $(BUILD)
 
 # valgrind runs a build whose IPC buffers come from libc malloc
 # (FP_ALLOC_LIBC), so a leaked or overrun codec/frame buffer is visible to
