@@ -993,9 +993,12 @@ FP_EXTERN int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out);
  * forked after fp_manager_new), FP_ENOMEM or FP_EINVAL. */
 FP_EXTERN int fp_dict_new(fp_manager *m, fp_dict **out);
 
-/* Empties the dict and frees the dict itself. No process may use it
- * afterwards (stale refs are detected in most cases). Returns 0 or an
- * error. */
+/* Destroys the dict: marks it dying, so that every later call on it, from
+ * any process, fails with FP_EINVAL (a call already holding one of its
+ * locks finishes first, and what it added is freed too), then empties it
+ * and frees it. A destroy interrupted by a crash may be called again.
+ * Handles and refs of a destroyed dict are detected in most cases, but no
+ * process should use them. Returns 0 or an error. */
 FP_EXTERN int fp_dict_destroy(fp_dict *d);
 
 /* d[key] = value, where value/vlen is one encoded value (copied). */
@@ -1078,8 +1081,11 @@ FP_EXTERN int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg);
 
 /* A dict's ref: a 64-bit value to pass to a worker (e.g. as an INT task
  * argument) for a dict created after the pool started. 0 for a bad handle.
- * fp_dict_from_ref() returns the dict in any process forked after m was
- * created: 0 and *out, FP_EINVAL (not a live object of m) or FP_ETYPE. */
+ * A ref carries bits of its manager's random identity. fp_dict_from_ref()
+ * returns the dict in any process forked after m was created: 0 and *out,
+ * FP_EINVAL (not a live object of m: a ref of another manager, of a
+ * destroyed object, or garbage; *out is NULL) or FP_ETYPE (a ref of m's
+ * object of another type). The other kinds' refs work the same way. */
 FP_EXTERN uint64_t fp_dict_ref(const fp_dict *d);
 FP_EXTERN int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out);
 
@@ -1089,6 +1095,7 @@ FP_EXTERN int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out);
  * the dict. */
 
 FP_EXTERN int fp_list_new(fp_manager *m, fp_list **out);
+/* Destroys the list as fp_dict_destroy does a dict. */
 FP_EXTERN int fp_list_destroy(fp_list *l);
 
 /* l.append(value). */

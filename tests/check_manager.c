@@ -305,6 +305,113 @@ START_TEST(refs_roundtrip_and_reject_bad) {
 }
 END_TEST
 
+/* Builds the same five objects in a manager, so that two managers built
+ * alike hold objects at the same offsets with the same creation numbers. */
+typedef struct objset {
+  fp_dict *d;
+  fp_list *l;
+  fp_counter *c;
+  fp_lock *k;
+  fp_array *a;
+} objset;
+
+static void objset_build(fp_manager *m, objset *o) {
+  ck_assert_int_eq(fp_dict_new(m, &o->d), 0);
+  ck_assert_int_eq(fp_list_new(m, &o->l), 0);
+  ck_assert_int_eq(fp_counter_new(m, 0, &o->c), 0);
+  ck_assert_int_eq(fp_lock_new(m, &o->k), 0);
+  ck_assert_int_eq(fp_array_new(m, 100, &o->a), 0);
+}
+
+START_TEST(refs_of_another_manager_fail) {
+  fp_manager *a;
+  objset oa, ob;
+  fp_dict *d;
+  fp_list *l;
+  fp_counter *c;
+  fp_lock *k;
+  fp_array *arr;
+
+  ck_assert_int_eq(fp_manager_new(&a, &(fp_manager_opts){64u << 20}), 0);
+  objset_build(a, &oa);
+  objset_build(mgr, &ob);
+  /* Same offsets and creation numbers in both: only the managers'
+   * identities tell the refs apart. */
+  ck_assert_uint_eq((uintptr_t)oa.d - (uintptr_t)a,
+                    (uintptr_t)ob.d - (uintptr_t)mgr);
+  ck_assert_int_eq(fp_dict_from_ref(mgr, fp_dict_ref(oa.d), &d), FP_EINVAL);
+  ck_assert_ptr_null(d);
+  ck_assert_int_eq(fp_list_from_ref(mgr, fp_list_ref(oa.l), &l), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_from_ref(mgr, fp_counter_ref(oa.c), &c),
+                   FP_EINVAL);
+  ck_assert_int_eq(fp_lock_from_ref(mgr, fp_lock_ref(oa.k), &k), FP_EINVAL);
+  ck_assert_int_eq(fp_array_from_ref(mgr, fp_array_ref(oa.a), &arr),
+                   FP_EINVAL);
+  /* A ref of A read as another type in B: still not B's object. */
+  ck_assert_int_eq(fp_list_from_ref(mgr, fp_dict_ref(oa.d), &l), FP_EINVAL);
+  /* Each manager still resolves its own refs. */
+  ck_assert_int_eq(fp_dict_from_ref(a, fp_dict_ref(oa.d), &d), 0);
+  ck_assert_ptr_eq(d, oa.d);
+  ck_assert_int_eq(fp_array_from_ref(mgr, fp_array_ref(ob.a), &arr), 0);
+  ck_assert_ptr_eq(arr, ob.a);
+  ck_assert_uint_ne(fp_dict_ref(oa.d), fp_dict_ref(ob.d));
+  fp_manager_free(a);
+  assert_consistent();
+}
+END_TEST
+
+/* The child of the destroy races: inserts (or appends) new items until a
+ * call fails; exits 0 when that failure is FP_EINVAL (the object was
+ * destroyed), 1 on any other error, 2 if it never saw the destroy. */
+static void destroy_race_child(fp_dict *d, fp_list *l, int ready_fd) {
+  unsigned char v[9] = {FP_INT};
+  char key[32];
+  int rc = 0;
+
+  for (long i = 0; i < 50000000L; i++) {
+    snprintf(key, sizeof(key), "k%ld", i);
+    rc = d != NULL ? fp_dict_set(d, key, strlen(key), v, 9)
+                   : fp_list_append(l, v, 9);
+    if (rc != 0)
+      _exit(rc == FP_EINVAL ? 0 : 1);
+    if (i == 100) {
+      (void)write(ready_fd, "r", 1);
+      close(ready_fd);
+    }
+  }
+  _exit(2);
+}
+
+START_TEST(destroy_racing_inserts_leaves_arena_consistent) {
+  for (int round = 0; round < 20; round++) {
+    fp_dict *d = NULL;
+    fp_list *l = NULL;
+    int p[2];
+    char b;
+
+    if (round % 2 == 0)
+      ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+    else
+      ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(p[0]);
+      destroy_race_child(d, l, p[1]);
+    }
+    close(p[1]);
+    ck_assert_int_eq(read(p[0], &b, 1), 1);
+    close(p[0]);
+    if (d != NULL)
+      ck_assert_int_eq(fp_dict_destroy(d), 0);
+    else
+      ck_assert_int_eq(fp_list_destroy(l), 0);
+    ck_assert_int_eq(reap(pid), 0);
+    assert_consistent();
+  }
+}
+END_TEST
+
 /* --- list --------------------------------------------------------------- */
 
 static void push_int(fp_list *l, int64_t v) {
@@ -1003,6 +1110,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, dict_many_keys_resize_delete_clear);
   tcase_add_test(tc, dict_bad_input_fails);
   tcase_add_test(tc, refs_roundtrip_and_reject_bad);
+  tcase_add_test(tc, refs_of_another_manager_fail);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("list");
@@ -1033,6 +1141,7 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, two_processes_atomic_increments_are_exact);
   tcase_add_test(tc, two_processes_appends_each_land_once);
+  tcase_add_test(tc, destroy_racing_inserts_leaves_arena_consistent);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("crash");

@@ -44,6 +44,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 long fp__shm_crash_countdown;
@@ -248,8 +250,8 @@ void fp__shm_free_slot(fp_manager *m, uint64_t *slot, uint64_t size) {
 
 /* --- objects ------------------------------------------------------------ */
 
-int fp__shm_obj_check(const void *p, int type) {
-  const fp__shm_obj *o = p;
+/* Header checks shared by fp__shm_obj_check and begin_destroy. */
+static int obj_header_check(const fp__shm_obj *o, int type) {
   const fp_manager *m;
   uint32_t mg;
 
@@ -267,6 +269,22 @@ int fp__shm_obj_check(const void *p, int type) {
   if ((int)o->type != type)
     return FP_ETYPE;
   return 0;
+}
+
+int fp__shm_obj_check(const void *p, int type) {
+  const fp__shm_obj *o = p;
+  int rc = obj_header_check(o, type);
+  if (rc == 0 && !fp__shm_obj_alive(o))
+    return FP_EINVAL;
+  return rc;
+}
+
+int fp__shm_obj_begin_destroy(void *p, int type) {
+  fp__shm_obj *o = p;
+  int rc = obj_header_check(o, type);
+  if (rc == 0)
+    atomic_store(&o->dying, 1); /* one word: crash-safe as it stands */
+  return rc;
 }
 
 int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
@@ -344,25 +362,42 @@ int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
   return 0;
 }
 
+#define REF_OFF_BITS 34
+#define REF_TAG_BITS 27
+
+/* The 27-bit tag of an object's ref: the manager's identity mixed with the
+ * object's creation number (splitmix64's finaliser). */
+static uint64_t ref_tag(const fp_manager *m, const fp__shm_obj *o) {
+  uint64_t x = m->id ^ (o->gen * 0x9e3779b97f4a7c15ULL);
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x & (((uint64_t)1 << REF_TAG_BITS) - 1);
+}
+
 uint64_t fp__shm_obj_ref(const fp__shm_obj *o) {
-  return (uint64_t)o->type << 56 | (o->gen & 0xffff) << 40 | o->self;
+  return (uint64_t)o->type << (REF_OFF_BITS + REF_TAG_BITS) |
+         ref_tag(fp__shm_of(o), o) << REF_OFF_BITS | o->self / 64;
 }
 
 void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
-  uint64_t off = ref & (FP__SHM_MAX_SIZE - 1);
+  uint64_t off = (ref & (((uint64_t)1 << REF_OFF_BITS) - 1)) * 64;
+  uint64_t tag = (ref >> REF_OFF_BITS) & (((uint64_t)1 << REF_TAG_BITS) - 1);
+  uint64_t rtype = ref >> (REF_OFF_BITS + REF_TAG_BITS);
   fp__shm_obj *o;
 
   *err = FP_EINVAL;
   if (m == NULL || m->magic != FP__SHM_MAGIC)
     return NULL;
-  if (off < m->heap || off % 64 != 0 || off + sizeof(*o) > m->brk)
+  if (off < m->heap || off + sizeof(*o) > m->brk)
     return NULL;
   o = fp__shm_ptr(m, off);
-  if (o->self != off || ((o->gen & 0xffff) != ((ref >> 40) & 0xffff)))
+  if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
+      !fp__shm_obj_alive(o) || ref_tag(m, o) != tag)
     return NULL;
-  if (o->magic != FP__SHM_OBJ_MAGIC(o->type))
-    return NULL;
-  if ((ref >> 56) != o->type || (int)o->type != type) {
+  if (rtype != o->type || (int)o->type != type) {
     *err = FP_ETYPE;
     return NULL;
   }
@@ -533,6 +568,22 @@ void fp__shm_unlock(pthread_mutex_t *mu) {
 
 /* --- manager ------------------------------------------------------------ */
 
+/* A random, nonzero 64-bit identity for a new manager: the kernel's
+ * random bytes, or, should getrandom fail, the clock, the pid and the
+ * mapping's address mixed together. */
+static uint64_t new_identity(const fp_manager *m) {
+  uint64_t id = 0;
+  struct timespec ts;
+
+  if (getrandom(&id, sizeof(id), GRND_NONBLOCK) != (ssize_t)sizeof(id)) {
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    id = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+         ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)m;
+    id *= 0x9e3779b97f4a7c15ULL;
+  }
+  return id != 0 ? id : 1;
+}
+
 int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
   uint64_t size = FP__SHM_DEFAULT_SIZE;
   fp_manager *m;
@@ -561,6 +612,7 @@ int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
     munmap(p, size);
     return rc;
   }
+  m->id = new_identity(m);
   m->magic = FP__SHM_MAGIC;
   *out = m;
   return 0;

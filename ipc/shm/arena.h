@@ -108,7 +108,9 @@ typedef struct fp__shm_obj {
   uint64_t gen;  /* creation number, part of the object's ref */
   uint64_t next; /* registry links (offsets, 0 = none) */
   uint64_t prev;
-  uint64_t reserved[2];
+  _Atomic uint64_t dying; /* nonzero once a destroy began: every call but
+                             the destroy itself fails with FP_EINVAL */
+  uint64_t reserved;
 } fp__shm_obj;
 
 /* The arena header, at offset 0 of the region. */
@@ -123,6 +125,7 @@ struct fp_manager {
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
   uint64_t gen;      /* objects ever created */
+  uint64_t id;       /* random identity, part of every ref */
   _Atomic uint64_t repairs;           /* journals rolled back or forward after a
                                          holder died (allocator's included) */
   _Atomic uint64_t recovered;         /* internal locks taken over from a dead
@@ -147,9 +150,23 @@ static inline uint64_t fp__shm_off(const fp_manager *m, const void *p) {
 }
 
 /* Checks that o is a live object of the given type inside a valid arena.
- * Returns 0, FP_EINVAL (NULL, not an object, freed) or FP_ETYPE (a live
- * object of another type). */
+ * Returns 0, FP_EINVAL (NULL, not an object, freed, being destroyed) or
+ * FP_ETYPE (a live object of another type). */
 FP__SHM_HIDDEN int fp__shm_obj_check(const void *o, int type);
+
+/* Returns 1 while o is alive and no destroy has begun. Structures call it
+ * again after taking a lock: a destroy marks the object dying before it
+ * takes the object's locks, so a caller that got the lock after the
+ * destroy's pass sees the mark and must not change anything. */
+static inline int fp__shm_obj_alive(const fp__shm_obj *o) {
+  return atomic_load(&o->dying) == 0;
+}
+
+/* First step of every destroy: checks o like fp__shm_obj_check, but also
+ * accepts an object whose destroy began earlier (a destroy that was
+ * interrupted may be called again), and marks it dying. Returns 0,
+ * FP_EINVAL or FP_ETYPE. */
+FP__SHM_HIDDEN int fp__shm_obj_begin_destroy(void *o, int type);
 
 /* Creates an object of `size` bytes (>= sizeof(fp__shm_obj)), zero-filled,
  * header filled in, and calls init(obj, arg) (may be NULL) before
@@ -172,8 +189,12 @@ FP__SHM_HIDDEN int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o);
 FP__SHM_HIDDEN void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type,
                                           int *err);
 
-/* Returns the ref of a live object: type << 56 | (gen & 0xffff) << 40 |
- * offset. */
+/* Returns the ref of a live object: type << 61 | tag << 34 | offset / 64,
+ * where the 27-bit tag is a hash of the manager's random identity and the
+ * object's creation number: a ref of another manager, or of an object
+ * that was freed and whose chunk now holds another object, fails the tag
+ * check (but for a 2^-27 chance). Arena offsets fit in 40 bits and
+ * objects are 64-byte aligned, so offset / 64 fits in 34 bits. */
 FP__SHM_HIDDEN uint64_t fp__shm_obj_ref(const fp__shm_obj *o);
 
 /* Allocates `size` bytes and stores the chunk's offset into *slot, which

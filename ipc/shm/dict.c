@@ -148,6 +148,19 @@ static int64_t lookup(fp_manager *m, stripe *s, const void *key, size_t klen,
   return -1;
 }
 
+/* Locks a stripe of a checked dict, repairing it if the previous holder
+ * died; FP_EINVAL (nothing locked) when a destroy of the dict began: the
+ * destroy marks the dict before it clears the stripes, so whoever locks a
+ * stripe after the destroy's pass sees the mark and changes nothing. */
+static int lock_stripe(fp_dict *d, stripe *s) {
+  int rc = fp__shm_lock(mgr(d), &s->mu, &s->j);
+  if (rc == 0 && !fp__shm_obj_alive(&d->hdr)) {
+    fp__shm_unlock(&s->mu);
+    rc = FP_EINVAL;
+  }
+  return rc;
+}
+
 /* Common argument checks; finds the key's stripe. */
 static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
                    uint64_t *h) {
@@ -307,7 +320,7 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
   if (mode != W_ADD && (rc = fp__shm_check_value(val, vlen)) != 0)
     return rc;
   m = mgr(d);
-  if ((rc = fp__shm_lock(m, &s->mu, &s->j)) != 0)
+  if ((rc = lock_stripe(d, s)) != 0)
     return rc;
   i = lookup(m, s, key, klen, h, NULL);
   if (i >= 0) {
@@ -449,7 +462,7 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
   if ((mode == R_INT || mode == R_FLOAT) && scalar == NULL)
     return FP_EINVAL;
   m = mgr(d);
-  if ((rc = fp__shm_lock(m, &s->mu, &s->j)) != 0)
+  if ((rc = lock_stripe(d, s)) != 0)
     return rc;
   i = lookup(m, s, key, klen, h, NULL);
   if (i < 0) {
@@ -519,7 +532,7 @@ int64_t fp_dict_len(fp_dict *d) {
     return rc;
   for (int i = 0; i < NSTRIPE; i++) {
     stripe *s = &d->s[i];
-    if ((rc = fp__shm_lock(mgr(d), &s->mu, &s->j)) != 0)
+    if ((rc = lock_stripe(d, s)) != 0)
       return rc;
     n += (int64_t)s->count;
     fp__shm_unlock(&s->mu);
@@ -529,9 +542,10 @@ int64_t fp_dict_len(fp_dict *d) {
 
 /* Empties one stripe in one journaled step: detach the table, then free
  * every node it lists and the table itself (a deep release, which a
- * repairer finishes if we die). */
-static int clear_stripe(fp_manager *m, stripe *s) {
-  int rc = fp__shm_lock(m, &s->mu, &s->j);
+ * repairer finishes if we die). A destroy clears a dying dict. */
+static int clear_stripe(fp_dict *d, stripe *s, int destroying) {
+  fp_manager *m = mgr(d);
+  int rc = destroying ? fp__shm_lock(m, &s->mu, &s->j) : lock_stripe(d, s);
   if (rc != 0)
     return rc;
   if (s->cap != 0) {
@@ -552,12 +566,18 @@ static int clear_stripe(fp_manager *m, stripe *s) {
 int fp_dict_clear(fp_dict *d) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
   for (int i = 0; rc == 0 && i < NSTRIPE; i++)
-    rc = clear_stripe(mgr(d), &d->s[i]);
+    rc = clear_stripe(d, &d->s[i], 0);
   return rc;
 }
 
+/* Marks the dict dying first, so that a writer in another process that
+ * locks a stripe after this pass cleared it changes nothing; a writer
+ * holding a stripe lock now finishes first, and the clear that follows
+ * frees what it added. */
 int fp_dict_destroy(fp_dict *d) {
-  int rc = fp_dict_clear(d);
+  int rc = fp__shm_obj_begin_destroy(d, FP__SHM_DICT);
+  for (int i = 0; rc == 0 && i < NSTRIPE; i++)
+    rc = clear_stripe(d, &d->s[i], 1);
   if (rc == 0)
     rc = fp__shm_obj_free(mgr(d), &d->hdr);
   return rc;
@@ -566,8 +586,9 @@ int fp_dict_destroy(fp_dict *d) {
 /* Copies one stripe's items into a private buffer of records (u32 klen,
  * u32 vlen, key, value) under its lock. Returns 0 with *buf (malloc'd, may
  * be NULL when the stripe is empty) and *len, or an error. */
-static int snapshot_stripe(fp_manager *m, stripe *s, unsigned char **buf,
+static int snapshot_stripe(fp_dict *d, stripe *s, unsigned char **buf,
                            size_t *len) {
+  fp_manager *m = mgr(d);
   size_t total = 0, pos = 0;
   unsigned char *p = NULL;
   uint64_t *b;
@@ -575,7 +596,7 @@ static int snapshot_stripe(fp_manager *m, stripe *s, unsigned char **buf,
 
   *buf = NULL;
   *len = 0;
-  if ((rc = fp__shm_lock(m, &s->mu, &s->j)) != 0)
+  if ((rc = lock_stripe(d, s)) != 0)
     return rc;
   b = s->cap ? table(m, s) : NULL;
   for (uint64_t i = 0; i < s->cap; i++)
@@ -610,7 +631,7 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
-    if ((rc = snapshot_stripe(mgr(d), &d->s[i], &buf, &len)) != 0)
+    if ((rc = snapshot_stripe(d, &d->s[i], &buf, &len)) != 0)
       break;
     while (pos < len && rc == 0) {
       uint32_t kl, vl;

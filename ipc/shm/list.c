@@ -71,12 +71,17 @@ int fp_list_new(fp_manager *m, fp_list **out) {
   return rc;
 }
 
-/* Locks a checked list. */
+/* Checks and locks a list; FP_EINVAL (nothing locked) when a destroy of
+ * the list began, which marks the list before taking its lock. */
 static int lock_list(fp_list *l) {
   int rc = fp__shm_obj_check(l, FP__SHM_LIST);
-  if (rc != 0)
-    return rc;
-  return fp__shm_lock(mgr(l), &l->mu, &l->j);
+  if (rc == 0)
+    rc = fp__shm_lock(mgr(l), &l->mu, &l->j);
+  if (rc == 0 && !fp__shm_obj_alive(&l->hdr)) {
+    fp__shm_unlock(&l->mu);
+    rc = FP_EINVAL;
+  }
+  return rc;
 }
 
 /* Resolves a Python-style index against len; FP_ERANGE when outside. */
@@ -268,13 +273,10 @@ int64_t fp_list_len(fp_list *l) {
   return n;
 }
 
-int fp_list_clear(fp_list *l) {
-  fp_manager *m;
-  int rc;
+/* Empties a locked list with one journaled step and unlocks it. */
+static int clear_locked(fp_list *l) {
+  fp_manager *m = mgr(l);
 
-  if ((rc = lock_list(l)) != 0)
-    return rc;
-  m = mgr(l);
   if (l->cap != 0) {
     fp__shm_jbegin(&l->j);
     l->j.release[0] = l->items;
@@ -289,8 +291,19 @@ int fp_list_clear(fp_list *l) {
   return 0;
 }
 
+int fp_list_clear(fp_list *l) {
+  int rc = lock_list(l);
+  return rc != 0 ? rc : clear_locked(l);
+}
+
+/* Marks the list dying before taking its lock, so that an append that
+ * gets the lock after the clear changes nothing (see lock_list). */
 int fp_list_destroy(fp_list *l) {
-  int rc = fp_list_clear(l);
+  int rc = fp__shm_obj_begin_destroy(l, FP__SHM_LIST);
+  if (rc == 0)
+    rc = fp__shm_lock(mgr(l), &l->mu, &l->j);
+  if (rc == 0)
+    rc = clear_locked(l);
   if (rc == 0)
     rc = fp__shm_obj_free(mgr(l), &l->hdr);
   return rc;
