@@ -4,6 +4,7 @@
 #
 #   make                 libraries (installs missing Debian packages first)
 #   make check           build and run the test suite (Check's summary last)
+#   make check-install   README's build lines against a staged install
 #   make check SANITIZE=1   the same under ASan + UBSan (build/asan)
 #   make check TSAN=1       the same under ThreadSanitizer (build/tsan)
 #   make valgrind        the test runner under valgrind (master side)
@@ -11,6 +12,7 @@
 #   make bench           benchmarks (BENCH_QUICK=1 for a short smoke run)
 #   make fuzz            the codec fuzzer (FUZZ_SECONDS=60)
 #   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
+#                        (MANDIR, LIBDIR, INCLUDEDIR; INSTALL_SHARED=0)
 #   make deps            install build dependencies (Debian/Ubuntu)
 #   make format          clang-format the tree
 
@@ -18,6 +20,7 @@ PREFIX      ?= /usr/local
 LIBDIR      ?= $(PREFIX)/lib
 INCLUDEDIR  ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR      ?= $(PREFIX)/share/man
 DESTDIR     ?=
 
 VERSION  := 0.1.0
@@ -49,7 +52,13 @@ CHECK_LIBS    = $(shell pkg-config --libs check)
 
 DEB_PKGS := pkg-config libuv1-dev check libjemalloc-dev
 
-WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+# Warnings are errors only where the project asks for it (WERROR=1: .ci/run
+# and developers); a user's build with another compiler must not fail on a
+# new warning.
+WARN     := -Wall -Wextra -Wshadow -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
 CFLAGS   ?=
 BASEFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -pthread -fPIC \
             -fvisibility=hidden -Iinclude -I. $(SANFLAGS) $(DEP_CFLAGS) $(CFLAGS)
@@ -76,7 +85,8 @@ DOC_EX_SRCS := $(sort $(wildcard docs/examples/*.c))
 DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
 
 .PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
-        install uninstall clean deps format tsan asan
+        install uninstall clean deps format tsan asan compile-fail \
+        check-install
 .DEFAULT_GOAL := all
 # Keep the objects of programs linked by pattern rules (docs examples,
 # demos, benchmarks): make would otherwise delete them as intermediates,
@@ -92,10 +102,19 @@ lib: $(STATIC) $(SHARED) $(BUILD)/forkpool.pc
 # --- dependencies -----------------------------------------------------------
 # The stamp is an order-only prerequisite of every object, so a fresh clone
 # installs what is missing before the first compiler call expands its flags.
+# The library needs libuv and jemalloc only; Check is asked for by the test
+# objects alone (the second stamp), so `make` works without it.
 $(BUILD)/.deps:
 	@mkdir -p $(@D)
-	@if ! pkg-config --exists $(PKGS) check 2>/dev/null; then \
+	@if ! pkg-config --exists $(PKGS) 2>/dev/null; then \
 	  echo "forkpool: build dependencies missing; running 'make deps'"; \
+	  $(MAKE) --no-print-directory deps || exit 1; \
+	fi
+	@touch $@
+
+$(BUILD)/.deps-check: | $(BUILD)/.deps
+	@if ! pkg-config --exists check 2>/dev/null; then \
+	  echo "forkpool: Check (the test framework) missing; running 'make deps'"; \
 	  $(MAKE) --no-print-directory deps || exit 1; \
 	fi
 	@touch $@
@@ -156,12 +175,12 @@ $(BUILD)/forkpool.pc: FORCE
 # --- tests ------------------------------------------------------------------
 # tests/runner.c includes the generated list of suites: one per
 # tests/check_<name>.c, which must define Suite *<name>_suite(void).
-$(BUILD)/tests/suites.h: FORCE | $(BUILD)/.deps
+$(BUILD)/tests/suites.h: FORCE | $(BUILD)/.deps-check
 	@mkdir -p $(@D)
 	@printf 'FP_SUITE(%s)\n' $(TEST_NAMES) > $@.tmp
 	@cmp -s $@.tmp $@ 2>/dev/null && rm -f $@.tmp || mv $@.tmp $@
 
-$(BUILD)/obj/tests/%.o: tests/%.c $(BUILD)/tests/suites.h | $(BUILD)/.deps
+$(BUILD)/obj/tests/%.o: tests/%.c $(BUILD)/tests/suites.h | $(BUILD)/.deps-check
 	@mkdir -p $(@D)
 	$(CC) $(BASEFLAGS) $(CHECK_CFLAGS) -I$(BUILD)/tests -MMD -MP -c $< -o $@
 
@@ -176,11 +195,50 @@ SAN_ENV := ASAN_OPTIONS=handle_segv=0:handle_sigbus=0:handle_sigfpe=0:detect_lea
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
            TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
-check: $(RUNNER) $(DOC_EXS)
+# make check runs, in order: the docs examples; every ```c block of
+# README.md, whose stdout must equal the ```text block after it; the
+# compile-fail cases; the Check suites (their summary comes last).
+check: $(RUNNER) $(DOC_EXS) $(STATIC)
 	@for ex in $(DOC_EXS); do \
 	  $(SAN_ENV) $$ex >/dev/null || { echo "docs example $$ex failed"; exit 1; }; \
 	done
+	@for src in $$(sh tests/readme_blocks.sh README.md $(BUILD)/readme); do \
+	  bin=$${src%.c}; \
+	  $(CC) $(BASEFLAGS) -o $$bin $$src $(STATIC) $(LDFLAGS) $(DEP_LIBS) || \
+	    { echo "README block $$src does not compile"; exit 1; }; \
+	  $(SAN_ENV) $$bin > $$bin.out || \
+	    { echo "README block $$src failed (status $$?)"; exit 1; }; \
+	  if [ -f $$bin.expected ] && ! cmp -s $$bin.out $$bin.expected; then \
+	    echo "README block $$src printed:"; cat $$bin.out; \
+	    echo "where README.md says:"; cat $$bin.expected; exit 1; \
+	  fi; \
+	done
+	@$(MAKE) --no-print-directory compile-fail
 	$(SAN_ENV) $(RUNNER)
+
+# Each CASE of tests/compile_fail/typed.c is a misuse of the typed macros
+# of forkpool.h that must not compile (with or without -Werror); CASE=0 is
+# the correct use and must compile without a warning.
+COMPILE_FAIL := tests/compile_fail/typed.c
+compile-fail: | $(BUILD)/.deps
+	@for c in $$(sed -n 's/^#elif CASE == \([0-9]*\).*/\1/p' $(COMPILE_FAIL)); do \
+	  if $(CC) -std=c11 -Iinclude -DCASE=$$c -c $(COMPILE_FAIL) \
+	       -o /dev/null 2>/dev/null; then \
+	    echo "$(COMPILE_FAIL): CASE=$$c compiled, it must not"; exit 1; \
+	  fi; \
+	done
+	@$(CC) -std=c11 -Wall -Wextra -Wpedantic -Werror -Iinclude -DCASE=0 \
+	  -c $(COMPILE_FAIL) -o /dev/null || \
+	  { echo "$(COMPILE_FAIL): CASE=0 (correct code) must compile"; exit 1; }
+
+# What README.md promises about an installed forkpool: its cc line builds
+# and runs the taste, and pkg-config --static links libforkpool.a alone.
+check-install: lib
+	@rm -rf $(BUILD)/stage
+	@$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/stage \
+	  PREFIX=/usr >/dev/null
+	@sh tests/readme_blocks.sh README.md $(BUILD)/readme >/dev/null
+	@CC="$(CC)" sh tests/install_check.sh $(BUILD)
 
 # valgrind runs a build whose IPC buffers come from libc malloc
 # (FP_ALLOC_LIBC), so a leaked or overrun codec/frame buffer is visible to
@@ -252,14 +310,21 @@ fuzz: $(FUZZ_BIN)
 	  -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus
 
 # --- install ----------------------------------------------------------------
+# INSTALL_SHARED=0 leaves the shared library out, so that -lforkpool (and
+# `pkg-config --static --libs forkpool`) can only mean libforkpool.a.
+INSTALL_SHARED ?= 1
 install: lib
-	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
+	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man3
 	install -m 644 include/forkpool.h $(DESTDIR)$(INCLUDEDIR)/forkpool.h
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libforkpool.a
+ifneq ($(INSTALL_SHARED),0)
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION)
 	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf libforkpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libforkpool.so
+endif
 	install -m 644 $(BUILD)/forkpool.pc $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+	install -m 644 docs/forkpool.3 $(DESTDIR)$(MANDIR)/man3/forkpool.3
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/forkpool.h \
@@ -267,7 +332,8 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/libforkpool.so.$(VERSION) \
 	  $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	  $(DESTDIR)$(LIBDIR)/libforkpool.so \
-	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
+	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc \
+	  $(DESTDIR)$(MANDIR)/man3/forkpool.3
 
 clean:
 	rm -rf build

@@ -21,7 +21,8 @@
  *   - Timeouts are in seconds as a double; a negative timeout (FP_FOREVER)
  *     waits forever, 0 polls.
  *
- * Sections: errors, codec, frames, pool, results, tasks, manager, affinity.
+ * Sections: errors, codec, frames, pool, results, tasks, manager, affinity,
+ * and the compile-time helpers (FP_PACK, FP_UNPACK, FP_MAP ...).
  */
 #ifndef FORKPOOL_H
 #define FORKPOOL_H
@@ -1186,6 +1187,144 @@ FP_EXTERN int fp_array_from_ref(fp_manager *m, uint64_t ref, fp_array **out);
 
 /* MANAGER_API_END */
 
+/* ======================================================================
+ * Compile-time helpers: typed packing and FP_MAP (docs/codec.md,
+ * docs/pool.md)
+ * ====================================================================== */
+
+/* TYPED_API_BEGIN */
+
+/* fp_pack() and fp_unpack() are variadic, so the compiler cannot see that
+ * "i" wants an int64_t: fp_pack(w, "i", n) with a plain int n (or a
+ * double) is undefined behaviour that no warning reports, and
+ * fp_unpack(r, "i", &n) with an int n writes 8 bytes into 4. The macros
+ * below take the types from the arguments (C11 _Generic): a value is
+ * converted to the type its format letter needs, or refused at compile
+ * time.
+ *
+ *   FP_PACK(w, ...)       packs 1 to 8 values, each by its C type: any
+ *                         integer type gives "i" (converted to int64_t),
+ *                         float and double give "d", char * and
+ *                         const char * give "s", _Bool gives "?".
+ *                         FP_PACK(&w, 7, 2.5, "x") is
+ *                         fp_pack(&w, "i d s", (int64_t)7, 2.5, "x"): same
+ *                         return value, and a failed pack adds nothing.
+ *   FP_PACK_LIST(w, ...)  the same values as one list, e.g. one starmap
+ *                         tuple: FP_PACK_LIST(&items, a, b) is "[i i]".
+ *   FP_UNPACK(r, ...)     unpacks 1 to 8 values into int64_t *, double *
+ *                         or const char ** ("i", "d", "s"); any other
+ *                         pointer, an int * or a NULL included, does not
+ *                         compile (use fp_unpack with '*' to skip).
+ *   FP_I(x) FP_D(x)       one argument of an explicit fp_pack() format,
+ *   FP_S(x) FP_B(x)       for "i", "d", "s" and "?" (lists and bytes need
+ *                         a format): fp_pack(w, "[i d]", FP_I(n), FP_D(x)).
+ *                         FP_I takes integer types only (a double or a
+ *                         pointer does not compile), FP_D integer and
+ *                         floating types, FP_S char pointers only, FP_B
+ *                         integer types (any nonzero value is true).
+ *   FP_MAP(pool, fn, in, n, out, opts)
+ *                         fp_pool_map() with in_size = sizeof *in and
+ *                         out_size = sizeof *out: in and out are typed
+ *                         arrays or pointers (a void * does not compile).
+ *   FP_MAP_ASYNC(pool, fn, in, n, out, opts, res)
+ *                         the same for fp_pool_map_async().
+ *
+ * Every argument is evaluated exactly once. A refused type stops the
+ * compilation with "_Generic selector of type ... is not compatible with
+ * any association". Unsigned values above INT64_MAX become negative
+ * int64_t values, as with a cast. The macros need C11 and are not defined
+ * for C++. */
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L &&               \
+    !defined(__cplusplus)
+
+/* Identity conversions the macros call: the parameter type is the point. */
+static inline int64_t fp__as_i(int64_t v) { return v; }
+static inline double fp__as_d(double v) { return v; }
+static inline const char *fp__as_s(const char *v) { return v; }
+static inline int fp__as_b(int v) { return v != 0; }
+
+#if defined(__GNUC__)
+/* Never defined: a call compiled in (FP_MAP over a void *) is an error. */
+size_t fp__map_needs_typed_arrays(void)
+    __attribute__((error("FP_MAP: in and out must be typed arrays or "
+                         "pointers, not void *")));
+#else
+size_t fp__map_needs_typed_arrays(void); /* never defined: a link error */
+#endif
+
+/* _Generic associations mapping every integer type (but _Bool) to f. */
+#define FP__INTEGERS(f)                                                        \
+  char: f, signed char: f, unsigned char: f, short: f, unsigned short: f,      \
+  int: f, unsigned: f, long: f, unsigned long: f, long long: f,                \
+  unsigned long long: f
+
+#define FP_I(x) _Generic((x), FP__INTEGERS(fp__as_i), _Bool: fp__as_i)(x)
+#define FP_D(x)                                                                \
+  _Generic((x), FP__INTEGERS(fp__as_d), _Bool: fp__as_d, float: fp__as_d,      \
+           double: fp__as_d, long double: fp__as_d)(x)
+#define FP_S(x) _Generic((x), char *: fp__as_s, const char *: fp__as_s)(x)
+#define FP_B(x) _Generic((x), FP__INTEGERS(fp__as_b), _Bool: fp__as_b)(x)
+
+/* The pack letter of a value and the value converted for it. */
+#define FP__LETTER(x)                                                          \
+  _Generic((x), FP__INTEGERS('i'), _Bool: '?', float: 'd', double: 'd',        \
+           long double: 'd', char *: 's', const char *: 's')
+#define FP__ARG(x)                                                             \
+  _Generic((x), FP__INTEGERS(fp__as_i), _Bool: fp__as_b, float: fp__as_d,      \
+           double: fp__as_d, long double: fp__as_d, char *: fp__as_s,          \
+           const char *: fp__as_s)(x)
+/* The unpack letter of an output pointer. */
+#define FP__ULETTER(p)                                                         \
+  _Generic((p), int64_t *: 'i', double *: 'd', const char **: 's')
+
+/* FP__EACH(m, a, b, ...) is m(a), m(b), ... for 1 to 8 arguments; 9 to 16
+ * name an undeclared identifier, so that too many values do not compile. */
+#define FP__NARGS(...)                                                         \
+  FP__NARGS_(__VA_ARGS__, X, X, X, X, X, X, X, X, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define FP__NARGS_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,     \
+                   a14, a15, a16, n, ...)                                      \
+  n
+#define FP__CAT(a, b) FP__CAT_(a, b)
+#define FP__CAT_(a, b) a##b
+#define FP__EACH(m, ...) FP__CAT(FP__EACH, FP__NARGS(__VA_ARGS__))(m, __VA_ARGS__)
+#define FP__EACHX(m, ...) fp__at_most_8_values
+#define FP__EACH1(m, a) m(a)
+#define FP__EACH2(m, a, ...) m(a), FP__EACH1(m, __VA_ARGS__)
+#define FP__EACH3(m, a, ...) m(a), FP__EACH2(m, __VA_ARGS__)
+#define FP__EACH4(m, a, ...) m(a), FP__EACH3(m, __VA_ARGS__)
+#define FP__EACH5(m, a, ...) m(a), FP__EACH4(m, __VA_ARGS__)
+#define FP__EACH6(m, a, ...) m(a), FP__EACH5(m, __VA_ARGS__)
+#define FP__EACH7(m, a, ...) m(a), FP__EACH6(m, __VA_ARGS__)
+#define FP__EACH8(m, a, ...) m(a), FP__EACH7(m, __VA_ARGS__)
+
+/* The format is a compound literal built from the letters: the values'
+ * types are known at compile time, the string exists at run time. */
+#define FP_PACK(w, ...)                                                        \
+  fp_pack((w), (const char[]){FP__EACH(FP__LETTER, __VA_ARGS__), '\0'},        \
+          FP__EACH(FP__ARG, __VA_ARGS__))
+#define FP_PACK_LIST(w, ...)                                                   \
+  fp_pack((w),                                                                 \
+          (const char[]){'[', FP__EACH(FP__LETTER, __VA_ARGS__), ']', '\0'},   \
+          FP__EACH(FP__ARG, __VA_ARGS__))
+#define FP_UNPACK(r, ...)                                                      \
+  fp_unpack((r), (const char[]){FP__EACH(FP__ULETTER, __VA_ARGS__), '\0'},     \
+            __VA_ARGS__)
+
+/* sizeof *p, refusing void pointers (whose sizeof *p would be 1). */
+#define FP__ELEM_SIZE(p)                                                       \
+  _Generic((p), void *: fp__map_needs_typed_arrays(),                          \
+           const void *: fp__map_needs_typed_arrays(), default: sizeof *(p))
+#define FP_MAP(pool, fn, in, n, out, opts)                                     \
+  fp_pool_map((pool), (fn), (in), (n), FP__ELEM_SIZE(in), (out),               \
+              FP__ELEM_SIZE(out), (opts))
+#define FP_MAP_ASYNC(pool, fn, in, n, out, opts, res)                          \
+  fp_pool_map_async((pool), (fn), (in), (n), FP__ELEM_SIZE(in), (out),         \
+                    FP__ELEM_SIZE(out), (opts), (res))
+
+#endif /* C11, not C++ */
+
+/* TYPED_API_END */
 
 #ifdef __cplusplus
 }

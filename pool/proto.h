@@ -27,14 +27,19 @@
 
 /* ---- function references (fnref.c) ---------------------------------- */
 
-/* A function named as (module index in dl_iterate_phdr order, offset from
- * the module's load address), so it stays valid in a process that maps the
- * same binary elsewhere. module == UINT32_MAX: `offset` is the raw address
- * (static binaries without a module list; valid under fork only). */
+/* A function named by the ELF module that holds it and its offset from the
+ * module's load address. The module is identified by its load address and
+ * a hash of its path, GNU build-id and segment layout, so the resolver
+ * finds the same module or none, never another one that took its place in
+ * the module list. kind == UINT32_MAX: `offset` is the raw address of code
+ * outside every module (accepted only inside an executable mapping; valid
+ * under fork only). 32 bytes, fixed layout; see fnref.c. */
 typedef struct fp__fnref {
-  uint32_t module;
-  uint32_t pad;
-  uint64_t offset;
+  uint32_t kind;   /* 0: module + offset; UINT32_MAX: raw address */
+  uint32_t pad;    /* 0 */
+  uint64_t offset; /* from the module's load address, or the raw address */
+  uint64_t base;   /* the module's load address (dlpi_addr); raw: 0 */
+  uint64_t ident;  /* hash of the module's path, build-id, layout; raw: 0 */
 } fp__fnref;
 
 int fp__fnref_make(const void *fn, fp__fnref *out);

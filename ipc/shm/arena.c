@@ -1,7 +1,7 @@
-/* shm_arena.c - the manager's shared-memory arena and its allocator.
+/* arena.c - the manager's shared-memory arena and its allocator.
  *
  * The region is one anonymous shared mapping; struct fp_manager (see
- * shm_arena.h) sits at offset 0 and [heap, size) is carved into chunks.
+ * arena.h) sits at offset 0 and [heap, size) is carved into chunks.
  *
  * Allocator. A request of n bytes gets a chunk of the smallest power-of-two
  * class 2^k >= max(n, 16). Each class has a singly linked free list threaded
@@ -30,12 +30,12 @@
  * The first word of a chunk being freed IS logged: it was reachable.
  *
  * Structure journals (fp__shm_journal) use the same idea one level up; see
- * the protocol in shm_arena.h and jrollback()/jfinish() below.
+ * the protocol in arena.h and jrollback()/jfinish() below.
  *
  * The consistency checker at the end walks the allocator and every object
  * and accounts for every byte of [heap, brk).
  */
-#include "ipc/shm/arena.h"
+#include "ipc/shm/check.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -48,7 +48,7 @@
 
 long fp__shm_crash_countdown;
 
-/* A crash point of the deterministic crash tests (see shm_arena.h). */
+/* A crash point of the deterministic crash tests (see arena.h). */
 #define CRASH_POINT()                                                          \
   do {                                                                         \
     if (fp__shm_crash_countdown > 0 && --fp__shm_crash_countdown == 0)         \
@@ -56,7 +56,7 @@ long fp__shm_crash_countdown;
   } while (0)
 
 /* A compiler barrier: keeps stores in program order in the emitted code,
- * which is all a SIGKILLed process's observers need (see shm_arena.h). */
+ * which is all a SIGKILLed process's observers need (see arena.h). */
 #define BARRIER() atomic_signal_fence(memory_order_seq_cst)
 
 static uint32_t class_of(uint64_t size) {
@@ -67,11 +67,12 @@ static uint32_t class_of(uint64_t size) {
 }
 
 /* Class size of a request (0 when it can never fit). */
-static uint64_t class_bytes(uint64_t size) {
+uint64_t fp__shm_class_bytes(uint64_t size) {
   if (size > FP__SHM_MAX_SIZE)
     return 0;
   return (uint64_t)1 << class_of(size);
 }
+#define class_bytes fp__shm_class_bytes
 
 /* --- allocator undo log ------------------------------------------------ */
 
@@ -135,6 +136,14 @@ static int alock(fp_manager *m) {
 
 static void aunlock(fp_manager *m) {
   pthread_mutex_unlock(&m->mu);
+}
+
+int fp__shm_alock(fp_manager *m) {
+  return alock(m);
+}
+
+void fp__shm_aunlock(fp_manager *m) {
+  aunlock(m);
 }
 
 /* Pops a chunk of class k, splitting a larger free chunk or carving fresh
@@ -593,10 +602,10 @@ int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...) {
 }
 
 /* Marks the granules of one chunk as seen; fails on any overlap. */
-static int claim_range(fp__shm_checker *c, uint64_t off, uint64_t size,
+int fp__shm_claim_range(fp__shm_checker *c, uint64_t off, uint64_t size,
                        const char *what) {
   fp_manager *m = c->m;
-  uint64_t bytes = class_bytes(size), align, g, n;
+  uint64_t bytes = fp__shm_class_bytes(size), align, g, n;
 
   if (bytes == 0)
     return fp__shm_fail(c, "%s: size %llu impossible", what,
@@ -622,9 +631,9 @@ static int claim_range(fp__shm_checker *c, uint64_t off, uint64_t size,
 
 int fp__shm_claim(fp__shm_checker *c, uint64_t off, uint64_t size,
                   const char *what) {
-  c->live_bytes += class_bytes(size);
+  c->live_bytes += fp__shm_class_bytes(size);
   c->live_chunks++;
-  return claim_range(c, off, size, what);
+  return fp__shm_claim_range(c, off, size, what);
 }
 
 int fp__shm_check_value(const void *v, size_t vlen) {
@@ -646,109 +655,4 @@ int fp__shm_check_journal(fp__shm_checker *c, const fp__shm_journal *j) {
     return fp__shm_fail(c, "journal not idle (state %u, %u undo entries)",
                         j->state, j->nundo);
   return 0;
-}
-
-/* Takes and releases every lock of every object so that a structure whose
- * holder died gets repaired, and the allocator's lock likewise. */
-static int settle_all(fp_manager *m) {
-  uint64_t off;
-  int rc;
-
-  if ((rc = alock(m)) != 0)
-    return rc;
-  aunlock(m);
-  /* The registry may change under our feet only if someone else is active,
-   * which the checker's contract excludes. */
-  for (off = m->objects; off != 0;) {
-    fp__shm_obj *o = fp__shm_ptr(m, off);
-    if (o->type == FP__SHM_DICT)
-      rc = fp__shm_dict_settle(o);
-    else if (o->type == FP__SHM_LIST)
-      rc = fp__shm_list_settle(o);
-    if (rc != 0)
-      return rc;
-    off = o->next;
-  }
-  return 0;
-}
-
-int fp__shm_check(fp_manager *m, char *err, size_t errlen) {
-  fp__shm_checker c;
-  uint64_t ngran, nobj = 0, prev = 0;
-  int rc;
-
-  if (err != NULL && errlen > 0)
-    err[0] = '\0';
-  if (m == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
-  if ((rc = settle_all(m)) != 0)
-    return rc;
-  memset(&c, 0, sizeof(c));
-  c.m = m;
-  c.err = err;
-  c.errlen = errlen;
-  if (m->anundo != 0)
-    return fp__shm_fail(&c, "allocator log not empty");
-  if (m->brk < m->heap || m->brk > m->size || m->brk % FP__SHM_PAGE != 0)
-    return fp__shm_fail(&c, "brk %llu out of range",
-                        (unsigned long long)m->brk);
-  ngran = (m->brk - m->heap) / 16;
-  c.bits = calloc(ngran / 64 + 1, 8);
-  if (c.bits == NULL)
-    return FP_ENOMEM;
-
-  /* Free lists: bounded walks (a cycle would claim a chunk twice). */
-  for (uint32_t k = FP__SHM_MIN_SHIFT; k < FP__SHM_NCLASS && rc == 0; k++) {
-    uint64_t off = m->free_head[k];
-    while (off != 0 && rc == 0) {
-      rc = claim_range(&c, off, (uint64_t)1 << k, "free list");
-      c.free_bytes += (uint64_t)1 << k;
-      if (rc == 0)
-        off = *(uint64_t *)fp__shm_ptr(m, off);
-    }
-  }
-
-  /* Objects. */
-  for (uint64_t off = m->objects; off != 0 && rc == 0;) {
-    fp__shm_obj *o;
-    if (off < m->heap || off % 64 != 0 || off + sizeof(*o) > m->brk) {
-      rc = fp__shm_fail(&c, "registry link %llu out of range",
-                        (unsigned long long)off);
-      break;
-    }
-    o = fp__shm_ptr(m, off);
-    if (o->magic != FP__SHM_OBJ_MAGIC(o->type) || o->self != off ||
-        o->prev != prev) {
-      rc = fp__shm_fail(&c, "object at %llu: bad header",
-                        (unsigned long long)off);
-      break;
-    }
-    rc = fp__shm_claim(&c, off, o->size, "object");
-    if (rc == 0 && o->type == FP__SHM_DICT)
-      rc = fp__shm_dict_check(&c, o);
-    else if (rc == 0 && o->type == FP__SHM_LIST)
-      rc = fp__shm_list_check(&c, o);
-    nobj++;
-    prev = off;
-    off = o->next;
-  }
-  if (rc == 0 && nobj != m->nobjects)
-    rc =
-        fp__shm_fail(&c, "registry holds %llu objects, header says %llu",
-                     (unsigned long long)nobj, (unsigned long long)m->nobjects);
-  if (rc == 0 && c.live_bytes != m->used)
-    rc = fp__shm_fail(&c, "live chunks hold %llu bytes, header says %llu",
-                      (unsigned long long)c.live_bytes,
-                      (unsigned long long)m->used);
-  if (rc == 0 && c.live_chunks != m->nlive)
-    rc = fp__shm_fail(&c, "%llu live chunks, header says %llu",
-                      (unsigned long long)c.live_chunks,
-                      (unsigned long long)m->nlive);
-  if (rc == 0 && c.live_bytes + c.free_bytes != m->brk - m->heap)
-    rc = fp__shm_fail(&c, "leak: live %llu + free %llu != carved %llu bytes",
-                      (unsigned long long)c.live_bytes,
-                      (unsigned long long)c.free_bytes,
-                      (unsigned long long)(m->brk - m->heap));
-  free(c.bits);
-  return rc;
 }

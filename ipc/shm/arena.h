@@ -1,4 +1,4 @@
-/* shm_arena.h - the manager's shared-memory arena (internal header).
+/* arena.h - the manager's shared-memory arena (internal header).
  *
  * A manager is one mmap(MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) region. Its
  * header (struct fp_manager) lives at offset 0 of the region, so the
@@ -7,7 +7,7 @@
  * refers to everything else by offset from the base, never by pointer.
  *
  * Memory is handed out by a power-of-two size-class allocator (see
- * shm_arena.c) protected by one robust process-shared mutex. Shared objects
+ * arena.c) protected by one robust process-shared mutex. Shared objects
  * (dict, list, counter, lock, array) start with an fp__shm_obj header and
  * are linked into a registry so the consistency checker can walk them all.
  *
@@ -84,7 +84,7 @@ enum { FP__J_IDLE = 0, FP__J_ACTIVE = 1, FP__J_COMMITTED = 2 };
 
 /* A structure's journal. Invariant while the owning lock is free: state is
  * IDLE, nundo is 0 and every slot is 0. See the file header for the
- * protocol; shm_arena.c implements it. */
+ * protocol; arena.c implements it. */
 typedef struct fp__shm_journal {
   uint32_t state;
   uint32_t nundo;
@@ -224,6 +224,14 @@ FP__SHM_HIDDEN void fp__shm_jabort(fp_manager *m, fp__shm_journal *j);
 /* Repairs a journal left by a dead holder (rolls back or forward). */
 FP__SHM_HIDDEN void fp__shm_repair(fp_manager *m, fp__shm_journal *j);
 
+/* Class bytes of a request of `size` bytes (0 when it can never fit). */
+FP__SHM_HIDDEN uint64_t fp__shm_class_bytes(uint64_t size);
+
+/* The allocator's lock, for the checker: taking it repairs an allocator
+ * step whose process died. Returns 0 or a negative errno. */
+FP__SHM_HIDDEN int fp__shm_alock(fp_manager *m);
+FP__SHM_HIDDEN void fp__shm_aunlock(fp_manager *m);
+
 /* Validates a value to be stored: exactly one well-formed encoded value.
  * Returns 0, FP_EINVAL (NULL), FP_EMSGSIZE (over 4 GiB) or FP_EPROTO. */
 FP__SHM_HIDDEN int fp__shm_check_value(const void *v, size_t vlen);
@@ -247,50 +255,5 @@ static inline void fp__shm_put_le64(unsigned char *p, int64_t x) {
  * a journal, every step of a repair). 0 (the default) disables it. Process
  * local, not shared. */
 FP__SHM_HIDDEN extern long fp__shm_crash_countdown;
-
-/* --- consistency checker ---------------------------------------------- */
-
-/* State of one check run: a bitmap of 16-byte granules of [heap, brk)
- * already claimed by a free chunk or a live chunk. */
-typedef struct fp__shm_checker {
-  fp_manager *m;
-  uint64_t *bits;
-  uint64_t free_bytes; /* class bytes in free lists */
-  uint64_t live_bytes; /* class bytes reachable from objects */
-  uint64_t live_chunks;
-  char *err;
-  size_t errlen;
-} fp__shm_checker;
-
-/* Claims the live chunk at off of `size` requested bytes for the walk and
- * counts it as live. Returns 0
- * or FP_EPROTO (out of range, misaligned, overlapping another chunk) with a
- * message in the checker. */
-FP__SHM_HIDDEN int fp__shm_claim(fp__shm_checker *c, uint64_t off,
-                                 uint64_t size, const char *what);
-FP__SHM_HIDDEN int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...)
-    FP_PRINTF(2, 3);
-
-/* Per-type walkers called by fp__shm_check (after the object's own chunk
- * was claimed): claim every chunk the object owns and verify its
- * invariants. Return 0 or FP_EPROTO. */
-FP__SHM_HIDDEN int fp__shm_dict_check(fp__shm_checker *c, fp__shm_obj *o);
-FP__SHM_HIDDEN int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o);
-FP__SHM_HIDDEN int fp__shm_check_journal(fp__shm_checker *c,
-                                         const fp__shm_journal *j);
-
-/* Per-type "take and release every lock" hooks, used by fp__shm_check to
- * make each lock repair what a dead holder left. */
-FP__SHM_HIDDEN int fp__shm_dict_settle(fp__shm_obj *o);
-FP__SHM_HIDDEN int fp__shm_list_settle(fp__shm_obj *o);
-
-/* Full consistency check of a manager: settles every lock (repairing
- * structures whose holder died), then walks the allocator's free lists and
- * every object, claiming each chunk exactly once, and verifies that free
- * plus live chunks account for every byte of [heap, brk) (no leak, no
- * overlap) and that the counters in the header agree. Call it only while
- * no other process uses the manager. Returns 0, or FP_EPROTO with a
- * description in err (may be NULL), or FP_ENOMEM for its own bitmap. */
-FP__SHM_HIDDEN int fp__shm_check(fp_manager *m, char *err, size_t errlen);
 
 #endif /* FP_IPC_SHM_ARENA_H */

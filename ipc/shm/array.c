@@ -1,4 +1,4 @@
-/* shm_array.c - the manager's raw shared arrays.
+/* array.c - the manager's raw shared arrays.
  *
  * An array is one arena object: the 64-byte object header, a 64-byte
  * descriptor (its size), then the zero-filled bytes, 64-byte aligned so

@@ -1,4 +1,4 @@
-/* shm_dict.c - the manager's shared dict: byte-string keys -> codec values.
+/* dict.c - the manager's shared dict: byte-string keys -> codec values.
  *
  * A dict is one arena object holding 32 stripes. A key's 64-bit hash picks
  * its stripe (top 5 bits) and its home bucket inside the stripe (low bits).
@@ -20,7 +20,7 @@
  * from exactly one bucket, sits in the probe sequence of its hash, and no
  * two nodes hold equal keys; the journal is idle.
  *
- * Every mutation follows the journal protocol of shm_arena.h: new nodes
+ * Every mutation follows the journal protocol of arena.h: new nodes
  * and new bucket tables are allocated into the journal's alloc slots and
  * filled while unreachable; then the few reachable words (a bucket, count,
  * tombs, buckets/cap) are changed through the undo log; the replaced node
@@ -31,7 +31,7 @@
  * the undo log instead of allocating a node, which keeps fp_dict_add_int
  * allocation-free.
  */
-#include "ipc/shm/arena.h"
+#include "ipc/shm/check.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -200,7 +200,7 @@ static int reserve_one(fp_manager *m, stripe *s) {
     return 0;
   while (ncap < (s->count + 1) * 2)
     ncap *= 2;
-  s->j.alloc_size[1] = ncap * 8; /* before the slot: see shm_arena.h */
+  s->j.alloc_size[1] = ncap * 8; /* before the slot: see arena.h */
   if ((rc = fp__shm_alloc_slot(m, &s->j.alloc[1], ncap * 8)) != 0)
     return rc;
   nb = fp__shm_ptr(m, s->j.alloc[1]);
@@ -232,7 +232,7 @@ static int make_node(fp_manager *m, stripe *s, const void *key, size_t klen,
   node *nd;
   int rc;
 
-  s->j.alloc_size[0] = size; /* before the slot: see shm_arena.h */
+  s->j.alloc_size[0] = size; /* before the slot: see arena.h */
   if ((rc = fp__shm_alloc_slot(m, &s->j.alloc[0], size)) != 0)
     return rc;
   nd = node_at(m, s->j.alloc[0]);

@@ -1,4 +1,4 @@
-/* shm_list.c - the manager's shared list of codec values.
+/* list.c - the manager's shared list of codec values.
  *
  * A list is one arena object with one robust process-shared mutex, a
  * journal, and a table of item offsets:
@@ -10,7 +10,7 @@
  * holding exactly one encoded value; slots at and past len are garbage;
  * the journal is idle.
  *
- * Mutations follow the journal protocol of shm_arena.h. append fills the
+ * Mutations follow the journal protocol of arena.h. append fills the
  * new value chunk and the slot at items[len] while they are unreachable,
  * then publishes both by one logged store of len (growing the table first,
  * if needed, by building a bigger copy and publishing items/cap). set
@@ -19,7 +19,7 @@
  * copy of the table without that slot (a shift in place could not be
  * undone from a small log). clear detaches the table and releases it deep.
  */
-#include "ipc/shm/arena.h"
+#include "ipc/shm/check.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +96,7 @@ static int make_value(fp_manager *m, fp_list *l, const void *val, size_t vlen) {
   value *v;
   int rc;
 
-  l->j.alloc_size[0] = size; /* before the slot: see shm_arena.h */
+  l->j.alloc_size[0] = size; /* before the slot: see arena.h */
   if ((rc = fp__shm_alloc_slot(m, &l->j.alloc[0], size)) != 0)
     return rc;
   v = value_at(m, l->j.alloc[0]);

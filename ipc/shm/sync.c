@@ -1,4 +1,4 @@
-/* shm_sync.c - the manager's counter and lock.
+/* sync.c - the manager's counter and lock.
  *
  * A counter is an arena object holding one 8-byte aligned _Atomic int64_t;
  * every call is a single C11 atomic operation (sequentially consistent), so
