@@ -35,7 +35,7 @@
  * mapped and a cached reference still names the module now at that
  * address.
  */
-#include "pool/pool_int.h"
+#include "pool/proto.h"
 
 #include <elf.h>
 #include <fcntl.h>

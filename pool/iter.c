@@ -1,0 +1,306 @@
+/* iter.c - iterators (CPython's IMapIterator): next, free, the producer.
+ *
+ * An iterator owns the chunks job.c hands it. An ordered iterator keeps
+ * completed chunks in a ring indexed by chunk number; an unordered one in
+ * completion order. fp_iter_next() hands out one item at a time from the
+ * current chunk. A producer-fed iterator never has more than `readahead`
+ * items produced and not yet consumed, so its memory is bounded however
+ * long the input is: the producer runs on the consumer's thread, inside
+ * fp_iter_next(), without any lock held.
+ */
+#include "pool/pool_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
+  fp_iter *it = calloc(1, sizeof(*it));
+  if (it == NULL)
+    return NULL;
+  pthread_mutex_init(&it->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&it->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  it->refs = 2;
+  it->ordered = ordered;
+  it->pool = pool;
+  it->last_index = -1;
+  return it;
+}
+
+/* ---- the producer ------------------------------------------------------- */
+
+/* Reads up to it->chunksize items from the producer into w. Returns 0
+ * (*count items; the producer may have ended) or a negative error. */
+static int produce_chunk(fp_iter *it, fp_writer *w, size_t room,
+                         uint32_t *count) {
+  *count = 0;
+  while (*count < it->chunksize) {
+    size_t before = w->len;
+    int rc = it->producer(it->parg, w);
+    if (rc == 0) {
+      it->producer_done = 1;
+      return 0;
+    }
+    if (rc < 0)
+      return rc;
+    size_t nv = 0;
+    if (w->err || w->depth ||
+        fp_values_count(w->data + before, w->len - before, &nv) != 0 ||
+        nv != 1)
+      return FP_EPROTO;
+    if (w->len - before > room)
+      return FP_EMSGSIZE;
+    (*count)++;
+    if (w->len > room / 2)
+      return 0;
+  }
+  return 0;
+}
+
+/* Queues a produced chunk (pool->mu held). Takes w's buffer. */
+static void queue_chunk_locked(fp_pool *pool, fp_iter *it, fp__job *job,
+                               fp__chunk *ch, fp_writer *w, uint32_t count) {
+  ch->job = job;
+  ch->number = job->nchunks++;
+  ch->start = it->produced;
+  ch->count = count;
+  ch->owned_items = w->data;
+  ch->owned_cap = w->cap;
+  ch->items = w->data;
+  ch->items_len = w->len;
+  ch->seq = ++pool->next_seq;
+  job->n_items += count;
+  fp__sched_enqueue_locked(pool, ch);
+  it->produced += count;
+}
+
+/* Produces one chunk and queues it. Returns 1 to go on, 0 when done, or a
+ * negative error that ends the iteration. */
+static int fill_one(fp_iter *it, fp_pool *pool) {
+  fp__chunk *ch = calloc(1, sizeof(*ch));
+  if (ch == NULL)
+    return FP_ENOMEM;
+  ch->heap = 1;
+  fp_writer w;
+  fp_writer_init(&w);
+  uint32_t count;
+  int rc = produce_chunk(it, &w, pool->max_frame - FP__FRAME_OVERHEAD,
+                         &count);
+  fp__pool_lock(pool);
+  fp__job *job = it->job;
+  if (rc < 0 || job == NULL || job->finished || count == 0) {
+    if (rc < 0) {
+      it->producer_done = 1;
+      if (job)
+        fp__sched_cancel_job_locked(pool, job, rc, -1,
+                                    "the imap producer failed", 1);
+    }
+    fp_writer_free(&w);
+    free(ch);
+  } else {
+    queue_chunk_locked(pool, it, job, ch, &w, count);
+  }
+  if (rc >= 0 && job && !job->finished && it->producer_done) {
+    job->input_done = 1;
+    fp__progress_set_total(job->pg, job->n_items);
+    fp__job_maybe_finish_locked(&pool->jobs, job);
+  }
+  fp__sched_dispatch_locked(pool);
+  int more = job != NULL && !job->finished && !it->producer_done;
+  fp__pool_unlock(pool);
+  return rc < 0 ? rc : more;
+}
+
+int fp__iter_fill(fp_iter *it) {
+  for (;;) {
+    pthread_mutex_lock(&it->mu);
+    fp_pool *pool = it->pool;
+    int64_t consumed = it->consumed;
+    pthread_mutex_unlock(&it->mu);
+    if (it->producer_done || pool == NULL ||
+        it->produced - consumed >= (int64_t)it->readahead)
+      return 0;
+    int rc = fill_one(it, pool);
+    if (rc <= 0)
+      return rc;
+  }
+}
+
+/* ---- consuming ---------------------------------------------------------- */
+
+/* Takes the next deliverable chunk (it->mu held), or NULL. */
+static fp__chunk *next_chunk_locked(fp_iter *it) {
+  fp__chunk *ch = NULL;
+  if (it->dhead) {
+    ch = it->dhead;
+    it->dhead = ch->dnext;
+    if (!it->dhead)
+      it->dtail = NULL;
+    return ch;
+  }
+  if (it->ordered && it->done_cap) {
+    size_t pos = it->next_num & (it->done_cap - 1);
+    ch = it->done_by_num[pos];
+    if (ch && ch->number == it->next_num) {
+      it->done_by_num[pos] = NULL;
+      it->next_num++;
+      return ch;
+    }
+  }
+  return NULL;
+}
+
+/* Hands out the next item of the current chunk (it->mu held): its value in
+ * *item and 0, or its failure code. */
+static int take_item_locked(fp_iter *it, fp_reader *item) {
+  fp__chunk *cur = it->cur;
+  int64_t idx = cur->start + it->cur_pos;
+  const void *p = NULL;
+  size_t len = 0;
+  it->cur_pos++;
+  it->consumed++;
+  it->last_index = idx;
+  if (fp_read_span(&it->cur_rd, &p, &len) != 0) {
+    p = NULL;
+    len = 0;
+  }
+  while (it->cur_err < cur->nerr && cur->errs[it->cur_err].index < idx)
+    it->cur_err++;
+  if (it->cur_err < cur->nerr && cur->errs[it->cur_err].index == idx) {
+    fp__item_err *e = &cur->errs[it->cur_err];
+    snprintf(it->msg, sizeof(it->msg), "%s", e->msg ? e->msg : "");
+    fp_reader_init(item, NULL, 0);
+    return e->code;
+  }
+  it->msg[0] = 0; /* the message belongs to the last item returned */
+  fp_reader_init(item, p, len);
+  return 0;
+}
+
+/* Moves to the next completed chunk (it->mu held). Returns 1 when there
+ * is one, 0 when none is ready. */
+static int advance_chunk_locked(fp_iter *it) {
+  if (it->cur != NULL) {
+    fp__chunk_free(it->cur);
+    it->cur = NULL;
+  }
+  fp__chunk *ch = next_chunk_locked(it);
+  if (ch == NULL)
+    return 0;
+  it->cur = ch;
+  it->cur_pos = 0;
+  it->cur_err = 0;
+  fp_reader_init(&it->cur_rd, ch->res, ch->res_len);
+  return 1;
+}
+
+/* The end of the iteration (it->mu held): FP_EOF, or a job-level failure
+ * (terminate, producer error), reported once. */
+static int finish_code_locked(fp_iter *it) {
+  int rc = FP_EOF;
+  if (it->final_code) {
+    rc = it->final_code;
+    snprintf(it->msg, sizeof(it->msg), "%s",
+             it->final_msg ? it->final_msg : fp_strerror(rc));
+    it->final_code = 0;
+  }
+  return rc;
+}
+
+static int something_ready_locked(fp_iter *it) {
+  return it->dhead || it->finished ||
+         (it->ordered && it->done_cap &&
+          it->done_by_num[it->next_num & (it->done_cap - 1)]);
+}
+
+int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
+  if (it == NULL || item == NULL || !fp__timeout_ok(timeout))
+    return FP_EINVAL;
+  /* A producer error cancels the job; the iteration then hands out what
+   * had completed and reports the error once, at its end. */
+  if (it->producer && !it->producer_done)
+    fp__iter_fill(it);
+  struct timespec ts;
+  int timed = timeout > 0 && fp__deadline_ts(fp__deadline_ns(timeout), &ts);
+  pthread_mutex_lock(&it->mu);
+  for (;;) {
+    if (it->cur != NULL && it->cur_pos < it->cur->count) {
+      int rc = take_item_locked(it, item);
+      pthread_mutex_unlock(&it->mu);
+      return rc;
+    }
+    if (advance_chunk_locked(it))
+      continue;
+    if (it->finished) {
+      int rc = finish_code_locked(it);
+      pthread_mutex_unlock(&it->mu);
+      fp_reader_init(item, NULL, 0);
+      return rc;
+    }
+    if (it->producer && !it->producer_done &&
+        it->produced - it->consumed < (int64_t)it->readahead) {
+      pthread_mutex_unlock(&it->mu);
+      fp__iter_fill(it);
+      pthread_mutex_lock(&it->mu);
+      continue;
+    }
+    int expired = timeout == 0;
+    if (!expired && !timed)
+      pthread_cond_wait(&it->cond, &it->mu);
+    else if (!expired &&
+             pthread_cond_timedwait(&it->cond, &it->mu, &ts) != 0)
+      expired = !something_ready_locked(it);
+    if (expired) {
+      pthread_mutex_unlock(&it->mu);
+      return FP_ETIMEDOUT;
+    }
+  }
+}
+
+int64_t fp_iter_index(const fp_iter *it) {
+  return it ? it->last_index : -1;
+}
+
+const char *fp_iter_error(const fp_iter *it) {
+  return it ? it->msg : "";
+}
+
+/* Drops every chunk the iterator holds (it->mu held). */
+static void drop_chunks_locked(fp_iter *it) {
+  fp__chunk_free(it->cur);
+  it->cur = NULL;
+  for (fp__chunk *ch = it->dhead, *n; ch; ch = n) {
+    n = ch->dnext;
+    fp__chunk_free(ch);
+  }
+  it->dhead = it->dtail = NULL;
+  for (size_t i = 0; i < it->done_cap; i++) {
+    fp__chunk_free(it->done_by_num[i]);
+    it->done_by_num[i] = NULL;
+  }
+}
+
+void fp_iter_free(fp_iter *it) {
+  if (it == NULL)
+    return;
+  pthread_mutex_lock(&it->mu);
+  fp_pool *pool = it->pool; /* NULL once the job finished */
+  pthread_mutex_unlock(&it->mu);
+  if (pool != NULL && !fp__pool_foreign(pool)) {
+    fp__pool_lock(pool);
+    if (it->job != NULL)
+      fp__sched_cancel_job_locked(pool, it->job, FP_ECANCELED, -1,
+                                  "the iterator was freed", 1);
+    fp__pool_unlock(pool);
+  }
+  pthread_mutex_lock(&it->mu);
+  drop_chunks_locked(it);
+  int left = --it->refs;
+  pthread_mutex_unlock(&it->mu);
+  if (left == 0)
+    fp__iter_destroy(it);
+}

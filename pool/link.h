@@ -1,0 +1,147 @@
+/* link.h - the seam between the scheduler and "a worker it can reach".
+ *
+ * The scheduler (pool.c, sched.c, deaths.c, job.c) knows workers only as
+ * slots 0..nworkers-1 of a link. It never touches a socket, a ring, a pid
+ * table or a fork server: it calls the operations below and hears back
+ * through the events it registered, the way Redis's ae.c reaches epoll or
+ * kqueue through a handful of aeApi* calls and libuv's thread pool hands
+ * work back through a `done` callback.
+ *
+ * Implementations:
+ *   local/   fork server + one socket per worker + a shared-memory result
+ *            ring per worker (link_local.c)
+ *
+ * Threads and locking. The link is driven by the pool's libuv loop (the
+ * pool thread) and by user threads that submit work. Every operation but
+ * open() and free() is called with the owner's lock held (pool->mu; the
+ * link never takes it by itself). Events come only from the pool thread:
+ * the link calls ev->enter() before it touches its own state from a loop
+ * callback (that takes the owner's lock), then any number of events, then
+ * ev->leave() (which releases the lock and runs what the scheduler
+ * deferred, such as result callbacks). So link state is guarded by the
+ * owner's lock, and events arrive with it held.
+ *
+ * Life of a slot: spawn() -> started(pid) -> ready() -> any number of
+ * send()/result() -> exited(pid, status). A successful spawn() is answered
+ * by exactly one of start_failed() (no process was made, or it could not
+ * be reached) or started(); every started() is followed by exactly one
+ * exited(), after the link has delivered every result the worker wrote
+ * before dying. After lost(), no slot can be spawned again.
+ */
+#ifndef FP_POOL_LINK_H
+#define FP_POOL_LINK_H
+
+#include "pool/proto.h"
+
+#include <sys/types.h>
+#include <uv.h>
+
+/* Most task frames one send() takes (and a worker holds at once). */
+#define FP__LINK_MAX_BATCH 8
+
+typedef struct fp__link fp__link;
+
+/* One task frame to send: the header (filled by the scheduler) and the
+ * chunk's items, which the link copies or writes before send() returns. */
+typedef struct fp__task_out {
+  fp__task_hdr hdr;
+  const unsigned char *items;
+  size_t items_len;
+} fp__task_out;
+
+/* The buffer a result payload lies in, when the scheduler may keep it
+ * instead of copying the payload out: it takes the buffer by copying base
+ * and cap and setting base to NULL (then frees it with fp__free(base,
+ * cap)). */
+typedef struct fp__rbuf {
+  unsigned char *base;
+  size_t cap;
+} fp__rbuf;
+
+/* What a worker is running now, as it published it (deaths.c blames the
+ * item on a crash and enforces time limits with it). */
+typedef struct fp__running {
+  uint64_t seq;       /* chunk running, 0 when idle */
+  int64_t item;       /* item index running */
+  int64_t started_ns; /* fp__now_ns() when that item started; 0 unknown */
+  int cpu;            /* CPU of the last chunk, -1 unknown */
+} fp__running;
+
+/* Where a link reports. Every callback gets ctx first. */
+typedef struct fp__link_events {
+  void *ctx;
+  void (*enter)(void *ctx); /* takes the owner's lock */
+  void (*leave)(void *ctx); /* releases it, runs deferred work */
+  /* A process exists for slot (pid; for remote links, a local pid of
+   * the remote end or 0). */
+  void (*started)(void *ctx, int slot, pid_t pid);
+  /* Its initializer ran: it takes work now. */
+  void (*ready)(void *ctx, int slot);
+  /* A RESULT payload (starting with fp__res_hdr). payload stays valid
+   * until the callback returns; keep, when not NULL, lets the scheduler
+   * take the buffer (see fp__rbuf). */
+  void (*result)(void *ctx, int slot, const unsigned char *payload,
+                 size_t len, fp__rbuf *keep);
+  /* The worker says it leaves after maxtasksperchild chunks. */
+  void (*retired)(void *ctx, int slot);
+  /* The worker broke the protocol (a malformed or unknown frame, a
+   * corrupt ring): the scheduler kills it. */
+  void (*violation)(void *ctx, int slot, const char *what);
+  /* The process is gone: wait status, as waitpid() gives it. */
+  void (*exited)(void *ctx, int slot, pid_t pid, int status);
+  /* A spawn() could not make a reachable worker; err is -errno or FP_*. */
+  void (*start_failed)(void *ctx, int slot, int err);
+  /* The link can make no more workers (its fork server died). Every live
+   * slot has had its exited() before this. */
+  void (*lost)(void *ctx);
+} fp__link_events;
+
+typedef struct fp__link_ops {
+  const char *name;
+  /* Creates the link for cfg->nworkers slots (the local link forks its
+   * fork server here, before the pool thread exists). ev is copied.
+   * Returns 0 and *out, or -errno / FP_ENOMEM; nothing is left behind on
+   * failure. Called without any lock. */
+  int (*open)(fp__link **out, const fp__wconf *cfg,
+              const fp__link_events *ev);
+  /* Registers the link's handles on the pool thread's loop (called once,
+   * before the pool thread starts). Returns 0 or a negative code. */
+  int (*start)(fp__link *l, uv_loop_t *loop);
+  /* Asks for a worker process in slot (which has none). Returns 0 (an
+   * answer follows, see above) or a negative code (none will). */
+  int (*spawn)(fp__link *l, int slot);
+  /* 1 when slot's worker can take frames now (ready, alive, nothing of an
+   * earlier send still unwritten), else 0. */
+  int (*can_send)(fp__link *l, int slot);
+  /* Sends n (<= FP__LINK_MAX_BATCH) task frames to slot's worker, in
+   * order. Returns 0 when they are written or queued for the pool thread
+   * to finish; on any other outcome the link kills the worker itself (its
+   * exited() follows) and returns the error, so a worker that cannot be
+   * fed never sits idle holding chunks. */
+  int (*send)(fp__link *l, int slot, const fp__task_out *t, int n);
+  /* Sends sig to slot's current process, if it is still the one started.
+   * Returns 0, or FP_EINVAL when the slot has no process. */
+  int (*kill)(fp__link *l, int slot, int sig);
+  /* Fills *out with what slot's worker runs. Returns 0, or FP_EINVAL
+   * when the slot has no process. */
+  int (*running)(fp__link *l, int slot, fp__running *out);
+  /* No more work for slot: its worker may leave once it finished what it
+   * holds (the local link closes the write side of its socket). */
+  void (*finish)(fp__link *l, int slot);
+  /* Closes the link's loop handles (pool thread, at shutdown), so the
+   * loop can end; workers still alive are left to free(). */
+  void (*close)(fp__link *l);
+  /* After the loop ended: ends every process the link made (the local
+   * link closes its fork server's socket and reaps it) and frees l.
+   * Called without any lock. */
+  void (*free)(fp__link *l);
+} fp__link_ops;
+
+/* Every implementation's state starts with this. */
+struct fp__link {
+  const fp__link_ops *ops;
+};
+
+extern const fp__link_ops fp__link_local;
+
+#endif

@@ -1,0 +1,769 @@
+/* link_local.c - the local link: a fork server, a socket and a result ring
+ * per worker (the master's side; see link.h for the interface).
+ *
+ * open() maps the shared memory (a published-state slot and a result ring
+ * per worker, local.h) and forks the fork server, which forks every worker
+ * on request. The master talks to the fork server over one SOCK_SEQPACKET
+ * socket (SPAWN/KILL out; SPAWNED with the worker's socket, EXITED,
+ * FAILED back) and to each worker over its own stream socket: task frames
+ * out; READY, large RESULTs, RETIRE and KICKs back. Small results come
+ * through the worker's ring; prepare/check hooks around every poll of the
+ * loop drain the rings, and tell workers (master_idle) when the loop is
+ * about to sleep so that they kick it.
+ *
+ * Every SPAWN is answered by exactly one of: SPAWNED (then, later, one
+ * EXITED) or FAILED. A worker whose socket cannot be taken here (the
+ * descriptor table is full, say) is killed and reported start_failed();
+ * its EXITED is then swallowed. When the fork server dies, every live
+ * worker dies with it (PR_SET_PDEATHSIG): each gets its exited(), then
+ * lost() says no worker can be made again.
+ */
+#include "pool/link.h"
+#include "pool/local/local.h"
+#include "ipc/wire/alloc.h"
+#include "ipc/wire/frame.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Frames at least this big that start the read buffer are handed to the
+ * scheduler with the buffer itself instead of being copied out of it. */
+#define KEEP_MIN (64 * 1024)
+
+typedef struct llink llink;
+
+typedef struct conn {
+  uv_poll_t poll;        /* must stay first: handle -> conn */
+  llink *l;
+  int slot;
+  int fd;
+  int eof;               /* nothing more to read (or write) */
+  int closing;
+  int events;            /* current uv_poll events */
+  unsigned char *in;     /* read buffer */
+  size_t in_len, in_cap;
+  unsigned char *out;    /* unsent bytes of the last send */
+  size_t out_len, out_off, out_cap;
+} conn;
+
+typedef struct lslot {
+  conn *c;               /* current worker's socket, NULL when none */
+  pid_t pid;             /* current worker, 0 when none */
+  pid_t discard_pid;     /* killed at start: swallow its EXITED */
+  int spawning;          /* SPAWN sent, no answer yet */
+  int ready;
+} lslot;
+
+struct llink {
+  fp__link base;
+  fp__link_events ev;
+  fp__wconf cfg;         /* the fork server reads this copy */
+  fp__local_shm *shm;
+  size_t shm_len;
+  lslot *slots;
+  pid_t fs_pid;
+  int fs_fd;             /* master end of the control socket */
+  int started;           /* loop handles initialised */
+  int lost;              /* the fork server is gone */
+  uv_loop_t *loop;
+  uv_poll_t fs_poll;
+  uv_prepare_t prep;     /* before each poll: master_idle, ring check */
+  uv_check_t chk;        /* after each poll: drain the rings */
+  uv_idle_t spin;        /* keeps the poll from blocking while rings fill */
+  uv_async_t flush;      /* a user thread left bytes to send */
+};
+
+#define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
+
+static void conn_on_io(uv_poll_t *h, int status, int events);
+
+/* ---- the control socket ---------------------------------------------------- */
+
+static int fs_send(llink *l, int op, int slot, int pid, int arg) {
+  fp__fs_msg m = {op, slot, pid, arg};
+  if (l->fs_fd < 0 || l->lost)
+    return FP_EPIPE;
+  for (;;) {
+    ssize_t n = send(l->fs_fd, &m, sizeof(m), MSG_NOSIGNAL);
+    if (n == (ssize_t)sizeof(m))
+      return 0;
+    if (n < 0 && errno == EINTR)
+      continue;
+    return n < 0 ? -errno : FP_EPROTO;
+  }
+}
+
+/* ---- worker sockets ---------------------------------------------------------- */
+
+static void conn_set_events(conn *c, int events) {
+  if (c->closing || c->events == events)
+    return;
+  c->events = events;
+  if (events)
+    uv_poll_start(&c->poll, events, conn_on_io);
+  else
+    uv_poll_stop(&c->poll);
+}
+
+static void conn_closed(uv_handle_t *h) {
+  conn *c = (conn *)h;
+  fp__free(c->in, c->in_cap);
+  fp__free(c->out, c->out_cap);
+  free(c);
+}
+
+static void conn_close(conn *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  fp__fdreg_del(c->fd);
+  close(c->fd);
+  uv_close((uv_handle_t *)&c->poll, conn_closed);
+}
+
+/* Hands one RESULT frame at the start of c->in to the scheduler, letting
+ * it keep the whole read buffer when the frame is large. What followed
+ * the frame is saved first: the scheduler may free the buffer before the
+ * event returns (a blocking call streams its results out at once). Returns
+ * the offset in c->in where the unread bytes start now. */
+static size_t deliver_result(conn *c, size_t off, const unsigned char *p,
+                             size_t plen) {
+  llink *l = c->l;
+  unsigned char *nb = NULL;
+  size_t rest = 0, cap = 0;
+  fp__rbuf keep = {NULL, 0};
+  if (off == FP__FRAME_HDR + plen && plen >= KEEP_MIN) {
+    rest = c->in_len - off;
+    cap = rest > FP__FRAME_READ_MIN ? rest : FP__FRAME_READ_MIN;
+    if ((nb = fp__alloc(cap)) != NULL) {
+      memcpy(nb, c->in + off, rest);
+      keep = (fp__rbuf){c->in, c->in_cap};
+    }
+  }
+  EV(l, result, c->slot, p, plen, nb ? &keep : NULL);
+  if (nb != NULL && keep.base == NULL) { /* the scheduler kept it */
+    c->in = nb;
+    c->in_cap = cap;
+    c->in_len = rest;
+    return 0;
+  }
+  fp__free(nb, cap);
+  return off;
+}
+
+static void ring_drain(llink *l, int slot);
+
+/* Handles one message of a worker. */
+static void conn_message(conn *c, const unsigned char *p, size_t plen) {
+  llink *l = c->l;
+  lslot *s = &l->slots[c->slot];
+  switch (plen > 0 ? p[0] : 0) {
+  case FP__MSG_READY:
+    if (!s->ready) {
+      s->ready = 1;
+      EV(l, ready, c->slot);
+    }
+    break;
+  case FP__MSG_RETIRE:
+    EV(l, retired, c->slot);
+    break;
+  case FP__MSG_KICK:
+    ring_drain(l, c->slot); /* the results are in the ring */
+    break;
+  default:
+    EV(l, violation, c->slot, "unknown message");
+  }
+}
+
+/* Handles every complete frame in the connection's read buffer. */
+static void conn_process(conn *c) {
+  size_t off = 0;
+  while (!c->closing && c->in_len - off >= FP__FRAME_HDR) {
+    size_t plen;
+    int rc = fp_frame_parse(c->in + off, c->in_len - off, c->l->cfg.max_frame,
+                            &plen);
+    if (rc == 1)
+      break;
+    if (rc < 0) {
+      EV(c->l, violation, c->slot, "over-long frame");
+      c->eof = 1;
+      off = c->in_len;
+      break;
+    }
+    const unsigned char *p = c->in + off + FP__FRAME_HDR;
+    off += FP__FRAME_HDR + plen;
+    if (plen > 0 && p[0] == FP__MSG_RESULT)
+      off = deliver_result(c, off, p, plen);
+    else
+      conn_message(c, p, plen);
+  }
+  if (off > 0 && c->in != NULL) {
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+  }
+}
+
+/* Reads what the socket has. Returns 0, or 1 at EOF/error. */
+static int conn_read(conn *c) {
+  for (;;) {
+    /* Size the buffer for the frame being received, so a large frame is
+     * read straight into place instead of through many small copies. */
+    size_t need = fp__frame_want(c->in, c->in_len, c->l->cfg.max_frame);
+    if (need > c->in_cap) {
+      unsigned char *nb = fp__realloc(c->in, c->in_cap, need);
+      if (nb == NULL)
+        return 1;
+      c->in = nb;
+      c->in_cap = need;
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len,
+                     MSG_DONTWAIT);
+    if (n > 0) {
+      size_t space = c->in_cap - c->in_len;
+      c->in_len += (size_t)n;
+      conn_process(c);
+      /* A short read drained the socket: the level-triggered poll says
+       * when more arrives, so skip the recv that would say EAGAIN. */
+      if ((size_t)n < space || c->eof)
+        return c->eof;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : 1;
+  }
+}
+
+static void conn_flush(conn *c) {
+  while (c->out_len > c->out_off) {
+    ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c->out_off += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return;
+    c->eof = 1; /* broken: the worker is dying */
+    break;
+  }
+  fp__free(c->out, c->out_cap);
+  c->out = NULL;
+  c->out_cap = c->out_len = c->out_off = 0;
+  conn_set_events(c, c->eof ? 0 : UV_READABLE | UV_DISCONNECT);
+}
+
+static void conn_on_io(uv_poll_t *h, int status, int events) {
+  conn *c = (conn *)h;
+  llink *l = c->l;
+  l->ev.enter(l->ev.ctx);
+  if (!c->closing) {
+    ring_drain(l, c->slot);
+    if (events & UV_WRITABLE)
+      conn_flush(c);
+    if (!c->closing && (status < 0 || (events & (UV_READABLE | UV_DISCONNECT))) &&
+        (conn_read(c) != 0 || status < 0)) {
+      /* EOF: the worker is gone or going; its EXITED report decides. */
+      c->eof = 1;
+      conn_set_events(c, 0);
+    }
+  }
+  l->ev.leave(l->ev.ctx);
+}
+
+/* ---- result rings ------------------------------------------------------------ */
+
+/* Hands every result published in slot's ring to the scheduler. */
+static void ring_drain(llink *l, int slot) {
+  fp__ring *r = &l->shm->rings[slot];
+  uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+  const unsigned char *p;
+  size_t len;
+  int rc;
+  while ((rc = fp__ring_next(r, &pos, &p, &len)) == 1) {
+    if (len > 0 && p[0] == FP__MSG_RESULT)
+      EV(l, result, slot, p, len, NULL);
+    else
+      EV(l, violation, slot, "unexpected message in the result ring");
+  }
+  if (rc < 0) {
+    /* A worker that corrupts its ring is killed like one that sends
+     * nonsense on its socket; what it wrote is dropped. */
+    EV(l, violation, slot, "corrupt result ring");
+    pos = atomic_load_explicit(&r->tail, memory_order_acquire);
+  }
+  /* The scheduler copied what it keeps: the space can be reused. */
+  fp__ring_release(r, pos);
+}
+
+static int rings_pending(llink *l) {
+  for (int i = 0; i < l->cfg.nworkers; i++)
+    if (fp__ring_pending(&l->shm->rings[i]))
+      return 1;
+  return 0;
+}
+
+static void idle_noop(uv_idle_t *h) {
+  (void)h;
+}
+
+/* Before the loop sleeps: tell workers to kick, then look at the rings
+ * once more (a result published before the flag was seen would otherwise
+ * wait for the next event). */
+static void on_prepare(uv_prepare_t *h) {
+  llink *l = h->data;
+  atomic_store(&l->shm->master_idle, 1); /* seq_cst, as the tail */
+  if (rings_pending(l)) {
+    atomic_store(&l->shm->master_idle, 0);
+    uv_idle_start(&l->spin, idle_noop); /* poll, don't wait */
+  } else {
+    uv_idle_stop(&l->spin);
+  }
+}
+
+/* After the loop wakes: no kicks needed while we work; take the results. */
+static void on_check(uv_check_t *h) {
+  llink *l = h->data;
+  atomic_store(&l->shm->master_idle, 0);
+  if (!rings_pending(l))
+    return;
+  l->ev.enter(l->ev.ctx);
+  for (int i = 0; i < l->cfg.nworkers; i++)
+    if (l->slots[i].pid != 0)
+      ring_drain(l, i);
+  l->ev.leave(l->ev.ctx);
+}
+
+/* A user thread's send left an unsent tail: watch for POLLOUT. */
+static void on_flush(uv_async_t *a) {
+  llink *l = a->data;
+  l->ev.enter(l->ev.ctx);
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    conn *c = l->slots[i].c;
+    if (c && !c->eof && c->out_len > 0)
+      conn_set_events(c, UV_READABLE | UV_WRITABLE | UV_DISCONNECT);
+  }
+  l->ev.leave(l->ev.ctx);
+}
+
+/* ---- fork server reports --------------------------------------------------- */
+
+/* A worker's process ended: deliver what it wrote, then report it. */
+static void worker_gone(llink *l, int slot, int status) {
+  lslot *s = &l->slots[slot];
+  conn *c = s->c;
+  pid_t pid = s->pid;
+  if (c != NULL && !c->eof)
+    conn_read(c); /* results still in the socket */
+  ring_drain(l, slot);
+  s->c = NULL;
+  s->pid = 0;
+  s->ready = 0;
+  if (c != NULL)
+    conn_close(c);
+  EV(l, exited, slot, pid, status);
+}
+
+/* SPAWNED: the worker's socket came with the message (fd, or -1 when it
+ * could not be received). */
+static void worker_spawned(llink *l, int slot, pid_t pid, int fd) {
+  lslot *s = &l->slots[slot];
+  conn *c = NULL;
+  int err = fd < 0 ? -EMFILE : 0;
+  s->spawning = 0;
+  if (err == 0 && (fd = fp__fd_above_stdio(fd)) < 0)
+    err = fd;
+  if (err == 0 && (c = calloc(1, sizeof(*c))) == NULL)
+    err = FP_ENOMEM;
+  if (err == 0 && (err = uv_poll_init(l->loop, &c->poll, fd)) != 0)
+    free(c);
+  if (err != 0) {
+    if (fd >= 0)
+      close(fd);
+    s->discard_pid = pid;
+    fs_send(l, FP__FS_KILL, slot, pid, SIGKILL);
+    EV(l, start_failed, slot, err);
+    return;
+  }
+  fp__fdreg_add(fd);
+  c->l = l;
+  c->slot = slot;
+  c->fd = fd;
+  s->c = c;
+  s->pid = pid;
+  conn_set_events(c, UV_READABLE | UV_DISCONNECT);
+  EV(l, started, slot, pid);
+}
+
+static void fs_message(llink *l, const fp__fs_msg *m, int fd) {
+  int ok = m->slot >= 0 && m->slot < l->cfg.nworkers;
+  lslot *s = ok ? &l->slots[m->slot] : NULL;
+  if (m->op == FP__FS_SPAWNED && ok && s->spawning) {
+    worker_spawned(l, m->slot, m->pid, fd);
+    return;
+  }
+  if (fd >= 0)
+    close(fd);
+  if (m->op == FP__FS_EXITED && ok && m->pid == s->discard_pid) {
+    s->discard_pid = 0;
+  } else if (m->op == FP__FS_EXITED && ok && s->pid == m->pid && m->pid) {
+    worker_gone(l, m->slot, m->arg);
+  } else if (m->op == FP__FS_FAILED && ok && s->spawning) {
+    s->spawning = 0;
+    EV(l, start_failed, m->slot, -m->arg);
+  }
+}
+
+/* The fork server is gone: so are its workers (PDEATHSIG). */
+static void fs_gone(llink *l) {
+  if (l->lost)
+    return;
+  l->lost = 1;
+  uv_poll_stop(&l->fs_poll);
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    lslot *s = &l->slots[i];
+    if (s->pid != 0)
+      worker_gone(l, i, SIGKILL);
+    if (s->spawning) {
+      s->spawning = 0;
+      EV(l, start_failed, i, FP_EWORKER);
+    }
+  }
+  l->ev.lost(l->ev.ctx);
+}
+
+/* Receives one fork server message; returns 0, 1 when none is waiting,
+ * -1 at EOF. */
+static int fs_recv(llink *l, fp__fs_msg *m, int *fd) {
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } u;
+  struct iovec iov = {m, sizeof(*m)};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                      .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+  *fd = -1;
+  ssize_t n;
+  do
+    n = recvmsg(l->fs_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return 1;
+  if (n <= 0)
+    return -1;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+    memcpy(fd, CMSG_DATA(cm), sizeof(int));
+  if (n != (ssize_t)sizeof(*m)) {
+    if (*fd >= 0)
+      close(*fd);
+    m->op = 0; /* ignored */
+  }
+  return 0;
+}
+
+static void fs_on_io(uv_poll_t *h, int status, int events) {
+  llink *l = h->data;
+  fp__fs_msg m;
+  int fd, rc;
+  (void)status;
+  (void)events;
+  l->ev.enter(l->ev.ctx);
+  while (!l->lost && (rc = fs_recv(l, &m, &fd)) != 1) {
+    if (rc < 0)
+      fs_gone(l);
+    else
+      fs_message(l, &m, fd);
+  }
+  l->ev.leave(l->ev.ctx);
+}
+
+/* ---- operations ---------------------------------------------------------- */
+
+static void llink_release(llink *l) {
+  if (l->shm != NULL)
+    munmap(l->shm, l->shm_len);
+  free(l->slots);
+  free(l);
+}
+
+/* Maps the slots and rings. Rings are reserved, not touched: a page costs
+ * memory once used. */
+static int map_shared(llink *l) {
+  size_t n = (size_t)l->cfg.nworkers;
+  size_t hdr = (sizeof(fp__local_shm) + 63) & ~(size_t)63;
+  size_t rings_off = hdr + ((sizeof(fp__slot) * n + 4095) & ~(size_t)4095);
+  l->shm_len = rings_off + sizeof(fp__ring) * n;
+  void *p = mmap(NULL, l->shm_len, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    return -errno;
+  l->shm = p;
+  l->shm->nslots = (int)n;
+  l->shm->slots = (fp__slot *)((char *)p + hdr);
+  l->shm->rings = (fp__ring *)((char *)p + rings_off);
+  return 0;
+}
+
+/* Forks the fork server with the control socket. */
+static int fork_server(llink *l) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  for (int k = 0; k < 2; k++)
+    if ((sv[k] = fp__fd_above_stdio(sv[k])) < 0) {
+      int rc = sv[k];
+      close(sv[1 - k]);
+      return rc;
+    }
+  pid_t master = getpid();
+  int by_main = gettid() == master, pid = fork();
+  if (pid < 0) {
+    int rc = -errno;
+    close(sv[0]);
+    close(sv[1]);
+    return rc;
+  }
+  if (pid == 0) {
+    close(sv[0]);
+    fp__forkserver_main(&l->cfg, l->shm, sv[1], master, by_main);
+  }
+  close(sv[1]);
+  l->fs_pid = pid;
+  l->fs_fd = sv[0];
+  fp__fdreg_add(sv[0]);
+  return 0;
+}
+
+static int local_open(fp__link **out, const fp__wconf *cfg,
+                      const fp__link_events *ev) {
+  llink *l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return FP_ENOMEM;
+  l->base.ops = &fp__link_local;
+  l->ev = *ev;
+  l->cfg = *cfg;
+  l->fs_fd = -1;
+  l->slots = calloc((size_t)cfg->nworkers, sizeof(*l->slots));
+  int rc = l->slots ? map_shared(l) : FP_ENOMEM;
+  if (rc == 0)
+    rc = fork_server(l);
+  if (rc != 0) {
+    llink_release(l);
+    return rc;
+  }
+  *out = &l->base;
+  return 0;
+}
+
+static int local_start(fp__link *base, uv_loop_t *loop) {
+  llink *l = (llink *)base;
+  l->loop = loop;
+  int rc = uv_poll_init(loop, &l->fs_poll, l->fs_fd);
+  if (rc != 0)
+    return rc;
+  l->fs_poll.data = l;
+  uv_poll_start(&l->fs_poll, UV_READABLE | UV_DISCONNECT, fs_on_io);
+  uv_prepare_init(loop, &l->prep);
+  uv_check_init(loop, &l->chk);
+  uv_idle_init(loop, &l->spin);
+  uv_async_init(loop, &l->flush, on_flush);
+  l->prep.data = l->chk.data = l->flush.data = l;
+  uv_prepare_start(&l->prep, on_prepare);
+  uv_check_start(&l->chk, on_check);
+  /* prepare/check must not keep the loop alive on their own. */
+  uv_unref((uv_handle_t *)&l->prep);
+  uv_unref((uv_handle_t *)&l->chk);
+  l->started = 1;
+  return 0;
+}
+
+static int local_spawn(fp__link *base, int slot) {
+  llink *l = (llink *)base;
+  lslot *s = &l->slots[slot];
+  if (s->spawning || s->pid != 0)
+    return FP_EINVAL;
+  fp__slot *pub = &l->shm->slots[slot];
+  atomic_store(&pub->pid, 0);
+  atomic_store(&pub->seq, 0);
+  atomic_store(&pub->started_ns, 0);
+  atomic_store(&pub->item, -1);
+  /* The previous process's ring was drained when it died. */
+  atomic_store(&l->shm->rings[slot].head, 0);
+  atomic_store(&l->shm->rings[slot].tail, 0);
+  int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0);
+  if (rc == 0)
+    s->spawning = 1;
+  return rc;
+}
+
+static int local_can_send(fp__link *base, int slot) {
+  lslot *s = &((llink *)base)->slots[slot];
+  return s->c != NULL && s->ready && !s->c->eof && s->c->out_len == 0;
+}
+
+static int local_kill(fp__link *base, int slot, int sig) {
+  llink *l = (llink *)base;
+  lslot *s = &l->slots[slot];
+  if (s->pid == 0)
+    return FP_EINVAL;
+  return fs_send(l, FP__FS_KILL, slot, s->pid, sig);
+}
+
+/* Keeps the unsent tail (skip bytes of iov already written) for the pool
+ * thread to finish on POLLOUT. Returns 0 or FP_ENOMEM. */
+static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
+                     size_t total, size_t skip) {
+  size_t rest = total - skip, off = 0;
+  unsigned char *buf = fp__alloc(rest);
+  if (buf == NULL)
+    return FP_ENOMEM;
+  for (int i = 0; i < n; i++) {
+    size_t len = iov[i].iov_len;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    memcpy(buf + off, (const char *)iov[i].iov_base + skip, len - skip);
+    off += len - skip;
+    skip = 0;
+  }
+  c->out = buf;
+  c->out_cap = c->out_len = rest;
+  c->out_off = 0;
+  uv_async_send(&l->flush); /* arms POLLOUT on the pool thread */
+  return 0;
+}
+
+/* Writes the frames of t[0..n) with one sendmsg, so a worker fed several
+ * small chunks wakes once and reads them in one go. */
+static int local_send(fp__link *base, int slot, const fp__task_out *t,
+                      int n) {
+  static const unsigned char zeros[FP__FRAME_ALIGN];
+  llink *l = (llink *)base;
+  conn *c = l->slots[slot].c;
+  unsigned char hdr[FP__LINK_MAX_BATCH][FP__FRAME_HDR];
+  struct iovec iov[5 * FP__LINK_MAX_BATCH];
+  size_t total = 0;
+  int rc = c != NULL && c->out_len == 0 && n <= FP__LINK_MAX_BATCH
+               ? 0 : FP_EINVAL;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    size_t pad = FP__ITEMS_PAD(t[i].items_len);
+    size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
+    if ((rc = fp__frame_put_hdr(hdr[i], flen)) != 0)
+      break;
+    iov[5 * i] = (struct iovec){hdr[i], FP__FRAME_HDR};
+    iov[5 * i + 1] = (struct iovec){(void *)&t[i].hdr, sizeof(t[i].hdr)};
+    iov[5 * i + 2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
+    iov[5 * i + 3] = (struct iovec){(void *)t[i].items, t[i].items_len};
+    iov[5 * i + 4] = (struct iovec){(void *)zeros, pad};
+    total += FP__FRAME_HDR + flen;
+  }
+  ssize_t w = -1;
+  if (rc == 0) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(5 * n)};
+    do
+      w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+      rc = -errno;
+  }
+  if (rc == 0 && (size_t)(w < 0 ? 0 : w) < total)
+    rc = keep_tail(l, c, iov, 5 * n, total, (size_t)(w < 0 ? 0 : w));
+  if (rc != 0 && l->slots[slot].pid != 0) {
+    /* A worker that cannot be fed must not sit idle holding chunks: kill
+     * it; its exited() hands its chunks back to the scheduler. */
+    if (c != NULL)
+      c->eof = 1;
+    local_kill(base, slot, SIGKILL);
+  }
+  return rc;
+}
+
+static int local_running(fp__link *base, int slot, fp__running *out) {
+  llink *l = (llink *)base;
+  fp__slot *pub = &l->shm->slots[slot];
+  out->seq = atomic_load(&pub->seq);
+  out->item = atomic_load(&pub->item);
+  out->started_ns =
+      atomic_load_explicit(&pub->started_ns, memory_order_acquire);
+  out->cpu = atomic_load_explicit(&pub->cpu, memory_order_relaxed);
+  return 0;
+}
+
+static void local_finish(fp__link *base, int slot) {
+  conn *c = ((llink *)base)->slots[slot].c;
+  if (c != NULL && !c->eof && c->out_len == 0)
+    shutdown(c->fd, SHUT_WR); /* EOF: the worker exits */
+}
+
+static void closed_noop(uv_handle_t *h) {
+  (void)h;
+}
+
+static void local_close(fp__link *base) {
+  llink *l = (llink *)base;
+  if (!l->started)
+    return;
+  l->started = 0;
+  uv_close((uv_handle_t *)&l->fs_poll, closed_noop);
+  uv_close((uv_handle_t *)&l->prep, closed_noop);
+  uv_close((uv_handle_t *)&l->chk, closed_noop);
+  uv_close((uv_handle_t *)&l->spin, closed_noop);
+  uv_close((uv_handle_t *)&l->flush, closed_noop);
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    if (l->slots[i].c != NULL)
+      conn_close(l->slots[i].c);
+    l->slots[i].c = NULL;
+  }
+  /* EOF for the fork server: it ends what is left of its workers, reaps
+   * them and exits; free() waits for it. */
+  shutdown(l->fs_fd, SHUT_RDWR);
+}
+
+static void local_free(fp__link *base) {
+  llink *l = (llink *)base;
+  /* After the loop ended, or in a forked copy of the master whose loop
+   * never ran here: no libuv call, and no shutdown(), which would act on
+   * the socket the parent still uses. */
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    conn *c = l->slots[i].c;
+    if (c != NULL) { /* a forked copy: its handles were never closed */
+      fp__fdreg_del(c->fd);
+      close(c->fd);
+      fp__free(c->in, c->in_cap);
+      fp__free(c->out, c->out_cap);
+      free(c);
+    }
+  }
+  if (l->fs_fd >= 0) {
+    fp__fdreg_del(l->fs_fd);
+    close(l->fs_fd);
+    while (waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+  }
+  llink_release(l);
+}
+
+const fp__link_ops fp__link_local = {
+    .name = "local",
+    .open = local_open,
+    .start = local_start,
+    .spawn = local_spawn,
+    .can_send = local_can_send,
+    .send = local_send,
+    .kill = local_kill,
+    .running = local_running,
+    .finish = local_finish,
+    .close = local_close,
+    .free = local_free,
+};

@@ -1,0 +1,635 @@
+/* worker.c - a worker process of the local link: a plain blocking loop
+ * over its socket.
+ *
+ * The fork server forks the worker and hands it an fp__wconf (what the
+ * pool asked for) and an fp__wboot (its slot, its socket, its parent, the
+ * signal mask to run tasks with, the shared memory). The worker pins
+ * itself and applies the memory limit if asked, runs the user's
+ * initializer, says READY, then loops: read a TASK frame, check it, run
+ * the function over the chunk's items, publish one RESULT frame.
+ *
+ * Before each item it publishes the chunk and item it is running in its
+ * shared slot (relaxed atomic stores), so when it dies the master knows
+ * which item was executing. The item clock (started_ns) runs only while a
+ * task runs: it stops when the chunk's last item returned, before the
+ * result is sent, so a slow master never makes a finished chunk look like
+ * a task over its time limit. The chunk id (seq) stays set until the
+ * result is sent, so a worker that dies while sending is still charged
+ * with the chunk. A failing item does not stop the chunk: its error is
+ * recorded and the next item runs.
+ *
+ * A RESULT payload is never larger than cfg->max_frame, whichever way it
+ * goes (the master drops any frame over that limit and kills the worker).
+ * Results of up to FP__RING_MAX bytes go through the worker's ring in
+ * shared memory when there is room (see local.h for the kick protocol);
+ * the rest go on the socket. Every frame header is written by frame.c.
+ *
+ * The worker trusts nothing in a TASK frame: a frame whose fields
+ * disagree with its length or with each other ends the worker with
+ * FP__WEXIT_PROTO before any item runs. It exits with FP__WEXIT_OK when
+ * its socket reaches EOF (the pool is closing or the master died) or after
+ * maxtasksperchild chunks (it says RETIRE first), and dies with its parent
+ * (PR_SET_PDEATHSIG). It always leaves with _exit(): the user's atexit
+ * handlers belong to the master.
+ */
+#include "pool/local/local.h"
+#include "ipc/wire/frame.h"
+#include "forkpool.h"
+#include "affinity/affinity.h"
+#include "pool/clock.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Task-side state: a worker is single-threaded, so plain globals are the
+ * per-process state they look like. In the master they keep their initial
+ * values, which is what the fp_task_* calls document there. */
+static int g_worker_id = -1;
+static int64_t g_item = -1;
+static char g_msg[FP__MSG_LEN];
+static int g_msg_set;
+
+int64_t fp_task_index(void) {
+  return g_item;
+}
+
+int fp_task_worker_id(void) {
+  return g_worker_id;
+}
+
+int fp_task_fail(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (fmt != NULL) {
+    vsnprintf(g_msg, sizeof(g_msg), fmt, ap);
+    g_msg_set = 1;
+  }
+  va_end(ap);
+  return FP_ETASK;
+}
+
+#define KICK_DEFER_NS 1000000 /* longest a published result waits */
+
+/* The worker's own state. */
+typedef struct worker {
+  const fp__wconf *cfg;
+  int fd;         /* its socket */
+  fp__slot *slot; /* what it publishes about the running item */
+  fp__ring *ring; /* its result ring */
+  _Atomic int *master_idle;
+  fp_writer in;           /* raw bytes read from the socket */
+  size_t off;             /* start of the next frame in `in` */
+  fp_writer data;         /* the chunk's item results */
+  fp_writer errs;         /* the chunk's error records */
+  uint32_t nerr;          /* records in errs */
+  int timed;              /* publish each item's start time */
+  int64_t deferred_since; /* first result not kicked yet, 0: none */
+} worker;
+
+/* A TASK frame that passed parse_task(). */
+typedef struct chunk {
+  fp__task_hdr th;
+  const unsigned char *items; /* inside the read buffer */
+  size_t items_len;
+} chunk;
+
+/* The worker cannot even allocate the report of a failure. It ends the
+ * way the kernel's OOM killer would end it, with SIGKILL, which the master
+ * reports against the chunk it was running; a plain exit status would
+ * claim a cause that is not true. */
+static void die_nomem(void) __attribute__((noreturn));
+static void die_nomem(void) {
+  raise(SIGKILL);
+  abort(); /* SIGKILL cannot be blocked or caught: never reached */
+}
+
+/* Writes all of iov, looping over short writes and EINTR. Returns 0 or
+ * -errno (EPIPE when the master is gone; MSG_NOSIGNAL keeps SIGPIPE away).
+ * iov is consumed. */
+static int send_all(int fd, struct iovec *iov, int n) {
+  while (n > 0) {
+    struct msghdr mh;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = (size_t)n;
+    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    while (n > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+/* Sends a header-only message (READY, RETIRE, KICK). Returns 0 or
+ * -errno. */
+static int send_simple(int fd, int type) {
+  fp__res_hdr h;
+  unsigned char fh[FP__FRAME_HDR];
+  memset(&h, 0, sizeof(h));
+  h.type = (uint8_t)type;
+  fp__frame_put_hdr(fh, sizeof(h));
+  struct iovec iov[2] = {{fh, sizeof(fh)}, {&h, sizeof(h)}};
+  return send_all(fd, iov, 2);
+}
+
+/* Appends one error record for item `index`. A failed append leaves a
+ * sticky error in w->errs, which fit_result() turns into a failure of the
+ * whole chunk. */
+static void add_error(worker *w, int64_t index, int code, const char *msg) {
+  fp__err_rec rec;
+  rec.index = index;
+  rec.code = code;
+  rec.msg_len = (uint32_t)strlen(msg);
+  fp_writer_append(&w->errs, &rec, sizeof(rec));
+  fp_writer_append(&w->errs, msg, rec.msg_len);
+  w->nerr++;
+}
+
+/* Records the failure of item `index` from the task's return code and
+ * the message it left with fp_task_fail(), if any. */
+static void item_failed(worker *w, int64_t index, int rc) {
+  char buf[FP__MSG_LEN + 64];
+  if (g_msg_set)
+    snprintf(buf, sizeof(buf), "item %lld: %s", (long long)index, g_msg);
+  else
+    snprintf(buf, sizeof(buf), "item %lld: task returned %s (%s)",
+             (long long)index, fp_err_name(rc), fp_strerror(rc));
+  add_error(w, index, rc < 0 ? rc : FP_ETASK, buf);
+}
+
+/* Publishes the item about to run (see the file header). */
+static void publish_item(worker *w, int64_t index) {
+  g_item = index;
+  g_msg_set = 0;
+  atomic_store_explicit(&w->slot->item, index, memory_order_relaxed);
+  if (w->timed)
+    atomic_store_explicit(&w->slot->started_ns, fp__now_ns(),
+                          memory_order_release);
+}
+
+/* ---- checking a TASK frame ----------------------------------------------- */
+
+/* Checks the fields of a fixed-size chunk: the items are exactly count
+ * elements of in_size bytes, and count outputs of out_size bytes stay
+ * within max_frame (the master cuts chunks so that they do; a larger
+ * product would only make us allocate what no frame can carry). */
+static int check_fixed(const chunk *ch, size_t max_frame) {
+  size_t in_bytes, out_bytes;
+  if (ch->th.flags & FP__TASK_WHOLE)
+    return FP_EPROTO;
+  if (__builtin_mul_overflow((size_t)ch->th.count, (size_t)ch->th.in_size,
+                             &in_bytes) ||
+      in_bytes != ch->items_len)
+    return FP_EPROTO;
+  if (__builtin_mul_overflow((size_t)ch->th.count, (size_t)ch->th.out_size,
+                             &out_bytes) ||
+      out_bytes > max_frame)
+    return FP_EPROTO;
+  return 0;
+}
+
+/* Checks the items of a values or star chunk: well-formed codec values,
+ * exactly count of them, or with FP__TASK_WHOLE (apply) one item made of
+ * all of them. fp_values_count() walks every value within items_len, so
+ * afterwards no item read can fail or leave the items. */
+static int check_values(const chunk *ch) {
+  size_t n = 0;
+  if (ch->items_len > 0 && fp_values_count(ch->items, ch->items_len, &n) != 0)
+    return FP_EPROTO;
+  if (ch->th.flags & FP__TASK_WHOLE)
+    return ch->th.count == 1 ? 0 : FP_EPROTO;
+  return n == ch->th.count ? 0 : FP_EPROTO;
+}
+
+/* Parses and checks a TASK payload (p, len) into *ch. Returns 0, or
+ * FP_EPROTO for a frame the master cannot have written: too short, items
+ * beyond the frame, a frame length that breaks the alignment promise of
+ * proto.h, an unknown wire or flag, item indices that would overflow, or
+ * a count that disagrees with the items. ch->items points into p. */
+static int parse_task(const unsigned char *p, size_t len, size_t max_frame,
+                      chunk *ch) {
+  const size_t head = sizeof(ch->th) + FP__HDR_PAD;
+  const unsigned known = FP__TASK_TIMED | FP__TASK_WHOLE;
+  if (len < head || (FP__FRAME_HDR + len) % FP__FRAME_ALIGN != 0)
+    return FP_EPROTO;
+  memcpy(&ch->th, p, sizeof(ch->th));
+  const fp__task_hdr *th = &ch->th;
+  if (th->type != FP__MSG_TASK || (th->flags & ~known) != 0 ||
+      th->items_len > len - head)
+    return FP_EPROTO;
+  /* Item indices start + i must not overflow an int64_t. */
+  if (th->start < 0 || th->start > INT64_MAX - (int64_t)th->count)
+    return FP_EPROTO;
+  ch->items = p + head;
+  ch->items_len = (size_t)th->items_len;
+  switch (th->wire) {
+  case FP__WIRE_FIXED:
+    return check_fixed(ch, max_frame);
+  case FP__WIRE_VALUES:
+  case FP__WIRE_STAR:
+    return check_values(ch);
+  default:
+    return FP_EPROTO;
+  }
+}
+
+/* ---- running a chunk ----------------------------------------------------- */
+
+/* Runs a fixed-size chunk: item i reads element i of the items and writes
+ * element i of the zero-filled outputs. When the outputs cannot be
+ * allocated no item runs, and the sticky FP_ENOMEM in w->data makes
+ * fit_result() fail the chunk. */
+static void run_fixed(worker *w, const chunk *ch, fp_elem_fn fn) {
+  /* Outputs of zero bytes still need a valid pointer for the task: no
+   * memset or pointer arithmetic ever touches a NULL w->data.data. */
+  static unsigned char none[1];
+  size_t outlen = (size_t)ch->th.count * ch->th.out_size; /* checked */
+  unsigned char *out = none;
+  if (outlen > 0) {
+    if (fp_writer_reserve(&w->data, outlen) != 0)
+      return;
+    out = w->data.data;
+    memset(out, 0, outlen);
+    w->data.len = outlen;
+  }
+  for (uint32_t i = 0; i < ch->th.count; i++) {
+    int64_t index = ch->th.start + i;
+    publish_item(w, index);
+    int rc = fn(ch->items + (size_t)i * ch->th.in_size,
+                out + (size_t)i * ch->th.out_size);
+    if (rc != 0)
+      item_failed(w, index, rc);
+  }
+}
+
+/* Checks what a task that returned 0 wrote after `before`: exactly one
+ * well-formed value, or nothing (then nil is written for it). Returns 0,
+ * or the code to fail the item with (its message set by fp_task_fail). */
+static int check_value(fp_writer *data, size_t before) {
+  size_t nvals = 0;
+  if (data->err != 0 || data->depth != 0) {
+    fp_task_fail("result value not well formed (%s)",
+                 data->err ? fp_strerror(data->err) : "unclosed list");
+    return data->err ? data->err : FP_EPROTO;
+  }
+  if (data->len == before)
+    return fp_write_nil(data);
+  if (fp_values_count(data->data + before, data->len - before, &nvals) != 0 ||
+      nvals != 1) {
+    fp_task_fail("task wrote %zu result values, expected one", nvals);
+    return FP_EPROTO;
+  }
+  return 0;
+}
+
+/* Runs one codec item whose arguments are the values in (span, span_len)
+ * and leaves exactly one value for it in w->data: its result, or nil when
+ * it failed (the failure is recorded). */
+static void run_value_item(worker *w, int wire, fp_task_fn fn, int64_t index,
+                           const void *span, size_t span_len) {
+  fp_writer *data = &w->data;
+  size_t before = data->len;
+  fp_reader args;
+  int rc = 0;
+  fp_reader_init(&args, span, span_len);
+  if (wire == FP__WIRE_STAR) {
+    uint32_t n;
+    rc = fp_read_list(&args, &n);
+  }
+  if (rc == 0)
+    rc = fn(&args, data);
+  if (rc == 0)
+    rc = check_value(data, before);
+  if (rc != 0) {
+    /* Drop whatever the failed item wrote, keep one value per item. */
+    data->len = before;
+    data->err = 0;
+    data->depth = 0;
+    item_failed(w, index, rc);
+    fp_write_nil(data);
+  }
+}
+
+/* Runs a values or star chunk, one item per value (parse_task() counted
+ * them), or the one item of all values with FP__TASK_WHOLE. */
+static void run_values(worker *w, const chunk *ch, fp_task_fn fn) {
+  fp_reader items;
+  fp_reader_init(&items, ch->items, ch->items_len);
+  for (uint32_t i = 0; i < ch->th.count; i++) {
+    int64_t index = ch->th.start + i;
+    const void *span = ch->items;
+    size_t span_len = ch->items_len;
+    publish_item(w, index);
+    if (!(ch->th.flags & FP__TASK_WHOLE) &&
+        fp_read_span(&items, &span, &span_len) != 0)
+      _exit(FP__WEXIT_PROTO); /* check_values() rules this out */
+    run_value_item(w, ch->th.wire, fn, index, span, span_len);
+  }
+}
+
+/* ---- the result ---------------------------------------------------------- */
+
+/* Bytes of the RESULT payload as it stands. */
+static size_t result_len(const worker *w) {
+  return sizeof(fp__res_hdr) + w->errs.len + w->data.len;
+}
+
+/* Replaces the chunk's results by a failure of every item with `code`
+ * and the message "item N: <what>", and a nil value (values and star
+ * wires) or a zeroed output (fixed wire) per item. With detail 0 only
+ * the first item carries the message and the others an empty one, which
+ * is the smallest report the protocol can make. Returns 0 or the
+ * writers' error (FP_ENOMEM). */
+static int fail_all(worker *w, const chunk *ch, int code, const char *what,
+                    int detail) {
+  char buf[FP__MSG_LEN + 64];
+  fp_writer_reset(&w->data);
+  fp_writer_reset(&w->errs);
+  w->nerr = 0;
+  for (uint32_t i = 0; i < ch->th.count; i++) {
+    int64_t index = ch->th.start + i;
+    snprintf(buf, sizeof(buf), "item %lld: %s", (long long)index, what);
+    add_error(w, index, code, detail || i == 0 ? buf : "");
+  }
+  if (ch->th.wire != FP__WIRE_FIXED) {
+    for (uint32_t i = 0; i < ch->th.count; i++)
+      fp_write_nil(&w->data);
+  } else {
+    size_t outlen = (size_t)ch->th.count * ch->th.out_size; /* checked */
+    if (outlen > 0 && fp_writer_reserve(&w->data, outlen) == 0) {
+      memset(w->data.data, 0, outlen);
+      w->data.len = outlen;
+    }
+  }
+  return w->errs.err != 0 ? w->errs.err : w->data.err;
+}
+
+/* fail_all(), with every message if that fits max_frame, else with the
+ * first one only. When neither fits, the master cut a chunk whose failure
+ * report (an error record and an output per item) no frame can carry: the
+ * worker ends with FP__WEXIT_PROTO. When memory runs out, it dies. */
+static void replace_results(worker *w, const chunk *ch, int code,
+                            const char *what) {
+  int rc = 0;
+  for (int detail = 1; detail >= 0; detail--) {
+    rc = fail_all(w, ch, code, what, detail);
+    if (rc == 0 && result_len(w) <= w->cfg->max_frame)
+      return;
+  }
+  if (rc != 0)
+    die_nomem();
+  _exit(FP__WEXIT_PROTO);
+}
+
+/* Makes the chunk's results sendable: when a writer failed (out of
+ * memory), every item fails with that error; when the payload exceeds
+ * max_frame, every item fails with FP_EMSGSIZE instead of the frame being
+ * sent (the master would take it for a broken worker). */
+static void fit_result(worker *w, const chunk *ch) {
+  char what[160];
+  int err = w->errs.err != 0 ? w->errs.err : w->data.err;
+  if (err != 0) {
+    snprintf(what, sizeof(what),
+             "the worker could not hold the chunk's results (%s)",
+             fp_strerror(err));
+    replace_results(w, ch, err, what);
+  }
+  size_t total = result_len(w);
+  if (total > w->cfg->max_frame) {
+    snprintf(what, sizeof(what), "result of %zu bytes exceeds max_frame %zu",
+             total, w->cfg->max_frame);
+    replace_results(w, ch, FP_EMSGSIZE, what);
+  }
+}
+
+/* After a result went into the ring: wakes the master with a KICK only
+ * if it is going to sleep. The tail store in fp__ring_put() and this load
+ * are both seq_cst, so the load cannot be ordered before the store (the
+ * protocol is in local.h). While this worker still has chunks queued the
+ * kick may wait (up to KICK_DEFER_NS): the master then drains several
+ * results and refills the queue with one write, instead of one wake-up
+ * and one write per chunk. Returns 0 or -errno of the send. */
+static int maybe_kick(worker *w, int may_defer) {
+  if (!atomic_load_explicit(w->master_idle, memory_order_seq_cst)) {
+    w->deferred_since = 0; /* the master is awake and drains the rings */
+    return 0;
+  }
+  int64_t now = fp__now_ns();
+  if (!may_defer ||
+      (w->deferred_since != 0 && now - w->deferred_since >= KICK_DEFER_NS)) {
+    w->deferred_since = 0;
+    return send_simple(w->fd, FP__MSG_KICK);
+  }
+  if (w->deferred_since == 0)
+    w->deferred_since = now;
+  return 0;
+}
+
+/* Sends the chunk's RESULT frame (fit_result() ran: it fits max_frame).
+ * A sleeping master has to be woken by the socket anyway, but a busy one
+ * takes a ring entry with no system call at all; results too big for the
+ * ring, or a full ring, go on the socket. Returns 0 or -errno. */
+static int publish_result(worker *w, const chunk *ch, int may_defer) {
+  fp__res_hdr rh;
+  unsigned char fh[FP__FRAME_HDR];
+  memset(&rh, 0, sizeof(rh));
+  rh.type = FP__MSG_RESULT;
+  rh.count = ch->th.count;
+  rh.seq = ch->th.seq;
+  rh.nerr = w->nerr;
+  rh.cpu = sched_getcpu();
+  rh.errs_len = w->errs.len;
+  atomic_store_explicit(&w->slot->cpu, rh.cpu, memory_order_relaxed);
+  size_t total = result_len(w);
+  if (fp__frame_put_hdr(fh, total) != 0)
+    return FP_EMSGSIZE; /* max_frame <= UINT32_MAX: not reached */
+  struct iovec iov[4] = {{fh, sizeof(fh)},
+                         {&rh, sizeof(rh)},
+                         {w->errs.data, w->errs.len},
+                         {w->data.data, w->data.len}};
+  if (fp__ring_put(w->ring, iov + 1, 3, total) == 0)
+    return maybe_kick(w, may_defer);
+  return send_all(w->fd, iov, 4);
+}
+
+/* Runs a checked chunk and publishes its RESULT. Returns 0, or -errno of
+ * the send (the master is gone). */
+static int run_chunk(worker *w, const chunk *ch, int may_defer) {
+  fp_writer_reset(&w->data);
+  fp_writer_reset(&w->errs);
+  w->nerr = 0;
+  w->timed = (ch->th.flags & FP__TASK_TIMED) != 0;
+  atomic_store_explicit(&w->slot->seq, ch->th.seq, memory_order_release);
+
+  void *fn = fp__fnref_resolve(&ch->th.fn);
+  if (fn == NULL)
+    replace_results(w, ch, FP_EINVAL,
+                    "task function not found in the worker (module loaded "
+                    "after the pool started?)");
+  else if (ch->th.wire == FP__WIRE_FIXED)
+    run_fixed(w, ch, (fp_elem_fn)fn);
+  else
+    run_values(w, ch, (fp_task_fn)fn);
+  g_item = -1;
+  /* The time limit is on running tasks, not on handing over the result. */
+  atomic_store_explicit(&w->slot->started_ns, 0, memory_order_release);
+
+  fit_result(w, ch);
+  int rc = publish_result(w, ch, may_defer);
+  /* Only now is the chunk no longer this worker's to answer for. */
+  atomic_store_explicit(&w->slot->seq, 0, memory_order_release);
+  return rc;
+}
+
+/* ---- reading frames ------------------------------------------------------ */
+
+/* Counts the complete frames (at most 2) buffered after w->off: chunks
+ * this worker will run without reading its socket. */
+static int frames_buffered(const worker *w) {
+  size_t off = w->off;
+  int n = 0;
+  while (n < 2 && w->in.len - off >= FP__FRAME_HDR) {
+    size_t plen;
+    if (fp_frame_parse(w->in.data + off, w->in.len - off, w->cfg->max_frame,
+                       &plen) != 0)
+      break;
+    off += FP__FRAME_HDR + plen;
+    n++;
+  }
+  return n;
+}
+
+/* Returns the next frame's payload, reading as much as the socket has in
+ * one call, so frames the master queued back to back cost one read. The
+ * payload stays valid until the next call. Frames stay 16-byte aligned in
+ * the buffer: the partial frame is moved to its (aligned) start and every
+ * task frame is a multiple of FP__FRAME_ALIGN bytes. Returns 0, FP_EOF,
+ * -errno of the read, FP_EMSGSIZE for a frame over max_frame or
+ * FP_ENOMEM. */
+static int next_frame(worker *w, const unsigned char **payload, size_t *plen) {
+  fp_writer *in = &w->in;
+  size_t max = w->cfg->max_frame;
+  for (;;) {
+    size_t have = in->len - w->off;
+    if (have >= FP__FRAME_HDR) {
+      int rc = fp_frame_parse(in->data + w->off, have, max, plen);
+      if (rc < 0)
+        return rc;
+      if (rc == 0) {
+        *payload = in->data + w->off + FP__FRAME_HDR;
+        w->off += FP__FRAME_HDR + *plen;
+        return 0;
+      }
+    }
+    if (w->off > 0) {
+      memmove(in->data, in->data + w->off, have);
+      in->len = have;
+      w->off = 0;
+    }
+    size_t want = fp__frame_want(in->data, have, max);
+    if (want > in->cap && fp_writer_reserve(in, want - in->len) != 0)
+      return FP_ENOMEM;
+    ssize_t n = read(w->fd, in->data + in->len, in->cap - in->len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n == 0 ? FP_EOF : -errno;
+    in->len += (size_t)n;
+  }
+}
+
+/* ---- the process --------------------------------------------------------- */
+
+/* Everything before the first task: parent-death signal, the task signal
+ * mask, the slot, pinning, the memory limit, the initializer, READY.
+ * Exits on failure (FP__WEXIT_PIN, FP__WEXIT_INIT, or FP__WEXIT_OK when
+ * the parent or the master is already gone). */
+static void worker_start(worker *w, const fp__wconf *cfg,
+                         const fp__wboot *boot) {
+  memset(w, 0, sizeof(*w));
+  w->cfg = cfg;
+  w->fd = boot->fd;
+  w->slot = &boot->shm->slots[boot->slot];
+  w->ring = &boot->shm->rings[boot->slot];
+  w->master_idle = &boot->shm->master_idle;
+  g_worker_id = boot->slot;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != boot->parent)
+    _exit(FP__WEXIT_OK); /* the fork server died before the signal was set */
+  sigprocmask(SIG_SETMASK, &boot->mask, NULL);
+  /* If this worker starts a pool of its own, that pool's fork server must
+   * not hold this socket open. */
+  fp__fdreg_add(w->fd);
+  atomic_store(&w->slot->seq, 0);
+  atomic_store(&w->slot->started_ns, 0);
+  atomic_store(&w->slot->item, -1);
+  atomic_store(&w->slot->pid, (int32_t)getpid());
+
+  if (cfg->cpu_of_worker != NULL &&
+      fp__affinity_apply(cfg->cpu_of_worker[boot->slot]) != 0)
+    _exit(FP__WEXIT_PIN);
+  if (cfg->memory_limit > 0) {
+    struct rlimit rl = {cfg->memory_limit, cfg->memory_limit};
+    setrlimit(RLIMIT_AS, &rl);
+  }
+  if (cfg->initializer != NULL && cfg->initializer(cfg->initarg) != 0)
+    _exit(FP__WEXIT_INIT);
+  fflush(stdout);
+  fflush(stderr);
+  if (send_simple(w->fd, FP__MSG_READY) != 0)
+    _exit(FP__WEXIT_OK);
+  fp_writer_init(&w->in);
+  fp_writer_init(&w->data);
+  fp_writer_init(&w->errs);
+}
+
+void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot) {
+  worker w;
+  unsigned done = 0;
+  worker_start(&w, cfg, boot);
+  for (;;) {
+    const unsigned char *payload = NULL;
+    size_t plen = 0;
+    chunk ch;
+    int rc = next_frame(&w, &payload, &plen);
+    if (rc == FP_ENOMEM)
+      die_nomem();
+    if (rc == FP_EMSGSIZE)
+      _exit(FP__WEXIT_PROTO);
+    if (rc != 0)
+      _exit(FP__WEXIT_OK); /* EOF: the pool is closing, or the master died */
+    if (parse_task(payload, plen, cfg->max_frame, &ch) != 0)
+      _exit(FP__WEXIT_PROTO);
+    rc = run_chunk(&w, &ch, frames_buffered(&w) >= 2);
+    fflush(stdout);
+    fflush(stderr);
+    if (rc != 0)
+      _exit(FP__WEXIT_OK); /* the master is gone */
+    done++;
+    if (cfg->maxtasksperchild && done >= cfg->maxtasksperchild) {
+      send_simple(w.fd, FP__MSG_RETIRE);
+      _exit(FP__WEXIT_OK);
+    }
+  }
+}

@@ -1,0 +1,198 @@
+/* result.c - result objects (CPython's AsyncResult): wait, get, cancel.
+ *
+ * A result is reference counted (the caller's reference and the job's)
+ * and has its own mutex, so it stays valid after the pool is freed. Its
+ * outcome is set by job.c; here are the calls a user makes on it.
+ */
+#include "pool/pool_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void cond_init_mono(pthread_cond_t *c) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(c, &ca);
+  pthread_condattr_destroy(&ca);
+}
+
+fp_result *fp__result_new(fp_pool *pool, const fp_call_opts *o) {
+  fp_result *r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return NULL;
+  pthread_mutex_init(&r->mu, NULL);
+  cond_init_mono(&r->cond);
+  r->refs = 2;
+  r->err_index = -1;
+  r->pool = pool;
+  if (o) {
+    r->cb = o->callback;
+    r->ecb = o->error_callback;
+    r->arg = o->arg;
+  }
+  return r;
+}
+
+void fp__result_discard(fp_result *r) {
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cond);
+  free(r);
+}
+
+/* Ready for the caller: really ready, or its own callback is running. */
+static int usable_locked(fp_result *res) {
+  return atomic_load_explicit(&res->ready, memory_order_relaxed) ||
+         fp__result_in_callback() == res;
+}
+
+/* How long a waiter spins before it sleeps on the condition variable. A
+ * short task's result typically lands within this; catching it spinning
+ * saves the futex wake-up of the waiting thread (on this kind of VM a
+ * cross-CPU wake-up costs tens of microseconds). Only blocking waits spin,
+ * and never inside a callback. */
+#define SPIN_NS 50000
+
+static void spin_until_ready(fp_result *res) {
+  int64_t until = fp__now_ns() + SPIN_NS;
+  do {
+    for (int i = 0; i < 64; i++) {
+      if (atomic_load_explicit(&res->ready, memory_order_acquire))
+        return;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  } while (fp__now_ns() < until);
+}
+
+int fp_result_wait(fp_result *res, double timeout) {
+  if (res == NULL || !fp__timeout_ok(timeout))
+    return FP_EINVAL;
+  int in_cb = fp__result_in_callback() != NULL;
+  if (timeout != 0 && !in_cb)
+    spin_until_ready(res);
+  pthread_mutex_lock(&res->mu);
+  if (!usable_locked(res) && timeout != 0 && in_cb) {
+    /* Waiting for another result inside a callback would block the very
+     * thread that has to deliver it. */
+    pthread_mutex_unlock(&res->mu);
+    return FP_EINVAL;
+  }
+  struct timespec ts;
+  int timed = timeout > 0 && fp__deadline_ts(fp__deadline_ns(timeout), &ts);
+  int rc = 0;
+  while (!usable_locked(res) && rc == 0) {
+    if (timeout == 0)
+      rc = FP_ETIMEDOUT;
+    else if (!timed)
+      pthread_cond_wait(&res->cond, &res->mu);
+    else if (pthread_cond_timedwait(&res->cond, &res->mu, &ts) != 0 &&
+             !usable_locked(res))
+      rc = FP_ETIMEDOUT;
+  }
+  pthread_mutex_unlock(&res->mu);
+  return rc;
+}
+
+int fp_result_get(fp_result *res, double timeout) {
+  int rc = fp_result_wait(res, timeout);
+  if (rc != 0)
+    return rc;
+  return res->code;
+}
+
+int fp_result_ready(fp_result *res) {
+  if (res == NULL)
+    return FP_EINVAL;
+  pthread_mutex_lock(&res->mu);
+  int r = usable_locked(res);
+  pthread_mutex_unlock(&res->mu);
+  return r;
+}
+
+int fp_result_successful(fp_result *res) {
+  if (res == NULL)
+    return FP_EINVAL;
+  pthread_mutex_lock(&res->mu);
+  int r = usable_locked(res) ? res->code == 0 : FP_EINVAL;
+  pthread_mutex_unlock(&res->mu);
+  return r;
+}
+
+int fp_result_value(fp_result *res, fp_reader *rd) {
+  if (res == NULL || rd == NULL)
+    return FP_EINVAL;
+  pthread_mutex_lock(&res->mu);
+  int rc = usable_locked(res) ? res->code : FP_EINVAL;
+  pthread_mutex_unlock(&res->mu);
+  if (rc != 0)
+    return rc;
+  fp_reader_init(rd, res->value, res->value_len);
+  return 0;
+}
+
+const char *fp_result_error(fp_result *res) {
+  if (res == NULL)
+    return NULL;
+  pthread_mutex_lock(&res->mu);
+  const char *m = usable_locked(res) && res->code != 0
+                      ? (res->msg ? res->msg : fp_strerror(res->code))
+                      : NULL;
+  pthread_mutex_unlock(&res->mu);
+  return m;
+}
+
+int64_t fp_result_error_index(fp_result *res) {
+  if (res == NULL)
+    return -1;
+  pthread_mutex_lock(&res->mu);
+  int64_t i = usable_locked(res) ? res->err_index : -1;
+  pthread_mutex_unlock(&res->mu);
+  return i;
+}
+
+/* Fails res's job if it still runs. kill_running: as fp_result_cancel
+ * (its running task's worker is killed); otherwise only the queued chunks
+ * are dropped. Returns 0, or FP_EINVAL when the job already finished. */
+static int stop_job(fp_result *res, int code, const char *msg,
+                    int kill_running) {
+  pthread_mutex_lock(&res->mu);
+  fp_pool *pool = res->pool; /* NULL once the job finished */
+  pthread_mutex_unlock(&res->mu);
+  if (pool == NULL || fp__pool_foreign(pool))
+    return FP_EINVAL;
+  fp__pool_lock(pool);
+  int rc = FP_EINVAL;
+  if (res->job != NULL) { /* res->job is guarded by pool->mu */
+    fp__sched_cancel_job_locked(pool, res->job, code, -1, msg, kill_running);
+    rc = 0;
+  }
+  fp__pool_unlock(pool);
+  if (rc == 0 && !fp__on_pool_thread(pool))
+    fp__pool_wake(pool); /* its callbacks run on the pool thread */
+  return rc;
+}
+
+int fp_result_cancel(fp_result *res) {
+  if (res == NULL)
+    return FP_EINVAL;
+  return stop_job(res, FP_ECANCELED, "canceled by fp_result_cancel", 1);
+}
+
+void fp_result_free(fp_result *res) {
+  if (res == NULL)
+    return;
+  pthread_mutex_lock(&res->mu);
+  res->user_freed = 1;
+  int fixed = res->pool != NULL && res->fixed;
+  pthread_mutex_unlock(&res->mu);
+  /* A fixed-size map reads the caller's `in` and writes `out` until it
+   * is done: once the result is freed, neither may be touched again, so
+   * the job's unsent chunks are dropped and it fails with FP_ECANCELED.
+   * Chunks already sent run on; their outputs are dropped. */
+  if (fixed)
+    stop_job(res, FP_ECANCELED, "the result was freed before it was ready",
+             0);
+  fp__result_unref(res);
+}

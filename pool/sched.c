@@ -1,0 +1,295 @@
+/* sched.c - the scheduler: the pending queue, dispatch, results coming in.
+ *
+ * Work flows as chunks: a job (one API call) is cut into chunks that wait
+ * in the pending queue until fp__sched_dispatch_locked() sends them to
+ * workers through the link. A worker holds one chunk when chunks are long
+ * (20 ms or more), so long tasks balance dynamically across workers as
+ * with CPython's shared task queue, and about 1 ms of work (2 to 8 chunks)
+ * when they are short, so a worker never idles waiting for the master.
+ *
+ * Dispatch may run on a user thread (submission) or on the pool thread
+ * (after a result); both hold pool->mu. A result frame arrives from the
+ * link (fp__sched_on_result), is checked, taken off its worker, and handed
+ * to job.c, which does everything else; nothing here calls back up.
+ */
+#include "pool/pool_int.h"
+
+#include <signal.h>
+#include <string.h>
+
+#define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
+#define QUEUE_AHEAD_NS 1000000    /* ... about this much work per worker */
+
+/* ---- pending queue ---------------------------------------------------------- */
+
+void fp__sched_enqueue_locked(fp_pool *pool, fp__chunk *ch) {
+  fp__assert_locked(pool);
+  ch->state = FP__CH_PENDING;
+  ch->qnext = NULL;
+  ch->qprev = pool->qtail;
+  if (pool->qtail)
+    pool->qtail->qnext = ch;
+  else
+    pool->qhead = ch;
+  pool->qtail = ch;
+  pool->npending++;
+}
+
+void fp__sched_requeue_front_locked(fp_pool *pool, fp__chunk *ch) {
+  ch->state = FP__CH_PENDING;
+  ch->qprev = NULL;
+  ch->qnext = pool->qhead;
+  if (pool->qhead)
+    pool->qhead->qprev = ch;
+  else
+    pool->qtail = ch;
+  pool->qhead = ch;
+  pool->npending++;
+}
+
+static void dequeue_locked(fp_pool *pool, fp__chunk *ch) {
+  if (ch->qprev)
+    ch->qprev->qnext = ch->qnext;
+  else
+    pool->qhead = ch->qnext;
+  if (ch->qnext)
+    ch->qnext->qprev = ch->qprev;
+  else
+    pool->qtail = ch->qprev;
+  ch->qprev = ch->qnext = NULL;
+  pool->npending--;
+}
+
+/* ---- killing ----------------------------------------------------------------- */
+
+void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
+                           uint64_t seq, int sig) {
+  fp__assert_locked(pool);
+  if (!ws->alive)
+    return;
+  if (ws->kill_reason == 0) {
+    ws->kill_reason = reason;
+    ws->kill_seq = seq;
+  }
+  if (sig == SIGTERM && ws->kill_at_ns == 0) {
+    int64_t grace = fp__seconds_to_ns(pool->opts.kill_grace);
+    ws->kill_at_ns = fp__now_ns() + grace;
+    if (!fp__on_pool_thread(pool))
+      fp__pool_wake(pool); /* the tick escalates to SIGKILL */
+  }
+  pool->link->ops->kill(pool->link, ws->index, sig);
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* Writes the chunks assigned to ws since `first` with one link send. */
+static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
+  fp__task_out t[FP__LINK_MAX_BATCH];
+  int n = ws->ninflight - first;
+  for (int i = 0; i < n; i++) {
+    fp__chunk *ch = ws->inflight[first + i];
+    fp__job *job = ch->job;
+    fp__task_hdr *h = &t[i].hdr;
+    memset(h, 0, sizeof(*h));
+    h->type = FP__MSG_TASK;
+    h->wire = job->wire;
+    h->flags = (job->timeout > 0 ? FP__TASK_TIMED : 0) |
+               (job->kind == FP__JOB_APPLY ? FP__TASK_WHOLE : 0);
+    h->count = ch->count;
+    h->seq = ch->seq;
+    h->start = ch->start;
+    h->in_size = (uint32_t)job->in_size;
+    h->out_size = (uint32_t)job->out_size;
+    h->fn = job->fn;
+    h->items_len = ch->items_len;
+    t[i].items = ch->items;
+    t[i].items_len = ch->items_len;
+  }
+  /* On failure the link kills the worker: its exited() requeues these. */
+  pool->link->ops->send(pool->link, ws->index, t, n);
+}
+
+static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
+  if (!ws->alive || !ws->ready || ws->retiring || ws->kill_reason ||
+      ws->ninflight > depth)
+    return 0;
+  if (pool->opts.maxtasksperchild &&
+      ws->sent >= pool->opts.maxtasksperchild)
+    return 0;
+  return pool->link->ops->can_send(pool->link, ws->index);
+}
+
+/* How deep each worker's queue may be. Long chunks (or none measured
+ * yet): one, so the next chunk goes to whichever worker frees up first, as
+ * with CPython's shared queue. Shorter chunks: enough queued work to cover
+ * QUEUE_AHEAD_NS, the time a result takes to reach the pool thread and the
+ * next chunk to come back (a cross-CPU wake-up each way costs tens of
+ * microseconds on small VMs); between 2 and FP__LINK_MAX_BATCH, or exactly
+ * `inflight` when the user set it. A submitting thread feeds idle workers
+ * only: deeper queues are filled by the pool thread when results come
+ * back, several chunks per write, instead of one system call and one
+ * worker wake-up per submission. */
+static int queue_depth(fp_pool *pool) {
+  if (!fp__on_pool_thread(pool) || pool->ewma_ns <= 0 ||
+      pool->ewma_ns >= EWMA_PREFETCH_NS)
+    return 1;
+  if (pool->inflight > 0)
+    return pool->inflight;
+  int64_t d = 1 + (QUEUE_AHEAD_NS + pool->ewma_ns - 1) / pool->ewma_ns;
+  return d < 2 ? 2 : d > FP__LINK_MAX_BATCH ? FP__LINK_MAX_BATCH : (int)d;
+}
+
+void fp__sched_dispatch_locked(fp_pool *pool) {
+  fp__assert_locked(pool);
+  if (pool->qhead == NULL || pool->state == FP__TERMINATE)
+    return;
+  int maxdepth = queue_depth(pool), first[pool->nworkers];
+  int sent_timed = 0;
+  for (int k = 0; k < pool->nworkers; k++)
+    first[k] = pool->ws[k].ninflight;
+  /* Assign level by level, idle workers first; then write each worker's
+   * new chunks with one send. */
+  for (int depth = 0; depth < maxdepth && pool->qhead; depth++) {
+    for (int k = 0; k < pool->nworkers && pool->qhead; k++) {
+      fp__wslot *ws = &pool->ws[(pool->rr + k) % pool->nworkers];
+      if (!ws_can_take(pool, ws, depth))
+        continue;
+      fp__chunk *ch = pool->qhead;
+      dequeue_locked(pool, ch);
+      ch->state = FP__CH_SENT;
+      ch->job->travelling++;
+      ws->inflight[ws->ninflight++] = ch;
+      ws->sent++;
+      sent_timed |= ch->job->timeout > 0;
+      if (ws->ninflight == 1)
+        ws->last_done_ns = fp__now_ns();
+    }
+  }
+  for (int k = 0; k < pool->nworkers; k++)
+    if (pool->ws[k].ninflight > first[k])
+      send_new_locked(pool, &pool->ws[k], first[k]);
+  pool->rr = (pool->rr + 1) % pool->nworkers;
+  if (sent_timed && !pool->tick_on && !fp__on_pool_thread(pool))
+    fp__pool_wake(pool); /* let the loop arm the tick for time limits */
+}
+
+/* ---- canceling ------------------------------------------------------------- */
+
+void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
+                                 int64_t index, const char *msg,
+                                 int kill_running) {
+  fp__assert_locked(pool);
+  if (job->finished)
+    return;
+  /* Queued chunks of the job never run. */
+  for (fp__chunk *ch = pool->qhead, *next; ch != NULL; ch = next) {
+    next = ch->qnext;
+    if (ch->job == job) {
+      dequeue_locked(pool, ch);
+      ch->state = FP__CH_DONE;
+      if (ch->heap)
+        fp__chunk_free(ch); /* iterator chunks are not in a job array */
+    }
+  }
+  /* A running chunk of the job (always a worker's first in-flight chunk)
+   * has its worker killed and replaced. Chunks of the job queued behind
+   * another job's chunk are left to run and their results dropped: killing
+   * that worker would fail an innocent job. */
+  for (int i = 0; kill_running && i < pool->nworkers; i++) {
+    fp__wslot *ws = &pool->ws[i];
+    if (ws->ninflight > 0 && ws->inflight[0]->job == job &&
+        !ws->kill_reason && pool->state != FP__TERMINATE)
+      fp__sched_kill_locked(pool, ws, FP_ECANCELED, ws->inflight[0]->seq,
+                            SIGTERM);
+  }
+  fp__job_fail_locked(&pool->jobs, job, code, index, msg);
+}
+
+/* ---- events from the link ------------------------------------------------- */
+
+void fp__sched_on_ready(void *ctx, int slot) {
+  fp_pool *pool = ctx;
+  fp__wslot *ws = &pool->ws[slot];
+  if (ws->alive && !ws->ready) {
+    ws->ready = 1;
+    pool->nready++;
+    pthread_cond_broadcast(&pool->cond);
+  }
+}
+
+void fp__sched_on_retired(void *ctx, int slot) {
+  fp_pool *pool = ctx;
+  fp__wslot *ws = &pool->ws[slot];
+  /* Only a worker that reached maxtasksperchild and holds nothing may
+   * retire; anything else is a forged frame (a task writing on its
+   * worker's socket), which would leave the worker idle forever. */
+  if (pool->opts.maxtasksperchild == 0 ||
+      ws->sent < pool->opts.maxtasksperchild || ws->ninflight != 0) {
+    fp__sched_on_violation(ctx, slot, "RETIRE before maxtasksperchild");
+    return;
+  }
+  ws->retiring = 1;
+}
+
+void fp__sched_on_violation(void *ctx, int slot, const char *what) {
+  fp_pool *pool = ctx;
+  (void)what;
+  fp__sched_kill_locked(pool, &pool->ws[slot], FP_EPROTO, 0, SIGKILL);
+}
+
+/* Finds ws's in-flight chunk with id seq, or -1. Results come in order
+ * per path, but a large one (socket) may be overtaken by a later small
+ * one (ring): search by id. */
+static int find_inflight(const fp__wslot *ws, uint64_t seq) {
+  for (int k = 0; k < ws->ninflight; k++)
+    if (ws->inflight[k]->seq == seq)
+      return k;
+  return -1;
+}
+
+/* Takes chunk k off ws and updates the service-time estimate. */
+static fp__chunk *take_inflight(fp_pool *pool, fp__wslot *ws, int k) {
+  fp__chunk *ch = ws->inflight[k];
+  memmove(ws->inflight + k, ws->inflight + k + 1,
+          sizeof(ws->inflight[0]) * (size_t)(ws->ninflight - k - 1));
+  ws->ninflight--;
+  ch->job->travelling--;
+  int64_t now = fp__now_ns();
+  int64_t took = now - ws->last_done_ns;
+  ws->last_done_ns = now;
+  pool->ewma_ns = pool->ewma_ns ? (pool->ewma_ns * 7 + took) / 8 : took;
+  ws->tasks++;
+  return ch;
+}
+
+void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
+                         size_t len, fp__rbuf *keep) {
+  fp_pool *pool = ctx;
+  fp__wslot *ws = &pool->ws[slot];
+  fp__res_hdr rh;
+  int k;
+  if (len < sizeof(rh))
+    goto bad;
+  memcpy(&rh, payload, sizeof(rh));
+  if ((k = find_inflight(ws, rh.seq)) < 0)
+    goto bad;
+  fp__chunk *ch = ws->inflight[k];
+  const unsigned char *errs = payload + sizeof(rh);
+  size_t rest = len - sizeof(rh);
+  if (ch->job->finished) {
+    /* Canceled while this chunk travelled: drop it. */
+    fp__chunk_orphan_locked(take_inflight(pool, ws, k));
+    return;
+  }
+  if (rh.count != ch->count || rh.errs_len > rest ||
+      fp__chunk_check_results(ch, rest - rh.errs_len, errs, rh.errs_len,
+                              rh.nerr) != 0)
+    goto bad;
+  take_inflight(pool, ws, k);
+  fp__chunk_results_locked(&pool->jobs, ch, errs + rh.errs_len,
+                           rest - rh.errs_len, errs, rh.nerr, keep);
+  return;
+bad:
+  /* A worker that speaks nonsense is killed; its death fails its chunks. */
+  fp__sched_on_violation(pool, slot, "malformed RESULT");
+}
