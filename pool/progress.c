@@ -4,18 +4,29 @@
  * the cumulative number of finished items; the reporter decides whether to
  * say anything. Three outputs, all optional:
  *
- *   BAR     a tqdm-like bar on stderr, redrawn in place with '\r' at most
- *           ten times a second and once more, with a newline, at finish:
- *             forkpool(n=2):  40%|############       | 40/100
- * [00:01<00:01, 33.30it/s] LINES   joblib-style lines, one per growing step of
- * `done` (1, 2, 4, 8, ... items) but never closer than 0.5 s apart, plus at
- * least one every 10 s while work progresses, and a final line:
- *             [forkpool(n=2)]: Done 40 of 100 tasks | elapsed: 1.2s
- * remaining: 1.8s [forkpool(n=2)]: Done 100 of 100 tasks | elapsed: 3.0s
- * finished the user's callback, called on every update that passes the 0.1 s
- * rate limit (in every mode) and once at finish.
+ *   BAR       a tqdm-like bar on stderr, redrawn in place with '\r' at most
+ *             ten times a second and once more, with a newline, at finish:
+ *
+ *     forkpool(n=2):  40%|####      | 40/100 [00:01<00:01, 33.30it/s]
+ *
+ *   LINES     joblib-style lines, one per growing step of `done` (1, 2, 4,
+ *             8, ... items) but never closer than 0.5 s apart, plus at least
+ *             one every 10 s while work progresses, and a final line:
+ *
+ *     [forkpool(n=2)]: Done 40 of 100 tasks | elapsed: 1.2s remaining: 1.8s
+ *     [forkpool(n=2)]: Done 100 of 100 tasks | elapsed: 3.0s finished
+ *
+ *   CALLBACK  the user's callback, called on every update that passes the
+ *             0.1 s rate limit (in every mode) and once at finish.
  *
  * With an unknown total (-1) no percentage, bar or remaining time is shown.
+ *
+ * The bar never wraps: its line is at most one column narrower than the
+ * terminal (a line exactly as wide as the terminal wraps on some). As the
+ * terminal narrows, the bar shrinks from 40 to 10 characters, then, as tqdm
+ * does, the rate goes, then the remaining time, then the elapsed time; then
+ * the bar itself, then the "forkpool(n=2):" prefix; what still does not fit
+ * is cut.
  *
  * Cost on the hot path: fp__progress_update() stores `done`, reads
  * CLOCK_MONOTONIC once and compares it with the next tick time; only past
@@ -154,63 +165,110 @@ static void emit_line(fp__progress *pg, double now, int final) {
   pg->last_line = now;
 }
 
-/* Redraws the bar in place ('\r' first, spaces over any leftover of a
- * longer previous bar); `final` ends it with a newline. The line is kept
- * one column short of the terminal width so it never wraps. */
-static void emit_bar(fp__progress *pg, double now, int final) {
-  char tail[LINE_CAP], buf[LINE_CAP];
-  size_t tlen = 0, len = 0;
-  double el = now - pg->t0;
-  double rate = el > 0 ? (double)pg->done / el : 0;
-  int width = term_width() - 1, prefix_len, pad;
-  char prefix[64];
+/* Detail levels of the text after the bar, richest first; a narrower
+ * terminal drops the rate, then the remaining time, then the elapsed time. */
+enum { TAIL_FULL, TAIL_NO_RATE, TAIL_ELAPSED, TAIL_COUNT, TAIL_LEVELS };
 
-  prefix_len =
-      snprintf(prefix, sizeof prefix, "forkpool(n=%d): ", pg->nworkers);
-  if (prefix_len < 0 || prefix_len >= (int)sizeof prefix)
-    prefix_len = 0, prefix[0] = '\0';
-
-  /* The tail after the bar: "| 40/100 [00:01<00:01, 33.30it/s]". */
+/* Formats the text after the bar at detail `level` into buf (cap bytes):
+ * "| 40/100 [00:01<00:01, 33.30it/s]", "| 40/100 [00:01<00:01]",
+ * "| 40/100 [00:01]", "| 40/100"; with an unknown total
+ * "40it [00:01, 33.30it/s]", "40it [00:01]", "40it". Returns its length. */
+static size_t format_tail(const fp__progress *pg, int level, double el,
+                          double rate, char *buf, size_t cap) {
+  size_t len = 0;
+  buf[0] = '\0';
   if (pg->total >= 0)
-    append(tail, sizeof tail, &tlen, "| %lld/%lld [", (long long)pg->done,
+    append(buf, cap, &len, "| %lld/%lld", (long long)pg->done,
            (long long)pg->total);
   else
-    append(tail, sizeof tail, &tlen, "%lldit [", (long long)pg->done);
-  append_clock(tail, sizeof tail, &tlen, el);
-  if (pg->total >= 0) {
-    append(tail, sizeof tail, &tlen, "<");
+    append(buf, cap, &len, "%lldit", (long long)pg->done);
+  if (level >= TAIL_COUNT)
+    return len;
+  append(buf, cap, &len, " [");
+  append_clock(buf, cap, &len, el);
+  if (pg->total >= 0 && level < TAIL_ELAPSED) {
+    append(buf, cap, &len, "<");
     if (pg->done > 0 && rate > 0)
-      append_clock(tail, sizeof tail, &tlen,
-                   (double)(pg->total - pg->done) / rate);
+      append_clock(buf, cap, &len, (double)(pg->total - pg->done) / rate);
     else
-      append(tail, sizeof tail, &tlen, "?");
+      append(buf, cap, &len, "?");
   }
-  if (rate >= 1 || pg->done == 0)
-    append(tail, sizeof tail, &tlen, ", %.2fit/s]", rate);
-  else
-    append(tail, sizeof tail, &tlen, ", %.2fs/it]", 1 / rate);
-
-  append(buf, sizeof buf, &len, "\r%s", prefix);
-  if (pg->total >= 0) {
-    int64_t d = pg->done < pg->total ? pg->done : pg->total;
-    double frac = pg->total > 0 ? (double)d / (double)pg->total : 1.0;
-    int bar = width - prefix_len - 5 - (int)tlen; /* "100%|" is 5 */
-    int fill, i;
-    if (bar > BAR_MAX)
-      bar = BAR_MAX;
-    if (bar < BAR_MIN)
-      bar = BAR_MIN;
-    fill = (int)(frac * bar);
-    append(buf, sizeof buf, &len, "%3d%%|", (int)(frac * 100));
-    for (i = 0; i < bar && len + 2 < sizeof buf; i++)
-      buf[len++] = i < fill ? '#' : ' ';
-    buf[len] = '\0';
+  if (level == TAIL_FULL) {
+    if (rate >= 1 || pg->done == 0)
+      append(buf, cap, &len, ", %.2fit/s", rate);
+    else
+      append(buf, cap, &len, ", %.2fs/it", 1 / rate);
   }
-  append(buf, sizeof buf, &len, "%s", tail);
+  append(buf, cap, &len, "]");
+  return len;
+}
 
-  /* Blank out what is left of a longer previous bar. */
-  pad = pg->bar_len - (int)(len - 1);
-  pg->bar_len = (int)(len - 1);
+/* Redraws the bar in place ('\r' first, spaces over any leftover of a
+ * longer previous bar); `final` ends it with a newline. The visible line
+ * is at most term_width() - 1 columns (see the file header for what is
+ * dropped to get there), so it never wraps. */
+static void emit_bar(fp__progress *pg, double now, int final) {
+  char prefix[64], tail[LINE_CAP], buf[LINE_CAP];
+  size_t len = 0, tlen = 0;
+  double el = now - pg->t0;
+  double rate = el > 0 ? (double)pg->done / el : 0;
+  int width = term_width() - 1, plen, bar = 0, level, pad, shown;
+  int64_t d = pg->total >= 0 && pg->done > pg->total ? pg->total : pg->done;
+  double frac = pg->total > 0 ? (double)d / (double)pg->total : 1.0;
+
+  if (width < 0)
+    width = 0;
+  plen = snprintf(prefix, sizeof prefix, "forkpool(n=%d): ", pg->nworkers);
+  if (plen < 0 || plen >= (int)sizeof prefix)
+    plen = 0, prefix[0] = '\0';
+
+  /* The richest tail that leaves room for a bar of BAR_MIN characters
+   * (with a known total: "100%|" is 5 more) or, with an unknown total and
+   * so no bar, that fits at all. */
+  for (level = TAIL_FULL; level < TAIL_LEVELS; level++) {
+    int room;
+    tlen = format_tail(pg, level, el, rate, tail, sizeof tail);
+    room = width - plen - (int)tlen - (pg->total >= 0 ? 5 : 0);
+    if (pg->total < 0 && room >= 0)
+      break;
+    if (pg->total >= 0 && room >= BAR_MIN) {
+      bar = room < BAR_MAX ? room : BAR_MAX;
+      break;
+    }
+  }
+
+  buf[len++] = '\r';
+  if (level < TAIL_LEVELS) {
+    append(buf, sizeof buf, &len, "%s", prefix);
+    if (pg->total >= 0) {
+      int fill = (int)(frac * bar);
+      append(buf, sizeof buf, &len, "%3d%%|", (int)(frac * 100));
+      for (int i = 0; i < bar && len + 2 < sizeof buf; i++)
+        buf[len++] = i < fill ? '#' : ' ';
+      buf[len] = '\0';
+    }
+    append(buf, sizeof buf, &len, "%s", tail);
+  } else {
+    /* Too narrow for any bar: " 40% 40/100" (or "40it"), after the
+     * prefix when it still fits. */
+    char core[64];
+    size_t clen = 0;
+    if (pg->total >= 0)
+      append(core, sizeof core, &clen, "%3d%% %lld/%lld", (int)(frac * 100),
+             (long long)pg->done, (long long)pg->total);
+    else
+      append(core, sizeof core, &clen, "%lldit", (long long)pg->done);
+    if (plen + (int)clen <= width)
+      append(buf, sizeof buf, &len, "%s", prefix);
+    append(buf, sizeof buf, &len, "%s", core);
+  }
+  if ((int)len - 1 > width) /* what still does not fit is cut */
+    len = (size_t)width + 1;
+  shown = (int)len - 1;
+
+  /* Blank out what is left of a longer previous bar, within the width. */
+  pad = (pg->bar_len < width ? pg->bar_len : width) - shown;
+  pg->bar_len = shown;
   while (pad-- > 0 && len + 2 < sizeof buf)
     buf[len++] = ' ';
   if (final)

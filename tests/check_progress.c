@@ -7,11 +7,20 @@
  * lines), the final line, callback counts, unknown totals, and that OFF
  * writes nothing at all. Rate limits are real time, so a few tests sleep
  * for a fraction of a second.
+ *
+ * The bar's width is tested on a real terminal: pty_begin() opens a
+ * pseudo-terminal of a given number of columns (openpty, raw mode so the
+ * bytes arrive as written) and points fd 2 at it; pty_end() reads back
+ * what the reporter drew, waiting a bounded time for the final newline.
  */
 #include <check.h>
+#include <poll.h>
+#include <pty.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +57,87 @@ static char *capture_end(void) {
   fclose(cap_file);
   cap_file = NULL;
   return text;
+}
+
+static int pty_master = -1;
+
+/* Opens a pseudo-terminal `cols` columns wide, in raw mode (no output
+ * processing: '\n' stays '\n'), and points fd 2 at its slave side. */
+static void pty_begin(int cols) {
+  struct winsize ws = {.ws_row = 24, .ws_col = (unsigned short)cols};
+  struct termios t;
+  int slave;
+  ck_assert_int_eq(openpty(&pty_master, &slave, NULL, NULL, &ws), 0);
+  ck_assert_int_eq(tcgetattr(slave, &t), 0);
+  cfmakeraw(&t);
+  ck_assert_int_eq(tcsetattr(slave, TCSANOW, &t), 0);
+  saved_fd = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved_fd, 0);
+  ck_assert_int_ge(dup2(slave, STDERR_FILENO), 0);
+  close(slave);
+}
+
+/* Reads what was drawn on the terminal until it ends with the final
+ * newline (the bar writes exactly one, at finish), waiting at most 5 s in
+ * all, then restores fd 2 and closes the terminal. Returns the bytes
+ * (malloc'd, NUL-terminated; the caller frees them). */
+static char *pty_end(void) {
+  size_t len = 0, cap = 4096;
+  char *text = malloc(cap);
+  struct timespec t0, t;
+  ck_assert_ptr_nonnull(text);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    struct pollfd p = {.fd = pty_master, .events = POLLIN};
+    long waited;
+    ssize_t k;
+    if (len > 0 && text[len - 1] == '\n')
+      break;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    waited = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+    if (waited >= 5000 || poll(&p, 1, (int)(5000 - waited)) <= 0)
+      break;
+    if (len + 1024 > cap) {
+      cap *= 2;
+      text = realloc(text, cap);
+      ck_assert_ptr_nonnull(text);
+    }
+    k = read(pty_master, text + len, cap - len - 1);
+    if (k <= 0)
+      break;
+    len += (size_t)k;
+  }
+  text[len] = '\0';
+  ck_assert_int_ge(dup2(saved_fd, STDERR_FILENO), 0);
+  close(saved_fd);
+  saved_fd = -1;
+  close(pty_master);
+  pty_master = -1;
+  return text;
+}
+
+/* Returns the widest of the pieces of text between '\r' and '\n'
+ * characters: the widest line a terminal would show. */
+static int widest_draw(const char *text) {
+  int widest = 0, cur = 0;
+  for (; *text; text++) {
+    if (*text == '\r' || *text == '\n')
+      cur = 0;
+    else if (++cur > widest)
+      widest = cur;
+  }
+  return widest;
+}
+
+/* Copies the last draw of text (after its last '\r', without the final
+ * newline and the blanking spaces) into buf. */
+static void last_draw(const char *text, char *buf, size_t cap) {
+  const char *cr = strrchr(text, '\r');
+  size_t n;
+  snprintf(buf, cap, "%s", cr ? cr + 1 : text);
+  n = strlen(buf);
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+    buf[--n] = '\0';
 }
 
 /* Counts occurrences of the character c in s. */
@@ -351,6 +441,135 @@ START_TEST(progress_callback_ticks_ten_per_second) {
 }
 END_TEST
 
+/* The terminal widths the bar is drawn at, from a narrow split pane to a
+ * wide window. */
+static const int widths[] = {40, 50, 80, 200};
+
+START_TEST(progress_bar_fits_the_terminal) {
+  int cols = widths[_i];
+  fp__progress *pg;
+  char *out, draw[512];
+
+  /* A mid-job draw and the final one, total known. */
+  pty_begin(cols);
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, 100),
+                   0);
+  fp__progress_update(pg, 40);  /* the first update draws at once */
+  fp__progress_update(pg, 100); /* rate-limited: drawn by finish */
+  fp__progress_finish(pg);
+  out = pty_end();
+  ck_assert_msg(widest_draw(out) <= cols - 1, "%d columns: %s", cols, out);
+  ck_assert_int_eq(count_char(out, '\n'), 1);
+  ck_assert_msg(strstr(out, "40/100") != NULL, "%d: %s", cols, out);
+  ck_assert_msg(strstr(out, "100%|#") != NULL, "%d: %s", cols, out);
+  /* What is dropped, and in which order: the rate first, then the
+   * remaining time, then the elapsed time; never the count. */
+  if (cols >= 80) {
+    ck_assert_msg(strstr(out, "it/s]") && strstr(out, "<"), "%d: %s", cols,
+                  out);
+  } else if (cols == 50) {
+    ck_assert_msg(strstr(out, "it/s") == NULL && strchr(out, '<') == NULL &&
+                      strstr(out, "| 40/100 [00:00]") != NULL,
+                  "50: %s", out);
+  } else {
+    ck_assert_msg(strchr(out, '[') == NULL, "%d: %s", cols, out);
+  }
+  if (cols == 200) /* wide: the bar has its full 40 characters */
+    ck_assert_msg(strstr(out, "|########################################|"),
+                  "200: %s", out);
+  free(out);
+
+  /* Counts too long for any bar at 40 columns: the bar and the prefix go,
+   * the count stays. */
+  pty_begin(cols);
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 64, 2000000000), 0);
+  fp__progress_update(pg, 123456789);
+  fp__progress_finish(pg);
+  out = pty_end();
+  ck_assert_msg(widest_draw(out) <= cols - 1, "%d columns: %s", cols, out);
+  ck_assert_msg(strstr(out, "123456789/2000000000") != NULL, "%d: %s", cols,
+                out);
+  if (cols == 40)
+    ck_assert_msg(strstr(out, "forkpool") == NULL, "40: %s", out);
+  free(out);
+
+  /* An unknown total: no bar; the tail shrinks the same way. */
+  pty_begin(cols);
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, -1),
+                   0);
+  fp__progress_update(pg, 12345678);
+  fp__progress_finish(pg);
+  out = pty_end();
+  last_draw(out, draw, sizeof draw);
+  ck_assert_msg(widest_draw(out) <= cols - 1, "%d columns: %s", cols, out);
+  ck_assert_msg(strncmp(draw, "forkpool(n=2): 12345678it", 25) == 0, "%d: %s",
+                cols, draw);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_bar_never_wraps_on_tiny_terminals) {
+  for (int cols = 1; cols <= 30; cols++) {
+    fp__progress *pg;
+    char *out;
+    pty_begin(cols);
+    ck_assert_int_eq(
+        fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, 1000), 0);
+    fp__progress_update(pg, 999);
+    fp__progress_finish(pg);
+    out = pty_end();
+    ck_assert_msg(widest_draw(out) <= cols - 1, "%d columns: %s", cols, out);
+    ck_assert_int_eq(count_char(out, '\n'), 1);
+    free(out);
+  }
+}
+END_TEST
+
+START_TEST(progress_bar_blanks_a_longer_previous_draw) {
+  fp__progress *pg;
+  char *out, *cr1, *cr2;
+  size_t n1, n2;
+  pty_begin(200);
+  ck_assert_int_eq(
+      fp__progress_new(&pg, FP_PROGRESS_BAR, NULL, NULL, 2, 1000000000), 0);
+  fp__progress_update(pg, 999999999); /* a bar and a long count */
+  fp__progress_set_total(pg, -1);     /* the final draw has neither */
+  fp__progress_finish(pg);
+  out = pty_end();
+  /* Two draws; the second is padded with spaces to the first's width, so
+   * nothing of the first is left on the screen. */
+  cr1 = strchr(out, '\r');
+  ck_assert_ptr_nonnull(cr1);
+  cr2 = strchr(cr1 + 1, '\r');
+  ck_assert_ptr_nonnull(cr2);
+  n1 = (size_t)(cr2 - cr1 - 1);
+  n2 = strlen(cr2 + 1) - 1; /* without the final newline */
+  ck_assert_msg(n2 == n1 && cr2[n2] == ' ', "%s", out);
+  ck_assert_msg(strncmp(cr2 + 1, "forkpool(n=2): 999999999it [", 28) == 0,
+                "%s", out);
+  ck_assert_int_le(widest_draw(out), 199);
+  free(out);
+}
+END_TEST
+
+START_TEST(progress_auto_on_a_terminal_gives_a_bar) {
+  fp__progress *pg;
+  char *out;
+  pty_begin(50);
+  ck_assert_int_eq(fp__progress_new(&pg, FP_PROGRESS_AUTO, NULL, NULL, 2, 10),
+                   0);
+  fp__progress_update(pg, 5);
+  fp__progress_update(pg, 10);
+  fp__progress_finish(pg);
+  out = pty_end();
+  ck_assert_msg(out[0] == '\r' && strstr(out, "forkpool(n=2): 100%|#"),
+                "%s", out);
+  ck_assert_int_le(widest_draw(out), 49);
+  free(out);
+}
+END_TEST
+
 START_TEST(progress_finish_without_updates) {
   fp__progress *pg;
   cb_log log = {0};
@@ -385,6 +604,11 @@ Suite *progress_suite(void) {
   tcase_add_test(tc, progress_callback_only_prints_nothing);
   tcase_add_test(tc, progress_callback_ticks_ten_per_second);
   tcase_add_test(tc, progress_finish_without_updates);
+  tcase_add_loop_test(tc, progress_bar_fits_the_terminal, 0,
+                      (int)(sizeof widths / sizeof widths[0]));
+  tcase_add_test(tc, progress_bar_never_wraps_on_tiny_terminals);
+  tcase_add_test(tc, progress_bar_blanks_a_longer_previous_draw);
+  tcase_add_test(tc, progress_auto_on_a_terminal_gives_a_bar);
   suite_add_tcase(s, tc);
   return s;
 }
