@@ -961,6 +961,8 @@ typedef struct fp_manager_stats {
   size_t objects;    /* live dicts, lists, counters, locks and arrays */
   size_t repairs;    /* interrupted updates rolled back or forward after
                         the process doing them died */
+  size_t footprint;  /* bytes of the arena the allocator has carved so far:
+                        its high-water mark, the memory it touched */
 } fp_manager_stats;
 
 /* Maximum dict key length in bytes; longer keys give FP_EMSGSIZE. */

@@ -15,7 +15,10 @@
  *   payload    fp_pool_map_values of bytes values, chunksize 1,
  *              identity; both directions counted                 MiB/s
  *   chunks     per-item cost of a fixed map vs chunksize         ns/item
- *   manager    shared dict / list / counter / lock               ops/s
+ *   manager    shared dict / list / counter / lock, from 1 and from 2
+ *              processes                                         ops/s
+ *   churn      dict inserts and deletes of random-size values: the
+ *              arena's footprint over the live data              x
  *   fault      worker death to failed result; throughput while a
  *              worker is SIGKILLed every 100 ms vs undisturbed
  *   scale K W  CPU kernel K (kernels.h) on 1..W workers          s
@@ -391,11 +394,26 @@ static void g_chunks(sizes_t n) {
 
 /* --- manager -------------------------------------------------------------- */
 
-static fp_dict *g_dict2;
+static fp_dict *g_dict;  /* the target of the timed dict groups */
+static fp_list *g_list;  /* the target of the timed list groups */
 static fp_counter *g_counter;
 static fp_lock *g_lock;
 static int64_t *g_locked_value;
 static atomic_int *g_go;
+
+/* Keys "key0", "key1", ... made before any clock starts, as py_bench.py
+ * does: the timed loops measure the manager, not the formatting. */
+static char (*g_keys)[16];
+static size_t *g_klen;
+
+static void make_keys(long k) {
+  g_keys = malloc((size_t)k * sizeof *g_keys);
+  g_klen = malloc((size_t)k * sizeof *g_klen);
+  if (g_keys == NULL || g_klen == NULL)
+    die("out of memory");
+  for (long i = 0; i < k; i++)
+    g_klen[i] = (size_t)snprintf(g_keys[i], sizeof g_keys[i], "key%ld", i);
+}
 
 /* Forks two processes that wait for *g_go, then run fn(which, iters);
  * returns the seconds from the start signal until both exited. */
@@ -428,31 +446,6 @@ static double two_procs(void (*fn)(int, long), long iters) {
   return now_s() - t0;
 }
 
-static void op_dict_set(int which, long iters) {
-  char key[32];
-  for (long i = 0; i < iters; i++) {
-    int kl = snprintf(key, sizeof key, "%c%ld", 'a' + which, i);
-    if (fp_dict_set_int(g_dict2, key, (size_t)kl, i) != 0)
-      _exit(1);
-  }
-}
-
-/* Updates of existing keys, each process its own 1024 keys: no
- * allocation, so only the dict's lock stripes are shared. */
-static fp_dict *g_dict3;
-#define UPD_KEYS 1024
-
-static void op_dict_update(int which, long iters) {
-  char key[UPD_KEYS][16];
-  size_t kl[UPD_KEYS];
-  for (int i = 0; i < UPD_KEYS; i++)
-    kl[i] = (size_t)snprintf(key[i], sizeof key[i], "%c%d", 'a' + which, i);
-  for (long i = 0; i < iters; i++)
-    if (fp_dict_add_int(g_dict3, key[i % UPD_KEYS], kl[i % UPD_KEYS], 1,
-                        NULL) != 0)
-      _exit(1);
-}
-
 /* Like two_procs() with a single process doing all the work. */
 static double one_proc(void (*fn)(int, long), long iters) {
   pid_t pid = fork();
@@ -467,6 +460,43 @@ static double one_proc(void (*fn)(int, long), long iters) {
   if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
     die("a manager test process failed");
   return now_s() - t0;
+}
+
+/* Process `which` of the timed groups works on keys [which * iters,
+ * (which + 1) * iters): the halves of two processes never share a key. */
+static void op_dict_insert(int which, long iters) {
+  for (long i = which * iters; i < (which + 1) * iters; i++)
+    if (fp_dict_set_int(g_dict, g_keys[i], g_klen[i], i) != 0)
+      _exit(1);
+}
+
+static void op_dict_get(int which, long iters) {
+  int64_t v;
+  for (long i = which * iters; i < (which + 1) * iters; i++)
+    if (fp_dict_get_int(g_dict, g_keys[i], g_klen[i], &v) != 0 || v != i)
+      _exit(1);
+}
+
+/* Updates of existing keys, each process its own 1024 keys: no
+ * allocation, no key shared between the processes. */
+#define UPD_KEYS 1024
+
+static void op_dict_update(int which, long iters) {
+  long base = which * UPD_KEYS;
+  for (long i = 0; i < iters; i++) {
+    long j = base + i % UPD_KEYS;
+    if (fp_dict_add_int(g_dict, g_keys[j], g_klen[j], 1, NULL) != 0)
+      _exit(1);
+  }
+}
+
+static void op_list_append(int which, long iters) {
+  unsigned char v[9] = {FP_INT};
+  for (long i = 0; i < iters; i++) {
+    v[1] = (unsigned char)i;
+    if (fp_list_append(g_list, v, sizeof v) != 0)
+      _exit(1);
+  }
 }
 
 static void op_counter(int which, long iters) {
@@ -485,20 +515,92 @@ static void op_locked(int which, long iters) {
   }
 }
 
+/* The master's own set and get (compared with Python's Manager), then the
+ * same work by one forked process vs two (the scaling rows: "baseline" is
+ * one process doing all of it, "forkpool" two processes doing half each,
+ * on different keys). */
+static void mgr_dict_groups(fp_manager *m, long k) {
+  fp_dict *d;
+  int64_t s = 0, v;
+
+  check(fp_dict_new(m, &d), "fp_dict_new");
+  double t0 = now_s();
+  for (long i = 0; i < k; i++)
+    check(fp_dict_set_int(d, g_keys[i], g_klen[i], i), "fp_dict_set_int");
+  emit("mgr_dict_set", "forkpool", (double)k / (now_s() - t0), "ops/s");
+  t0 = now_s();
+  for (long i = 0; i < k; i++) {
+    check(fp_dict_get_int(d, g_keys[i], g_klen[i], &v), "fp_dict_get_int");
+    s += v;
+  }
+  emit("mgr_dict_get", "forkpool", (double)k / (now_s() - t0), "ops/s");
+  if (s != (int64_t)k * (k - 1) / 2)
+    die("dict: wrong sum");
+
+  g_dict = d;
+  emit("mgr_dict_get_2w", "baseline", (double)k / one_proc(op_dict_get, k),
+       "ops/s");
+  emit("mgr_dict_get_2w", "forkpool",
+       (double)(2 * (k / 2)) / two_procs(op_dict_get, k / 2), "ops/s");
+
+  check(fp_dict_new(m, &g_dict), "fp_dict_new");
+  emit("mgr_dict_set_2w", "baseline",
+       (double)k / one_proc(op_dict_insert, k), "ops/s");
+  check(fp_dict_destroy(g_dict), "fp_dict_destroy");
+  check(fp_dict_new(m, &g_dict), "fp_dict_new");
+  double dt = two_procs(op_dict_insert, k / 2);
+  if (fp_dict_len(g_dict) != 2 * (k / 2))
+    die("dict from 2 processes: wrong size");
+  emit("mgr_dict_set_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
+  check(fp_dict_destroy(g_dict), "fp_dict_destroy");
+
+  /* Updates of existing keys: does the dict scale? */
+  check(fp_dict_new(m, &g_dict), "fp_dict_new");
+  for (long i = 0; i < 2 * UPD_KEYS; i++)
+    check(fp_dict_set_int(g_dict, g_keys[i], g_klen[i], 0), "fp_dict_set");
+  emit("mgr_dict_upd_2w", "baseline", (double)k / one_proc(op_dict_update, k),
+       "ops/s");
+  dt = two_procs(op_dict_update, k / 2);
+  emit("mgr_dict_upd_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
+  check(fp_dict_destroy(d), "fp_dict_destroy");
+}
+
+static void mgr_list_groups(fp_manager *m, long k) {
+  fp_list *l;
+  unsigned char v[9] = {FP_INT};
+
+  check(fp_list_new(m, &l), "fp_list_new");
+  double t0 = now_s();
+  for (long i = 0; i < k; i++) {
+    v[1] = (unsigned char)i;
+    check(fp_list_append(l, v, sizeof v), "fp_list_append");
+  }
+  emit("mgr_list_append", "forkpool", (double)k / (now_s() - t0), "ops/s");
+  if (fp_list_len(l) != k)
+    die("list: wrong length");
+  check(fp_list_destroy(l), "fp_list_destroy");
+
+  check(fp_list_new(m, &g_list), "fp_list_new");
+  emit("mgr_list_append_2w", "baseline",
+       (double)k / one_proc(op_list_append, k), "ops/s");
+  check(fp_list_destroy(g_list), "fp_list_destroy");
+  check(fp_list_new(m, &g_list), "fp_list_new");
+  double dt = two_procs(op_list_append, k / 2);
+  if (fp_list_len(g_list) != 2 * (k / 2))
+    die("list from 2 processes: wrong length");
+  emit("mgr_list_append_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
+  check(fp_list_destroy(g_list), "fp_list_destroy");
+}
+
 static void g_manager(sizes_t n) {
   fp_manager *m;
-  fp_dict *d;
-  fp_list *l;
   fp_array *arr;
-  char key[32];
+  int64_t v;
   /* The C calls are ~1000x faster than a Manager's round trips: they get
    * more iterations (at least 1e6) so their timings are not lost in clock
    * noise. Rates are per operation on both sides. */
   long k = n.mgr * 50;
   check(fp_manager_new(&m, NULL), "fp_manager_new");
-  check(fp_dict_new(m, &d), "fp_dict_new");
-  check(fp_dict_new(m, &g_dict2), "fp_dict_new");
-  check(fp_list_new(m, &l), "fp_list_new");
   check(fp_counter_new(m, 0, &g_counter), "fp_counter_new");
   check(fp_lock_new(m, &g_lock), "fp_lock_new");
   check(fp_array_new(m, 64, &arr), "fp_array_new");
@@ -507,57 +609,13 @@ static void g_manager(sizes_t n) {
               -1, 0);
   if (g_go == MAP_FAILED)
     die("mmap: %s", strerror(errno));
+  make_keys(k);
 
-  double t0 = now_s();
-  for (long i = 0; i < k; i++) {
-    int kl = snprintf(key, sizeof key, "key%ld", i);
-    check(fp_dict_set_int(d, key, (size_t)kl, i), "fp_dict_set_int");
-  }
-  emit("mgr_dict_set", "forkpool", (double)k / (now_s() - t0), "ops/s");
-  int64_t s = 0, v;
-  t0 = now_s();
-  for (long i = 0; i < k; i++) {
-    int kl = snprintf(key, sizeof key, "key%ld", i);
-    check(fp_dict_get_int(d, key, (size_t)kl, &v), "fp_dict_get_int");
-    s += v;
-  }
-  emit("mgr_dict_get", "forkpool", (double)k / (now_s() - t0), "ops/s");
-  if (s != (int64_t)k * (k - 1) / 2)
-    die("dict: wrong sum");
-
-  double dt = two_procs(op_dict_set, k / 2);
-  if (fp_dict_len(g_dict2) != 2 * (k / 2))
-    die("dict from 2 processes: wrong size");
-  emit("mgr_dict_set_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
-
-  /* The same number of updates of existing keys, by one process, then
-   * split over two (different keys): does the dict scale? */
-  check(fp_dict_new(m, &g_dict3), "fp_dict_new");
-  for (int w = 0; w < 2; w++)
-    for (int i = 0; i < UPD_KEYS; i++) {
-      int kl = snprintf(key, sizeof key, "%c%d", 'a' + w, i);
-      check(fp_dict_set_int(g_dict3, key, (size_t)kl, 0), "fp_dict_set_int");
-    }
-  dt = one_proc(op_dict_update, k);
-  emit("mgr_dict_upd_2w", "baseline", (double)k / dt, "ops/s");
-  dt = two_procs(op_dict_update, k / 2);
-  emit("mgr_dict_upd_2w", "forkpool", (double)(2 * (k / 2)) / dt, "ops/s");
-
-  fp_writer w;
-  fp_writer_init(&w);
-  t0 = now_s();
-  for (long i = 0; i < k; i++) {
-    fp_writer_reset(&w);
-    fp_write_int(&w, i);
-    check(fp_list_append(l, w.data, w.len), "fp_list_append");
-  }
-  emit("mgr_list_append", "forkpool", (double)k / (now_s() - t0), "ops/s");
-  if (fp_list_len(l) != k)
-    die("list: wrong length");
-  fp_writer_free(&w);
+  mgr_dict_groups(m, k);
+  mgr_list_groups(m, k);
 
   long kc = quick ? 2000000 : 10000000;
-  dt = two_procs(op_counter, kc);
+  double dt = two_procs(op_counter, kc);
   check(fp_counter_get(g_counter, &v), "fp_counter_get");
   if (v != 2 * kc)
     die("counter: lost increments");
@@ -569,7 +627,59 @@ static void g_manager(sizes_t n) {
     die("lock: lost increments");
   emit("mutex_2proc", "forkpool", 2.0 * (double)kl / dt, "ops/s");
   munmap(g_go, 4096);
+  free(g_keys);
+  free(g_klen);
   fp_manager_free(m);
+}
+
+/* Churn: `rounds` rounds, each inserting `per` new keys with values of
+ * random sizes (8 B to 4 KiB) and deleting as many old ones, so that a
+ * window of `live` keys stays alive. Reports the arena's footprint (bytes
+ * its allocator ever carved, i.e. memory it touched) over the live data
+ * (keys plus values) at the end: an allocator that does not reuse freed
+ * memory well grows the footprint round after round. */
+static void g_churn(void) {
+  long per = quick ? 100000 : 1000000, live = per / 10, rounds = 10;
+  fp_manager_opts mo = {.arena_size = (size_t)4 << 30};
+  static unsigned char val[4096];
+  fp_writer w;
+  fp_manager *m;
+  fp_dict *d;
+  fp_manager_stats st;
+  uint16_t *sz = malloc((size_t)live * sizeof *sz);
+  uint64_t x = 88172645463325252ULL, live_bytes = 0;
+  char key[32];
+
+  if (sz == NULL)
+    die("out of memory");
+  check(fp_manager_new(&m, &mo), "fp_manager_new");
+  check(fp_dict_new(m, &d), "fp_dict_new");
+  fp_writer_init(&w);
+  double t0 = now_s();
+  for (long i = 0; i < rounds * per + live; i++) {
+    long slot = i % live;
+    if (i >= live) { /* delete the key inserted `live` steps ago */
+      int kl = snprintf(key, sizeof key, "c%ld", i - live);
+      check(fp_dict_delete(d, key, (size_t)kl, NULL), "fp_dict_delete");
+      live_bytes -= (uint64_t)kl + sz[slot];
+    }
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    fp_writer_reset(&w); /* keeps its buffer: no allocation */
+    check(fp_write_bytes(&w, val, 8 + (size_t)(x % 4089)), "fp_write_bytes");
+    int kl = snprintf(key, sizeof key, "c%ld", i);
+    check(fp_dict_set(d, key, (size_t)kl, w.data, w.len), "fp_dict_set");
+    sz[slot] = (uint16_t)w.len;
+    live_bytes += (uint64_t)kl + w.len;
+  }
+  double dt = now_s() - t0;
+  check(fp_manager_stats_get(m, &st), "fp_manager_stats_get");
+  emit("mgr_churn_overhead", "forkpool",
+       (double)st.footprint / (double)live_bytes, "x");
+  emit("mgr_churn_rate", "forkpool", 2.0 * (double)(rounds * per) / dt,
+       "ops/s");
+  fp_writer_free(&w);
+  fp_manager_free(m);
+  free(sz);
 }
 
 /* --- fault tolerance -------------------------------------------------------
@@ -874,7 +984,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2)
     die("usage: fpbench startstop|apply|async|map|starmap|imap|payload|"
-        "chunks|manager|fault|scale K W|pin|rss");
+        "chunks|manager|churn|fault|scale K W|pin|rss");
   const char *cmd = argv[1];
   sizes_t n = sizes();
   /* The kernels' global data is made before any pool so workers inherit
@@ -900,6 +1010,8 @@ int main(int argc, char **argv) {
     g_chunks(n);
   else if (strcmp(cmd, "manager") == 0)
     g_manager(n);
+  else if (strcmp(cmd, "churn") == 0)
+    g_churn();
   else if (strcmp(cmd, "fault") == 0)
     g_fault(n);
   else if (strcmp(cmd, "scale") == 0 && argc == 4)

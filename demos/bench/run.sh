@@ -118,6 +118,8 @@ while [ $r -le $SRUNS ]; do
 done
 echo "bench: peak RSS as n grows" >&2
 run "$FP" rss
+echo "bench: manager churn" >&2
+run "$FP" churn
 
 # --- where the time goes: software counters of one run per hot group --------
 # (full mode only; perf may be missing or forbidden, which is not an error)

@@ -636,6 +636,7 @@ int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out) {
   out->free = (m->size - m->brk) + (m->brk - m->heap - m->used);
   out->objects = m->nobjects;
   out->repairs = atomic_load(&m->repairs);
+  out->footprint = m->brk - m->heap;
   aunlock(m);
   return 0;
 }
