@@ -418,7 +418,8 @@ def markdown(rep, pngs, plot_note, notes):
     s.append(md_table(head, rows))
     s.append("\nPayload rows: the baseline is the raw pipe bandwidth (one "
              "direction) while forkpool and Python move every byte both ways "
-             "(2 x size per item).\n")
+             "(2 x size per item). The plot halves their figures, so that "
+             "every line is bytes per second in one direction.\n")
     if "payload.png" in pngs:
         s.append("![throughput vs payload size](img/payload.png)\n")
     s.append("## CPU-bound scaling\n")

@@ -5,6 +5,8 @@ set output out
 set title "Master peak RSS (fresh process per point)"
 set logscale x
 set xtics ("10k" 1e4, "100k" 1e5, "1M" 1e6, "10M" 1e7)
+# A margin on both sides: a point on the border loses its tick label.
+set xrange [7e3:1.4e7]
 set grid
 set key top left
 set xlabel "items n"

@@ -9,7 +9,10 @@ set grid
 set xlabel "workers / threads"
 set ylabel "speedup"
 set xtics 1
+# Room above the highest line: autoscaling stops at the tick nearest the
+# data (2 for two CPUs), which put the ideal line on the border and cut it.
 set yrange [0:*]
+set offsets 0, 0, graph 0.12, 0
 do for [k in "cumsum bogosort kmeans forest"] {
   set title k
   plot datadir."/speedup_".k.".dat" using 1:2 with lines dt 2 lc rgb "gray40" title "ideal", \
