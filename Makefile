@@ -29,11 +29,11 @@ SOMAJOR  := 0
 ifeq ($(SANITIZE),1)
 BUILD    ?= build/asan
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-            -fno-omit-frame-pointer -DFP_ALLOC_LIBC
+            -fno-omit-frame-pointer -DFP_ALLOC_LIBC -DFP_CHECK_LOCKS
 OPT      ?= -O1
 else ifeq ($(TSAN),1)
 BUILD    ?= build/tsan
-SANFLAGS := -fsanitize=thread -DFP_ALLOC_LIBC
+SANFLAGS := -fsanitize=thread -DFP_ALLOC_LIBC -DFP_CHECK_LOCKS
 OPT      ?= -O1
 else
 BUILD    ?= build

@@ -347,7 +347,7 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
   r->fixed = job->wire == FP__WIRE_FIXED;
   fp__pool_lock(pool);
   int rc = submit_locked(pool, job, NULL);
-  int finished = rc == 0 && job->finished; /* empty input */
+  int finished = rc == 0 && r->job == NULL; /* empty input: done */
   fp__pool_unlock(pool);
   if (rc != 0) {
     fp__job_free(job);
