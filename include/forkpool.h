@@ -62,6 +62,7 @@ FP_EXTERN const char *fp_version(void);
   XX(EINVAL, -EINVAL, "invalid argument")                                      \
   XX(ENOMEM, -ENOMEM, "out of memory")                                         \
   XX(ETIMEDOUT, -ETIMEDOUT, "timed out")                                       \
+  XX(EAGAIN, -EAGAIN, "nothing ready yet: call again")                         \
   XX(ECANCELED, -ECANCELED, "operation canceled")                              \
   XX(EPROTO, -EPROTO, "protocol error: malformed or truncated input")          \
   XX(EMSGSIZE, -EMSGSIZE, "message too long")                                  \
@@ -695,7 +696,26 @@ typedef struct fp_call_opts {
   size_t readahead;          /* producer imap: most items produced and
                                 not yet consumed; 0: 8 * chunksize * workers */
   fp_progress_mode progress; /* 0: the pool's */
+  int *item_status;          /* map, map_values, starmap (and _async):
+                                NULL, or an array of one int per item that
+                                receives 0 or that item's failure code, and
+                                then item failures do not fail the call
+                                (see "Keeping the good results" below) */
 } fp_call_opts;
+
+/* Keeping the good results (Python's return_exceptions, joblib's and
+ * concurrent.futures' per-item outcomes). By default a map whose item fails
+ * reports the lowest failing item and, for map_values / starmap, appends no
+ * results. With opts->item_status set to an array of n ints (n = the
+ * number of items), the map instead completes: every item's outcome is
+ * written to item_status[i] (0 or its failure code, FP_EWORKER also for
+ * items whose result died with a worker), the call returns 0 unless the
+ * job failed as a whole (terminate, cancel, FP_ESTORM ...), results of good
+ * items are delivered in order and a failed item's value is nil (map_values
+ * / starmap) or its output element is unspecified (fp_pool_map). The array
+ * must stay valid until the call returns (blocking) or the result is ready;
+ * freeing an unready async result that writes one stops its job (as for
+ * fp_pool_map_async). fp_pool_imap gives each item's message as well. */
 
 /* Creates a pool: forks the fork server and the workers, starts the pool
  * thread, and returns once every worker ran its initializer (or failed to,
@@ -837,9 +857,10 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
 
 /* Returns the next result: 0 and `item` set to read it (valid until the
  * next call or fp_iter_free), FP_EOF when all results were returned,
- * FP_ETIMEDOUT when none arrived within `timeout` seconds (call again), or
- * that item's failure code (the iteration goes on with the next call, as
- * Python's imap re-raises and continues). A producer's error ends the
+ * FP_EAGAIN when none arrived within `timeout` seconds (call again), or
+ * that item's failure code (FP_ETIMEDOUT only for an item that hit its
+ * time limit; fp_iter_error() has its message, and the iteration goes on
+ * with the next call, as Python's imap re-raises and continues). A producer's error ends the
  * iteration with that code. */
 FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 

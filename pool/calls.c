@@ -78,6 +78,17 @@ static size_t fixed_chunksize(fp_pool *pool, size_t n, size_t big,
   return cs > MAX_CHUNK_ITEMS ? MAX_CHUNK_ITEMS : cs;
 }
 
+/* Starts the caller's per-item outcomes (all 0: success) when it asked
+ * for them; see fp_call_opts.item_status. */
+static void track_items(fp__job *job, const fp_call_opts *o) {
+  if (o == NULL || o->item_status == NULL || job->kind == FP__JOB_APPLY ||
+      job->kind == FP__JOB_IMAP || job->kind == FP__JOB_IMAP_UNORDERED)
+    return;
+  job->item_status = o->item_status;
+  if (job->n_items > 0)
+    memset(job->item_status, 0, sizeof(int) * (size_t)job->n_items);
+}
+
 /* Creates a result job over fixed-size elements. */
 static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
                       size_t in_size, void *out, size_t out_size,
@@ -120,6 +131,7 @@ static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
     ch->items_len = count * in_size;
   }
   job->input_done = 1;
+  track_items(job, o);
   if ((rc = progress_for(pool, job, o, job->n_items)) != 0) {
     fp__job_free(job);
     return rc;
@@ -311,6 +323,7 @@ static int make_values(fp_pool *pool, int kind, fp_task_fn fn,
     return rc;
   }
   job->input_done = 1;
+  track_items(job, o);
   *jobp = job;
   return 0;
 }
@@ -344,7 +357,7 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
   }
   job->res = r;
   r->job = job;
-  r->fixed = job->wire == FP__WIRE_FIXED;
+  r->borrows = job->wire == FP__WIRE_FIXED || job->item_status != NULL;
   fp__pool_lock(pool);
   int rc = submit_locked(pool, job, NULL);
   int finished = rc == 0 && r->job == NULL; /* empty input: done */

@@ -256,7 +256,7 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
       expired = !something_ready_locked(it);
     if (expired) {
       pthread_mutex_unlock(&it->mu);
-      return FP_ETIMEDOUT;
+      return FP_EAGAIN; /* not FP_ETIMEDOUT: that is an item's time limit */
     }
   }
 }

@@ -397,7 +397,9 @@ static void take_errors(fp__chunk *ch, const unsigned char *errs,
     memcpy(&rec, errs + off, sizeof(rec));
     const char *msg = (const char *)errs + off + sizeof(rec);
     off += sizeof(rec) + rec.msg_len;
-    if (job->it == NULL)
+    if (job->item_status != NULL)
+      job->item_status[rec.index] = rec.code;
+    else if (job->it == NULL)
       job_note_error(job, rec.index, rec.code, msg, rec.msg_len);
     if (ch->errs != NULL) {
       ch->errs[ch->nerr].index = rec.index;
@@ -471,7 +473,12 @@ void fp__chunk_crashed_locked(fp__jobset *js, fp__chunk *ch, int code,
   fp__job *job = ch->job;
   if (item < ch->start || item >= ch->start + (int64_t)ch->count)
     item = ch->start;
-  job_note_error(job, item, code, msg, strlen(msg));
+  if (job->item_status != NULL) /* the others' results died with it */
+    for (uint32_t i = 0; i < ch->count; i++)
+      job->item_status[ch->start + i] = ch->start + i == item ? code
+                                                              : FP_EWORKER;
+  else
+    job_note_error(job, item, code, msg, strlen(msg));
   if (job->it != NULL)
     lost_items(ch, code, item, msg);
   if (job->wire != FP__WIRE_FIXED) {

@@ -84,6 +84,7 @@ struct fp__job {
   int64_t n_items, items_done;
   size_t chunksize;
   double timeout;               /* per item, seconds; 0 none */
+  int *item_status;             /* caller's per-item outcomes, or NULL */
   int on_crash, retries;
   fp__progress *pg;
   int input_done;               /* no more chunks will be added */
@@ -108,7 +109,8 @@ struct fp_result {
   _Atomic int ready; /* written under mu; read without it by waiters
                         spinning before they sleep */
   int user_freed;
-  int fixed;         /* a fixed-size map: it borrows the caller's arrays */
+  int borrows;       /* the job writes the caller's memory (fixed-size
+                        map arrays, item_status) until it finishes */
   int code;
   int64_t err_index;
   char *msg;

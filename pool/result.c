@@ -185,13 +185,14 @@ void fp_result_free(fp_result *res) {
     return;
   pthread_mutex_lock(&res->mu);
   res->user_freed = 1;
-  int fixed = res->pool != NULL && res->fixed;
+  int borrows = res->pool != NULL && res->borrows;
   pthread_mutex_unlock(&res->mu);
-  /* A fixed-size map reads the caller's `in` and writes `out` until it
-   * is done: once the result is freed, neither may be touched again, so
-   * the job's unsent chunks are dropped and it fails with FP_ECANCELED.
-   * Chunks already sent run on; their outputs are dropped. */
-  if (fixed)
+  /* A fixed-size map reads the caller's `in` and writes `out` (and a map
+   * with item_status writes that array) until it is done: once the result
+   * is freed, none may be touched again, so the job's unsent chunks are
+   * dropped and it fails with FP_ECANCELED. Chunks already sent run on;
+   * their outputs are dropped. */
+  if (borrows)
     stop_job(res, FP_ECANCELED, "the result was freed before it was ready",
              0);
   fp__result_unref(res);

@@ -20,6 +20,17 @@ static int cube(fp_reader *args, fp_writer *out) {
   return fp_write_int(out, v * v * v);
 }
 
+/* 1/v as an int: fails (ZeroDivisionError in Python) for v == 0. */
+static int inverse_milli(fp_reader *args, fp_writer *out) {
+  int64_t v;
+  int rc = fp_read_int(args, &v);
+  if (rc != 0)
+    return rc;
+  if (v == 0)
+    return fp_task_fail("division by zero");
+  return fp_write_int(out, 1000 / v);
+}
+
 /* [producer] The input as a generator: one item per call, 0 at the end. */
 typedef struct range {
   int64_t next, end;
@@ -76,6 +87,34 @@ int main(void) {
   printf("imap_unordered: all 8 results, each once: %s\n",
          seen == 0xff ? "yes" : "no");
   fp_writer_free(&items);
+
+  /* [imap-keep-going] a failed item does not end the loop; a short wait
+   * that expires (FP_EAGAIN) is not a failure either */
+  fp_writer some;
+  fp_writer_init(&some);
+  for (int64_t i = -2; i <= 2; i++)
+    fp_write_int(&some, i);
+  int good = 0, failed = 0;
+  rc = fp_pool_imap(pool, inverse_milli, &some, NULL, &it);
+  while (it != NULL && rc != FP_EOF) { /* it is NULL if the call failed */
+    switch (rc = fp_iter_next(it, &rd, 0.05)) {
+    case 0:
+      good++;
+      break;
+    case FP_EAGAIN: /* nothing ready yet: do other work, then ask again */
+      break;
+    case FP_EOF: /* every item was handed out */
+      break;
+    default: /* this item failed, with its own code and message */
+      printf("item %lld failed: %s\n", (long long)fp_iter_index(it),
+             fp_iter_error(it));
+      failed++;
+    }
+  }
+  fp_iter_free(it);
+  fp_writer_free(&some);
+  /* [/imap-keep-going] */
+  ok = ok && rc == FP_EOF && good == 4 && failed == 1;
 
   /* [imap-producer] 200,000 items, at most 4096 in flight */
   range src = {0, 200000};
