@@ -813,7 +813,8 @@ FP_EXTERN int fp_pool_apply_async(fp_pool *pool, fp_task_fn fn,
                                   const fp_call_opts *opts, fp_result **res);
 
 /* As fp_pool_map; `in` and `out` are NOT copied: keep them valid and do
- * not touch `out` until the result is ready (or freed). */
+ * not touch `out` until the result is ready, or until fp_result_free()
+ * returned (which stops the job: see there). */
 FP_EXTERN int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in,
                                 size_t n, size_t in_size, void *out,
                                 size_t out_size, const fp_call_opts *opts,
@@ -910,8 +911,12 @@ FP_EXTERN int64_t fp_result_error_index(fp_result *res);
 FP_EXTERN int fp_result_cancel(fp_result *res);
 
 /* Releases the caller's result. An unfinished job keeps running (its
- * callbacks still run) unless canceled; fixed-size outputs are never
- * written after the result is freed. NULL is ignored. */
+ * callbacks still run) unless canceled - except a job that borrows the
+ * caller's memory (fp_pool_map_async's `in` and `out`, an item_status
+ * array): its queued tasks are dropped, tasks already sent finish without
+ * writing anything, and it ends with FP_ECANCELED (its error_callback
+ * runs), so that memory is never touched once this returns. NULL is
+ * ignored. */
 FP_EXTERN void fp_result_free(fp_result *res);
 
 /* --- inside a task (worker side) ---------------------------------------- */
