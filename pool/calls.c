@@ -1,5 +1,11 @@
 /* calls.c - the calls users make: apply, map, starmap, imap (and _async).
  *
+ * (The pool/ folder is the scheduler: these calls, result and iterator
+ * objects, job state, the queue and dispatch, deaths and time limits, the
+ * pool's life and loop. It reaches workers only through link.h; the local
+ * implementation of that link is in pool/local/. docs/architecture.md
+ * draws the whole.)
+ *
  * Every call becomes a job (job.h) cut into chunks: fixed-size maps cut
  * the caller's array (not copied), value calls cut their encoded items
  * (copied at the call, except for blocking calls, whose caller waits). The

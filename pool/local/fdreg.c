@@ -1,6 +1,10 @@
 /* fdreg.c - the registry of library-owned descriptors, and keeping
  * library descriptors off the standard streams.
  *
+ * (The pool/local/ folder is the local link of link.h: the master's side
+ * in link_local.c, the fork server, the worker loop, the result rings and
+ * this registry; local.h is what those processes share.)
+ *
  * The registry lists the master ends of every pool's control socket and
  * worker sockets. A fork server must not keep another pool's descriptors
  * open: its workers would hold them too, and a worker of that other pool
