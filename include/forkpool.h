@@ -661,8 +661,12 @@ typedef struct fp_pool_opts {
   unsigned maxtasksperchild; /* tasks (chunks) before a worker is replaced;
                                 0: unlimited */
   size_t max_frame;          /* largest message; 0: FP_FRAME_MAX_DEFAULT */
-  double task_timeout;       /* seconds one item may run; 0: no limit */
-  double kill_grace;         /* SIGTERM to SIGKILL delay; 0: 0.2 s */
+  double task_timeout;       /* seconds one item may run; 0: no limit.
+                                Every timeout in the API: a century or
+                                more (INFINITY, DBL_MAX ...) means no
+                                limit, NaN is FP_EINVAL */
+  double kill_grace;         /* SIGTERM to SIGKILL delay; 0: 0.2 s; at
+                                most 3600 s (terminate must return) */
   fp_crash_policy on_crash;  /* 0: FP_CRASH_FAIL */
   int retries;               /* with FP_CRASH_RETRY; 0: 1 */
   int max_restarts;          /* workers dying at start (before becoming

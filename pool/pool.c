@@ -24,6 +24,9 @@
 #include <unistd.h>
 
 #define TICK_MS 2
+/* Longest accepted SIGTERM -> SIGKILL delay: fp_pool_terminate() must
+ * return, so "never escalate" is refused rather than honoured. */
+#define MAX_KILL_GRACE_S 3600.0
 
 int fp__pool_check_submit_locked(fp_pool *pool) {
   if (fp__pool_foreign(pool))
@@ -147,7 +150,8 @@ static int resolve_opts(fp_pool *pool, const fp_pool_opts *in) {
     memset(&o, 0, sizeof(o));
   if (o.processes < 0 || o.processes > 4096 ||
       !fp__timeout_ok(o.task_timeout) || o.task_timeout < 0 ||
-      !fp__timeout_ok(o.kill_grace) || o.kill_grace < 0 || o.retries < 0 ||
+      !fp__timeout_ok(o.kill_grace) || o.kill_grace < 0 ||
+      o.kill_grace > MAX_KILL_GRACE_S || o.retries < 0 ||
       o.max_restarts < 0 || !fp__timeout_ok(o.restart_window) ||
       o.restart_window < 0 || o.inflight < 0 ||
       o.inflight > FP__LINK_MAX_BATCH || o.on_crash < FP_CRASH_DEFAULT ||

@@ -72,8 +72,8 @@ void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
     ws->kill_seq = seq;
   }
   if (sig == SIGTERM && ws->kill_at_ns == 0) {
-    int64_t grace = fp__seconds_to_ns(pool->opts.kill_grace);
-    ws->kill_at_ns = fp__now_ns() + grace;
+    ws->kill_at_ns = fp__deadline_ns(pool->opts.kill_grace); /* may be
+                                                  FP__NS_FOREVER: no SIGKILL */
     if (!fp__on_pool_thread(pool))
       fp__pool_wake(pool); /* the tick escalates to SIGKILL */
   }
