@@ -268,14 +268,19 @@ static fp__link_events link_events(fp_pool *pool) {
 /* Sets up the loop and its handles, asks for the workers and starts the
  * pool thread. Returns 0 or an error; on error the loop is closed again. */
 static int start_loop(fp_pool *pool) {
+  int held[3];
+  fp__stdfd_hold(held); /* the loop's descriptors must not land on 0-2 */
   int rc = uv_loop_init(&pool->loop);
-  if (rc != 0)
+  if (rc != 0) {
+    fp__stdfd_release(held);
     return rc;
+  }
   uv_async_init(&pool->loop, &pool->wake, on_wake);
   pool->wake.data = pool;
   uv_timer_init(&pool->loop, &pool->tick);
   pool->tick.data = pool;
   rc = pool->link->ops->start(pool->link, &pool->loop);
+  fp__stdfd_release(held);
   fp__pool_lock(pool);
   pool->starting = 1;
   for (int i = 0; rc == 0 && i < pool->nworkers; i++)

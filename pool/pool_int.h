@@ -154,6 +154,13 @@ int fp__pool_foreign(const fp_pool *pool);
 /* 0 when the pool accepts work, else the code to fail a submission with. */
 int fp__pool_check_submit_locked(fp_pool *pool);
 
+/* ---- stdfd.c ---------------------------------------------------------- */
+
+/* Fills whichever of fds 0-2 are closed with /dev/null (held[i] = 1), so
+ * descriptors made meanwhile land above them; release closes those again. */
+void fp__stdfd_hold(int held[3]);
+void fp__stdfd_release(const int held[3]);
+
 /* ---- result.c, iter.c ---------------------------------------------------- */
 
 /* A new result for a job of pool with the call's callbacks (NULL when out
