@@ -151,7 +151,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
     }
     /* We killed this worker for another chunk (a time limit or a cancel
      * that raced with the worker moving on): this one is innocent. */
-    int innocent = (d->reason == FP_ETIMEDOUT || d->reason == FP_ECANCELED) &&
+    int innocent = (d->reason == FP_ETIMEDOUT || d->reason == FP_ECANCELED ||
+                    d->reason == FP_EPIPE) &&
                    ch->seq != d->kill_seq;
     if (pool->state == FP__TERMINATE)
       ch->state = FP__CH_DONE; /* its job is being canceled */

@@ -115,9 +115,12 @@ typedef struct fp__link_ops {
   int (*can_send)(fp__link *l, int slot);
   /* Sends n (<= FP__LINK_MAX_BATCH) task frames to slot's worker, in
    * order. Returns 0 when they are written or queued for the pool thread
-   * to finish; on any other outcome the link kills the worker itself (its
-   * exited() follows) and returns the error, so a worker that cannot be
-   * fed never sits idle holding chunks. */
+   * to finish. On any other outcome the link kills the worker itself (its
+   * exited() follows), so a worker that cannot be fed never sits idle
+   * holding chunks, and returns FP_EPIPE when the worker's connection
+   * broke (it is dying: send these frames elsewhere) or another code when
+   * these frames cannot be sent at all (-EFAULT: unreadable items;
+   * FP_ENOMEM ...), which fails them. */
   int (*send)(fp__link *l, int slot, const fp__task_out *t, int n);
   /* Sends sig to slot's current process, if it is still the one started.
    * Returns 0, or FP_EINVAL when the slot has no process. */

@@ -46,12 +46,30 @@ static void closed_noop(uv_handle_t *h) {
 
 static void on_tick(uv_timer_t *t);
 
+/* Fails the work and kills the workers (state TERMINATE). */
+static void terminate_locked(fp_pool *pool) {
+  while (pool->jobs.head)
+    fp__sched_cancel_job_locked(pool, pool->jobs.head, FP_ECANCELED, -1,
+                                "the pool was terminated", 0);
+  for (int i = 0; i < pool->nworkers; i++) {
+    fp__wslot *ws = &pool->ws[i];
+    ws->respawn_at_ns = 0;
+    if (ws->alive && !ws->kill_at_ns)
+      fp__sched_kill_locked(pool, ws, FP_ECANCELED, 0, SIGTERM);
+  }
+}
+
 /* Moves the pool towards its end once closed or terminated: workers are
  * told to leave when no work remains, and once none is alive the link and
  * the loop's handles close, which ends uv_run() and the pool thread. */
 static void maybe_shutdown_locked(fp_pool *pool) {
   if (pool->state == FP__RUN || pool->stopping)
     return;
+  /* Terminating: the work fails and the workers die, whichever event of
+   * the loop gets here first (a worker's death may come before the wake
+   * that fp_pool_terminate() sent). Harmless when already done. */
+  if (pool->state == FP__TERMINATE)
+    terminate_locked(pool);
   if (pool->state == FP__CLOSE && (pool->jobs.head || pool->qhead) &&
       !pool->broken)
     return;
@@ -103,19 +121,6 @@ static void on_tick(uv_timer_t *t) {
     pool->tick_on = 0;
   }
   loop_leave(pool);
-}
-
-/* Fails the work and kills the workers (state TERMINATE). */
-static void terminate_locked(fp_pool *pool) {
-  while (pool->jobs.head)
-    fp__sched_cancel_job_locked(pool, pool->jobs.head, FP_ECANCELED, -1,
-                                "the pool was terminated", 0);
-  for (int i = 0; i < pool->nworkers; i++) {
-    fp__wslot *ws = &pool->ws[i];
-    ws->respawn_at_ns = 0;
-    if (ws->alive && !ws->kill_at_ns)
-      fp__sched_kill_locked(pool, ws, FP_ECANCELED, 0, SIGTERM);
-  }
 }
 
 static void on_wake(uv_async_t *a) {

@@ -15,6 +15,7 @@
 #include "pool/pool_int.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 
 #define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
@@ -82,6 +83,31 @@ void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* The link could not send the chunks ws holds from `first` on (their
+ * items cannot be read, say: -EFAULT) and killed the worker, whose stream
+ * is no longer usable. Those chunks fail with the error - sending them
+ * again would fail again - and the worker's other chunks go back to the
+ * queue when its death is reported (kill reason FP_EPIPE: innocent). */
+static void fail_unsent_locked(fp_pool *pool, fp__wslot *ws, int first,
+                               int err) {
+  char msg[FP__MSG_LEN];
+  ws->kill_reason = FP_EPIPE;
+  ws->kill_seq = 0;
+  while (ws->ninflight > first) {
+    fp__chunk *ch = ws->inflight[--ws->ninflight];
+    ch->job->travelling--;
+    snprintf(msg, sizeof(msg),
+             "item %lld: its task could not be sent to worker %d: %s (%s); "
+             "is its input memory still readable?",
+             (long long)ch->start, ws->index, fp_err_name(err),
+             fp_strerror(err));
+    if (ch->job->finished)
+      fp__chunk_orphan_locked(ch);
+    else
+      fp__chunk_crashed_locked(&pool->jobs, ch, err, ch->start, msg);
+  }
+}
+
 /* Writes the chunks assigned to ws since `first` with one link send. */
 static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
   fp__task_out t[FP__LINK_MAX_BATCH];
@@ -105,8 +131,10 @@ static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
     t[i].items = ch->items;
     t[i].items_len = ch->items_len;
   }
-  /* On failure the link kills the worker: its exited() requeues these. */
-  pool->link->ops->send(pool->link, ws->index, t, n);
+  int rc = pool->link->ops->send(pool->link, ws->index, t, n);
+  if (rc != 0 && rc != FP_EPIPE)
+    fail_unsent_locked(pool, ws, first, rc);
+  /* FP_EPIPE: the worker is dying; its exited() requeues these chunks. */
 }
 
 static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
