@@ -133,7 +133,7 @@ int fp__iter_fill(fp_iter *it) {
 /* ---- consuming ---------------------------------------------------------- */
 
 /* Takes the next deliverable chunk (it->mu held), or NULL. */
-static fp__chunk *next_chunk_locked(fp_iter *it) {
+static fp__chunk *next_chunk(fp_iter *it) {
   fp__chunk *ch = NULL;
   if (it->dhead) {
     ch = it->dhead;
@@ -156,7 +156,7 @@ static fp__chunk *next_chunk_locked(fp_iter *it) {
 
 /* Hands out the next item of the current chunk (it->mu held): its value in
  * *item and 0, or its failure code. */
-static int take_item_locked(fp_iter *it, fp_reader *item) {
+static int take_item(fp_iter *it, fp_reader *item) {
   fp__chunk *cur = it->cur;
   int64_t idx = cur->start + it->cur_pos;
   const void *p = NULL;
@@ -183,12 +183,12 @@ static int take_item_locked(fp_iter *it, fp_reader *item) {
 
 /* Moves to the next completed chunk (it->mu held). Returns 1 when there
  * is one, 0 when none is ready. */
-static int advance_chunk_locked(fp_iter *it) {
+static int advance_chunk(fp_iter *it) {
   if (it->cur != NULL) {
     fp__chunk_free(it->cur);
     it->cur = NULL;
   }
-  fp__chunk *ch = next_chunk_locked(it);
+  fp__chunk *ch = next_chunk(it);
   if (ch == NULL)
     return 0;
   it->cur = ch;
@@ -200,7 +200,7 @@ static int advance_chunk_locked(fp_iter *it) {
 
 /* The end of the iteration (it->mu held): FP_EOF, or a job-level failure
  * (terminate, producer error), reported once. */
-static int finish_code_locked(fp_iter *it) {
+static int finish_code(fp_iter *it) {
   int rc = FP_EOF;
   if (it->final_code) {
     rc = it->final_code;
@@ -211,7 +211,8 @@ static int finish_code_locked(fp_iter *it) {
   return rc;
 }
 
-static int something_ready_locked(fp_iter *it) {
+/* A result or the end is waiting (it->mu held). */
+static int something_ready(fp_iter *it) {
   return it->dhead || it->finished ||
          (it->ordered && it->done_cap &&
           it->done_by_num[it->next_num & (it->done_cap - 1)]);
@@ -229,14 +230,14 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   pthread_mutex_lock(&it->mu);
   for (;;) {
     if (it->cur != NULL && it->cur_pos < it->cur->count) {
-      int rc = take_item_locked(it, item);
+      int rc = take_item(it, item);
       pthread_mutex_unlock(&it->mu);
       return rc;
     }
-    if (advance_chunk_locked(it))
+    if (advance_chunk(it))
       continue;
     if (it->finished) {
-      int rc = finish_code_locked(it);
+      int rc = finish_code(it);
       pthread_mutex_unlock(&it->mu);
       fp_reader_init(item, NULL, 0);
       return rc;
@@ -253,7 +254,7 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
       pthread_cond_wait(&it->cond, &it->mu);
     else if (!expired &&
              pthread_cond_timedwait(&it->cond, &it->mu, &ts) != 0)
-      expired = !something_ready_locked(it);
+      expired = !something_ready(it);
     if (expired) {
       pthread_mutex_unlock(&it->mu);
       return FP_EAGAIN; /* not FP_ETIMEDOUT: that is an item's time limit */
@@ -270,7 +271,7 @@ const char *fp_iter_error(const fp_iter *it) {
 }
 
 /* Drops every chunk the iterator holds (it->mu held). */
-static void drop_chunks_locked(fp_iter *it) {
+static void drop_chunks(fp_iter *it) {
   fp__chunk_free(it->cur);
   it->cur = NULL;
   for (fp__chunk *ch = it->dhead, *n; ch; ch = n) {
@@ -298,7 +299,7 @@ void fp_iter_free(fp_iter *it) {
     fp__pool_unlock(pool);
   }
   pthread_mutex_lock(&it->mu);
-  drop_chunks_locked(it);
+  drop_chunks(it);
   int left = --it->refs;
   pthread_mutex_unlock(&it->mu);
   if (left == 0)

@@ -40,8 +40,9 @@ void fp__result_discard(fp_result *r) {
   free(r);
 }
 
-/* Ready for the caller: really ready, or its own callback is running. */
-static int usable_locked(fp_result *res) {
+/* Ready for the caller (res->mu held): really ready, or its own callback
+ * is running. */
+static int usable(fp_result *res) {
   return atomic_load_explicit(&res->ready, memory_order_relaxed) ||
          fp__result_in_callback() == res;
 }
@@ -73,7 +74,7 @@ int fp_result_wait(fp_result *res, double timeout) {
   if (timeout != 0 && !in_cb)
     spin_until_ready(res);
   pthread_mutex_lock(&res->mu);
-  if (!usable_locked(res) && timeout != 0 && in_cb) {
+  if (!usable(res) && timeout != 0 && in_cb) {
     /* Waiting for another result inside a callback would block the very
      * thread that has to deliver it. */
     pthread_mutex_unlock(&res->mu);
@@ -82,13 +83,13 @@ int fp_result_wait(fp_result *res, double timeout) {
   struct timespec ts;
   int timed = timeout > 0 && fp__deadline_ts(fp__deadline_ns(timeout), &ts);
   int rc = 0;
-  while (!usable_locked(res) && rc == 0) {
+  while (!usable(res) && rc == 0) {
     if (timeout == 0)
       rc = FP_ETIMEDOUT;
     else if (!timed)
       pthread_cond_wait(&res->cond, &res->mu);
     else if (pthread_cond_timedwait(&res->cond, &res->mu, &ts) != 0 &&
-             !usable_locked(res))
+             !usable(res))
       rc = FP_ETIMEDOUT;
   }
   pthread_mutex_unlock(&res->mu);
@@ -106,7 +107,7 @@ int fp_result_ready(fp_result *res) {
   if (res == NULL)
     return FP_EINVAL;
   pthread_mutex_lock(&res->mu);
-  int r = usable_locked(res);
+  int r = usable(res);
   pthread_mutex_unlock(&res->mu);
   return r;
 }
@@ -115,7 +116,7 @@ int fp_result_successful(fp_result *res) {
   if (res == NULL)
     return FP_EINVAL;
   pthread_mutex_lock(&res->mu);
-  int r = usable_locked(res) ? res->code == 0 : FP_EINVAL;
+  int r = usable(res) ? res->code == 0 : FP_EINVAL;
   pthread_mutex_unlock(&res->mu);
   return r;
 }
@@ -124,7 +125,7 @@ int fp_result_value(fp_result *res, fp_reader *rd) {
   if (res == NULL || rd == NULL)
     return FP_EINVAL;
   pthread_mutex_lock(&res->mu);
-  int rc = usable_locked(res) ? res->code : FP_EINVAL;
+  int rc = usable(res) ? res->code : FP_EINVAL;
   pthread_mutex_unlock(&res->mu);
   if (rc != 0)
     return rc;
@@ -136,7 +137,7 @@ const char *fp_result_error(fp_result *res) {
   if (res == NULL)
     return NULL;
   pthread_mutex_lock(&res->mu);
-  const char *m = usable_locked(res) && res->code != 0
+  const char *m = usable(res) && res->code != 0
                       ? (res->msg ? res->msg : fp_strerror(res->code))
                       : NULL;
   pthread_mutex_unlock(&res->mu);
@@ -147,7 +148,7 @@ int64_t fp_result_error_index(fp_result *res) {
   if (res == NULL)
     return -1;
   pthread_mutex_lock(&res->mu);
-  int64_t i = usable_locked(res) ? res->err_index : -1;
+  int64_t i = usable(res) ? res->err_index : -1;
   pthread_mutex_unlock(&res->mu);
   return i;
 }
