@@ -1,15 +1,20 @@
-/* link_local.c - the local link: a fork server, a socket and a result ring
- * per worker (the master's side; see link.h for the interface).
+/* link_local.c - the local link: a fork server, a socket and two rings
+ * (tasks out, results back) per worker (the master's side; see link.h for
+ * the interface).
  *
- * open() maps the shared memory (a published-state slot and a result ring
- * per worker, local.h) and forks the fork server, which forks every worker
- * on request. The master talks to the fork server over one SOCK_SEQPACKET
- * socket (SPAWN/KILL out; SPAWNED with the worker's socket, EXITED,
- * FAILED back) and to each worker over its own stream socket: task frames
- * out; READY, large RESULTs, RETIRE and KICKs back. Small results come
- * through the worker's ring; prepare/check hooks around every poll of the
- * loop drain the rings, and tell workers (master_idle) when the loop is
- * about to sleep so that they kick it.
+ * open() maps the shared memory (a published-state slot, a result ring and
+ * a task ring per worker, local.h) and forks the fork server, which forks
+ * every worker on request. The master talks to the fork server over one
+ * SOCK_SEQPACKET socket (SPAWN/KILL out; SPAWNED with the worker's socket,
+ * EXITED, FAILED back) and to each worker through its task ring (task
+ * frames, SOCK and FINISH markers; a futex wake only when the worker
+ * sleeps) and its own stream socket: frames too large for the ring out;
+ * READY, large RESULTs, RETIRE and KICKs back, and EOF when either side
+ * dies. Small results come through the worker's result ring;
+ * prepare/check hooks around every poll of the loop drain the rings, spin
+ * for a while after recent work (within the CPU budget, local.h) instead
+ * of sleeping, and tell workers (master_idle) when the loop is about to
+ * sleep so that they kick it.
  *
  * Every SPAWN is answered by exactly one of: SPAWNED (then, later, one
  * EXITED) or FAILED. A worker whose socket cannot be taken here (the
@@ -22,8 +27,10 @@
 #include "pool/local/local.h"
 #include "ipc/wire/alloc.h"
 #include "ipc/wire/frame.h"
+#include "pool/clock.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +66,7 @@ typedef struct lslot {
   pid_t discard_pid;     /* killed at start: swallow its EXITED */
   int spawning;          /* SPAWN sent, no answer yet */
   int ready;
+  int finished;          /* FINISH is in the task ring */
 } lslot;
 
 struct llink {
@@ -78,7 +86,12 @@ struct llink {
   uv_check_t chk;        /* after each poll: drain the rings */
   uv_idle_t spin;        /* keeps the poll from blocking while rings fill */
   uv_async_t flush;      /* a user thread left bytes to send */
+  int counted;           /* the pool thread is in the CPU budget */
+  _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
 };
+
+/* Longest the pool thread spins between two looks at its loop's events. */
+#define SPIN_SLICE_NS 20000
 
 #define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
 
@@ -288,8 +301,9 @@ static void ring_drain(llink *l, int slot) {
   uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   const unsigned char *p;
   size_t len;
-  int rc;
+  int rc, got = 0;
   while ((rc = fp__ring_next(r, &pos, &p, &len)) == 1) {
+    got = 1;
     if (len > 0 && p[0] == FP__MSG_RESULT)
       EV(l, result, slot, p, len, NULL);
     else
@@ -303,6 +317,8 @@ static void ring_drain(llink *l, int slot) {
   }
   /* The scheduler copied what it keeps: the space can be reused. */
   fp__ring_release(r, pos);
+  if (got)
+    atomic_store_explicit(&l->last_work, fp__now_ns(), memory_order_relaxed);
 }
 
 static int rings_pending(llink *l) {
@@ -316,17 +332,48 @@ static void idle_noop(uv_idle_t *h) {
   (void)h;
 }
 
-/* Before the loop sleeps: tell workers to kick, then look at the rings
- * once more (a result published before the flag was seen would otherwise
- * wait for the next event). */
+/* Spins (within the CPU budget) while work was seen in the last
+ * FP__SPIN_NS, for at most SPIN_SLICE_NS, so that the loop's own events
+ * are looked at in between. Returns 1 when the loop should poll without
+ * sleeping: a result is waiting, or the spin may go on. */
+static int pool_spin(llink *l) {
+  int64_t last = atomic_load_explicit(&l->last_work, memory_order_relaxed);
+  int64_t now = fp__now_ns(), end = now + SPIN_SLICE_NS;
+  if (now - last >= FP__SPIN_NS)
+    return 0;
+  while (fp__budget_ok(l->shm)) {
+    for (int i = 0; i < 64; i++) {
+      if (rings_pending(l))
+        return 1;
+      fp__cpu_relax();
+    }
+    now = fp__now_ns();
+    if (now >= end)
+      return now - last < FP__SPIN_NS;
+  }
+  return 0;
+}
+
+/* Before the loop polls: spin while work is recent; otherwise tell workers
+ * to kick, then look at the rings once more (a result published before the
+ * flag was seen would otherwise wait for the next event), and sleep out of
+ * the CPU budget. */
 static void on_prepare(uv_prepare_t *h) {
   llink *l = h->data;
+  if (pool_spin(l)) {
+    uv_idle_start(&l->spin, idle_noop); /* poll, don't wait */
+    return;
+  }
   atomic_store(&l->shm->master_idle, 1); /* seq_cst, as the tail */
   if (rings_pending(l)) {
     atomic_store(&l->shm->master_idle, 0);
-    uv_idle_start(&l->spin, idle_noop); /* poll, don't wait */
-  } else {
-    uv_idle_stop(&l->spin);
+    uv_idle_start(&l->spin, idle_noop);
+    return;
+  }
+  uv_idle_stop(&l->spin);
+  if (l->counted) {
+    l->counted = 0;
+    fp__budget_leave(l->shm);
   }
 }
 
@@ -334,6 +381,10 @@ static void on_prepare(uv_prepare_t *h) {
 static void on_check(uv_check_t *h) {
   llink *l = h->data;
   atomic_store(&l->shm->master_idle, 0);
+  if (!l->counted) {
+    l->counted = 1;
+    fp__budget_join(l->shm);
+  }
   if (!rings_pending(l))
     return;
   l->ev.enter(l->ev.ctx);
@@ -496,21 +547,33 @@ static void llink_release(llink *l) {
   free(l);
 }
 
+/* The CPUs this process may run on: the spinning budget (local.h). */
+static int usable_cpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0)
+    return 1;
+  int n = CPU_COUNT(&set);
+  return n > 0 ? n : 1;
+}
+
 /* Maps the slots and rings. Rings are reserved, not touched: a page costs
  * memory once used. */
 static int map_shared(llink *l) {
   size_t n = (size_t)l->cfg.nworkers;
   size_t hdr = (sizeof(fp__local_shm) + 63) & ~(size_t)63;
   size_t rings_off = hdr + ((sizeof(fp__slot) * n + 4095) & ~(size_t)4095);
-  l->shm_len = rings_off + sizeof(fp__ring) * n;
+  size_t trings_off = rings_off + sizeof(fp__ring) * n;
+  l->shm_len = trings_off + sizeof(fp__tring) * n;
   void *p = mmap(NULL, l->shm_len, PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED)
     return -errno;
   l->shm = p;
   l->shm->nslots = (int)n;
+  l->shm->ncpu = usable_cpus();
   l->shm->slots = (fp__slot *)((char *)p + hdr);
   l->shm->rings = (fp__ring *)((char *)p + rings_off);
+  l->shm->trings = (fp__tring *)((char *)p + trings_off);
   return 0;
 }
 
@@ -600,9 +663,14 @@ static int local_spawn(fp__link *base, int slot) {
   /* The previous process's ring was drained when it died. */
   atomic_store(&l->shm->rings[slot].head, 0);
   atomic_store(&l->shm->rings[slot].tail, 0);
+  fp__tring *tr = &l->shm->trings[slot];
+  atomic_store(&tr->head, 0);
+  atomic_store(&tr->tail, 0);
+  atomic_store(&tr->sleeping, 0);
   int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0);
   if (rc == 0)
     s->spawning = 1;
+  s->finished = 0;
   return rc;
 }
 
@@ -644,42 +712,75 @@ static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
   return 0;
 }
 
-/* Writes the frames of t[0..n) with one sendmsg, so a worker fed several
- * small chunks wakes once and reads them in one go. */
+/* Puts a marker (FP__TRING_SOCK or FP__TRING_FINISH) at *tail. */
+static int put_marker(fp__tring *tr, uint64_t *tail, int type) {
+  unsigned char m[FP__TRING_MARK_LEN] = {(unsigned char)type};
+  struct iovec iov = {m, sizeof(m)};
+  return fp__tring_put(tr, tail, &iov, 1, sizeof(m));
+}
+
+/* Writes the frames in iov (nio parts, total bytes) to the socket with
+ * one sendmsg; an unsent tail is left for the pool thread. Returns 0 or a
+ * negative code. */
+static int sock_send(llink *l, conn *c, struct iovec *iov, int nio,
+                     size_t total) {
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)nio};
+  ssize_t w;
+  do
+    w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    return -errno;
+  if ((size_t)(w < 0 ? 0 : w) < total)
+    return keep_tail(l, c, iov, nio, total, (size_t)(w < 0 ? 0 : w));
+  return 0;
+}
+
+/* Sends the frames of t[0..n): each into the task ring, or, when larger
+ * than FP__TRING_MAX, onto the socket behind a SOCK marker in the ring (so
+ * the ring keeps the order). Socket frames go with one sendmsg; the ring's
+ * entries become visible with one store, and the worker is woken only if
+ * it sleeps (local.h). */
 static int local_send(fp__link *base, int slot, const fp__task_out *t,
                       int n) {
   static const unsigned char zeros[FP__FRAME_ALIGN];
   llink *l = (llink *)base;
   conn *c = l->slots[slot].c;
+  fp__tring *tr = &l->shm->trings[slot];
+  uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
   unsigned char hdr[FP__LINK_MAX_BATCH][FP__FRAME_HDR];
   struct iovec iov[5 * FP__LINK_MAX_BATCH];
   size_t total = 0;
+  int nio = 0;
   int rc = c != NULL && c->out_len == 0 && n <= FP__LINK_MAX_BATCH
                ? 0 : FP_EINVAL;
   for (int i = 0; rc == 0 && i < n; i++) {
     size_t pad = FP__ITEMS_PAD(t[i].items_len);
     size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
+    struct iovec *v = iov + nio;
+    v[1] = (struct iovec){(void *)&t[i].hdr, sizeof(t[i].hdr)};
+    v[2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
+    v[3] = (struct iovec){(void *)t[i].items, t[i].items_len};
+    v[4] = (struct iovec){(void *)zeros, pad};
+    if (flen <= FP__TRING_MAX && fp__tring_put(tr, &tail, v + 1, 4, flen) == 0)
+      continue;
     if ((rc = fp__frame_put_hdr(hdr[i], flen)) != 0)
       break;
-    iov[5 * i] = (struct iovec){hdr[i], FP__FRAME_HDR};
-    iov[5 * i + 1] = (struct iovec){(void *)&t[i].hdr, sizeof(t[i].hdr)};
-    iov[5 * i + 2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
-    iov[5 * i + 3] = (struct iovec){(void *)t[i].items, t[i].items_len};
-    iov[5 * i + 4] = (struct iovec){(void *)zeros, pad};
+    if (put_marker(tr, &tail, FP__TRING_SOCK) != 0) {
+      rc = FP_EPROTO; /* the bound of local.h broke: a corrupt head */
+      break;
+    }
+    v[0] = (struct iovec){hdr[i], FP__FRAME_HDR};
+    nio += 5;
     total += FP__FRAME_HDR + flen;
   }
-  ssize_t w = -1;
+  if (rc == 0 && nio > 0)
+    rc = sock_send(l, c, iov, nio, total);
   if (rc == 0) {
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(5 * n)};
-    do
-      w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (w < 0 && errno == EINTR);
-    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-      rc = -errno;
-  }
-  if (rc == 0 && (size_t)(w < 0 ? 0 : w) < total)
-    rc = keep_tail(l, c, iov, 5 * n, total, (size_t)(w < 0 ? 0 : w));
-  if (rc != 0 && l->slots[slot].pid != 0) {
+    atomic_store_explicit(&l->last_work, fp__now_ns(), memory_order_relaxed);
+    if (fp__tring_publish(tr, tail))
+      fp__tring_wake(tr);
+  } else if (l->slots[slot].pid != 0) {
     /* A worker that cannot be fed must not sit idle holding chunks: kill
      * it; its exited() hands its chunks back to the scheduler. */
     if (c != NULL)
@@ -700,10 +801,20 @@ static int local_running(fp__link *base, int slot, fp__running *out) {
   return 0;
 }
 
+/* FINISH in the ring (behind anything queued), and EOF on the socket for
+ * a worker that waits there for a large frame's bytes. */
 static void local_finish(fp__link *base, int slot) {
-  conn *c = ((llink *)base)->slots[slot].c;
-  if (c != NULL && !c->eof && c->out_len == 0)
-    shutdown(c->fd, SHUT_WR); /* EOF: the worker exits */
+  llink *l = (llink *)base;
+  conn *c = l->slots[slot].c;
+  if (c == NULL || c->eof || c->out_len != 0 || l->slots[slot].finished)
+    return;
+  l->slots[slot].finished = 1;
+  fp__tring *tr = &l->shm->trings[slot];
+  uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
+  if (put_marker(tr, &tail, FP__TRING_FINISH) == 0 &&
+      fp__tring_publish(tr, tail))
+    fp__tring_wake(tr);
+  shutdown(c->fd, SHUT_WR); /* EOF: the worker exits */
 }
 
 static void closed_noop(uv_handle_t *h) {

@@ -61,15 +61,121 @@ typedef struct fp__ring {
   unsigned char data[FP__RING_SIZE];
 } fp__ring;
 
-/* The local link's shared mapping: one slot and one ring per worker. */
+/* ---- task rings (ring.c) --------------------------------------------------
+ *
+ * Task frames travel master -> worker through a per-worker ring of the
+ * same kind, so that feeding a worker that is awake is a memcpy and one
+ * store. The master (any thread holding the pool's lock, so there is one
+ * producer at a time) writes frames at its private tail and publishes them
+ * with one seq_cst store; the worker runs each chunk in place (its items
+ * stay in the ring) and only then releases the entry by moving the head.
+ * Entries start FP__FRAME_ALIGN-aligned, so a chunk's items are aligned
+ * like a C array, as in the worker's socket buffer.
+ *
+ * The ring is the only ordered channel of tasks. A frame over FP__TRING_MAX
+ * bytes goes on the socket, announced in the ring by a SOCK marker at its
+ * place in the order: the worker that reaches the marker reads one frame
+ * from its socket (blocking). A FINISH marker tells the worker to leave.
+ * The socket stays the channel that reports a death (EOF both ways) and
+ * carries READY, RETIRE, KICK and large results.
+ *
+ * Space: the scheduler holds at most FP__LINK_MAX_BATCH chunks on a worker
+ * and a worker releases an entry before it publishes the chunk's result,
+ * so at most FP__LINK_MAX_BATCH entries of at most FP__TRING_MAX bytes
+ * (plus one wrap's waste and a marker) are ever in use: the ring cannot be
+ * full when the master writes. Should a broken worker make it look full
+ * (its head is writable by its tasks), the master's send fails and the
+ * worker is killed; a head that is not plausible is treated the same way.
+ *
+ * Sleep and wake (an eventcount). A worker with an empty ring spins for up
+ * to FP__SPIN_NS while the CPU budget allows (below), then sleeps: it reads
+ * `wake`, stores sleeping = 1, looks at the tail once more and, if still
+ * empty, futex-waits on `wake` with that value. The master stores the tail
+ * and then reads `sleeping` (both seq_cst, Dekker-style as for the result
+ * rings); only if it is set does it bump `wake` and FUTEX_WAKE, so feeding
+ * a worker that is awake costs no system call, and a bump between the
+ * worker's read and its wait makes the wait return at once. A sleeping
+ * worker wakes every FP__IDLE_POLL_MS to look for EOF on its socket, the
+ * last resort if nobody else tells it that the master is gone.
+ *
+ * The CPU budget. `active` counts this pool's threads that spin or run: a
+ * worker from the moment it wakes (or starts) until it sleeps, the pool
+ * thread from the moment its loop wakes until it sleeps. A thread spins
+ * only while active <= ncpu (the usable CPUs of the master): when more of
+ * ours spin or run than there are CPUs, spinning would take a CPU from a
+ * running task (or from the pool thread feeding the workers), so spinners
+ * sleep instead. An idle pool sleeps entirely: every spin is bounded by
+ * FP__SPIN_NS after the last piece of work. */
+#define FP__TRING_SIZE (1024 * 1024)
+#define FP__TRING_MAX (96 * 1024) /* inline frames, header included */
+#define FP__TRING_SOCK 0xF1       /* marker: the next frame is on the socket */
+#define FP__TRING_FINISH 0xF2     /* marker: no more work, leave */
+#define FP__TRING_MARK_LEN 12     /* marker payload (frame of 16 bytes) */
+#define FP__SPIN_NS 50000         /* longest spin after the last work */
+#define FP__IDLE_POLL_MS 200      /* a sleeping worker's look at its socket */
+
+typedef struct fp__tring {
+  _Atomic uint64_t head;     /* consumer (worker) position in bytes */
+  char pad1[56];
+  _Atomic uint64_t tail;     /* producer (master) position in bytes */
+  char pad2[56];
+  _Atomic uint32_t wake;     /* futex word, bumped to wake the worker */
+  _Atomic int32_t sleeping;  /* the worker is (about to be) asleep */
+  char pad3[56];
+  unsigned char data[FP__TRING_SIZE];
+} fp__tring;
+
+/* The local link's shared mapping: one slot and two rings per worker. */
 typedef struct fp__local_shm {
   _Atomic int master_idle; /* the pool thread is (about to be) asleep */
   char pad[60];
+  _Atomic int active;      /* threads spinning or running (the budget) */
+  int ncpu;                /* usable CPUs */
   int nslots;
-  char pad2[60];
+  char pad2[52];
   fp__slot *slots;   /* nslots, inside this mapping */
   fp__ring *rings;   /* nslots, inside this mapping */
+  fp__tring *trings; /* nslots, inside this mapping */
 } fp__local_shm;
+
+/* Master side: writes one frame (payload of `total` bytes in the iov
+ * parts, padded to FP__FRAME_ALIGN) at *tail, a private copy of the tail,
+ * and advances it; nothing is visible to the worker before
+ * fp__tring_publish(). Returns 0, or -1 when it does not fit (or the
+ * worker's head is not plausible). */
+int fp__tring_put(fp__tring *r, uint64_t *tail, const struct iovec *iov,
+                  int n, size_t total);
+
+/* Master side: makes the frames before tail visible; returns 1 when the
+ * worker sleeps and must be woken (fp__tring_wake). */
+int fp__tring_publish(fp__tring *r, uint64_t tail);
+void fp__tring_wake(fp__tring *r);
+
+/* Worker side: as fp__ring_next, for the task ring (16-byte entries). */
+int fp__tring_next(fp__tring *r, uint64_t *pos, const unsigned char **payload,
+                   size_t *len);
+
+/* Worker side: frees the entries before pos. */
+void fp__tring_release(fp__tring *r, uint64_t pos);
+
+/* Worker side: sleeps until the master published past `pos` (or a
+ * timeout of FP__IDLE_POLL_MS passed). The caller left the budget. */
+void fp__tring_sleep(fp__tring *r, uint64_t pos);
+
+/* The CPU budget (see above). fp__budget_join counts the caller in;
+ * fp__budget_leave counts it out; fp__budget_ok says whether a counted
+ * thread may go on spinning. */
+void fp__budget_join(fp__local_shm *shm);
+void fp__budget_leave(fp__local_shm *shm);
+int fp__budget_ok(fp__local_shm *shm);
+
+static inline void fp__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
 
 /* Worker side: copies a frame of `total` payload bytes (the iov parts)
  * into the ring and publishes it. Returns 0, or -1 when it does not fit

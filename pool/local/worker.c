@@ -1,12 +1,16 @@
-/* worker.c - a worker process of the local link: a plain blocking loop
- * over its socket.
+/* worker.c - a worker process of the local link: a loop over its task
+ * ring, which spins briefly and then sleeps when the ring is empty.
  *
  * The fork server forks the worker and hands it an fp__wconf (what the
  * pool asked for) and an fp__wboot (its slot, its socket, its parent, the
  * signal mask to run tasks with, the shared memory). The worker pins
  * itself and applies the memory limit if asked, runs the user's
- * initializer, says READY, then loops: read a TASK frame, check it, run
- * the function over the chunk's items, publish one RESULT frame.
+ * initializer, says READY, then loops: take the next TASK frame from its
+ * task ring (or, when the ring holds a SOCK marker, from its socket), check
+ * it, run the function over the chunk's items in place, release the ring
+ * entry, publish one RESULT frame. With nothing in the ring it spins for up
+ * to FP__SPIN_NS while the pool's CPU budget allows, then sleeps on the
+ * ring's futex (local.h has the protocol).
  *
  * Before each item it publishes the chunk and item it is running in its
  * shared slot (relaxed atomic stores), so when it dies the master knows
@@ -26,9 +30,10 @@
  *
  * The worker trusts nothing in a TASK frame: a frame whose fields
  * disagree with its length or with each other ends the worker with
- * FP__WEXIT_PROTO before any item runs. It exits with FP__WEXIT_OK when
- * its socket reaches EOF (the pool is closing or the master died) or after
- * maxtasksperchild chunks (it says RETIRE first), and dies with its parent
+ * FP__WEXIT_PROTO before any item runs; so does a corrupt task ring. It
+ * exits with FP__WEXIT_OK at a FINISH marker or when its socket reaches
+ * EOF (the pool is closing or the master died), or after maxtasksperchild
+ * chunks (it says RETIRE first), and dies with its parent
  * (PR_SET_PDEATHSIG). It always leaves with _exit(): the user's atexit
  * handlers belong to the master.
  */
@@ -86,6 +91,9 @@ typedef struct worker {
   int fd;         /* its socket */
   fp__slot *slot; /* what it publishes about the running item */
   fp__ring *ring; /* its result ring */
+  fp__tring *tring;       /* its task ring */
+  uint64_t tpos;          /* task ring: just past the entry being run */
+  fp__local_shm *shm;     /* master_idle and the CPU budget */
   _Atomic int *master_idle;
   fp_writer in;           /* raw bytes read from the socket */
   size_t off;             /* start of the next frame in `in` */
@@ -495,6 +503,9 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
   /* The time limit is on running tasks, not on handing over the result. */
   atomic_store_explicit(&w->slot->started_ns, 0, memory_order_release);
 
+  /* The items are no longer read: free their ring space before the
+   * master can learn that the chunk is done (local.h: space bound). */
+  fp__tring_release(w->tring, w->tpos);
   fit_result(w, ch);
   int rc = publish_result(w, ch, may_defer);
   /* Only now is the chunk no longer this worker's to answer for. */
@@ -504,19 +515,15 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
 
 /* ---- reading frames ------------------------------------------------------ */
 
-/* Counts the complete frames (at most 2) buffered after w->off: chunks
- * this worker will run without reading its socket. */
+/* Counts the entries (at most 2) queued in the task ring after the one
+ * being run: chunks this worker will run without waiting for the master. */
 static int frames_buffered(const worker *w) {
-  size_t off = w->off;
+  uint64_t pos = w->tpos;
+  const unsigned char *p;
+  size_t len;
   int n = 0;
-  while (n < 2 && w->in.len - off >= FP__FRAME_HDR) {
-    size_t plen;
-    if (fp_frame_parse(w->in.data + off, w->in.len - off, w->cfg->max_frame,
-                       &plen) != 0)
-      break;
-    off += FP__FRAME_HDR + plen;
+  while (n < 2 && fp__tring_next(w->tring, &pos, &p, &len) == 1)
     n++;
-  }
   return n;
 }
 
@@ -572,6 +579,9 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   w->fd = boot->fd;
   w->slot = &boot->shm->slots[boot->slot];
   w->ring = &boot->shm->rings[boot->slot];
+  w->tring = &boot->shm->trings[boot->slot];
+  w->tpos = atomic_load(&w->tring->head);
+  w->shm = boot->shm;
   w->master_idle = &boot->shm->master_idle;
   g_worker_id = boot->slot;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -602,6 +612,66 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   fp_writer_init(&w->in);
   fp_writer_init(&w->data);
   fp_writer_init(&w->errs);
+  fp__budget_join(w->shm); /* awake from here until the first sleep */
+}
+
+/* 1 when the master closed its end of the socket (the pool is gone). */
+static int socket_eof(int fd) {
+  char c;
+  ssize_t n;
+  do
+    n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+/* Waits for the next entry of the task ring: spins up to FP__SPIN_NS while
+ * the budget allows, then sleeps on the ring's futex (out of the budget).
+ * Sets *p, *len to the entry's payload and w->tpos past it. Exits with
+ * FP__WEXIT_PROTO on a corrupt ring, FP__WEXIT_OK on socket EOF. */
+static void next_entry(worker *w, const unsigned char **p, size_t *len) {
+  int64_t until = 0;
+  for (;;) {
+    for (int i = 0; i < 64; i++) {
+      uint64_t pos = w->tpos;
+      int rc = fp__tring_next(w->tring, &pos, p, len);
+      if (rc < 0)
+        _exit(FP__WEXIT_PROTO);
+      if (rc == 1) {
+        w->tpos = pos;
+        return;
+      }
+      fp__cpu_relax();
+    }
+    int64_t now = fp__now_ns();
+    if (until == 0)
+      until = now + FP__SPIN_NS;
+    if (now < until && fp__budget_ok(w->shm))
+      continue;
+    fp__budget_leave(w->shm);
+    fp__tring_sleep(w->tring, w->tpos);
+    fp__budget_join(w->shm);
+    if (atomic_load(&w->tring->tail) == w->tpos && socket_eof(w->fd))
+      _exit(FP__WEXIT_OK);
+    until = 0;
+  }
+}
+
+/* The next TASK payload: from the ring, or from the socket when the ring
+ * says so. Exits at FINISH, EOF, or on anything malformed. */
+static void next_task(worker *w, const unsigned char **p, size_t *len) {
+  next_entry(w, p, len);
+  if (*len == FP__TRING_MARK_LEN && (*p)[0] == FP__TRING_FINISH)
+    _exit(FP__WEXIT_OK);
+  if (*len != FP__TRING_MARK_LEN || (*p)[0] != FP__TRING_SOCK)
+    return;
+  int rc = next_frame(w, p, len);
+  if (rc == FP_ENOMEM)
+    die_nomem();
+  if (rc == FP_EMSGSIZE)
+    _exit(FP__WEXIT_PROTO);
+  if (rc != 0)
+    _exit(FP__WEXIT_OK); /* EOF: the pool is closing, or the master died */
 }
 
 void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot) {
@@ -612,16 +682,10 @@ void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot) {
     const unsigned char *payload = NULL;
     size_t plen = 0;
     chunk ch;
-    int rc = next_frame(&w, &payload, &plen);
-    if (rc == FP_ENOMEM)
-      die_nomem();
-    if (rc == FP_EMSGSIZE)
-      _exit(FP__WEXIT_PROTO);
-    if (rc != 0)
-      _exit(FP__WEXIT_OK); /* EOF: the pool is closing, or the master died */
+    next_task(&w, &payload, &plen);
     if (parse_task(payload, plen, cfg->max_frame, &ch) != 0)
       _exit(FP__WEXIT_PROTO);
-    rc = run_chunk(&w, &ch, frames_buffered(&w) >= 2);
+    int rc = run_chunk(&w, &ch, frames_buffered(&w) >= 2);
     fflush(stdout);
     fflush(stderr);
     if (rc != 0)
