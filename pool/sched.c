@@ -167,19 +167,37 @@ static int queue_depth(fp_pool *pool) {
   return d < 2 ? 2 : d > FP__LINK_MAX_BATCH ? FP__LINK_MAX_BATCH : (int)d;
 }
 
+/* Where dispatch starts looking: the idle worker that was busy last, which
+ * is the likeliest to be still awake (a link may let it spin for a while
+ * before it sleeps), so a trickle of calls keeps one worker warm instead of
+ * waking each in turn; with no idle worker, round robin. */
+static int first_worker(const fp_pool *pool) {
+  int best = pool->rr;
+  int64_t at = -1;
+  for (int k = 0; k < pool->nworkers; k++) {
+    const fp__wslot *ws = &pool->ws[k];
+    if (ws->alive && ws->ready && ws->ninflight == 0 &&
+        ws->last_done_ns > at) {
+      at = ws->last_done_ns;
+      best = k;
+    }
+  }
+  return best;
+}
+
 void fp__sched_dispatch_locked(fp_pool *pool) {
   fp__assert_locked(pool);
   if (pool->qhead == NULL || pool->state == FP__TERMINATE)
     return;
   int maxdepth = queue_depth(pool), first[pool->nworkers];
-  int sent_timed = 0;
+  int sent_timed = 0, start = first_worker(pool);
   for (int k = 0; k < pool->nworkers; k++)
     first[k] = pool->ws[k].ninflight;
   /* Assign level by level, idle workers first; then write each worker's
    * new chunks with one send. */
   for (int depth = 0; depth < maxdepth && pool->qhead; depth++) {
     for (int k = 0; k < pool->nworkers && pool->qhead; k++) {
-      fp__wslot *ws = &pool->ws[(pool->rr + k) % pool->nworkers];
+      fp__wslot *ws = &pool->ws[(start + k) % pool->nworkers];
       if (!ws_can_take(pool, ws, depth))
         continue;
       fp__chunk *ch = pool->qhead;
