@@ -1,0 +1,293 @@
+/* check_ring.c - tests of the local link's rings (pool/local/ring.c).
+ *
+ * Task rings (master -> worker) and result rings (worker -> master):
+ * entries that wrap around the end many times come out whole and in
+ * order; a full ring refuses a frame until the consumer releases space;
+ * forged positions and frame headers are reported as corrupt, never read
+ * out of bounds (the SANITIZE=1 build checks that); a producer killed in
+ * the middle of a message leaves nothing visible; and a stress test runs
+ * a producer and a consumer in two processes (and, for ThreadSanitizer,
+ * two threads) through the futex sleep and wake, checking every byte.
+ */
+#include "pool/link.h"
+#include "pool/local/local.h"
+#include "ipc/wire/frame.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void teardown(void) {
+  fp_test_no_children();
+}
+
+/* A zeroed ring in shared memory, so that forked children share it. */
+static void *shared(size_t len) {
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(p, MAP_FAILED);
+  return p;
+}
+
+/* Fills buf with bytes that depend on the message number k. */
+static void pattern(unsigned char *buf, size_t len, uint64_t k) {
+  for (size_t i = 0; i < len; i++)
+    buf[i] = (unsigned char)(k * 31 + i * 7);
+}
+
+/* Message k's length: 12 .. about 40 KiB, a multiple of 16 minus the
+ * frame header, as task frames are. */
+static size_t msg_len(uint64_t k) {
+  return ((k * 2654435761u) % 2500) * 16 + 12;
+}
+
+/* Puts message k (its number in the first 8 bytes) at *tail. */
+static int put_msg(fp__tring *r, uint64_t *tail, uint64_t k) {
+  static unsigned char buf[64 * 1024];
+  size_t len = msg_len(k);
+  pattern(buf, len, k);
+  memcpy(buf, &k, sizeof(k));
+  struct iovec iov = {buf, len};
+  return fp__tring_put(r, tail, &iov, 1, len);
+}
+
+static void check_msg(const unsigned char *p, size_t len, uint64_t k) {
+  static unsigned char want[64 * 1024];
+  ck_assert_uint_eq(len, msg_len(k));
+  pattern(want, len, k);
+  memcpy(want, &k, sizeof(k));
+  ck_assert_int_eq(memcmp(p, want, len), 0);
+  ck_assert_uint_eq((uintptr_t)(p - FP__FRAME_HDR) % FP__FRAME_ALIGN, 0);
+}
+
+START_TEST(tring_wraps_around_many_times_in_order) {
+  fp__tring *r = shared(sizeof(*r));
+  uint64_t tail = 0, pos = 0, got = 0;
+  for (uint64_t k = 0; k < 2000; k++) {
+    ck_assert_int_eq(put_msg(r, &tail, k), 0);
+    fp__tring_publish(r, tail);
+    const unsigned char *p;
+    size_t len;
+    while (got + 3 < k && fp__tring_next(r, &pos, &p, &len) == 1) {
+      check_msg(p, len, got++);
+      fp__tring_release(r, pos);
+    }
+  }
+  ck_assert_uint_gt(tail, 20 * (uint64_t)FP__TRING_SIZE);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+START_TEST(tring_full_refuses_until_released) {
+  fp__tring *r = shared(sizeof(*r));
+  uint64_t tail = 0, pos = 0;
+  unsigned char big[FP__TRING_MAX];
+  memset(big, 7, sizeof(big));
+  struct iovec iov = {big, sizeof(big) - FP__FRAME_HDR};
+  int n = 0;
+  while (fp__tring_put(r, &tail, &iov, 1, iov.iov_len) == 0)
+    n++;
+  ck_assert_int_eq(n, FP__TRING_SIZE / FP__TRING_MAX);
+  /* local.h's bound: a full batch of the largest inline frames, a wrap's
+   * waste and a marker always fit. */
+  ck_assert_int_ge(n, FP__LINK_MAX_BATCH + 1);
+  fp__tring_publish(r, tail);
+  const unsigned char *p;
+  size_t len;
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), 1);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len), -1);
+  fp__tring_release(r, pos);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len), 0);
+  /* Over FP__TRING_MAX never goes in, whatever the space. */
+  struct iovec huge = {big, FP__TRING_MAX + 16};
+  ck_assert_int_eq(fp__tring_put(r, &tail, &huge, 1, huge.iov_len), -1);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+START_TEST(tring_forged_positions_and_headers_are_corrupt) {
+  fp__tring *r = shared(sizeof(*r));
+  uint64_t tail = 0, pos;
+  const unsigned char *p;
+  size_t len;
+  unsigned char m[12] = {1};
+  struct iovec iov = {m, sizeof(m)};
+  /* A head past the tail, or more than a ring behind it: no write. */
+  atomic_store(&r->head, 64);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m)), -1);
+  atomic_store(&r->head, 0);
+  tail = 2 * (uint64_t)FP__TRING_SIZE;
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m)), -1);
+  /* A tail more than a ring ahead, or a misaligned position. */
+  atomic_store(&r->tail, 2 * (uint64_t)FP__TRING_SIZE);
+  pos = 0;
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), -1);
+  atomic_store(&r->tail, 64);
+  pos = 8;
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), -1);
+  /* A frame header longer than the published bytes, or than the end. */
+  pos = 0;
+  fp__frame_put_hdr(r->data, 1000);
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), -1);
+  atomic_store(&r->head, FP__TRING_SIZE - 16);
+  atomic_store(&r->tail, FP__TRING_SIZE + 4096);
+  pos = FP__TRING_SIZE - 16;
+  fp__frame_put_hdr(r->data + FP__TRING_SIZE - 16, 4000);
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), -1);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+START_TEST(ring_forged_result_header_is_corrupt) {
+  fp__ring *r = shared(sizeof(*r));
+  uint64_t pos = 0;
+  const unsigned char *p;
+  size_t len;
+  fp__frame_put_hdr(r->data, FP__RING_MAX + 8);
+  atomic_store(&r->tail, FP__RING_SIZE);
+  ck_assert_int_eq(fp__ring_next(r, &pos, &p, &len), -1);
+  unsigned char m[20] = {3};
+  struct iovec iov = {m, sizeof(m)};
+  atomic_store(&r->tail, 0);
+  ck_assert_int_eq(fp__ring_put(r, &iov, 1, sizeof(m)), 0);
+  ck_assert_int_eq(fp__ring_next(r, &pos, &p, &len), 1);
+  ck_assert_uint_eq(len, sizeof(m));
+  ck_assert_int_eq(memcmp(p, m, sizeof(m)), 0);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+START_TEST(tring_producer_killed_mid_message_publishes_nothing) {
+  fp__tring *r = shared(sizeof(*r));
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    uint64_t tail = 0;
+    put_msg(r, &tail, 1); /* written, never published */
+    raise(SIGKILL);
+  }
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFSIGNALED(st));
+  uint64_t pos = 0;
+  const unsigned char *p;
+  size_t len;
+  ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), 0);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+START_TEST(tring_consumer_killed_asleep_leaves_producer_free) {
+  fp__tring *r = shared(sizeof(*r));
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    for (;;)
+      fp__tring_sleep(r, 0);
+  }
+  while (atomic_load(&r->sleeping) == 0)
+    usleep(100);
+  kill(pid, SIGKILL);
+  ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+  uint64_t tail = 0;
+  ck_assert_int_eq(put_msg(r, &tail, 0), 0);
+  if (fp__tring_publish(r, tail))
+    fp__tring_wake(r); /* nobody waits: returns at once */
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+/* ---- stress: producer and consumer through sleep and wake ---------------- */
+
+#define STRESS_N 20000
+
+/* Consumes STRESS_N messages, sleeping whenever the ring is empty (every
+ * other time it spins a little first). Returns the number of bad ones. */
+static int consume(fp__tring *r) {
+  uint64_t pos = 0;
+  int bad = 0;
+  for (uint64_t k = 0; k < STRESS_N; k++) {
+    const unsigned char *p;
+    size_t len;
+    int rc, spins = (k & 1) ? 200 : 0;
+    while ((rc = fp__tring_next(r, &pos, &p, &len)) == 0) {
+      if (spins-- > 0)
+        fp__cpu_relax();
+      else
+        fp__tring_sleep(r, pos);
+    }
+    uint64_t got;
+    memcpy(&got, p, sizeof(got));
+    bad += rc != 1 || got != k || len != msg_len(k);
+    fp__tring_release(r, pos);
+  }
+  return bad;
+}
+
+/* Produces STRESS_N messages in bursts, waking the consumer when it said
+ * it sleeps; waits (yielding) while the ring is full. */
+static void produce(fp__tring *r) {
+  uint64_t tail = 0;
+  for (uint64_t k = 0; k < STRESS_N; k++) {
+    while (put_msg(r, &tail, k) != 0)
+      sched_yield();
+    if ((k % 7) == 0 || k + 1 == STRESS_N) {
+      if (fp__tring_publish(r, tail))
+        fp__tring_wake(r);
+      if ((k % 5) == 0)
+        usleep(1);
+    }
+  }
+}
+
+START_TEST(tring_stress_two_processes) {
+  fp__tring *r = shared(sizeof(*r));
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(consume(r) == 0 ? 0 : 1);
+  produce(r);
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+static void *consumer_thread(void *arg) {
+  return (void *)(intptr_t)consume(arg);
+}
+
+START_TEST(tring_stress_two_threads) {
+  fp__tring *r = shared(sizeof(*r));
+  pthread_t t;
+  void *bad;
+  ck_assert_int_eq(pthread_create(&t, NULL, consumer_thread, r), 0);
+  produce(r);
+  pthread_join(t, &bad);
+  ck_assert_int_eq((int)(intptr_t)bad, 0);
+  munmap(r, sizeof(*r));
+}
+END_TEST
+
+Suite *ring_suite(void) {
+  Suite *s = suite_create("ring");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 60);
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_add_test(tc, tring_wraps_around_many_times_in_order);
+  tcase_add_test(tc, tring_full_refuses_until_released);
+  tcase_add_test(tc, tring_forged_positions_and_headers_are_corrupt);
+  tcase_add_test(tc, ring_forged_result_header_is_corrupt);
+  tcase_add_test(tc, tring_producer_killed_mid_message_publishes_nothing);
+  tcase_add_test(tc, tring_consumer_killed_asleep_leaves_producer_free);
+  tcase_add_test(tc, tring_stress_two_processes);
+  tcase_add_test(tc, tring_stress_two_threads);
+  suite_add_tcase(s, tc);
+  return s;
+}
