@@ -23,6 +23,8 @@
  *              worker is SIGKILLed every 100 ms vs undisturbed
  *   scale K W  CPU kernel K (kernels.h) on 1..W workers          s
  *   pin        a CPU-bound map with pin none / compact / scatter s
+ *   idle       CPU time of the master and its workers while a warmed-up
+ *              pool of 2 sits idle for 2 s, in % of one CPU          %
  *   rss        master peak RSS of fp_pool_map and of a producer-fed
  *              fp_pool_imap_producer as n grows, each in a fresh
  *              child process                                     MiB
@@ -979,12 +981,51 @@ static void g_rss(void) {
   }
 }
 
+/* CPU time (user + system) a process used so far, in seconds, from
+ * /proc/PID/stat; 0 when it cannot be read. */
+static double proc_cpu_s(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+  unsigned long ut = 0, st = 0;
+  if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u "
+                                 "%*u %lu %lu", &ut, &st) != 2)
+    return 0;
+  return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The master (every thread, the pool thread included) and both workers
+ * of an idle pool, over 2 s after the last task: a pool that spins after
+ * work must stop by itself. */
+static void g_idle(void) {
+  fp_pool *p = mkpool(2);
+  fp_worker_info wi[2];
+  for (int i = 0; i < 2; i++)
+    check(fp_pool_worker_info(p, i, &wi[i]), "fp_pool_worker_info");
+  double before = proc_cpu_s(getpid()) + proc_cpu_s(wi[0].pid) +
+                  proc_cpu_s(wi[1].pid);
+  double t0 = now_s();
+  struct timespec ts = {2, 0};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  double after = proc_cpu_s(getpid()) + proc_cpu_s(wi[0].pid) +
+                 proc_cpu_s(wi[1].pid);
+  emit("idle_cpu", "forkpool", (after - before) / (now_s() - t0) * 100, "%");
+  fp_pool_free(p);
+}
+
 int main(int argc, char **argv) {
   quick = bench_quick();
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2)
     die("usage: fpbench startstop|apply|async|map|starmap|imap|payload|"
-        "chunks|manager|churn|fault|scale K W|pin|rss");
+        "chunks|manager|churn|fault|scale K W|pin|rss|idle");
   const char *cmd = argv[1];
   sizes_t n = sizes();
   /* The kernels' global data is made before any pool so workers inherit
@@ -1020,6 +1061,8 @@ int main(int argc, char **argv) {
     g_pin();
   else if (strcmp(cmd, "rss") == 0)
     g_rss();
+  else if (strcmp(cmd, "idle") == 0)
+    g_idle();
   else
     die("unknown command %s", cmd);
   return 0;

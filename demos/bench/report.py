@@ -38,14 +38,14 @@ SIDES = ("forkpool", "python", "joblib", "baseline")
 # ratio)], note. A ("abs_le", x) target bounds forkpool's value itself.
 ROWS = [
     ("start_stop", "pool start + stop, 2 workers (baseline: 2 x fork+_exit+waitpid)",
-     "lo", [("python", 5)]),
+     "lo", [("python", 8)]),
     ("apply_rtt", "apply round trip, one at a time (baseline: 8-byte pipe "
-     "ping-pong, 2 CPUs)", "lo", [("python", 13), ("baseline", 0.5)]),
+     "ping-pong, 2 CPUs)", "lo", [("python", 40), ("baseline", 10)]),
     ("pipe_rtt_same", "raw pipe ping-pong, both on one CPU", "lo", []),
     ("apply_async", "apply_async x N, then get all (joblib: Parallel, auto "
-     "batching)", "hi", [("python", 20), ("joblib", 2)]),
+     "batching)", "hi", [("python", 100), ("joblib", 5)]),
     ("map_int", "map over int64, identity, default chunksize", "hi",
-     [("python", 20)]),
+     [("python", 35)]),
     ("starmap", "starmap add(a, b), (int, int) tuples", "hi", []),
     ("starmap_struct", "starmap, fixed form: struct array + fp_pool_map "
      "(python: its starmap)", "hi", []),
@@ -73,6 +73,8 @@ ROWS = [
      "+ Lock; baseline: atomic fetch_add)", "hi", [("baseline", 0.4)]),
     ("mutex_2proc", "lock + increment + unlock from 2 processes (python: "
      "multiprocessing.Value; baseline: robust pshared mutex)", "hi", []),
+    ("idle_cpu", "CPU used by the master and 2 workers of an idle pool over "
+     "2 s, % of one CPU", "lo", [("abs_le", 1.0)]),
     ("fault_latency", "worker SIGKILL to failed result delivered", "lo",
      [("abs_le", 5.0)]),
     ("fault_tput", "throughput while a worker is killed every 100 ms "

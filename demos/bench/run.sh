@@ -92,6 +92,7 @@ r=1
 while [ $r -le $RUNS ]; do
   echo "bench: overheads, run $r of $RUNS" >&2
   run "$RAW" fork;    run "$FP" startstop; run $PY "$HERE/py_bench.py" startstop
+  run "$FP" idle
   run "$RAW" pipe;    run "$FP" apply;     run $PY "$HERE/py_bench.py" apply
   run "$FP" async;    run $PY "$HERE/py_bench.py" async
   run "$FP" map;      run $PY "$HERE/py_bench.py" map
