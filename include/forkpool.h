@@ -72,6 +72,9 @@ FP_EXTERN const char *fp_version(void);
   XX(EBUSY, -EBUSY, "resource busy")                                           \
   XX(EPERM, -EPERM, "operation not permitted")                                 \
   XX(EPIPE, -EPIPE, "broken pipe: the peer closed its end")                    \
+  XX(ENOTSUP, -ENOTSUP,                                                        \
+     "not supported here (a transport not built or not linked, or a feature " \
+     "that cannot cross machines)")                                           \
   XX(EOWNERDEAD, -EOWNERDEAD,                                                  \
      "the previous owner died holding the lock; state was recovered")          \
   XX(ETYPE, -4001, "wrong value type")                                         \
@@ -651,6 +654,20 @@ typedef enum fp_progress_mode {
   FP_PROGRESS_CALLBACK /* only call progress_cb */
 } fp_progress_mode;
 
+/* Where a pool's workers run (fp_pool_opts.transport):
+ *   FP_TRANSPORT_LOCAL  forked workers on this machine (the default);
+ *   FP_TRANSPORT_MPI    across the ranks of an MPI job (`mpirun -n N prog`):
+ *                       rank 0 gets the pool; every other rank serves tasks
+ *                       inside fp_pool_new() with `processes` local workers
+ *                       (0: that node's CPU count) and ends its process
+ *                       with exit status 0 when rank 0 frees the pool. Needs
+ *                       libforkpool_mpi (linked, or found at run time; else
+ *                       FP_ENOTSUP). See docs/mpi.md. */
+typedef enum fp_transport {
+  FP_TRANSPORT_LOCAL = 0,
+  FP_TRANSPORT_MPI
+} fp_transport;
+
 /* Pool options. Zero-initialise and set what you need: every zero field
  * means "the default" given here. */
 typedef struct fp_pool_opts {
@@ -683,6 +700,7 @@ typedef struct fp_pool_opts {
   int inflight;              /* chunks queued per worker when chunks
                                 take under 20 ms (1 when longer); 0:
                                 adaptive, about 1 ms of work, 2 to 8 */
+  fp_transport transport;    /* how workers are reached; 0: local */
 } fp_pool_opts;
 
 /* Per-call options; NULL or zero fields take the pool's defaults. */

@@ -101,25 +101,34 @@ typedef struct death {
   char how[160];
 } death;
 
+/* "worker 3 (pid 42)", with where the link says it runs when remote
+ * ("worker 3 (pid 42, rank 2 on node7)"). */
+static void name_worker(fp_pool *pool, const death *d, char *buf,
+                        size_t len) {
+  const fp__link_ops *ops = pool->link->ops;
+  const char *w = ops->where ? ops->where(pool->link, d->slot) : NULL;
+  snprintf(buf, len, "worker %d (pid %d%s%s)", d->slot, (int)d->pid,
+           w && *w ? ", " : "", w && *w ? w : "");
+}
+
 /* Fails, retries or aborts the chunk the worker was running. */
 static void chunk_died_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
   fp__job *job = ch->job;
-  char msg[FP__MSG_LEN];
+  char msg[FP__MSG_LEN], who[160];
   int64_t at = d->run.item;
   if (at < ch->start || at >= ch->start + (int64_t)ch->count)
     at = ch->start;
+  name_worker(pool, d, who, sizeof(who));
   if (d->reason == FP_ETIMEDOUT)
     snprintf(msg, sizeof(msg),
-             "item %lld: exceeded its time limit of %gs; worker %d (pid %d) "
-             "was killed",
-             (long long)at, job->timeout, d->slot, (int)d->pid);
+             "item %lld: exceeded its time limit of %gs; %s was killed",
+             (long long)at, job->timeout, who);
   else if (d->reason == FP_ECANCELED)
-    snprintf(msg, sizeof(msg), "item %lld: canceled; worker %d (pid %d) %s",
-             (long long)at, d->slot, (int)d->pid, d->how);
+    snprintf(msg, sizeof(msg), "item %lld: canceled; %s %s", (long long)at,
+             who, d->how);
   else
-    snprintf(msg, sizeof(msg),
-             "item %lld: worker %d (pid %d) %s while running it",
-             (long long)at, d->slot, (int)d->pid, d->how);
+    snprintf(msg, sizeof(msg), "item %lld: %s %s while running it",
+             (long long)at, who, d->how);
   if (d->reason == FP_EWORKER && job->on_crash == FP_CRASH_RETRY &&
       ch->attempts < job->retries) {
     ch->attempts++;

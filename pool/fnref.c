@@ -357,3 +357,39 @@ void *fp__fnref_resolve(const fp__fnref *ref) {
     return NULL;
   return (void *)(uintptr_t)(ref->base + ref->offset);
 }
+
+/* ---- references from another process of the same program (MPI) ---------- */
+
+typedef struct ident_hit {
+  uint64_t ident, base;
+  int n;
+} ident_hit;
+
+static int match_ident(struct dl_phdr_info *info, size_t size, void *arg) {
+  ident_hit *hit = arg;
+  (void)size;
+  if (module_ident(info) == hit->ident) {
+    hit->base = (uint64_t)info->dlpi_addr;
+    hit->n++;
+  }
+  return 0;
+}
+
+/* Points a reference made by another process running the same program (an
+ * MPI rank: not a fork, so its modules sit elsewhere) at this process's
+ * copy of the module: the one module with the same identity, wherever it
+ * is loaded here. Returns 0; FP_EINVAL for a raw address (meaningless in
+ * another process) or when no module, or more than one, has that
+ * identity - the reference then names nothing and the task fails as for a
+ * module that is not loaded. */
+int fp__fnref_rebase(fp__fnref *ref) {
+  ident_hit hit = {.ident = ref->ident};
+  if (ref->kind == KIND_MODULE)
+    dl_iterate_phdr(match_ident, &hit);
+  if (hit.n != 1) {
+    memset(ref, 0, sizeof(*ref));
+    return FP_EINVAL;
+  }
+  ref->base = hit.base;
+  return 0;
+}

@@ -10,6 +10,8 @@
  * Implementations:
  *   local/   fork server + one socket per worker + a shared-memory result
  *            ring per worker (link_local.c)
+ *   mpi/     worker slots on other MPI ranks, each rank running a local
+ *            link (libforkpool_mpi, found at run time: transport.h)
  *
  * Threads and locking. The link is driven by the pool's libuv loop (the
  * pool thread) and by user threads that submit work. Every operation but
@@ -138,6 +140,9 @@ typedef struct fp__link_ops {
    * link closes its fork server's socket and reaps it) and frees l.
    * Called without any lock. */
   void (*free)(fp__link *l);
+  /* Optional (NULL for the local link): where slot's worker runs, for
+   * messages ("rank 2 on node7"); NULL or "" when nothing to add. */
+  const char *(*where)(fp__link *l, int slot);
 } fp__link_ops;
 
 /* Every implementation's state starts with this. */

@@ -14,6 +14,7 @@
  * data path runs one way: link -> sched.c -> job.c -> (leave) callbacks.
  */
 #include "pool/pool_int.h"
+#include "pool/transport.h"
 #include "affinity/affinity.h"
 #include "ipc/wire/error.h"
 
@@ -270,6 +271,25 @@ static fp__link_events link_events(fp_pool *pool) {
   };
 }
 
+/* Chooses the link by opts.transport, plans the workers and opens it. The
+ * MPI link (found at run time, transport.c) first says how many slots its
+ * worker ranks offer; on those ranks it serves and never returns. Returns
+ * 0 or an error (the last error says why). */
+static int open_link(fp_pool *pool, const fp__link_events *ev) {
+  const fp__link_ops *ops = &fp__link_local;
+  int rc = 0;
+  if (pool->opts.transport == FP_TRANSPORT_MPI)
+    rc = fp__transport_mpi(&pool->opts, &ops, &pool->nworkers);
+  else if (pool->opts.transport != FP_TRANSPORT_LOCAL)
+    fp__set_last_error(rc = FP_EINVAL, "unknown fp_pool_opts.transport");
+  if (rc == 0 && (rc = plan_workers(pool)) == 0 &&
+      (rc = ops->open(&pool->link, &pool->wconf, ev)) != 0)
+    fp__set_last_error(rc, ops == &fp__link_local
+                               ? "cannot start the fork server"
+                               : "cannot open the worker link");
+  return rc;
+}
+
 /* Sets up the loop and its handles, asks for the workers and starts the
  * pool thread. Returns 0 or an error; on error the loop is closed again. */
 static int start_loop(fp_pool *pool) {
@@ -349,9 +369,8 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   int rc = resolve_opts(pool, opts);
   if (rc != 0)
     fp__set_last_error(rc, "invalid pool options");
-  else if ((rc = plan_workers(pool)) == 0 &&
-           (rc = fp__link_local.open(&pool->link, &pool->wconf, &ev)) != 0)
-    fp__set_last_error(rc, "cannot start the fork server");
+  else
+    rc = open_link(pool, &ev);
   if (rc == 0 && (rc = start_loop(pool)) != 0) {
     fp__set_last_error(rc, "cannot start the pool thread");
     pool->link->ops->free(pool->link);

@@ -1,0 +1,113 @@
+/* transport.c - finds the MPI link at run time, so the core never links MPI.
+ *
+ * A pool that asks for FP_TRANSPORT_MPI needs libforkpool_mpi's entry
+ * function (transport.h). It is looked for, first found wins:
+ *
+ *   1. a weak reference: a program that linked libforkpool_mpi.a (with
+ *      `-Wl,-u,fp_mpi_entry`, which forkpool-mpi.pc adds) has it resolved
+ *      at link time;
+ *   2. the process's global symbols: a program linked against
+ *      libforkpool_mpi.so;
+ *   3. dlopen(): $FP_MPI_LIBRARY when set (and only it), else
+ *      libforkpool_mpi.so.0 in the directory of the module that holds this
+ *      code (libforkpool.so's directory, or the program's for a static
+ *      core), else by the dynamic linker's default search path.
+ *
+ * A library that is found is kept loaded for the life of the process (its
+ * progress thread and MPI state may outlive a pool). Nothing here needs
+ * MPI's headers.
+ */
+#include "pool/transport.h"
+#include "affinity/affinity.h"
+#include "ipc/wire/error.h"
+#include "pool/clock.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MPI_SONAME "libforkpool_mpi.so.0"
+
+extern const fp__mpi_entry_t *fp_mpi_entry(const fp__core_api *core)
+    __attribute__((weak));
+
+static const fp__core_api core_api = {
+    .abi = FP__TRANSPORT_ABI,
+    .size = sizeof(fp__core_api),
+    .local = &fp__link_local,
+    .set_last_error = fp__set_last_error,
+    .strerror = fp_strerror,
+    .cpu_count = fp_cpu_count,
+    .affinity_plan = fp__affinity_plan,
+    .now_ns = fp__now_ns,
+    .fnref_rebase = fp__fnref_rebase,
+};
+
+/* dlopen()s path and looks the entry up; appends why not to why. */
+static fp__mpi_entry_fn try_open(const char *path, char *why, size_t len) {
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  fp__mpi_entry_fn fn = NULL;
+  if (h != NULL)
+    *(void **)&fn = dlsym(h, "fp_mpi_entry");
+  if (fn == NULL) {
+    size_t used = strlen(why);
+    const char *e = dlerror();
+    snprintf(why + used, len - used, "%s%s", used ? "; " : "",
+             e ? e : path);
+    if (h != NULL)
+      dlclose(h);
+  }
+  return fn;
+}
+
+/* libforkpool_mpi.so.0 next to the module holding this function. */
+static fp__mpi_entry_fn try_beside_core(char *why, size_t len) {
+  Dl_info info;
+  char path[PATH_MAX];
+  if (dladdr((void *)try_beside_core, &info) == 0 || !info.dli_fname)
+    return NULL;
+  const char *slash = strrchr(info.dli_fname, '/');
+  if (slash == NULL)
+    return NULL;
+  int n = snprintf(path, sizeof(path), "%.*s/%s",
+                   (int)(slash - info.dli_fname), info.dli_fname, MPI_SONAME);
+  if (n < 0 || (size_t)n >= sizeof(path))
+    return NULL;
+  return try_open(path, why, len);
+}
+
+static fp__mpi_entry_fn find_entry(char *why, size_t len) {
+  fp__mpi_entry_fn fn = fp_mpi_entry;
+  if (fn == NULL)
+    *(void **)&fn = dlsym(RTLD_DEFAULT, "fp_mpi_entry");
+  if (fn != NULL)
+    return fn;
+  const char *env = getenv("FP_MPI_LIBRARY");
+  if (env != NULL && *env)
+    return try_open(env, why, len);
+  if ((fn = try_beside_core(why, len)) == NULL)
+    fn = try_open(MPI_SONAME, why, len);
+  return fn;
+}
+
+int fp__transport_mpi(const fp_pool_opts *opts, const fp__link_ops **ops,
+                      int *nworkers) {
+  char why[768] = "", msg[1024];
+  fp__mpi_entry_fn fn = find_entry(why, sizeof(why));
+  const fp__mpi_entry_t *e = fn ? fn(&core_api) : NULL;
+  if (e == NULL || e->abi != FP__TRANSPORT_ABI) {
+    snprintf(msg, sizeof(msg),
+             "FP_TRANSPORT_MPI: %s (link -lforkpool_mpi, see `pkg-config "
+             "--libs forkpool-mpi`, or set FP_MPI_LIBRARY to its path)",
+             fn ? "libforkpool_mpi was built for another forkpool version"
+                : why[0] ? why : "libforkpool_mpi not found");
+    fp__set_last_error(FP_ENOTSUP, msg);
+    return FP_ENOTSUP;
+  }
+  int rc = e->prepare(&core_api, opts, nworkers);
+  if (rc == 0)
+    *ops = e->ops;
+  return rc;
+}
