@@ -14,6 +14,8 @@
 #   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
 #                        (MANDIR, LIBDIR, INCLUDEDIR; INSTALL_SHARED=0)
 #   make deps            install build dependencies (Debian/Ubuntu)
+#   make mpi             libforkpool_mpi (the MPI link; needs mpicc)
+#   make check-mpi       its tests under mpirun (docs/mpi.md)
 #   make format          clang-format the tree
 
 PREFIX      ?= /usr/local
@@ -64,7 +66,9 @@ BASEFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -pthread -fPIC \
             -fvisibility=hidden -Iinclude -I. $(SANFLAGS) $(DEP_CFLAGS) $(CFLAGS)
 LDFLAGS  ?=
 
-LIB_SRCS  := $(sort $(wildcard ipc/*/*.c pool/*.c pool/*/*.c affinity/*.c))
+# pool/mpi/ is libforkpool_mpi (make mpi), never part of the core.
+LIB_SRCS  := $(sort $(filter-out pool/mpi/%,\
+               $(wildcard ipc/*/*.c pool/*.c pool/*/*.c affinity/*.c)))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 STATIC    := $(BUILD)/libforkpool.a
 SHARED    := $(BUILD)/libforkpool.so.$(VERSION)
@@ -291,6 +295,8 @@ demo-python:
 
 bench: $(BENCHES) $(DEMOS)
 	@sh demos/bench/run.sh $(BUILD)
+
+include pool/mpi/mpi.mk
 
 # --- fuzzing ----------------------------------------------------------------
 FUZZ_SECONDS ?= 60

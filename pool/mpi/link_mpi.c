@@ -1,0 +1,332 @@
+/* link_mpi.c - the MPI link, rank 0's side: worker slots on other ranks.
+ *
+ * The scheduler's slots are laid out rank after rank: worker rank r's
+ * local slots 0..count[r]-1 are the scheduler's base[r].. (hello.c). Every
+ * operation becomes one message to that rank, posted to the progress
+ * thread (progress.c) under the pool's lock, which costs a list append:
+ * ops never wait for MPI. Messages from the ranks are queued by the
+ * progress thread, which pokes an async handle on the pool's loop; its
+ * callback replays them as link events between enter() and leave().
+ *
+ * What the scheduler reads synchronously (running(), for crash blame and
+ * time limits) is a copy: a worker rank sends what its worker runs with
+ * every EXITED and, for timed chunks, whenever the running item changes
+ * (rank.c); the age it reports is turned into this machine's clock here.
+ *
+ * free() tells every rank BYE and waits (bounded) for their BYE_ACKs, so
+ * their workers are gone when fp_pool_free() returns on rank 0.
+ */
+#include "pool/mpi/mpi_int.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BYE_WAIT_NS (10 * 1000000000LL)
+
+typedef struct mslot {
+  int rank, lslot;
+  pid_t pid;
+  int alive, ready;
+  fp__running run;
+} mslot;
+
+typedef struct mlink {
+  fp__link base;
+  fp__link_events ev;
+  fp__mpi_world *w;
+  int n;
+  mslot *s;
+  int *lost;          /* per rank: its fork server died */
+  int nlost;
+  char (*where)[96];  /* per rank: "rank 2 on host" */
+  fp__mprog prog;
+  uv_async_t in;
+  int started;
+} mlink;
+
+#define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
+
+static void post(mlink *l, int g, int op, int pid, int arg) {
+  fp__mbuf *m = fp__mbuf_new(l->s[g].rank, op, l->s[g].lslot, pid, arg, 0);
+  if (m != NULL)
+    fp__mprog_post(&l->prog, m);
+}
+
+/* ---- messages from the ranks (pool thread, between enter and leave) ---- */
+
+static void set_run(mlink *l, mslot *s, const fp__mbuf *m) {
+  fp__mrun r;
+  if (FP__MPAYLOAD_LEN(m) < sizeof(r))
+    return;
+  memcpy(&r, FP__MPAYLOAD(m), sizeof(r));
+  s->run.seq = r.seq;
+  s->run.item = r.item;
+  s->run.cpu = r.cpu;
+  s->run.started_ns = r.age_ns >= 0 ? l->w->core->now_ns() - r.age_ns : 0;
+}
+
+static void rank_lost(mlink *l, int rank) {
+  if (l->lost[rank])
+    return;
+  l->lost[rank] = 1;
+  if (++l->nlost == l->w->size - 1)
+    l->ev.lost(l->ev.ctx);
+}
+
+/* Replays one message of a worker rank as link events. */
+static void handle(mlink *l, const fp__mbuf *m) {
+  const fp__mhdr *h = FP__MHDR(m);
+  int r = m->peer;
+  if (m->len < sizeof(*h) || r < 1 || r >= l->w->size)
+    return;
+  if (h->op == FP__M_LOST) {
+    rank_lost(l, r);
+    return;
+  }
+  if (h->slot < 0 || h->slot >= l->w->count[r])
+    return;
+  int g = l->w->base[r] + h->slot;
+  mslot *s = &l->s[g];
+  switch (h->op) {
+  case FP__M_STARTED:
+    s->alive = 1;
+    s->pid = h->pid;
+    memset(&s->run, 0, sizeof(s->run));
+    s->run.cpu = -1;
+    EV(l, started, g, h->pid);
+    break;
+  case FP__M_READY:
+    s->ready = 1;
+    EV(l, ready, g);
+    break;
+  case FP__M_RESULT:
+    EV(l, result, g, FP__MPAYLOAD(m), FP__MPAYLOAD_LEN(m), NULL);
+    break;
+  case FP__M_RETIRED:
+    EV(l, retired, g);
+    break;
+  case FP__M_VIOLATION:
+    EV(l, violation, g, "protocol violation on a worker rank");
+    break;
+  case FP__M_RUNNING:
+    if (s->alive && s->pid == h->pid)
+      set_run(l, s, m);
+    break;
+  case FP__M_EXITED:
+    set_run(l, s, m);
+    s->alive = s->ready = 0;
+    EV(l, exited, g, h->pid, h->arg);
+    break;
+  case FP__M_START_FAILED:
+    EV(l, start_failed, g, h->arg);
+    break;
+  }
+}
+
+static void on_incoming(uv_async_t *a) {
+  mlink *l = a->data;
+  fp__mbuf *m = fp__mprog_take(&l->prog);
+  if (m == NULL)
+    return;
+  l->ev.enter(l->ev.ctx);
+  while (m != NULL) {
+    fp__mbuf *next = m->next;
+    handle(l, m);
+    fp__mbuf_free(m);
+    m = next;
+  }
+  l->ev.leave(l->ev.ctx);
+}
+
+static void notify(void *arg) {
+  uv_async_send(&((mlink *)arg)->in);
+}
+
+/* ---- operations ---------------------------------------------------------- */
+
+static void mlink_release(mlink *l) {
+  free(l->s);
+  free(l->lost);
+  free(l->where);
+  free(l);
+}
+
+static int mpi_open(fp__link **out, const fp__wconf *cfg,
+                    const fp__link_events *ev) {
+  fp__mpi_world *w = &fp__mpiw;
+  if (cfg->nworkers != w->total)
+    return FP_EINVAL;
+  mlink *l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return FP_ENOMEM;
+  l->base.ops = &fp__link_mpi;
+  l->ev = *ev;
+  l->w = w;
+  l->n = cfg->nworkers;
+  l->s = calloc((size_t)l->n, sizeof(*l->s));
+  l->lost = calloc((size_t)w->size, sizeof(int));
+  l->where = calloc((size_t)w->size, sizeof(*l->where));
+  if (!l->s || !l->lost || !l->where) {
+    mlink_release(l);
+    return FP_ENOMEM;
+  }
+  for (int r = 1; r < w->size; r++) {
+    snprintf(l->where[r], sizeof(l->where[r]), "rank %d on %s", r,
+             w->host[r]);
+    for (int k = 0; k < w->count[r]; k++) {
+      l->s[w->base[r] + k].rank = r;
+      l->s[w->base[r] + k].lslot = k;
+    }
+  }
+  *out = &l->base;
+  return 0;
+}
+
+static int mpi_start(fp__link *base, uv_loop_t *loop) {
+  mlink *l = (mlink *)base;
+  int rc = uv_async_init(loop, &l->in, on_incoming);
+  if (rc != 0)
+    return rc;
+  l->in.data = l;
+  if ((rc = fp__mprog_start(&l->prog, notify, l)) != 0) {
+    uv_close((uv_handle_t *)&l->in, NULL);
+    return rc;
+  }
+  l->started = 1;
+  return 0;
+}
+
+static int mpi_spawn(fp__link *base, int g) {
+  mlink *l = (mlink *)base;
+  if (l->lost[l->s[g].rank])
+    return FP_EWORKER;
+  post(l, g, FP__M_SPAWN, 0, 0);
+  return 0;
+}
+
+static int mpi_can_send(fp__link *base, int g) {
+  mlink *l = (mlink *)base;
+  return l->s[g].alive && l->s[g].ready && !l->lost[l->s[g].rank];
+}
+
+static int mpi_kill(fp__link *base, int g, int sig) {
+  mlink *l = (mlink *)base;
+  if (!l->s[g].alive)
+    return FP_EINVAL;
+  post(l, g, FP__M_KILL, l->s[g].pid, sig);
+  return 0;
+}
+
+/* Copies the frames of t[0..n) into one TASK message, laid out as the
+ * local link writes them on a worker's socket. */
+static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n) {
+  static const unsigned char zeros[FP__FRAME_ALIGN];
+  mlink *l = (mlink *)base;
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += 4 + sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len +
+             FP__ITEMS_PAD(t[i].items_len);
+  fp__mbuf *m = total < (size_t)INT32_MAX - 64
+                    ? fp__mbuf_new(l->s[g].rank, FP__M_TASK, l->s[g].lslot,
+                                   l->s[g].pid, n, total)
+                    : NULL;
+  if (m == NULL) {
+    mpi_kill(base, g, SIGKILL); /* its exited() hands the chunks back */
+    return total < (size_t)INT32_MAX - 64 ? FP_ENOMEM : FP_EMSGSIZE;
+  }
+  unsigned char *p = FP__MPAYLOAD(m);
+  for (int i = 0; i < n; i++) {
+    size_t pad = FP__ITEMS_PAD(t[i].items_len);
+    uint32_t flen = (uint32_t)(sizeof(t[i].hdr) + FP__HDR_PAD +
+                               t[i].items_len + pad);
+    for (int b = 0; b < 4; b++)
+      *p++ = (unsigned char)(flen >> (8 * b)); /* little-endian length */
+    memcpy(p, &t[i].hdr, sizeof(t[i].hdr));
+    p += sizeof(t[i].hdr);
+    memcpy(p, zeros, FP__HDR_PAD);
+    p += FP__HDR_PAD;
+    memcpy(p, t[i].items, t[i].items_len);
+    p += t[i].items_len;
+    memcpy(p, zeros, pad);
+    p += pad;
+  }
+  fp__mprog_post(&l->prog, m);
+  return 0;
+}
+
+static int mpi_running(fp__link *base, int g, fp__running *out) {
+  *out = ((mlink *)base)->s[g].run;
+  return 0;
+}
+
+static void mpi_finish(fp__link *base, int g) {
+  mlink *l = (mlink *)base;
+  if (l->s[g].alive)
+    post(l, g, FP__M_FINISH, l->s[g].pid, 0);
+}
+
+static void mpi_close(fp__link *base) {
+  mlink *l = (mlink *)base;
+  if (l->started && !uv_is_closing((uv_handle_t *)&l->in)) {
+    fp__mprog_mute(&l->prog);
+    uv_close((uv_handle_t *)&l->in, NULL);
+  }
+}
+
+/* Tells every rank still serving to leave and waits for their BYE_ACKs
+ * (bounded: a rank that died never answers). */
+static void say_bye(mlink *l) {
+  int64_t deadline = fp__mpi_now() + BYE_WAIT_NS;
+  int waiting = 0;
+  for (int r = 1; r < l->w->size; r++) {
+    /* A rank whose fork server died (lost) still waits for its BYE. */
+    fp__mbuf *m = fp__mbuf_new(r, FP__M_BYE, 0, 0, 0, 0);
+    if (m != NULL) {
+      fp__mprog_post(&l->prog, m);
+      waiting++;
+    }
+  }
+  while (waiting > 0 && fp__mpi_now() < deadline) {
+    fp__mbuf *m = fp__mprog_wait(&l->prog, deadline);
+    while (m != NULL) {
+      fp__mbuf *next = m->next;
+      if (m->len >= sizeof(fp__mhdr) && FP__MHDR(m)->op == FP__M_BYE_ACK)
+        waiting--;
+      fp__mbuf_free(m);
+      m = next;
+    }
+  }
+}
+
+static void mpi_free(fp__link *base) {
+  mlink *l = (mlink *)base;
+  if (l->started) {
+    say_bye(l);
+    fp__mprog_stop(&l->prog, fp__mpi_now() + BYE_WAIT_NS);
+  } else {
+    fp__mpi_bye_all(l->w, NULL); /* no thread: we may call MPI here */
+  }
+  mlink_release(l);
+}
+
+static const char *mpi_where(fp__link *base, int g) {
+  mlink *l = (mlink *)base;
+  return l->where[l->s[g].rank];
+}
+
+const fp__link_ops fp__link_mpi = {
+    .name = "mpi",
+    .open = mpi_open,
+    .start = mpi_start,
+    .spawn = mpi_spawn,
+    .can_send = mpi_can_send,
+    .send = mpi_send,
+    .kill = mpi_kill,
+    .running = mpi_running,
+    .finish = mpi_finish,
+    .close = mpi_close,
+    .free = mpi_free,
+    .where = mpi_where,
+};
