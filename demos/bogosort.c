@@ -13,7 +13,13 @@
  * one chunk, one task, per worker. Progress goes to stderr as joblib-style
  * lines (FP_PROGRESS_LINES), like joblib's verbose output. A table then
  * times the same map with 1 .. 2 x CPUs workers: past the CPU count more
- * workers only share the same cores.
+ * workers only share the same cores. Each row is also printed as a line
+ * "WORKERS bogosort w=<n> time=<s> items=<arrays>" (even with --quiet),
+ * from which `make demo-compare` draws time against workers for C and
+ * Python on one chart. The row of --workers is the timed parallel side
+ * (median of --repeat runs); the other rows are the median of
+ * --table-repeat runs, 1 by default to keep `make demo` short
+ * (demo-compare asks for 3).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,19 +92,44 @@ static double run_partitioned(const demo_opts *o, int workers,
   return t;
 }
 
+/* Times `repeat` runs of the partitioned map with `workers` workers
+ * (progress lines on the first run only, if asked) and returns the
+ * median; *ok is cleared when an output differs from ref. */
+static double median_partitioned(const demo_opts *o, int workers,
+                                 fp_progress_mode progress, const job *jobs,
+                                 size_t n, sorted *out, const sorted *ref,
+                                 int *ok) {
+  double t[DEMO_REPEAT_MAX];
+  for (int rep = 0; rep < o->repeat; rep++) {
+    memset(out, 0, sizeof(sorted) * n);
+    t[rep] = run_partitioned(o, workers, rep == 0 ? progress : FP_PROGRESS_OFF,
+                             jobs, n, out);
+    *ok &= memcmp(ref, out, sizeof(sorted) * n) == 0;
+  }
+  return demo_median(t, o->repeat);
+}
+
 int main(int argc, char **argv) {
   demo_opts o;
   size_t n;
   job *jobs;
   sorted *seq_out, *par_out;
-  double seq, par, omp, t;
+  double seq, par, omp, t, seq_t[DEMO_REPEAT_MAX];
   uint64_t total = 0;
-  int ok, cpus = fp_cpu_count();
+  int ok = 1, cpus = fp_cpu_count(), table_repeat = 1;
+  demo_option more[] = {{"table-repeat", &table_repeat, 1, DEMO_REPEAT_MAX,
+                         "runs per row of the workers table"},
+                        {NULL, NULL, 0, 0, NULL}};
+  demo_opts to;
 
-  demo_parse(argc, argv, &o,
-             "bogosort: 1000 arrays of 8 ints, one "
-             "partition per worker");
+  demo_parse_ex(argc, argv, &o,
+                "bogosort: 1000 arrays of 8 ints, one "
+                "partition per worker",
+                more);
+  to = o;
+  to.repeat = table_repeat;
   n = 1000; /* the seed's size; the work is the same with --full */
+  demo_set_work(&o, (double)n, 0);
   jobs = malloc(sizeof(job) * n);
   seq_out = malloc(sizeof(sorted) * n);
   par_out = malloc(sizeof(sorted) * n);
@@ -112,13 +143,18 @@ int main(int argc, char **argv) {
       jobs[i].a[k] = (int32_t)demo_rng_below(&r, 100);
     jobs[i].seed = demo_rng_next(&r);
   }
-  demo_say(&o, "bogosort: %zu arrays of %d ints in [0, 100), %d workers\n", n,
-           LEN, o.workers);
+  demo_say(&o,
+           "bogosort: %zu arrays of %d ints in [0, 100), %d workers, median "
+           "of %d runs\n",
+           n, LEN, o.workers, o.repeat);
 
-  t = demo_now();
-  for (size_t i = 0; i < n; i++)
-    bogosort_task(&jobs[i], &seq_out[i]);
-  seq = demo_now() - t;
+  for (int rep = 0; rep < o.repeat; rep++) {
+    t = demo_now();
+    for (size_t i = 0; i < n; i++)
+      bogosort_task(&jobs[i], &seq_out[i]);
+    seq_t[rep] = demo_now() - t;
+  }
+  seq = demo_median(seq_t, o.repeat);
   for (size_t i = 0; i < n; i++)
     total += seq_out[i].shuffles;
   demo_say(&o, "  sequential: %.3f s, %llu shuffles in all (%.0f per array)\n",
@@ -126,20 +162,24 @@ int main(int argc, char **argv) {
 
   demo_say(&o, "  parallel, %d partitions of %zu arrays:\n", o.workers,
            (n + (size_t)o.workers - 1) / (size_t)o.workers);
-  par = run_partitioned(&o, o.workers, FP_PROGRESS_LINES, jobs, n, par_out);
-  ok = memcmp(seq_out, par_out, sizeof(sorted) * n) == 0;
+  par = median_partitioned(&o, o.workers,
+                           o.quiet ? FP_PROGRESS_OFF : FP_PROGRESS_LINES, jobs,
+                           n, par_out, seq_out, &ok);
   for (size_t i = 0; i < n; i++)
     ok &= is_sorted(par_out[i].a);
 
   demo_say(&o, "  workers  time (s)  speedup\n");
   for (int w = 1; w <= 2 * cpus; w++) {
-    double tw;
-    memset(par_out, 0, sizeof(sorted) * n);
-    tw = run_partitioned(&o, w, FP_PROGRESS_OFF, jobs, n, par_out);
-    ok &= memcmp(seq_out, par_out, sizeof(sorted) * n) == 0;
-    demo_say(&o, "  %7d  %8.3f  %6.2fx%s\n", w, tw, seq / tw,
-             w == cpus ? "  <- CPUs" : "");
+    /* The row of o.workers is the parallel run above. */
+    double tw = w == o.workers
+                    ? par
+                    : median_partitioned(&to, w, FP_PROGRESS_OFF, jobs, n,
+                                         par_out, seq_out, &ok);
+    demo_say(&o, "  %7d  %8.3f  %6.2fx%s%s\n", w, tw, seq / tw,
+             w == cpus ? "  <- CPUs" : "", demo_noise(w, seq / tw, 0));
+    printf("WORKERS bogosort w=%d time=%.4f items=%zu\n", w, tw, n);
   }
+  fflush(stdout);
 
   /* The reference: OpenMP threads, one static partition each. */
   t = demo_now();

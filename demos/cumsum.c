@@ -26,7 +26,6 @@
 
 #define NVALUES 5
 #define SLICES 16 /* per value, in the balanced variant */
-#define REPEAT 3  /* best of: the runs are short, keep the noise out */
 
 /* A sub-range [lo, hi] of integers to sum. */
 typedef struct range {
@@ -63,8 +62,10 @@ int main(int argc, char **argv) {
   int64_t base, values[NVALUES], seq_out[NVALUES], par_out[NVALUES];
   int64_t slice_out[NVALUES * SLICES], bal_sum[NVALUES];
   range slices[NVALUES * SLICES];
-  double seq = 1e9, par = 1e9, bal = 1e9, omp = 1e9, t;
-  int ok = 1;
+  double seq_t[DEMO_REPEAT_MAX], par_t[DEMO_REPEAT_MAX];
+  double bal_t[DEMO_REPEAT_MAX], omp_t[DEMO_REPEAT_MAX];
+  double seq, par, bal, omp, t, ceiling, items = 0;
+  int ok = 1, rounds;
   fp_pool *pool;
   fp_call_opts co = {.chunksize = 1};
 
@@ -79,28 +80,33 @@ int main(int argc, char **argv) {
       r->lo = s * step + 1;
       r->hi = s == SLICES - 1 ? values[i] : (s + 1) * step;
     }
+  /* Five equal tasks: the slowest worker runs ceil(5 / workers) of them,
+   * which bounds the speedup (the demo's stated ceiling). */
+  rounds = (NVALUES + o.workers - 1) / o.workers;
+  ceiling = (double)NVALUES / rounds;
+  for (int i = 0; i < NVALUES; i++)
+    items += (double)values[i];
+  demo_set_work(&o, items, ceiling);
   demo_say(&o,
            "cumsum: sum(range(1, n+1)) for n = %lld .. %lld "
-           "(%d values), %d workers, best of %d runs\n",
+           "(%d values), %d workers, median of %d runs\n",
            (long long)values[0], (long long)values[NVALUES - 1], NVALUES,
-           o.workers, REPEAT);
+           o.workers, o.repeat);
 
   pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
-  for (int rep = 0; rep < REPEAT; rep++) {
+  for (int rep = 0; rep < o.repeat; rep++) {
     /* Sequential: Python's [cumsum(n) for n in values]. */
     t = demo_now();
     for (int i = 0; i < NVALUES; i++)
       cumsum_task(&values[i], &seq_out[i]);
-    t = demo_now() - t;
-    seq = t < seq ? t : seq;
+    seq_t[rep] = demo_now() - t;
 
     /* Parallel: Python's pool.map(cumsum, values). */
     t = demo_now();
     demo_check(fp_pool_map(pool, cumsum_task, values, NVALUES, sizeof values[0],
                            par_out, sizeof par_out[0], &co),
                "fp_pool_map");
-    t = demo_now() - t;
-    par = t < par ? t : par;
+    par_t[rep] = demo_now() - t;
 
     /* Balanced: 16 slices per value, partial sums added in the master. */
     t = demo_now();
@@ -113,8 +119,7 @@ int main(int argc, char **argv) {
       for (int s = 0; s < SLICES; s++)
         bal_sum[i] += slice_out[i * SLICES + s];
     }
-    t = demo_now() - t;
-    bal = t < bal ? t : bal;
+    bal_t[rep] = demo_now() - t;
   }
   fp_pool_close(pool);
   fp_pool_join(pool);
@@ -122,16 +127,19 @@ int main(int argc, char **argv) {
 
   /* The reference: OpenMP threads over the same five tasks (after the
    * pool is gone, so no thread exists when the fork server is forked). */
-  for (int rep = 0; rep < REPEAT; rep++) {
+  for (int rep = 0; rep < o.repeat; rep++) {
     int64_t omp_out[NVALUES];
     t = demo_now();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(o.workers)
     for (int i = 0; i < NVALUES; i++)
       cumsum_task(&values[i], &omp_out[i]);
-    t = demo_now() - t;
-    omp = t < omp ? t : omp;
+    omp_t[rep] = demo_now() - t;
     ok &= memcmp(omp_out, seq_out, sizeof omp_out) == 0;
   }
+  seq = demo_median(seq_t, o.repeat);
+  par = demo_median(par_t, o.repeat);
+  bal = demo_median(bal_t, o.repeat);
+  omp = demo_median(omp_t, o.repeat);
 
   for (int i = 0; i < NVALUES; i++) {
     int64_t n = values[i], want = n * (n + 1) / 2;
@@ -143,12 +151,12 @@ int main(int argc, char **argv) {
   demo_say(&o,
            "  %d tasks on %d workers take %d rounds instead of %d: speedup "
            "at most %.2fx\n",
-           NVALUES, o.workers, (NVALUES + o.workers - 1) / o.workers, NVALUES,
-           (double)NVALUES / ((NVALUES + o.workers - 1) / o.workers));
+           NVALUES, o.workers, rounds, NVALUES, ceiling);
   demo_say(&o,
            "  balanced variant (%d slices): %.3f s, speedup %.2fx over "
-           "sequential\n",
-           NVALUES * SLICES, bal, seq / bal);
+           "sequential%s\n",
+           NVALUES * SLICES, bal, seq / bal,
+           demo_noise(o.workers, seq / bal, 0));
   demo_openmp(&o, seq, par, omp);
   return demo_result(&o, "cumsum", seq, par, ok);
 }

@@ -267,13 +267,71 @@ static int tree_task(fp_reader *args, fp_writer *out) {
   return rc;
 }
 
+/* (b) sequentially: trains trees 0..ntrees-1 into trees[] (sizes[] gets
+ * their node counts) and returns the forest's R^2. */
+static double trees_seq(int ntrees, node **trees, int *sizes) {
+  for (int k = 0; k < ntrees; k++) {
+    tree tr;
+    train_tree(&tr, k);
+    trees[k] = tr.nodes;
+    sizes[k] = tr.n;
+  }
+  return forest_r2(trees, ntrees);
+}
+
+/* (b) on the pool: one tree per task; the master decodes each tree into
+ * trees[] and returns the forest's R^2. *same is cleared when a tree
+ * differs from ref[] (sizes in ref_sizes). */
+static double trees_par(fp_pool *pool, int ntrees, node **trees,
+                        node *const *ref, const int *ref_sizes, int *same) {
+  fp_writer items, out;
+  fp_reader rd;
+  double r2;
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  for (int k = 0; k < ntrees; k++)
+    fp_write_int(&items, k);
+  demo_check(fp_pool_map_values(pool, tree_task, &items, &out, NULL),
+             "fp_pool_map_values");
+  fp_reader_init(&rd, out.data, out.len);
+  for (int k = 0; k < ntrees; k++) {
+    const void *p;
+    size_t len;
+    demo_check(fp_read_bytes(&rd, &p, &len), "reading a tree");
+    trees[k] = malloc(len);
+    if (trees[k] == NULL) {
+      fprintf(stderr, "forest: out of memory\n");
+      exit(2);
+    }
+    memcpy(trees[k], p, len); /* decode: the bytes are the node array */
+    if (len != sizeof(node) * (size_t)ref_sizes[k] ||
+        memcmp(trees[k], ref[k], len) != 0)
+      *same = 0;
+  }
+  r2 = forest_r2(trees, ntrees);
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+  return r2;
+}
+
+/* Frees the node arrays of n trees. */
+static void free_trees(node **trees, int n) {
+  for (int k = 0; k < n; k++) {
+    free(trees[k]);
+    trees[k] = NULL;
+  }
+}
+
 int main(int argc, char **argv) {
   static const int grid_small[] = {200, 100, 50, 20, 10};
   static const int grid_full[] = {200, 100, 50, 20, 10};
   demo_opts o;
   const int *grid;
-  int ngrid, ntrees, nrows, ok = 1;
-  double seq_a, par_a, seq_b, par_b, t, r2_b_seq, r2_b_par, omp;
+  int ngrid, ntrees, nrows, ok = 1, trees_in_grid = 0;
+  double sa[DEMO_REPEAT_MAX], pa[DEMO_REPEAT_MAX];
+  double sb[DEMO_REPEAT_MAX], pb[DEMO_REPEAT_MAX], tot_s[DEMO_REPEAT_MAX],
+      tot_p[DEMO_REPEAT_MAX];
+  double seq_a, par_a, seq_b, par_b, t, r2_b_seq = 0, r2_b_par = 0, omp;
   double r2_omp[8];
   double r2_seq[8], r2_par[8];
   node **seq_trees, **par_trees;
@@ -290,104 +348,101 @@ int main(int argc, char **argv) {
   grid = o.full ? grid_full : grid_small;
   ngrid = 5;
   ntrees = o.full ? 200 : 100;
+  for (int i = 0; i < ngrid; i++)
+    trees_in_grid += grid[i];
+  demo_set_work(&o, trees_in_grid + ntrees, 0); /* trees trained per side */
 
   /* 1. Data first, then the pool: workers inherit g_x and g_y. */
   make_friedman1(nrows);
   demo_say(&o,
            "forest: Friedman #1, %d training rows x %d features, %d held "
-           "out; trees: depth <= %d, leaf >= %d, %d features per split\n",
-           g_ntrain, NFEAT, g_ntest, MAX_DEPTH, MIN_LEAF, MTRY);
+           "out; trees: depth <= %d, leaf >= %d, %d features per split; "
+           "median of %d runs\n",
+           g_ntrain, NFEAT, g_ntest, MAX_DEPTH, MIN_LEAF, MTRY, o.repeat);
   pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
-
-  /* 2. (a) The grid, sequentially, then one model per task. */
-  t = demo_now();
-  for (int i = 0; i < ngrid; i++)
-    r2_seq[i] = model_r2(grid[i]);
-  seq_a = demo_now() - t;
-
-  t = demo_now();
+  seq_trees = calloc((size_t)ntrees, sizeof(node *));
+  par_trees = calloc((size_t)ntrees, sizeof(node *));
+  seq_sizes = malloc(sizeof(int) * (size_t)ntrees);
+  if (seq_trees == NULL || par_trees == NULL || seq_sizes == NULL) {
+    fprintf(stderr, "forest: out of memory\n");
+    return 2;
+  }
   fp_writer_init(&items);
   fp_writer_init(&out);
-  for (int i = 0; i < ngrid; i++)
-    fp_pack(&items, "[i i]", (int64_t)grid[i], (int64_t)TREE_SEED);
-  demo_check(fp_pool_starmap(pool, model_task, &items, &out, &one),
-             "fp_pool_starmap");
-  fp_reader_init(&rd, out.data, out.len);
-  for (int i = 0; i < ngrid; i++)
-    demo_check(fp_read_float(&rd, &r2_par[i]), "reading R^2");
-  par_a = demo_now() - t;
+
+  for (int rep = 0; rep < o.repeat; rep++) {
+    /* 2. (a) The grid, sequentially, then one model per task. */
+    t = demo_now();
+    for (int i = 0; i < ngrid; i++)
+      r2_seq[i] = model_r2(grid[i]);
+    sa[rep] = demo_now() - t;
+
+    t = demo_now();
+    fp_writer_reset(&items);
+    fp_writer_reset(&out);
+    for (int i = 0; i < ngrid; i++)
+      fp_pack(&items, "[i i]", (int64_t)grid[i], (int64_t)TREE_SEED);
+    demo_check(fp_pool_starmap(pool, model_task, &items, &out, &one),
+               "fp_pool_starmap");
+    fp_reader_init(&rd, out.data, out.len);
+    for (int i = 0; i < ngrid; i++)
+      demo_check(fp_read_float(&rd, &r2_par[i]), "reading R^2");
+    pa[rep] = demo_now() - t;
+    ok &= memcmp(r2_seq, r2_par, sizeof(double) * (size_t)ngrid) == 0;
+
+    /* 3. (b) One tree per task, assembled into a forest in the master. */
+    free_trees(seq_trees, ntrees);
+    free_trees(par_trees, ntrees);
+    t = demo_now();
+    r2_b_seq = trees_seq(ntrees, seq_trees, seq_sizes);
+    sb[rep] = demo_now() - t;
+    t = demo_now();
+    r2_b_par = trees_par(pool, ntrees, par_trees, seq_trees, seq_sizes, &ok);
+    pb[rep] = demo_now() - t;
+    ok &= memcmp(&r2_b_seq, &r2_b_par, sizeof(double)) == 0;
+    tot_s[rep] = sa[rep] + sb[rep];
+    tot_p[rep] = pa[rep] + pb[rep];
+  }
+  seq_a = demo_median(sa, o.repeat);
+  par_a = demo_median(pa, o.repeat);
+  seq_b = demo_median(sb, o.repeat);
+  par_b = demo_median(pb, o.repeat);
+
   demo_say(&o, "(a) one model per task, starmap over n_estimators:\n");
   for (int i = 0; i < ngrid; i++) {
     int same = memcmp(&r2_seq[i], &r2_par[i], sizeof(double)) == 0;
     demo_say(&o, "    n_estimators=%3d  R^2=%.6f  %s\n", grid[i], r2_par[i],
              same ? "(bit-identical to sequential)" : "DIFFERS");
-    ok &= same;
   }
-  demo_say(&o, "    sequential %.3f s, parallel %.3f s, speedup %.2fx\n", seq_a,
-           par_a, seq_a / par_a);
-
-  /* 3. (b) One tree per task, assembled into a forest in the master. */
-  seq_trees = malloc(sizeof(node *) * (size_t)ntrees);
-  par_trees = malloc(sizeof(node *) * (size_t)ntrees);
-  seq_sizes = malloc(sizeof(int) * (size_t)ntrees);
-  t = demo_now();
-  for (int k = 0; k < ntrees; k++) {
-    tree tr;
-    train_tree(&tr, k);
-    seq_trees[k] = tr.nodes;
-    seq_sizes[k] = tr.n;
-  }
-  r2_b_seq = forest_r2(seq_trees, ntrees);
-  seq_b = demo_now() - t;
-
-  t = demo_now();
-  fp_writer_reset(&items);
-  fp_writer_reset(&out);
-  for (int k = 0; k < ntrees; k++)
-    fp_write_int(&items, k);
-  demo_check(fp_pool_map_values(pool, tree_task, &items, &out, NULL),
-             "fp_pool_map_values");
-  fp_reader_init(&rd, out.data, out.len);
-  for (int k = 0; k < ntrees; k++) {
-    const void *p;
-    size_t len;
-    demo_check(fp_read_bytes(&rd, &p, &len), "reading a tree");
-    par_trees[k] = malloc(len);
-    memcpy(par_trees[k], p, len); /* decode: the bytes are the node array */
-    if (len != sizeof(node) * (size_t)seq_sizes[k] ||
-        memcmp(par_trees[k], seq_trees[k], len) != 0)
-      ok = 0;
-  }
-  r2_b_par = forest_r2(par_trees, ntrees);
-  par_b = demo_now() - t;
+  demo_say(&o, "    sequential %.3f s, parallel %.3f s, speedup %.2fx%s\n",
+           seq_a, par_a, seq_a / par_a,
+           demo_noise(o.workers, seq_a / par_a, 0));
   demo_say(&o, "(b) one tree per task, map_values, forest assembled in the "
                "master:\n");
   demo_say(&o, "    %d trees, R^2 sequential %.6f, parallel %.6f %s\n", ntrees,
            r2_b_seq, r2_b_par,
            memcmp(&r2_b_seq, &r2_b_par, sizeof(double)) == 0 ? "(bit-identical)"
                                                              : "DIFFERS");
-  ok &= memcmp(&r2_b_seq, &r2_b_par, sizeof(double)) == 0;
   /* Model n of the grid is made of trees 0..n-1, the same trees as (b). */
   for (int i = 0; i < ngrid; i++)
     if (grid[i] == ntrees)
       ok &= memcmp(&r2_par[i], &r2_b_par, sizeof(double)) == 0;
-  demo_say(&o, "    sequential %.3f s, parallel %.3f s, speedup %.2fx\n", seq_b,
-           par_b, seq_b / par_b);
+  demo_say(&o, "    sequential %.3f s, parallel %.3f s, speedup %.2fx%s\n",
+           seq_b, par_b, seq_b / par_b,
+           demo_noise(o.workers, seq_b / par_b, 0));
 
   fp_pool_close(pool);
   fp_pool_join(pool);
   fp_pool_free(pool);
-  for (int k = 0; k < ntrees; k++) {
-    free(seq_trees[k]);
-    free(par_trees[k]);
-  }
+  free_trees(seq_trees, ntrees);
+  free_trees(par_trees, ntrees);
   free(seq_trees);
   free(par_trees);
   free(seq_sizes);
   fp_writer_free(&items);
   fp_writer_free(&out);
   /* The reference: OpenMP threads over the same grid and the same trees,
-   * after the pool is gone. */
+   * after the pool is gone (run once: it is a reference, not a side). */
   t = demo_now();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(o.workers)
   for (int i = 0; i < ngrid; i++)
@@ -401,7 +456,10 @@ int main(int argc, char **argv) {
   omp = demo_now() - t;
   ok &= memcmp(r2_omp, r2_seq, sizeof(double) * (size_t)ngrid) == 0;
 
-  demo_openmp(&o, seq_a + seq_b, par_a + par_b, omp);
+  /* The totals: the median of the per-run sums (a) + (b). */
+  demo_openmp(&o, demo_median(tot_s, o.repeat), demo_median(tot_p, o.repeat),
+              omp);
   demo_say(&o, "total (a) + (b):\n");
-  return demo_result(&o, "forest", seq_a + seq_b, par_a + par_b, ok);
+  return demo_result(&o, "forest", demo_median(tot_s, o.repeat),
+                     demo_median(tot_p, o.repeat), ok);
 }

@@ -3,11 +3,14 @@
 #
 #   sh demos/run.sh build/demos        (what `make demo` does)
 #
-# Each demo runs at its default sizes with its own output shown, and ends
-# with a line "RESULT <name> seq=<s> par=<s> speedup=<x> check=ok|FAIL".
-# The summary table is built from those lines. A demo that is not built is
-# skipped with a note; one that exits non-zero, prints no RESULT line or
-# reports check=FAIL makes the whole run fail (exit status 1).
+# Each demo runs at its default sizes with its own output shown, times each
+# side 3 times (--repeat) and ends with a line "RESULT <name> seq=<s>
+# par=<s> speedup=<x> check=ok|FAIL ..." giving the medians (see
+# demos/lib/demo.h). The summary table is built from those lines; a speedup
+# the demo cannot really reach is marked "noisy, rerun". A demo that is not
+# built is skipped with a note; one that exits non-zero, prints no RESULT
+# line or reports check=FAIL makes the whole run fail (exit status 1); a
+# noisy one does not.
 # DEMO_ARGS is passed to every demo (e.g. DEMO_ARGS="--workers 4").
 
 dir=${1:-build/demos}
@@ -58,14 +61,16 @@ awk '
           "parallel s", "speedup", "check" }
   $1 == "RESULT" {
     seq = par = sp = ck = "?"
+    note = ""
     for (i = 3; i <= NF; i++) {
       split($i, kv, "=")
       if (kv[1] == "seq") seq = kv[2]
       else if (kv[1] == "par") par = kv[2]
       else if (kv[1] == "speedup") sp = kv[2] "x"
       else if (kv[1] == "check") ck = kv[2]
+      else if (kv[1] == "note" && kv[2] == "noisy") note = "  (speedup noisy, rerun)"
     }
-    printf "%-10s %12s %12s %9s  %s\n", $2, seq, par, sp, ck
+    printf "%-10s %12s %12s %9s  %s%s\n", $2, seq, par, sp, ck, note
     next
   }
   $2 == "skipped" { printf "%-10s %12s %12s %9s  %s\n", $1, "-", "-", "-",

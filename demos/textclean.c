@@ -246,7 +246,7 @@ int main(int argc, char **argv) {
   fp_iter *it;
   fp_pool *pool;
   fp_call_opts co = {.chunksize = 64, .progress = FP_PROGRESS_AUTO};
-  double seq, par, t;
+  double seq, par, t, seq_t[DEMO_REPEAT_MAX], par_t[DEMO_REPEAT_MAX];
   char buf[MAX_LINE + 1];
   int ok, rc;
 
@@ -265,39 +265,53 @@ int main(int argc, char **argv) {
   }
   while (c.n < target) /* repeat the base text up to the target size */
     corpus_add(&c, c.text + c.start[c.n % base], c.len[c.n % base]);
-  demo_say(&o, "textclean: %zu lines (%.1f MB) from %s, %zu lines repeated\n",
-           c.n, (double)c.tlen / 1e6, source, base);
+  demo_set_work(&o, (double)c.n, 0); /* lines cleaned */
+  demo_say(&o,
+           "textclean: %zu lines (%.1f MB) from %s, %zu lines repeated; "
+           "median of %d runs\n",
+           c.n, (double)c.tlen / 1e6, source, base, o.repeat);
 
   pool = demo_pool(&o, FP_PROGRESS_OFF, 0);
   pitfall(&o, pool);
 
-  /* Sequential: [clean(line) for line in lines]. */
   fp_writer_init(&seq_out);
-  t = demo_now();
-  for (size_t i = 0; i < c.n; i++)
-    fp_write_strn(&seq_out, buf,
-                  clean_line(c.text + c.start[i], c.len[i], buf));
-  seq = demo_now() - t;
-
-  /* Parallel: imap(clean, lines, chunksize=64), results in order; the time
-   * includes encoding the lines, as Python's includes pickling them. */
   fp_writer_init(&items);
   fp_writer_init(&par_out);
-  t = demo_now();
-  for (size_t i = 0; i < c.n; i++)
-    fp_write_strn(&items, c.text + c.start[i], c.len[i]);
-  demo_check(fp_pool_imap(pool, clean_task, &items, &co, &it), "fp_pool_imap");
-  while ((rc = fp_iter_next(it, &item, FP_FOREVER)) == 0) {
-    const char *s;
-    size_t n;
-    demo_check(fp_read_str(&item, &s, &n), "reading a line");
-    fp_write_strn(&par_out, s, n);
-    words += n > 0;
+  for (int rep = 0; rep < o.repeat; rep++) {
+    /* Sequential: [clean(line) for line in lines]. */
+    fp_writer_reset(&seq_out);
+    t = demo_now();
+    for (size_t i = 0; i < c.n; i++)
+      fp_write_strn(&seq_out, buf,
+                    clean_line(c.text + c.start[i], c.len[i], buf));
+    seq_t[rep] = demo_now() - t;
+
+    /* Parallel: imap(clean, lines, chunksize=64), results in order; the
+     * time includes encoding the lines, as Python's includes pickling
+     * them. The progress bar (or lines) is shown on the first run. */
+    fp_writer_reset(&items);
+    fp_writer_reset(&par_out);
+    words = 0;
+    co.progress = rep == 0 && !o.quiet ? FP_PROGRESS_AUTO : FP_PROGRESS_OFF;
+    t = demo_now();
+    for (size_t i = 0; i < c.n; i++)
+      fp_write_strn(&items, c.text + c.start[i], c.len[i]);
+    demo_check(fp_pool_imap(pool, clean_task, &items, &co, &it),
+               "fp_pool_imap");
+    while ((rc = fp_iter_next(it, &item, FP_FOREVER)) == 0) {
+      const char *s;
+      size_t n;
+      demo_check(fp_read_str(&item, &s, &n), "reading a line");
+      fp_write_strn(&par_out, s, n);
+      words += n > 0;
+    }
+    if (rc != FP_EOF)
+      demo_check(rc, "fp_iter_next");
+    fp_iter_free(it);
+    par_t[rep] = demo_now() - t;
   }
-  if (rc != FP_EOF)
-    demo_check(rc, "fp_iter_next");
-  fp_iter_free(it);
-  par = demo_now() - t;
+  seq = demo_median(seq_t, o.repeat);
+  par = demo_median(par_t, o.repeat);
   fp_pool_close(pool);
   fp_pool_join(pool);
   fp_pool_free(pool);

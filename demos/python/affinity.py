@@ -10,15 +10,19 @@ ran on, the times, the speedup and a correctness check; exits 1 if the
 check fails.
 
 Default sizes are the seed's divided by 10 so the demo takes seconds, not
-minutes; --full runs the seed's sizes. --workers N sets the pool size.
+minutes (the C demo runs 5 times the seed's: compare them per iteration);
+--full runs the seed's sizes. --workers N sets the pool size. Each side
+runs --repeat times (3 by default); the medians are reported. Ends with the
+RESULT line of demo_common.py.
 """
-import argparse
 import os
 import sys
 import time
 from multiprocessing import Pool
 
 import psutil
+
+import demo_common as dc
 
 
 def compute(args):
@@ -32,38 +36,49 @@ def compute(args):
     return n, cpu, ran_on, result, time.perf_counter() - t0
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--full", action="store_true", help="the seed's sizes")
-    ap.add_argument("--workers", type=int, default=0)
-    opt = ap.parse_args()
+def list_ceiling(sizes, workers):
+    """The best speedup when each task goes, in order, to the first free
+    worker (at most one per usable CPU): 1.5x for these sizes on two."""
+    busy = [0] * min(dc.ceiling_for(workers), len(sizes))
+    for n in sizes:
+        busy[busy.index(min(busy))] += n
+    return sum(sizes) / max(busy)
 
+
+def main():
+    opt = dc.parser(__doc__.splitlines()[0]).parse_args()
+    say = dc.say_fn(opt)
     sizes = [100_000_000, 200_000_000, 300_000_000]
     if not opt.full:
         sizes = [s // 10 for s in sizes]
     usable = sorted(os.sched_getaffinity(0))
     cpus = [usable[k % len(usable)] for k in range(len(sizes))]
-    workers = opt.workers or len(usable)
+    ceiling = list_ceiling(sizes, opt.workers)
+    say(f"usable CPUs: {len(usable)}, workers: {opt.workers}, sizes: "
+        f"{' '.join(map(str, sizes))}; median of {opt.repeat} runs")
+    say(f"  tasks go to the first free worker in order: speedup at most "
+        f"{ceiling:.2f}x")
 
-    t0 = time.perf_counter()
-    seq = [compute((n, cpu)) for n, cpu in zip(sizes, cpus)]
-    os.sched_setaffinity(0, usable)  # the sequential run pinned us; undo
-    t_seq = time.perf_counter() - t0
+    seq_t, par_t = [], []
+    for _ in range(opt.repeat):
+        t0 = time.perf_counter()
+        seq = [compute((n, cpu)) for n, cpu in zip(sizes, cpus)]
+        os.sched_setaffinity(0, usable)  # the sequential run pinned us; undo
+        seq_t.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    with Pool(workers) as pool:
-        par = pool.map(compute, list(zip(sizes, cpus)), chunksize=1)
-    t_par = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with Pool(opt.workers) as pool:
+            par = pool.map(compute, list(zip(sizes, cpus)), chunksize=1)
+        par_t.append(time.perf_counter() - t0)
 
     ok = True
     for (n, cpu, ran, result, secs), s in zip(par, seq):
         good = result == n * (n + 1) / 2 and result == s[3] and ran == cpu
         ok = ok and good
-        print(f"task n={n}: pinned to CPU {cpu}, ran on CPU {ran}, "
-              f"result={result:.0f}, {secs:.3f}s {'ok' if good else 'FAIL'}")
-    print(f"RESULT affinity seq={t_seq:.3f} par={t_par:.3f} "
-          f"speedup={t_seq / t_par:.2f} check={'ok' if ok else 'FAIL'}")
-    return 0 if ok else 1
+        say(f"task n={n}: pinned to CPU {cpu}, ran on CPU {ran}, "
+            f"result={result:.0f}, {secs:.3f}s {'ok' if good else 'FAIL'}")
+    return dc.result(opt, "affinity", dc.median(seq_t), dc.median(par_t), ok,
+                     sum(sizes), ceiling)
 
 
 if __name__ == "__main__":

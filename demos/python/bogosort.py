@@ -11,18 +11,21 @@ output reports progress.
 Sizes: the C demo sorts the seed's 1000 arrays by default; at about 50 ms
 per array in CPython that is close to a minute, so the default here is 100
 arrays and --full gives the seed's 1000. --table adds the C demo's table
-of times for 1 .. 2 x CPUs jobs.
+of times for 1 .. 2 x CPUs jobs, each row also printed as
+"WORKERS bogosort w=<n> time=<s> items=<arrays>" for demos/compare.sh.
 
-Ends with: RESULT bogosort seq=<s> par=<s> speedup=<x> check=ok|FAIL
+Each side runs --repeat times (3 by default); the medians are reported.
+The table's other rows are medians of --table-repeat runs (1 by default,
+as in the C demo). Ends with the RESULT line of demo_common.py.
 """
-import argparse
 import os
 import random
 import sys
-import time
 
 import numpy as np
 from joblib import Parallel, delayed
+
+import demo_common as dc
 
 LEN = 8
 
@@ -53,48 +56,57 @@ def run(jobs, n_jobs, verbose):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--full", action="store_true", help="the seed's 1000 arrays")
+    ap = dc.parser(__doc__.splitlines()[0])
     ap.add_argument("--table", action="store_true",
                     help="time 1 .. 2 x CPUs jobs")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--table-repeat", type=int, default=1,
+                    choices=range(1, 100), metavar="N",
+                    help="runs per row of the table (default 1)")
     opt = ap.parse_args()
-    say = (lambda *a: None) if opt.quiet else print
+    say = dc.say_fn(opt)
     n = 1000 if opt.full else 100
     gen = random.Random(42)
     jobs = [([gen.randrange(100) for _ in range(LEN)], gen.getrandbits(64))
             for _ in range(n)]
-    say(f"bogosort: {n} arrays of {LEN} ints in [0, 100), {opt.workers} workers")
+    say(f"bogosort: {n} arrays of {LEN} ints in [0, 100), {opt.workers} "
+        f"workers, median of {opt.repeat} runs")
 
-    t = time.perf_counter()
-    seq_out = sort_partition(jobs)
-    seq = time.perf_counter() - t
+    seq_t = []
+    for _ in range(opt.repeat):
+        t, seq_out = dc.timed(sort_partition, jobs)
+        seq_t.append(t)
+    seq = dc.median(seq_t)
     total = sum(s for _, s in seq_out)
     say(f"  sequential: {seq:.3f} s, {total} shuffles in all "
         f"({total / n:.0f} per array)")
 
     say(f"  parallel, {opt.workers} partitions (np.array_split):")
-    t = time.perf_counter()
-    par_out = run(jobs, opt.workers, 10)
-    par = time.perf_counter() - t
-    ok = par_out == seq_out and all(is_sorted(a) for a, _ in par_out)
+    ok = True
+    par_t = []
+    for rep in range(opt.repeat):  # joblib's verbose lines on the first
+        t, par_out = dc.timed(run, jobs, opt.workers, 10 if rep == 0 else 0)
+        par_t.append(t)
+        ok &= par_out == seq_out and all(is_sorted(a) for a, _ in par_out)
+    par = dc.median(par_t)
 
     if opt.table:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = dc.usable_cpus()
         say("  workers  time (s)  speedup")
         for w in range(1, 2 * cpus + 1):
-            t = time.perf_counter()
-            ok &= run(jobs, w, 0) == seq_out
-            tw = time.perf_counter() - t
+            if w == opt.workers:  # the parallel run above
+                tw = par
+            else:
+                times = []
+                for _ in range(opt.table_repeat):
+                    t, out = dc.timed(run, jobs, w, 0)
+                    times.append(t)
+                    ok &= out == seq_out
+                tw = dc.median(times)
             say(f"  {w:7d}  {tw:8.3f}  {seq / tw:6.2f}x"
-                f"{'  <- CPUs' if w == cpus else ''}")
-    say(f"  sequential {seq:8.3f} s\n  parallel   {par:8.3f} s  "
-        f"({opt.workers} workers)\n  speedup    {seq / par:8.2f}x\n"
-        f"  check      {'ok' if ok else 'FAIL'}")
-    print(f"RESULT bogosort seq={seq:.3f} par={par:.3f} speedup={seq / par:.2f} "
-          f"check={'ok' if ok else 'FAIL'}", flush=True)
-    return 0 if ok else 1
+                f"{'  <- CPUs' if w == cpus else ''}{dc.noise(w, seq / tw)}")
+            print(f"WORKERS bogosort w={w} time={tw:.4f} items={n}",
+                  flush=True)
+    return dc.result(opt, "bogosort", seq, par, ok, n)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,16 @@ same sizes as the C demo), first in a plain loop, then with Pool.map and
 with joblib. Five tasks on two workers need three rounds where the loop
 needs five, so the speedup cannot pass 5/3 = 1.67.
 
-Ends with: RESULT cumsum seq=<s> par=<s> speedup=<x> check=ok|FAIL
-(par is Pool.map's time; joblib's is printed too).
+Each side runs --repeat times (3 by default); the medians are reported.
+Ends with the RESULT line of demo_common.py (par is Pool.map's time;
+joblib's is printed too).
 """
-import argparse
-import os
 import sys
-import time
 from multiprocessing import Pool
 
 from joblib import Parallel, delayed
+
+import demo_common as dc
 
 
 def cumsum(n):
@@ -23,41 +23,36 @@ def cumsum(n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--full", action="store_true", help="the seed's sizes")
-    ap.add_argument("--quiet", action="store_true")
-    opt = ap.parse_args()
-    say = (lambda *a: None) if opt.quiet else print
+    opt = dc.parser(__doc__.splitlines()[0]).parse_args()
+    say = dc.say_fn(opt)
     base = 10**8 if opt.full else 4 * 10**7
     values = [base + i for i in range(5)]
+    rounds = -(-len(values) // opt.workers)
+    ceiling = len(values) / rounds  # the slowest worker runs `rounds` sums
     say(f"cumsum: sum(range(1, n+1)) for n = {values[0]} .. {values[-1]}, "
-        f"{opt.workers} workers")
+        f"{opt.workers} workers, median of {opt.repeat} runs")
 
-    t = time.perf_counter()
-    seq_out = [cumsum(n) for n in values]
-    seq = time.perf_counter() - t
-
+    seq_t, par_t = [], []
     with Pool(opt.workers) as pool:
-        t = time.perf_counter()
-        par_out = pool.map(cumsum, values)
-        par = time.perf_counter() - t
+        for _ in range(opt.repeat):
+            t, seq_out = dc.timed(lambda: [cumsum(n) for n in values])
+            seq_t.append(t)
+            t, par_out = dc.timed(pool.map, cumsum, values)
+            par_t.append(t)
+    seq, par = dc.median(seq_t), dc.median(par_t)
 
-    t = time.perf_counter()
-    jl_out = Parallel(n_jobs=opt.workers)(delayed(cumsum)(n) for n in values)
-    jl = time.perf_counter() - t
+    jl, jl_out = dc.timed(
+        lambda: Parallel(n_jobs=opt.workers)(delayed(cumsum)(n) for n in values))
 
     want = [n * (n + 1) // 2 for n in values]
     ok = seq_out == want and par_out == want and jl_out == want
     for n, s in zip(values, par_out):
         say(f"  n={n}  sum={s}  closed form {'ok' if s == n * (n + 1) // 2 else 'MISMATCH'}")
-    say(f"  joblib Parallel(n_jobs={opt.workers}): {jl:.3f} s, speedup {seq / jl:.2f}x")
-    say(f"  sequential {seq:8.3f} s\n  parallel   {par:8.3f} s  (Pool.map, "
-        f"{opt.workers} workers)\n  speedup    {seq / par:8.2f}x\n"
-        f"  check      {'ok' if ok else 'FAIL'}")
-    print(f"RESULT cumsum seq={seq:.3f} par={par:.3f} speedup={seq / par:.2f} "
-          f"check={'ok' if ok else 'FAIL'}", flush=True)
-    return 0 if ok else 1
+    say(f"  {len(values)} tasks on {opt.workers} workers take {rounds} rounds "
+        f"instead of {len(values)}: speedup at most {ceiling:.2f}x")
+    say(f"  joblib Parallel(n_jobs={opt.workers}): {jl:.3f} s, speedup "
+        f"{seq / jl:.2f}x{dc.noise(opt.workers, seq / jl, ceiling)}")
+    return dc.result(opt, "cumsum", seq, par, ok, sum(values), ceiling)
 
 
 if __name__ == "__main__":

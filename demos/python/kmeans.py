@@ -9,21 +9,22 @@ a fixed sample of at most 3,000 points, first in a loop, then with
 pool.map over k (largest k first, chunksize 1). sklearn's own threads are
 turned off so that the loop is really sequential.
 
-Ends with: RESULT kmeans seq=<s> par=<s> speedup=<x> check=ok|FAIL
+Each side runs --repeat times (3 by default); the medians are reported.
+Ends with the RESULT line of demo_common.py.
 """
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from multiprocessing import Pool  # noqa: E402
 
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.metrics import silhouette_score  # noqa: E402
+
+import demo_common as dc  # noqa: E402
 
 KS = list(range(14, 1, -1))  # largest first
 X = None
@@ -38,25 +39,24 @@ def score_k(k):
 
 def main():
     global X
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--full", action="store_true", help="the seed's sizes")
-    ap.add_argument("--quiet", action="store_true")
-    opt = ap.parse_args()
-    say = (lambda *a: None) if opt.quiet else print
+    opt = dc.parser(__doc__.splitlines()[0]).parse_args()
+    say = dc.say_fn(opt)
     n, d = (10000, 100) if opt.full else (3000, 20)
     X, _ = make_blobs(n_samples=n, n_features=d, centers=7, random_state=1234)
     say(f"kmeans: {n} points x {d} dims, 7 blobs; k = 2..14; "
-        f"{opt.workers} workers")
+        f"{opt.workers} workers, median of {opt.repeat} runs")
 
-    t = time.perf_counter()
-    seq_out = sorted(score_k(k) for k in KS)
-    seq = time.perf_counter() - t
+    seq_t, par_t = [], []
+    for _ in range(opt.repeat):
+        t, seq_out = dc.timed(lambda: sorted(score_k(k) for k in KS))
+        seq_t.append(t)
     # The Pool after the loop: sklearn imports lazily at the first fit.
     with Pool(opt.workers) as pool:
-        t = time.perf_counter()
-        par_out = sorted(pool.map(score_k, KS, chunksize=1))
-        par = time.perf_counter() - t
+        for _ in range(opt.repeat):
+            t, par_out = dc.timed(
+                lambda: sorted(pool.map(score_k, KS, chunksize=1)))
+            par_t.append(t)
+    seq, par = dc.median(seq_t), dc.median(par_t)
 
     say("   k   inertia        silhouette  iterations")
     for k, inertia, sil, it in par_out:
@@ -67,12 +67,7 @@ def main():
     say(f"  best k: sequential {kseq}, parallel {kpar} (blobs: 7); scores "
         f"{'identical' if same else 'DIFFER'}")
     ok = same and kseq == kpar == 7
-    say(f"  sequential {seq:8.3f} s\n  parallel   {par:8.3f} s  "
-        f"({opt.workers} workers)\n  speedup    {seq / par:8.2f}x\n"
-        f"  check      {'ok' if ok else 'FAIL'}")
-    print(f"RESULT kmeans seq={seq:.3f} par={par:.3f} speedup={seq / par:.2f} "
-          f"check={'ok' if ok else 'FAIL'}", flush=True)
-    return 0 if ok else 1
+    return dc.result(opt, "kmeans", seq, par, ok, len(KS))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ Every access is a round trip to the manager's server process (~30k ops/s),
 so the default sizes are 100x smaller than the C demo's; --full uses 10x
 smaller ones.
 
-Usage: manager.py [--workers N] [--full] [--quiet]
-Ends with: RESULT manager seq=<s> par=<s> speedup=<x> check=ok|FAIL
+Usage: manager.py [--workers N] [--full] [--quiet] [--repeat N]
+Phase 4 runs --repeat times (3 by default); the medians are reported.
+Ends with the RESULT line of demo_common.py.
 """
-import argparse
 import multiprocessing as mp
-import os
 import sys
 import time
+
+import demo_common as dc
 
 PLAIN, LOCKED, ATOMIC, RESULTS = range(4)
 
@@ -66,12 +67,8 @@ def check_results(d, lst, n):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--quiet", action="store_true")
-    o = ap.parse_args()
-    say = (lambda *a: None) if o.quiet else print
+    o = dc.parser(__doc__.splitlines()[0]).parse_args()
+    say = dc.say_fn(o)
     iters = 20000 if o.full else 2000
     total = iters * o.workers
     ok = True
@@ -108,29 +105,26 @@ def main():
                                         "exact" if good else "WRONG", t,
                                         total / t / 1e6))
 
-            d.clear()
-            del lst[:]
-            seq = time.perf_counter()
-            phase_task(RESULTS, 0, total, *shared)
-            seq = time.perf_counter() - seq
-            good = check_results(d, lst, total)
-            d.clear()
-            del lst[:]
-            par = run_phase(pool, o.workers, RESULTS, total, shared)
-            good &= check_results(d, lst, total)
+            good, seq_t, par_t = True, [], []
+            for _ in range(o.repeat):
+                d.clear()
+                del lst[:]
+                seq_t.append(dc.timed(phase_task, RESULTS, 0, total,
+                                      *shared)[0])
+                good &= check_results(d, lst, total)
+                d.clear()
+                del lst[:]
+                par_t.append(run_phase(pool, o.workers, RESULTS, total,
+                                       shared))
+                good &= check_results(d, lst, total)
+            seq, par = dc.median(seq_t), dc.median(par_t)
             ok &= good
             say("results d[k]=v + append: %d items  seq %.3f s  par %.3f s  "
                 "%s  (%.3f M items/s in parallel)"
                 % (total, seq, par, "all present once" if good else "WRONG",
                    total / par / 1e6))
 
-    say("  sequential  %8.3f s" % seq)
-    say("  parallel    %8.3f s  (%d workers)" % (par, o.workers))
-    say("  speedup     %8.2fx" % (seq / par))
-    say("  check      %s" % ("ok" if ok else "FAIL"))
-    print("RESULT manager seq=%.3f par=%.3f speedup=%.2f check=%s"
-          % (seq, par, seq / par, "ok" if ok else "FAIL"))
-    return 0 if ok else 1
+    return dc.result(o, "manager", seq, par, ok, total)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@
 # apt-get (python3-joblib, python3-numpy, python3-sklearn, python3-psutil;
 # through sudo when not root). Each script runs at its default sizes, which
 # match the C demos' defaults except bogosort (100 arrays instead of 1000:
-# CPython needs ~60 ms per array). Exits 1 if any check failed or a script
-# crashed. PY_ARGS is passed to every script.
+# CPython needs ~60 ms per array), affinity and manager (smaller loops), and
+# times each side 3 times (--repeat), reporting the medians. Exits 1 if any
+# check failed or a script crashed. PY_ARGS is passed to every script.
+#
+#   sh demos/python/run.sh --deps     only installs the missing modules
+#                                     (used by demos/compare.sh)
 
 here=$(cd "$(dirname "$0")" && pwd)
 py=/usr/bin/python3
@@ -36,6 +40,7 @@ if [ -n "$missing" ]; then
     exit 2
   fi
 fi
+[ "${1:-}" = --deps ] && exit 0
 
 tmp=$(mktemp -d) || exit 2
 trap 'rm -rf "$tmp"' EXIT INT TERM
@@ -72,14 +77,16 @@ awk '
           "parallel s", "speedup", "check" }
   $1 == "RESULT" {
     seq = par = sp = ck = "?"
+    note = ""
     for (i = 3; i <= NF; i++) {
       split($i, kv, "=")
       if (kv[1] == "seq") seq = kv[2]
       else if (kv[1] == "par") par = kv[2]
       else if (kv[1] == "speedup") sp = kv[2] "x"
       else if (kv[1] == "check") ck = kv[2]
+      else if (kv[1] == "note" && kv[2] == "noisy") note = "  (speedup noisy, rerun)"
     }
-    printf "%-10s %12s %12s %9s  %s\n", $2, seq, par, sp, ck
+    printf "%-10s %12s %12s %9s  %s%s\n", $2, seq, par, sp, ck, note
     next
   }
   $2 == "skipped" { printf "%-10s %12s %12s %9s  %s\n", $1, "-", "-", "-",

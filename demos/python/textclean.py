@@ -12,15 +12,16 @@ is shown when tqdm is installed and stderr is a terminal.
 The pitfall: pool.map(clean, text) with text a str runs clean on every
 CHARACTER; pass text.splitlines() to get one task per line.
 
-Ends with: RESULT textclean seq=<s> par=<s> speedup=<x> check=ok|FAIL
+Each side runs --repeat times (3 by default); the medians are reported.
+Ends with the RESULT line of demo_common.py.
 """
-import argparse
 import os
 import random
 import re
 import sys
-import time
 from multiprocessing import Pool
+
+import demo_common as dc
 
 STOP = frozenset("""a about after all also an and any are as at be been but by
 can could do does each for from had has have he her his how i if in into is
@@ -65,14 +66,11 @@ def load(target):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--full", action="store_true", help="1,000,000 lines")
-    ap.add_argument("--quiet", action="store_true")
-    opt = ap.parse_args()
-    say = (lambda *a: None) if opt.quiet else print
+    opt = dc.parser(__doc__.splitlines()[0]).parse_args()
+    say = dc.say_fn(opt)
     lines, base, source = load(1000000 if opt.full else 200000)
-    say(f"textclean: {len(lines)} lines from {source}, {base} lines repeated")
+    say(f"textclean: {len(lines)} lines from {source}, {base} lines "
+        f"repeated; median of {opt.repeat} runs")
 
     text = ("Copyright (C) The Free Software Foundation.\n"
             "Everyone is permitted to copy this document,\n"
@@ -86,30 +84,26 @@ def main():
         say(f"  pool.map(clean, text.splitlines()) -> "
             f"{len(pool.map(clean, text.splitlines()))} results (one per line)")
 
-        t = time.perf_counter()
-        seq_out = [clean(line) for line in lines]
-        seq = time.perf_counter() - t
+        seq_t, par_t = [], []
+        for rep in range(opt.repeat):
+            t, seq_out = dc.timed(lambda: [clean(line) for line in lines])
+            seq_t.append(t)
 
-        it = pool.imap(clean, lines, chunksize=64)
-        try:
-            if sys.stderr.isatty():
-                from tqdm import tqdm
-                it = tqdm(it, total=len(lines))
-        except ImportError:
-            pass
-        t = time.perf_counter()
-        par_out = list(it)
-        par = time.perf_counter() - t
+            it = pool.imap(clean, lines, chunksize=64)
+            try:  # a bar on the first run, as the C demo
+                if rep == 0 and sys.stderr.isatty():
+                    from tqdm import tqdm
+                    it = tqdm(it, total=len(lines))
+            except ImportError:
+                pass
+            t, par_out = dc.timed(list, it)
+            par_t.append(t)
+        seq, par = dc.median(seq_t), dc.median(par_t)
 
     ok = par_out == seq_out
     say(f"  {sum(1 for s in par_out if s)} of {len(lines)} lines keep words; "
         f"parallel output {'identical to' if ok else 'DIFFERS from'} sequential")
-    say(f"  sequential {seq:8.3f} s\n  parallel   {par:8.3f} s  "
-        f"({opt.workers} workers)\n  speedup    {seq / par:8.2f}x\n"
-        f"  check      {'ok' if ok else 'FAIL'}")
-    print(f"RESULT textclean seq={seq:.3f} par={par:.3f} "
-          f"speedup={seq / par:.2f} check={'ok' if ok else 'FAIL'}", flush=True)
-    return 0 if ok else 1
+    return dc.result(opt, "textclean", seq, par, ok, len(lines))
 
 
 if __name__ == "__main__":
