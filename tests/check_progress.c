@@ -546,8 +546,8 @@ START_TEST(progress_bar_blanks_a_longer_previous_draw) {
   n1 = (size_t)(cr2 - cr1 - 1);
   n2 = strlen(cr2 + 1) - 1; /* without the final newline */
   ck_assert_msg(n2 == n1 && cr2[n2] == ' ', "%s", out);
-  ck_assert_msg(strncmp(cr2 + 1, "forkpool(n=2): 999999999it [", 28) == 0,
-                "%s", out);
+  ck_assert_msg(strncmp(cr2 + 1, "forkpool(n=2): 999999999it [", 28) == 0, "%s",
+                out);
   ck_assert_int_le(widest_draw(out), 199);
   free(out);
 }
@@ -563,8 +563,8 @@ START_TEST(progress_auto_on_a_terminal_gives_a_bar) {
   fp__progress_update(pg, 10);
   fp__progress_finish(pg);
   out = pty_end();
-  ck_assert_msg(out[0] == '\r' && strstr(out, "forkpool(n=2): 100%|#"),
-                "%s", out);
+  ck_assert_msg(out[0] == '\r' && strstr(out, "forkpool(n=2): 100%|#"), "%s",
+                out);
   ck_assert_int_le(widest_draw(out), 49);
   free(out);
 }

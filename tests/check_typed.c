@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void teardown(void) { fp_test_no_children(); }
+static void teardown(void) {
+  fp_test_no_children();
+}
 
 /* Reads one INT value and returns it; fails the test on anything else. */
 static int64_t read_i(fp_reader *r) {
