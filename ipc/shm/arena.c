@@ -1,711 +1,660 @@
-/* arena.c - the manager's shared-memory arena and its allocator.
+/* arena.c - the manager's region and its global allocator: page spans that
+ * merge with their free neighbours, and slabs of small chunks.
  *
- * The region is one anonymous shared mapping; struct fp_manager (see
- * arena.h) sits at offset 0 and [heap, size) is carved into chunks.
+ * Layout of the region (offsets from its base, which is the header):
+ *   header (struct fp_manager) | page map | heap table | heap area
+ * The page map holds one word per page of the region, describing the span
+ * a page belongs to: FREE and LARGE spans mark their first and last pages
+ * with their length in pages, a SLAB marks every page with its first
+ * page's number. The heap area [heap, size) is carved from the bottom up to
+ * brk; [heap, brk) is always tiled by spans.
  *
- * Allocator. A request of n bytes gets a chunk of the smallest power-of-two
- * class 2^k >= max(n, 16). Each class has a singly linked free list threaded
- * through the first word of its free chunks. A request whose list is empty
- * takes the smallest free chunk of a larger class and splits it in halves,
- * pushing the upper halves onto the lists below (a buddy allocator that does
- * not merge). When no larger chunk is free either, it carves fresh memory at
- * brk: a whole page, split down, for classes below the page size, and 2^k
- * bytes for the others. brk stays page aligned, so a chunk of class k is
- * always aligned to min(2^k, page). Freed chunks go back to their class's
- * list and are reused by requests of the same or smaller classes; they are
- * never merged back, so memory freed in small pieces does not serve a later
- * large request (documented limit). A full arena returns FP_ENOMEM before
- * anything was written.
+ * Spans. A request of several pages takes the first free span that fits
+ * from 64 bins (exact lengths up to 32 pages, then powers of two), splits
+ * off the rest, or carves fresh pages at brk. A freed span merges with a
+ * free span just before and just after it (the page map's boundary words
+ * find them in O(1)), so memory freed in pieces serves a later large
+ * request and a long churn does not grow the arena without bound.
  *
- * Crash safety of the allocator. The header words it changes (free list
- * heads, brk, used, nlive, registry links, the caller's slot) are changed
- * only through alog(), which first appends the old value to the header's
- * undo log (aundo/anundo) and then stores. The step ends when anundo is set
- * back to 0 (the commit point). A process that dies in between leaves
- * anundo > 0: the next locker of the allocator mutex (EOWNERDEAD) restores
- * the logged words in reverse order, which is idempotent, so even a repairer
- * that dies is repaired by the next one. Writes into chunks that were not
- * reachable before the step (the upper halves of a split chunk, a new
- * object's body) need no logging: after a rollback nobody can reach them.
- * The first word of a chunk being freed IS logged: it was reachable.
+ * Small chunks (up to FP__SHM_SMALL_MAX bytes) come in 31 size classes, 4
+ * per doubling above 128 bytes (so a chunk wastes at most a fifth), and
+ * live in slabs: a span of 3 to 16 pages holding a 64-byte header and
+ * equal chunks, whose free chunks are linked through their first word.
+ * Threads do not take chunks one at a time from here: their heaps
+ * (heap.c) take a batch into a private cache (fp__shm_refill) and give
+ * batches back (fp__shm_flush), so this lock is taken once per tens of
+ * allocations. A slab that becomes empty goes back to the spans, unless it
+ * is its class's last one with room.
  *
- * Structure journals (fp__shm_journal) use the same idea one level up; see
- * the protocol in arena.h and jrollback()/jfinish() below.
- *
- * The consistency checker at the end walks the allocator and every object
- * and accounts for every byte of [heap, brk).
+ * Crash safety. Everything here runs under the global lock m->mu as one
+ * step: every word that was reachable before the step is changed through
+ * fp__shm_alog(), which appends its old value to the header's undo log
+ * before the store; the step ends when the log is emptied (acommit). A
+ * holder that dies leaves the log non-empty; the next holder of the lock
+ * (told by fp__shm_mutex_lock that the previous one died) replays it
+ * backwards, which is idempotent. Writes into memory nobody could reach
+ * before the step (fresh pages, the inside of a free span, chunks being
+ * threaded into a new slab) need no logging: a rollback makes them
+ * unreachable again. Word 0 of a free span's first page and of any chunk
+ * is the allocator's link word; it is logged whenever the chunk or span
+ * was reachable.
  */
 #include "ipc/shm/check.h"
 
-#include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 long fp__shm_crash_countdown;
 
-/* A crash point of the deterministic crash tests (see arena.h). */
-#define CRASH_POINT()                                                          \
-  do {                                                                         \
-    if (fp__shm_crash_countdown > 0 && --fp__shm_crash_countdown == 0)         \
-      kill(getpid(), SIGKILL);                                                 \
-  } while (0)
-
-/* A compiler barrier: keeps stores in program order in the emitted code,
- * which is all a SIGKILLed process's observers need (see arena.h). */
-#define BARRIER() atomic_signal_fence(memory_order_seq_cst)
-
-static uint32_t class_of(uint64_t size) {
-  uint32_t k = FP__SHM_MIN_SHIFT;
-  while (k < FP__SHM_NCLASS - 1 && ((uint64_t)1 << k) < size)
-    k++;
-  return k;
+void fp__shm_crash_now(void) {
+  if (--fp__shm_crash_countdown == 0)
+    kill(getpid(), SIGKILL);
 }
 
-/* Class size of a request (0 when it can never fit). */
-uint64_t fp__shm_class_bytes(uint64_t size) {
-  if (size > FP__SHM_MAX_SIZE)
+/* --- size classes ------------------------------------------------------- */
+
+static const uint32_t class_size[FP__SHM_NCLASS] = {
+    16,   32,   48,   64,   80,   96,   112,  128,  160,  192,  224,
+    256,  320,  384,  448,  512,  640,  768,  896,  1024, 1280, 1536,
+    1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168};
+
+/* Pages per slab: the smallest count, up to 16, that leaves at most about
+ * 1% of the slab unused after its header (4% for 2 and 3 KiB, 7% for 4
+ * KiB), and holds at least 8 chunks. */
+static const uint8_t slab_pages[FP__SHM_NCLASS] = {
+    3, 3, 4, 3, 3, 4, 5,  6, 3, 4, 5, 6,  3,  8,  8,  12,
+    3, 13, 9, 10, 6, 11, 4, 15, 7, 10, 8, 14, 14, 14, 16};
+
+/* Cached chunks per class in a heap: 32 for small classes, about 8 KiB
+ * worth for larger ones, at least 4. The bases are the prefix sums. */
+static uint32_t cap_of(int c) {
+  uint32_t n = 8192 / class_size[c];
+  return n < 4 ? 4 : n > 32 ? 32 : n;
+}
+
+int fp__shm_class_of(uint64_t size) {
+  if (size <= 128)
+    return size == 0 ? 0 : (int)((size + 15) / 16) - 1;
+  /* 2^b < size <= 2^(b+1): classes 2^b * 5/4, 6/4, 7/4, 8/4. */
+  int b = 63 - __builtin_clzll(size - 1);
+  uint64_t q = (size - ((uint64_t)1 << b) + ((uint64_t)1 << (b - 2)) - 1) >>
+               (b - 2);
+  return 7 + (b - 7) * 4 + (int)q;
+}
+
+uint32_t fp__shm_class_size(int cls) {
+  return class_size[cls];
+}
+
+uint32_t fp__shm_cache_cap(int cls) {
+  return cap_of(cls);
+}
+
+uint32_t fp__shm_cache_base(int cls) {
+  static uint32_t base[FP__SHM_NCLASS + 1];
+  static _Atomic int ready;
+  if (!atomic_load_explicit(&ready, memory_order_acquire)) {
+    uint32_t b[FP__SHM_NCLASS + 1] = {0};
+    for (int c = 0; c < FP__SHM_NCLASS; c++)
+      b[c + 1] = b[c] + cap_of(c);
+    if (b[FP__SHM_NCLASS] > FP__SHM_CACHE_SLOTS)
+      abort(); /* the heap's cache array is too small: broken constant */
+    memcpy(base, b, sizeof(base)); /* same values from every thread */
+    atomic_store_explicit(&ready, 1, memory_order_release);
+  }
+  return base[cls];
+}
+
+/* --- page map ------------------------------------------------------------ */
+
+enum { PM_FREE = 1, PM_LARGE = 2, PM_SLAB = 3 };
+#define PM(kind, val) ((uint64_t)(val) << 2 | (kind))
+#define PM_KIND(e) ((int)((e)&3))
+#define PM_VAL(e) ((e) >> 2)
+
+static uint64_t *pm(const fp_manager *m, uint64_t page) {
+  return (uint64_t *)fp__shm_ptr(m, m->pagemap) + page;
+}
+
+static uint64_t page_of(uint64_t off) {
+  return off >> FP__SHM_PAGE_SHIFT;
+}
+
+/* The slab header, at the start of a slab's first page. */
+typedef struct slab {
+  uint64_t link; /* a free span's link word before; unused in a slab */
+  uint64_t span_prev;
+  uint32_t cls;
+  uint32_t nchunks;
+  uint64_t nfree;
+  uint64_t free; /* first free chunk (offset), chunks linked by word 0 */
+  uint64_t next; /* the class's list of slabs with free chunks */
+  uint64_t prev;
+  uint64_t magic;
+} slab;
+#define SLAB_HDR 64
+#define SLAB_MAGIC 0x62616c73706f6f66ULL
+
+_Static_assert(sizeof(slab) == SLAB_HDR, "slab header size");
+
+/* A free span's first page starts with its bin links. */
+typedef struct span_hdr {
+  uint64_t next;
+  uint64_t prev;
+} span_hdr;
+
+static slab *slab_at(fp_manager *m, uint64_t off) {
+  return fp__shm_ptr(m, off);
+}
+
+static uint64_t word0(fp_manager *m, uint64_t off) {
+  return *(uint64_t *)fp__shm_ptr(m, off);
+}
+
+uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off) {
+  uint64_t e, s;
+  const slab *sl;
+
+  if (off < m->heap || off >= m->brk || off % 16 != 0)
     return 0;
-  return (uint64_t)1 << class_of(size);
+  e = *pm(m, page_of(off));
+  if (PM_KIND(e) == PM_LARGE)
+    return off % FP__SHM_PAGE == 0 ? PM_VAL(e) << FP__SHM_PAGE_SHIFT : 0;
+  if (PM_KIND(e) != PM_SLAB)
+    return 0;
+  s = PM_VAL(e) << FP__SHM_PAGE_SHIFT;
+  sl = fp__shm_ptr(m, s);
+  if (sl->magic != SLAB_MAGIC || sl->cls >= FP__SHM_NCLASS ||
+      off < s + SLAB_HDR || (off - s - SLAB_HDR) % class_size[sl->cls] != 0 ||
+      (off - s - SLAB_HDR) / class_size[sl->cls] >= sl->nchunks)
+    return 0;
+  return class_size[sl->cls];
 }
-#define class_bytes fp__shm_class_bytes
 
-/* --- allocator undo log ------------------------------------------------ */
+/* --- the global undo log ------------------------------------------------- */
 
-/* Logs the old value of the 8-byte word at p (inside the arena) and stores
- * v. The log entry is complete before anundo counts it, and anundo counts it
- * before the word changes. */
-static void alog(fp_manager *m, uint64_t *p, uint64_t v) {
+void fp__shm_alog(fp_manager *m, uint64_t *p, uint64_t v) {
   uint64_t n = m->anundo;
   if (n >= FP__SHM_AUNDO_MAX)
-    abort(); /* a step never logs that many words: broken invariant */
+    abort(); /* steps are bounded well below this: broken invariant */
   m->aundo[n].off = fp__shm_off(m, p);
   m->aundo[n].old = *p;
-  BARRIER();
+  FP__SHM_BARRIER();
   m->anundo = n + 1;
-  BARRIER();
-  CRASH_POINT();
+  FP__SHM_BARRIER();
+  FP__SHM_CRASH_POINT();
   *p = v;
-  BARRIER();
-  CRASH_POINT();
+  FP__SHM_BARRIER();
+  FP__SHM_CRASH_POINT();
 }
 
-/* Restores the allocator's undo log, newest entry first, then empties it. */
+/* Restores the log, newest entry first, then empties it. */
 static void arollback(fp_manager *m) {
   uint64_t n = m->anundo;
   if (n > FP__SHM_AUNDO_MAX)
     n = FP__SHM_AUNDO_MAX;
   while (n-- > 0) {
-    uint64_t *p = fp__shm_ptr(m, m->aundo[n].off);
-    *p = m->aundo[n].old;
-    BARRIER();
-    CRASH_POINT();
+    *(uint64_t *)fp__shm_ptr(m, m->aundo[n].off) = m->aundo[n].old;
+    FP__SHM_BARRIER();
+    FP__SHM_CRASH_POINT();
   }
-  BARRIER();
   m->anundo = 0;
-  BARRIER();
+  FP__SHM_BARRIER();
 }
 
-/* Commit point of an allocator step. */
-static void acommit(fp_manager *m) {
-  BARRIER();
-  m->anundo = 0;
-  BARRIER();
+void fp__shm_aabort(fp_manager *m) {
+  arollback(m);
 }
 
-static int alock(fp_manager *m) {
-  int rc = pthread_mutex_lock(&m->mu);
-  if (rc == EOWNERDEAD) {
+void fp__shm_acommit(fp_manager *m) {
+  FP__SHM_BARRIER();
+  m->anundo = 0;
+  FP__SHM_BARRIER();
+}
+
+void fp__shm_alock(fp_manager *m, const fp__shm_heap *h) {
+  if (fp__shm_mutex_lock(m, &m->mu, fp__shm_me(m, h)) != 0) {
     atomic_fetch_add(&m->recovered, 1);
     if (m->anundo != 0)
       atomic_fetch_add(&m->repairs, 1);
-    arollback(m);
-    pthread_mutex_consistent(&m->mu);
-    return 0;
   }
-  if (rc != 0)
-    return -rc;
-  if (m->anundo != 0) /* cannot happen: repaired before consistent */
-    arollback(m);
-  return 0;
-}
-
-static void aunlock(fp_manager *m) {
-  pthread_mutex_unlock(&m->mu);
-}
-
-int fp__shm_alock(fp_manager *m) {
-  return alock(m);
+  /* After a dead holder, and harmless otherwise (the log is empty). */
+  arollback(m);
 }
 
 void fp__shm_aunlock(fp_manager *m) {
-  aunlock(m);
+  fp__shm_mutex_unlock(&m->mu);
 }
 
-/* Pops a chunk of class k, splitting a larger free chunk or carving fresh
- * memory when needed. Must run inside an allocator step (lock held, log
- * open). Returns the chunk's offset, or 0 when the arena is full; on 0
- * nothing was changed. */
-static uint64_t alloc_locked(fp_manager *m, uint32_t k) {
-  uint64_t off, *head;
-  uint32_t j, s;
+/* --- spans ---------------------------------------------------------------- */
 
-  head = &m->free_head[k];
-  if (*head != 0) {
-    off = *head;
-    alog(m, head, *(uint64_t *)fp__shm_ptr(m, off));
-    return off;
+static int bin_of(uint64_t npages) {
+  if (npages <= 32)
+    return (int)npages - 1;
+  int b = 32 + (63 - __builtin_clzll(npages)) - 5;
+  return b < FP__SHM_NBIN ? b : FP__SHM_NBIN - 1;
+}
+
+static span_hdr *span_at(fp_manager *m, uint64_t off) {
+  return fp__shm_ptr(m, off);
+}
+
+static void bin_insert(fp_manager *m, uint64_t off, uint64_t npages) {
+  uint64_t *head = &m->bins[bin_of(npages)];
+  span_hdr *s = span_at(m, off);
+
+  fp__shm_alog(m, &s->next, *head);
+  fp__shm_alog(m, &s->prev, 0);
+  if (*head != 0)
+    fp__shm_alog(m, &span_at(m, *head)->prev, off);
+  fp__shm_alog(m, head, off);
+}
+
+static void bin_remove(fp_manager *m, uint64_t off, uint64_t npages) {
+  span_hdr *s = span_at(m, off);
+
+  if (s->prev != 0)
+    fp__shm_alog(m, &span_at(m, s->prev)->next, s->next);
+  else
+    fp__shm_alog(m, &m->bins[bin_of(npages)], s->next);
+  if (s->next != 0)
+    fp__shm_alog(m, &span_at(m, s->next)->prev, s->prev);
+}
+
+/* Marks [off, off + n pages) in the page map as one span of a kind. */
+static void mark_span(fp_manager *m, uint64_t off, uint64_t n, int kind) {
+  uint64_t p = page_of(off);
+
+  fp__shm_alog(m, pm(m, p), PM(kind, n));
+  if (n > 1)
+    fp__shm_alog(m, pm(m, p + n - 1), PM(kind, n));
+}
+
+/* Finds a free span of at least n pages and takes its first n pages,
+ * putting the rest back; or carves n fresh pages at brk. Returns the
+ * offset, or 0 when the arena is full. The caller marks the page map. */
+static uint64_t span_alloc(fp_manager *m, uint64_t n) {
+  for (int b = bin_of(n); b < FP__SHM_NBIN; b++) {
+    for (uint64_t off = m->bins[b]; off != 0; off = span_at(m, off)->next) {
+      uint64_t len = PM_VAL(*pm(m, page_of(off)));
+      if (len < n)
+        continue;
+      bin_remove(m, off, len);
+      /* The span's link words were reachable: keep their old values. */
+      fp__shm_alog(m, &span_at(m, off)->next, 0);
+      fp__shm_alog(m, &span_at(m, off)->prev, 0);
+      if (len > n) {
+        uint64_t rest = off + (n << FP__SHM_PAGE_SHIFT);
+        mark_span(m, rest, len - n, PM_FREE);
+        bin_insert(m, rest, len - n);
+      }
+      return off;
+    }
   }
-  for (j = k + 1; j < FP__SHM_NCLASS; j++)
-    if (m->free_head[j] != 0)
-      break;
-  if (j < FP__SHM_NCLASS) {
-    off = m->free_head[j];
-    alog(m, &m->free_head[j], *(uint64_t *)fp__shm_ptr(m, off));
-  } else {
-    /* Carve fresh memory: a page for small classes, 2^k bytes otherwise. */
-    j = k < FP__SHM_PAGE_SHIFT ? FP__SHM_PAGE_SHIFT : k;
-    if (m->brk > m->size || m->size - m->brk < ((uint64_t)1 << j))
-      return 0;
-    off = m->brk;
-    alog(m, &m->brk, m->brk + ((uint64_t)1 << j));
-  }
-  /* Split the class-j chunk at off down to class k: the upper half of each
-   * split goes to the free list of its class (lists below j were empty or
-   * we would not be here... except in the carve case, where they need not
-   * be; pushing works either way). */
-  for (s = j; s > k; s--) {
-    uint64_t half = off + ((uint64_t)1 << (s - 1));
-    *(uint64_t *)fp__shm_ptr(m, half) = m->free_head[s - 1]; /* unreachable */
-    alog(m, &m->free_head[s - 1], half);
-  }
+  if (m->brk > m->size || (m->size - m->brk) >> FP__SHM_PAGE_SHIFT < n)
+    return 0;
+  uint64_t off = m->brk;
+  fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
   return off;
 }
 
-/* Pushes a chunk of class k back onto its free list (inside a step). */
-static void free_locked(fp_manager *m, uint64_t off, uint32_t k) {
-  /* The link overwrites the chunk's first word, which is logged too: a
-   * rollback makes the chunk live again, and a deep release that is redone
-   * after the rollback reads the chunk's size from that very word. (The
-   * crash-point test found this.) */
-  alog(m, (uint64_t *)fp__shm_ptr(m, off), m->free_head[k]);
-  alog(m, &m->free_head[k], off);
-}
+/* Frees the span [off, off + n pages), merging it with free neighbours. */
+static void span_free(fp_manager *m, uint64_t off, uint64_t n) {
+  uint64_t p = page_of(off), q = p + n, e;
 
-static int slot_in_arena(fp_manager *m, const uint64_t *slot) {
-  uint64_t off = fp__shm_off(m, slot);
-  return (const char *)slot >= (const char *)m && off + 8 <= m->size &&
-         off % 8 == 0;
-}
-
-int fp__shm_alloc_slot(fp_manager *m, uint64_t *slot, uint64_t size) {
-  uint64_t bytes = class_bytes(size), off;
-  int rc;
-
-  if (bytes == 0 || bytes > m->size - m->heap)
-    return FP_EMSGSIZE;
-  if (!slot_in_arena(m, slot))
-    abort();
-  if ((rc = alock(m)) != 0)
-    return rc;
-  off = alloc_locked(m, class_of(size));
-  if (off == 0) {
-    arollback(m); /* nothing was logged, but keep the rule simple */
-    aunlock(m);
-    return FP_ENOMEM;
+  if (p > page_of(m->heap) &&
+      PM_KIND(e = *pm(m, p - 1)) == PM_FREE) { /* a free span ends at p-1 */
+    uint64_t len = PM_VAL(e);
+    p -= len;
+    bin_remove(m, p << FP__SHM_PAGE_SHIFT, len);
+    n += len;
   }
-  alog(m, &m->used, m->used + bytes);
-  alog(m, &m->nlive, m->nlive + 1);
-  alog(m, slot, off);
-  acommit(m);
-  aunlock(m);
-  return 0;
-}
-
-void fp__shm_free_slot(fp_manager *m, uint64_t *slot, uint64_t size) {
-  if (!slot_in_arena(m, slot))
-    abort();
-  if (alock(m) != 0)
-    return; /* ENOTRECOVERABLE: never made inconsistent by us */
-  if (*slot != 0) {
-    /* Slots may carry tag bits above the 40-bit offset (dict buckets). */
-    uint64_t off = *slot & (FP__SHM_MAX_SIZE - 1);
-    /* Read a chunk's own size word only now, under the lock: the repair
-     * alock() may just have done restores that very word. */
-    uint32_t k = class_of(size ? size : *(uint64_t *)fp__shm_ptr(m, off));
-    free_locked(m, off, k);
-    alog(m, &m->used, m->used - ((uint64_t)1 << k));
-    alog(m, &m->nlive, m->nlive - 1);
-    alog(m, slot, 0);
-    acommit(m);
+  if (q < page_of(m->brk) && PM_KIND(e = *pm(m, q)) == PM_FREE) {
+    uint64_t len = PM_VAL(e);
+    bin_remove(m, q << FP__SHM_PAGE_SHIFT, len);
+    n += len;
   }
-  aunlock(m);
+  off = p << FP__SHM_PAGE_SHIFT;
+  /* Inner boundary words of a merge keep stale values: only the span's
+   * first and last pages are ever read. */
+  mark_span(m, off, n, PM_FREE);
+  bin_insert(m, off, n);
 }
 
-/* --- objects ------------------------------------------------------------ */
+/* --- slabs ---------------------------------------------------------------- */
 
-/* Header checks shared by fp__shm_obj_check and begin_destroy. */
-static int obj_header_check(const fp__shm_obj *o, int type) {
-  const fp_manager *m;
-  uint32_t mg;
+static void partial_insert(fp_manager *m, uint64_t off) {
+  slab *s = slab_at(m, off);
+  uint64_t *head = &m->partial[s->cls];
 
-  if (o == NULL)
-    return FP_EINVAL;
-  mg = o->magic;
-  if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u))
-    return FP_EINVAL;
-  if (o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
-      mg != FP__SHM_OBJ_MAGIC(o->type))
-    return FP_EINVAL;
-  m = fp__shm_of(o);
-  if (m->magic != FP__SHM_MAGIC || m->base != (uint64_t)(uintptr_t)m)
-    return FP_EINVAL;
-  if ((int)o->type != type)
-    return FP_ETYPE;
-  return 0;
+  fp__shm_alog(m, &s->next, *head);
+  fp__shm_alog(m, &s->prev, 0);
+  if (*head != 0)
+    fp__shm_alog(m, &slab_at(m, *head)->prev, off);
+  fp__shm_alog(m, head, off);
 }
 
-int fp__shm_obj_check(const void *p, int type) {
-  const fp__shm_obj *o = p;
-  int rc = obj_header_check(o, type);
-  if (rc == 0 && !fp__shm_obj_alive(o))
-    return FP_EINVAL;
-  return rc;
-}
+static void partial_remove(fp_manager *m, uint64_t off) {
+  slab *s = slab_at(m, off);
 
-int fp__shm_obj_begin_destroy(void *p, int type) {
-  fp__shm_obj *o = p;
-  int rc = obj_header_check(o, type);
-  if (rc == 0)
-    atomic_store(&o->dying, 1); /* one word: crash-safe as it stands */
-  return rc;
-}
-
-int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
-                    int (*init)(void *obj, void *arg), void *arg, void **out) {
-  uint64_t bytes = class_bytes(size), off;
-  fp__shm_obj *o;
-  int rc;
-
-  *out = NULL;
-  if (bytes == 0 || bytes > m->size - m->heap)
-    return FP_EMSGSIZE;
-  if ((rc = alock(m)) != 0)
-    return rc;
-  off = alloc_locked(m, class_of(size));
-  if (off == 0) {
-    arollback(m);
-    aunlock(m);
-    return FP_ENOMEM;
-  }
-  /* The chunk is unreachable until the registry link below, except for its
-   * first word if it came off a free list (the list's link, which a
-   * rollback puts back in use): log that word, then build the rest
-   * without logging. */
-  o = fp__shm_ptr(m, off);
-  alog(m, (uint64_t *)o, 0);
-  memset(o, 0, size);
-  o->type = (uint32_t)type;
-  o->self = off;
-  o->size = size;
-  o->gen = m->gen + 1;
-  if (init != NULL && (rc = init(o, arg)) != 0) {
-    arollback(m);
-    aunlock(m);
-    return rc;
-  }
-  o->magic = FP__SHM_OBJ_MAGIC(type);
-  o->next = m->objects;
-  if (m->objects != 0) {
-    fp__shm_obj *h = fp__shm_ptr(m, m->objects);
-    alog(m, &h->prev, off);
-  }
-  alog(m, &m->objects, off);
-  alog(m, &m->nobjects, m->nobjects + 1);
-  alog(m, &m->gen, m->gen + 1);
-  alog(m, &m->used, m->used + bytes);
-  alog(m, &m->nlive, m->nlive + 1);
-  acommit(m);
-  aunlock(m);
-  *out = o;
-  return 0;
-}
-
-int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
-  uint64_t magic_word;
-  uint32_t k = class_of(o->size);
-  int rc;
-
-  if ((rc = alock(m)) != 0)
-    return rc;
-  if (o->prev != 0)
-    alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->prev))->next, o->next);
+  if (s->prev != 0)
+    fp__shm_alog(m, &slab_at(m, s->prev)->next, s->next);
   else
-    alog(m, &m->objects, o->next);
-  if (o->next != 0)
-    alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->next))->prev, o->prev);
-  alog(m, &m->nobjects, m->nobjects - 1);
-  /* magic and type share the first word; clear the magic half. */
-  memcpy(&magic_word, o, 8);
-  alog(m, (uint64_t *)o, magic_word & ~(uint64_t)0xffffffffu);
-  alog(m, &m->used, m->used - ((uint64_t)1 << k));
-  alog(m, &m->nlive, m->nlive - 1);
-  free_locked(m, o->self, k);
-  acommit(m);
-  aunlock(m);
-  return 0;
+    fp__shm_alog(m, &m->partial[s->cls], s->next);
+  if (s->next != 0)
+    fp__shm_alog(m, &slab_at(m, s->next)->prev, s->prev);
 }
 
-#define REF_OFF_BITS 34
-#define REF_TAG_BITS 27
+/* Builds a slab of class cls on a new span and puts it on the class's
+ * list. Returns its offset, 0 when the arena is full. */
+static uint64_t slab_new(fp_manager *m, int cls) {
+  uint64_t n = slab_pages[cls], off = span_alloc(m, n), size;
+  slab *s;
 
-/* The 27-bit tag of an object's ref: the manager's identity mixed with the
- * object's creation number (splitmix64's finaliser). */
-static uint64_t ref_tag(const fp_manager *m, const fp__shm_obj *o) {
-  uint64_t x = m->id ^ (o->gen * 0x9e3779b97f4a7c15ULL);
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x & (((uint64_t)1 << REF_TAG_BITS) - 1);
-}
-
-uint64_t fp__shm_obj_ref(const fp__shm_obj *o) {
-  return (uint64_t)o->type << (REF_OFF_BITS + REF_TAG_BITS) |
-         ref_tag(fp__shm_of(o), o) << REF_OFF_BITS | o->self / 64;
-}
-
-void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
-  uint64_t off = (ref & (((uint64_t)1 << REF_OFF_BITS) - 1)) * 64;
-  uint64_t tag = (ref >> REF_OFF_BITS) & (((uint64_t)1 << REF_TAG_BITS) - 1);
-  uint64_t rtype = ref >> (REF_OFF_BITS + REF_TAG_BITS);
-  fp__shm_obj *o;
-
-  *err = FP_EINVAL;
-  if (m == NULL || m->magic != FP__SHM_MAGIC)
-    return NULL;
-  if (off < m->heap || off + sizeof(*o) > m->brk)
-    return NULL;
-  o = fp__shm_ptr(m, off);
-  if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
-      !fp__shm_obj_alive(o) || ref_tag(m, o) != tag)
-    return NULL;
-  if (rtype != o->type || (int)o->type != type) {
-    *err = FP_ETYPE;
-    return NULL;
-  }
-  *err = 0;
-  return o;
-}
-
-/* --- structure journals ------------------------------------------------- */
-
-void fp__shm_jbegin(fp__shm_journal *j) {
-  j->nundo = 0;
-  BARRIER();
-  j->state = FP__J_ACTIVE;
-  BARRIER();
-  CRASH_POINT();
-}
-
-void fp__shm_jwrite(fp_manager *m, fp__shm_journal *j, void *dst,
-                    const void *src, size_t n) {
-  char *d = dst;
-  const char *s = src;
-
-  /* Log the old bytes in 8-byte pieces that never reach past dst + n: the
-   * pieces start at 0, 8, 16, ... and the last one is pulled back to end
-   * exactly at n. A range shorter than 8 bytes is logged as the 8 bytes
-   * ending at dst + n, which reach back into the same object (callers
-   * guarantee that: values sit after a 24-byte node header). Overlapping
-   * pieces hold the same original bytes, so the replay order is moot. */
-  for (size_t i = 0; i < n; i += 8) {
-    ptrdiff_t at = (ptrdiff_t)i;
-    if (i + 8 > n)
-      at = (ptrdiff_t)n - 8;
-    if (j->nundo >= FP__SHM_UNDO_MAX)
-      abort();
-    j->undo[j->nundo].off = fp__shm_off(m, d + at);
-    memcpy(&j->undo[j->nundo].old, d + at, 8);
-    BARRIER();
-    j->nundo++;
-    BARRIER();
-    CRASH_POINT();
-  }
-  BARRIER();
-  memcpy(d, s, n);
-  BARRIER();
-  CRASH_POINT();
-}
-
-void fp__shm_jset(fp_manager *m, fp__shm_journal *j, uint64_t *word,
-                  uint64_t v) {
-  fp__shm_jwrite(m, j, word, &v, 8);
-}
-
-/* Rolls an ACTIVE operation back: restore the undo log newest first (an
- * idempotent replay), forget the release slots (nothing was freed before
- * the commit), free what the operation allocated (fp__shm_free_slot zeroes
- * each slot atomically, so a replay skips what was already freed). */
-static void jrollback(fp_manager *m, fp__shm_journal *j) {
-  uint32_t n = j->nundo > FP__SHM_UNDO_MAX ? FP__SHM_UNDO_MAX : j->nundo;
-  while (n-- > 0) {
-    memcpy(fp__shm_ptr(m, j->undo[n].off), &j->undo[n].old, 8);
-    BARRIER();
-    CRASH_POINT();
-  }
-  j->nundo = 0;
-  j->deep_n = 0;
-  j->release[0] = j->release[1] = 0;
-  BARRIER();
-  for (int k = 0; k < 2; k++)
-    fp__shm_free_slot(m, &j->alloc[k], j->alloc_size[k]);
-  BARRIER();
-  j->state = FP__J_IDLE;
-  BARRIER();
-}
-
-/* Rolls a COMMITTED operation forward: the new state is published, so the
- * alloc slots now belong to the structure; free the release slots. A
- * deep release frees every chunk listed in the released array first (each
- * entry zeroed as it goes), then clears deep_n, then frees the array. */
-static void jfinish(fp_manager *m, fp__shm_journal *j) {
-  j->alloc[0] = j->alloc[1] = 0;
-  j->nundo = 0;
-  if (j->deep_n != 0 && j->release[0] != 0) {
-    uint64_t *arr = fp__shm_ptr(m, j->release[0]);
-    for (uint64_t i = 0; i < j->deep_n; i++)
-      if (arr[i] > 1) {
-        fp__shm_free_slot(m, &arr[i], 0); /* size: the chunk's word 0 */
-        CRASH_POINT();
-      }
-  }
-  BARRIER();
-  j->deep_n = 0;
-  BARRIER();
-  CRASH_POINT();
-  for (int k = 0; k < 2; k++)
-    fp__shm_free_slot(m, &j->release[k], j->release_size[k]);
-  BARRIER();
-  j->state = FP__J_IDLE;
-  BARRIER();
-}
-
-void fp__shm_jcommit(fp_manager *m, fp__shm_journal *j) {
-  BARRIER();
-  j->state = FP__J_COMMITTED;
-  BARRIER();
-  CRASH_POINT();
-  jfinish(m, j);
-}
-
-void fp__shm_jabort(fp_manager *m, fp__shm_journal *j) {
-  jrollback(m, j);
-}
-
-void fp__shm_repair(fp_manager *m, fp__shm_journal *j) {
-  if (j->state == FP__J_IDLE)
-    return;
-  atomic_fetch_add(&m->repairs, 1);
-  /* The dead holder may also have died inside an allocator step on one of
-   * this journal's slots. Settle the allocator first (taking its lock rolls
-   * such a step back), so that the slots read below are final: nobody else
-   * touches them, since we hold the structure's lock. (The crash-point
-   * test found the race this prevents.) */
-  if (alock(m) == 0)
-    aunlock(m);
-  if (j->state == FP__J_ACTIVE)
-    jrollback(m, j);
-  else if (j->state == FP__J_COMMITTED)
-    jfinish(m, j);
-}
-
-int fp__shm_mutex_init(pthread_mutex_t *mu, int type) {
-  pthread_mutexattr_t a;
-  int rc;
-
-  if ((rc = pthread_mutexattr_init(&a)) != 0)
-    return -rc;
-  rc = pthread_mutexattr_settype(&a, type);
-  if (rc == 0)
-    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  if (rc == 0)
-    rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-  if (rc == 0)
-    rc = pthread_mutex_init(mu, &a);
-  pthread_mutexattr_destroy(&a);
-  return -rc;
-}
-
-int fp__shm_lock(fp_manager *m, pthread_mutex_t *mu, fp__shm_journal *j) {
-  int rc = pthread_mutex_lock(mu);
-  if (rc == EOWNERDEAD) {
-    atomic_fetch_add(&m->recovered, 1);
-    /* Repair before declaring the mutex consistent: a repairer that dies
-     * half-way leaves the mutex owner-dead again for the next one. */
-    if (j != NULL)
-      fp__shm_repair(m, j);
-    pthread_mutex_consistent(mu);
+  if (off == 0)
     return 0;
+  for (uint64_t i = 0; i < n; i++)
+    fp__shm_alog(m, pm(m, page_of(off) + i), PM(PM_SLAB, page_of(off)));
+  /* Header words 0 and 8 were logged by span_alloc (or are fresh); the
+   * rest of the span was unreachable, so it is built without logging. */
+  s = slab_at(m, off);
+  size = class_size[cls];
+  s->cls = (uint32_t)cls;
+  s->nchunks = (uint32_t)(((n << FP__SHM_PAGE_SHIFT) - SLAB_HDR) / size);
+  s->nfree = s->nchunks;
+  s->free = off + SLAB_HDR;
+  for (uint64_t i = 0; i < s->nchunks; i++) {
+    uint64_t c = off + SLAB_HDR + i * size;
+    *(uint64_t *)fp__shm_ptr(m, c) = i + 1 < s->nchunks ? c + size : 0;
   }
-  if (rc != 0)
-    return -rc;
-  if (j != NULL && j->state != FP__J_IDLE)
-    fp__shm_repair(m, j);
-  return 0;
+  s->magic = SLAB_MAGIC;
+  partial_insert(m, off);
+  return off;
 }
 
-void fp__shm_unlock(pthread_mutex_t *mu) {
-  pthread_mutex_unlock(mu);
+/* Returns an empty slab's pages to the spans. */
+static void slab_release(fp_manager *m, uint64_t off) {
+  slab *s = slab_at(m, off);
+
+  partial_remove(m, off);
+  fp__shm_alog(m, &s->magic, 0);
+  span_free(m, off, slab_pages[s->cls]);
 }
 
-/* --- manager ------------------------------------------------------------ */
+/* Takes one chunk off slab s (which has a free one). */
+static uint64_t slab_pop(fp_manager *m, uint64_t off) {
+  slab *s = slab_at(m, off);
+  uint64_t c = s->free;
 
-/* A random, nonzero 64-bit identity for a new manager: the kernel's
- * random bytes, or, should getrandom fail, the clock, the pid and the
- * mapping's address mixed together. */
-static uint64_t new_identity(const fp_manager *m) {
-  uint64_t id = 0;
-  struct timespec ts;
+  fp__shm_alog(m, &s->free, word0(m, c));
+  fp__shm_alog(m, &s->nfree, s->nfree - 1);
+  if (s->nfree == 0)
+    partial_remove(m, off);
+  return c;
+}
 
-  if (getrandom(&id, sizeof(id), GRND_NONBLOCK) != (ssize_t)sizeof(id)) {
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    id = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
-         ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)m;
-    id *= 0x9e3779b97f4a7c15ULL;
+/* Gives chunk c back to its slab. c's word 0 is logged when log_link is
+ * set (c was reachable through a list that uses it). */
+static void slab_push(fp_manager *m, uint64_t c, int log_link) {
+  uint64_t off = PM_VAL(*pm(m, page_of(c))) << FP__SHM_PAGE_SHIFT;
+  slab *s = slab_at(m, off);
+
+  if (log_link)
+    fp__shm_alog(m, fp__shm_ptr(m, c), s->free);
+  else
+    *(uint64_t *)fp__shm_ptr(m, c) = s->free;
+  fp__shm_alog(m, &s->free, c);
+  fp__shm_alog(m, &s->nfree, s->nfree + 1);
+  if (s->nfree == 1)
+    partial_insert(m, off);
+  else if (s->nfree == s->nchunks &&
+           (m->partial[s->cls] != off || s->next != 0))
+    slab_release(m, off);
+}
+
+/* --- batches for the heaps' caches ---------------------------------------- */
+
+int fp__shm_refill(fp_manager *m, fp__shm_heap *h, int cls, int want) {
+  uint64_t n, base = fp__shm_cache_base(cls);
+  int got = 0;
+
+  fp__shm_alock(m, h);
+  n = h->ncache[cls];
+  while (got < want) {
+    uint64_t s = m->partial[cls];
+    if (s == 0 && (s = slab_new(m, cls)) == 0)
+      break;
+    while (got < want && slab_at(m, s)->nfree > 0)
+      h->cache[base + n + got++] = slab_pop(m, s); /* past ncache: unlogged */
   }
-  return id != 0 ? id : 1;
-}
-
-int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
-  uint64_t size = FP__SHM_DEFAULT_SIZE;
-  fp_manager *m;
-  void *p;
-  int rc;
-
-  if (out == NULL)
-    return FP_EINVAL;
-  *out = NULL;
-  if (opts != NULL && opts->arena_size != 0)
-    size = opts->arena_size;
-  if (size < FP__SHM_MIN_SIZE || size > FP__SHM_MAX_SIZE)
-    return FP_EINVAL;
-  size = (size + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
-  p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-           MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    return errno == ENOMEM ? FP_ENOMEM : -errno;
-  /* Fresh anonymous memory is zero: only non-zero fields need setting. */
-  m = p;
-  m->size = size;
-  m->heap = (sizeof(*m) + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
-  m->brk = m->heap;
-  m->base = (uint64_t)(uintptr_t)m;
-  if ((rc = fp__shm_mutex_init(&m->mu, PTHREAD_MUTEX_NORMAL)) != 0) {
-    munmap(p, size);
-    return rc;
+  if (got > 0) {
+    fp__shm_alog(m, &h->ncache[cls], n + (uint64_t)got);
+    fp__shm_alog(m, &m->used, m->used + (uint64_t)got * class_size[cls]);
   }
-  m->id = new_identity(m);
-  m->magic = FP__SHM_MAGIC;
-  *out = m;
-  return 0;
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+  return got;
 }
 
-void fp_manager_free(fp_manager *m) {
-  if (m == NULL || m->magic != FP__SHM_MAGIC)
-    return;
-  munmap(m, m->size);
-}
+void fp__shm_flush(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d,
+                   int cls, int n) {
+  uint64_t k, base = fp__shm_cache_base(cls);
+  int done = 0;
 
-int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out) {
-  int rc;
-
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
-  if ((rc = alock(m)) != 0)
-    return rc;
-  out->arena_size = m->size;
-  out->used = m->used;
-  out->free = (m->size - m->brk) + (m->brk - m->heap - m->used);
-  out->objects = m->nobjects;
-  out->repairs = atomic_load(&m->repairs);
-  out->footprint = m->brk - m->heap;
-  aunlock(m);
-  return 0;
-}
-
-/* --- consistency checker ------------------------------------------------ */
-
-int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...) {
-  va_list ap;
-
-  if (c->err != NULL && c->errlen > 0 && c->err[0] == '\0') {
-    va_start(ap, fmt);
-    vsnprintf(c->err, c->errlen, fmt, ap);
-    va_end(ap);
+  fp__shm_alock(m, h);
+  k = d->ncache[cls];
+  /* Each chunk logs a few words, a released slab a few dozen: stop early
+   * rather than overflow the log (the caller needs one free slot). */
+  while (done < n && (uint64_t)done < k &&
+         m->anundo + 48 < FP__SHM_AUNDO_MAX)
+    slab_push(m, d->cache[base + k - 1 - (uint64_t)done++], 0);
+  if (done > 0) {
+    fp__shm_alog(m, &d->ncache[cls], k - (uint64_t)done);
+    fp__shm_alog(m, &m->used, m->used - (uint64_t)done * class_size[cls]);
   }
-  return FP_EPROTO;
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
 }
 
-/* Marks the granules of one chunk as seen; fails on any overlap. */
-int fp__shm_claim_range(fp__shm_checker *c, uint64_t off, uint64_t size,
-                       const char *what) {
-  fp_manager *m = c->m;
-  uint64_t bytes = fp__shm_class_bytes(size), align, g, n;
+/* --- single chunks under the lock ----------------------------------------- */
 
-  if (bytes == 0)
-    return fp__shm_fail(c, "%s: size %llu impossible", what,
-                        (unsigned long long)size);
-  align = bytes < FP__SHM_PAGE ? bytes : FP__SHM_PAGE;
-  if (off < m->heap || off > m->brk || m->brk - off < bytes || off % align != 0)
-    return fp__shm_fail(c,
-                        "%s: chunk %llu+%llu outside [%llu,%llu) or "
-                        "misaligned",
-                        what, (unsigned long long)off,
-                        (unsigned long long)bytes, (unsigned long long)m->heap,
-                        (unsigned long long)m->brk);
-  g = (off - m->heap) / 16;
-  n = bytes / 16;
-  for (uint64_t i = g; i < g + n; i++) {
-    if (c->bits[i / 64] & ((uint64_t)1 << (i % 64)))
-      return fp__shm_fail(c, "%s: chunk %llu overlaps another chunk", what,
-                          (unsigned long long)off);
-    c->bits[i / 64] |= (uint64_t)1 << (i % 64);
-  }
-  return 0;
+/* The smallest class of at least size bytes whose chunks are 64-aligned
+ * (its size a multiple of 64: slabs start their chunks at 64), or -1. */
+static int class_of_aligned(uint64_t size) {
+  for (int c = fp__shm_class_of(size); c < FP__SHM_NCLASS; c++)
+    if (class_size[c] % 64 == 0)
+      return c;
+  return -1;
 }
 
-int fp__shm_claim(fp__shm_checker *c, uint64_t off, uint64_t size,
-                  const char *what) {
-  c->live_bytes += fp__shm_class_bytes(size);
-  c->live_chunks++;
-  return fp__shm_claim_range(c, off, size, what);
-}
+int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot, uint64_t size) {
+  int cls = size <= FP__SHM_SMALL_MAX ? class_of_aligned(size) : -1;
+  uint64_t off, bytes;
 
-int fp__shm_check_value(const void *v, size_t vlen) {
-  size_t n = 0;
-
-  if (v == NULL)
-    return FP_EINVAL;
-  if (vlen > UINT32_MAX)
+  if (size > m->size - m->heap)
     return FP_EMSGSIZE;
-  if (fp_values_count(v, vlen, &n) != 0 || n != 1)
-    return FP_EPROTO;
+  if (cls >= 0) {
+    uint64_t s = m->partial[cls];
+    if (s == 0 && (s = slab_new(m, cls)) == 0)
+      return FP_ENOMEM;
+    off = slab_pop(m, s);
+    bytes = class_size[cls];
+  } else {
+    uint64_t n = (size + FP__SHM_PAGE - 1) >> FP__SHM_PAGE_SHIFT;
+    if ((off = span_alloc(m, n)) == 0)
+      return FP_ENOMEM;
+    mark_span(m, off, n, PM_LARGE);
+    bytes = n << FP__SHM_PAGE_SHIFT;
+  }
+  fp__shm_alog(m, &m->used, m->used + bytes);
+  fp__shm_alog(m, slot, off);
   return 0;
 }
 
-int fp__shm_check_journal(fp__shm_checker *c, const fp__shm_journal *j) {
-  if (j->state != FP__J_IDLE || j->nundo != 0 || j->alloc[0] != 0 ||
-      j->alloc[1] != 0 || j->release[0] != 0 || j->release[1] != 0 ||
-      j->deep_n != 0)
-    return fp__shm_fail(c, "journal not idle (state %u, %u undo entries)",
-                        j->state, j->nundo);
+void fp__shm_free_locked(fp_manager *m, uint64_t off) {
+  uint64_t e = *pm(m, page_of(off)), bytes;
+
+  if (PM_KIND(e) == PM_LARGE) {
+    bytes = PM_VAL(e) << FP__SHM_PAGE_SHIFT;
+    span_free(m, off, PM_VAL(e)); /* logs the words it reuses */
+  } else {
+    bytes = fp__shm_chunk_bytes(m, off);
+    slab_push(m, off, 1); /* word 0 was a list link: logged */
+  }
+  fp__shm_alog(m, &m->used, m->used - bytes);
+}
+
+void fp__shm_push_locked(fp_manager *m, uint64_t *head, uint64_t off) {
+  fp__shm_alog(m, fp__shm_ptr(m, off), *head);
+  fp__shm_alog(m, head, off);
+}
+
+/* --- layout ----------------------------------------------------------------- */
+
+int fp__shm_arena_init(fp_manager *m, uint64_t size) {
+  uint64_t nheaps = size >> 18, end;
+
+  /* One heap per 256 KiB of arena, 8 to 1024: a heap costs about 5 KiB of
+   * the region, touched only when a thread uses it. */
+  nheaps = nheaps < 8 ? 8 : nheaps > 1024 ? 1024 : nheaps;
+  m->size = size;
+  m->base = (uint64_t)(uintptr_t)m;
+  m->pagemap = (sizeof(*m) + 63) & ~(uint64_t)63;
+  m->heaps = (m->pagemap + (size >> FP__SHM_PAGE_SHIFT) * 8 + 63) &
+             ~(uint64_t)63;
+  m->nheaps = nheaps;
+  end = m->heaps + nheaps * sizeof(fp__shm_heap);
+  m->heap = (end + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
+  if (m->heap + 16 * FP__SHM_PAGE > size)
+    return FP_EINVAL;
+  m->brk = m->heap;
   return 0;
+}
+
+/* --- consistency check ------------------------------------------------------ */
+
+/* Checks slab s: header, free list (claimed as the allocator's), and the
+ * list membership that nfree implies. Its chunks in use are claimed by
+ * their holders. */
+static int check_slab(fp__shm_checker *c, uint64_t off, uint64_t *npartial) {
+  fp_manager *m = c->m;
+  slab *s = slab_at(m, off);
+  uint64_t size, n = 0, used;
+  int rc;
+
+  if (s->magic != SLAB_MAGIC || s->cls >= FP__SHM_NCLASS)
+    return fp__shm_fail(c, "slab %llu: bad header", (unsigned long long)off);
+  size = class_size[s->cls];
+  used = SLAB_HDR + (uint64_t)s->nchunks * size;
+  if (s->nchunks != ((slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - SLAB_HDR) /
+                        size ||
+      s->nfree > s->nchunks)
+    return fp__shm_fail(c, "slab %llu: counts", (unsigned long long)off);
+  if ((rc = fp__shm_claim_bytes(c, off, SLAB_HDR, "slab header")) != 0 ||
+      (rc = fp__shm_claim_bytes(c, off + used,
+                                (slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) -
+                                    used,
+                                "slab tail")) != 0)
+    return rc;
+  c->pool_bytes += (slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - used +
+                   SLAB_HDR + s->nfree * size;
+  for (uint64_t f = s->free; f != 0 && rc == 0; f = word0(m, f), n++)
+    if (f < off + SLAB_HDR || f >= off + used ||
+        (f - off - SLAB_HDR) % size != 0)
+      rc = fp__shm_fail(c, "slab %llu: free link %llu",
+                        (unsigned long long)off, (unsigned long long)f);
+    else
+      rc = fp__shm_claim_bytes(c, f, size, "slab free chunk");
+  if (rc == 0 && n != s->nfree)
+    rc = fp__shm_fail(c, "slab %llu: %llu free chunks, header says %llu",
+                      (unsigned long long)off, (unsigned long long)n,
+                      (unsigned long long)s->nfree);
+  *npartial += s->nfree > 0;
+  return rc;
+}
+
+/* Walks [heap, brk) span by span through the page map: the spans must
+ * tile it, free spans must not touch each other (they would have merged). */
+static int check_spans(fp__shm_checker *c, uint64_t *nfree, uint64_t *npart) {
+  fp_manager *m = c->m;
+  int prev_free = 0, rc = 0;
+
+  for (uint64_t off = m->heap; off < m->brk && rc == 0;) {
+    uint64_t e = *pm(m, page_of(off)), n;
+    int kind = PM_KIND(e);
+    if (kind == PM_SLAB) {
+      if (PM_VAL(e) != page_of(off) || slab_at(m, off)->cls >= FP__SHM_NCLASS)
+        return fp__shm_fail(c, "page map: slab %llu", (unsigned long long)off);
+      n = slab_pages[slab_at(m, off)->cls];
+      rc = check_slab(c, off, npart);
+    } else if (kind == PM_FREE || kind == PM_LARGE) {
+      n = PM_VAL(e);
+      if (n == 0 || *pm(m, page_of(off) + n - 1) != e ||
+          (kind == PM_FREE && prev_free))
+        return fp__shm_fail(c, "page map: span %llu", (unsigned long long)off);
+      if (kind == PM_FREE) {
+        rc = fp__shm_claim_bytes(c, off, n << FP__SHM_PAGE_SHIFT, "free span");
+        c->pool_bytes += n << FP__SHM_PAGE_SHIFT;
+        (*nfree)++;
+      }
+    } else {
+      return fp__shm_fail(c, "page map: no span at %llu",
+                          (unsigned long long)off);
+    }
+    prev_free = kind == PM_FREE;
+    off += n << FP__SHM_PAGE_SHIFT;
+  }
+  return rc;
+}
+
+/* The bins and the partial lists must list exactly the free spans and
+ * the slabs with free chunks. */
+static int check_lists(fp__shm_checker *c, uint64_t nfree, uint64_t npart) {
+  fp_manager *m = c->m;
+  uint64_t n = 0;
+
+  for (int b = 0; b < FP__SHM_NBIN; b++)
+    for (uint64_t off = m->bins[b], prev = 0; off != 0; off = span_at(m, off)->next) {
+      uint64_t e = *pm(m, page_of(off));
+      if (PM_KIND(e) != PM_FREE || bin_of(PM_VAL(e)) != b ||
+          span_at(m, off)->prev != prev || ++n > nfree)
+        return fp__shm_fail(c, "bin %d: bad span %llu", b,
+                            (unsigned long long)off);
+      prev = off;
+    }
+  if (n != nfree)
+    return fp__shm_fail(c, "bins hold %llu spans of %llu free",
+                        (unsigned long long)n, (unsigned long long)nfree);
+  n = 0;
+  for (int k = 0; k < FP__SHM_NCLASS; k++)
+    for (uint64_t off = m->partial[k], prev = 0; off != 0;
+         off = slab_at(m, off)->next) {
+      slab *s = slab_at(m, off);
+      if (s->magic != SLAB_MAGIC || (int)s->cls != k || s->nfree == 0 ||
+          s->prev != prev || ++n > npart)
+        return fp__shm_fail(c, "class %d: bad slab %llu on its list", k,
+                            (unsigned long long)off);
+      prev = off;
+    }
+  if (n != npart)
+    return fp__shm_fail(c, "partial lists hold %llu of %llu slabs with room",
+                        (unsigned long long)n, (unsigned long long)npart);
+  return 0;
+}
+
+int fp__shm_arena_check(fp__shm_checker *c) {
+  fp_manager *m = c->m;
+  uint64_t nfree = 0, npart = 0, n;
+  int rc;
+
+  if (m->anundo != 0)
+    return fp__shm_fail(c, "allocator log not empty");
+  if ((rc = check_spans(c, &nfree, &npart)) != 0 ||
+      (rc = check_lists(c, nfree, npart)) != 0)
+    return rc;
+  for (int b = 0; b < 3 && rc == 0; b++)
+    rc = fp__shm_claim_list(c, m->glimbo[b], &n, "global limbo");
+  return rc;
 }

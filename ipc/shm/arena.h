@@ -1,49 +1,60 @@
 /* arena.h - the manager's shared-memory arena (internal header).
  *
- * A manager is one mmap(MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) region. Its
- * header (struct fp_manager) lives at offset 0 of the region, so the
- * fp_manager pointer is the region's base address and is valid in every
- * process forked after the manager was created. Everything inside the region
- * refers to everything else by offset from the base, never by pointer.
+ * A manager is one mmap(MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) region that
+ * every process forked after its creation maps at the same address. Its
+ * header (struct fp_manager) lives at offset 0, so the fp_manager pointer
+ * is the region's base address; everything inside refers to everything
+ * else by offset from the base, never by pointer.
  *
- * Memory is handed out by a power-of-two size-class allocator (see
- * arena.c) protected by one robust process-shared mutex. Shared objects
- * (dict, list, counter, lock, array) start with an fp__shm_obj header and
- * are linked into a registry so the consistency checker can walk them all.
+ * Layout: the header, a page map (one word per page of the region), the
+ * table of per-thread heaps, then the heap area [heap, size), which the
+ * allocator carves from the bottom up to brk.
  *
- * Crash consistency. Every lock in the arena is a robust mutex. Every
- * structure protected by a lock owns a journal (fp__shm_journal): before a
- * word that is reachable from the structure is changed, its old value is
- * appended to the journal's undo log; chunks allocated by the operation are
- * recorded in alloc slots and chunks it frees in release slots. A lock
- * holder killed half-way leaves the journal ACTIVE (the next locker rolls
- * the operation back: restore the undo log, free the alloc slots) or
- * COMMITTED (the next locker rolls it forward: free the release slots).
- * Either way the structure is exactly as before or exactly as after the
- * operation, and no chunk leaks. The allocator keeps its own undo log in the
- * arena header; fp__shm_alloc_slot()/fp__shm_free_slot() write the chunk
- * offset into (or clear) a slot inside the arena as part of the allocator's
- * own atomic step, which is what ties the two journals together.
+ * Who does what (one file each):
+ *   lock.c     fp__shm_mutex: a 32-bit lock word naming its holder's heap,
+ *              spin then futex; a waiter that finds the holder dead (procfs)
+ *              takes the lock over and is told to repair.
+ *   arena.c    the region, the global allocator lock and its undo log,
+ *              page spans that merge with free neighbours, slabs of small
+ *              chunks handed to per-thread caches in batches.
+ *   heap.c     per-thread heaps: chunk caches (alloc and free without the
+ *              global lock), the heap's own undo log, retiring chunks
+ *              through epochs so that lock-free readers never see a chunk
+ *              reused under them.
+ *   journal.c  the per-heap journal that makes a structure update atomic
+ *              under a crash (undo log, alloc and release slots).
+ *   thread.c   binding a thread to its heap, structure locks, and the
+ *              reclaim of a dead thread's heap (which repairs its journal).
+ *   obj.c      object headers, the registry, refs.
+ *   check.c    the consistency checker (the only file that knows every
+ *              object type).
  *
- * Why a killed process leaves a usable prefix: SIGKILL is delivered at an
- * instruction boundary, so the dead process's stores are exactly a prefix of
- * its program order. A compiler barrier between "append to the log" and
- * "change the word" is enough to keep that order in the emitted code; the
- * next locker sees all of those stores because the kernel's robust-futex
- * handling and the mutex acquisition order them before its own reads.
+ * Crash consistency in one paragraph. SIGKILL stops a process at an
+ * instruction boundary, so the shared memory it leaves is exactly a prefix
+ * of its stores in program order (compiler barriers keep that order in the
+ * emitted code). Every multi-word change is therefore preceded by logging
+ * the old value of each reachable word it changes, in a log that a
+ * survivor can replay backwards: the global allocator's log (header), a
+ * heap's own log (small cache and limbo steps), and a heap's journal
+ * (structure updates, which also record the chunks they allocate and
+ * release). A survivor that finds a dead holder's lock, or a dead thread's
+ * heap, replays those logs (rollback) or finishes a committed update (roll
+ * forward); each replay step is idempotent, so a survivor that dies while
+ * repairing is repaired in turn.
  *
- * Lock order: a structure's lock, then the allocator's. Nothing holds two
- * structure locks at once (except fp__shm_check, which runs quiescent).
+ * Lock order: a structure's lock, then the global allocator lock. Nothing
+ * holds two structure locks at once (except the checker, which runs
+ * quiescent).
  */
 #ifndef FP_IPC_SHM_ARENA_H
 #define FP_IPC_SHM_ARENA_H
 
 #include "forkpool.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #if defined(__GNUC__)
 #define FP__SHM_HIDDEN __attribute__((visibility("hidden")))
@@ -54,15 +65,31 @@
 #define FP__SHM_MAGIC 0x666f726b706f6f6cULL /* "forkpool" */
 #define FP__SHM_PAGE_SHIFT 12
 #define FP__SHM_PAGE ((uint64_t)1 << FP__SHM_PAGE_SHIFT)
-#define FP__SHM_MIN_SHIFT 4 /* smallest chunk: 16 bytes */
-#define FP__SHM_NCLASS 41   /* classes 2^0 .. 2^40 (only >= 2^4 used) */
 #define FP__SHM_MAX_SIZE ((uint64_t)1 << 40) /* offsets fit in 40 bits */
 #define FP__SHM_MIN_SIZE ((uint64_t)256 << 10)
 #define FP__SHM_DEFAULT_SIZE ((uint64_t)1 << 30)
-#define FP__SHM_AUNDO_MAX 128 /* allocator undo entries */
-#define FP__SHM_UNDO_MAX 16   /* structure undo entries */
 
-/* Object types; also the top byte of a ref. */
+#define FP__SHM_NCLASS 31      /* small chunk classes, 16 B .. 7 KiB */
+#define FP__SHM_SMALL_MAX 7168 /* larger requests get whole pages */
+#define FP__SHM_NBIN 64        /* free span bins */
+#define FP__SHM_AUNDO_MAX 320  /* global allocator undo entries */
+#define FP__SHM_HLOG_MAX 8     /* heap step undo entries */
+#define FP__SHM_UNDO_MAX 16    /* journal undo entries */
+#define FP__SHM_HEAP_MAX 2048  /* heaps (threads) per manager, at most */
+#define FP__SHM_CACHE_SLOTS 560 /* cached chunk slots of one heap */
+
+/* A chunk reference as tables store it: offset / 16 in the low 36 bits
+ * (other bits are the owner's: a dict bucket keeps hash bits above), 0 and
+ * 1 never name a chunk (0 empty, 1 a dict tombstone). */
+#define FP__SHM_CREF_MASK (((uint64_t)1 << 36) - 1)
+static inline uint64_t fp__shm_cref(uint64_t off) {
+  return off >> 4;
+}
+static inline uint64_t fp__shm_cref_off(uint64_t e) {
+  return (e & FP__SHM_CREF_MASK) << 4;
+}
+
+/* Object types; also the top bits of a ref. */
 enum {
   FP__SHM_DICT = 1,
   FP__SHM_LIST = 2,
@@ -80,27 +107,74 @@ typedef struct fp__shm_undo {
   uint64_t old;
 } fp__shm_undo;
 
+/* --- lock (lock.c) ------------------------------------------------------ */
+
+/* A process-shared lock word: 0 when free, else the holder's identity
+ * (FP__SHM_OWNER of its heap) with bit 31 set while someone may sleep on
+ * it. See lock.c. */
+typedef _Atomic uint32_t fp__shm_mutex;
+
+#define FP__SHM_WAITERS 0x80000000u
+/* A heap's lock identity: index + 1 (11 bits) and its generation (20). */
+#define FP__SHM_OWNER(idx, gen)                                                \
+  (((uint32_t)(idx) + 1) | (((uint32_t)(gen)&0xfffffu) << 11))
+#define FP__SHM_OWNER_IDX(w) ((int)((w)&0x7ffu) - 1)
+#define FP__SHM_OWNER_GEN(w) (((w) >> 11) & 0xfffffu)
+
+/* --- journal (journal.c) ------------------------------------------------ */
+
 enum { FP__J_IDLE = 0, FP__J_ACTIVE = 1, FP__J_COMMITTED = 2 };
 
-/* A structure's journal. Invariant while the owning lock is free: state is
- * IDLE, nundo is 0 and every slot is 0. See the file header for the
- * protocol; arena.c implements it. */
+/* A heap's journal: the update its thread is making to the structure whose
+ * lock it holds. Invariant while the thread is between calls: state IDLE,
+ * nundo 0, every slot 0. Slots hold chunk offsets. */
 typedef struct fp__shm_journal {
   uint32_t state;
   uint32_t nundo;
-  uint64_t alloc[2];        /* chunks allocated by the operation */
-  uint64_t alloc_size[2];   /* their requested sizes */
-  uint64_t release[2];      /* chunks to free once committed */
-  uint64_t release_size[2]; /* their requested sizes */
-  uint64_t deep_n; /* if nonzero: release[0] is an array of deep_n chunk
-                      offsets (0/1 = none; bits above 40 ignored) each
-                      starting with its u64 size; they are freed before the
-                      array itself */
+  uint64_t alloc[2];   /* chunks allocated by the update */
+  uint64_t release[2]; /* chunks to retire once committed */
+  uint64_t deep_n;     /* if nonzero, release[0] is a table whose deep_n
+                          entries (crefs, from byte 16 on) are retired first */
   fp__shm_undo undo[FP__SHM_UNDO_MAX];
 } fp__shm_journal;
 
-/* The header every shared object starts with (64 bytes, 64-aligned). */
+/* --- heap (heap.c, thread.c) ------------------------------------------- */
+
+/* A heap's state word: a thread id in the low 32 bits (0 = FREE), the
+ * heap's generation in bits 32..51 (bumped at every registration), and
+ * bit 63 while a survivor reclaims the heap of a dead owner: the thread id
+ * is then the reclaimer's. */
+#define FP__HS_TID(s) ((uint32_t)((s)&0xffffffffu))
+#define FP__HS_GEN(s) ((uint32_t)(((s) >> 32) & 0xfffffu))
+#define FP__HS_RECLAIM ((uint64_t)1 << 63)
+#define FP__HS_MAKE(gen, tid) ((uint64_t)((gen)&0xfffffu) << 32 | (tid))
+
+/* One heap per (thread, manager). Only its owner thread writes it, except
+ * the pin, which others read, and a reclaim after the owner died. */
+typedef struct fp__shm_heap {
+  _Atomic uint64_t state;
+  _Atomic uint64_t start; /* owner's start time (clock ticks since boot,
+                             procfs), 0 until the owner wrote it */
+  uint64_t pad1[6];
+  /* EBR: (epoch << 1 | 1) while inside a call, 0 outside; its own line. */
+  _Atomic uint64_t pin __attribute__((aligned(64)));
+  uint64_t pins; /* calls so far, to tell a stuck pin from a busy heap */
+  uint64_t nlog __attribute__((aligned(64)));
+  fp__shm_undo log[FP__SHM_HLOG_MAX]; /* heap step undo log */
+  uint64_t limbo[3];                  /* retired chunks, linked by word 0 */
+  uint64_t limbo_epoch[3];            /* epoch each list was retired in */
+  uint64_t nlimbo;                    /* chunks in the three lists */
+  fp__shm_journal j;
+  uint64_t ncache[FP__SHM_NCLASS];    /* cached chunks per class */
+  uint64_t cache[FP__SHM_CACHE_SLOTS]; /* class c: cache_base(c) + i */
+} __attribute__((aligned(64))) fp__shm_heap;
+
+/* --- objects (obj.c) ---------------------------------------------------- */
+
+/* The header every shared object starts with (64 bytes, 64-aligned). Word
+ * 0 belongs to the allocator (the retire link), like every chunk's. */
 typedef struct fp__shm_obj {
+  uint64_t link;
   uint32_t magic; /* FP__SHM_OBJ_MAGIC(type) while alive, 0 once freed */
   uint32_t type;
   uint64_t self; /* offset of this header in the arena */
@@ -110,36 +184,42 @@ typedef struct fp__shm_obj {
   uint64_t prev;
   _Atomic uint64_t dying; /* nonzero once a destroy began: every call but
                              the destroy itself fails with FP_EINVAL */
-  uint64_t reserved;
 } fp__shm_obj;
 
-/* The arena header, at offset 0 of the region. */
+/* --- the arena header --------------------------------------------------- */
+
 struct fp_manager {
+  /* Read-mostly: set at creation. */
   uint64_t magic;
   uint64_t size;     /* bytes mapped */
-  uint64_t heap;     /* offset of the first chunk (page aligned) */
   uint64_t base;     /* address of the mapping, for sanity checks */
-  uint64_t brk;      /* [heap, brk) has been carved into chunks */
-  uint64_t used;     /* bytes in live chunks (class sizes) */
-  uint64_t nlive;    /* live chunks */
+  uint64_t id;       /* random identity, part of every ref */
+  uint64_t pagemap;  /* offset of u64[size / page]: see arena.c */
+  uint64_t heaps;    /* offset of fp__shm_heap[nheaps] */
+  uint64_t nheaps;   /* heap table length */
+  uint64_t heap;     /* offset of the first page of the heap area */
+  /* The epoch of reclamation (heap.c), on its own line: read by every
+   * call, written rarely. */
+  _Atomic uint64_t epoch __attribute__((aligned(64)));
+  /* Counters updated with atomics, apart from the allocator's line. */
+  _Atomic uint64_t repairs __attribute__((aligned(64)));
+  _Atomic uint64_t recovered; /* locks taken over from a dead holder */
+  _Atomic uint64_t heap_hw;   /* heap slots ever used (scan bound) */
+  /* Everything below is protected by mu, the global allocator lock. */
+  fp__shm_mutex mu __attribute__((aligned(64)));
+  uint32_t pad;
+  uint64_t brk;      /* [heap, brk) is carved into spans */
+  uint64_t used;     /* bytes handed out: live, cached, retired */
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
   uint64_t gen;      /* objects ever created */
-  uint64_t id;       /* random identity, part of every ref */
-  _Atomic uint64_t repairs;           /* journals rolled back or forward after a
-                                         holder died (allocator's included) */
-  _Atomic uint64_t recovered;         /* internal locks taken over from a dead
-                                         holder (EOWNERDEAD) */
-  uint64_t free_head[FP__SHM_NCLASS]; /* free list per class */
-  pthread_mutex_t mu;                 /* protects all of the above */
-  uint64_t anundo;                    /* allocator undo log length */
+  uint64_t bins[FP__SHM_NBIN];        /* free spans by length */
+  uint64_t partial[FP__SHM_NCLASS];   /* slabs with free chunks, by class */
+  uint64_t glimbo[3], glimbo_epoch[3]; /* chunks retired by heaps that were
+                                          released or reclaimed */
+  uint64_t anundo;                    /* global allocator undo log */
   fp__shm_undo aundo[FP__SHM_AUNDO_MAX];
 };
-
-/* Returns the arena an object lives in (no check). */
-static inline fp_manager *fp__shm_of(const fp__shm_obj *o) {
-  return (fp_manager *)((char *)o - o->self);
-}
 
 /* Offset <-> pointer. */
 static inline void *fp__shm_ptr(const fp_manager *m, uint64_t off) {
@@ -148,6 +228,222 @@ static inline void *fp__shm_ptr(const fp_manager *m, uint64_t off) {
 static inline uint64_t fp__shm_off(const fp_manager *m, const void *p) {
   return (uint64_t)((const char *)p - (const char *)m);
 }
+
+/* Returns the arena an object lives in (no check). */
+static inline fp_manager *fp__shm_of(const fp__shm_obj *o) {
+  return (fp_manager *)((char *)o - o->self);
+}
+
+static inline fp__shm_heap *fp__shm_heap_at(const fp_manager *m, int i) {
+  return (fp__shm_heap *)fp__shm_ptr(m, m->heaps) + i;
+}
+static inline int fp__shm_heap_idx(const fp_manager *m, const fp__shm_heap *h) {
+  return (int)(h - (const fp__shm_heap *)fp__shm_ptr(m, m->heaps));
+}
+
+/* Test hook for deterministic crash tests: when set to n > 0 in a process,
+ * that process SIGKILLs itself at the n-th crash point it passes (every
+ * logged store of the allocator, the heaps and the journals, every state
+ * change of a journal, every step of a repair). 0 (the default) disables
+ * it. Process local, not shared. */
+FP__SHM_HIDDEN extern long fp__shm_crash_countdown;
+FP__SHM_HIDDEN void fp__shm_crash_now(void);
+
+/* A crash point (see fp__shm_crash_countdown). */
+#define FP__SHM_CRASH_POINT()                                                  \
+  do {                                                                         \
+    if (fp__shm_crash_countdown > 0)                                           \
+      fp__shm_crash_now();                                                     \
+  } while (0)
+
+/* A compiler barrier: keeps stores in program order in the emitted code,
+ * which is all a SIGKILLed process's observers need. */
+#define FP__SHM_BARRIER() atomic_signal_fence(memory_order_seq_cst)
+
+/* --- lock.c ------------------------------------------------------------- */
+
+/* Returns 1 if the thread named by heap h's state s is dead: no such
+ * thread, a zombie, or (for an owner that recorded its start time) a
+ * thread of that id that started at another time (the id was reused).
+ * Reads procfs: slow, call it only after waiting. */
+FP__SHM_HIDDEN int fp__shm_owner_dead(const fp__shm_heap *h, uint64_t s);
+
+/* The start time procfs reports for thread tid, or 0. */
+FP__SHM_HIDDEN uint64_t fp__shm_start_time(uint32_t tid);
+
+/* Takes mu for `me` (an FP__SHM_OWNER value). Returns 0, or the previous
+ * holder's word (nonzero) when that holder died holding it: the caller
+ * now holds the lock and must repair what it protects. Never fails
+ * otherwise; waits (spinning, then sleeping) as long as a live holder
+ * keeps it. */
+FP__SHM_HIDDEN uint32_t fp__shm_mutex_lock(fp_manager *m, fp__shm_mutex *mu,
+                                           uint32_t me);
+FP__SHM_HIDDEN void fp__shm_mutex_unlock(fp__shm_mutex *mu);
+
+/* --- arena.c: the global allocator ------------------------------------- */
+
+/* Size class of a small request (0 .. NCLASS-1), its bytes. */
+FP__SHM_HIDDEN int fp__shm_class_of(uint64_t size);
+FP__SHM_HIDDEN uint32_t fp__shm_class_size(int cls);
+FP__SHM_HIDDEN uint32_t fp__shm_cache_cap(int cls);  /* slots per class */
+FP__SHM_HIDDEN uint32_t fp__shm_cache_base(int cls); /* first slot */
+
+/* Bytes of the chunk at off (its class or its span), or 0 when off is not
+ * the start of a chunk handed out by the allocator. */
+FP__SHM_HIDDEN uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off);
+
+/* Lays out a fresh region of `size` bytes at m: page map, heap table, heap
+ * area. Returns 0 or FP_EINVAL (too small for its own tables). */
+FP__SHM_HIDDEN int fp__shm_arena_init(fp_manager *m, uint64_t size);
+
+/* The global allocator lock, taken by heap h (repairs the allocator when
+ * the previous holder died). */
+FP__SHM_HIDDEN void fp__shm_alock(fp_manager *m, const fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_aunlock(fp_manager *m);
+
+/* Logs the old value of the word at p (inside the arena) in the global
+ * undo log, then stores v; fp__shm_acommit() ends the step. For callers
+ * that hold the global lock. */
+FP__SHM_HIDDEN void fp__shm_alog(fp_manager *m, uint64_t *p, uint64_t v);
+FP__SHM_HIDDEN void fp__shm_acommit(fp_manager *m);
+/* Undoes the current step (e.g. after FP_ENOMEM half-way). */
+FP__SHM_HIDDEN void fp__shm_aabort(fp_manager *m);
+
+/* Moves up to `want` chunks of class cls into h's cache (one step under
+ * the global lock, carving a new slab if needed). Returns the number
+ * moved, 0 when the arena is full. */
+FP__SHM_HIDDEN int fp__shm_refill(fp_manager *m, fp__shm_heap *h, int cls,
+                                  int want);
+/* Gives up to n of heap d's cached chunks of class cls back to their
+ * slabs (one step under the global lock, taken as heap h); a slab that
+ * becomes empty returns to the spans, merging with free neighbours. */
+FP__SHM_HIDDEN void fp__shm_flush(fp_manager *m, const fp__shm_heap *h,
+                                  fp__shm_heap *d, int cls, int n);
+
+/* Allocates a chunk of `size` bytes outside any cache, aligned to 64
+ * (objects, heap-less callers) and stores its offset in *slot, in one step
+ * under the global lock, which the caller holds. Returns 0, FP_ENOMEM or
+ * FP_EMSGSIZE; *slot stays 0 on failure. */
+FP__SHM_HIDDEN int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot,
+                                        uint64_t size);
+/* Frees the chunk at off (a step helper: the global lock is held). The
+ * caller unlinks it from wherever it was, in the same step. */
+FP__SHM_HIDDEN void fp__shm_free_locked(fp_manager *m, uint64_t off);
+/* Pushes the chunk at off onto a free list threaded through word 0:
+ * *head (a heap's limbo or the global limbo). Step helper, lock held. */
+FP__SHM_HIDDEN void fp__shm_push_locked(fp_manager *m, uint64_t *head,
+                                        uint64_t off);
+
+/* --- heap.c ------------------------------------------------------------- */
+
+/* Heap step log: log old value, store (fp__shm_hlog); end (hcommit);
+ * replay after the owner died (hrollback). */
+FP__SHM_HIDDEN void fp__shm_hlog(fp_manager *m, fp__shm_heap *h, uint64_t *p,
+                                 uint64_t v);
+FP__SHM_HIDDEN void fp__shm_hcommit(fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h);
+
+/* Allocates `size` bytes and stores the chunk's offset into *slot (0
+ * before), in one step of h's log (small sizes, from h's cache) or of the
+ * global log (pages). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0
+ * on failure. */
+FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h,
+                                 uint64_t *slot, uint64_t size);
+
+/* Retires the chunk named by *slot (an offset, or a cref when is_cref):
+ * it joins h's limbo for the current epoch and *slot becomes 0, in one
+ * step; it is freed once no call that could have seen it is running. 0 in
+ * *slot: nothing. */
+FP__SHM_HIDDEN void fp__shm_retire(fp_manager *m, fp__shm_heap *h,
+                                   uint64_t *slot, int is_cref);
+
+/* Enters / leaves a lock-free section: chunks retired meanwhile by anyone
+ * are not reused before fp__shm_unpin. */
+static inline void fp__shm_pin(fp_manager *m, fp__shm_heap *h) {
+  uint64_t e = atomic_load_explicit(&m->epoch, memory_order_acquire);
+  h->pins++;
+  atomic_exchange(&h->pin, e << 1 | 1);
+}
+static inline void fp__shm_unpin(fp__shm_heap *h) {
+  atomic_store_explicit(&h->pin, 0, memory_order_release);
+}
+
+/* Frees what h retired that is now safe to reuse, trying to advance the
+ * epoch first when h holds more than `min` retired chunks. */
+FP__SHM_HIDDEN void fp__shm_collect(fp_manager *m, fp__shm_heap *h,
+                                    uint64_t min);
+
+/* Returns every cached chunk of heap d to the slabs and moves d's retired
+ * chunks to the global limbo (d is being released or reclaimed; h is the
+ * caller's heap, whose identity takes the global lock). */
+FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
+                                       fp__shm_heap *d);
+
+/* --- journal.c ---------------------------------------------------------- */
+
+/* Journal protocol, used while holding the structure's lock (h is the
+ * caller's heap, j = &h->j):
+ *   fp__shm_jbegin(h)               IDLE -> ACTIVE
+ *   fp__shm_alloc(m, h, &j->alloc[k], n), then fill the chunk while
+ *     nothing points at it
+ *   fp__shm_jset(m, h, &word, v)    for each reachable word changed
+ *   j->release[k] = chunk (plain stores)
+ *   fp__shm_jcommit(m, h)           ACTIVE -> COMMITTED -> retires -> IDLE
+ * or fp__shm_jabort(m, h) to roll back (e.g. after FP_ENOMEM).
+ * fp__shm_jmark(h) / fp__shm_jfinish(m, h) split jcommit for callers that
+ * unlock in between (a committed journal needs no lock to finish). */
+FP__SHM_HIDDEN void fp__shm_jbegin(fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_heap *h,
+                                 uint64_t *word, uint64_t v);
+FP__SHM_HIDDEN void fp__shm_jcommit(fp_manager *m, fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_jmark(fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_jfinish(fp_manager *m, fp__shm_heap *h);
+FP__SHM_HIDDEN void fp__shm_jabort(fp_manager *m, fp__shm_heap *h);
+
+/* Repairs dead heap d's journal: ACTIVE rolls back, COMMITTED rolls
+ * forward; what it retires goes to d's own limbo, in steps of d's own log,
+ * so that a survivor that dies while repairing leaves d repairable.
+ * Idempotent. */
+FP__SHM_HIDDEN void fp__shm_jrepair(fp_manager *m, fp__shm_heap *d);
+
+/* --- thread.c ----------------------------------------------------------- */
+
+/* Returns the calling thread's heap in m, registering one on first use (a
+ * forked child gets its own). NULL when every heap slot belongs to a live
+ * thread. */
+FP__SHM_HIDDEN fp__shm_heap *fp__shm_heap_get(fp_manager *m);
+
+/* The lock identity of heap h. */
+static inline uint32_t fp__shm_me(const fp_manager *m, const fp__shm_heap *h) {
+  return FP__SHM_OWNER(fp__shm_heap_idx(m, h),
+                       FP__HS_GEN(atomic_load_explicit(&h->state,
+                                                       memory_order_relaxed)));
+}
+
+/* Takes a structure lock for h; if its holder died, reclaims the holder's
+ * heap first (which repairs the structure from the holder's journal). */
+FP__SHM_HIDDEN void fp__shm_lock(fp_manager *m, fp__shm_heap *h,
+                                 fp__shm_mutex *mu);
+static inline void fp__shm_unlock(fp__shm_mutex *mu) {
+  fp__shm_mutex_unlock(mu);
+}
+
+/* Reclaims heap d if it still has generation gen and its owner is dead:
+ * replays its heap log, repairs its journal, returns its chunks, frees the
+ * slot. Safe to race with other reclaimers (one wins, the others wait for
+ * it); a reclaimer that dies is taken over. h is the caller's heap. */
+FP__SHM_HIDDEN void fp__shm_reclaim(fp_manager *m, fp__shm_heap *h,
+                                    fp__shm_heap *d, uint32_t gen);
+
+/* Process-wide list of the managers mapped in this process, so that a
+ * thread's exit releases its heaps only in managers still mapped. */
+FP__SHM_HIDDEN void fp__shm_mapped_add(fp_manager *m);
+FP__SHM_HIDDEN void fp__shm_mapped_remove(fp_manager *m);
+
+/* Reclaims every heap whose owner is dead (the checker's settle step). */
+FP__SHM_HIDDEN int fp__shm_reclaim_dead(fp_manager *m);
+
+/* --- obj.c -------------------------------------------------------------- */
 
 /* Checks that o is a live object of the given type inside a valid arena.
  * Returns 0, FP_EINVAL (NULL, not an object, freed, being destroyed) or
@@ -170,18 +466,16 @@ FP__SHM_HIDDEN int fp__shm_obj_begin_destroy(void *o, int type);
 
 /* Creates an object of `size` bytes (>= sizeof(fp__shm_obj)), zero-filled,
  * header filled in, and calls init(obj, arg) (may be NULL) before
- * publishing it in the registry: creation is one atomic step of the
- * allocator, so a crash leaves either no object or a fully built one. init
- * runs under the allocator lock and must not allocate; a nonzero return
- * from it undoes everything and is returned. Returns 0 and *out, FP_ENOMEM
- * (arena full), FP_EMSGSIZE (size larger than the arena could ever hold),
- * or a locking error. */
+ * publishing it in the registry: one step of the global allocator, so a
+ * crash leaves either no object or a fully built one. init must not
+ * allocate. Returns 0 and *out, FP_ENOMEM, FP_EMSGSIZE or FP_EAGAIN (no
+ * heap slot for this thread). */
 FP__SHM_HIDDEN int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
                                    int (*init)(void *obj, void *arg), void *arg,
                                    void **out);
 
-/* Unlinks an object from the registry, clears its magic and frees its chunk
- * in one atomic step. The caller has released everything the object owns. */
+/* Unlinks an object from the registry, clears its magic and retires its
+ * chunk in one step. The caller has released everything the object owns. */
 FP__SHM_HIDDEN int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o);
 
 /* Returns the object a ref names if it is a live object of that type, else
@@ -197,67 +491,11 @@ FP__SHM_HIDDEN void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type,
  * objects are 64-byte aligned, so offset / 64 fits in 34 bits. */
 FP__SHM_HIDDEN uint64_t fp__shm_obj_ref(const fp__shm_obj *o);
 
-/* Allocates `size` bytes and stores the chunk's offset into *slot, which
- * must lie inside the arena and be 0, as one atomic step of the allocator.
- * Returns 0, FP_ENOMEM or FP_EMSGSIZE; on failure *slot stays 0. */
-FP__SHM_HIDDEN int fp__shm_alloc_slot(fp_manager *m, uint64_t *slot,
-                                      uint64_t size);
-
-/* If *slot (inside the arena) is nonzero, frees that chunk of `size`
- * requested bytes and sets *slot to 0, atomically; *slot is read under the
- * allocator lock, so calling it again after a crash is harmless. size 0
- * means "the chunk's first u64 holds its size" (dict nodes, list values);
- * that word is then read under the lock too, after any allocator repair. */
-FP__SHM_HIDDEN void fp__shm_free_slot(fp_manager *m, uint64_t *slot,
-                                      uint64_t size);
-
-/* Locks a robust mutex guarding a structure with journal j (may be NULL),
- * repairing the structure if the previous holder died. Returns 0 or a
- * negative errno from pthread (e.g. -ENOTRECOVERABLE). */
-FP__SHM_HIDDEN int fp__shm_lock(fp_manager *m, pthread_mutex_t *mu,
-                                fp__shm_journal *j);
-FP__SHM_HIDDEN void fp__shm_unlock(pthread_mutex_t *mu);
-
-/* Initialises a robust, process-shared mutex of the given pthread type
- * (PTHREAD_MUTEX_NORMAL inside the library, ERRORCHECK for fp_lock) in the
- * arena. Returns 0 or a negative errno. */
-FP__SHM_HIDDEN int fp__shm_mutex_init(pthread_mutex_t *mu, int type);
-
-/* Journal protocol, used with the structure's lock held:
- *   fp__shm_jbegin(j)              state IDLE -> ACTIVE
- *   j->alloc_size[k] = n, then fp__shm_alloc_slot(m, &j->alloc[k], n)
- *     (size first: a repairer frees the slot with that size)
- *   fill the new chunks (unreachable, no logging needed)
- *   fp__shm_jset(m, j, &word, v)   for each reachable word changed
- *   fp__shm_jwrite(m, j, p, src, n) for a small reachable byte range; the
- *     8 bytes before p + n must belong to the same locked object
- *   j->release[k] = chunk, j->release_size[k] = n (plain stores)
- *   fp__shm_jcommit(m, j)          ACTIVE -> COMMITTED -> frees -> IDLE
- * or fp__shm_jabort(m, j) to roll back (e.g. after FP_ENOMEM). */
-FP__SHM_HIDDEN void fp__shm_jbegin(fp__shm_journal *j);
-FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_journal *j,
-                                 uint64_t *word, uint64_t v);
-FP__SHM_HIDDEN void fp__shm_jwrite(fp_manager *m, fp__shm_journal *j, void *dst,
-                                   const void *src, size_t n);
-FP__SHM_HIDDEN void fp__shm_jcommit(fp_manager *m, fp__shm_journal *j);
-FP__SHM_HIDDEN void fp__shm_jabort(fp_manager *m, fp__shm_journal *j);
-
-/* Repairs a journal left by a dead holder (rolls back or forward). */
-FP__SHM_HIDDEN void fp__shm_repair(fp_manager *m, fp__shm_journal *j);
-
-/* Class bytes of a request of `size` bytes (0 when it can never fit). */
-FP__SHM_HIDDEN uint64_t fp__shm_class_bytes(uint64_t size);
-
-/* The allocator's lock, for the checker: taking it repairs an allocator
- * step whose process died. Returns 0 or a negative errno. */
-FP__SHM_HIDDEN int fp__shm_alock(fp_manager *m);
-FP__SHM_HIDDEN void fp__shm_aunlock(fp_manager *m);
-
 /* Validates a value to be stored: exactly one well-formed encoded value.
  * Returns 0, FP_EINVAL (NULL), FP_EMSGSIZE (over 4 GiB) or FP_EPROTO. */
 FP__SHM_HIDDEN int fp__shm_check_value(const void *v, size_t vlen);
 
-/* Little-endian int64 helpers for in-place INT updates. */
+/* Little-endian int64 helpers. */
 static inline int64_t fp__shm_le64(const unsigned char *p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; i--)
@@ -269,12 +507,5 @@ static inline void fp__shm_put_le64(unsigned char *p, int64_t x) {
   for (int i = 0; i < 8; i++, v >>= 8)
     p[i] = (unsigned char)v;
 }
-
-/* Test hook for deterministic crash tests: when set to n > 0 in a process,
- * that process SIGKILLs itself at the n-th crash point it passes (every
- * logged store of the allocator and of the journals, every state change of
- * a journal, every step of a repair). 0 (the default) disables it. Process
- * local, not shared. */
-FP__SHM_HIDDEN extern long fp__shm_crash_countdown;
 
 #endif /* FP_IPC_SHM_ARENA_H */

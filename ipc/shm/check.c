@@ -1,64 +1,42 @@
 /* check.c - the manager's consistency checker.
  *
- * fp__shm_check() is the test suite's proof that a manager is sound: it
- * first settles every lock (a lock whose holder died repairs its structure
- * when taken), then accounts for every byte of the arena's carved area
- * [heap, brk): each chunk on an allocator free list and each chunk that a
- * live object owns is claimed once in a bitmap of 16-byte granules, so an
- * overlap or a chunk claimed twice fails, and at the end free plus live
- * bytes must equal the carved bytes (nothing leaked) and agree with the
- * counters in the arena header.
+ * fp__shm_check() is the test suite's proof that a manager is sound. It
+ * first settles: reclaims the heap of every dead thread (which repairs the
+ * update that thread was making) and takes and releases every lock. Then
+ * it accounts for every byte of the carved area [heap, brk): the
+ * allocator's walk (free spans, slab headers and free chunks, the global
+ * limbo), each heap's walk (cached and retired chunks), and each object's
+ * walk (its own chunk and every chunk it owns) claim 16-byte granules in a
+ * bitmap, so that a chunk claimed twice fails; at the end the handed-out
+ * bytes must equal the allocator's `used` and, with the allocator's own,
+ * cover [heap, brk) exactly (nothing leaked).
  *
  * This file is the only one that knows every object type: it dispatches to
- * the per-type walkers (fp__shm_dict_check, fp__shm_list_check) and lock
- * settlers, so that the arena itself (arena.c) knows none of them and the
- * object files depend on the arena, never the other way round.
+ * the per-type walkers and settlers (dict.c, list.c), so that the arena
+ * and the object files depend on each other in one direction only.
  */
 #include "ipc/shm/check.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* Takes and releases every lock of every object so that a structure whose
- * holder died gets repaired, and the allocator's lock likewise. */
+/* Reclaims dead threads' heaps, then takes and releases every lock of
+ * every object. The registry does not change meanwhile: the checker's
+ * caller guarantees that nobody else uses the manager. */
 static int settle_all(fp_manager *m) {
-  uint64_t off;
-  int rc;
+  int rc = fp__shm_reclaim_dead(m);
 
-  if ((rc = fp__shm_alock(m)) != 0)
+  if (rc != 0)
     return rc;
-  fp__shm_aunlock(m);
-  /* The registry may change under our feet only if someone else is active,
-   * which the checker's contract excludes. */
-  for (off = m->objects; off != 0;) {
+  for (uint64_t off = m->objects; off != 0;) {
     fp__shm_obj *o = fp__shm_ptr(m, off);
     if (o->type == FP__SHM_DICT)
-      rc = fp__shm_dict_settle(o);
+      fp__shm_dict_settle(o);
     else if (o->type == FP__SHM_LIST)
-      rc = fp__shm_list_settle(o);
-    if (rc != 0)
-      return rc;
+      fp__shm_list_settle(o);
     off = o->next;
   }
   return 0;
-}
-
-/* Claims every chunk on the allocator's free lists. The walks are bounded:
- * a cycle would claim a chunk twice and fail. */
-static int check_free_lists(fp__shm_checker *c) {
-  fp_manager *m = c->m;
-  int rc = 0;
-
-  for (uint32_t k = FP__SHM_MIN_SHIFT; k < FP__SHM_NCLASS && rc == 0; k++) {
-    uint64_t off = m->free_head[k];
-    while (off != 0 && rc == 0) {
-      rc = fp__shm_claim_range(c, off, (uint64_t)1 << k, "free list");
-      c->free_bytes += (uint64_t)1 << k;
-      if (rc == 0)
-        off = *(uint64_t *)fp__shm_ptr(m, off);
-    }
-  }
-  return rc;
 }
 
 /* Checks one object's header and hands it to its type's walker. */
@@ -70,7 +48,7 @@ static int check_object(fp__shm_checker *c, fp__shm_obj *o, uint64_t off,
       o->prev != prev)
     return fp__shm_fail(c, "object at %llu: bad header",
                         (unsigned long long)off);
-  if ((rc = fp__shm_claim(c, off, o->size, "object")) != 0)
+  if ((rc = fp__shm_claim(c, off, "object")) != 0)
     return rc;
   if (o->type == FP__SHM_DICT)
     return fp__shm_dict_check(c, o);
@@ -86,7 +64,8 @@ static int check_objects(fp__shm_checker *c) {
   int rc = 0;
 
   for (uint64_t off = m->objects; off != 0 && rc == 0;) {
-    if (off < m->heap || off % 64 != 0 || off + sizeof(fp__shm_obj) > m->brk)
+    if (off < m->heap || off % 64 != 0 || off + sizeof(fp__shm_obj) > m->brk ||
+        nobj > m->nobjects)
       return fp__shm_fail(c, "registry link %llu out of range",
                           (unsigned long long)off);
     fp__shm_obj *o = fp__shm_ptr(m, off);
@@ -102,22 +81,37 @@ static int check_objects(fp__shm_checker *c) {
   return rc;
 }
 
-/* Compares what the walk found with the header's counters. */
+/* Every heap in use or not: free heaps must be empty. */
+static int check_heaps(fp__shm_checker *c) {
+  fp_manager *m = c->m;
+  int rc = 0;
+
+  for (uint64_t i = 0; i < m->nheaps && rc == 0; i++) {
+    fp__shm_heap *h = fp__shm_heap_at(m, (int)i);
+    uint64_t s = atomic_load(&h->state);
+    if (s & FP__HS_RECLAIM)
+      return fp__shm_fail(c, "heap %d: reclaim left unfinished", (int)i);
+    if (i >= atomic_load(&m->heap_hw) && s != 0)
+      return fp__shm_fail(c, "heap %d: used above the high-water mark",
+                          (int)i);
+    rc = fp__shm_heap_check(c, h);
+  }
+  return rc;
+}
+
+/* Compares what the walks found with the allocator's counters. */
 static int check_totals(fp__shm_checker *c) {
   fp_manager *m = c->m;
 
-  if (c->live_bytes != m->used)
-    return fp__shm_fail(c, "live chunks hold %llu bytes, header says %llu",
-                        (unsigned long long)c->live_bytes,
+  if (c->out_bytes != m->used)
+    return fp__shm_fail(c, "handed-out chunks hold %llu bytes, header says "
+                           "%llu",
+                        (unsigned long long)c->out_bytes,
                         (unsigned long long)m->used);
-  if (c->live_chunks != m->nlive)
-    return fp__shm_fail(c, "%llu live chunks, header says %llu",
-                        (unsigned long long)c->live_chunks,
-                        (unsigned long long)m->nlive);
-  if (c->live_bytes + c->free_bytes != m->brk - m->heap)
-    return fp__shm_fail(c, "leak: live %llu + free %llu != carved %llu bytes",
-                        (unsigned long long)c->live_bytes,
-                        (unsigned long long)c->free_bytes,
+  if (c->out_bytes + c->pool_bytes != m->brk - m->heap)
+    return fp__shm_fail(c, "leak: out %llu + allocator %llu != carved %llu",
+                        (unsigned long long)c->out_bytes,
+                        (unsigned long long)c->pool_bytes,
                         (unsigned long long)(m->brk - m->heap));
   return 0;
 }
@@ -136,15 +130,15 @@ int fp__shm_check(fp_manager *m, char *err, size_t errlen) {
   c.m = m;
   c.err = err;
   c.errlen = errlen;
-  if (m->anundo != 0)
-    return fp__shm_fail(&c, "allocator log not empty");
   if (m->brk < m->heap || m->brk > m->size || m->brk % FP__SHM_PAGE != 0)
     return fp__shm_fail(&c, "brk %llu out of range",
                         (unsigned long long)m->brk);
   c.bits = calloc((m->brk - m->heap) / 16 / 64 + 1, 8);
   if (c.bits == NULL)
     return FP_ENOMEM;
-  rc = check_free_lists(&c);
+  rc = fp__shm_arena_check(&c);
+  if (rc == 0)
+    rc = check_heaps(&c);
   if (rc == 0)
     rc = check_objects(&c);
   if (rc == 0)

@@ -1,62 +1,115 @@
 /* check.h - the manager's consistency checker (internal header).
  *
- * The checker (check.c) accounts for every byte of an arena: the allocator
- * claims its free chunks, and each object type's walker claims the chunks
- * its object owns and verifies the type's invariants. The walkers live with
- * their types (dict.c, list.c) and use the claim primitives below, which
- * the arena (arena.c) provides; check.c alone dispatches on object types.
+ * The checker (check.c) accounts for every byte of an arena's carved area
+ * [heap, brk): each 16-byte granule must be claimed exactly once, either
+ * by the allocator's side (free spans, slab headers, free slab chunks) or
+ * as a chunk handed out (live in an object, cached in a heap, retired in a
+ * limbo). The allocator (arena.c) and the heaps (heap.c) walk their own
+ * parts; each object type's walker (dict.c, list.c) claims the chunks its
+ * object owns and verifies the type's invariants; check.c alone dispatches
+ * on object types. The claim primitives are inline here, so the walkers
+ * depend on no other file for them.
  */
 #ifndef FP_IPC_SHM_CHECK_H
 #define FP_IPC_SHM_CHECK_H
 
 #include "ipc/shm/arena.h"
 
-/* --- consistency checker ---------------------------------------------- */
+#include <stdarg.h>
+#include <stdio.h>
 
-/* State of one check run: a bitmap of 16-byte granules of [heap, brk)
- * already claimed by a free chunk or a live chunk. */
+/* State of one check run. */
 typedef struct fp__shm_checker {
   fp_manager *m;
-  uint64_t *bits;
-  uint64_t free_bytes; /* class bytes in free lists */
-  uint64_t live_bytes; /* class bytes reachable from objects */
-  uint64_t live_chunks;
+  uint64_t *bits;      /* one bit per 16-byte granule of [heap, brk) */
+  uint64_t pool_bytes; /* the allocator's own: free and overhead */
+  uint64_t out_bytes;  /* chunks handed out */
   char *err;
   size_t errlen;
 } fp__shm_checker;
 
-/* Claims the live chunk at off of `size` requested bytes for the walk and
- * counts it as live. Returns 0
- * or FP_EPROTO (out of range, misaligned, overlapping another chunk) with a
- * message in the checker. */
-FP__SHM_HIDDEN int fp__shm_claim(fp__shm_checker *c, uint64_t off,
-                                 uint64_t size, const char *what);
-/* Claims a free chunk of `size` class bytes (not counted as live). */
-FP__SHM_HIDDEN int fp__shm_claim_range(fp__shm_checker *c, uint64_t off,
-                                       uint64_t size, const char *what);
-FP__SHM_HIDDEN int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...)
+/* Records the first failure's message; returns FP_EPROTO. */
+static inline int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...)
     FP_PRINTF(2, 3);
+static inline int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...) {
+  va_list ap;
+
+  if (c->err != NULL && c->errlen > 0 && c->err[0] == '\0') {
+    va_start(ap, fmt);
+    vsnprintf(c->err, c->errlen, fmt, ap);
+    va_end(ap);
+  }
+  return FP_EPROTO;
+}
+
+/* Claims [off, off + bytes) for the walk; fails when it leaves [heap,
+ * brk) or overlaps anything claimed before. */
+static inline int fp__shm_claim_bytes(fp__shm_checker *c, uint64_t off,
+                                      uint64_t bytes, const char *what) {
+  fp_manager *m = c->m;
+
+  if (off < m->heap || off > m->brk || m->brk - off < bytes || off % 16 != 0 ||
+      bytes % 16 != 0)
+    return fp__shm_fail(c, "%s: %llu+%llu outside [%llu,%llu) or misaligned",
+                        what, (unsigned long long)off,
+                        (unsigned long long)bytes, (unsigned long long)m->heap,
+                        (unsigned long long)m->brk);
+  for (uint64_t g = (off - m->heap) / 16, n = bytes / 16; n > 0; g++, n--) {
+    if (c->bits[g / 64] & ((uint64_t)1 << (g % 64)))
+      return fp__shm_fail(c, "%s: chunk %llu overlaps another", what,
+                          (unsigned long long)off);
+    c->bits[g / 64] |= (uint64_t)1 << (g % 64);
+  }
+  return 0;
+}
+
+/* Claims the handed-out chunk at off (its size from the allocator). */
+static inline int fp__shm_claim(fp__shm_checker *c, uint64_t off,
+                                const char *what) {
+  uint64_t bytes = fp__shm_chunk_bytes(c->m, off);
+
+  if (bytes == 0)
+    return fp__shm_fail(c, "%s: %llu is not a chunk", what,
+                        (unsigned long long)off);
+  c->out_bytes += bytes;
+  return fp__shm_claim_bytes(c, off, bytes, what);
+}
+
+/* Claims every chunk of a list linked through word 0 (a limbo); *n gets
+ * the count. Bounded: a cycle claims a chunk twice and fails. */
+static inline int fp__shm_claim_list(fp__shm_checker *c, uint64_t head,
+                                     uint64_t *n, const char *what) {
+  int rc = 0;
+
+  *n = 0;
+  for (uint64_t off = head; off != 0 && rc == 0; (*n)++) {
+    if ((rc = fp__shm_claim(c, off, what)) == 0)
+      off = *(uint64_t *)fp__shm_ptr(c->m, off);
+  }
+  return rc;
+}
+
+/* The allocator's and the heaps' own walks (arena.c, heap.c). */
+FP__SHM_HIDDEN int fp__shm_arena_check(fp__shm_checker *c);
+FP__SHM_HIDDEN int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h);
 
 /* Per-type walkers called by fp__shm_check (after the object's own chunk
  * was claimed): claim every chunk the object owns and verify its
  * invariants. Return 0 or FP_EPROTO. */
 FP__SHM_HIDDEN int fp__shm_dict_check(fp__shm_checker *c, fp__shm_obj *o);
 FP__SHM_HIDDEN int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o);
-FP__SHM_HIDDEN int fp__shm_check_journal(fp__shm_checker *c,
-                                         const fp__shm_journal *j);
 
-/* Per-type "take and release every lock" hooks, used by fp__shm_check to
- * make each lock repair what a dead holder left. */
-FP__SHM_HIDDEN int fp__shm_dict_settle(fp__shm_obj *o);
-FP__SHM_HIDDEN int fp__shm_list_settle(fp__shm_obj *o);
+/* Per-type "take and release every lock" hooks: a lock whose holder died
+ * is taken over, which repairs its structure. */
+FP__SHM_HIDDEN void fp__shm_dict_settle(fp__shm_obj *o);
+FP__SHM_HIDDEN void fp__shm_list_settle(fp__shm_obj *o);
 
-/* Full consistency check of a manager: settles every lock (repairing
- * structures whose holder died), then walks the allocator's free lists and
- * every object, claiming each chunk exactly once, and verifies that free
- * plus live chunks account for every byte of [heap, brk) (no leak, no
- * overlap) and that the counters in the header agree. Call it only while
- * no other process uses the manager. Returns 0, or FP_EPROTO with a
- * description in err (may be NULL), or FP_ENOMEM for its own bitmap. */
+/* Full consistency check of a manager: reclaims the heaps of dead threads
+ * and settles every lock (repairing interrupted updates), then claims
+ * every granule of [heap, brk) exactly once (no leak, no overlap) and
+ * checks that the allocator's counters agree. Call it only while no other
+ * process uses the manager. Returns 0, or FP_EPROTO with a description in
+ * err (may be NULL), or FP_ENOMEM for its own bitmap. */
 FP__SHM_HIDDEN int fp__shm_check(fp_manager *m, char *err, size_t errlen);
 
 #endif /* FP_IPC_SHM_CHECK_H */

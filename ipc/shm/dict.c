@@ -1,58 +1,77 @@
 /* dict.c - the manager's shared dict: byte-string keys -> codec values.
  *
- * A dict is one arena object holding 32 stripes. A key's 64-bit hash picks
- * its stripe (top 5 bits) and its home bucket inside the stripe (low bits).
- * Each stripe is an independent open-addressing hash table with linear
- * probing, guarded by its own robust process-shared mutex and journal, so
- * processes working on keys of different stripes do not contend.
+ * A dict is one arena object holding 256 stripes, each on its own cache
+ * line. A key's 64-bit hash picks its stripe (top 8 bits) and its home
+ * bucket (the low 28 bits, scaled to the table's size). Each stripe is an
+ * open-addressing table with linear probing and its own lock, taken only
+ * by writers that change the table; readers and in-place updates of
+ * numbers take no lock at all.
  *
  * Layout (offsets from the arena base):
- *   stripe.buckets -> u64[cap]: 0 = empty, 1 = tombstone, else
- *                     tag << 40 | node offset (tag: 24 bits of the hash,
- *                     so a probe rejects most other keys without touching
- *                     their node)
- *   node: u64 size | u64 hash | u32 klen | u32 vlen | key | value
- * The value is stored encoded (one codec value), so a get is a copy.
+ *   stripe.table -> table: u64 link | u64 cap | u64 bucket[cap]
+ *     bucket: 0 empty, 1 tombstone, else hash28 << 36 | node offset / 16
+ *   node: u64 link | u64 hash | u32 klen | u32 vlen | 7 pad | u8 tag |
+ *         u64 payload | u64 state | key | value
+ * A node whose value is an INT or a FLOAT (9 bytes encoded) is a scalar
+ * node: its value lives in payload (tag holds the type byte), next to a
+ * state word, 16-byte aligned, so that both can be compared and swapped
+ * together. Any other value follows the key, and never changes: replacing
+ * it publishes a new node.
  *
- * Invariants of a stripe while its lock is free: cap is 0 or a power of two;
- * count live nodes and tombs tombstones are in the table; count + tombs <
- * cap (some bucket is empty, so every probe ends); every node is reachable
- * from exactly one bucket, sits in the probe sequence of its hash, and no
- * two nodes hold equal keys; the journal is idle.
+ * Readers (get, contains, the typed getters) pin their heap (heap.c),
+ * follow the stripe's table word to a bucket and the bucket to a node, and
+ * copy. They write nothing shared. What they read stays valid while they
+ * are pinned: writers publish a new table or node with one store and
+ * retire the old one, which is not reused before every pinned call that
+ * might have seen it has finished. A reader that started on an old table
+ * finishes on that frozen snapshot, which is the state at some moment
+ * during its call.
  *
- * Every mutation follows the journal protocol of arena.h: new nodes
- * and new bucket tables are allocated into the journal's alloc slots and
- * filled while unreachable; then the few reachable words (a bucket, count,
- * tombs, buckets/cap) are changed through the undo log; the replaced node
- * or table goes into a release slot, freed after the commit. A process
- * killed anywhere in between is rolled back or forward by the next locker,
- * so a reader never sees a half-written node or a half-built table. Small
- * same-size values (ints, short strings) are overwritten in place through
- * the undo log instead of allocating a node, which keeps fp_dict_add_int
- * allocation-free.
+ * Scalar updates in place (fp_dict_add_int, and set of an INT or FLOAT
+ * over a value of the same type) take no lock either: one double-width
+ * compare-and-swap of (payload, state) that requires state == 0 (live). A
+ * writer that unlinks or replaces a scalar node first seals it (state 1)
+ * under the stripe lock, so an update either landed before the seal --
+ * and the writer's read of the final value includes it (pop) -- or fails
+ * and retries under the lock. A node's own cache line is the only shared
+ * line such an update writes: processes updating different keys do not
+ * touch each other's lines.
+ *
+ * Writers (insert, replace, delete, clear, the atomic helpers on missing
+ * keys) lock the stripe and follow the journal protocol (journal.c): the
+ * new node and a bigger table are allocated into the journal's alloc slots
+ * and filled while unreachable, the few reachable words (a bucket, the
+ * counts, the table word, a node's state) change through the undo log, and
+ * what was unlinked is retired after the commit. A process killed anywhere
+ * in between is rolled back or forward by the next locker.
+ *
+ * Growth: a stripe whose table passes 75% full (live plus tombstones) gets
+ * a new table of twice its live keys, rehashed from the bucket words alone
+ * (they keep 28 hash bits, so no node is read), published with one store.
+ * 256 stripes each resizing on its own keep every call O(1) amortised and
+ * the longest pause to one stripe's copy (a 256th of the dict).
  */
 #include "ipc/shm/check.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define NSTRIPE 32
-#define STRIPE_SHIFT 59 /* 64 - log2(NSTRIPE) */
-#define NODE_HDR 24
-#define INPLACE_MAX 40 /* values up to this size are updated in place */
+#define NSTRIPE 256
+#define STRIPE_SHIFT 56 /* 64 - log2(NSTRIPE) */
+#define NODE_HDR 48
+#define TBL_HDR 16
 #define TOMB 1
-#define OFF_MASK (FP__SHM_MAX_SIZE - 1)
-#define BOFF(b) ((b)&OFF_MASK)
-#define TAG(h) (((h) >> 16) & 0xffffff)
-#define BUCKET(h, off) (TAG(h) << 40 | (off))
+#define HBITS 28
+#define HMASK (((uint64_t)1 << HBITS) - 1)
+#define BKT(h, off) (((h)&HMASK) << 36 | fp__shm_cref(off))
+#define BKT_HASH(b) ((b) >> 36)
 
 typedef struct stripe {
-  pthread_mutex_t mu;
-  uint64_t buckets; /* offset of u64[cap], 0 when cap is 0 */
-  uint64_t cap;
-  uint64_t count;
-  uint64_t tombs;
-  fp__shm_journal j;
+  fp__shm_mutex mu;
+  uint32_t pad;
+  _Atomic uint64_t table; /* offset of the table, 0 when none */
+  _Atomic uint64_t count; /* live keys */
+  _Atomic uint64_t tombs; /* tombstones */
 } __attribute__((aligned(64))) stripe;
 
 struct fp_dict {
@@ -60,17 +79,31 @@ struct fp_dict {
   stripe s[NSTRIPE];
 };
 
+typedef struct table {
+  uint64_t link;
+  uint64_t cap;
+  _Atomic uint64_t b[];
+} table;
+
 typedef struct node {
-  uint64_t size; /* bytes requested for this chunk: NODE_HDR + klen + vlen */
+  uint64_t link;
   uint64_t hash;
   uint32_t klen;
   uint32_t vlen;
-  unsigned char data[]; /* key, then value */
+  unsigned char pad[7];
+  unsigned char tag;        /* offset 31: FP_INT or FP_FLOAT, scalar nodes */
+  _Atomic uint64_t payload; /* offset 32: a scalar's value */
+  _Atomic uint64_t state;   /* offset 40: 0 live, 1 sealed */
+  unsigned char data[];     /* key, then a non-scalar value */
 } node;
 
+_Static_assert(offsetof(node, payload) == 32 && offsetof(node, data) ==
+                   NODE_HDR,
+               "node layout");
+
 /* 64-bit hash of a byte string: 8 bytes at a time through a multiply-xor
- * mix, finished with murmur3's fmix64 so every input bit reaches the top
- * bits that pick the stripe. */
+ * mix, finished with murmur3's fmix64 so every input bit reaches both the
+ * top bits (stripe) and the low bits (bucket). */
 static uint64_t hash_key(const void *key, size_t n) {
   const unsigned char *p = key;
   uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * 0xff51afd7ed558ccdULL), v;
@@ -97,50 +130,70 @@ static fp_manager *mgr(fp_dict *d) {
   return fp__shm_of(&d->hdr);
 }
 
-static uint64_t *table(fp_manager *m, stripe *s) {
-  return fp__shm_ptr(m, s->buckets);
+static table *table_at(fp_manager *m, uint64_t off) {
+  return off ? fp__shm_ptr(m, off) : NULL;
 }
 
-static node *node_at(fp_manager *m, uint64_t off) {
-  return fp__shm_ptr(m, off);
+static node *node_at(fp_manager *m, uint64_t bucket) {
+  return fp__shm_ptr(m, fp__shm_cref_off(bucket));
 }
 
-static unsigned char *node_value(node *n) {
-  return n->data + n->klen;
+/* The home bucket of a hash in a table of cap buckets. */
+static uint64_t home(uint64_t h, uint64_t cap) {
+  return ((h & HMASK) * cap) >> HBITS;
 }
 
-/* Looks key up in a stripe. Returns the bucket index holding it, or -1.
- * When ins is not NULL it receives the bucket where the key would be
- * inserted (the first tombstone or empty bucket of the probe sequence). */
-static int64_t lookup(fp_manager *m, stripe *s, const void *key, size_t klen,
+static int is_scalar_value(const void *v, size_t n) {
+  const unsigned char *p = v;
+  return n == 9 && (p[0] == FP_INT || p[0] == FP_FLOAT);
+}
+
+static int is_scalar(const node *nd) {
+  return nd->tag != 0;
+}
+
+/* A node's encoded value: a pointer into the node, or, for a scalar, the
+ * 9 bytes rebuilt in buf from one atomic load of the payload. */
+static const unsigned char *node_value(node *nd, unsigned char buf[9]) {
+  if (!is_scalar(nd))
+    return nd->data + nd->klen;
+  buf[0] = nd->tag;
+  fp__shm_put_le64(buf + 1, (int64_t)atomic_load(&nd->payload));
+  return buf;
+}
+
+/* Looks key up in table t (NULL: empty). Returns the bucket index holding
+ * it, or -1. When ins is not NULL it receives the bucket where the key
+ * would go (the first tombstone or empty bucket of its probe sequence).
+ * Safe without the lock: buckets are read atomically and nodes never
+ * change (but for a scalar's payload). */
+static int64_t lookup(fp_manager *m, table *t, const void *key, size_t klen,
                       uint64_t h, uint64_t *ins) {
-  uint64_t mask, i, *b, first = UINT64_MAX;
+  uint64_t first = UINT64_MAX, cap, i, b;
 
-  if (s->cap == 0) {
-    if (ins != NULL)
-      *ins = UINT64_MAX;
+  if (ins != NULL)
+    *ins = UINT64_MAX;
+  if (t == NULL)
     return -1;
-  }
-  mask = s->cap - 1;
-  b = table(m, s);
-  /* At most cap probes: the invariant guarantees an empty bucket. */
-  for (uint64_t n = 0, i0 = h & mask; n < s->cap; n++) {
-    i = (i0 + n) & mask;
-    if (b[i] == 0) {
+  cap = t->cap;
+  i = home(h, cap);
+  /* At most cap probes: the table always has an empty bucket. */
+  for (uint64_t n = 0; n < cap; n++, i = i + 1 == cap ? 0 : i + 1) {
+    b = atomic_load_explicit(&t->b[i], memory_order_acquire);
+    if (b == 0) {
       if (first == UINT64_MAX)
         first = i;
       break;
     }
-    if (b[i] == TOMB) {
+    if (b == TOMB) {
       if (first == UINT64_MAX)
         first = i;
       continue;
     }
-    if ((b[i] >> 40) != TAG(h))
+    if (BKT_HASH(b) != (h & HMASK))
       continue;
-    node *nd = node_at(m, BOFF(b[i]));
-    if (nd->hash == h && nd->klen == klen &&
-        (klen == 0 || memcmp(nd->data, key, klen) == 0))
+    node *nd = node_at(m, b);
+    if (nd->klen == klen && (klen == 0 || memcmp(nd->data, key, klen) == 0))
       return (int64_t)i;
   }
   if (ins != NULL)
@@ -148,22 +201,76 @@ static int64_t lookup(fp_manager *m, stripe *s, const void *key, size_t klen,
   return -1;
 }
 
-/* Locks a stripe of a checked dict, repairing it if the previous holder
- * died; FP_EINVAL (nothing locked) when a destroy of the dict began: the
- * destroy marks the dict before it clears the stripes, so whoever locks a
- * stripe after the destroy's pass sees the mark and changes nothing. */
-static int lock_stripe(fp_dict *d, stripe *s) {
-  int rc = fp__shm_lock(mgr(d), &s->mu, &s->j);
-  if (rc == 0 && !fp__shm_obj_alive(&d->hdr)) {
-    fp__shm_unlock(&s->mu);
-    rc = FP_EINVAL;
-  }
-  return rc;
+/* --- scalars in place ------------------------------------------------------- */
+
+/* Compare-and-swap of a live scalar node's payload from *expect to want,
+ * together with the check that its state is 0. Returns 1 on success, 0
+ * when the payload had changed (*expect gets it), -1 when the node is
+ * sealed, -2 when the machine has no double-width compare-and-swap. */
+static int cas_live(node *nd, uint64_t *expect, uint64_t want) {
+#if defined(__x86_64__)
+  volatile unsigned __int128 *pair = (void *)&nd->payload;
+  uint64_t lo = *expect, hi = 0;
+  unsigned char ok;
+  __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                       : "=q"(ok), "+m"(*pair), "+a"(lo), "+d"(hi)
+                       : "b"(want), "c"((uint64_t)0)
+                       : "memory", "cc");
+  if (ok)
+    return 1;
+  *expect = lo;
+  return hi != 0 ? -1 : 0;
+#else
+  (void)nd;
+  (void)expect;
+  (void)want;
+  return -2;
+#endif
 }
 
-/* Common argument checks; finds the key's stripe. */
+/* Adds delta to (add) or stores v into (!add) a scalar node. Returns 0
+ * (*newv gets the new payload), or 1 if the node is sealed or the machine
+ * cannot do it without the lock. Under the stripe lock, the fallback of a
+ * machine without double-width CAS is a plain atomic: no lock-free updater
+ * exists there. */
+static int scalar_update(node *nd, int add, uint64_t v, uint64_t *newv,
+                         int locked) {
+  uint64_t cur = atomic_load(&nd->payload);
+
+  for (;;) {
+    uint64_t want = add ? cur + v : v;
+    int r = cas_live(nd, &cur, want);
+    if (r == 1) {
+      *newv = want;
+      return 0;
+    }
+    if (r == -1)
+      return 1;
+    if (r == -2) {
+      if (!locked)
+        return 1;
+      *newv = add ? atomic_fetch_add(&nd->payload, v) + v
+                  : (atomic_store(&nd->payload, v), v);
+      return 0;
+    }
+  }
+}
+
+/* Seals a scalar node about to be unlinked (journaled: a rollback makes it
+ * live again), then returns its final payload: no update lands after the
+ * seal, and the full fence orders the load after it. */
+static uint64_t seal(fp_manager *m, fp__shm_heap *h, node *nd) {
+  fp__shm_jset(m, h, (uint64_t *)&nd->state, 1);
+  atomic_thread_fence(memory_order_seq_cst);
+  return atomic_load(&nd->payload);
+}
+
+/* --- handles, locks --------------------------------------------------------- */
+
+/* Common argument checks; finds the key's stripe and the caller's heap,
+ * and pins the heap. */
 static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
-                   uint64_t *h) {
+                   uint64_t *h, fp__shm_heap **hp) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
   if (rc != 0)
     return rc;
@@ -171,19 +278,46 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
     return FP_EINVAL;
   if (klen > FP_DICT_KEY_MAX)
     return FP_EMSGSIZE;
+  if ((*hp = fp__shm_heap_get(mgr(d))) == NULL)
+    return FP_ENOMEM;
   *h = hash_key(key, klen);
   *s = &d->s[*h >> STRIPE_SHIFT];
+  fp__shm_pin(mgr(d), *hp);
   return 0;
 }
 
-static int init_dict(void *obj, void *arg) {
-  fp_dict *d = obj;
-  int rc;
+/* Ends a call: unpins, and lets the heap reuse what it retired. */
+static void done(fp_manager *m, fp__shm_heap *h) {
+  fp__shm_unpin(h);
+  if (h->nlimbo >= 64)
+    fp__shm_collect(m, h, 64);
+}
 
-  for (int i = 0; i < NSTRIPE; i++)
-    if ((rc = fp__shm_mutex_init(&d->s[i].mu, PTHREAD_MUTEX_NORMAL)) != 0)
-      return rc;
+/* Locks a stripe, repairing it if the previous holder died; FP_EINVAL
+ * (nothing locked) when a destroy of the dict began: the destroy marks the
+ * dict before it clears the stripes, so whoever locks a stripe after the
+ * destroy's pass sees the mark and changes nothing. */
+static int lock_stripe(fp_dict *d, fp__shm_heap *h, stripe *s) {
+  fp__shm_lock(mgr(d), h, &s->mu);
+  if (!fp__shm_obj_alive(&d->hdr)) {
+    fp__shm_unlock(&s->mu);
+    return FP_EINVAL;
+  }
   return 0;
+}
+
+/* Commits the open journal and unlocks; the retiring half of the commit
+ * needs no lock (journal.c). */
+static void commit_unlock(fp_manager *m, fp__shm_heap *h, stripe *s) {
+  fp__shm_jmark(h);
+  fp__shm_unlock(&s->mu);
+  fp__shm_jfinish(m, h);
+}
+
+static int init_dict(void *obj, void *arg) {
+  (void)obj;
+  (void)arg;
+  return 0; /* zero is a free lock and an empty stripe */
 }
 
 int fp_dict_new(fp_manager *m, fp_dict **out) {
@@ -200,107 +334,211 @@ int fp_dict_new(fp_manager *m, fp_dict **out) {
   return rc;
 }
 
-/* Makes room for one more key in a stripe: when the table would pass 70%
- * full (live + tombstones), builds a new table sized for twice the live
- * keys in the journal's alloc slot 1, rehashes into it (unreachable, so
- * unlogged) and publishes it; the old table goes to release slot 1. Called
- * inside an open journal. Returns 0 or FP_ENOMEM / FP_EMSGSIZE. */
-static int reserve_one(fp_manager *m, stripe *s) {
-  uint64_t ncap = 8, *nb, *ob, mask;
-  int rc;
+/* --- writers ----------------------------------------------------------------- */
 
-  if ((s->count + s->tombs + 1) * 10 <= s->cap * 7)
-    return 0;
-  while (ncap < (s->count + 1) * 2)
-    ncap *= 2;
-  s->j.alloc_size[1] = ncap * 8; /* before the slot: see arena.h */
-  if ((rc = fp__shm_alloc_slot(m, &s->j.alloc[1], ncap * 8)) != 0)
-    return rc;
-  nb = fp__shm_ptr(m, s->j.alloc[1]);
-  memset(nb, 0, ncap * 8);
-  mask = ncap - 1;
-  ob = s->cap ? table(m, s) : NULL;
-  for (uint64_t i = 0; i < s->cap; i++) {
-    if (ob[i] <= TOMB)
-      continue;
-    uint64_t k = node_at(m, BOFF(ob[i]))->hash & mask;
-    while (nb[k] != 0)
-      k = (k + 1) & mask;
-    nb[k] = ob[i];
-  }
-  if (s->cap != 0) {
-    s->j.release[1] = s->buckets;
-    s->j.release_size[1] = s->cap * 8;
-  }
-  fp__shm_jset(m, &s->j, &s->buckets, s->j.alloc[1]);
-  fp__shm_jset(m, &s->j, &s->cap, ncap);
-  fp__shm_jset(m, &s->j, &s->tombs, 0);
-  return 0;
+/* Bytes of a table that holds at least want buckets, rounded up to what
+ * the allocator hands out anyway (a class, or whole pages) so that no
+ * byte of the chunk is wasted: the capacity follows from the bytes. */
+static uint64_t table_bytes(uint64_t want) {
+  uint64_t bytes = TBL_HDR + want * 8;
+  if (bytes <= FP__SHM_SMALL_MAX)
+    return fp__shm_class_size(fp__shm_class_of(bytes));
+  return (bytes + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
 }
 
 /* Builds a node for (key, value) in the journal's alloc slot 0. */
-static int make_node(fp_manager *m, stripe *s, const void *key, size_t klen,
-                     uint64_t h, const void *val, size_t vlen) {
-  uint64_t size = NODE_HDR + klen + vlen;
+static int make_node(fp_manager *m, fp__shm_heap *h, const void *key,
+                     size_t klen, uint64_t hash, const void *val,
+                     size_t vlen) {
+  int scalar = is_scalar_value(val, vlen);
+  uint64_t size = NODE_HDR + klen + (scalar ? 0 : vlen);
   node *nd;
   int rc;
 
-  s->j.alloc_size[0] = size; /* before the slot: see arena.h */
-  if ((rc = fp__shm_alloc_slot(m, &s->j.alloc[0], size)) != 0)
+  if ((rc = fp__shm_alloc(m, h, &h->j.alloc[0], size)) != 0)
     return rc;
-  nd = node_at(m, s->j.alloc[0]);
-  nd->size = size;
-  nd->hash = h;
+  nd = fp__shm_ptr(m, h->j.alloc[0]);
+  memset((char *)nd + 8, 0, NODE_HDR - 8);
+  nd->hash = hash;
   nd->klen = (uint32_t)klen;
   nd->vlen = (uint32_t)vlen;
   if (klen)
     memcpy(nd->data, key, klen);
-  memcpy(nd->data + klen, val, vlen);
+  if (scalar) {
+    nd->tag = *(const unsigned char *)val;
+    atomic_store_explicit(
+        &nd->payload, (uint64_t)fp__shm_le64((const unsigned char *)val + 1),
+        memory_order_relaxed);
+  } else {
+    memcpy(nd->data + klen, val, vlen);
+  }
   return 0;
 }
 
-/* Inserts a key known to be absent (journal open). */
-static int insert_new(fp_manager *m, stripe *s, const void *key, size_t klen,
-                      uint64_t h, const void *val, size_t vlen) {
+/* Makes room for one more key in a stripe (journal open): when the table
+ * would pass 75% full (live + tombstones), builds a table for twice the
+ * live keys in alloc slot 1, rehashes into it from the bucket words alone
+ * (unreachable, so unlogged) and publishes it; the old table is released.
+ * Returns 0 or FP_ENOMEM / FP_EMSGSIZE; *t gets the table to insert in. */
+static int reserve_one(fp_manager *m, fp__shm_heap *h, stripe *s,
+                       table **t) {
+  uint64_t count = s->count, cap = *t ? (*t)->cap : 0, ncap;
+  table *nt;
+  int rc;
+
+  if ((count + s->tombs + 1) * 4 <= cap * 3)
+    return 0;
+  ncap = (table_bytes(count < 4 ? 8 : 2 * (count + 1)) - TBL_HDR) / 8;
+  if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + ncap * 8)) != 0)
+    return rc;
+  nt = fp__shm_ptr(m, h->j.alloc[1]);
+  nt->cap = ncap;
+  memset((void *)nt->b, 0, ncap * 8);
+  for (uint64_t i = 0; i < cap; i++) {
+    uint64_t b = atomic_load_explicit(&(*t)->b[i], memory_order_relaxed);
+    if (b <= TOMB)
+      continue;
+    uint64_t k = ((BKT_HASH(b)) * ncap) >> HBITS;
+    while (nt->b[k] != 0)
+      k = k + 1 == ncap ? 0 : k + 1;
+    atomic_store_explicit(&nt->b[k], b, memory_order_relaxed);
+  }
+  if (*t != NULL)
+    h->j.release[1] = fp__shm_off(m, *t);
+  fp__shm_jset(m, h, (uint64_t *)&s->table, h->j.alloc[1]);
+  if (s->tombs != 0)
+    fp__shm_jset(m, h, (uint64_t *)&s->tombs, 0);
+  *t = nt;
+  return 0;
+}
+
+/* Inserts a key known to be absent (journal open, stripe locked). */
+static int insert_new(fp_manager *m, fp__shm_heap *h, stripe *s,
+                      const void *key, size_t klen, uint64_t hash,
+                      const void *val, size_t vlen) {
+  table *t = table_at(m, s->table), *old = t;
   uint64_t ins;
   int rc;
 
-  if ((rc = make_node(m, s, key, klen, h, val, vlen)) != 0)
+  if ((rc = make_node(m, h, key, klen, hash, val, vlen)) != 0 ||
+      (rc = reserve_one(m, h, s, &t)) != 0)
     return rc;
-  if ((rc = reserve_one(m, s)) != 0)
-    return rc;
-  lookup(m, s, key, klen, h, &ins);
+  lookup(m, t, key, klen, hash, &ins);
   if (ins == UINT64_MAX)
     abort(); /* reserve_one guarantees a free bucket */
-  if (table(m, s)[ins] == TOMB)
-    fp__shm_jset(m, &s->j, &s->tombs, s->tombs - 1);
-  fp__shm_jset(m, &s->j, &table(m, s)[ins], BUCKET(h, s->j.alloc[0]));
-  fp__shm_jset(m, &s->j, &s->count, s->count + 1);
+  if (t == old && atomic_load(&t->b[ins]) == TOMB)
+    fp__shm_jset(m, h, (uint64_t *)&s->tombs, s->tombs - 1);
+  fp__shm_jset(m, h, (uint64_t *)&t->b[ins], BKT(hash, h->j.alloc[0]));
+  fp__shm_jset(m, h, (uint64_t *)&s->count, s->count + 1);
   return 0;
 }
 
-/* Replaces the value of the node in bucket i (journal open): in place when
- * the size is unchanged and small, else with a new node. */
-static int replace_value(fp_manager *m, stripe *s, uint64_t i, const void *val,
-                         size_t vlen) {
-  uint64_t *b = table(m, s);
-  node *old = node_at(m, BOFF(b[i]));
-  int rc;
+/* Replaces the node in bucket i with a new one holding val (journal
+ * open); a scalar node is sealed first. */
+static int replace_node(fp_manager *m, fp__shm_heap *h, table *t, uint64_t i,
+                        const void *val, size_t vlen) {
+  node *old = node_at(m, atomic_load(&t->b[i]));
+  int rc = make_node(m, h, old->data, old->klen, old->hash, val, vlen);
 
-  if (old->vlen == vlen && vlen <= INPLACE_MAX) {
-    fp__shm_jwrite(m, &s->j, node_value(old), val, vlen);
-    return 0;
-  }
-  rc = make_node(m, s, old->data, old->klen, old->hash, val, vlen);
   if (rc != 0)
     return rc;
-  s->j.release[0] = BOFF(b[i]);
-  s->j.release_size[0] = old->size;
-  fp__shm_jset(m, &s->j, &b[i], BUCKET(old->hash, s->j.alloc[0]));
+  if (is_scalar(old))
+    seal(m, h, old);
+  h->j.release[0] = fp__shm_off(m, old);
+  fp__shm_jset(m, h, (uint64_t *)&t->b[i], BKT(old->hash, h->j.alloc[0]));
   return 0;
 }
 
 enum { W_SET, W_IF_ABSENT, W_SETDEFAULT, W_ADD };
+
+/* The locked write for a key present in bucket i of t. Returns as
+ * dict_write; the journal is committed or aborted, the stripe unlocked. */
+static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
+                         uint64_t i, const void *val, size_t vlen, int mode,
+                         uint64_t delta, int64_t *newv, fp_writer *out) {
+  node *nd = node_at(m, atomic_load(&t->b[i]));
+  unsigned char buf[9];
+  uint64_t nv = 0;
+  int rc = 0;
+
+  if (mode == W_IF_ABSENT || mode == W_SETDEFAULT) {
+    if (mode == W_SETDEFAULT && out != NULL)
+      rc = fp_write_raw(out, node_value(nd, buf), nd->vlen);
+    fp__shm_unlock(&s->mu);
+    return rc != 0 ? rc : mode == W_IF_ABSENT ? FP_EEXIST : 1;
+  }
+  if (mode == W_ADD && nd->tag != FP_INT) {
+    fp__shm_unlock(&s->mu);
+    return FP_ETYPE;
+  }
+  if (is_scalar(nd) && (mode == W_ADD || (is_scalar_value(val, vlen) &&
+                                          *(const uint8_t *)val == nd->tag))) {
+    uint64_t v = mode == W_ADD ? delta
+                               : (uint64_t)fp__shm_le64(
+                                     (const unsigned char *)val + 1);
+    scalar_update(nd, mode == W_ADD, v, &nv, 1); /* never sealed: locked */
+    if (newv != NULL)
+      *newv = (int64_t)nv;
+    fp__shm_unlock(&s->mu);
+    return 0;
+  }
+  fp__shm_jbegin(h);
+  if ((rc = replace_node(m, h, t, i, val, vlen)) != 0) {
+    fp__shm_jabort(m, h);
+    fp__shm_unlock(&s->mu);
+    return rc;
+  }
+  commit_unlock(m, h, s);
+  return 0;
+}
+
+/* The locked write for an absent key. */
+static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
+                        const void *key, size_t klen, uint64_t hash,
+                        const void *val, size_t vlen, int mode,
+                        fp_writer *out) {
+  int rc;
+
+  fp__shm_jbegin(h);
+  if ((rc = insert_new(m, h, s, key, klen, hash, val, vlen)) != 0) {
+    fp__shm_jabort(m, h);
+    fp__shm_unlock(&s->mu);
+    return rc;
+  }
+  commit_unlock(m, h, s);
+  if (mode == W_SETDEFAULT && out != NULL)
+    return fp_write_raw(out, val, vlen);
+  return 0;
+}
+
+/* The lock-free attempt of set (a scalar over a scalar of its type) and
+ * add: returns 0 or FP_ETYPE when done, 1 when the lock is needed. */
+static int write_lockfree(fp_manager *m, stripe *s, const void *key,
+                          size_t klen, uint64_t hash, const void *val,
+                          size_t vlen, int mode, uint64_t delta,
+                          int64_t *newv) {
+  table *t = table_at(m, atomic_load_explicit(&s->table, memory_order_acquire));
+  int64_t i = lookup(m, t, key, klen, hash, NULL);
+  uint64_t nv;
+  node *nd;
+
+  if (i < 0)
+    return 1; /* an insert: needs the lock */
+  nd = node_at(m, atomic_load(&t->b[i]));
+  if (mode == W_ADD && nd->tag != FP_INT)
+    return FP_ETYPE;
+  if (mode == W_SET && (!is_scalar(nd) || *(const uint8_t *)val != nd->tag))
+    return 1;
+  if (scalar_update(nd, mode == W_ADD,
+                    mode == W_ADD ? delta
+                                  : (uint64_t)fp__shm_le64(
+                                        (const unsigned char *)val + 1),
+                    &nv, 0) != 0)
+    return 1;
+  if (newv != NULL)
+    *newv = (int64_t)nv;
+  return 0;
+}
 
 /* The one write path: set, set-if-absent, setdefault and add-int. Returns
  * 0 (stored), 1 (setdefault: key present), FP_EEXIST, FP_ETYPE or an
@@ -308,73 +546,45 @@ enum { W_SET, W_IF_ABSENT, W_SETDEFAULT, W_ADD };
 static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
                       size_t vlen, int mode, int64_t delta, int64_t *newv,
                       fp_writer *out) {
-  unsigned char ibuf[9];
+  unsigned char ibuf[9] = {FP_INT};
+  fp__shm_heap *h;
   fp_manager *m;
+  uint64_t hash;
   stripe *s;
-  uint64_t h;
   int64_t i;
   int rc;
 
-  if ((rc = prepare(d, key, klen, &s, &h)) != 0)
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
     return rc;
   if (mode != W_ADD && (rc = fp__shm_check_value(val, vlen)) != 0)
     return rc;
-  m = mgr(d);
-  if ((rc = lock_stripe(d, s)) != 0)
+  if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
     return rc;
-  i = lookup(m, s, key, klen, h, NULL);
-  if (i >= 0) {
-    node *nd = node_at(m, BOFF(table(m, s)[i]));
-    unsigned char *v = node_value(nd);
-    switch (mode) {
-    case W_IF_ABSENT:
-      rc = FP_EEXIST;
-      break;
-    case W_SETDEFAULT:
-      rc = out != NULL ? fp_write_raw(out, v, nd->vlen) : 0;
-      rc = rc != 0 ? rc : 1;
-      break;
-    case W_ADD:
-      if (nd->vlen != 9 || v[0] != FP_INT) {
-        rc = FP_ETYPE;
-        break;
-      }
-      ibuf[0] = FP_INT;
-      fp__shm_put_le64(
-          ibuf + 1, (int64_t)((uint64_t)fp__shm_le64(v + 1) + (uint64_t)delta));
-      if (newv != NULL)
-        *newv = fp__shm_le64(ibuf + 1);
-      fp__shm_jbegin(&s->j);
-      fp__shm_jwrite(m, &s->j, v + 1, ibuf + 1, 8);
-      fp__shm_jcommit(m, &s->j);
-      break;
-    default:
-      fp__shm_jbegin(&s->j);
-      rc = replace_value(m, s, (uint64_t)i, val, vlen);
-      if (rc == 0)
-        fp__shm_jcommit(m, &s->j);
-      else
-        fp__shm_jabort(m, &s->j);
-    }
+  m = mgr(d);
+  if (mode == W_ADD || (mode == W_SET && is_scalar_value(val, vlen))) {
+    rc = write_lockfree(m, s, key, klen, hash, val, vlen, mode,
+                        (uint64_t)delta, newv);
+    if (rc != 1)
+      goto out;
+  }
+  if ((rc = lock_stripe(d, h, s)) != 0)
+    goto out;
+  table *t = table_at(m, s->table);
+  if ((i = lookup(m, t, key, klen, hash, NULL)) >= 0) {
+    rc = write_present(m, h, s, t, (uint64_t)i, val, vlen, mode,
+                       (uint64_t)delta, newv, out);
   } else {
     if (mode == W_ADD) {
-      ibuf[0] = FP_INT;
       fp__shm_put_le64(ibuf + 1, delta);
       val = ibuf;
       vlen = 9;
       if (newv != NULL)
         *newv = delta;
     }
-    fp__shm_jbegin(&s->j);
-    rc = insert_new(m, s, key, klen, h, val, vlen);
-    if (rc == 0)
-      fp__shm_jcommit(m, &s->j);
-    else
-      fp__shm_jabort(m, &s->j);
-    if (rc == 0 && mode == W_SETDEFAULT && out != NULL)
-      rc = fp_write_raw(out, val, vlen);
+    rc = write_absent(m, h, s, key, klen, hash, val, vlen, mode, out);
   }
-  fp__shm_unlock(&s->mu);
+out:
+  done(m, h);
   return rc;
 }
 
@@ -444,63 +654,52 @@ int fp_dict_set_bytes(fp_dict *d, const void *key, size_t klen, const void *p,
   return set_encoded(d, key, klen, 0, p, n);
 }
 
-enum { R_GET, R_INT, R_FLOAT, R_CONTAINS, R_DELETE };
+/* --- readers ------------------------------------------------------------------ */
 
-/* The read path (and delete, which reads first). */
+enum { R_GET, R_INT, R_FLOAT, R_CONTAINS };
+
+/* Copies what a reader asked for out of node nd. */
+static int read_node(node *nd, int mode, fp_writer *out, void *scalar) {
+  unsigned char buf[9];
+
+  switch (mode) {
+  case R_GET:
+    return fp_write_raw(out, node_value(nd, buf), nd->vlen);
+  case R_INT:
+  case R_FLOAT:
+    if (nd->tag != (mode == R_INT ? FP_INT : FP_FLOAT))
+      return FP_ETYPE;
+    uint64_t x = atomic_load(&nd->payload);
+    memcpy(scalar, &x, 8);
+    return 0;
+  default:
+    return 1;
+  }
+}
+
+/* The read path: no lock, nothing shared written (see the file header). */
 static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
                      fp_writer *out, void *scalar) {
-  fp_manager *m;
+  fp__shm_heap *h;
+  uint64_t hash;
   stripe *s;
-  uint64_t h;
   int64_t i;
   int rc;
 
-  if ((rc = prepare(d, key, klen, &s, &h)) != 0)
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
     return rc;
-  if (mode == R_GET && out == NULL)
+  if ((mode == R_GET && out == NULL) ||
+      ((mode == R_INT || mode == R_FLOAT) && scalar == NULL))
     return FP_EINVAL;
-  if ((mode == R_INT || mode == R_FLOAT) && scalar == NULL)
-    return FP_EINVAL;
-  m = mgr(d);
-  if ((rc = lock_stripe(d, s)) != 0)
+  if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
     return rc;
-  i = lookup(m, s, key, klen, h, NULL);
-  if (i < 0) {
-    fp__shm_unlock(&s->mu);
-    return mode == R_CONTAINS ? 0 : FP_ENOENT;
-  }
-  uint64_t *b = table(m, s);
-  node *nd = node_at(m, BOFF(b[i]));
-  unsigned char *v = node_value(nd);
-  switch (mode) {
-  case R_GET:
-    rc = fp_write_raw(out, v, nd->vlen);
-    break;
-  case R_INT:
-  case R_FLOAT:
-    if (nd->vlen != 9 || v[0] != (mode == R_INT ? FP_INT : FP_FLOAT)) {
-      rc = FP_ETYPE;
-    } else {
-      int64_t x = fp__shm_le64(v + 1);
-      memcpy(scalar, &x, 8);
-    }
-    break;
-  case R_CONTAINS:
-    rc = 1;
-    break;
-  case R_DELETE:
-    if (out != NULL && (rc = fp_write_raw(out, v, nd->vlen)) != 0)
-      break;
-    fp__shm_jbegin(&s->j);
-    s->j.release[0] = BOFF(b[i]);
-    s->j.release_size[0] = nd->size;
-    fp__shm_jset(m, &s->j, &b[i], TOMB);
-    fp__shm_jset(m, &s->j, &s->count, s->count - 1);
-    fp__shm_jset(m, &s->j, &s->tombs, s->tombs + 1);
-    fp__shm_jcommit(m, &s->j);
-    break;
-  }
-  fp__shm_unlock(&s->mu);
+  fp_manager *m = mgr(d);
+  table *t = table_at(m, atomic_load_explicit(&s->table, memory_order_acquire));
+  if ((i = lookup(m, t, key, klen, hash, NULL)) < 0)
+    rc = mode == R_CONTAINS ? 0 : FP_ENOENT;
+  else
+    rc = read_node(node_at(m, atomic_load(&t->b[i])), mode, out, scalar);
+  done(m, h);
   return rc;
 }
 
@@ -520,8 +719,54 @@ int fp_dict_contains(fp_dict *d, const void *key, size_t klen) {
   return dict_read(d, key, klen, R_CONTAINS, NULL, NULL);
 }
 
+/* Removes key (stripe locked, journal not begun); out gets the value. */
+static int delete_locked(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
+                         uint64_t i, fp_writer *out) {
+  node *nd = node_at(m, atomic_load(&t->b[i]));
+  unsigned char buf[9];
+  int rc = 0;
+
+  fp__shm_jbegin(h);
+  if (is_scalar(nd)) {
+    buf[0] = nd->tag;
+    fp__shm_put_le64(buf + 1, (int64_t)seal(m, h, nd));
+  }
+  if (out != NULL &&
+      (rc = fp_write_raw(out, is_scalar(nd) ? buf : nd->data + nd->klen,
+                         nd->vlen)) != 0) {
+    fp__shm_jabort(m, h); /* unseals */
+    fp__shm_unlock(&s->mu);
+    return rc;
+  }
+  h->j.release[0] = fp__shm_off(m, nd);
+  fp__shm_jset(m, h, (uint64_t *)&t->b[i], TOMB);
+  fp__shm_jset(m, h, (uint64_t *)&s->count, s->count - 1);
+  fp__shm_jset(m, h, (uint64_t *)&s->tombs, s->tombs + 1);
+  commit_unlock(m, h, s);
+  return 0;
+}
+
 int fp_dict_delete(fp_dict *d, const void *key, size_t klen, fp_writer *out) {
-  return dict_read(d, key, klen, R_DELETE, out, NULL);
+  fp__shm_heap *h;
+  uint64_t hash;
+  stripe *s;
+  int64_t i;
+  int rc;
+
+  if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
+    return rc;
+  fp_manager *m = mgr(d);
+  if ((rc = lock_stripe(d, h, s)) == 0) {
+    table *t = table_at(m, s->table);
+    if ((i = lookup(m, t, key, klen, hash, NULL)) < 0) {
+      fp__shm_unlock(&s->mu);
+      rc = FP_ENOENT;
+    } else {
+      rc = delete_locked(m, h, s, t, (uint64_t)i, out);
+    }
+  }
+  done(m, h);
+  return rc;
 }
 
 int64_t fp_dict_len(fp_dict *d) {
@@ -530,89 +775,104 @@ int64_t fp_dict_len(fp_dict *d) {
 
   if (rc != 0)
     return rc;
-  for (int i = 0; i < NSTRIPE; i++) {
-    stripe *s = &d->s[i];
-    if ((rc = lock_stripe(d, s)) != 0)
-      return rc;
-    n += (int64_t)s->count;
-    fp__shm_unlock(&s->mu);
-  }
+  for (int i = 0; i < NSTRIPE; i++)
+    n += (int64_t)atomic_load_explicit(&d->s[i].count, memory_order_relaxed);
   return n;
 }
 
-/* Empties one stripe in one journaled step: detach the table, then free
+/* Empties one stripe in one journaled step: detach the table, then retire
  * every node it lists and the table itself (a deep release, which a
  * repairer finishes if we die). A destroy clears a dying dict. */
-static int clear_stripe(fp_dict *d, stripe *s, int destroying) {
+static int clear_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
+                        int destroying) {
   fp_manager *m = mgr(d);
-  int rc = destroying ? fp__shm_lock(m, &s->mu, &s->j) : lock_stripe(d, s);
-  if (rc != 0)
+  table *t;
+  int rc = 0;
+
+  if (destroying)
+    fp__shm_lock(m, h, &s->mu);
+  else if ((rc = lock_stripe(d, h, s)) != 0)
     return rc;
-  if (s->cap != 0) {
-    fp__shm_jbegin(&s->j);
-    s->j.release[0] = s->buckets;
-    s->j.release_size[0] = s->cap * 8;
-    s->j.deep_n = s->cap;
-    fp__shm_jset(m, &s->j, &s->buckets, 0);
-    fp__shm_jset(m, &s->j, &s->cap, 0);
-    fp__shm_jset(m, &s->j, &s->count, 0);
-    fp__shm_jset(m, &s->j, &s->tombs, 0);
-    fp__shm_jcommit(m, &s->j);
+  if ((t = table_at(m, s->table)) == NULL) {
+    fp__shm_unlock(&s->mu);
+    return 0;
   }
-  fp__shm_unlock(&s->mu);
+  fp__shm_jbegin(h);
+  h->j.release[0] = fp__shm_off(m, t);
+  h->j.deep_n = t->cap;
+  fp__shm_jset(m, h, (uint64_t *)&s->table, 0);
+  fp__shm_jset(m, h, (uint64_t *)&s->count, 0);
+  fp__shm_jset(m, h, (uint64_t *)&s->tombs, 0);
+  commit_unlock(m, h, s);
   return 0;
+}
+
+/* Clears every stripe (destroying: of a dying dict). */
+static int clear_all(fp_dict *d, int destroying) {
+  fp_manager *m = mgr(d);
+  fp__shm_heap *h = fp__shm_heap_get(m);
+  int rc = 0;
+
+  if (h == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(m, h);
+  for (int i = 0; rc == 0 && i < NSTRIPE; i++)
+    rc = clear_stripe(d, h, &d->s[i], destroying);
+  fp__shm_unpin(h);
+  fp__shm_collect(m, h, 64);
+  return rc;
 }
 
 int fp_dict_clear(fp_dict *d) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
-  for (int i = 0; rc == 0 && i < NSTRIPE; i++)
-    rc = clear_stripe(d, &d->s[i], 0);
-  return rc;
+  return rc != 0 ? rc : clear_all(d, 0);
 }
 
 /* Marks the dict dying first, so that a writer in another process that
  * locks a stripe after this pass cleared it changes nothing; a writer
  * holding a stripe lock now finishes first, and the clear that follows
- * frees what it added. */
+ * retires what it added. */
 int fp_dict_destroy(fp_dict *d) {
   int rc = fp__shm_obj_begin_destroy(d, FP__SHM_DICT);
-  for (int i = 0; rc == 0 && i < NSTRIPE; i++)
-    rc = clear_stripe(d, &d->s[i], 1);
+  if (rc == 0)
+    rc = clear_all(d, 1);
   if (rc == 0)
     rc = fp__shm_obj_free(mgr(d), &d->hdr);
   return rc;
 }
 
 /* Copies one stripe's items into a private buffer of records (u32 klen,
- * u32 vlen, key, value) under its lock. Returns 0 with *buf (malloc'd, may
- * be NULL when the stripe is empty) and *len, or an error. */
-static int snapshot_stripe(fp_dict *d, stripe *s, unsigned char **buf,
-                           size_t *len) {
+ * u32 vlen, key, value) under its lock, so that no item is seen twice.
+ * Returns 0 with *buf (malloc'd, may be NULL when the stripe is empty) and
+ * *len, or an error. */
+static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
+                           unsigned char **buf, size_t *len) {
   fp_manager *m = mgr(d);
   size_t total = 0, pos = 0;
-  unsigned char *p = NULL;
-  uint64_t *b;
+  unsigned char *p = NULL, vb[9];
+  table *t;
   int rc;
 
   *buf = NULL;
   *len = 0;
-  if ((rc = lock_stripe(d, s)) != 0)
+  if ((rc = lock_stripe(d, h, s)) != 0)
     return rc;
-  b = s->cap ? table(m, s) : NULL;
-  for (uint64_t i = 0; i < s->cap; i++)
-    if (b[i] > TOMB)
-      total += 8 + node_at(m, BOFF(b[i]))->klen + node_at(m, BOFF(b[i]))->vlen;
+  t = table_at(m, s->table);
+  for (uint64_t i = 0; t != NULL && i < t->cap; i++)
+    if (t->b[i] > TOMB)
+      total += 8 + (size_t)node_at(m, t->b[i])->klen + node_at(m, t->b[i])->vlen;
   if (total != 0 && (p = malloc(total)) == NULL) {
     fp__shm_unlock(&s->mu);
     return FP_ENOMEM;
   }
-  for (uint64_t i = 0; i < s->cap; i++) {
-    if (b[i] <= TOMB)
+  for (uint64_t i = 0; t != NULL && i < t->cap; i++) {
+    if (t->b[i] <= TOMB)
       continue;
-    node *nd = node_at(m, BOFF(b[i]));
+    node *nd = node_at(m, t->b[i]);
     memcpy(p + pos, &nd->klen, 4);
     memcpy(p + pos + 4, &nd->vlen, 4);
-    memcpy(p + pos + 8, nd->data, (size_t)nd->klen + nd->vlen);
+    memcpy(p + pos + 8, nd->data, nd->klen);
+    memcpy(p + pos + 8 + nd->klen, node_value(nd, vb), nd->vlen);
     pos += 8 + (size_t)nd->klen + nd->vlen;
   }
   fp__shm_unlock(&s->mu);
@@ -622,16 +882,22 @@ static int snapshot_stripe(fp_dict *d, stripe *s, unsigned char **buf,
 }
 
 int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
+  fp__shm_heap *h;
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
 
   if (rc != 0)
     return rc;
   if (cb == NULL)
     return FP_EINVAL;
+  if ((h = fp__shm_heap_get(mgr(d))) == NULL)
+    return FP_ENOMEM;
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
-    if ((rc = snapshot_stripe(d, &d->s[i], &buf, &len)) != 0)
+    fp__shm_pin(mgr(d), h);
+    rc = snapshot_stripe(d, h, &d->s[i], &buf, &len);
+    fp__shm_unpin(h);
+    if (rc != 0)
       break;
     while (pos < len && rc == 0) {
       uint32_t kl, vl;
@@ -661,68 +927,79 @@ int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out) {
 
 /* --- checker hooks ------------------------------------------------------ */
 
-int fp__shm_dict_settle(fp__shm_obj *o) {
+void fp__shm_dict_settle(fp__shm_obj *o) {
   fp_dict *d = (fp_dict *)o;
-  for (int i = 0; i < NSTRIPE; i++) {
-    int rc = fp__shm_lock(mgr(d), &d->s[i].mu, &d->s[i].j);
-    if (rc != 0)
-      return rc;
+  fp_manager *m = mgr(d);
+  fp__shm_heap *h = fp__shm_heap_get(m);
+
+  for (int i = 0; h != NULL && i < NSTRIPE; i++) {
+    fp__shm_lock(m, h, &d->s[i].mu);
     fp__shm_unlock(&d->s[i].mu);
   }
+}
+
+/* Verifies one node in bucket i of stripe idx: its chunk, hash, stripe,
+ * value, and that a lookup finds it there (which also rules out
+ * duplicate keys). */
+static int check_node(fp__shm_checker *c, table *t, uint64_t i, int idx) {
+  fp_manager *m = c->m;
+  uint64_t b = t->b[i], off = fp__shm_cref_off(b);
+  node *nd;
+  int rc;
+
+  if (fp__shm_chunk_bytes(m, off) < NODE_HDR)
+    return fp__shm_fail(c, "dict stripe %d: node offset %llu", idx,
+                        (unsigned long long)off);
+  nd = fp__shm_ptr(m, off);
+  if ((rc = fp__shm_claim(c, off, "dict node")) != 0)
+    return rc;
+  if (fp__shm_chunk_bytes(m, off) <
+          NODE_HDR + nd->klen + (is_scalar(nd) ? 0 : (uint64_t)nd->vlen) ||
+      nd->hash != hash_key(nd->data, nd->klen) ||
+      BKT_HASH(b) != (nd->hash & HMASK) ||
+      (int)(nd->hash >> STRIPE_SHIFT) != idx)
+    return fp__shm_fail(c, "dict stripe %d: node header or hash wrong", idx);
+  if (is_scalar(nd) ? nd->vlen != 9 || nd->state != 0 ||
+                          (nd->tag != FP_INT && nd->tag != FP_FLOAT)
+                    : fp__shm_check_value(nd->data + nd->klen, nd->vlen) != 0)
+    return fp__shm_fail(c, "dict stripe %d: bad value", idx);
+  if (lookup(m, t, nd->data, nd->klen, nd->hash, NULL) != (int64_t)i)
+    return fp__shm_fail(c, "dict stripe %d: key unreachable or duplicated",
+                        idx);
   return 0;
 }
 
-/* Verifies one stripe: table shape, every node's chunk, header, hash,
- * stripe, value encoding and findability (which also rules out duplicate
- * keys), and the live/tombstone counts. */
-static int check_stripe(fp__shm_checker *c, fp_manager *m, stripe *s, int idx) {
-  uint64_t live = 0, tombs = 0, *b;
+/* Verifies one stripe: table shape, every node, the counts. */
+static int check_stripe(fp__shm_checker *c, stripe *s, int idx) {
+  fp_manager *m = c->m;
+  uint64_t live = 0, tombs = 0;
+  table *t = table_at(m, s->table);
   int rc;
 
-  if ((rc = fp__shm_check_journal(c, &s->j)) != 0)
-    return rc;
-  if (s->cap == 0)
-    return s->buckets == 0 && s->count == 0 && s->tombs == 0
+  if (s->mu != 0)
+    return fp__shm_fail(c, "dict stripe %d: locked", idx);
+  if (t == NULL)
+    return s->count == 0 && s->tombs == 0
                ? 0
-               : fp__shm_fail(c, "dict stripe %d: empty table with state", idx);
-  if ((s->cap & (s->cap - 1)) != 0)
-    return fp__shm_fail(c, "dict stripe %d: cap %llu", idx,
-                        (unsigned long long)s->cap);
-  if ((rc = fp__shm_claim(c, s->buckets, s->cap * 8, "dict table")) != 0)
+               : fp__shm_fail(c, "dict stripe %d: counts without table", idx);
+  if ((rc = fp__shm_claim(c, s->table, "dict table")) != 0)
     return rc;
-  b = table(m, s);
-  for (uint64_t i = 0; i < s->cap; i++) {
-    if (b[i] == 0)
-      continue;
-    if (b[i] == TOMB) {
+  if (t->cap == 0 || TBL_HDR + t->cap * 8 > fp__shm_chunk_bytes(m, s->table))
+    return fp__shm_fail(c, "dict stripe %d: cap %llu", idx,
+                        (unsigned long long)t->cap);
+  for (uint64_t i = 0; i < t->cap && rc == 0; i++) {
+    if (t->b[i] == TOMB)
       tombs++;
-      continue;
-    }
-    uint64_t off = BOFF(b[i]);
-    if (off < m->heap || off + NODE_HDR > m->brk)
-      return fp__shm_fail(c, "dict stripe %d: node offset %llu", idx,
-                          (unsigned long long)off);
-    node *nd = node_at(m, off);
-    if (nd->size != NODE_HDR + (uint64_t)nd->klen + nd->vlen)
-      return fp__shm_fail(c, "dict stripe %d: node size mismatch", idx);
-    if ((rc = fp__shm_claim(c, off, nd->size, "dict node")) != 0)
-      return rc;
-    if (nd->hash != hash_key(nd->data, nd->klen) ||
-        (b[i] >> 40) != TAG(nd->hash) || (int)(nd->hash >> STRIPE_SHIFT) != idx)
-      return fp__shm_fail(c, "dict stripe %d: node hash wrong", idx);
-    if (fp__shm_check_value(node_value(nd), nd->vlen) != 0)
-      return fp__shm_fail(c, "dict stripe %d: bad value encoding", idx);
-    if (lookup(m, s, nd->data, nd->klen, nd->hash, NULL) != (int64_t)i)
-      return fp__shm_fail(c, "dict stripe %d: key unreachable or duplicated",
-                          idx);
-    live++;
+    else if (t->b[i] != 0 && (rc = check_node(c, t, i, idx)) == 0)
+      live++;
   }
-  if (live != s->count || tombs != s->tombs || live + tombs >= s->cap)
+  if (rc == 0 && (live != s->count || tombs != s->tombs ||
+                  live + tombs >= t->cap))
     return fp__shm_fail(c, "dict stripe %d: counts %llu/%llu, found %llu/%llu",
                         idx, (unsigned long long)s->count,
                         (unsigned long long)s->tombs, (unsigned long long)live,
                         (unsigned long long)tombs);
-  return 0;
+  return rc;
 }
 
 int fp__shm_dict_check(fp__shm_checker *c, fp__shm_obj *o) {
@@ -733,6 +1010,6 @@ int fp__shm_dict_check(fp__shm_checker *c, fp__shm_obj *o) {
     return fp__shm_fail(c, "dict: object size %llu",
                         (unsigned long long)o->size);
   for (int i = 0; i < NSTRIPE && rc == 0; i++)
-    rc = check_stripe(c, c->m, &d->s[i], i);
+    rc = check_stripe(c, &d->s[i], i);
   return rc;
 }

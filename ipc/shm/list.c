@@ -1,23 +1,25 @@
 /* list.c - the manager's shared list of codec values.
  *
- * A list is one arena object with one robust process-shared mutex, a
- * journal, and a table of item offsets:
- *   list.items -> u64[cap]; items[0..len) each point at a value chunk
- *   value chunk: u64 size | u64 vlen | the encoded value
+ * A list is one arena object with one lock and a table of item chunks:
+ *   list.items -> table: u64 link | u64 unused | u64 item[cap] (crefs)
+ *   item chunk: u64 link | u64 vlen | the encoded value
  *
  * Invariants while the lock is free: len <= cap; cap is 0 (items 0) or the
- * table's size; every items[i], i < len, is a distinct live value chunk
- * holding exactly one encoded value; slots at and past len are garbage;
- * the journal is idle.
+ * table's size; every item[i], i < len, names a distinct live item chunk
+ * holding exactly one encoded value; slots at and past len are garbage.
  *
- * Mutations follow the journal protocol of arena.h. append fills the
- * new value chunk and the slot at items[len] while they are unreachable,
- * then publishes both by one logged store of len (growing the table first,
- * if needed, by building a bigger copy and publishing items/cap). set
- * publishes a new chunk with one logged store into items[i]. pop of the
- * last item is one logged store of len; pop of any other index builds a
- * copy of the table without that slot (a shift in place could not be
- * undone from a small log). clear detaches the table and releases it deep.
+ * Mutations follow the journal protocol (journal.c). An append builds its
+ * item chunk before it takes the lock (the journal's alloc slot keeps it
+ * accounted for if the process dies while waiting), then, under the lock,
+ * writes the slot past len (unreachable) and publishes it with one logged
+ * store of len, growing the table first if needed (a bigger copy,
+ * published with the items and cap words). The lock is held for a few
+ * stores, which is what lets two processes appending at once keep up with
+ * one. set publishes a new chunk with one logged store into item[i]. pop
+ * of the last item is one logged store of len; pop of any other index
+ * publishes a copy of the table without that slot (a shift in place could
+ * not be undone from a small log). clear detaches the table and releases
+ * it deep. Unlinked chunks are retired after the commit, outside the lock.
  */
 #include "ipc/shm/check.h"
 
@@ -25,18 +27,19 @@
 #include <string.h>
 
 #define VAL_HDR 16
+#define TBL_HDR 16
 
 struct fp_list {
   fp__shm_obj hdr;
-  pthread_mutex_t mu;
-  uint64_t items;
-  uint64_t len;
-  uint64_t cap;
-  fp__shm_journal j;
+  fp__shm_mutex mu;
+  uint32_t pad;
+  _Atomic uint64_t items; /* offset of the table, 0 when cap is 0 */
+  _Atomic uint64_t len;
+  _Atomic uint64_t cap;
 };
 
 typedef struct value {
-  uint64_t size; /* VAL_HDR + vlen */
+  uint64_t link;
   uint64_t vlen;
   unsigned char data[];
 } value;
@@ -46,15 +49,11 @@ static fp_manager *mgr(fp_list *l) {
 }
 
 static uint64_t *table(fp_manager *m, fp_list *l) {
-  return fp__shm_ptr(m, l->items);
+  return (uint64_t *)fp__shm_ptr(m, l->items) + 2;
 }
 
-static value *value_at(fp_manager *m, uint64_t off) {
-  return fp__shm_ptr(m, off);
-}
-
-static int init_list(void *obj, void *arg) {
-  return fp__shm_mutex_init(&((fp_list *)obj)->mu, PTHREAD_MUTEX_NORMAL);
+static value *item(fp_manager *m, fp_list *l, uint64_t i) {
+  return fp__shm_ptr(m, fp__shm_cref_off(table(m, l)[i]));
 }
 
 int fp_list_new(fp_manager *m, fp_list **out) {
@@ -65,23 +64,45 @@ int fp_list_new(fp_manager *m, fp_list **out) {
     *out = NULL;
   if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
     return FP_EINVAL;
-  rc = fp__shm_obj_new(m, FP__SHM_LIST, sizeof(fp_list), init_list, NULL, &o);
+  rc = fp__shm_obj_new(m, FP__SHM_LIST, sizeof(fp_list), NULL, NULL, &o);
   if (rc == 0)
     *out = o;
   return rc;
 }
 
-/* Checks and locks a list; FP_EINVAL (nothing locked) when a destroy of
- * the list began, which marks the list before taking its lock. */
-static int lock_list(fp_list *l) {
+/* Checks the list and pins the caller's heap. */
+static int enter(fp_list *l, fp__shm_heap **h) {
   int rc = fp__shm_obj_check(l, FP__SHM_LIST);
-  if (rc == 0)
-    rc = fp__shm_lock(mgr(l), &l->mu, &l->j);
-  if (rc == 0 && !fp__shm_obj_alive(&l->hdr)) {
+  if (rc != 0)
+    return rc;
+  if ((*h = fp__shm_heap_get(mgr(l))) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(mgr(l), *h);
+  return 0;
+}
+
+static void leave(fp_list *l, fp__shm_heap *h) {
+  fp__shm_unpin(h);
+  if (h->nlimbo >= 64)
+    fp__shm_collect(mgr(l), h, 64);
+}
+
+/* Locks the list; FP_EINVAL (nothing locked) when a destroy of the list
+ * began, which marks the list before taking its lock. */
+static int lock_list(fp_list *l, fp__shm_heap *h) {
+  fp__shm_lock(mgr(l), h, &l->mu);
+  if (!fp__shm_obj_alive(&l->hdr)) {
     fp__shm_unlock(&l->mu);
-    rc = FP_EINVAL;
+    return FP_EINVAL;
   }
-  return rc;
+  return 0;
+}
+
+/* Commits the open journal and unlocks; retiring needs no lock. */
+static void commit_unlock(fp_list *l, fp__shm_heap *h) {
+  fp__shm_jmark(h);
+  fp__shm_unlock(&l->mu);
+  fp__shm_jfinish(mgr(l), h);
 }
 
 /* Resolves a Python-style index against len; FP_ERANGE when outside. */
@@ -95,69 +116,95 @@ static int resolve(fp_list *l, int64_t index, uint64_t *i) {
   return 0;
 }
 
-/* Builds a value chunk for (val, vlen) in the journal's alloc slot 0. */
-static int make_value(fp_manager *m, fp_list *l, const void *val, size_t vlen) {
-  uint64_t size = VAL_HDR + vlen;
+/* Builds an item chunk for (val, vlen) in the journal's alloc slot 0. */
+static int make_value(fp_manager *m, fp__shm_heap *h, const void *val,
+                      size_t vlen) {
   value *v;
   int rc;
 
-  l->j.alloc_size[0] = size; /* before the slot: see arena.h */
-  if ((rc = fp__shm_alloc_slot(m, &l->j.alloc[0], size)) != 0)
+  if ((rc = fp__shm_alloc(m, h, &h->j.alloc[0], VAL_HDR + vlen)) != 0)
     return rc;
-  v = value_at(m, l->j.alloc[0]);
-  v->size = size;
+  v = fp__shm_ptr(m, h->j.alloc[0]);
   v->vlen = vlen;
   memcpy(v->data, val, vlen);
   return 0;
 }
 
-/* Appends one validated value; the lock is held. One journaled step. */
-static int append_locked(fp_manager *m, fp_list *l, const void *val,
-                         size_t vlen) {
+/* Grows a full table (journal open, lock held): a copy twice as big in
+ * alloc slot 1, published with the items and cap words. */
+static int grow(fp_manager *m, fp__shm_heap *h, fp_list *l) {
+  uint64_t ncap = l->cap ? l->cap * 2 : 8;
   int rc;
 
-  fp__shm_jbegin(&l->j);
-  if ((rc = make_value(m, l, val, vlen)) != 0)
-    goto fail;
-  if (l->len == l->cap) {
-    uint64_t ncap = l->cap ? l->cap * 2 : 8;
-    l->j.alloc_size[1] = ncap * 8;
-    if ((rc = fp__shm_alloc_slot(m, &l->j.alloc[1], ncap * 8)) != 0)
-      goto fail;
-    if (l->len)
-      memcpy(fp__shm_ptr(m, l->j.alloc[1]), table(m, l), l->len * 8);
-    if (l->cap) {
-      l->j.release[0] = l->items;
-      l->j.release_size[0] = l->cap * 8;
-    }
-    fp__shm_jset(m, &l->j, &l->items, l->j.alloc[1]);
-    fp__shm_jset(m, &l->j, &l->cap, ncap);
-  }
-  table(m, l)[l->len] = l->j.alloc[0]; /* past len: unreachable */
-  fp__shm_jset(m, &l->j, &l->len, l->len + 1);
-  fp__shm_jcommit(m, &l->j);
+  if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + ncap * 8)) != 0)
+    return rc;
+  if (l->len)
+    memcpy((uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, table(m, l),
+           l->len * 8);
+  if (l->cap)
+    h->j.release[1] = l->items;
+  fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
+  fp__shm_jset(m, h, (uint64_t *)&l->cap, ncap);
   return 0;
-fail:
-  fp__shm_jabort(m, &l->j);
-  return rc;
+}
+
+/* Appends the chunk in alloc slot 0 (journal open, lock held). */
+static int append_locked(fp_manager *m, fp__shm_heap *h, fp_list *l) {
+  int rc;
+
+  if (l->len == l->cap && (rc = grow(m, h, l)) != 0)
+    return rc;
+  table(m, l)[l->len] = fp__shm_cref(h->j.alloc[0]); /* past len */
+  fp__shm_jset(m, h, (uint64_t *)&l->len, l->len + 1);
+  return 0;
 }
 
 int fp_list_append(fp_list *l, const void *val, size_t vlen) {
+  fp__shm_heap *h;
+  fp_manager *m;
   int rc;
 
-  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
+  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0 ||
+      (rc = fp__shm_check_value(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
     return rc;
-  if ((rc = fp__shm_check_value(val, vlen)) != 0)
-    return rc;
-  if ((rc = lock_list(l)) != 0)
-    return rc;
-  rc = append_locked(mgr(l), l, val, vlen);
-  fp__shm_unlock(&l->mu);
+  m = mgr(l);
+  fp__shm_jbegin(h);
+  if ((rc = make_value(m, h, val, vlen)) != 0 || (rc = lock_list(l, h)) != 0) {
+    fp__shm_jabort(m, h);
+  } else if ((rc = append_locked(m, h, l)) != 0) {
+    fp__shm_jabort(m, h);
+    fp__shm_unlock(&l->mu);
+  } else {
+    commit_unlock(l, h);
+  }
+  leave(l, h);
+  return rc;
+}
+
+/* Appends every value of data under one lock hold (lock held). */
+static int extend_locked(fp_manager *m, fp__shm_heap *h, fp_list *l,
+                         const void *data, size_t len) {
+  fp_reader r;
+  int rc = 0;
+
+  fp_reader_init(&r, data, len);
+  while (rc == 0 && !fp_reader_at_end(&r)) {
+    const void *v;
+    size_t n;
+    if ((rc = fp_read_span(&r, &v, &n)) != 0)
+      break;
+    fp__shm_jbegin(h);
+    if ((rc = make_value(m, h, v, n)) != 0 ||
+        (rc = append_locked(m, h, l)) != 0)
+      fp__shm_jabort(m, h);
+    else
+      fp__shm_jcommit(m, h);
+  }
   return rc;
 }
 
 int fp_list_extend(fp_list *l, const void *data, size_t len) {
-  fp_reader r;
+  fp__shm_heap *h;
   int rc;
 
   if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
@@ -166,166 +213,183 @@ int fp_list_extend(fp_list *l, const void *data, size_t len) {
     return FP_EINVAL;
   if (len != 0 && fp_values_count(data, len, NULL) != 0)
     return FP_EPROTO;
-  if ((rc = lock_list(l)) != 0)
+  if ((rc = enter(l, &h)) != 0)
     return rc;
-  fp_reader_init(&r, data, len);
-  while (rc == 0 && !fp_reader_at_end(&r)) {
-    const void *v;
-    size_t n;
-    if ((rc = fp_read_span(&r, &v, &n)) == 0)
-      rc = append_locked(mgr(l), l, v, n);
+  if ((rc = lock_list(l, h)) == 0) {
+    rc = extend_locked(mgr(l), h, l, data, len);
+    fp__shm_unlock(&l->mu);
   }
-  fp__shm_unlock(&l->mu);
+  leave(l, h);
   return rc;
 }
 
 int fp_list_get(fp_list *l, int64_t index, fp_writer *out) {
+  fp__shm_heap *h;
   uint64_t i;
   int rc;
 
   if (out == NULL)
     return FP_EINVAL;
-  if ((rc = lock_list(l)) != 0)
+  if ((rc = enter(l, &h)) != 0)
     return rc;
-  if ((rc = resolve(l, index, &i)) == 0) {
-    value *v = value_at(mgr(l), table(mgr(l), l)[i]);
-    rc = fp_write_raw(out, v->data, v->vlen);
+  if ((rc = lock_list(l, h)) == 0) {
+    if ((rc = resolve(l, index, &i)) == 0) {
+      value *v = item(mgr(l), l, i);
+      rc = fp_write_raw(out, v->data, v->vlen);
+    }
+    fp__shm_unlock(&l->mu);
   }
-  fp__shm_unlock(&l->mu);
+  leave(l, h);
   return rc;
 }
 
 int fp_list_set(fp_list *l, int64_t index, const void *val, size_t vlen) {
+  fp__shm_heap *h;
   fp_manager *m;
-  uint64_t i, *slot;
+  uint64_t i;
   int rc;
 
-  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
-    return rc;
-  if ((rc = fp__shm_check_value(val, vlen)) != 0)
-    return rc;
-  if ((rc = lock_list(l)) != 0)
+  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0 ||
+      (rc = fp__shm_check_value(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
     return rc;
   m = mgr(l);
-  if ((rc = resolve(l, index, &i)) == 0) {
-    fp__shm_jbegin(&l->j);
-    if ((rc = make_value(m, l, val, vlen)) != 0) {
-      fp__shm_jabort(m, &l->j);
-    } else {
-      slot = &table(m, l)[i];
-      l->j.release[0] = *slot;
-      l->j.release_size[0] = value_at(m, *slot)->size;
-      fp__shm_jset(m, &l->j, slot, l->j.alloc[0]);
-      fp__shm_jcommit(m, &l->j);
-    }
+  fp__shm_jbegin(h);
+  if ((rc = make_value(m, h, val, vlen)) != 0 || (rc = lock_list(l, h)) != 0) {
+    fp__shm_jabort(m, h);
+  } else if ((rc = resolve(l, index, &i)) != 0) {
+    fp__shm_jabort(m, h);
+    fp__shm_unlock(&l->mu);
+  } else {
+    uint64_t *slot = &table(m, l)[i];
+    h->j.release[0] = fp__shm_cref_off(*slot);
+    fp__shm_jset(m, h, slot, fp__shm_cref(h->j.alloc[0]));
+    commit_unlock(l, h);
   }
-  fp__shm_unlock(&l->mu);
+  leave(l, h);
   return rc;
 }
 
-int fp_list_pop(fp_list *l, int64_t index, fp_writer *out) {
-  fp_manager *m;
-  uint64_t i, *b;
-  value *v;
+/* Pops item i (lock held, journal not begun); unlocks. */
+static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
+                      fp_writer *out) {
+  uint64_t *b = table(m, l);
+  value *v = item(m, l, i);
   int rc;
 
-  if ((rc = lock_list(l)) != 0)
+  if (out != NULL && (rc = fp_write_raw(out, v->data, v->vlen)) != 0) {
+    fp__shm_unlock(&l->mu);
     return rc;
-  m = mgr(l);
-  if ((rc = resolve(l, index, &i)) != 0)
-    goto done;
-  b = table(m, l);
-  v = value_at(m, b[i]);
-  if (out != NULL && (rc = fp_write_raw(out, v->data, v->vlen)) != 0)
-    goto done;
-  fp__shm_jbegin(&l->j);
-  l->j.release[0] = b[i];
-  l->j.release_size[0] = v->size;
+  }
+  fp__shm_jbegin(h);
+  h->j.release[0] = fp__shm_cref_off(b[i]);
   if (i + 1 < l->len) {
     /* Not the last item: publish a copy of the table without slot i. */
-    l->j.alloc_size[1] = l->cap * 8;
-    if ((rc = fp__shm_alloc_slot(m, &l->j.alloc[1], l->cap * 8)) != 0) {
-      fp__shm_jabort(m, &l->j);
-      goto done;
+    if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) !=
+        0) {
+      fp__shm_jabort(m, h);
+      fp__shm_unlock(&l->mu);
+      return rc;
     }
-    uint64_t *nb = fp__shm_ptr(m, l->j.alloc[1]);
+    uint64_t *nb = (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2;
     memcpy(nb, b, i * 8);
     memcpy(nb + i, b + i + 1, (l->len - i - 1) * 8);
-    l->j.release[1] = l->items;
-    l->j.release_size[1] = l->cap * 8;
-    fp__shm_jset(m, &l->j, &l->items, l->j.alloc[1]);
+    h->j.release[1] = l->items;
+    fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
   }
-  fp__shm_jset(m, &l->j, &l->len, l->len - 1);
-  fp__shm_jcommit(m, &l->j);
-done:
-  fp__shm_unlock(&l->mu);
+  fp__shm_jset(m, h, (uint64_t *)&l->len, l->len - 1);
+  commit_unlock(l, h);
+  return 0;
+}
+
+int fp_list_pop(fp_list *l, int64_t index, fp_writer *out) {
+  fp__shm_heap *h;
+  uint64_t i;
+  int rc;
+
+  if ((rc = enter(l, &h)) != 0)
+    return rc;
+  if ((rc = lock_list(l, h)) == 0) {
+    if ((rc = resolve(l, index, &i)) != 0)
+      fp__shm_unlock(&l->mu);
+    else
+      rc = pop_locked(mgr(l), h, l, i, out);
+  }
+  leave(l, h);
   return rc;
 }
 
 int64_t fp_list_len(fp_list *l) {
-  int64_t n;
-  int rc;
-
-  if ((rc = lock_list(l)) != 0)
-    return rc;
-  n = (int64_t)l->len;
-  fp__shm_unlock(&l->mu);
-  return n;
+  int rc = fp__shm_obj_check(l, FP__SHM_LIST);
+  return rc != 0 ? rc : (int64_t)atomic_load(&l->len);
 }
 
-/* Empties a locked list with one journaled step and unlocks it. */
-static int clear_locked(fp_list *l) {
+/* Empties a locked list with one journaled step and unlocks it: the table
+ * is detached, then its items [0, len) and the table are retired. */
+static void clear_locked(fp_list *l, fp__shm_heap *h) {
   fp_manager *m = mgr(l);
 
-  if (l->cap != 0) {
-    fp__shm_jbegin(&l->j);
-    l->j.release[0] = l->items;
-    l->j.release_size[0] = l->cap * 8;
-    l->j.deep_n = l->len; /* only items[0..len) are live chunks */
-    fp__shm_jset(m, &l->j, &l->items, 0);
-    fp__shm_jset(m, &l->j, &l->cap, 0);
-    fp__shm_jset(m, &l->j, &l->len, 0);
-    fp__shm_jcommit(m, &l->j);
+  if (l->cap == 0) {
+    fp__shm_unlock(&l->mu);
+    return;
   }
-  fp__shm_unlock(&l->mu);
-  return 0;
+  fp__shm_jbegin(h);
+  h->j.release[0] = l->items;
+  h->j.deep_n = l->len; /* only item[0..len) are live chunks */
+  fp__shm_jset(m, h, (uint64_t *)&l->items, 0);
+  fp__shm_jset(m, h, (uint64_t *)&l->cap, 0);
+  fp__shm_jset(m, h, (uint64_t *)&l->len, 0);
+  commit_unlock(l, h);
 }
 
 int fp_list_clear(fp_list *l) {
-  int rc = lock_list(l);
-  return rc != 0 ? rc : clear_locked(l);
+  fp__shm_heap *h;
+  int rc = enter(l, &h);
+
+  if (rc != 0)
+    return rc;
+  if ((rc = lock_list(l, h)) == 0)
+    clear_locked(l, h);
+  leave(l, h);
+  return rc;
 }
 
 /* Marks the list dying before taking its lock, so that an append that
  * gets the lock after the clear changes nothing (see lock_list). */
 int fp_list_destroy(fp_list *l) {
+  fp__shm_heap *h;
   int rc = fp__shm_obj_begin_destroy(l, FP__SHM_LIST);
-  if (rc == 0)
-    rc = fp__shm_lock(mgr(l), &l->mu, &l->j);
-  if (rc == 0)
-    rc = clear_locked(l);
-  if (rc == 0)
-    rc = fp__shm_obj_free(mgr(l), &l->hdr);
-  return rc;
+
+  if (rc != 0)
+    return rc;
+  if ((h = fp__shm_heap_get(mgr(l))) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(mgr(l), h);
+  fp__shm_lock(mgr(l), h, &l->mu);
+  clear_locked(l, h);
+  leave(l, h);
+  return fp__shm_obj_free(mgr(l), &l->hdr);
 }
 
 int fp_list_snapshot(fp_list *l, fp_writer *out) {
-  fp_manager *m;
+  fp__shm_heap *h;
+  fp_manager *m = mgr(l);
   int rc;
 
   if (out == NULL)
     return FP_EINVAL;
-  if ((rc = lock_list(l)) != 0)
+  if ((rc = enter(l, &h)) != 0)
     return rc;
-  m = mgr(l);
-  rc = fp_write_list_begin(out);
-  for (uint64_t i = 0; rc == 0 && i < l->len; i++) {
-    value *v = value_at(m, table(m, l)[i]);
-    rc = fp_write_raw(out, v->data, v->vlen);
+  if ((rc = lock_list(l, h)) == 0) {
+    rc = fp_write_list_begin(out);
+    for (uint64_t i = 0; rc == 0 && i < l->len; i++) {
+      value *v = item(m, l, i);
+      rc = fp_write_raw(out, v->data, v->vlen);
+    }
+    if (rc == 0)
+      rc = fp_write_list_end(out);
+    fp__shm_unlock(&l->mu);
   }
-  if (rc == 0)
-    rc = fp_write_list_end(out);
-  fp__shm_unlock(&l->mu);
+  leave(l, h);
   return rc;
 }
 
@@ -345,47 +409,43 @@ int fp_list_from_ref(fp_manager *m, uint64_t ref, fp_list **out) {
 
 /* --- checker hooks ------------------------------------------------------ */
 
-int fp__shm_list_settle(fp__shm_obj *o) {
+void fp__shm_list_settle(fp__shm_obj *o) {
   fp_list *l = (fp_list *)o;
-  int rc = fp__shm_lock(mgr(l), &l->mu, &l->j);
-  if (rc == 0)
+  fp__shm_heap *h = fp__shm_heap_get(mgr(l));
+
+  if (h != NULL) {
+    fp__shm_lock(mgr(l), h, &l->mu);
     fp__shm_unlock(&l->mu);
-  return rc;
+  }
 }
 
 int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o) {
   fp_list *l = (fp_list *)o;
   fp_manager *m = c->m;
-  uint64_t *b;
   int rc;
 
   if (o->size != sizeof(fp_list))
     return fp__shm_fail(c, "list: object size %llu",
                         (unsigned long long)o->size);
-  if ((rc = fp__shm_check_journal(c, &l->j)) != 0)
-    return rc;
-  if (l->len > l->cap || (l->cap == 0) != (l->items == 0))
-    return fp__shm_fail(c, "list: len %llu cap %llu items %llu",
-                        (unsigned long long)l->len, (unsigned long long)l->cap,
+  if (l->mu != 0 || l->len > l->cap || (l->cap == 0) != (l->items == 0))
+    return fp__shm_fail(c, "list: lock %u len %llu cap %llu items %llu",
+                        (unsigned)l->mu, (unsigned long long)l->len,
+                        (unsigned long long)l->cap,
                         (unsigned long long)l->items);
   if (l->cap == 0)
     return 0;
-  if ((rc = fp__shm_claim(c, l->items, l->cap * 8, "list table")) != 0)
+  if ((rc = fp__shm_claim(c, l->items, "list table")) != 0)
     return rc;
-  b = table(m, l);
+  if (TBL_HDR + l->cap * 8 > fp__shm_chunk_bytes(m, l->items))
+    return fp__shm_fail(c, "list: table smaller than cap");
   for (uint64_t i = 0; i < l->len; i++) {
-    if (b[i] < m->heap || b[i] + VAL_HDR > m->brk)
-      return fp__shm_fail(c, "list: item %llu offset %llu",
-                          (unsigned long long)i, (unsigned long long)b[i]);
-    value *v = value_at(m, b[i]);
-    if (v->size != VAL_HDR + v->vlen)
-      return fp__shm_fail(c, "list: item %llu size mismatch",
-                          (unsigned long long)i);
-    if ((rc = fp__shm_claim(c, b[i], v->size, "list value")) != 0)
+    uint64_t off = fp__shm_cref_off(table(m, l)[i]);
+    if ((rc = fp__shm_claim(c, off, "list item")) != 0)
       return rc;
-    if (fp__shm_check_value(v->data, v->vlen) != 0)
-      return fp__shm_fail(c, "list: item %llu bad encoding",
-                          (unsigned long long)i);
+    value *v = fp__shm_ptr(m, off);
+    if (VAL_HDR + v->vlen > fp__shm_chunk_bytes(m, off) ||
+        fp__shm_check_value(v->data, v->vlen) != 0)
+      return fp__shm_fail(c, "list: item %llu bad", (unsigned long long)i);
   }
   return 0;
 }

@@ -111,10 +111,24 @@ int fp_counter_from_ref(fp_manager *m, uint64_t ref, fp_counter **out) {
 
 /* --- lock --------------------------------------------------------------- */
 
+/* A robust, process-shared, error-checking pthread mutex in the arena:
+ * relocking by the holder gives EDEADLK instead of a silent self-deadlock,
+ * unlocking by a non-holder EPERM. */
 static int init_lock(void *obj, void *arg) {
-  /* Error-checking: relocking by the holder gives EDEADLK instead of a
-   * silent self-deadlock, unlocking by a non-holder EPERM. */
-  return fp__shm_mutex_init(&((fp_lock *)obj)->mu, PTHREAD_MUTEX_ERRORCHECK);
+  pthread_mutexattr_t a;
+  int rc;
+
+  if ((rc = pthread_mutexattr_init(&a)) != 0)
+    return -rc;
+  rc = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+  if (rc == 0)
+    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  if (rc == 0)
+    rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  if (rc == 0)
+    rc = pthread_mutex_init(&((fp_lock *)obj)->mu, &a);
+  pthread_mutexattr_destroy(&a);
+  return -rc;
 }
 
 int fp_lock_new(fp_manager *m, fp_lock **out) {

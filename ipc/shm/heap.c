@@ -1,0 +1,326 @@
+/* heap.c - per-thread heaps: chunk caches, and reuse after a grace period.
+ *
+ * Every thread that uses a manager owns one heap (an fp__shm_heap in the
+ * arena's heap table; thread.c binds it). A heap caches a few dozen free
+ * chunks per size class: allocating a small chunk pops one, freeing pushes
+ * one, with plain stores to the heap's own cache lines, and only an empty
+ * or full cache takes the global lock, to move half a cache's worth from
+ * or to the slabs (arena.c). Two processes allocating at the same time
+ * therefore share no cache line on the common path.
+ *
+ * Each cache operation is a step of the heap's own undo log (fp__shm_hlog:
+ * the old value of each word is logged before it changes; hcommit empties
+ * the log). Popping a chunk into a slot logs the cache count and the slot,
+ * so a thread killed in between leaves a log that puts the chunk back in
+ * the cache and the slot back to 0 when a survivor reclaims the heap
+ * (thread.c). The slot is the journal's alloc slot of the update being
+ * made, which is what ties an allocation to the update that needs it.
+ *
+ * Reuse after a grace period (epoch-based reclamation). Dict readers take
+ * no lock: they follow bucket words to nodes while writers in other
+ * processes replace and delete them. A chunk a reader may still be reading
+ * must not be reused under it, so writers never free a chunk they unlink:
+ * they retire it (fp__shm_retire) into their heap's limbo, tagged with the
+ * global epoch read after the unlink. Every call announces itself in its
+ * heap's pin word (fp__shm_pin: the current epoch, in the heap's own cache
+ * line) and clears it when done. The epoch moves from e to e + 1 only when
+ * every announced call announced e; so once the epoch reaches t + 2, no
+ * call that began before a chunk retired at t was unlinked is still
+ * running, and the chunk goes back to the cache. A thread that died inside
+ * a call would hold the epoch forever: a heap whose pin stays the same for
+ * a while is checked for a dead owner, and a dead owner's pin is cleared
+ * (its thread holds no pointer any more).
+ */
+#include "ipc/shm/check.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+/* Retired chunks a heap lets pile up before it tries to advance the epoch
+ * and reuse them. */
+#define LIMBO_TRIGGER 64
+/* Chunks freed from the global limbo per global-lock hold. */
+#define GLIMBO_BATCH 32
+
+/* --- the heap's undo log ---------------------------------------------- */
+
+void fp__shm_hlog(fp_manager *m, fp__shm_heap *h, uint64_t *p, uint64_t v) {
+  uint64_t n = h->nlog;
+  if (n >= FP__SHM_HLOG_MAX)
+    abort(); /* a heap step logs at most 5 words: broken invariant */
+  h->log[n].off = fp__shm_off(m, p);
+  h->log[n].old = *p;
+  FP__SHM_BARRIER();
+  h->nlog = n + 1;
+  FP__SHM_BARRIER();
+  FP__SHM_CRASH_POINT();
+  *p = v;
+  FP__SHM_BARRIER();
+  FP__SHM_CRASH_POINT();
+}
+
+void fp__shm_hcommit(fp__shm_heap *h) {
+  FP__SHM_BARRIER();
+  h->nlog = 0;
+  FP__SHM_BARRIER();
+}
+
+void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h) {
+  uint64_t n = h->nlog > FP__SHM_HLOG_MAX ? FP__SHM_HLOG_MAX : h->nlog;
+  if (n != 0)
+    atomic_fetch_add(&m->repairs, 1);
+  while (n-- > 0) {
+    *(uint64_t *)fp__shm_ptr(m, h->log[n].off) = h->log[n].old;
+    FP__SHM_BARRIER();
+    FP__SHM_CRASH_POINT();
+  }
+  h->nlog = 0;
+  FP__SHM_BARRIER();
+}
+
+/* --- allocation ------------------------------------------------------- */
+
+int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                  uint64_t size) {
+  int c, rc;
+  uint64_t n, base;
+
+  if (size > FP__SHM_SMALL_MAX) {
+    fp__shm_alock(m, h);
+    rc = fp__shm_alloc_locked(m, slot, size);
+    fp__shm_acommit(m);
+    fp__shm_aunlock(m);
+    return rc;
+  }
+  c = fp__shm_class_of(size);
+  if (h->ncache[c] == 0 &&
+      fp__shm_refill(m, h, c, (int)fp__shm_cache_cap(c) / 2) == 0)
+    return FP_ENOMEM;
+  n = h->ncache[c];
+  base = fp__shm_cache_base(c);
+  fp__shm_hlog(m, h, &h->ncache[c], n - 1);
+  fp__shm_hlog(m, h, slot, h->cache[base + n - 1]);
+  fp__shm_hcommit(h);
+  return 0;
+}
+
+/* Moves the first chunk of h's limbo list b back to use: a small one into
+ * the cache (making room first), a large one to the spans. One step. */
+static void unlimbo_one(fp_manager *m, fp__shm_heap *h, int b) {
+  uint64_t off = h->limbo[b], bytes = fp__shm_chunk_bytes(m, off);
+  uint64_t next = *(uint64_t *)fp__shm_ptr(m, off);
+
+  if (bytes > FP__SHM_SMALL_MAX) {
+    fp__shm_alock(m, h);
+    fp__shm_alog(m, &h->limbo[b], next);
+    fp__shm_alog(m, &h->nlimbo, h->nlimbo - 1);
+    fp__shm_free_locked(m, off);
+    fp__shm_acommit(m);
+    fp__shm_aunlock(m);
+    return;
+  }
+  int c = fp__shm_class_of(bytes);
+  uint32_t cap = fp__shm_cache_cap(c);
+  if (h->ncache[c] >= cap)
+    fp__shm_flush(m, h, h, c, (int)cap / 2);
+  uint64_t n = h->ncache[c];
+  h->cache[fp__shm_cache_base(c) + n] = off; /* past ncache: unlogged */
+  fp__shm_hlog(m, h, &h->limbo[b], next);
+  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo - 1);
+  fp__shm_hlog(m, h, &h->ncache[c], n + 1);
+  fp__shm_hcommit(h);
+}
+
+static void unlimbo_all(fp_manager *m, fp__shm_heap *h, int b) {
+  while (h->limbo[b] != 0)
+    unlimbo_one(m, h, b);
+}
+
+void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                    int is_cref) {
+  uint64_t v = *slot, off, e;
+  int b;
+
+  if (v == 0 || (is_cref && v == 1))
+    return;
+  off = is_cref ? fp__shm_cref_off(v) : v;
+  /* The unlink that made the chunk unreachable must be visible before
+   * the epoch is read (see the file header). */
+  atomic_thread_fence(memory_order_seq_cst);
+  e = atomic_load(&m->epoch);
+  b = (int)(e % 3);
+  /* A list of an older epoch in this bucket now waits for this epoch
+   * too: later reuse is always safe, and retiring touches nothing but h
+   * (a survivor repairing a dead thread's journal retires into the dead
+   * thread's heap, and must not take locks as that thread). */
+  /* Word 0 of a chunk in use is nobody's: link it unlogged. */
+  *(uint64_t *)fp__shm_ptr(m, off) = h->limbo[b];
+  fp__shm_hlog(m, h, &h->limbo[b], off);
+  if (h->limbo_epoch[b] != e)
+    fp__shm_hlog(m, h, &h->limbo_epoch[b], e);
+  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo + 1);
+  fp__shm_hlog(m, h, slot, 0);
+  fp__shm_hcommit(h);
+}
+
+/* --- epochs --------------------------------------------------------------- */
+
+/* What this thread saw the last time a heap held the epoch back. */
+static __thread struct {
+  const fp_manager *m;
+  int idx;
+  uint64_t pin, pins;
+  struct timespec since;
+} stuck;
+
+static double secs_since(const struct timespec *t) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)(now.tv_sec - t->tv_sec) +
+         (double)(now.tv_nsec - t->tv_nsec) * 1e-9;
+}
+
+/* Heap x, pinned at an old epoch, holds the epoch back. If it has done so
+ * with the very same pin for over a millisecond, and its owner is dead,
+ * clears the pin (a dead thread reads nothing). Returns 1 if cleared. */
+static int unstick(fp_manager *m, int i, fp__shm_heap *x, uint64_t pin) {
+  uint64_t pins = x->pins, s;
+
+  if (stuck.m != m || stuck.idx != i || stuck.pin != pin ||
+      stuck.pins != pins) {
+    stuck.m = m;
+    stuck.idx = i;
+    stuck.pin = pin;
+    stuck.pins = pins;
+    clock_gettime(CLOCK_MONOTONIC, &stuck.since);
+    return 0;
+  }
+  if (secs_since(&stuck.since) < 1e-3)
+    return 0;
+  s = atomic_load(&x->state);
+  if (!fp__shm_owner_dead(x, s))
+    return 0;
+  return atomic_compare_exchange_strong(&x->pin, &pin, 0);
+}
+
+/* Moves the epoch from e to e + 1 if every pinned heap announced e.
+ * Returns the epoch now. Call it unpinned. */
+static uint64_t try_advance(fp_manager *m) {
+  uint64_t e = atomic_load(&m->epoch), hw = atomic_load(&m->heap_hw);
+
+  for (uint64_t i = 0; i < hw; i++) {
+    fp__shm_heap *x = fp__shm_heap_at(m, (int)i);
+    uint64_t pin = atomic_load(&x->pin);
+    if ((pin & 1) && pin >> 1 != e && !unstick(m, (int)i, x, pin))
+      return e;
+  }
+  if (atomic_compare_exchange_strong(&m->epoch, &e, e + 1))
+    return e + 1;
+  return e; /* another thread advanced it: e is now newer */
+}
+
+/* Frees up to GLIMBO_BATCH chunks of the global limbo that are safe at
+ * epoch e. Returns 1 if it freed any. */
+static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
+  int freed = 0;
+
+  for (int b = 0; b < 3; b++) {
+    /* An unlocked peek; the lock is taken only when there is work. */
+    if (m->glimbo[b] == 0 || m->glimbo_epoch[b] + 2 > e)
+      continue;
+    fp__shm_alock(m, h);
+    for (int k = 0; k < GLIMBO_BATCH && m->glimbo[b] != 0 &&
+                    m->glimbo_epoch[b] + 2 <= e;
+         k++, freed = 1) {
+      uint64_t off = m->glimbo[b];
+      fp__shm_alog(m, &m->glimbo[b], *(uint64_t *)fp__shm_ptr(m, off));
+      fp__shm_free_locked(m, off);
+      fp__shm_acommit(m);
+    }
+    fp__shm_aunlock(m);
+  }
+  return freed;
+}
+
+void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
+  uint64_t e = atomic_load(&m->epoch);
+
+  /* Two advances make what was retired in the current epoch reusable. */
+  if (h->nlimbo >= min) {
+    e = try_advance(m);
+    e = try_advance(m);
+  }
+  for (int b = 0; b < 3; b++)
+    if (h->limbo[b] != 0 && h->limbo_epoch[b] + 2 <= e)
+      unlimbo_all(m, h, b);
+  while (collect_global(m, h, e))
+    ;
+}
+
+/* --- draining a heap -------------------------------------------------- */
+
+/* Moves heap d's limbo list b onto the global limbo, in one step of the
+ * global lock (held by h's thread). */
+static void limbo_to_global(fp_manager *m, fp__shm_heap *d, int b) {
+  uint64_t head = d->limbo[b], tail = head, n = 1, t = d->limbo_epoch[b];
+  int g = (int)(t % 3);
+
+  while (*(uint64_t *)fp__shm_ptr(m, tail) != 0) {
+    tail = *(uint64_t *)fp__shm_ptr(m, tail);
+    n++;
+  }
+  fp__shm_alog(m, fp__shm_ptr(m, tail), m->glimbo[g]);
+  fp__shm_alog(m, &m->glimbo[g], head);
+  /* Merged lists wait for the newer of the two epochs. */
+  if (m->glimbo_epoch[g] < t)
+    fp__shm_alog(m, &m->glimbo_epoch[g], t);
+  fp__shm_alog(m, &d->limbo[b], 0);
+  fp__shm_alog(m, &d->nlimbo, d->nlimbo - n);
+}
+
+void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
+                        fp__shm_heap *d) {
+  for (int c = 0; c < FP__SHM_NCLASS; c++)
+    while (d->ncache[c] != 0)
+      fp__shm_flush(m, h, d, c, (int)d->ncache[c]);
+  fp__shm_alock(m, h);
+  for (int b = 0; b < 3; b++)
+    if (d->limbo[b] != 0)
+      limbo_to_global(m, d, b);
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+}
+
+/* --- consistency check ------------------------------------------------------ */
+
+int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
+  uint64_t n, total = 0;
+  int rc = 0;
+
+  if (h->nlog != 0 || h->j.state != FP__J_IDLE || h->j.nundo != 0 ||
+      h->j.alloc[0] || h->j.alloc[1] || h->j.release[0] || h->j.release[1] ||
+      h->j.deep_n)
+    return fp__shm_fail(c, "heap %d: log or journal not idle",
+                        fp__shm_heap_idx(c->m, h));
+  for (int k = 0; k < FP__SHM_NCLASS && rc == 0; k++) {
+    if (h->ncache[k] > fp__shm_cache_cap(k))
+      return fp__shm_fail(c, "heap %d: cache %d overfull",
+                          fp__shm_heap_idx(c->m, h), k);
+    for (uint64_t i = 0; i < h->ncache[k] && rc == 0; i++) {
+      uint64_t off = h->cache[fp__shm_cache_base(k) + i];
+      if (fp__shm_chunk_bytes(c->m, off) != fp__shm_class_size(k))
+        return fp__shm_fail(c, "heap %d: cached chunk of another class",
+                            fp__shm_heap_idx(c->m, h));
+      rc = fp__shm_claim(c, off, "cached chunk");
+    }
+  }
+  for (int b = 0; b < 3 && rc == 0; b++) {
+    rc = fp__shm_claim_list(c, h->limbo[b], &n, "heap limbo");
+    total += n;
+  }
+  if (rc == 0 && total != h->nlimbo)
+    rc = fp__shm_fail(c, "heap %d: %llu retired chunks, heap says %llu",
+                      fp__shm_heap_idx(c->m, h), (unsigned long long)total,
+                      (unsigned long long)h->nlimbo);
+  return rc;
+}

@@ -1,0 +1,199 @@
+/* obj.c - shared objects: their headers, the registry, refs.
+ *
+ * Every dict, list, counter, lock and array starts with an fp__shm_obj
+ * header (64 bytes, 64-aligned) and is linked into the registry, a doubly
+ * linked list in the arena header that the checker walks. Creating an
+ * object is one step of the global allocator (allocate, build, link), so a
+ * crash leaves either no object or a complete one; freeing one is one step
+ * too (unlink, clear the magic, retire the chunk through the global limbo,
+ * so that a call still inside the object never sees it reused).
+ *
+ * Handles are pointers into the arena; fp__shm_obj_check validates one
+ * (magic, type, the arena's own magic and base) before every call. A ref
+ * is a handle made portable: type, a 27-bit tag mixing the manager's
+ * random identity with the object's creation number, and the offset.
+ */
+#include "ipc/shm/arena.h"
+
+#include <string.h>
+
+/* Header checks shared by fp__shm_obj_check and begin_destroy. */
+static int obj_header_check(const fp__shm_obj *o, int type) {
+  const fp_manager *m;
+  uint32_t mg;
+
+  if (o == NULL)
+    return FP_EINVAL;
+  mg = o->magic;
+  if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u))
+    return FP_EINVAL;
+  if (o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
+      mg != FP__SHM_OBJ_MAGIC(o->type))
+    return FP_EINVAL;
+  m = fp__shm_of(o);
+  if (m->magic != FP__SHM_MAGIC || m->base != (uint64_t)(uintptr_t)m)
+    return FP_EINVAL;
+  if ((int)o->type != type)
+    return FP_ETYPE;
+  return 0;
+}
+
+int fp__shm_obj_check(const void *p, int type) {
+  const fp__shm_obj *o = p;
+  int rc = obj_header_check(o, type);
+  if (rc == 0 && !fp__shm_obj_alive(o))
+    return FP_EINVAL;
+  return rc;
+}
+
+int fp__shm_obj_begin_destroy(void *p, int type) {
+  fp__shm_obj *o = p;
+  int rc = obj_header_check(o, type);
+  if (rc == 0)
+    atomic_store(&o->dying, 1); /* one word: crash-safe as it stands */
+  return rc;
+}
+
+/* Builds the object in the chunk at off and links it into the registry
+ * (inside the caller's allocator step). */
+static int obj_build(fp_manager *m, uint64_t off, int type, uint64_t size,
+                     int (*init)(void *obj, void *arg), void *arg) {
+  fp__shm_obj *o = fp__shm_ptr(m, off);
+  int rc;
+
+  /* Word 0 of a chunk off a slab's free list is that list's link, which a
+   * rollback puts back in use: log it, then build the rest unlogged (the
+   * chunk was unreachable). */
+  fp__shm_alog(m, &o->link, 0);
+  memset((char *)o + 8, 0, size - 8);
+  o->type = (uint32_t)type;
+  o->self = off;
+  o->size = size;
+  o->gen = m->gen + 1;
+  if (init != NULL && (rc = init(o, arg)) != 0)
+    return rc;
+  o->magic = FP__SHM_OBJ_MAGIC(type);
+  o->next = m->objects;
+  if (m->objects != 0)
+    fp__shm_alog(m, &((fp__shm_obj *)fp__shm_ptr(m, m->objects))->prev, off);
+  fp__shm_alog(m, &m->objects, off);
+  fp__shm_alog(m, &m->nobjects, m->nobjects + 1);
+  fp__shm_alog(m, &m->gen, m->gen + 1);
+  return 0;
+}
+
+int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
+                    int (*init)(void *obj, void *arg), void *arg, void **out) {
+  fp__shm_heap *h = fp__shm_heap_get(m);
+  uint64_t *slot;
+  int rc;
+
+  *out = NULL;
+  if (h == NULL)
+    return FP_ENOMEM;
+  if (size > m->size - m->heap)
+    return FP_EMSGSIZE;
+  /* The heap's idle journal lends its alloc slot to this step. */
+  slot = &h->j.alloc[0];
+  fp__shm_alock(m, h);
+  rc = fp__shm_alloc_locked(m, slot, size);
+  if (rc == 0)
+    rc = obj_build(m, *slot, type, size, init, arg);
+  if (rc == 0) {
+    *out = fp__shm_ptr(m, *slot);
+    fp__shm_alog(m, slot, 0);
+    fp__shm_acommit(m);
+  } else {
+    fp__shm_aabort(m);
+  }
+  fp__shm_aunlock(m);
+  return rc;
+}
+
+int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
+  fp__shm_heap *h = fp__shm_heap_get(m);
+  uint64_t word, e;
+  int b;
+
+  if (h == NULL)
+    return FP_ENOMEM;
+  fp__shm_alock(m, h);
+  if (o->prev != 0)
+    fp__shm_alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->prev))->next, o->next);
+  else
+    fp__shm_alog(m, &m->objects, o->next);
+  if (o->next != 0)
+    fp__shm_alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->next))->prev, o->prev);
+  fp__shm_alog(m, &m->nobjects, m->nobjects - 1);
+  /* magic and type share a word: clear the magic half. */
+  memcpy(&word, &o->magic, 8);
+  fp__shm_alog(m, (uint64_t *)&o->magic, word & ~(uint64_t)0xffffffffu);
+  /* Retire the chunk (see heap.c): the epoch is read after the magic is
+   * cleared, so a call that begins later sees the object gone. */
+  atomic_thread_fence(memory_order_seq_cst);
+  e = atomic_load(&m->epoch);
+  b = (int)(e % 3);
+  if (m->glimbo_epoch[b] != e)
+    fp__shm_alog(m, &m->glimbo_epoch[b], e); /* older chunks wait too */
+  fp__shm_push_locked(m, &m->glimbo[b], o->self);
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+  return 0;
+}
+
+/* --- refs ------------------------------------------------------------------- */
+
+#define REF_OFF_BITS 34
+#define REF_TAG_BITS 27
+
+/* The 27-bit tag of an object's ref: the manager's identity mixed with the
+ * object's creation number (splitmix64's finaliser). */
+static uint64_t ref_tag(const fp_manager *m, const fp__shm_obj *o) {
+  uint64_t x = m->id ^ (o->gen * 0x9e3779b97f4a7c15ULL);
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x & (((uint64_t)1 << REF_TAG_BITS) - 1);
+}
+
+uint64_t fp__shm_obj_ref(const fp__shm_obj *o) {
+  return (uint64_t)o->type << (REF_OFF_BITS + REF_TAG_BITS) |
+         ref_tag(fp__shm_of(o), o) << REF_OFF_BITS | o->self / 64;
+}
+
+void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
+  uint64_t off = (ref & (((uint64_t)1 << REF_OFF_BITS) - 1)) * 64;
+  uint64_t tag = (ref >> REF_OFF_BITS) & (((uint64_t)1 << REF_TAG_BITS) - 1);
+  uint64_t rtype = ref >> (REF_OFF_BITS + REF_TAG_BITS);
+  fp__shm_obj *o;
+
+  *err = FP_EINVAL;
+  if (m == NULL || m->magic != FP__SHM_MAGIC)
+    return NULL;
+  if (off < m->heap || off + sizeof(*o) > m->brk)
+    return NULL;
+  o = fp__shm_ptr(m, off);
+  if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
+      !fp__shm_obj_alive(o) || ref_tag(m, o) != tag)
+    return NULL;
+  if (rtype != o->type || (int)o->type != type) {
+    *err = FP_ETYPE;
+    return NULL;
+  }
+  *err = 0;
+  return o;
+}
+
+int fp__shm_check_value(const void *v, size_t vlen) {
+  size_t n = 0;
+
+  if (v == NULL)
+    return FP_EINVAL;
+  if (vlen > UINT32_MAX)
+    return FP_EMSGSIZE;
+  if (fp_values_count(v, vlen, &n) != 0 || n != 1)
+    return FP_EPROTO;
+  return 0;
+}

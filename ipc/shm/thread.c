@@ -1,0 +1,319 @@
+/* thread.c - binding threads to heaps, structure locks, and reclaiming the
+ * heap of a thread that died.
+ *
+ * A thread's first call on a manager claims a free slot of the manager's
+ * heap table by one compare-and-swap of the slot's state word (its thread
+ * id and a new generation), and remembers the heap in a small thread-local
+ * table keyed by manager address and identity. A forked child has new
+ * thread ids and must not use its parent's heaps: a pthread_atfork child
+ * handler bumps a process-wide fork generation that the thread-local
+ * entries carry. A thread that exits releases its heaps (a pthread key
+ * destructor returns their cached chunks and frees the slots), in the
+ * managers still mapped in the process (fp__shm_mapped_add/remove).
+ *
+ * A thread that dies instead (SIGKILL, a crash) leaves its heap owned by a
+ * dead thread id. Survivors find it three ways: a lock whose word names the
+ * heap (fp__shm_lock), a heap that holds the epoch back (heap.c clears its
+ * pin), or a full heap table (claim adopts a dead heap). Reclaiming a heap
+ * first marks it (bit 63 and the reclaimer's thread id in the state word,
+ * so that others wait for a live reclaimer and take over from a dead one),
+ * then settles the global allocator, replays the heap's own log, repairs
+ * its journal -- which restores or finishes the structure update the dead
+ * thread was making under the lock -- and only then frees the slot or
+ * adopts it under a new generation. Waiters on a lock the dead thread held
+ * see the generation change only after the repair, and then take the lock.
+ */
+#include "ipc/shm/arena.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NBIND 8
+
+/* One thread's heap in one manager. Valid while fgen == fork_gen. */
+typedef struct bind {
+  fp_manager *m;
+  uint64_t id;
+  uint64_t fgen;
+  fp__shm_heap *h;
+} bind;
+
+static _Atomic uint64_t fork_gen = 1;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static pthread_key_t exit_key;
+static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  fp_manager *m;
+  uint64_t id;
+} *mapped;
+static size_t nmapped, capmapped;
+
+static __thread bind binds[NBIND];
+static __thread struct {
+  uint64_t fgen;
+  uint32_t tid;
+  uint64_t start;
+} me_cache;
+
+/* --- who am I ------------------------------------------------------------- */
+
+static uint32_t my_tid(void) {
+  uint64_t g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  if (me_cache.fgen != g) {
+    me_cache.tid = (uint32_t)syscall(SYS_gettid);
+    me_cache.start = fp__shm_start_time(me_cache.tid);
+    me_cache.fgen = g;
+  }
+  return me_cache.tid;
+}
+
+static uint64_t my_start(void) {
+  my_tid();
+  return me_cache.start;
+}
+
+/* --- the mapped managers --------------------------------------------------- */
+
+static void atfork_prepare(void) {
+  pthread_mutex_lock(&mapped_mu);
+}
+static void atfork_parent(void) {
+  pthread_mutex_unlock(&mapped_mu);
+}
+static void atfork_child(void) {
+  atomic_fetch_add(&fork_gen, 1);
+  pthread_mutex_unlock(&mapped_mu);
+}
+
+static int is_mapped_locked(const fp_manager *m, uint64_t id) {
+  for (size_t i = 0; i < nmapped; i++)
+    if (mapped[i].m == m && mapped[i].id == id)
+      return 1;
+  return 0;
+}
+
+void fp__shm_mapped_add(fp_manager *m) {
+  pthread_mutex_lock(&mapped_mu);
+  if (nmapped == capmapped) {
+    size_t cap = capmapped ? capmapped * 2 : 8;
+    void *p = realloc(mapped, cap * sizeof(*mapped));
+    if (p == NULL) { /* then this manager's heaps are not released at
+                        thread exit: reclaimed once the thread is gone */
+      pthread_mutex_unlock(&mapped_mu);
+      return;
+    }
+    mapped = p;
+    capmapped = cap;
+  }
+  mapped[nmapped].m = m;
+  mapped[nmapped++].id = m->id;
+  pthread_mutex_unlock(&mapped_mu);
+}
+
+static void release(fp_manager *m, fp__shm_heap *h);
+
+void fp__shm_mapped_remove(fp_manager *m) {
+  uint64_t g = atomic_load(&fork_gen);
+
+  pthread_mutex_lock(&mapped_mu);
+  /* The caller's own heap goes back now; other threads' heaps stay owned
+   * by them until they exit (and are then reclaimed as dead). */
+  for (int i = 0; i < NBIND; i++)
+    if (binds[i].m == m && binds[i].id == m->id && binds[i].fgen == g) {
+      release(m, binds[i].h);
+      memset(&binds[i], 0, sizeof(binds[i]));
+    }
+  for (size_t i = 0; i < nmapped; i++)
+    if (mapped[i].m == m) {
+      mapped[i] = mapped[--nmapped];
+      break;
+    }
+  pthread_mutex_unlock(&mapped_mu);
+}
+
+/* The pthread key destructor: the thread exits between calls. */
+static void on_thread_exit(void *arg) {
+  uint64_t g = atomic_load(&fork_gen);
+
+  pthread_mutex_lock(&mapped_mu);
+  for (int i = 0; i < NBIND; i++)
+    if (binds[i].h != NULL && binds[i].fgen == g &&
+        is_mapped_locked(binds[i].m, binds[i].id))
+      release(binds[i].m, binds[i].h);
+  memset(binds, 0, sizeof(binds));
+  pthread_mutex_unlock(&mapped_mu);
+}
+
+static void init_once(void) {
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+  pthread_key_create(&exit_key, on_thread_exit);
+}
+
+/* --- claiming, releasing, reclaiming --------------------------------------- */
+
+static void bump_hw(fp_manager *m, uint64_t n) {
+  uint64_t hw = atomic_load(&m->heap_hw);
+  while (hw < n && !atomic_compare_exchange_weak(&m->heap_hw, &hw, n))
+    ;
+}
+
+/* Frees heap h's slot after its chunks went back: start first, so that a
+ * later owner's liveness is never judged by this owner's start time. */
+static void free_slot(fp__shm_heap *h, uint64_t s) {
+  atomic_store(&h->start, 0);
+  atomic_store(&h->state, FP__HS_MAKE(FP__HS_GEN(s), 0));
+}
+
+/* Releases the caller's own heap (between calls). */
+static void release(fp_manager *m, fp__shm_heap *h) {
+  fp__shm_collect(m, h, 0);
+  fp__shm_heap_drain(m, h, h);
+  free_slot(h, atomic_load(&h->state));
+}
+
+/* Puts dead heap d, marked as being reclaimed by us, back in order: the
+ * global allocator first (a step d died in may have touched d's words),
+ * then d's own log, then d's journal. locker takes the global lock. */
+static void repair(fp_manager *m, const fp__shm_heap *locker,
+                   fp__shm_heap *d) {
+  atomic_store(&d->pin, 0);
+  fp__shm_alock(m, locker);
+  fp__shm_aunlock(m);
+  fp__shm_hrollback(m, d);
+  fp__shm_jrepair(m, d);
+}
+
+/* Marks heap d (seen in state s, owner dead or reclaimer dead) as being
+ * reclaimed by the calling thread. Returns the marked state, or 0 if d
+ * changed meanwhile. */
+static uint64_t mark(fp__shm_heap *d, uint64_t s) {
+  uint64_t ns = FP__HS_RECLAIM | FP__HS_MAKE(FP__HS_GEN(s), my_tid());
+  return atomic_compare_exchange_strong(&d->state, &s, ns) ? ns : 0;
+}
+
+void fp__shm_reclaim(fp_manager *m, fp__shm_heap *h, fp__shm_heap *d,
+                     uint32_t gen) {
+  uint64_t s, ns;
+
+  for (;;) {
+    s = atomic_load(&d->state);
+    if (FP__HS_TID(s) == 0 || FP__HS_GEN(s) != gen || d == h)
+      return;
+    if (!fp__shm_owner_dead(d, s)) {
+      if (!(s & FP__HS_RECLAIM))
+        return; /* a live owner: nothing to reclaim */
+      nanosleep(&(struct timespec){0, 100000}, NULL); /* a live reclaimer */
+      continue;
+    }
+    if ((ns = mark(d, s)) != 0)
+      break;
+  }
+  repair(m, h, d);
+  fp__shm_heap_drain(m, h, d);
+  free_slot(d, ns);
+}
+
+/* Adopts dead heap d (seen in state s) as the calling thread's: repaired
+ * as any reclaim, then owned under the next generation, caches and limbo
+ * kept. Returns 1, or 0 if another thread moved first. */
+static int adopt(fp_manager *m, fp__shm_heap *d, uint64_t s) {
+  uint64_t ns = mark(d, s);
+
+  if (ns == 0)
+    return 0;
+  repair(m, d, d); /* the global lock as d's marked identity */
+  atomic_store(&d->start, 0);
+  atomic_store(&d->state, FP__HS_MAKE(FP__HS_GEN(ns) + 1, my_tid()));
+  atomic_store(&d->start, my_start());
+  return 1;
+}
+
+/* Claims a free heap slot, or adopts a dead thread's. NULL if every slot
+ * belongs to a live thread. */
+static fp__shm_heap *claim(fp_manager *m) {
+  for (uint64_t i = 0; i < m->nheaps; i++) {
+    fp__shm_heap *h = fp__shm_heap_at(m, (int)i);
+    uint64_t s = atomic_load(&h->state);
+    if (FP__HS_TID(s) != 0)
+      continue;
+    if (atomic_compare_exchange_strong(
+            &h->state, &s, FP__HS_MAKE(FP__HS_GEN(s) + 1, my_tid()))) {
+      atomic_store(&h->start, my_start());
+      bump_hw(m, i + 1);
+      return h;
+    }
+  }
+  for (uint64_t i = 0; i < m->nheaps; i++) {
+    fp__shm_heap *h = fp__shm_heap_at(m, (int)i);
+    uint64_t s = atomic_load(&h->state);
+    if (FP__HS_TID(s) != 0 && fp__shm_owner_dead(h, s) && adopt(m, h, s))
+      return h;
+  }
+  return NULL;
+}
+
+/* The slow half of fp__shm_heap_get. */
+static fp__shm_heap *bind_slow(fp_manager *m) {
+  uint64_t g;
+  fp__shm_heap *h;
+  int slot = -1;
+
+  pthread_once(&once, init_once);
+  g = atomic_load(&fork_gen);
+  if ((h = claim(m)) == NULL)
+    return NULL;
+  pthread_mutex_lock(&mapped_mu);
+  for (int i = 0; i < NBIND && slot < 0; i++)
+    if (binds[i].h == NULL || binds[i].fgen != g ||
+        !is_mapped_locked(binds[i].m, binds[i].id))
+      slot = i;
+  if (slot < 0) { /* every entry live: give the oldest heap back */
+    release(binds[0].m, binds[0].h);
+    memmove(binds, binds + 1, sizeof(binds[0]) * (NBIND - 1));
+    slot = NBIND - 1;
+  }
+  binds[slot] = (bind){m, m->id, g, h};
+  pthread_mutex_unlock(&mapped_mu);
+  pthread_setspecific(exit_key, (void *)1);
+  return h;
+}
+
+fp__shm_heap *fp__shm_heap_get(fp_manager *m) {
+  uint64_t g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  for (int i = 0; i < NBIND; i++)
+    if (binds[i].m == m && binds[i].fgen == g && binds[i].id == m->id)
+      return binds[i].h;
+  return bind_slow(m);
+}
+
+/* --- structure locks -------------------------------------------------------- */
+
+void fp__shm_lock(fp_manager *m, fp__shm_heap *h, fp__shm_mutex *mu) {
+  uint32_t dead = fp__shm_mutex_lock(m, mu, fp__shm_me(m, h));
+  int i;
+
+  if (dead == 0)
+    return;
+  atomic_fetch_add(&m->recovered, 1);
+  i = FP__SHM_OWNER_IDX(dead);
+  if (i >= 0 && (uint64_t)i < m->nheaps)
+    fp__shm_reclaim(m, h, fp__shm_heap_at(m, i), FP__SHM_OWNER_GEN(dead));
+}
+
+int fp__shm_reclaim_dead(fp_manager *m) {
+  fp__shm_heap *h = fp__shm_heap_get(m);
+
+  if (h == NULL)
+    return FP_EAGAIN;
+  for (uint64_t i = 0; i < atomic_load(&m->heap_hw); i++) {
+    fp__shm_heap *d = fp__shm_heap_at(m, (int)i);
+    uint64_t s = atomic_load(&d->state);
+    if (d != h && FP__HS_TID(s) != 0 && fp__shm_owner_dead(d, s))
+      fp__shm_reclaim(m, h, d, FP__HS_GEN(s));
+  }
+  return 0;
+}
