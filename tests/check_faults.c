@@ -352,6 +352,7 @@ static int fault_item(int64_t v) {
       if (blk == NULL)
         return fp_task_fail("out of memory after %zu MiB", total >> 20);
       memset(blk, 1, (size_t)32 << 20);
+      __asm__ volatile("" : : "r"(blk) : "memory"); /* no elision */
       total += (size_t)32 << 20;
     }
   }
@@ -579,6 +580,7 @@ static int t_hog(fp_reader *args, fp_writer *out) {
     if (blk == NULL)
       return fp_task_fail("out of memory after %zu MiB", total >> 20);
     memset(blk, 1, (size_t)64 << 20);
+    __asm__ volatile("" : : "r"(blk) : "memory"); /* no elision */
     total += (size_t)64 << 20;
     if (total > ((size_t)8 << 30))
       break; /* the limit did not work: report it */
