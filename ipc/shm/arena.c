@@ -68,11 +68,16 @@ static const uint8_t slab_pages[FP__SHM_NCLASS] = {
     3, 13, 9, 10, 6, 11, 4, 15, 7, 10, 8, 14, 14, 14, 16};
 
 /* Cached chunks per class in a heap: 32 for small classes, about 8 KiB
- * worth for larger ones, at least 4. The bases are the prefix sums. */
-static uint32_t cap_of(int c) {
-  uint32_t n = 8192 / class_size[c];
-  return n < 4 ? 4 : n > 32 ? 32 : n;
-}
+ * worth for larger ones, at least 4 (8192 / size, clamped); and where
+ * each class's slots begin in the heap's cache array (prefix sums). */
+static const uint8_t cache_cap[FP__SHM_NCLASS] = {
+    32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 25, 21, 18, 16,
+    12, 10, 9,  8,  6,  5,  4,  4,  4,  4,  4,  4,  4,  4,  4};
+static const uint16_t cache_base[FP__SHM_NCLASS] = {
+    0,   32,  64,  96,  128, 160, 192, 224, 256, 288, 320,
+    352, 384, 409, 430, 448, 464, 476, 486, 495, 503, 509,
+    514, 518, 522, 526, 530, 534, 538, 542, 546};
+_Static_assert(546 + 4 <= FP__SHM_CACHE_SLOTS, "heap cache array size");
 
 int fp__shm_class_of(uint64_t size) {
   if (size <= 128)
@@ -89,22 +94,11 @@ uint32_t fp__shm_class_size(int cls) {
 }
 
 uint32_t fp__shm_cache_cap(int cls) {
-  return cap_of(cls);
+  return cache_cap[cls];
 }
 
 uint32_t fp__shm_cache_base(int cls) {
-  static uint32_t base[FP__SHM_NCLASS + 1];
-  static _Atomic int ready;
-  if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-    uint32_t b[FP__SHM_NCLASS + 1] = {0};
-    for (int c = 0; c < FP__SHM_NCLASS; c++)
-      b[c + 1] = b[c] + cap_of(c);
-    if (b[FP__SHM_NCLASS] > FP__SHM_CACHE_SLOTS)
-      abort(); /* the heap's cache array is too small: broken constant */
-    memcpy(base, b, sizeof(base)); /* same values from every thread */
-    atomic_store_explicit(&ready, 1, memory_order_release);
-  }
-  return base[cls];
+  return cache_base[cls];
 }
 
 /* --- page map ------------------------------------------------------------ */

@@ -101,6 +101,22 @@ _Static_assert(offsetof(node, payload) == 32 && offsetof(node, data) ==
                    NODE_HDR,
                "node layout");
 
+/* The last 1..8 bytes of a key as one word, with whole loads only: the
+ * first and last 4 bytes (overlapping) of 4..8 bytes, or the first,
+ * middle and last byte of 1..3. With the length mixed in, distinct keys
+ * give distinct words. */
+static uint64_t tail_word(const unsigned char *p, size_t n) {
+  uint32_t a, b;
+
+  if (n >= 4) {
+    memcpy(&a, p, 4);
+    memcpy(&b, p + n - 4, 4);
+    return (uint64_t)a << 32 | b;
+  }
+  return n == 0 ? 0 : (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 |
+                          (uint64_t)p[n - 1] << 16;
+}
+
 /* 64-bit hash of a byte string: 8 bytes at a time through a multiply-xor
  * mix, finished with murmur3's fmix64 so every input bit reaches both the
  * top bits (stripe) and the low bits (bucket). */
@@ -108,15 +124,14 @@ static uint64_t hash_key(const void *key, size_t n) {
   const unsigned char *p = key;
   uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * 0xff51afd7ed558ccdULL), v;
 
-  while (n >= 8) {
+  while (n > 8) {
     memcpy(&v, p, 8);
     h = (h ^ (v * 0xc4ceb9fe1a85ec53ULL)) * 0x100000001b3ULL;
     h ^= h >> 29;
     p += 8;
     n -= 8;
   }
-  v = 0;
-  memcpy(&v, p, n);
+  v = tail_word(p, n);
   h = (h ^ (v * 0xc4ceb9fe1a85ec53ULL)) * 0x100000001b3ULL;
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdULL;
@@ -163,12 +178,14 @@ static const unsigned char *node_value(node *nd, unsigned char buf[9]) {
 }
 
 /* Looks key up in table t (NULL: empty). Returns the bucket index holding
- * it, or -1. When ins is not NULL it receives the bucket where the key
- * would go (the first tombstone or empty bucket of its probe sequence).
- * Safe without the lock: buckets are read atomically and nodes never
- * change (but for a scalar's payload). */
+ * it, and its node in *found (may be NULL), or -1. When ins is not NULL it
+ * receives the bucket where the key would go (the first tombstone or
+ * empty bucket of its probe sequence). Safe without the lock: each bucket
+ * is read once, atomically, and nodes never change (but for a scalar's
+ * payload) -- a lock-free caller must use *found, not read the bucket
+ * again, which may have changed since. */
 static int64_t lookup(fp_manager *m, table *t, const void *key, size_t klen,
-                      uint64_t h, uint64_t *ins) {
+                      uint64_t h, uint64_t *ins, node **found) {
   uint64_t first = UINT64_MAX, cap, i, b;
 
   if (ins != NULL)
@@ -193,8 +210,11 @@ static int64_t lookup(fp_manager *m, table *t, const void *key, size_t klen,
     if (BKT_HASH(b) != (h & HMASK))
       continue;
     node *nd = node_at(m, b);
-    if (nd->klen == klen && (klen == 0 || memcmp(nd->data, key, klen) == 0))
+    if (nd->klen == klen && (klen == 0 || memcmp(nd->data, key, klen) == 0)) {
+      if (found != NULL)
+        *found = nd;
       return (int64_t)i;
+    }
   }
   if (ins != NULL)
     *ins = first;
@@ -412,18 +432,19 @@ static int reserve_one(fp_manager *m, fp__shm_heap *h, stripe *s,
   return 0;
 }
 
-/* Inserts a key known to be absent (journal open, stripe locked). */
+/* Inserts a key known to be absent (journal open, stripe locked); ins is
+ * the bucket the caller's lookup found for it. */
 static int insert_new(fp_manager *m, fp__shm_heap *h, stripe *s,
                       const void *key, size_t klen, uint64_t hash,
-                      const void *val, size_t vlen) {
+                      const void *val, size_t vlen, uint64_t ins) {
   table *t = table_at(m, s->table), *old = t;
-  uint64_t ins;
   int rc;
 
   if ((rc = make_node(m, h, key, klen, hash, val, vlen)) != 0 ||
       (rc = reserve_one(m, h, s, &t)) != 0)
     return rc;
-  lookup(m, t, key, klen, hash, &ins);
+  if (t != old) /* a new table: find the key's bucket there */
+    lookup(m, t, key, klen, hash, &ins, NULL);
   if (ins == UINT64_MAX)
     abort(); /* reserve_one guarantees a free bucket */
   if (t == old && atomic_load(&t->b[ins]) == TOMB)
@@ -492,15 +513,15 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
   return 0;
 }
 
-/* The locked write for an absent key. */
+/* The locked write for an absent key, which would go in bucket ins. */
 static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
                         const void *key, size_t klen, uint64_t hash,
                         const void *val, size_t vlen, int mode,
-                        fp_writer *out) {
+                        fp_writer *out, uint64_t ins) {
   int rc;
 
   fp__shm_jbegin(h);
-  if ((rc = insert_new(m, h, s, key, klen, hash, val, vlen)) != 0) {
+  if ((rc = insert_new(m, h, s, key, klen, hash, val, vlen, ins)) != 0) {
     fp__shm_jabort(m, h);
     fp__shm_unlock(&s->mu);
     return rc;
@@ -518,13 +539,12 @@ static int write_lockfree(fp_manager *m, stripe *s, const void *key,
                           size_t vlen, int mode, uint64_t delta,
                           int64_t *newv) {
   table *t = table_at(m, atomic_load_explicit(&s->table, memory_order_acquire));
-  int64_t i = lookup(m, t, key, klen, hash, NULL);
-  uint64_t nv;
   node *nd;
+  int64_t i = lookup(m, t, key, klen, hash, NULL, &nd);
+  uint64_t nv;
 
   if (i < 0)
     return 1; /* an insert: needs the lock */
-  nd = node_at(m, atomic_load(&t->b[i]));
   if (mode == W_ADD && nd->tag != FP_INT)
     return FP_ETYPE;
   if (mode == W_SET && (!is_scalar(nd) || *(const uint8_t *)val != nd->tag))
@@ -570,7 +590,8 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
   if ((rc = lock_stripe(d, h, s)) != 0)
     goto out;
   table *t = table_at(m, s->table);
-  if ((i = lookup(m, t, key, klen, hash, NULL)) >= 0) {
+  uint64_t ins;
+  if ((i = lookup(m, t, key, klen, hash, &ins, NULL)) >= 0) {
     rc = write_present(m, h, s, t, (uint64_t)i, val, vlen, mode,
                        (uint64_t)delta, newv, out);
   } else {
@@ -581,7 +602,7 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
       if (newv != NULL)
         *newv = delta;
     }
-    rc = write_absent(m, h, s, key, klen, hash, val, vlen, mode, out);
+    rc = write_absent(m, h, s, key, klen, hash, val, vlen, mode, out, ins);
   }
 out:
   done(m, h);
@@ -683,7 +704,6 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
   fp__shm_heap *h;
   uint64_t hash;
   stripe *s;
-  int64_t i;
   int rc;
 
   if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
@@ -693,12 +713,14 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
     return FP_EINVAL;
   if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
     return rc;
+  FP__SHM_CRASH_POINT(); /* the tests' reader killed while pinned */
   fp_manager *m = mgr(d);
   table *t = table_at(m, atomic_load_explicit(&s->table, memory_order_acquire));
-  if ((i = lookup(m, t, key, klen, hash, NULL)) < 0)
+  node *nd;
+  if (lookup(m, t, key, klen, hash, NULL, &nd) < 0)
     rc = mode == R_CONTAINS ? 0 : FP_ENOENT;
   else
-    rc = read_node(node_at(m, atomic_load(&t->b[i])), mode, out, scalar);
+    rc = read_node(nd, mode, out, scalar);
   done(m, h);
   return rc;
 }
@@ -758,7 +780,7 @@ int fp_dict_delete(fp_dict *d, const void *key, size_t klen, fp_writer *out) {
   fp_manager *m = mgr(d);
   if ((rc = lock_stripe(d, h, s)) == 0) {
     table *t = table_at(m, s->table);
-    if ((i = lookup(m, t, key, klen, hash, NULL)) < 0) {
+    if ((i = lookup(m, t, key, klen, hash, NULL, NULL)) < 0) {
       fp__shm_unlock(&s->mu);
       rc = FP_ENOENT;
     } else {
@@ -963,7 +985,7 @@ static int check_node(fp__shm_checker *c, table *t, uint64_t i, int idx) {
                           (nd->tag != FP_INT && nd->tag != FP_FLOAT)
                     : fp__shm_check_value(nd->data + nd->klen, nd->vlen) != 0)
     return fp__shm_fail(c, "dict stripe %d: bad value", idx);
-  if (lookup(m, t, nd->data, nd->klen, nd->hash, NULL) != (int64_t)i)
+  if (lookup(m, t, nd->data, nd->klen, nd->hash, NULL, NULL) != (int64_t)i)
     return fp__shm_fail(c, "dict stripe %d: key unreachable or duplicated",
                         idx);
   return 0;
