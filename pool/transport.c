@@ -19,6 +19,7 @@
  */
 #include "pool/transport.h"
 #include "affinity/affinity.h"
+#include "ipc/shm/arena.h"
 #include "ipc/wire/error.h"
 #include "pool/clock.h"
 
@@ -43,6 +44,7 @@ static const fp__core_api core_api = {
     .affinity_plan = fp__affinity_plan,
     .now_ns = fp__now_ns,
     .fnref_rebase = fp__fnref_rebase,
+    .enter_worker_rank = fp__shm_enter_worker_rank,
 };
 
 /* dlopen()s path and looks the entry up; appends why not to why. */

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape. */
-#define FP__TRANSPORT_ABI 1
+#define FP__TRANSPORT_ABI 2
 
 /* The core functions a transport library may call. */
 typedef struct fp__core_api {
@@ -39,6 +39,10 @@ typedef struct fp__core_api {
                        size_t errlen);
   int64_t (*now_ns)(void);
   int (*fnref_rebase)(fp__fnref *ref);
+  /* A worker rank calls it before it forks anything: from then on, this
+   * process and its forks refuse Manager refs of rank 0 with a message
+   * instead of reading their own memory (ipc/shm/arena.h). */
+  void (*enter_worker_rank)(int rank);
 } fp__core_api;
 
 /* What a transport library offers. */

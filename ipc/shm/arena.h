@@ -440,6 +440,24 @@ FP__SHM_HIDDEN void fp__shm_reclaim(fp_manager *m, fp__shm_heap *h,
 FP__SHM_HIDDEN void fp__shm_mapped_add(fp_manager *m);
 FP__SHM_HIDDEN void fp__shm_mapped_remove(fp_manager *m);
 
+/* MPI worker ranks (FP_TRANSPORT_MPI). A worker rank's process is not a
+ * fork of rank 0: no manager of rank 0 is mapped in it, and a manager it
+ * made before fp_pool_new() (every rank runs the program up to that call)
+ * is its own copy, laid out like rank 0's, whose objects a ref of rank 0
+ * may name at the very same offset; the 27-bit tag would then be the only
+ * thing telling them apart. So the MPI link calls enter_worker_rank() on
+ * a worker rank before it forks anything (the fork server and the workers
+ * inherit the mark), which marks every manager mapped then as such a copy;
+ * from then on ref_refused() refuses to resolve a ref against a copy, a
+ * NULL manager, or a pointer that is no manager mapped in this process.
+ * Managers made afterwards on the rank (by an initializer or a task) are
+ * the rank's own and resolve as usual. Returns 0 (resolve), or 1 with *err
+ * set to FP_ENOTSUP or FP_EINVAL and the reason left as the last error and
+ * as the running task's failure message. */
+FP__SHM_HIDDEN void fp__shm_enter_worker_rank(int rank);
+FP__SHM_HIDDEN int fp__shm_ref_refused(const fp_manager *m, const char *call,
+                                       int *err);
+
 /* Reclaims every heap whose owner is dead (the checker's settle step). */
 FP__SHM_HIDDEN int fp__shm_reclaim_dead(fp_manager *m);
 

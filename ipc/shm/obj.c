@@ -170,6 +170,11 @@ void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
   fp__shm_obj *o;
 
   *err = FP_EINVAL;
+  static const char *const call[] = {"from_ref",         "fp_dict_from_ref",
+                                     "fp_list_from_ref", "fp_counter_from_ref",
+                                     "fp_lock_from_ref", "fp_array_from_ref"};
+  if (fp__shm_ref_refused(m, call[type >= 0 && type <= 5 ? type : 0], err))
+    return NULL; /* on an MPI worker rank: see arena.h */
   if (m == NULL || m->magic != FP__SHM_MAGIC)
     return NULL;
   if (off < m->heap || off + sizeof(*o) > m->brk)

@@ -24,8 +24,10 @@
  * see the generation change only after the repair, and then take the lock.
  */
 #include "ipc/shm/arena.h"
+#include "ipc/wire/error.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -49,8 +51,13 @@ static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
   fp_manager *m;
   uint64_t id;
+  int copy; /* mapped before this process became an MPI worker rank */
 } *mapped;
 static size_t nmapped, capmapped;
+/* The MPI worker rank this process serves (inherited by its forks); 0 on
+ * rank 0 and without MPI. Written once, before any thread of ours runs
+ * tasks, so plain loads suffice. */
+static int worker_rank;
 
 static __thread bind binds[NBIND];
 static __thread struct {
@@ -110,8 +117,48 @@ void fp__shm_mapped_add(fp_manager *m) {
     capmapped = cap;
   }
   mapped[nmapped].m = m;
+  mapped[nmapped].copy = 0;
   mapped[nmapped++].id = m->id;
   pthread_mutex_unlock(&mapped_mu);
+}
+
+void fp__shm_enter_worker_rank(int rank) {
+  pthread_mutex_lock(&mapped_mu);
+  worker_rank = rank > 0 ? rank : 0;
+  for (size_t i = 0; i < nmapped; i++)
+    mapped[i].copy = 1;
+  pthread_mutex_unlock(&mapped_mu);
+}
+
+int fp__shm_ref_refused(const fp_manager *m, const char *call, int *err) {
+  char msg[400];
+  int found = 0, copy = 0;
+  if (worker_rank == 0)
+    return 0; /* rank 0, or no MPI: the ref's own checks decide */
+  pthread_mutex_lock(&mapped_mu);
+  for (size_t i = 0; i < nmapped && !found; i++)
+    if (mapped[i].m == m) {
+      found = 1;
+      copy = mapped[i].copy;
+    }
+  pthread_mutex_unlock(&mapped_mu);
+  if (found && !copy)
+    return 0;
+  /* Not one of ours, or our copy: a ref of rank 0 names memory that does
+   * not exist here, so any answer would be wrong. */
+  *err = found ? FP_ENOTSUP : FP_EINVAL;
+  snprintf(msg, sizeof(msg),
+           "%s: Manager objects do not cross MPI ranks: this process "
+           "serves worker rank %d, and %s (docs/mpi.md)",
+           call, worker_rank,
+           m == NULL ? "has no manager (NULL): rank 0's shared memory is not "
+                       "mapped here"
+           : found   ? "this manager was made before fp_pool_new(), so it is "
+                       "this rank's own copy, not rank 0's shared memory"
+                     : "no manager is mapped at that address here");
+  fp__set_last_error(*err, msg);
+  fp_task_fail("%s", msg);
+  return 1;
 }
 
 static void release(fp_manager *m, fp__shm_heap *h);

@@ -392,6 +392,9 @@ void fp__mpi_serve(fp__mpi_world *w, const fp_pool_opts *opts) {
   memset(&hello, 0, sizeof(hello));
   gethostname(hello.host, sizeof(hello.host) - 1);
   int n = FP_ENOMEM;
+  /* Before the local link forks its fork server: every process of this
+   * rank then refuses Manager refs of rank 0 (transport.h). */
+  w->core->enter_worker_rank(w->rank);
   if (sv != NULL) {
     pthread_mutex_init(&sv->mu, NULL);
     sv->w = w;

@@ -36,6 +36,8 @@ run() {
 run "calls, 3 ranks" $MPIRUN -n 3 "$T/calls"
 run "calls, 5 ranks" $MPIRUN -n 5 "$T/calls"
 run "no worker ranks" $MPIRUN -n 1 "$T/calls" --singleton
+run "Manager refs refused on worker ranks" $MPIRUN -n 3 "$T/refuse"
+run "CPU lists refused" $MPIRUN -n 3 "$T/refuse" --pin-list
 run "close/join through dlopen" env FP_MPI_LIBRARY="$B/libforkpool_mpi.so.0" \
   $MPIRUN -x FP_MPI_LIBRARY -n 3 "$T/nolink_close"
 run "no MPI library" "$T/nolink_missing"
@@ -47,7 +49,7 @@ else
   passed=$((passed + 1))
 fi
 echo "== nothing left running"
-left=$(ps -eo pid=,args= | grep -E "$T/(calls|nolink_)" | grep -v grep)
+left=$(ps -eo pid=,args= | grep -E "$T/(calls|refuse|nolink_)" | grep -v grep)
 if [ -n "$left" ]; then
   echo "   left running:"; echo "$left"; failed=$((failed + 1))
 else
