@@ -20,6 +20,12 @@
  * (median of --repeat runs); the other rows are the median of
  * --table-repeat runs, 1 by default to keep `make demo` short
  * (demo-compare asks for 3).
+ *
+ * With --transport mpi (make demo-mpi: mpirun -n 3) the partitions go to
+ * the workers of the worker ranks. An MPI job has one pool (the worker
+ * ranks end with it), so it is made first, before anything is timed, and
+ * serves every repeat; the workers table, which needs a pool per row, is
+ * left out.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +76,9 @@ static int bogosort_task(const void *in, void *out) {
   return 0;
 }
 
+/* The one pool of an MPI run, made before anything else; NULL locally. */
+static fp_pool *mpi_pool;
+
 /* Times one fp_pool_map of the jobs with one partition per worker. */
 static double run_partitioned(const demo_opts *o, int workers,
                               fp_progress_mode progress, const job *jobs,
@@ -79,13 +88,16 @@ static double run_partitioned(const demo_opts *o, int workers,
   fp_call_opts co = {0};
   double t;
   po.workers = workers;
-  pool = demo_pool(&po, progress, 1);
+  pool = mpi_pool ? mpi_pool : demo_pool(&po, progress, 1);
   co.chunksize = (n + (size_t)workers - 1) / (size_t)workers;
+  co.progress = progress; /* the MPI pool's is off */
   t = demo_now();
   demo_check(fp_pool_map(pool, bogosort_task, jobs, n, sizeof(job), out,
                          sizeof(sorted), &co),
              "fp_pool_map");
   t = demo_now() - t;
+  if (pool == mpi_pool)
+    return t;
   fp_pool_close(pool);
   fp_pool_join(pool);
   fp_pool_free(pool);
@@ -109,6 +121,28 @@ static double median_partitioned(const demo_opts *o, int workers,
   return demo_median(t, o->repeat);
 }
 
+/* The workers table: the partitioned map on 1 .. 2 x CPUs workers, a
+ * fresh pool per row, `repeat` runs each (the row of o->workers is the
+ * parallel side, `par`), each row also as a WORKERS line; *ok is cleared
+ * when an output differs from ref. */
+static void workers_table(const demo_opts *o, int repeat, double seq,
+                          double par, const job *jobs, size_t n, sorted *out,
+                          const sorted *ref, int *ok) {
+  int cpus = fp_cpu_count();
+  demo_opts to = *o;
+  to.repeat = repeat;
+  demo_say(o, "  workers  time (s)  speedup\n");
+  for (int w = 1; w <= 2 * cpus; w++) {
+    double tw = w == o->workers ? par
+                                : median_partitioned(&to, w, FP_PROGRESS_OFF,
+                                                     jobs, n, out, ref, ok);
+    demo_say(o, "  %7d  %8.3f  %6.2fx%s%s\n", w, tw, seq / tw,
+             w == cpus ? "  <- CPUs" : "", demo_noise(w, seq / tw, 0));
+    printf("WORKERS bogosort w=%d time=%.4f items=%zu\n", w, tw, n);
+  }
+  fflush(stdout);
+}
+
 int main(int argc, char **argv) {
   demo_opts o;
   size_t n;
@@ -116,18 +150,15 @@ int main(int argc, char **argv) {
   sorted *seq_out, *par_out;
   double seq, par, omp, t, seq_t[DEMO_REPEAT_MAX];
   uint64_t total = 0;
-  int ok = 1, cpus = fp_cpu_count(), table_repeat = 1;
+  int ok = 1, table_repeat = 1;
   demo_option more[] = {{"table-repeat", &table_repeat, 1, DEMO_REPEAT_MAX,
                          "runs per row of the workers table"},
                         {NULL, NULL, 0, 0, NULL}};
-  demo_opts to;
 
   demo_parse_ex(argc, argv, &o,
                 "bogosort: 1000 arrays of 8 ints, one "
                 "partition per worker",
                 more);
-  to = o;
-  to.repeat = table_repeat;
   n = 1000; /* the seed's size; the work is the same with --full */
   demo_set_work(&o, (double)n, 0);
   jobs = malloc(sizeof(job) * n);
@@ -143,6 +174,8 @@ int main(int argc, char **argv) {
       jobs[i].a[k] = (int32_t)demo_rng_below(&r, 100);
     jobs[i].seed = demo_rng_next(&r);
   }
+  if (o.transport == FP_TRANSPORT_MPI) /* worker ranks serve in here */
+    mpi_pool = demo_pool_size(&o, demo_pool(&o, FP_PROGRESS_OFF, 1));
   demo_say(&o,
            "bogosort: %zu arrays of %d ints in [0, 100), %d workers, median "
            "of %d runs\n",
@@ -168,18 +201,12 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < n; i++)
     ok &= is_sorted(par_out[i].a);
 
-  demo_say(&o, "  workers  time (s)  speedup\n");
-  for (int w = 1; w <= 2 * cpus; w++) {
-    /* The row of o.workers is the parallel run above. */
-    double tw = w == o.workers
-                    ? par
-                    : median_partitioned(&to, w, FP_PROGRESS_OFF, jobs, n,
-                                         par_out, seq_out, &ok);
-    demo_say(&o, "  %7d  %8.3f  %6.2fx%s%s\n", w, tw, seq / tw,
-             w == cpus ? "  <- CPUs" : "", demo_noise(w, seq / tw, 0));
-    printf("WORKERS bogosort w=%d time=%.4f items=%zu\n", w, tw, n);
-  }
-  fflush(stdout);
+  if (mpi_pool != NULL) {
+    fp_pool_free(mpi_pool);
+    mpi_pool = NULL;
+    demo_say(&o, "  (one pool per MPI run: no workers table)\n");
+  } else
+    workers_table(&o, table_repeat, seq, par, jobs, n, par_out, seq_out, &ok);
 
   /* The reference: OpenMP threads, one static partition each. */
   t = demo_now();

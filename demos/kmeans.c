@@ -14,6 +14,10 @@
  * sample_size: a(i) and b(i) are computed within the sample). Everything is
  * deterministic, so the sequential loop and fp_pool_map over the k values
  * must give bit-identical scores, and the best k should be 7.
+ *
+ * With --transport mpi (make demo-mpi) the same map runs on the ranks of
+ * `mpirun -n 3`: every rank builds the same points before the pool, the
+ * MPI form of fork inheritance (docs/mpi.md).
  */
 #include <float.h>
 #include <math.h>
@@ -264,12 +268,14 @@ int main(int argc, char **argv) {
   /* Largest k first: the longest tasks start first (LPT scheduling). */
   for (int i = 0; i < NK; i++)
     ks[i] = KMAX - i;
+  /* Before anything is printed or timed: with --transport mpi the worker
+   * ranks, which built the same points above, serve in here. */
+  pool = demo_pool_size(&o, demo_pool(&o, FP_PROGRESS_OFF, 1));
   demo_say(&o,
            "kmeans: %d points x %d dims, %d blobs; k = %d..%d, %d starts "
            "each, silhouette over %d points; %d workers, median of %d "
            "runs\n",
            g_n, g_d, CENTERS, KMIN, KMAX, N_INIT, g_m, o.workers, o.repeat);
-  pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
 
   for (int rep = 0; rep < o.repeat; rep++) {
     t = demo_now();

@@ -12,9 +12,12 @@
 # line or reports check=FAIL makes the whole run fail (exit status 1); a
 # noisy one does not.
 # DEMO_ARGS is passed to every demo (e.g. DEMO_ARGS="--workers 4").
+# DEMO_LIST replaces the list of demos and DEMO_LAUNCH is put before each
+# command: `make demo-mpi` runs kmeans and bogosort with
+# DEMO_LAUNCH="mpirun -n 3" DEMO_ARGS="--transport mpi ...".
 
 dir=${1:-build/demos}
-demos="tour cumsum forest bogosort kmeans textclean affinity manager"
+demos=${DEMO_LIST:-"tour cumsum forest bogosort kmeans textclean affinity manager"}
 tmp=$(mktemp -d) || exit 2
 trap 'rm -rf "$tmp"' EXIT INT TERM
 tmo=
@@ -32,7 +35,7 @@ for name in $demos; do
   echo "== $name"
   # Show the output as it comes and keep it; the status travels in a file
   # because a pipeline's status is tee's.
-  { $tmo "$bin" $DEMO_ARGS 2>&1; echo $? > "$tmp/$name.rc"; } |
+  { $tmo ${DEMO_LAUNCH:-} "$bin" $DEMO_ARGS 2>&1; echo $? > "$tmp/$name.rc"; } |
     tee "$tmp/$name.out"
   rc=$(cat "$tmp/$name.rc")
   line=$(grep '^RESULT ' "$tmp/$name.out" | tail -n 1)

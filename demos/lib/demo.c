@@ -23,12 +23,15 @@
 static void usage(FILE *f, const char *prog, const char *extra,
                   const demo_option *more) {
   fprintf(f,
-          "usage: %s [--workers N] [--full] [--quiet] [--repeat N]%s\n"
+          "usage: %s [--workers N] [--full] [--quiet] [--repeat N] "
+          "[--transport local|mpi]%s\n"
           "  --workers N  worker processes (default: usable CPUs, %d here)\n"
           "  --full       the seed example's original sizes (slower)\n"
           "  --quiet      print only the RESULT line\n"
           "  --repeat N   time each side N times, report the median "
-          "(default 3)\n",
+          "(default 3)\n"
+          "  --transport mpi  workers on the ranks of `mpirun -n N`; then\n"
+          "               --workers is per worker rank (default: its CPUs)\n",
           prog, more != NULL && more[0].name != NULL ? " [options]" : "",
           fp_cpu_count());
   for (int i = 0; more != NULL && more[i].name != NULL; i++)
@@ -61,10 +64,11 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
       {"full", no_argument, NULL, 'f'},
       {"quiet", no_argument, NULL, 'q'},
       {"repeat", required_argument, NULL, 'r'},
+      {"transport", required_argument, NULL, 't'},
       {"help", no_argument, NULL, 'h'}};
   struct option longopts[sizeof common / sizeof common[0] + MORE_MAX + 1];
   size_t n = sizeof common / sizeof common[0];
-  int c;
+  int c, workers_given = 0;
 
   memcpy(longopts, common, sizeof common);
   for (int i = 0; more != NULL && more[i].name != NULL && i < MORE_MAX; i++)
@@ -91,6 +95,15 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
         fprintf(stderr, "%s: bad worker count '%s'\n", argv[0], optarg);
         exit(2);
       }
+      workers_given = 1;
+      break;
+    case 't':
+      if (strcmp(optarg, "local") != 0 && strcmp(optarg, "mpi") != 0) {
+        fprintf(stderr, "%s: bad transport '%s' (local or mpi)\n", argv[0],
+                optarg);
+        exit(2);
+      }
+      o->transport = optarg[0] == 'm' ? FP_TRANSPORT_MPI : FP_TRANSPORT_LOCAL;
       break;
     case 'r':
       if (parse_int(optarg, 1, DEMO_REPEAT_MAX, &o->repeat) != 0) {
@@ -117,6 +130,9 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
     usage(stderr, argv[0], extra, more);
     exit(2);
   }
+  /* Under MPI this machine's CPU count says nothing about the others'. */
+  if (o->transport == FP_TRANSPORT_MPI && !workers_given)
+    o->workers = 0;
 }
 
 void demo_parse(int argc, char **argv, demo_opts *o, const char *extra) {
@@ -220,7 +236,13 @@ fp_pool *demo_pool(const demo_opts *o, fp_progress_mode progress,
   po.processes = o->workers;
   po.progress = progress;
   po.inflight = inflight;
+  po.transport = o->transport;
   demo_check(fp_pool_new(&pool, &po), "fp_pool_new");
+  return pool;
+}
+
+fp_pool *demo_pool_size(demo_opts *o, fp_pool *pool) {
+  o->workers = fp_pool_size(pool);
   return pool;
 }
 

@@ -1,10 +1,11 @@
 /* demo.h - helpers shared by the demo programs (demos/NAME.c).
  *
  * Every demo parses the same options (--workers N, --full, --quiet,
- * --repeat N) with getopt_long, times a sequential and a parallel version
- * of one computation --repeat times (3 by default) and reports the median
- * of each side, checks that both agree, and ends with one machine-readable
- * line that demos/run.sh and demos/compare.sh grep:
+ * --repeat N, --transport local|mpi) with getopt_long, times a
+ * sequential and a parallel version of one computation --repeat times (3
+ * by default) and reports the median of each side, checks that both
+ * agree, and ends with one machine-readable line that demos/run.sh and
+ * demos/compare.sh grep:
  *
  *   RESULT <name> seq=<s> par=<s> speedup=<x> check=ok|FAIL workers=<n>
  *          repeat=<n> items=<n> ceiling=<x> [note=noisy]
@@ -39,13 +40,21 @@ typedef struct demo_opts {
   int repeat;     /* --repeat N: runs per timed side, median shown; default 3 */
   double items;   /* units of work per side, for the RESULT line (0: none) */
   double ceiling; /* best possible speedup; 0: demo_ceiling() */
+  /* --transport mpi: the pool spans the ranks of `mpirun -n N demo` (the
+   * library finds libforkpool_mpi at run time, FP_MPI_LIBRARY; see
+   * docs/mpi.md). Every rank runs main up to demo_pool(), which never
+   * returns on worker ranks, so a demo makes its pool before it prints or
+   * times anything. --workers N is then the workers of each worker rank
+   * (default 0: that node's CPUs); after demo_pool(), o->workers is the
+   * pool's total (demo_pool_size()). */
+  fp_transport transport;
 } demo_opts;
 
 /* Parses argv into *o with getopt_long (--workers N, --full, --quiet,
- * --repeat N, --help; "--workers=N" works too). Unknown options and bad
- * values print the usage (with `extra`, a line describing the demo, may
- * be NULL) to stderr and exit with status 2; --help prints it to stdout
- * and exits 0. */
+ * --repeat N, --transport local|mpi, --help; "--workers=N" works too).
+ * Unknown options and bad values print the usage (with `extra`, a line
+ * describing the demo, may be NULL) to stderr and exit with status 2;
+ * --help prints it to stdout and exits 0. */
 void demo_parse(int argc, char **argv, demo_opts *o, const char *extra);
 
 /* An integer option of one demo, e.g. bogosort's --table-repeat N. */
@@ -103,8 +112,13 @@ int demo_result(const demo_opts *o, const char *name, double seq, double par,
 void demo_openmp(const demo_opts *o, double seq, double par, double omp);
 
 /* Creates a pool of o->workers workers with the given progress mode and
- * in-flight depth (0: the library default), or exits with status 2. */
+ * in-flight depth (0: the library default), on o->transport, or exits with
+ * status 2. With FP_TRANSPORT_MPI it returns on rank 0 only. */
 fp_pool *demo_pool(const demo_opts *o, fp_progress_mode progress, int inflight);
+
+/* Sets o->workers to the pool's worker count (under MPI: the sum over the
+ * worker ranks, which --workers does not say) and returns the pool. */
+fp_pool *demo_pool_size(demo_opts *o, fp_pool *pool);
 
 /* --- deterministic random numbers ------------------------------------- */
 

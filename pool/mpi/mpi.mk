@@ -3,6 +3,10 @@
 #
 #   make mpi          $(BUILD)/libforkpool_mpi.{a,so} and forkpool-mpi.pc
 #   make check-mpi    tests/mpi/ under mpirun (tests/mpi/run.sh)
+#   make demo-mpi     the k-means and bogosort demos under mpirun -n 3
+#
+# make bench also builds the shared library when mpicc is there, for the
+# benchmark's MPI rows (demos/bench/run.sh skips them without mpirun).
 #
 # The library links libmpi and libuv, not libforkpool: the core hands it
 # the functions it needs at run time (pool/transport.h), so it works with a
@@ -23,7 +27,13 @@ MPI_DEB_PKGS := libopenmpi-dev openmpi-bin
 MPI_TEST_SRCS := $(sort $(wildcard tests/mpi/*.c))
 MPI_TESTS     := $(MPI_TEST_SRCS:tests/mpi/%.c=$(BUILD)/tests/mpi/%)
 
-.PHONY: mpi check-mpi mpi-deps
+.PHONY: mpi check-mpi mpi-deps demo-mpi
+
+# Open MPI in a container: root allowed, 3-5 ranks on 2 CPUs, shared
+# memory only (no network needed).
+MPI_ENV := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+           OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl=self,vader \
+           OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_pml=ob1
 
 mpi: $(MPI_STATIC) $(MPI_SHARED) $(BUILD)/forkpool-mpi.pc
 
@@ -78,6 +88,21 @@ $(BUILD)/tests/mpi/%: $(BUILD)/objmpi/tests/mpi/%.o $(MPI_STATIC) $(STATIC)
 	@mkdir -p $(@D)
 	$(MPICC) $(SANFLAGS) -pthread -rdynamic -o $@ $< -Wl,-u,fp_mpi_entry \
 	  $(MPI_STATIC) $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+# The demos are plain programs with a static core: the core dlopens the
+# MPI link named by FP_MPI_LIBRARY when a demo asks for --transport mpi.
+# One worker per worker rank: 2 workers on 2 CPUs, as the local demos.
+demo-mpi: mpi-deps
+	@$(MAKE) --no-print-directory $(MPI_SHARED) $(BUILD)/demos/kmeans \
+	  $(BUILD)/demos/bogosort
+	@$(MPI_ENV) FP_MPI_LIBRARY=$(CURDIR)/$(BUILD)/$(MPI_SONAME) \
+	  DEMO_LIST="kmeans bogosort" \
+	  DEMO_LAUNCH="$(MPIRUN) -x FP_MPI_LIBRARY -n 3" \
+	  DEMO_ARGS="--transport mpi --workers 1 $(DEMO_ARGS)" \
+	  sh demos/run.sh $(BUILD)/demos
+
+# make bench's MPI rows need the shared MPI link beside the benchmark.
+bench: $(if $(shell command -v $(MPICC) 2>/dev/null),$(MPI_SHARED))
 
 check-mpi: mpi-deps
 	@$(MAKE) --no-print-directory mpi $(SHARED) $(MPI_TESTS)
