@@ -9,6 +9,7 @@
 #   make check TSAN=1       the same under ThreadSanitizer (build/tsan)
 #   make valgrind        the test runner under valgrind (master side)
 #   make demo            the demo tour;  make demo-python  its Python twin
+#   make demo-compare    every demo in C and Python: one table, one chart
 #   make bench           benchmarks (BENCH_QUICK=1 for a short smoke run)
 #   make fuzz            the codec fuzzer (FUZZ_SECONDS=60)
 #   make install PREFIX=/usr/local DESTDIR=   /   make uninstall
@@ -90,14 +91,14 @@ DOC_EXS    := $(DOC_EX_SRCS:docs/examples/%.c=$(BUILD)/docs/%)
 
 .PHONY: all lib check run-check valgrind demo demos demo-python bench fuzz \
         install uninstall clean deps format tsan asan compile-fail \
-        check-install
+        check-install demo-compare
 .DEFAULT_GOAL := all
 # Keep the objects of programs linked by pattern rules (docs examples,
 # demos, benchmarks): make would otherwise delete them as intermediates,
 # printing "rm ..." after Check's summary. Listed by name: a bare
 # .SECONDARY: would also stop the FORCE-based rules from running.
 .SECONDARY: $(DOC_EX_SRCS:%.c=$(BUILD)/obj/%.o) \
-            $(DEMO_SRCS:%.c=$(BUILD)/obj/%.o) \
+            $(DEMO_SRCS:%.c=$(BUILD)/obj/%.o) $(DEMO_LIB_OBJS) \
             $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o)
 
 all: lib
@@ -292,6 +293,11 @@ demo: $(DEMOS)
 
 demo-python:
 	@sh demos/python/run.sh
+
+# Every demo in C and in Python, one comparison table, and bogosort's time
+# against workers for both on one chart ($(BUILD)/demo-compare/workers.png).
+demo-compare: $(DEMOS)
+	@sh demos/compare.sh $(BUILD)
 
 bench: $(BENCHES) $(DEMOS)
 	@sh demos/bench/run.sh $(BUILD)
