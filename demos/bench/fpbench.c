@@ -28,6 +28,8 @@
  *   rss        master peak RSS of fp_pool_map and of a producer-fed
  *              fp_pool_imap_producer as n grows, each in a fresh
  *              child process                                     MiB
+ *   mpi        under `mpirun -n 3`: apply, async and map over an
+ *              FP_TRANSPORT_MPI pool, and the bytes the master routes
  *
  * Item counts match py_bench.py's sizes(). Every timed section runs on a
  * pool whose workers are started and warmed up by a small job first, and
@@ -175,8 +177,8 @@ static void g_startstop(sizes_t n) {
   emit("start_stop", "forkpool", (now_s() - t0) / n.startstop * 1e3, "ms");
 }
 
-static void g_apply(sizes_t n) {
-  fp_pool *p = mkpool(2);
+/* Times n.apply round trips on p; side names the pool in the output. */
+static void apply_on(fp_pool *p, sizes_t n, const char *side) {
   fp_writer args, out;
   fp_writer_init(&args);
   fp_writer_init(&out);
@@ -192,14 +194,19 @@ static void g_apply(sizes_t n) {
     if (fp_read_int(&r, &v) != 0 || v != i)
       die("apply: wrong result");
   }
-  emit("apply_rtt", "forkpool", (now_s() - t0) / n.apply * 1e6, "us");
+  emit("apply_rtt", side, (now_s() - t0) / n.apply * 1e6, "us");
   fp_writer_free(&args);
   fp_writer_free(&out);
+}
+
+static void g_apply(sizes_t n) {
+  fp_pool *p = mkpool(2);
+  apply_on(p, n, "forkpool");
   fp_pool_free(p);
 }
 
-static void g_async(sizes_t n) {
-  fp_pool *p = mkpool(2);
+/* Times n.async apply_async calls on p, then their gets. */
+static void async_on(fp_pool *p, sizes_t n, const char *side) {
   fp_result **rs = calloc((size_t)n.async, sizeof *rs);
   fp_writer args;
   fp_writer_init(&args);
@@ -223,14 +230,19 @@ static void g_async(sizes_t n) {
   double dt = now_s() - t0;
   if (sum != (int64_t)n.async * (n.async - 1) / 2)
     die("apply_async: wrong sum");
-  emit("apply_async", "forkpool", (double)n.async / dt, "tasks/s");
+  emit("apply_async", side, (double)n.async / dt, "tasks/s");
   fp_writer_free(&args);
   free(rs);
+}
+
+static void g_async(sizes_t n) {
+  fp_pool *p = mkpool(2);
+  async_on(p, n, "forkpool");
   fp_pool_free(p);
 }
 
-static void g_map(sizes_t n) {
-  fp_pool *p = mkpool(2);
+/* Times one identity map of n.map int64 on p. */
+static void map_on(fp_pool *p, sizes_t n, const char *side) {
   int64_t *in = malloc((size_t)n.map * 8), *out = malloc((size_t)n.map * 8);
   for (long i = 0; i < n.map; i++)
     in[i] = i;
@@ -242,9 +254,14 @@ static void g_map(sizes_t n) {
   for (long i = 0; i < n.map; i++)
     if (out[i] != i)
       die("map: wrong result at %ld", i);
-  emit("map_int", "forkpool", (double)n.map / dt, "items/s");
+  emit("map_int", side, (double)n.map / dt, "items/s");
   free(in);
   free(out);
+}
+
+static void g_map(sizes_t n) {
+  fp_pool *p = mkpool(2);
+  map_on(p, n, "forkpool");
   fp_pool_free(p);
 }
 
@@ -331,37 +348,43 @@ static int payload_plan(size_t *sz, long *cnt) {
   return m;
 }
 
+/* Maps cnt bytes values of size bytes each through p (identity,
+ * chunksize 1) and emits metric `name`.<size>: bytes moved per second,
+ * both directions counted. */
+static void payload_on(fp_pool *p, size_t size, long cnt, const char *name,
+                       const char *side) {
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  char *blob = malloc(size);
+  for (size_t j = 0; j < size; j++)
+    blob[j] = (char)(j * 131 + 7);
+  fp_writer items, out;
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  for (long k = 0; k < cnt; k++)
+    fp_write_bytes(&items, blob, size);
+  check(fp_writer_error(&items), "build payload items");
+  double t0 = now_s();
+  check(fp_pool_map_values(p, ident_task, &items, &out, &co),
+        "fp_pool_map_values");
+  double dt = now_s() - t0;
+  if (out.len != items.len || memcmp(out.data, items.data, out.len) != 0)
+    die("payload %zu: results differ from the input", size);
+  char metric[64];
+  snprintf(metric, sizeof metric, "%s.%zu", name, size);
+  emit(metric, side, 2.0 * (double)size * (double)cnt / dt / MIB, "MiB/s");
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+  free(blob);
+}
+
 static void g_payload(sizes_t n) {
   size_t sz[16];
   long cnt[16];
   int m = payload_plan(sz, cnt);
   fp_pool *p = mkpool(2);
-  fp_call_opts co = {0};
-  co.chunksize = 1;
-  for (int i = 0; i < m; i++) {
-    char *blob = malloc(sz[i]);
-    for (size_t j = 0; j < sz[i]; j++)
-      blob[j] = (char)(j * 131 + 7);
-    fp_writer items, out;
-    fp_writer_init(&items);
-    fp_writer_init(&out);
-    for (long k = 0; k < cnt[i]; k++)
-      fp_write_bytes(&items, blob, sz[i]);
-    check(fp_writer_error(&items), "build payload items");
-    double t0 = now_s();
-    check(fp_pool_map_values(p, ident_task, &items, &out, &co),
-          "fp_pool_map_values");
-    double dt = now_s() - t0;
-    if (out.len != items.len || memcmp(out.data, items.data, out.len) != 0)
-      die("payload %zu: results differ from the input", sz[i]);
-    char metric[64];
-    snprintf(metric, sizeof metric, "payload.%zu", sz[i]);
-    emit(metric, "forkpool", 2.0 * (double)sz[i] * (double)cnt[i] / dt / MIB,
-         "MiB/s");
-    fp_writer_free(&items);
-    fp_writer_free(&out);
-    free(blob);
-  }
+  for (int i = 0; i < m; i++)
+    payload_on(p, sz[i], cnt[i], "payload", "forkpool");
   (void)n;
   fp_pool_free(p);
 }
@@ -1020,12 +1043,32 @@ static void g_idle(void) {
   fp_pool_free(p);
 }
 
+/* The pool over MPI (run as `mpirun -n R fpbench mpi`): one worker per
+ * worker rank, so R = 3 gives the 2 workers of the local groups. Side
+ * "forkpool-mpi": apply round trip, apply_async and map, the rows
+ * report.py puts next to the local pool's; then what the master routes
+ * (mpi_payload.N, bytes both ways, chunksize 1), which docs/scale-out.md
+ * turns into a capacity plan. An MPI job has one pool: the worker ranks
+ * serve inside fp_pool_new() and end with it. */
+static void g_mpi(sizes_t n) {
+  fp_pool_opts o = {0};
+  o.transport = FP_TRANSPORT_MPI;
+  o.processes = 1;
+  fp_pool *p = mkpool_opts(&o);
+  apply_on(p, n, "forkpool-mpi");
+  async_on(p, n, "forkpool-mpi");
+  map_on(p, n, "forkpool-mpi");
+  payload_on(p, 64 << 10, quick ? 256 : 1024, "mpi_payload", "forkpool-mpi");
+  payload_on(p, 1 << 20, quick ? 32 : 128, "mpi_payload", "forkpool-mpi");
+  fp_pool_free(p);
+}
+
 int main(int argc, char **argv) {
   quick = bench_quick();
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2)
     die("usage: fpbench startstop|apply|async|map|starmap|imap|payload|"
-        "chunks|manager|churn|fault|scale K W|pin|rss|idle");
+        "chunks|manager|churn|fault|scale K W|pin|rss|idle|mpi");
   const char *cmd = argv[1];
   sizes_t n = sizes();
   /* The kernels' global data is made before any pool so workers inherit
@@ -1063,6 +1106,8 @@ int main(int argc, char **argv) {
     g_rss();
   else if (strcmp(cmd, "idle") == 0)
     g_idle();
+  else if (strcmp(cmd, "mpi") == 0)
+    g_mpi(n);
   else
     die("unknown command %s", cmd);
   return 0;

@@ -46,6 +46,12 @@ ROWS = [
      "batching)", "hi", [("python", 100), ("joblib", 5)]),
     ("map_int", "map over int64, identity, default chunksize", "hi",
      [("python", 35)]),
+    ("mpi_apply_rtt", "apply round trip over MPI: mpirun -n 3, 1 worker "
+     "per worker rank (baseline: the local pool's row)", "lo", []),
+    ("mpi_apply_async", "apply_async x N over MPI, as above (baseline: "
+     "the local pool's row)", "hi", []),
+    ("mpi_map_int", "map over int64 over MPI, as above (baseline: the "
+     "local pool's row)", "hi", []),
     ("starmap", "starmap add(a, b), (int, int) tuples", "hi", []),
     ("starmap_struct", "starmap, fixed form: struct array + fp_pool_map "
      "(python: its starmap)", "hi", []),
@@ -128,7 +134,10 @@ def build(data, failed, meta, quick, profile):
            "payload": {}, "scaling": {}, "pin": {}, "chunks": {}, "rss": {},
            "profile": profile}
     pipe = data.get("pipe_bw", {}).get("sides", {}).get("baseline")
+    mpi_rows(data)
     for mid, label, better, targets in ROWS:
+        if mid.startswith("mpi_") and mid not in data:
+            continue  # no mpirun in this run: no MPI rows
         out["metrics"][mid] = metric_entry(data, mid, label, better, targets,
                                            pipe)
     for mid in sorted((m for m in data if m.startswith("payload.")),
@@ -154,6 +163,20 @@ def build(data, failed, meta, quick, profile):
             out["rss"].setdefault(kind, {})[mid.split(".")[1]] = stats(
                 data[mid]["sides"]["forkpool"])
     return out
+
+
+def mpi_rows(data):
+    """fpbench mpi reports apply_rtt, apply_async and map_int with side
+    forkpool-mpi; each becomes its own row mpi_<id> whose forkpool column
+    is the MPI pool and whose baseline is the local pool of the same run,
+    so the ratio says how fast the MPI link is next to the local one."""
+    for mid in ("apply_rtt", "apply_async", "map_int"):
+        sides = data.get(mid, {}).get("sides", {})
+        if "forkpool-mpi" in sides:
+            row = {"forkpool": sides["forkpool-mpi"]}
+            if "forkpool" in sides:
+                row["baseline"] = sides["forkpool"]
+            data["mpi_" + mid] = {"unit": data[mid]["unit"], "sides": row}
 
 
 def metric_entry(data, mid, label, better, targets, pipe):

@@ -82,6 +82,25 @@ run() {
   fi
 }
 
+# The MPI rows: apply, apply_async and map over an FP_TRANSPORT_MPI pool
+# of 3 ranks on this machine (one worker per worker rank, so 2 workers as
+# the local rows), interleaved with the local runs. They need mpirun and
+# the MPI link beside the build (make bench builds it when mpicc is
+# there); without either they are skipped with a note. Open MPI is set up
+# as tests/mpi/run.sh does: root allowed, oversubscribed, shared memory.
+MPI=
+if command -v mpirun >/dev/null 2>&1 && [ -e "$BUILD/libforkpool_mpi.so.0" ]
+then
+  MPI="mpirun -x FP_MPI_LIBRARY -x BENCH_QUICK -n 3"
+  FP_MPI_LIBRARY=$(cd "$BUILD" && pwd)/libforkpool_mpi.so.0
+  export FP_MPI_LIBRARY OMPI_ALLOW_RUN_AS_ROOT=1
+  export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
+  export OMPI_MCA_pml=ob1
+else
+  echo "bench: no mpirun or no $BUILD/libforkpool_mpi.so.0: MPI rows skipped" >&2
+fi
+
 CORES=$(nproc)
 MAXW=$((2 * CORES))
 echo "bench: $RUNS runs per group, CPU kernels on 1..$MAXW workers" \
@@ -96,6 +115,7 @@ while [ $r -le $RUNS ]; do
   run "$RAW" pipe;    run "$FP" apply;     run $PY "$HERE/py_bench.py" apply
   run "$FP" async;    run $PY "$HERE/py_bench.py" async
   run "$FP" map;      run $PY "$HERE/py_bench.py" map
+  [ -z "$MPI" ] || run $MPI "$FP" mpi
   run "$FP" starmap;  run $PY "$HERE/py_bench.py" starmap
   run "$FP" imap;     run $PY "$HERE/py_bench.py" imap
   run "$RAW" pipebw;  run "$RAW" memcpy
