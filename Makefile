@@ -17,6 +17,7 @@
 #   make deps            install build dependencies (Debian/Ubuntu)
 #   make mpi             libforkpool_mpi (the MPI link; needs mpicc)
 #   make check-mpi       its tests under mpirun (docs/mpi.md)
+#   make demo-mpi        the k-means and bogosort demos under mpirun -n 3
 #   make format          clang-format the tree
 
 PREFIX      ?= /usr/local
