@@ -110,7 +110,10 @@ static int fill_one(fp_iter *it, fp_pool *pool) {
     fp__job_maybe_finish_locked(&pool->jobs, job);
   }
   fp__sched_dispatch_locked(pool);
-  int more = job != NULL && !job->finished && !it->producer_done;
+  /* producer_done first: a job that just failed or finished above may
+   * have been freed with its last chunk, so job is only looked at while
+   * the producer goes on. */
+  int more = !it->producer_done && job != NULL && !job->finished;
   fp__pool_unlock(pool);
   return rc < 0 ? rc : more;
 }
@@ -218,7 +221,31 @@ static int something_ready(fp_iter *it) {
           it->done_by_num[it->next_num & (it->done_cap - 1)]);
 }
 
+static int iter_has_next(void *arg) {
+  fp_iter *it = arg;
+  pthread_mutex_lock(&it->mu);
+  int r = something_ready(it);
+  pthread_mutex_unlock(&it->mu);
+  return r;
+}
+
+/* Before sleeping for the next item (it->mu held, and held again on
+ * return): spins with the pool's poll, as a result's waiter does
+ * (result.c), with the pool pinned so that it outlives the spin. */
+static void poll_for_next(fp_iter *it) {
+  fp_pool *pool = it->pool; /* set while the job runs (under it->mu) */
+  if (pool == NULL || fp__pool_foreign(pool) || fp__on_pool_thread(pool) ||
+      pool->link->ops->poll == NULL)
+    return;
+  atomic_fetch_add(&pool->spinners, 1);
+  pthread_mutex_unlock(&it->mu);
+  fp__sched_poll_spin(pool, iter_has_next, it);
+  atomic_fetch_sub(&pool->spinners, 1);
+  pthread_mutex_lock(&it->mu);
+}
+
 int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
+  int spun = 0;
   if (it == NULL || item == NULL || !fp__timeout_ok(timeout))
     return FP_EINVAL;
   /* A producer error cancels the job; the iteration then hands out what
@@ -250,6 +277,11 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
       continue;
     }
     int expired = timeout == 0;
+    if (!expired && !spun) {
+      spun = 1;
+      poll_for_next(it);
+      continue;
+    }
     if (!expired && !timed)
       pthread_cond_wait(&it->cond, &it->mu);
     else if (!expired &&

@@ -11,7 +11,10 @@
  * under the pool's lock and the result goes on the jobset's done list;
  * then the pool thread, outside the lock, runs its callback and only then
  * marks it ready and wakes waiters - so a thread that returns from
- * fp_result_get() knows the callback has run.
+ * fp_result_get() knows the callback has run. A result without callbacks
+ * may instead be marked ready by a caller that polls the link
+ * (fp__jobset_take_plain_locked): whoever takes it off the done list
+ * delivers it, once.
  *
  * A job whose outcome is delivered may still have chunks travelling (a
  * cancel does not wait for them): it is freed with the last of them.
@@ -259,6 +262,28 @@ fp_result *fp__jobset_take_done_locked(fp__jobset *js) {
   fp_result *list = js->done_head;
   js->done_head = js->done_tail = NULL;
   return list;
+}
+
+fp_result *fp__jobset_take_plain_locked(fp__jobset *js, int *rest) {
+  fp_result *plain = NULL, **ptail = &plain, *kept = NULL, *last = NULL;
+  for (fp_result *r = js->done_head, *next; r != NULL; r = next) {
+    next = r->done_next;
+    r->done_next = NULL;
+    if (r->cb == NULL && r->ecb == NULL) {
+      *ptail = r;
+      ptail = &r->done_next;
+    } else {
+      if (last)
+        last->done_next = r;
+      else
+        kept = r;
+      last = r;
+    }
+  }
+  js->done_head = kept;
+  js->done_tail = last;
+  *rest = kept != NULL;
+  return plain;
 }
 
 void fp__results_deliver(fp_result *list) {

@@ -213,6 +213,11 @@ void fp__job_maybe_finish_locked(fp__jobset *js, fp__job *job);
 /* Takes the finished results whose callbacks must run (pool thread, with
  * pool->mu held); run them with fp__results_deliver() after unlocking. */
 fp_result *fp__jobset_take_done_locked(fp__jobset *js);
+/* Takes the finished results that have no callbacks (any thread, with
+ * pool->mu held), so the caller can mark them ready itself with
+ * fp__results_deliver(); the others stay for the pool thread. *rest says
+ * whether any stayed. */
+fp_result *fp__jobset_take_plain_locked(fp__jobset *js, int *rest);
 /* Runs each result's callback, then marks it ready and wakes waiters. */
 void fp__results_deliver(fp_result *list);
 

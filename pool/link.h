@@ -8,20 +8,23 @@
  * work back through a `done` callback.
  *
  * Implementations:
- *   local/   fork server + one socket per worker + a shared-memory result
- *            ring per worker (link_local.c)
+ *   local/   fork server + socket + task and result rings in shared
+ *            memory (link_local.c)
  *   mpi/     worker slots on other MPI ranks, each rank running a local
  *            link (libforkpool_mpi, found at run time: transport.h)
  *
  * Threads and locking. The link is driven by the pool's libuv loop (the
  * pool thread) and by user threads that submit work. Every operation but
  * open() and free() is called with the owner's lock held (pool->mu; the
- * link never takes it by itself). Events come only from the pool thread:
- * the link calls ev->enter() before it touches its own state from a loop
+ * link never takes it by itself). Events come from the pool thread: the
+ * link calls ev->enter() before it touches its own state from a loop
  * callback (that takes the owner's lock), then any number of events, then
  * ev->leave() (which releases the lock and runs what the scheduler
- * deferred, such as result callbacks). So link state is guarded by the
- * owner's lock, and events arrive with it held.
+ * deferred, such as result callbacks). The one exception is poll(): it
+ * delivers result (and violation) events on whichever thread calls it,
+ * with the owner's lock held by that thread and without enter/leave. So
+ * link state is guarded by the owner's lock, and events arrive with it
+ * held, but not always on the pool thread.
  *
  * Life of a slot: spawn() -> started(pid) -> ready() -> any number of
  * send()/result() -> exited(pid, status). A successful spawn() is answered
@@ -143,6 +146,25 @@ typedef struct fp__link_ops {
   /* Optional (NULL for the local link): where slot's worker runs, for
    * messages ("rank 2 on node7"); NULL or "" when nothing to add. */
   const char *(*where)(fp__link *l, int slot);
+  /* Optional (NULL: results arrive only on the pool thread). Delivers
+   * what workers have published (the local link drains the result rings)
+   * now, from any thread, with the owner's lock held: result() and
+   * violation() events may thus run off the pool thread. Returns the
+   * number of results delivered. */
+  int (*poll)(fp__link *l);
+  /* With poll: a thread that waits for a result spins between
+   * spin_begin() and spin_end(), within the link's CPU budget, and calls
+   * poll() when spin_check() says results wait. No lock needed (the
+   * owner keeps the link alive meanwhile). spin_begin() returns 1 when
+   * the caller may spin (it is counted until spin_end()), 0 when the
+   * budget has no room (then no spin_end()). spin_check() returns 1 when
+   * results wait for poll(), -1 when the spinner must stop (the budget is
+   * exceeded), else 0. spin_end() returns 1 when results wait that nobody
+   * will deliver unless the pool thread's loop looks (the owner wakes
+   * it). */
+  int (*spin_begin)(fp__link *l);
+  int (*spin_check)(fp__link *l);
+  int (*spin_end)(fp__link *l);
 } fp__link_ops;
 
 /* Every implementation's state starts with this. */

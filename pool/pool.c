@@ -19,6 +19,7 @@
 #include "ipc/wire/error.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,6 +464,10 @@ int fp_pool_join(fp_pool *pool) {
     fp__pool_wait(pool, NULL);
   pool->joined = 1;
   fp__pool_unlock(pool);
+  /* A caller still polling (result.c) sees its result ready and stops
+   * within microseconds; the link must outlive it. */
+  while (atomic_load(&pool->spinners) > 0)
+    sched_yield();
   pthread_join(pool->thread, NULL);
   uv_loop_close(&pool->loop);
   pool->link->ops->free(pool->link);

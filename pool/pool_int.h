@@ -92,6 +92,8 @@ struct fp_pool {
   int stopping;          /* loop asked to shut down */
   int joined;
   int link_lost;         /* no worker can be started any more */
+  _Atomic int spinners;  /* callers polling the link (result.c): join
+                            frees the link only once none is left */
 };
 
 /* ---- the pool's mutex ----------------------------------------------------- */
@@ -109,6 +111,18 @@ static inline void fp__pool_unlock(fp_pool *pool) {
   pool->mu_held = 0;
 #endif
   pthread_mutex_unlock(&pool->mu);
+}
+
+/* Takes pool->mu if it is free: 0, or EBUSY (nothing held). */
+static inline int fp__pool_trylock(fp_pool *pool) {
+  int rc = pthread_mutex_trylock(&pool->mu);
+#ifdef FP_CHECK_LOCKS
+  if (rc == 0) {
+    pool->mu_owner = pthread_self();
+    pool->mu_held = 1;
+  }
+#endif
+  return rc;
 }
 
 /* pthread_cond_wait on pool->cond (timed when ts is not NULL). */
@@ -191,6 +205,18 @@ void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
  * SIGKILL after kill_grace, see deaths.c). */
 void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
                            uint64_t seq, int sig);
+/* A caller's poll (pool->mu held; released on return): delivers what the
+ * link's workers published (link.h, poll), dispatches, and marks ready the
+ * finished results that have no callbacks - on this thread, exactly once;
+ * results with callbacks stay for the pool thread, which is woken.
+ * Returns how many results the link delivered. */
+int fp__sched_poll_leave(fp_pool *pool);
+/* A waiting caller's spin (no lock held; pool pinned in pool->spinners):
+ * while the link's CPU budget allows, until done(arg) or POLL_SPIN_NS
+ * after the last progress, it polls the link whenever workers published
+ * results (fp__sched_poll_leave). Returns at once when the budget has no
+ * room; afterwards the caller sleeps as usual. */
+void fp__sched_poll_spin(fp_pool *pool, int (*done)(void *), void *arg);
 /* Link events (see link.h). */
 void fp__sched_on_ready(void *ctx, int slot);
 void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,

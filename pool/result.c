@@ -54,24 +54,68 @@ static int usable(fp_result *res) {
  * and never inside a callback. */
 #define SPIN_NS 50000
 
+static inline void cpu_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
 static void spin_until_ready(fp_result *res) {
   int64_t until = fp__now_ns() + SPIN_NS;
   do {
     for (int i = 0; i < 64; i++) {
       if (atomic_load_explicit(&res->ready, memory_order_acquire))
         return;
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
+      cpu_pause();
     }
   } while (fp__now_ns() < until);
+}
+
+/* The pool a waiter may poll for res: res's pool, pinned (counted in
+ * pool->spinners, so join keeps the pool and its link alive until
+ * unpinned), when the job still runs there and the result has no
+ * callbacks (those run on the pool thread before waiters wake). NULL
+ * otherwise. res->pool is read under res->mu: while it is set, the job is
+ * unfinished, so the pool cannot have been joined. */
+static fp_pool *pin_pool(fp_result *res) {
+  pthread_mutex_lock(&res->mu);
+  fp_pool *pool = res->pool;
+  if (pool != NULL &&
+      (res->cb != NULL || res->ecb != NULL || fp__pool_foreign(pool) ||
+       fp__on_pool_thread(pool) || pool->link->ops->poll == NULL))
+    pool = NULL;
+  if (pool != NULL)
+    atomic_fetch_add(&pool->spinners, 1);
+  pthread_mutex_unlock(&res->mu);
+  return pool;
+}
+
+static int result_is_ready(void *arg) {
+  return atomic_load_explicit(&((fp_result *)arg)->ready,
+                              memory_order_acquire);
+}
+
+/* Spins for res with the pool's poll (sched.c). Returns 0 when res
+ * cannot be polled (the caller may spin plainly), else 1, also when the
+ * budget had no room for a spin (then the caller sleeps at once). */
+static int poll_until_ready(fp_result *res) {
+  fp_pool *pool = pin_pool(res);
+  if (pool == NULL)
+    return 0;
+  fp__sched_poll_spin(pool, result_is_ready, res);
+  atomic_fetch_sub(&pool->spinners, 1);
+  return 1;
 }
 
 int fp_result_wait(fp_result *res, double timeout) {
   if (res == NULL || !fp__timeout_ok(timeout))
     return FP_EINVAL;
   int in_cb = fp__result_in_callback() != NULL;
-  if (timeout != 0 && !in_cb)
+  if (timeout != 0 && !in_cb &&
+      !atomic_load_explicit(&res->ready, memory_order_acquire) &&
+      !poll_until_ready(res))
     spin_until_ready(res);
   pthread_mutex_lock(&res->mu);
   if (!usable(res) && timeout != 0 && in_cb) {

@@ -19,6 +19,14 @@
 #include <string.h>
 
 #define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
+
+static inline void cpu_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
 #define QUEUE_AHEAD_NS 1000000    /* ... about this much work per worker */
 
 /* ---- pending queue ---------------------------------------------------------- */
@@ -249,6 +257,55 @@ void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
                             SIGTERM);
   }
   fp__job_fail_locked(&pool->jobs, job, code, index, msg);
+}
+
+/* ---- a caller's poll ---------------------------------------------------- */
+
+int fp__sched_poll_leave(fp_pool *pool) {
+  fp__assert_locked(pool);
+  const fp__link_ops *ops = pool->link->ops;
+  int got = 0, rest = 0;
+  /* Once the loop is closing, the link's handles are going: the pool
+   * thread delivers what is left. */
+  if (!pool->stopping && ops->poll != NULL &&
+      (got = ops->poll(pool->link)) > 0)
+    fp__sched_dispatch_locked(pool); /* the freed workers' next chunks */
+  fp_result *plain = fp__jobset_take_plain_locked(&pool->jobs, &rest);
+  if (rest)
+    fp__pool_wake(pool); /* callbacks run on the pool thread */
+  fp__pool_unlock(pool);
+  fp__results_deliver(plain); /* no callbacks: any thread, no lock */
+  return got;
+}
+
+/* Longest a caller polls after the last progress before it sleeps. */
+#define POLL_SPIN_NS 50000
+
+void fp__sched_poll_spin(fp_pool *pool, int (*done)(void *), void *arg) {
+  fp__link *l = pool->link;
+  if (!l->ops->spin_begin(l))
+    return;
+  int64_t until = fp__now_ns() + POLL_SPIN_NS;
+  while (!done(arg)) {
+    int st = l->ops->spin_check(l);
+    if (st < 0)
+      break;
+    if (st > 0 && fp__pool_trylock(pool) == 0) {
+      if (fp__sched_poll_leave(pool) > 0)
+        until = fp__now_ns() + POLL_SPIN_NS; /* progress: keep going */
+      continue;
+    }
+    for (int i = 0; i < 16; i++)
+      cpu_pause();
+    if (fp__now_ns() >= until)
+      break;
+  }
+  if (l->ops->spin_end(l)) {
+    /* Results a worker did not kick for while we polled. */
+    fp__pool_lock(pool);
+    fp__pool_wake(pool);
+    fp__pool_unlock(pool);
+  }
 }
 
 /* ---- events from the link ------------------------------------------------- */

@@ -14,7 +14,9 @@
  * prepare/check hooks around every poll of the loop drain the rings, spin
  * for a while after recent work (within the CPU budget, local.h) instead
  * of sleeping, and tell workers (master_idle) when the loop is about to
- * sleep so that they kick it.
+ * sleep so that they kick it. A user thread waiting for a result may
+ * drain the rings too (poll, with the pool's lock held; spin_begin/end
+ * count it as a poller, local.h).
  *
  * Every SPAWN is answered by exactly one of: SPAWNED (then, later, one
  * EXITED) or FAILED. A worker whose socket cannot be taken here (the
@@ -171,7 +173,7 @@ static size_t deliver_result(conn *c, size_t off, const unsigned char *p,
   return off;
 }
 
-static void ring_drain(llink *l, int slot);
+static int ring_drain(llink *l, int slot);
 
 /* Handles one message of a worker. */
 static void conn_message(conn *c, const unsigned char *p, size_t plen) {
@@ -295,15 +297,16 @@ static void conn_on_io(uv_poll_t *h, int status, int events) {
 
 /* ---- result rings ------------------------------------------------------------ */
 
-/* Hands every result published in slot's ring to the scheduler. */
-static void ring_drain(llink *l, int slot) {
+/* Hands every result published in slot's ring to the scheduler. Returns
+ * how many. */
+static int ring_drain(llink *l, int slot) {
   fp__ring *r = &l->shm->rings[slot];
   uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   const unsigned char *p;
   size_t len;
   int rc, got = 0;
   while ((rc = fp__ring_next(r, &pos, &p, &len)) == 1) {
-    got = 1;
+    got++;
     if (len > 0 && p[0] == FP__MSG_RESULT)
       EV(l, result, slot, p, len, NULL);
     else
@@ -319,6 +322,7 @@ static void ring_drain(llink *l, int slot) {
   fp__ring_release(r, pos);
   if (got)
     atomic_store_explicit(&l->last_work, fp__now_ns(), memory_order_relaxed);
+  return got;
 }
 
 static int rings_pending(llink *l) {
@@ -339,19 +343,27 @@ static void idle_noop(uv_idle_t *h) {
 static int pool_spin(llink *l) {
   int64_t last = atomic_load_explicit(&l->last_work, memory_order_relaxed);
   int64_t now = fp__now_ns(), end = now + SPIN_SLICE_NS;
+  int rc = 0;
   if (now - last >= FP__SPIN_NS)
     return 0;
-  while (fp__budget_ok(l->shm)) {
-    for (int i = 0; i < 64; i++) {
-      if (rings_pending(l))
-        return 1;
+  atomic_store_explicit(&l->shm->pool_spinning, 1, memory_order_relaxed);
+  /* A poller (a caller draining the rings itself) outranks this spin:
+   * two spinners is all two CPUs hold, and the poller saves a wake-up. */
+  while (fp__budget_ok(l->shm) &&
+         atomic_load_explicit(&l->shm->pollers, memory_order_relaxed) == 0) {
+    int i = 0;
+    while (i < 64 && !rings_pending(l)) {
       fp__cpu_relax();
+      i++;
     }
     now = fp__now_ns();
-    if (now >= end)
-      return now - last < FP__SPIN_NS;
+    if (i < 64 || now >= end) {
+      rc = i < 64 || now - last < FP__SPIN_NS;
+      break;
+    }
   }
-  return 0;
+  atomic_store_explicit(&l->shm->pool_spinning, 0, memory_order_relaxed);
+  return rc;
 }
 
 /* Before the loop polls: spin while work is recent; otherwise tell workers
@@ -790,6 +802,44 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   return rc;
 }
 
+/* Delivers what every live worker published in its result ring (any
+ * thread, the owner's lock held). Returns how many results. */
+static int local_poll(fp__link *base) {
+  llink *l = (llink *)base;
+  int got = 0;
+  for (int i = 0; i < l->cfg.nworkers; i++)
+    if (l->slots[i].pid != 0 && fp__ring_pending(&l->shm->rings[i]))
+      got += ring_drain(l, i);
+  return got;
+}
+
+/* A poller starts: counted in the budget and in `pollers` (local.h) when
+ * the budget has room for it. No lock needed. */
+static int local_spin_begin(fp__link *base) {
+  llink *l = (llink *)base;
+  if (!fp__budget_ok_poller(l->shm, 1))
+    return 0;
+  fp__budget_join(l->shm);
+  atomic_fetch_add_explicit(&l->shm->pollers, 1, memory_order_seq_cst);
+  return 1;
+}
+
+static int local_spin_check(fp__link *base) {
+  llink *l = (llink *)base;
+  if (rings_pending(l))
+    return 1;
+  return fp__budget_ok_poller(l->shm, 0) ? 0 : -1;
+}
+
+/* A poller stops. The pollers store, then the tails' loads (seq_cst):
+ * a result a worker did not kick for is seen here. */
+static int local_spin_end(fp__link *base) {
+  llink *l = (llink *)base;
+  atomic_fetch_sub_explicit(&l->shm->pollers, 1, memory_order_seq_cst);
+  fp__budget_leave(l->shm);
+  return rings_pending(l);
+}
+
 static int local_running(fp__link *base, int slot, fp__running *out) {
   llink *l = (llink *)base;
   fp__slot *pub = &l->shm->slots[slot];
@@ -877,4 +927,8 @@ const fp__link_ops fp__link_local = {
     .finish = local_finish,
     .close = local_close,
     .free = local_free,
+    .poll = local_poll,
+    .spin_begin = local_spin_begin,
+    .spin_check = local_spin_check,
+    .spin_end = local_spin_end,
 };

@@ -105,7 +105,18 @@ typedef struct fp__ring {
  * ours spin or run than there are CPUs, spinning would take a CPU from a
  * running task (or from the pool thread feeding the workers), so spinners
  * sleep instead. An idle pool sleeps entirely: every spin is bounded by
- * FP__SPIN_NS after the last piece of work. */
+ * FP__SPIN_NS after the last piece of work.
+ *
+ * Pollers. A user thread blocked on a result may drain the result rings
+ * itself (link.h, poll), so that a round trip needs two awake threads (the
+ * caller and the worker) instead of three. While it spins it is counted in
+ * `pollers` and in the budget; the pool thread then stops spinning (it
+ * yields its place: `pool_spinning` says it is still in its spin, so a
+ * poller does not count it) and workers send no KICK, since a poller
+ * drains the ring. Kick and poller are Dekker-style again: a worker stores
+ * the tail, then loads pollers; a poller that stops stores pollers, then
+ * loads the tails (all seq_cst), and if a result waits it has the pool
+ * thread woken, so no result is left unseen when the last poller leaves. */
 #define FP__TRING_SIZE (1024 * 1024)
 #define FP__TRING_MAX (96 * 1024) /* inline frames, header included */
 #define FP__TRING_SOCK 0xF1       /* marker: the next frame is on the socket */
@@ -133,6 +144,9 @@ typedef struct fp__local_shm {
   int ncpu;                /* usable CPUs */
   int nslots;
   char pad2[52];
+  _Atomic int pollers;       /* callers draining the result rings */
+  _Atomic int pool_spinning; /* the pool thread spins (and yields) */
+  char pad3[56];
   fp__slot *slots;   /* nslots, inside this mapping */
   fp__ring *rings;   /* nslots, inside this mapping */
   fp__tring *trings; /* nslots, inside this mapping */
@@ -168,6 +182,10 @@ void fp__tring_sleep(fp__tring *r, uint64_t pos);
 void fp__budget_join(fp__local_shm *shm);
 void fp__budget_leave(fp__local_shm *shm);
 int fp__budget_ok(fp__local_shm *shm);
+/* As fp__budget_ok for a poller, which outranks the pool thread's spin:
+ * a pool thread that only spins (it is about to yield) is not counted.
+ * `extra` counts the caller when it has not joined yet. */
+int fp__budget_ok_poller(fp__local_shm *shm, int extra);
 
 static inline void fp__cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -208,25 +208,51 @@ static int machine_running(void) {
 #define MACHINE_CHECK_NS 1000000
 
 /* Per process (a worker is single-threaded; in the master only the pool
- * threads spin here): the machine's runnable count as last read. These
- * describe the machine, not a pool, so every pool of a process shares
- * them. */
+ * thread and pollers spin here): the machine's runnable count as last
+ * read, less the pool thread when it was only spinning then (it yields to
+ * pollers). These describe the machine, not a pool, so every pool of a
+ * process shares them. */
 static _Atomic int64_t machine_read_at;
-static _Atomic int machine_busy;
+static _Atomic int machine_nr;
+static _Atomic int machine_spinner;
 
-int fp__budget_ok(fp__local_shm *shm) {
-  if (atomic_load_explicit(&shm->active, memory_order_relaxed) > shm->ncpu)
-    return 0;
-  /* Threads of other programs count too: on a machine that is already
-   * busy a spinner would only take CPU time from someone's work. */
+/* Runnable threads of the machine as last read (at most MACHINE_CHECK_NS
+ * ago); *spinner says whether one of them was this pool's spinning pool
+ * thread. */
+static int machine_load(fp__local_shm *shm, int *spinner) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
   if (now - atomic_load_explicit(&machine_read_at, memory_order_relaxed) >=
       MACHINE_CHECK_NS) {
     atomic_store_explicit(&machine_read_at, now, memory_order_relaxed);
-    atomic_store_explicit(&machine_busy, machine_running() > shm->ncpu,
+    atomic_store_explicit(
+        &machine_spinner,
+        atomic_load_explicit(&shm->pool_spinning, memory_order_relaxed),
+        memory_order_relaxed);
+    atomic_store_explicit(&machine_nr, machine_running(),
                           memory_order_relaxed);
   }
-  return !atomic_load_explicit(&machine_busy, memory_order_relaxed);
+  *spinner = atomic_load_explicit(&machine_spinner, memory_order_relaxed);
+  return atomic_load_explicit(&machine_nr, memory_order_relaxed);
+}
+
+int fp__budget_ok(fp__local_shm *shm) {
+  if (atomic_load_explicit(&shm->active, memory_order_relaxed) > shm->ncpu)
+    return 0;
+  /* Threads of other programs count too: on a machine that is already
+   * busy a spinner would only take CPU time from someone's work. */
+  int spinner;
+  return machine_load(shm, &spinner) <= shm->ncpu;
+}
+
+int fp__budget_ok_poller(fp__local_shm *shm, int extra) {
+  int yielding =
+      atomic_load_explicit(&shm->pool_spinning, memory_order_relaxed) != 0;
+  if (atomic_load_explicit(&shm->active, memory_order_relaxed) + extra -
+          yielding >
+      shm->ncpu)
+    return 0;
+  int spinner, nr = machine_load(shm, &spinner);
+  return nr - spinner <= shm->ncpu;
 }

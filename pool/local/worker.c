@@ -432,15 +432,18 @@ static void fit_result(worker *w, const chunk *ch) {
 }
 
 /* After a result went into the ring: wakes the master with a KICK only
- * if it is going to sleep. The tail store in fp__ring_put() and this load
+ * if it is going to sleep and no caller polls the rings. The tail store in fp__ring_put() and this load
  * are both seq_cst, so the load cannot be ordered before the store (the
  * protocol is in local.h). While this worker still has chunks queued the
  * kick may wait (up to KICK_DEFER_NS): the master then drains several
  * results and refills the queue with one write, instead of one wake-up
  * and one write per chunk. Returns 0 or -errno of the send. */
 static int maybe_kick(worker *w, int may_defer) {
-  if (!atomic_load_explicit(w->master_idle, memory_order_seq_cst)) {
-    w->deferred_since = 0; /* the master is awake and drains the rings */
+  if (!atomic_load_explicit(w->master_idle, memory_order_seq_cst) ||
+      atomic_load_explicit(&w->shm->pollers, memory_order_seq_cst) > 0) {
+    /* The master is awake, or a caller polls: either drains the rings (a
+     * poller that stops looks at them once more, local.h). */
+    w->deferred_since = 0;
     return 0;
   }
   int64_t now = fp__now_ns();
