@@ -1183,8 +1183,8 @@ END_TEST
 static void crash_loop(fp_dict *d, fp_list *l, fp_counter *c, int seed,
                        int ready_fd) {
   enum { NVAL = 8, NKEY = 97 };
-  char keys[NKEY][16], val[200];
-  fp_writer v[NVAL];
+  char keys[NKEY][16], val[200], gkey[16];
+  fp_writer v[NVAL], popped;
   unsigned x = (unsigned)seed * 2654435761u + 1;
 
   /* Encode everything up front so that the loop spends its time inside
@@ -1196,6 +1196,7 @@ static void crash_loop(fp_dict *d, fp_list *l, fp_counter *c, int seed,
   }
   for (int i = 0; i < NKEY; i++)
     snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+  fp_writer_init(&popped);
   for (long i = 0;; i++) {
     x = x * 1103515245u + 12345u;
     unsigned r = x >> 8;
@@ -1203,17 +1204,27 @@ static void crash_loop(fp_dict *d, fp_list *l, fp_counter *c, int seed,
     fp_writer *w = &v[(r >> 8) % NVAL];
     switch (r % 11) {
     case 0:
-    case 1:
       fp_dict_set(d, K(key), w->data, w->len);
       break;
+    case 1: /* new keys: stripes grow */
+      snprintf(gkey, sizeof(gkey), "g%u", r % 4096);
+      if (r % 3)
+        fp_dict_set_int(d, K(gkey), (int64_t)r);
+      else
+        fp_writer_reset(&popped), fp_dict_delete(d, K(gkey), &popped);
+      break;
     case 2:
-      fp_dict_set_int(d, K(key), (int64_t)r);
+      if (r % 4 == 0)
+        fp_dict_set_float(d, K(key), (double)r);
+      else
+        fp_dict_set_int(d, K(key), (int64_t)r);
       break;
-    case 3:
-      fp_dict_add_int(d, K("sum"), 1, NULL);
+    case 3: /* in place, lock-free */
+      fp_dict_add_int(d, K(keys[r % 8]), 1, NULL);
       break;
-    case 4:
-      fp_dict_delete(d, K(key), NULL);
+    case 4: /* pops: seal, then unlink */
+      fp_writer_reset(&popped);
+      fp_dict_delete(d, K(key), &popped);
       break;
     case 5:
     case 6:
@@ -1297,14 +1308,36 @@ END_TEST
 
 /* --- deterministic crash points --------------------------------------- */
 
-/* The state used by the crash-point test: built the same way every time. */
+/* The state used by the crash-point tests: built the same way every time. */
 typedef struct cstate {
   fp_manager *m;
   fp_dict *d;
   fp_list *l;
   fp_counter *c;
   fp_counter *spare; /* destroyed by op 13 */
+  char grow[16];     /* op 16 inserts it into a stripe about to grow */
 } cstate;
+
+/* Fills the stripe of key st->grow until one more insert makes it grow
+ * (a table of 8 grows at its 7th key). */
+static void cstate_fill_stripe(cstate *st) {
+  char key[16];
+  int stripe, in = 0;
+
+  snprintf(st->grow, sizeof(st->grow), "grow");
+  stripe = fp__shm_dict_stripe_of(K(st->grow));
+  for (int i = 0; i < 12; i++) {
+    snprintf(key, sizeof(key), "key%d", i);
+    in += fp__shm_dict_stripe_of(K(key)) == stripe;
+  }
+  for (int i = 0; in < 6; i++) {
+    snprintf(key, sizeof(key), "g%d", i);
+    if (fp__shm_dict_stripe_of(K(key)) != stripe)
+      continue;
+    ck_assert_int_eq(fp_dict_set_int(st->d, K(key), i), 0);
+    in++;
+  }
+}
 
 static void cstate_build(cstate *st) {
   fp_manager_opts o = {.arena_size = 1u << 20};
@@ -1321,6 +1354,7 @@ static void cstate_build(cstate *st) {
     else
       ck_assert_int_eq(fp_dict_set_str(st->d, K(key), "value"), 0);
   }
+  cstate_fill_stripe(st);
   for (int i = 0; i < 8; i++) /* len 8 == cap 8: the next append grows */
     push_int(st->l, i);
 }
@@ -1339,15 +1373,20 @@ static int digest_cb(const void *key, size_t klen, const void *value,
   return 0;
 }
 
-/* A digest of everything a user can observe in the state. */
+/* A digest of everything a user can observe in the state (a destroyed or
+ * dying dict counts as gone). Taking every lock, it also repairs. */
 static uint64_t cstate_digest(cstate *st) {
   uint64_t h = 0;
   int64_t v;
   fp_writer w;
   fp_manager_stats ms;
 
-  ck_assert_int_eq(fp_dict_foreach(st->d, digest_cb, &h), 0);
-  h = fnv(h, &(int64_t){fp_dict_len(st->d)}, 8);
+  if (fp_dict_len(st->d) >= 0) {
+    ck_assert_int_eq(fp_dict_foreach(st->d, digest_cb, &h), 0);
+    h = fnv(h, &(int64_t){fp_dict_len(st->d)}, 8);
+  } else {
+    h = fnv(h, "gone", 4);
+  }
   fp_writer_init(&w);
   ck_assert_int_eq(fp_list_snapshot(st->l, &w), 0);
   h = fnv(h, w.data, w.len);
@@ -1359,10 +1398,28 @@ static uint64_t cstate_digest(cstate *st) {
   return h;
 }
 
+/* Work an op needs done before it, outside the crash window: op 17
+ * leaves 200 retired nodes in the caller's heap. */
+static void cstate_warm(cstate *st, int op) {
+  char key[16];
+  if (op != 17)
+    return;
+  for (int i = 0; i < 200; i++) {
+    snprintf(key, sizeof(key), "w%d", i);
+    ck_assert_int_eq(fp_dict_set_str(st->d, K(key), "warm"), 0);
+  }
+  for (int i = 0; i < 200; i++) {
+    snprintf(key, sizeof(key), "w%d", i);
+    ck_assert_int_eq(fp_dict_delete(st->d, K(key), NULL), 0);
+  }
+}
+
 /* Runs operation op on the state; returns its result. */
 static int cstate_op(cstate *st, int op) {
   unsigned char v9[9] = {FP_INT, 1};
   fp_counter *c2;
+  fp_writer w;
+  int rc;
   switch (op) {
   case 0:
     return fp_dict_set_str(st->d, K("brand-new"), "fresh");
@@ -1377,7 +1434,7 @@ static int cstate_op(cstate *st, int op) {
   case 5:
     return fp_dict_delete(st->d, K("key2"), NULL);
   case 6:
-    return fp_dict_clear(st->d); /* 32 stripes: see the check below */
+    return fp_dict_clear(st->d); /* 256 stripes: see the check below */
   case 7:
     return fp_list_append(st->l, v9, 9);
   case 8:
@@ -1392,40 +1449,75 @@ static int cstate_op(cstate *st, int op) {
     return fp_counter_new(st->m, 0, &c2);
   case 13:
     return fp_counter_destroy(st->spare);
+  case 14: /* pop of a number: sealed, then unlinked */
+    fp_writer_init(&w);
+    rc = fp_dict_delete(st->d, K("key3"), &w);
+    fp_writer_free(&w);
+    return rc;
+  case 15: /* a number replaced by a string: sealed, new node */
+    return fp_dict_set_str(st->d, K("key5"), "now a string");
+  case 16: /* the stripe grows: a new table */
+    return fp_dict_set_int(st->d, K(st->grow), 16);
+  case 17: /* retired chunks back to the cache, full caches flushed */
+    fp__shm_collect(st->m, fp__shm_heap_get(st->m), 0);
+    return 0;
+  case 18:
+    return fp_dict_destroy(st->d);
   default:
     return -1;
   }
 }
-#define NOPS 14
+#define NOPS 19
+
+/* Whether op may be run again after a crash with result rc (state h). */
+static int rerun_ok(int op, int rc, uint64_t h, uint64_t post) {
+  if (rc == 0)
+    return 1;
+  if ((op == 5 || op == 14) && rc == FP_ENOENT)
+    return 1; /* the delete had taken effect */
+  return (op == 13 || op == 18) && rc == FP_EINVAL && h == post;
+}
+
+/* Builds the state, kills a child running op at its k-th crash point.
+ * Returns 1 if the child completed instead (fewer than k points). */
+static int crash_child(cstate *st, int op, long k) {
+  cstate_build(st);
+  pid_t pid = fork();
+  if (pid == 0) {
+    cstate_warm(st, op);
+    fp__shm_crash_countdown = k;
+    cstate_op(st, op);
+    _exit(0);
+  }
+  int rc = reap(pid);
+  if (rc != 0)
+    ck_assert_int_eq(rc, -SIGKILL);
+  return rc == 0;
+}
+
+static void cstate_pre_post(int op, uint64_t *pre, uint64_t *post) {
+  cstate st;
+  cstate_build(&st);
+  cstate_warm(&st, op);
+  *pre = cstate_digest(&st);
+  ck_assert_int_eq(cstate_op(&st, op), 0);
+  *post = cstate_digest(&st);
+  fp_manager_free(st.m);
+}
 
 START_TEST(crash_at_every_point_gives_before_or_after) {
   int stride = fp_test_under_valgrind() ? 7 : 1;
   long points = 0;
 
   for (int op = 0; op < NOPS; op++) {
-    cstate st;
     uint64_t pre, post;
     int done = 0;
 
-    cstate_build(&st);
-    pre = cstate_digest(&st);
-    ck_assert_int_eq(cstate_op(&st, op), 0);
-    post = cstate_digest(&st);
-    fp_manager_free(st.m);
-    for (long k = 1; !done && k < 5000; k += stride) {
-      cstate_build(&st);
-      pid_t pid = fork();
-      if (pid == 0) {
-        fp__shm_crash_countdown = k;
-        cstate_op(&st, op);
-        _exit(0);
-      }
-      int rc = reap(pid);
-      if (rc == 0) {
-        done = 1; /* the op has fewer than k crash points */
-      } else {
-        char err[256];
-        ck_assert_int_eq(rc, -SIGKILL);
+    cstate_pre_post(op, &pre, &post);
+    for (long k = 1; !done && k < 20000; k += stride) {
+      cstate st;
+      char err[256];
+      if ((done = crash_child(&st, op, k)) == 0) {
         points++;
         /* Repairs happen lazily at the next lock: the digest takes every
          * lock, then the checker confirms nothing is left over. */
@@ -1433,17 +1525,16 @@ START_TEST(crash_at_every_point_gives_before_or_after) {
         int e = fp__shm_check(st.m, err, sizeof(err));
         ck_assert_msg(e == 0, "op %d crash point %ld: %s", op, k, err);
         /* Clear works stripe by stripe: a crash may leave a prefix of
-         * stripes cleared, each stripe before-or-after. */
-        if (op != 6)
+         * stripes cleared, each stripe before-or-after; a destroy may
+         * leave the dict dying, which its next call completes. */
+        if (op != 6 && op != 18)
           ck_assert_msg(h == pre || h == post,
                         "op %d crash point %ld: state neither before nor "
                         "after",
                         op, k);
-        /* The structures work on: run the op again (a delete that
-         * already took effect finds nothing). */
-        rc = cstate_op(&st, op);
-        ck_assert_msg(rc == 0 || (op == 5 && rc == FP_ENOENT) ||
-                          (op == 13 && rc == FP_EINVAL && h == post),
+        /* The structures work on: run the op again. */
+        int rc = cstate_op(&st, op);
+        ck_assert_msg(rerun_ok(op, rc, h, post),
                       "op %d after crash point %ld: %d", op, k, rc);
         ck_assert_int_eq(fp__shm_check(st.m, err, sizeof(err)), 0);
       }
@@ -1451,7 +1542,58 @@ START_TEST(crash_at_every_point_gives_before_or_after) {
     }
     ck_assert_msg(done, "op %d never completed", op);
   }
-  ck_assert_int_gt(points, 100);
+  ck_assert_int_gt(points, 500);
+}
+END_TEST
+
+/* A survivor that dies while repairing what another process left is
+ * repaired in turn: child A dies at crash point k of an op, child B dies
+ * at crash point j of the repair (its first calls take A's locks), and
+ * the state is still before or after A's op. */
+START_TEST(repairer_killed_while_repairing_is_repaired) {
+  static const int ops[] = {0, 5, 7, 14, 16};
+  int kstride = fp_test_under_valgrind() ? 11 : 3;
+  long points = 0;
+
+  for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+    int op = ops[o];
+    uint64_t pre, post;
+
+    cstate_pre_post(op, &pre, &post);
+    for (long k = 1; k < 20000; k += kstride) {
+      int a_done = 0, b_done = 0;
+      for (long j = 1; !b_done && !a_done && j < 500; j++) {
+        cstate st;
+        char err[256];
+        if ((a_done = crash_child(&st, op, k)) != 0) {
+          fp_manager_free(st.m);
+          break;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+          fp_writer w;
+          fp_writer_init(&w);
+          fp__shm_crash_countdown = j;
+          fp_dict_foreach(st.d, digest_cb, &(uint64_t){0});
+          fp_list_snapshot(st.l, &w);
+          _exit(0);
+        }
+        int rc = reap(pid);
+        b_done = rc == 0;
+        points += !b_done;
+        uint64_t h = cstate_digest(&st);
+        ck_assert_msg(fp__shm_check(st.m, err, sizeof(err)) == 0,
+                      "op %d, A at %ld, B at %ld: %s", op, k, j, err);
+        ck_assert_msg(h == pre || h == post,
+                      "op %d, A at %ld, B at %ld: neither before nor after",
+                      op, k, j);
+        fp_manager_free(st.m);
+      }
+      if (a_done)
+        break;
+    }
+  }
+  ck_assert_int_gt(points, 50);
 }
 END_TEST
 
@@ -1518,9 +1660,10 @@ Suite *manager_suite(void) {
 
   tc = tcase_create("crash");
   tcase_add_checked_fixture(tc, setup, teardown);
-  tcase_set_timeout(tc, 120);
+  tcase_set_timeout(tc, 300);
   tcase_add_test(tc, child_killed_mid_update_leaves_valid_state);
   tcase_add_test(tc, crash_at_every_point_gives_before_or_after);
+  tcase_add_test(tc, repairer_killed_while_repairing_is_repaired);
   suite_add_tcase(s, tc);
   return s;
 }

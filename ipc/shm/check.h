@@ -99,6 +99,9 @@ FP__SHM_HIDDEN int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h);
 FP__SHM_HIDDEN int fp__shm_dict_check(fp__shm_checker *c, fp__shm_obj *o);
 FP__SHM_HIDDEN int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o);
 
+/* The stripe a dict key falls in (for tests that fill one stripe). */
+FP__SHM_HIDDEN int fp__shm_dict_stripe_of(const void *key, size_t klen);
+
 /* Per-type "take and release every lock" hooks: a lock whose holder died
  * is taken over, which repairs its structure. */
 FP__SHM_HIDDEN void fp__shm_dict_settle(fp__shm_obj *o);

@@ -947,6 +947,10 @@ int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out) {
   return err;
 }
 
+int fp__shm_dict_stripe_of(const void *key, size_t klen) {
+  return (int)(hash_key(key, klen) >> STRIPE_SHIFT);
+}
+
 /* --- checker hooks ------------------------------------------------------ */
 
 void fp__shm_dict_settle(fp__shm_obj *o) {

@@ -339,6 +339,19 @@ fp__shm_heap *fp__shm_heap_get(fp_manager *m) {
 
 /* --- structure locks -------------------------------------------------------- */
 
+/* After a lock was taken over: the dead holder may itself have been
+ * reclaiming the heap of an earlier holder of this lock (which is how it
+ * came to hold it), and died half-way. Finishes every reclaim whose
+ * reclaimer is dead, so that the structure is whole before it is used. */
+static void finish_dead_reclaims(fp_manager *m, fp__shm_heap *h) {
+  for (uint64_t i = 0; i < atomic_load(&m->heap_hw); i++) {
+    fp__shm_heap *d = fp__shm_heap_at(m, (int)i);
+    uint64_t s = atomic_load(&d->state);
+    if ((s & FP__HS_RECLAIM) && fp__shm_owner_dead(d, s))
+      fp__shm_reclaim(m, h, d, FP__HS_GEN(s));
+  }
+}
+
 void fp__shm_lock(fp_manager *m, fp__shm_heap *h, fp__shm_mutex *mu) {
   uint32_t dead = fp__shm_mutex_lock(m, mu, fp__shm_me(m, h));
   int i;
@@ -349,6 +362,7 @@ void fp__shm_lock(fp_manager *m, fp__shm_heap *h, fp__shm_mutex *mu) {
   i = FP__SHM_OWNER_IDX(dead);
   if (i >= 0 && (uint64_t)i < m->nheaps)
     fp__shm_reclaim(m, h, fp__shm_heap_at(m, i), FP__SHM_OWNER_GEN(dead));
+  finish_dead_reclaims(m, h);
 }
 
 int fp__shm_reclaim_dead(fp_manager *m) {
