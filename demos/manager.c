@@ -16,8 +16,14 @@
  *      equivalent on a Manager: exact without any user lock): checked.
  *   4. results: workers store d["sq:<i>"] = i*i and append i*i to the
  *      shared list for their slice of range(n); the master checks every
- *      key and that every value is in the list exactly once. This phase is
- *      also run by the master alone: that is seq vs par in the RESULT line.
+ *      key and that every value is in the list exactly once. Also run by
+ *      the master alone: every append takes the list's one lock, so this
+ *      phase shows what does not scale.
+ *   5. scaling: each worker adds to its own 1024 keys of the shared dict
+ *      (fp_dict_add_int on existing keys: one compare-and-swap on the
+ *      key's own cache line, no lock), 10x the updates of the other
+ *      phases; the master does the same total alone: that is seq vs par
+ *      in the RESULT line. Checked.
  *
  * Output: one line per phase with its time and rate, then
  *   RESULT manager seq=<s> par=<s> speedup=<x> check=ok|FAIL
@@ -42,9 +48,28 @@ static fp_list *shared_list;
 static fp_counter *shared_value;
 static fp_lock *shared_lock;
 
-enum { PH_PLAIN, PH_LOCKED, PH_ATOMIC, PH_RESULTS };
+enum { PH_PLAIN, PH_LOCKED, PH_ATOMIC, PH_RESULTS, PH_SCALE };
+
+/* Phase 5: keys per worker ("u:<first + j>", j < SCALE_KEYS). */
+#define SCALE_KEYS 1024
 
 #define KEY(s) s, sizeof(s) - 1
+
+/* Phase 5 for one worker: count adds of 1 spread over its own keys
+ * "u:<first>" .. "u:<first + SCALE_KEYS - 1>" (formatted once). */
+static int scale_task(int64_t first, int64_t count) {
+  static __thread char key[SCALE_KEYS][24];
+  static __thread size_t klen[SCALE_KEYS];
+  int rc = 0;
+
+  for (int j = 0; j < SCALE_KEYS; j++)
+    klen[j] = (size_t)snprintf(key[j], sizeof(key[j]), "u:%lld",
+                               (long long)(first + j));
+  for (int64_t i = 0; i < count && rc == 0; i++)
+    rc = fp_dict_add_int(shared_dict, key[i % SCALE_KEYS],
+                         klen[i % SCALE_KEYS], 1, NULL);
+  return rc;
+}
 
 /* One phase's work for one worker: args are (phase, first, count). */
 static int phase_task(fp_reader *args, fp_writer *out) {
@@ -52,6 +77,10 @@ static int phase_task(fp_reader *args, fp_writer *out) {
   int rc = fp_unpack(args, "i i i", &phase, &first, &count);
   if (rc != 0)
     return rc;
+  if (phase == PH_SCALE) {
+    rc = scale_task(first, count);
+    count = 0;
+  }
   for (int64_t i = 0; i < count && rc == 0; i++) {
     switch (phase) {
     case PH_PLAIN: /* d["plain"] += 1 and value += 1, racy on purpose */
@@ -159,6 +188,49 @@ static int check_results(int64_t n) {
   return ok;
 }
 
+/* Phase 5, o->repeat times each way: the master runs every worker's share
+ * in turn, then the workers run theirs at once. Checks that every key got
+ * exactly its worker's share of each run. Returns 1 when exact. */
+static int scale_phase(fp_pool *pool, demo_opts *o, int64_t total,
+                       double *seq, double *par) {
+  double seq_t[DEMO_REPEAT_MAX], par_t[DEMO_REPEAT_MAX];
+  int64_t v, runs = 2 * (int64_t)o->repeat;
+  int ok = 1;
+
+  demo_check(fp_dict_clear(shared_dict), "fp_dict_clear");
+  for (int w = 0; w < o->workers; w++)
+    for (int j = 0; j < SCALE_KEYS; j++) {
+      char key[32];
+      int n = snprintf(key, sizeof(key), "u:%lld",
+                       (long long)(total * w / o->workers + j));
+      demo_check(fp_dict_set_int(shared_dict, key, (size_t)n, 0), "set");
+    }
+  for (int rep = 0; rep < o->repeat; rep++) {
+    seq_t[rep] = demo_now();
+    for (int w = 0; w < o->workers; w++)
+      demo_check(scale_task(total * w / o->workers,
+                            total * (w + 1) / o->workers -
+                                total * w / o->workers),
+                 "scale_task");
+    seq_t[rep] = demo_now() - seq_t[rep];
+    par_t[rep] = run_phase(pool, o->workers, PH_SCALE, total);
+  }
+  /* Worker w's count c is spread round-robin over its keys. */
+  for (int w = 0; ok && w < o->workers; w++) {
+    int64_t first = total * w / o->workers, c = total * (w + 1) / o->workers -
+                                                 first;
+    for (int j = 0; ok && j < SCALE_KEYS; j++) {
+      char key[32];
+      snprintf(key, sizeof(key), "u:%lld", (long long)(first + j));
+      v = dict_int(key);
+      ok = v == runs * (c / SCALE_KEYS + (j < c % SCALE_KEYS));
+    }
+  }
+  *seq = demo_median(seq_t, o->repeat);
+  *par = demo_median(par_t, o->repeat);
+  return ok;
+}
+
 static void reset_structures(void) {
   demo_check(fp_dict_clear(shared_dict), "fp_dict_clear");
   demo_check(fp_list_clear(shared_list), "fp_list_clear");
@@ -184,7 +256,7 @@ int main(int argc, char **argv) {
   demo_check(fp_lock_new(mgr, &shared_lock), "fp_lock_new");
   pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
   total = iters * o.workers;
-  demo_set_work(&o, (double)total, 0); /* results stored per side */
+  demo_set_work(&o, 10.0 * (double)total, 0); /* phase 5's updates */
   demo_say(&o, "%d workers, %lld updates each per phase\n", o.workers,
            (long long)iters);
 
@@ -252,6 +324,16 @@ int main(int argc, char **argv) {
            " %s  (%.2f M items/s in parallel)\n",
            (long long)total, seq, par, ok_phase ? "all present once" : "WRONG",
            (double)total / par / 1e6);
+
+  /* Phase 5: updates of different keys, the master alone then the
+   * workers; the medians are the RESULT line's times. */
+  ok_phase = scale_phase(pool, &o, 10 * total, &seq, &par);
+  ok &= ok_phase;
+  demo_say(&o,
+           "scaling: add to own keys: %lld updates  seq %.3f s  par %.3f s  "
+           "%s  (%.1fx: each update touches only its key's cache line)\n",
+           (long long)(10 * total), seq, par, ok_phase ? "exact" : "WRONG",
+           seq / par);
   demo_check(fp_manager_stats_get(mgr, &st), "fp_manager_stats_get");
   demo_say(&o, "arena: %.1f MiB used, %zu objects\n",
            (double)st.used / (1 << 20), st.objects);

@@ -10,14 +10,20 @@ Lock with pool workers. Phases, one task per worker:
   3. there is no atomic add on a Manager dict, so the closest Python idiom
      is the lock again, for the counter (checked);
   4. results: workers store d["sq:<i>"] = i*i and append i*i to the list;
-     also done by the master alone (seq vs par in the RESULT line).
+     also done by the master alone;
+  5. scaling: each worker updates its own 1024 keys (d[k] = d[k] + 1 is
+     safe when no other process writes k), 2x the updates of the other
+     phases; also done by the master alone (seq vs par in the RESULT
+     line). Every update is two round trips to the one server process,
+     so more workers do not make it faster: the C demo's phase 5 is where
+     shared memory scales.
 
 Every access is a round trip to the manager's server process (~30k ops/s),
 so the default sizes are 100x smaller than the C demo's; --full uses 10x
 smaller ones.
 
 Usage: manager.py [--workers N] [--full] [--quiet] [--repeat N]
-Phase 4 runs --repeat times (3 by default); the medians are reported.
+Phases 4 and 5 run --repeat times (3 by default); the medians are reported.
 Ends with the RESULT line of demo_common.py.
 """
 import multiprocessing as mp
@@ -26,11 +32,22 @@ import time
 
 import demo_common as dc
 
-PLAIN, LOCKED, ATOMIC, RESULTS = range(4)
+PLAIN, LOCKED, ATOMIC, RESULTS, SCALE = range(5)
+SCALE_KEYS = 1024
+
+
+def scale_task(first, count, d):
+    """Phase 5 for one worker: count updates over its own keys."""
+    keys = ["u:%d" % (first + j) for j in range(SCALE_KEYS)]
+    for i in range(count):
+        k = keys[i % SCALE_KEYS]
+        d[k] = d[k] + 1
 
 
 def phase_task(phase, first, count, d, lst, value, lock):
     """One phase's work for one worker (mirrors phase_task in manager.c)."""
+    if phase == SCALE:
+        return scale_task(first, count, d)
     for i in range(count):
         if phase == PLAIN:  # racy on purpose
             d["plain"] = d["plain"] + 1
@@ -64,6 +81,30 @@ def check_results(d, lst, n):
     if any(d["sq:%d" % i] != i * i for i in range(n)):
         return False
     return sorted(lst[:]) == [i * i for i in range(n)]
+
+
+def scale_phase(pool, o, total, shared):
+    """Phase 5, --repeat times each way; returns (seq, par, exact)."""
+    d, w = shared[0], o.workers
+    d.clear()
+    d.update({"u:%d" % (total * k // w + j): 0
+              for k in range(w) for j in range(SCALE_KEYS)})
+    seq_t, par_t = [], []
+    for _ in range(o.repeat):
+        t0 = time.perf_counter()
+        for k in range(w):
+            first = total * k // w
+            scale_task(first, total * (k + 1) // w - first, d)
+        seq_t.append(time.perf_counter() - t0)
+        par_t.append(run_phase(pool, w, SCALE, total, shared))
+    good = True
+    for k in range(w):
+        first = total * k // w
+        c = total * (k + 1) // w - first
+        for j in range(SCALE_KEYS):
+            want = 2 * o.repeat * (c // SCALE_KEYS + (j < c % SCALE_KEYS))
+            good &= d["u:%d" % (first + j)] == want
+    return dc.median(seq_t), dc.median(par_t), good
 
 
 def main():
@@ -124,7 +165,14 @@ def main():
                 % (total, seq, par, "all present once" if good else "WRONG",
                    total / par / 1e6))
 
-    return dc.result(o, "manager", seq, par, ok, total)
+            seq, par, good = scale_phase(pool, o, 2 * total, shared)
+            ok &= good
+            say("scaling: own keys   : %d updates  seq %.3f s  par %.3f s  "
+                "%s  (%.1fx: one server process serves them all)"
+                % (2 * total, seq, par, "exact" if good else "WRONG",
+                   seq / par))
+
+    return dc.result(o, "manager", seq, par, ok, 2 * total)
 
 
 if __name__ == "__main__":
