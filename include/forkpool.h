@@ -973,9 +973,14 @@ FP_EXTERN int fp_task_fail(const char *fmt, ...) FP_PRINTF(1, 2);
  * created after the pool started is NOT visible to that pool's workers.
  *
  * Every call works from any process and thread at the same time. Each
- * call on a dict or list is atomic (one lock: a dict stripe, or the list);
- * a sequence of calls is not: "get then set" loses updates under
- * concurrency, use fp_dict_add_int(), fp_counter_add() or an fp_lock.
+ * call on a dict or list is atomic; a sequence of calls is not: "get then
+ * set" loses updates under concurrency, use fp_dict_add_int(),
+ * fp_counter_add() or an fp_lock. Dict reads and in-place updates of
+ * numbers take no lock, other dict writes lock one stripe of 256, a list
+ * has one lock; each thread allocates from its own cache, so processes
+ * working on different keys scale (docs/manager.md). Each thread that
+ * uses a manager takes one of its heap slots (one per 256 KiB of arena,
+ * 8 to 1024): a call from one more live thread fails with FP_ENOMEM.
  * A process killed in the middle of any call leaves every structure valid:
  * the interrupted call took effect entirely or not at all, and the next
  * process to touch the structure repairs it (see docs/manager.md).
@@ -1004,8 +1009,11 @@ typedef struct fp_manager_opts {
 /* Usage figures of a manager's arena. */
 typedef struct fp_manager_stats {
   size_t arena_size; /* bytes reserved */
-  size_t used;       /* bytes in live allocations (size-class rounded) */
-  size_t free;       /* bytes still allocatable: free lists + untouched */
+  size_t used;       /* bytes handed out by the allocator: live data
+                        (size-class rounded), plus chunks that threads
+                        hold in their caches or retired for later reuse */
+  size_t free;       /* bytes not handed out: free pages and chunks,
+                        allocator overhead, untouched space */
   size_t objects;    /* live dicts, lists, counters, locks and arrays */
   size_t repairs;    /* interrupted updates rolled back or forward after
                         the process doing them died */
@@ -1021,10 +1029,12 @@ typedef struct fp_manager_stats {
  * when mmap fails. Free it with fp_manager_free(). */
 FP_EXTERN int fp_manager_new(fp_manager **out, const fp_manager_opts *opts);
 
-/* Unmaps the arena from the calling process. Every handle into it becomes
- * invalid in this process; other processes that inherited the mapping keep
- * it until they exit or call this too. NULL is ignored. Call it after the
- * pool's workers are gone. */
+/* Gives the calling thread's heap (its cached chunks and its heap slot)
+ * back, then unmaps the arena from the calling process. Every handle into
+ * it becomes invalid in this process; other processes that inherited the
+ * mapping keep it until they exit or call this too. NULL is ignored. Call
+ * it after the pool's workers are gone, and not while another thread of
+ * this process is inside a call on it. */
 FP_EXTERN void fp_manager_free(fp_manager *m);
 
 /* Fills *out with the arena's usage. Returns 0 or FP_EINVAL. */
@@ -1032,12 +1042,14 @@ FP_EXTERN int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out);
 
 /* --- dict: byte-string keys -> codec values --------------------------- */
 /* Keys are byte strings (key, klen), klen <= FP_DICT_KEY_MAX; the empty key
- * (klen 0, key may be NULL) is allowed. The dict is split into 32
- * stripes by key hash, each with its own robust lock, so processes updating
- * different keys rarely contend. Errors common to all calls: FP_EINVAL (NULL
- * handle or argument), FP_ETYPE (handle of another type), FP_EMSGSIZE (key
- * too long, or value larger than the arena), FP_ENOMEM (arena full; the dict
- * is unchanged), FP_EPROTO (value not exactly one encoded value). */
+ * (klen 0, key may be NULL) is allowed. Reads and in-place updates of
+ * numbers take no lock; inserts, deletes and other writes lock one of 256
+ * stripes (by key hash), so processes working on different keys rarely
+ * meet. Errors common to all calls: FP_EINVAL (NULL handle or argument),
+ * FP_ETYPE (handle of another type), FP_EMSGSIZE (key too long, or value
+ * larger than the arena), FP_ENOMEM (arena full, or no heap slot for this
+ * thread; the dict is unchanged), FP_EPROTO (value not exactly one encoded
+ * value). */
 
 /* Creates an empty dict in m. Returns 0 and *out (valid in every process
  * forked after fp_manager_new), FP_ENOMEM or FP_EINVAL. */
@@ -1056,7 +1068,8 @@ FP_EXTERN int fp_dict_set(fp_dict *d, const void *key, size_t klen,
                           const void *value, size_t vlen);
 
 /* Typed setters: d[key] = v as an INT, FLOAT, STR (NUL-terminated s) or
- * BYTES value. */
+ * BYTES value. An INT or FLOAT stored over a value of the same type is
+ * updated in place, without a lock (one compare-and-swap on x86-64). */
 FP_EXTERN int fp_dict_set_int(fp_dict *d, const void *key, size_t klen,
                               int64_t v);
 FP_EXTERN int fp_dict_set_float(fp_dict *d, const void *key, size_t klen,
@@ -1098,7 +1111,9 @@ FP_EXTERN int fp_dict_clear(fp_dict *d);
 /* Atomic d[key] += delta on an INT value; a missing key starts at 0. Stores
  * the new value in *new_value (may be NULL). FP_ETYPE when the value is not
  * an INT (the dict is unchanged). Wraps around on overflow like unsigned
- * arithmetic. This is the safe form of "get then set". */
+ * arithmetic. This is the safe form of "get then set". On an existing key
+ * it takes no lock (one compare-and-swap on x86-64), so processes adding
+ * to different keys do not slow each other down. */
 FP_EXTERN int fp_dict_add_int(fp_dict *d, const void *key, size_t klen,
                               int64_t delta, int64_t *new_value);
 

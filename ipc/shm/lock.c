@@ -81,6 +81,18 @@ static int proc_stat(uint32_t tid, char *state, uint64_t *start) {
   return 1;
 }
 
+/* 1 when procfs answers for this process (it may be missing in a
+ * container): only then does "no /proc/<tid>" mean "no such thread". */
+static int procfs_ok(void) {
+  static _Atomic int ok = -1;
+  int v = atomic_load_explicit(&ok, memory_order_relaxed);
+  if (v < 0) {
+    v = access("/proc/self/stat", R_OK) == 0;
+    atomic_store_explicit(&ok, v, memory_order_relaxed);
+  }
+  return v;
+}
+
 int fp__shm_owner_dead(const fp__shm_heap *h, uint64_t s) {
   uint32_t tid = FP__HS_TID(s);
   uint64_t start = 0;
@@ -91,6 +103,10 @@ int fp__shm_owner_dead(const fp__shm_heap *h, uint64_t s) {
     return 1;
   if (kill((pid_t)tid, 0) != 0 && errno == ESRCH)
     return 1;
+  /* Without procfs, an existing id is all we know: a zombie or a reused
+   * id counts as alive until it is reaped or exits (docs/manager.md). */
+  if (!procfs_ok())
+    return 0;
   rc = proc_stat(tid, &state, &start);
   if (rc == 0)
     return 1;
