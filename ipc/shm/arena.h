@@ -353,7 +353,10 @@ FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h,
 /* Retires the chunk named by *slot (an offset, or a cref when is_cref):
  * it joins h's limbo for the current epoch and *slot becomes 0, in one
  * step; it is freed once no call that could have seen it is running. 0 in
- * *slot: nothing. */
+ * *slot: nothing. The store that unlinked the chunk must be visible to
+ * every CPU before the call: a full fence (atomic_thread_fence, seq_cst)
+ * or a sequentially consistent read-modify-write after it, such as the
+ * exchange that releases a lock. */
 FP__SHM_HIDDEN void fp__shm_retire(fp_manager *m, fp__shm_heap *h,
                                    uint64_t *slot, int is_cref);
 
@@ -391,7 +394,9 @@ FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
  *   fp__shm_jcommit(m, h)           ACTIVE -> COMMITTED -> retires -> IDLE
  * or fp__shm_jabort(m, h) to roll back (e.g. after FP_ENOMEM).
  * fp__shm_jmark(h) / fp__shm_jfinish(m, h) split jcommit for callers that
- * unlock in between (a committed journal needs no lock to finish). */
+ * unlock in between (a committed journal needs no lock to finish);
+ * jfinish must follow the unlock directly (it relies on the unlock's
+ * exchange as the fence before retiring). */
 FP__SHM_HIDDEN void fp__shm_jbegin(fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_heap *h,
                                  uint64_t *word, uint64_t v);

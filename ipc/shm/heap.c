@@ -144,9 +144,8 @@ void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
   if (v == 0 || (is_cref && v == 1))
     return;
   off = is_cref ? fp__shm_cref_off(v) : v;
-  /* The unlink that made the chunk unreachable must be visible before
-   * the epoch is read (see the file header). */
-  atomic_thread_fence(memory_order_seq_cst);
+  /* The caller made the unlink visible before this epoch load (a full
+   * fence, or the exchange that released the structure's lock). */
   e = atomic_load(&m->epoch);
   b = (int)(e % 3);
   /* A list of an older epoch in this bucket now waits for this epoch

@@ -68,7 +68,7 @@ static void rollback(fp_manager *m, fp__shm_heap *d) {
   j->nundo = 0;
   j->deep_n = 0;
   j->release[0] = j->release[1] = 0;
-  FP__SHM_BARRIER();
+  atomic_thread_fence(memory_order_seq_cst); /* the restores, then retire */
   for (int k = 0; k < 2; k++)
     fp__shm_retire(m, d, &j->alloc[k], 0);
   j->state = FP__J_IDLE;
@@ -77,10 +77,14 @@ static void rollback(fp_manager *m, fp__shm_heap *d) {
 
 /* Rolls a COMMITTED update of heap d forward: the alloc slots now belong
  * to the structure; retire the release slots, the entries of a deep
- * release first (each zeroed as it goes), then deep_n, then the table. */
-static void forward(fp_manager *m, fp__shm_heap *d) {
+ * release first (each zeroed as it goes), then deep_n, then the table.
+ * fenced: the caller just released the structure's lock, whose exchange
+ * made the update's unlinking stores visible (see fp__shm_retire). */
+static void forward(fp_manager *m, fp__shm_heap *d, int fenced) {
   fp__shm_journal *j = &d->j;
 
+  if (!fenced)
+    atomic_thread_fence(memory_order_seq_cst);
   j->alloc[0] = j->alloc[1] = 0;
   j->nundo = 0;
   if (j->deep_n != 0 && j->release[0] != 0) {
@@ -106,12 +110,12 @@ void fp__shm_jmark(fp__shm_heap *h) {
 }
 
 void fp__shm_jfinish(fp_manager *m, fp__shm_heap *h) {
-  forward(m, h);
+  forward(m, h, 1);
 }
 
 void fp__shm_jcommit(fp_manager *m, fp__shm_heap *h) {
   fp__shm_jmark(h);
-  forward(m, h);
+  forward(m, h, 0);
 }
 
 void fp__shm_jabort(fp_manager *m, fp__shm_heap *h) {
@@ -125,5 +129,5 @@ void fp__shm_jrepair(fp_manager *m, fp__shm_heap *d) {
   if (d->j.state == FP__J_ACTIVE)
     rollback(m, d);
   else
-    forward(m, d);
+    forward(m, d, 0);
 }

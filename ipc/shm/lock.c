@@ -38,7 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SPIN 4000           /* polls before the first look at the holder */
+#define SPIN 20000          /* pauses (about 20-40 ns each) of polling
+                               before the first look at the holder */
 #define SLEEP_NS 2000000L   /* futex sleep slice: 2 ms */
 
 static void cpu_relax(void) {
@@ -166,11 +167,20 @@ static void futex_wake(fp__shm_mutex *mu) {
 static uint32_t lock_slow(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
                           uint32_t w) {
   uint32_t mine = me; /* becomes me | WAITERS once we have slept */
+  uint32_t pauses = 4;
 
-  for (int i = 0; i < SPIN; i++) {
+  /* Poll with exponential backoff, up to SPIN pauses in all. A poll pulls
+   * the lock's cache line away from the holder, which usually takes the
+   * lock again for its next call: fewer polls let it run from its own
+   * cache, so two processes appending to one list lose less to each
+   * other than with a tight loop. */
+  for (uint32_t spent = 0; spent < SPIN; spent += pauses) {
     if (w == 0 && atomic_compare_exchange_weak(mu, &w, me))
       return 0;
-    cpu_relax();
+    for (uint32_t k = 0; k < pauses; k++)
+      cpu_relax();
+    if (pauses < 256)
+      pauses *= 2;
     w = atomic_load_explicit(mu, memory_order_relaxed);
   }
   for (;;) {
