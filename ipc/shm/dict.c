@@ -10,7 +10,7 @@
  * Layout (offsets from the arena base):
  *   stripe.table -> table: u64 link | u64 cap | u64 bucket[cap]
  *     bucket: 0 empty, 1 tombstone, else hash28 << 36 | node offset / 16
- *   node: u64 link | u64 hash | u32 klen | u32 vlen | 7 pad | u8 tag |
+ *   node: u64 link | u16 klen | u8 tag | u8 pad | u32 vlen |
  *         u64 payload | u64 state | key | value
  * A node whose value is an INT or a FLOAT (9 bytes encoded) is a scalar
  * node: its value lives in payload (tag holds the type byte), next to a
@@ -58,7 +58,7 @@
 
 #define NSTRIPE 256
 #define STRIPE_SHIFT 56 /* 64 - log2(NSTRIPE) */
-#define NODE_HDR 48
+#define NODE_HDR 32
 #define TBL_HDR 16
 #define TOMB 1
 #define HBITS 28
@@ -87,17 +87,19 @@ typedef struct table {
 
 typedef struct node {
   uint64_t link;
-  uint64_t hash;
-  uint32_t klen;
+  uint16_t klen;            /* <= FP_DICT_KEY_MAX */
+  unsigned char tag;        /* FP_INT or FP_FLOAT for a scalar node, else 0 */
+  unsigned char pad;
   uint32_t vlen;
-  unsigned char pad[7];
-  unsigned char tag;        /* offset 31: FP_INT or FP_FLOAT, scalar nodes */
-  _Atomic uint64_t payload; /* offset 32: a scalar's value */
-  _Atomic uint64_t state;   /* offset 40: 0 live, 1 sealed */
+  _Atomic uint64_t payload; /* offset 16: a scalar's value */
+  _Atomic uint64_t state;   /* offset 24: 0 live, 1 sealed */
   unsigned char data[];     /* key, then a non-scalar value */
 } node;
 
-_Static_assert(offsetof(node, payload) == 32 && offsetof(node, data) ==
+/* The (payload, state) pair is 16-byte aligned: chunks are, and the pair
+ * sits at offset 16. A node keeps no hash: buckets hold 28 bits of it,
+ * enough to rehash, and a writer has the key's hash at hand. */
+_Static_assert(offsetof(node, payload) == 16 && offsetof(node, data) ==
                    NODE_HDR,
                "node layout");
 
@@ -379,8 +381,7 @@ static int make_node(fp_manager *m, fp__shm_heap *h, const void *key,
     return rc;
   nd = fp__shm_ptr(m, h->j.alloc[0]);
   memset((char *)nd + 8, 0, NODE_HDR - 8);
-  nd->hash = hash;
-  nd->klen = (uint32_t)klen;
+  nd->klen = (uint16_t)klen;
   nd->vlen = (uint32_t)vlen;
   if (klen)
     memcpy(nd->data, key, klen);
@@ -454,19 +455,19 @@ static int insert_new(fp_manager *m, fp__shm_heap *h, stripe *s,
   return 0;
 }
 
-/* Replaces the node in bucket i with a new one holding val (journal
- * open); a scalar node is sealed first. */
+/* Replaces the node in bucket i (its key's hash: hash) with a new one
+ * holding val (journal open); a scalar node is sealed first. */
 static int replace_node(fp_manager *m, fp__shm_heap *h, table *t, uint64_t i,
-                        const void *val, size_t vlen) {
+                        uint64_t hash, const void *val, size_t vlen) {
   node *old = node_at(m, atomic_load(&t->b[i]));
-  int rc = make_node(m, h, old->data, old->klen, old->hash, val, vlen);
+  int rc = make_node(m, h, old->data, old->klen, hash, val, vlen);
 
   if (rc != 0)
     return rc;
   if (is_scalar(old))
     seal(m, h, old);
   h->j.release[0] = fp__shm_off(m, old);
-  fp__shm_jset(m, h, (uint64_t *)&t->b[i], BKT(old->hash, h->j.alloc[0]));
+  fp__shm_jset(m, h, (uint64_t *)&t->b[i], BKT(hash, h->j.alloc[0]));
   return 0;
 }
 
@@ -475,8 +476,9 @@ enum { W_SET, W_IF_ABSENT, W_SETDEFAULT, W_ADD };
 /* The locked write for a key present in bucket i of t. Returns as
  * dict_write; the journal is committed or aborted, the stripe unlocked. */
 static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
-                         uint64_t i, const void *val, size_t vlen, int mode,
-                         uint64_t delta, int64_t *newv, fp_writer *out) {
+                         uint64_t i, uint64_t hash, const void *val,
+                         size_t vlen, int mode, uint64_t delta, int64_t *newv,
+                         fp_writer *out) {
   node *nd = node_at(m, atomic_load(&t->b[i]));
   unsigned char buf[9];
   uint64_t nv = 0;
@@ -504,7 +506,7 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
     return 0;
   }
   fp__shm_jbegin(h);
-  if ((rc = replace_node(m, h, t, i, val, vlen)) != 0) {
+  if ((rc = replace_node(m, h, t, i, hash, val, vlen)) != 0) {
     fp__shm_jabort(m, h);
     fp__shm_unlock(&s->mu);
     return rc;
@@ -592,7 +594,7 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
   table *t = table_at(m, s->table);
   uint64_t ins;
   if ((i = lookup(m, t, key, klen, hash, &ins, NULL)) >= 0) {
-    rc = write_present(m, h, s, t, (uint64_t)i, val, vlen, mode,
+    rc = write_present(m, h, s, t, (uint64_t)i, hash, val, vlen, mode,
                        (uint64_t)delta, newv, out);
   } else {
     if (mode == W_ADD) {
@@ -891,7 +893,8 @@ static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
     if (t->b[i] <= TOMB)
       continue;
     node *nd = node_at(m, t->b[i]);
-    memcpy(p + pos, &nd->klen, 4);
+    uint32_t kl = nd->klen;
+    memcpy(p + pos, &kl, 4);
     memcpy(p + pos + 4, &nd->vlen, 4);
     memcpy(p + pos + 8, nd->data, nd->klen);
     memcpy(p + pos + 8 + nd->klen, node_value(nd, vb), nd->vlen);
@@ -969,7 +972,7 @@ void fp__shm_dict_settle(fp__shm_obj *o) {
  * duplicate keys). */
 static int check_node(fp__shm_checker *c, table *t, uint64_t i, int idx) {
   fp_manager *m = c->m;
-  uint64_t b = t->b[i], off = fp__shm_cref_off(b);
+  uint64_t b = t->b[i], off = fp__shm_cref_off(b), hash;
   node *nd;
   int rc;
 
@@ -979,17 +982,18 @@ static int check_node(fp__shm_checker *c, table *t, uint64_t i, int idx) {
   nd = fp__shm_ptr(m, off);
   if ((rc = fp__shm_claim(c, off, "dict node")) != 0)
     return rc;
-  if (fp__shm_chunk_bytes(m, off) <
-          NODE_HDR + nd->klen + (is_scalar(nd) ? 0 : (uint64_t)nd->vlen) ||
-      nd->hash != hash_key(nd->data, nd->klen) ||
-      BKT_HASH(b) != (nd->hash & HMASK) ||
-      (int)(nd->hash >> STRIPE_SHIFT) != idx)
-    return fp__shm_fail(c, "dict stripe %d: node header or hash wrong", idx);
+  if (nd->klen > FP_DICT_KEY_MAX ||
+      fp__shm_chunk_bytes(m, off) <
+          NODE_HDR + nd->klen + (is_scalar(nd) ? 0 : (uint64_t)nd->vlen))
+    return fp__shm_fail(c, "dict stripe %d: node header wrong", idx);
+  hash = hash_key(nd->data, nd->klen);
+  if (BKT_HASH(b) != (hash & HMASK) || (int)(hash >> STRIPE_SHIFT) != idx)
+    return fp__shm_fail(c, "dict stripe %d: node in the wrong place", idx);
   if (is_scalar(nd) ? nd->vlen != 9 || nd->state != 0 ||
                           (nd->tag != FP_INT && nd->tag != FP_FLOAT)
                     : fp__shm_check_value(nd->data + nd->klen, nd->vlen) != 0)
     return fp__shm_fail(c, "dict stripe %d: bad value", idx);
-  if (lookup(m, t, nd->data, nd->klen, nd->hash, NULL, NULL) != (int64_t)i)
+  if (lookup(m, t, nd->data, nd->klen, hash, NULL, NULL) != (int64_t)i)
     return fp__shm_fail(c, "dict stripe %d: key unreachable or duplicated",
                         idx);
   return 0;
