@@ -8,6 +8,7 @@
 #   make check SANITIZE=1   the same under ASan + UBSan (build/asan)
 #   make check TSAN=1       the same under ThreadSanitizer (build/tsan)
 #   make valgrind        the test runner under valgrind (master side)
+#   make stress          a random mix of faults, checked (STRESS_SECONDS=120)
 #   make demo            the demo tour;  make demo-python  its Python twin
 #   make demo-compare    every demo in C and Python: one table, one chart
 #   make bench           benchmarks (BENCH_QUICK=1 for a short smoke run)
@@ -258,6 +259,22 @@ valgrind:
 	CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
 	  --leak-check=full --errors-for-leak-kinds=definite \
 	  --child-silent-after-fork=yes --track-fds=no $(VG_BUILD)/tests/runner
+
+# A bounded random mix of the faults of issue 15 (tests/stress/stress.c):
+# worker kills, descriptor pressure, huge and NaN timeouts, pools made and
+# freed from several threads, user forks and cancels; every result checked,
+# and no process, thread or descriptor left at the end. It prints a summary
+# line and exits 0 only when every check passed.
+STRESS_SECONDS ?= 120
+STRESS := $(BUILD)/tests/stress
+.PHONY: stress
+
+$(STRESS): tests/stress/stress.c $(STATIC) | $(BUILD)/.deps
+	@mkdir -p $(@D)
+	$(CC) $(BASEFLAGS) -o $@ $< $(STATIC) -rdynamic $(LDFLAGS) $(DEP_LIBS)
+
+stress: $(STRESS)
+	$(SAN_ENV) $(STRESS) $(STRESS_SECONDS)
 
 # --- demos, docs examples, benchmarks ---------------------------------------
 DEMO_CFLAGS = $(BASEFLAGS) -fopenmp
