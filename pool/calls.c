@@ -44,6 +44,10 @@ static int job_options(fp_pool *pool, fp__job *job, const fp_call_opts *o) {
 /* A new job for fn with the call's options. */
 static int job_alloc(fp_pool *pool, const void *fn, const fp_call_opts *o,
                      fp__job **out) {
+  /* A forked copy of the master must not even take the pool's mutex: a
+   * thread that held it at the fork does not exist here to release it. */
+  if (fp__pool_foreign(pool))
+    return FP_EINVAL;
   int rc = fp__job_new(fn, out);
   if (rc == 0 && (rc = job_options(pool, *out, o)) != 0)
     fp__job_free(*out);

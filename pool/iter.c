@@ -124,6 +124,8 @@ int fp__iter_fill(fp_iter *it) {
     fp_pool *pool = it->pool;
     int64_t consumed = it->consumed;
     pthread_mutex_unlock(&it->mu);
+    if (pool != NULL && fp__pool_foreign(pool))
+      return FP_EINVAL; /* a forked copy: see calls.c job_alloc */
     if (it->producer_done || pool == NULL ||
         it->produced - consumed >= (int64_t)it->readahead)
       return 0;
@@ -320,15 +322,22 @@ static void drop_chunks(fp_iter *it) {
 void fp_iter_free(fp_iter *it) {
   if (it == NULL)
     return;
+  /* The pool is pinned under it->mu (see result.c stop_job): another
+   * thread may be freeing it right now. */
   pthread_mutex_lock(&it->mu);
   fp_pool *pool = it->pool; /* NULL once the job finished */
+  if (pool != NULL && fp__pool_foreign(pool))
+    pool = NULL;
+  if (pool != NULL)
+    atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&it->mu);
-  if (pool != NULL && !fp__pool_foreign(pool)) {
+  if (pool != NULL) {
     fp__pool_lock(pool);
     if (it->job != NULL)
       fp__sched_cancel_job_locked(pool, it->job, FP_ECANCELED, -1,
                                   "the iterator was freed", 1);
     fp__pool_unlock(pool);
+    atomic_fetch_sub(&pool->spinners, 1);
   }
   pthread_mutex_lock(&it->mu);
   drop_chunks(it);

@@ -52,6 +52,10 @@ typedef struct fp__task_out {
   fp__task_hdr hdr;
   const unsigned char *items;
   size_t items_len;
+  int borrowed; /* items lie in the caller's memory (a fixed-size map's
+                   `in`), which a misbehaving program may have unmapped:
+                   the link copies them only through the kernel (sendmsg),
+                   so that is -EFAULT from send(), never a crash */
 } fp__task_out;
 
 /* The buffer a result payload lies in, when the scheduler may keep it

@@ -399,7 +399,8 @@ int fp_pool_size(const fp_pool *pool) {
 }
 
 int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
-  if (pool == NULL || info == NULL || i < 0 || i >= pool->nworkers)
+  if (pool == NULL || info == NULL || i < 0 || i >= pool->nworkers ||
+      fp__pool_foreign(pool))
     return FP_EINVAL;
   fp__pool_lock(pool);
   fp__wslot *ws = &pool->ws[i];
@@ -463,6 +464,7 @@ int fp_pool_join(fp_pool *pool) {
   while (!pool->thread_done)
     fp__pool_wait(pool, NULL);
   pool->joined = 1;
+  fp__sched_drop_all_locked(pool);
   fp__pool_unlock(pool);
   /* A caller still polling (result.c) sees its result ready and stops
    * within microseconds; the link must outlive it. */

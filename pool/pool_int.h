@@ -92,7 +92,8 @@ struct fp_pool {
   int stopping;          /* loop asked to shut down */
   int joined;
   int link_lost;         /* no worker can be started any more */
-  _Atomic int spinners;  /* callers polling the link (result.c): join
+  _Atomic int spinners;  /* callers that pinned the pool (polling the link,
+                            canceling a result or freeing an iterator): join
                             frees the link only once none is left */
 };
 
@@ -201,6 +202,10 @@ void fp__sched_dispatch_locked(fp_pool *pool);
 void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
                                  int64_t index, const char *msg,
                                  int kill_running);
+/* At the end of the pool (its loop has ended): chunks still recorded on
+ * workers (which the link ended without their results, e.g. after a
+ * result was freed) are released with their finished jobs. */
+void fp__sched_drop_all_locked(fp_pool *pool);
 /* Kills slot's worker because of `reason` (sig now; SIGTERM escalates to
  * SIGKILL after kill_grace, see deaths.c). */
 void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,

@@ -202,10 +202,16 @@ int64_t fp_result_error_index(fp_result *res) {
  * are dropped. Returns 0, or FP_EINVAL when the job already finished. */
 static int stop_job(fp_result *res, int code, const char *msg,
                     int kill_running) {
+  /* Pinned under res->mu, as pin_pool() does: another thread may be
+   * freeing the pool right now, and join waits for the pin to go. */
   pthread_mutex_lock(&res->mu);
   fp_pool *pool = res->pool; /* NULL once the job finished */
+  if (pool != NULL && fp__pool_foreign(pool))
+    pool = NULL;
+  if (pool != NULL)
+    atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&res->mu);
-  if (pool == NULL || fp__pool_foreign(pool))
+  if (pool == NULL)
     return FP_EINVAL;
   fp__pool_lock(pool);
   int rc = FP_EINVAL;
@@ -213,9 +219,10 @@ static int stop_job(fp_result *res, int code, const char *msg,
     fp__sched_cancel_job_locked(pool, res->job, code, -1, msg, kill_running);
     rc = 0;
   }
-  fp__pool_unlock(pool);
   if (rc == 0 && !fp__on_pool_thread(pool))
     fp__pool_wake(pool); /* its callbacks run on the pool thread */
+  fp__pool_unlock(pool);
+  atomic_fetch_sub(&pool->spinners, 1);
   return rc;
 }
 

@@ -138,6 +138,7 @@ static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
     h->items_len = ch->items_len;
     t[i].items = ch->items;
     t[i].items_len = ch->items_len;
+    t[i].borrowed = job->wire == FP__WIRE_FIXED;
   }
   int rc = pool->link->ops->send(pool->link, ws->index, t, n);
   if (rc != 0 && rc != FP_EPIPE)
@@ -225,6 +226,24 @@ void fp__sched_dispatch_locked(fp_pool *pool) {
   pool->rr = (pool->rr + 1) % pool->nworkers;
   if (sent_timed && !pool->tick_on && !fp__on_pool_thread(pool))
     fp__pool_wake(pool); /* let the loop arm the tick for time limits */
+}
+
+/* ---- the end ------------------------------------------------------------- */
+
+void fp__sched_drop_all_locked(fp_pool *pool) {
+  fp__assert_locked(pool);
+  for (int i = 0; i < pool->nworkers; i++) {
+    fp__wslot *ws = &pool->ws[i];
+    while (ws->ninflight > 0) {
+      fp__chunk *ch = ws->inflight[--ws->ninflight];
+      /* Its job is finished (a no-op then); failed while the chunk still
+       * counts as travelling, so the job outlives this line. */
+      fp__job_fail_locked(&pool->jobs, ch->job, FP_ECANCELED, -1,
+                          "the pool ended");
+      ch->job->travelling--;
+      fp__chunk_orphan_locked(ch);
+    }
+  }
 }
 
 /* ---- canceling ------------------------------------------------------------- */

@@ -699,8 +699,24 @@ static int local_kill(fp__link *base, int slot, int sig) {
   return fs_send(l, FP__FS_KILL, slot, s->pid, sig);
 }
 
+/* Copies n bytes that may lie in memory the caller unmapped, through the
+ * kernel: returns 0, or -EFAULT instead of crashing. */
+static int copy_checked(void *dst, const void *src, size_t n) {
+  struct iovec to = {dst, n}, from = {(void *)src, n};
+  ssize_t got = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
+  if (got == (ssize_t)n)
+    return 0;
+  if (got < 0 && (errno == ENOSYS || errno == EPERM)) { /* not allowed
+                                          here: trust the memory */
+    memcpy(dst, src, n);
+    return 0;
+  }
+  return -EFAULT;
+}
+
 /* Keeps the unsent tail (skip bytes of iov already written) for the pool
- * thread to finish on POLLOUT. Returns 0 or FP_ENOMEM. */
+ * thread to finish on POLLOUT. Returns 0, FP_ENOMEM, or -EFAULT when
+ * borrowed items became unreadable (see fp__task_out). */
 static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
                      size_t total, size_t skip) {
   size_t rest = total - skip, off = 0;
@@ -713,7 +729,11 @@ static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
       skip -= len;
       continue;
     }
-    memcpy(buf + off, (const char *)iov[i].iov_base + skip, len - skip);
+    if (copy_checked(buf + off, (const char *)iov[i].iov_base + skip,
+                     len - skip) != 0) {
+      fp__free(buf, rest);
+      return -EFAULT;
+    }
     off += len - skip;
     skip = 0;
   }
@@ -741,6 +761,8 @@ static int sock_send(llink *l, conn *c, struct iovec *iov, int nio,
   do
     w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (w < 0 && errno == EINTR);
+  if (w < 0 && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN))
+    return FP_EPIPE; /* the worker is dying: link.h */
   if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     return -errno;
   if ((size_t)(w < 0 ? 0 : w) < total)
@@ -774,7 +796,10 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
     v[2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
     v[3] = (struct iovec){(void *)t[i].items, t[i].items_len};
     v[4] = (struct iovec){(void *)zeros, pad};
-    if (flen <= FP__TRING_MAX && fp__tring_put(tr, &tail, v + 1, 4, flen) == 0)
+    /* Borrowed items are not memcpy'd here: only the kernel may touch
+     * memory the caller could have unmapped (link.h). */
+    if (!t[i].borrowed && flen <= FP__TRING_MAX &&
+        fp__tring_put(tr, &tail, v + 1, 4, flen) == 0)
       continue;
     if ((rc = fp__frame_put_hdr(hdr[i], flen)) != 0)
       break;
