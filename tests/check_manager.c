@@ -1043,12 +1043,15 @@ START_TEST(no_heap_slot_left_fails_cleanly) {
 }
 END_TEST
 
+static fp_dict *thread_dict;
+
+/* Each thread sets and deletes keys of its own (arg: its index). */
 static void *thread_user(void *arg) {
-  fp_dict *d = arg;
   char key[32];
   for (int i = 0; i < 500; i++) {
-    snprintf(key, sizeof(key), "t%d", i);
-    if (fp_dict_set_str(d, K(key), key) != 0 || fp_dict_delete(d, K(key), NULL))
+    snprintf(key, sizeof(key), "t%d-%d", (int)(intptr_t)arg, i);
+    if (fp_dict_set_str(thread_dict, K(key), key) != 0 ||
+        fp_dict_delete(thread_dict, K(key), NULL) != 0)
       return (void *)1;
   }
   return NULL;
@@ -1063,8 +1066,10 @@ START_TEST(thread_exit_releases_its_heap) {
 
   ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
   ck_assert_int_eq(heaps_owned(mgr), 1);
+  thread_dict = d;
   for (int i = 0; i < 4; i++)
-    ck_assert_int_eq(pthread_create(&t[i], NULL, thread_user, d), 0);
+    ck_assert_int_eq(
+        pthread_create(&t[i], NULL, thread_user, (void *)(intptr_t)i), 0);
   for (int i = 0; i < 4; i++) {
     ck_assert_int_eq(pthread_join(t[i], &ret), 0);
     ck_assert_ptr_null(ret);

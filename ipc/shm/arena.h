@@ -158,7 +158,8 @@ typedef struct fp__shm_heap {
   uint64_t pad1[6];
   /* EBR: (epoch << 1 | 1) while inside a call, 0 outside; its own line. */
   _Atomic uint64_t pin __attribute__((aligned(64)));
-  uint64_t pins; /* calls so far, to tell a stuck pin from a busy heap */
+  _Atomic uint64_t pins; /* calls so far (written by the owner only), to
+                            tell a stuck pin from a busy heap */
   uint64_t nlog __attribute__((aligned(64)));
   fp__shm_undo log[FP__SHM_HLOG_MAX]; /* heap step undo log */
   uint64_t limbo[3];                  /* retired chunks, linked by word 0 */
@@ -364,7 +365,9 @@ FP__SHM_HIDDEN void fp__shm_retire(fp_manager *m, fp__shm_heap *h,
  * are not reused before fp__shm_unpin. */
 static inline void fp__shm_pin(fp_manager *m, fp__shm_heap *h) {
   uint64_t e = atomic_load_explicit(&m->epoch, memory_order_acquire);
-  h->pins++;
+  atomic_store_explicit(
+      &h->pins, atomic_load_explicit(&h->pins, memory_order_relaxed) + 1,
+      memory_order_relaxed);
   atomic_exchange(&h->pin, e << 1 | 1);
 }
 static inline void fp__shm_unpin(fp__shm_heap *h) {
@@ -412,6 +415,9 @@ FP__SHM_HIDDEN void fp__shm_jabort(fp_manager *m, fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jrepair(fp_manager *m, fp__shm_heap *d);
 
 /* --- thread.c ----------------------------------------------------------- */
+
+/* The calling thread's id (cached; a forked child gets its own). */
+FP__SHM_HIDDEN uint32_t fp__shm_my_tid(void);
 
 /* Returns the calling thread's heap in m, registering one on first use (a
  * forked child gets its own). NULL when every heap slot belongs to a live

@@ -183,7 +183,7 @@ static double secs_since(const struct timespec *t) {
  * with the very same pin for over a millisecond, and its owner is dead,
  * clears the pin (a dead thread reads nothing). Returns 1 if cleared. */
 static int unstick(fp_manager *m, int i, fp__shm_heap *x, uint64_t pin) {
-  uint64_t pins = x->pins, s;
+  uint64_t pins = atomic_load_explicit(&x->pins, memory_order_relaxed), s;
 
   if (stuck.m != m || stuck.idx != i || stuck.pin != pin ||
       stuck.pins != pins) {
@@ -219,26 +219,24 @@ static uint64_t try_advance(fp_manager *m) {
 }
 
 /* Frees up to GLIMBO_BATCH chunks of the global limbo that are safe at
- * epoch e. Returns 1 if it freed any. */
+ * epoch e, under one hold of the global lock (callers come here once per
+ * LIMBO_TRIGGER retires, so the lock is cheap). Returns 1 if it freed
+ * any. */
 static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
   int freed = 0;
 
-  for (int b = 0; b < 3; b++) {
-    /* An unlocked peek; the lock is taken only when there is work. */
-    if (m->glimbo[b] == 0 || m->glimbo_epoch[b] + 2 > e)
-      continue;
-    fp__shm_alock(m, h);
-    for (int k = 0; k < GLIMBO_BATCH && m->glimbo[b] != 0 &&
-                    m->glimbo_epoch[b] + 2 <= e;
-         k++, freed = 1) {
+  fp__shm_alock(m, h);
+  for (int b = 0; b < 3; b++)
+    for (int k = freed; k < GLIMBO_BATCH && m->glimbo[b] != 0 &&
+                        m->glimbo_epoch[b] + 2 <= e;
+         k++, freed++) {
       uint64_t off = m->glimbo[b];
       fp__shm_alog(m, &m->glimbo[b], *(uint64_t *)fp__shm_ptr(m, off));
       fp__shm_free_locked(m, off);
       fp__shm_acommit(m);
     }
-    fp__shm_aunlock(m);
-  }
-  return freed;
+  fp__shm_aunlock(m);
+  return freed != 0;
 }
 
 void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {

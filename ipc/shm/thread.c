@@ -78,6 +78,10 @@ static uint32_t my_tid(void) {
   return me_cache.tid;
 }
 
+uint32_t fp__shm_my_tid(void) {
+  return my_tid();
+}
+
 static uint64_t my_start(void) {
   my_tid();
   return me_cache.start;
