@@ -21,6 +21,7 @@
 #include "affinity/affinity.h"
 #include "ipc/shm/arena.h"
 #include "ipc/wire/error.h"
+#include "ipc/wire/frame.h"
 #include "pool/clock.h"
 
 #include <dlfcn.h>
@@ -45,6 +46,8 @@ static const fp__core_api core_api = {
     .now_ns = fp__now_ns,
     .fnref_rebase = fp__fnref_rebase,
     .enter_worker_rank = fp__shm_enter_worker_rank,
+    .frame_put_hdr = fp__frame_put_hdr,
+    .frame_parse = fp_frame_parse,
 };
 
 /* dlopen()s path and looks the entry up; appends why not to why. */

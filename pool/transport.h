@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape. */
-#define FP__TRANSPORT_ABI 2
+#define FP__TRANSPORT_ABI 3
 
 /* The core functions a transport library may call. */
 typedef struct fp__core_api {
@@ -43,6 +43,11 @@ typedef struct fp__core_api {
    * process and its forks refuse Manager refs of rank 0 with a message
    * instead of reading their own memory (ipc/shm/arena.h). */
   void (*enter_worker_rank)(int rank);
+  /* The one wire (ipc/wire/frame.c): a transport never writes or parses
+   * a frame header by hand. */
+  int (*frame_put_hdr)(unsigned char out[4], size_t len);
+  int (*frame_parse)(const void *buf, size_t len, size_t max,
+                     size_t *payload_len);
 } fp__core_api;
 
 /* What a transport library offers. */

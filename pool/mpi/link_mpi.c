@@ -239,10 +239,9 @@ static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n) {
   unsigned char *p = FP__MPAYLOAD(m);
   for (int i = 0; i < n; i++) {
     size_t pad = FP__ITEMS_PAD(t[i].items_len);
-    uint32_t flen = (uint32_t)(sizeof(t[i].hdr) + FP__HDR_PAD +
-                               t[i].items_len + pad);
-    for (int b = 0; b < 4; b++)
-      *p++ = (unsigned char)(flen >> (8 * b)); /* little-endian length */
+    size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
+    l->w->core->frame_put_hdr(p, flen); /* fits: total < INT32_MAX */
+    p += 4;
     memcpy(p, &t[i].hdr, sizeof(t[i].hdr));
     p += sizeof(t[i].hdr);
     memcpy(p, zeros, FP__HDR_PAD);

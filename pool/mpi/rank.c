@@ -222,11 +222,9 @@ static rbatch *parse_task(rserver *sv, fp__mbuf *m, int n) {
   rbatch *b = n > 0 && n <= FP__LINK_MAX_BATCH ? calloc(1, sizeof(*b))
                                                 : NULL;
   for (int i = 0; b != NULL && i < n; i++) {
-    uint32_t flen = 0;
-    if (end - p < 4)
-      goto bad;
-    for (int k = 0; k < 4; k++)
-      flen |= (uint32_t)p[k] << (8 * k);
+    size_t flen, left = (size_t)(end - p);
+    if (sv->core->frame_parse(p, left, left, &flen) != 0)
+      goto bad; /* cut short, or longer than the message */
     p += 4;
     fp__task_hdr *h = &b->t[i].hdr;
     if ((size_t)(end - p) < flen || flen < sizeof(*h) + FP__HDR_PAD)
