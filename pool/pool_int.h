@@ -92,6 +92,8 @@ struct fp_pool {
   int stopping;          /* loop asked to shut down */
   int joined;
   int link_lost;         /* no worker can be started any more */
+  int feeding;           /* a polling caller refills the workers after
+                            results, as the pool thread does (sched.c) */
   _Atomic int spinners;  /* callers that pinned the pool (polling the link,
                             canceling a result or freeing an iterator): join
                             frees the link only once none is left */

@@ -163,11 +163,12 @@ static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
  * next chunk to come back (a cross-CPU wake-up each way costs tens of
  * microseconds on small VMs); between 2 and FP__LINK_MAX_BATCH, or exactly
  * `inflight` when the user set it. A submitting thread feeds idle workers
- * only: deeper queues are filled by the pool thread when results come
+ * only: deeper queues are filled by the pool thread (or a caller polling
+ * in its place, sched_poll_leave) when results come
  * back, several chunks per write, instead of one system call and one
  * worker wake-up per submission. */
 static int queue_depth(fp_pool *pool) {
-  if (!fp__on_pool_thread(pool) || pool->ewma_ns <= 0 ||
+  if ((!fp__on_pool_thread(pool) && !pool->feeding) || pool->ewma_ns <= 0 ||
       pool->ewma_ns >= EWMA_PREFETCH_NS)
     return 1;
   if (pool->inflight > 0)
@@ -287,8 +288,13 @@ int fp__sched_poll_leave(fp_pool *pool) {
   /* Once the loop is closing, the link's handles are going: the pool
    * thread delivers what is left. */
   if (!pool->stopping && ops->poll != NULL &&
-      (got = ops->poll(pool->link)) > 0)
-    fp__sched_dispatch_locked(pool); /* the freed workers' next chunks */
+      (got = ops->poll(pool->link)) > 0) {
+    /* The freed workers' next chunks, as deep as the pool thread would
+     * queue them: this caller took its place for these results. */
+    pool->feeding = 1;
+    fp__sched_dispatch_locked(pool);
+    pool->feeding = 0;
+  }
   fp_result *plain = fp__jobset_take_plain_locked(&pool->jobs, &rest);
   if (rest)
     fp__pool_wake(pool); /* callbacks run on the pool thread */
