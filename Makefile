@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Makefile - builds forkpool: libforkpool.a, libforkpool.so (soname
 # libforkpool.so.0), the Check test runner, the demos, the benchmarks and
 # the libFuzzer target. GNU make only, no autotools.

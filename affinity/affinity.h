@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* affinity.h - internal interface of the affinity module for the pool and
  * the tests.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* cpuset.c - fp_cpuset, a bitset of CPUs, and the Linux cpu-list syntax.
  *
  * An fp_cpuset is FP_CPU_MAX bits in 64-bit words, CPU n being bit n % 64 of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pin.c - pinning the calling thread to CPUs.
  *
  * All calls act on the calling thread through sched_{get,set}affinity(0).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* plan.c - which CPU each pool worker is pinned to.
  *
  * The master computes the plan once, in fp_pool_new, from its topology

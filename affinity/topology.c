@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* topology.c - what CPUs the process may use, what they are, and the
  * default worker count.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* affinity.c - the seed's CPU-affinity example: pool tasks each pinned to
  * its own CPU (twin of demos/python/affinity.py).
  *

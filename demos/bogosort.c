@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bogosort.c - 1000 tiny arrays sorted by bogosort, split into one
  * partition per worker: the seed's joblib Parallel(verbose=...) example.
  *

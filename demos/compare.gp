@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # compare.gp - the seeds' "time against number of workers" chart for
 # bogosort, C (forkpool) and Python (joblib) on one plot. Called by
 # demos/compare.sh:

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # compare.sh - runs every demo in C and its Python twin and prints one
 # table comparing them (what `make demo-compare` runs).
 #

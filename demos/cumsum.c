@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* cumsum.c - sum(range(1, n + 1)) for five n, sequentially and with
  * fp_pool_map: the seed's first example, in C.
  *

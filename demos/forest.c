@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* forest.c - a random forest of CART regression trees trained in parallel:
  * the seed's "which n_estimators is best" grid and the lecture's
  * train_in_parallel, in C.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* kmeans.c - choose k for k-means by the silhouette score, one k per task:
  * the seed's "for k in range(2, 15)" loop, in parallel.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* manager.c - the seed lecture's Manager example: a shared list, dict,
  * counter (Value('i', 0)) and lock updated by pool workers (twin of
  * demos/python/manager.py).

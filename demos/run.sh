@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # run.sh - runs every demo program in a directory and summarises them.
 #
 #   sh demos/run.sh build/demos        (what `make demo` does)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* textclean.c - clean a text corpus line by line with fp_pool_imap and a
  * progress bar: the tutorial's text-processing example, and its pitfall.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tour.c - a one-minute tour of the forkpool API (the README's example):
  * apply, map over a C array, starmap of packed tuples, imap, apply_async
  * with a callback, then close and join. Each step prints what it did. */

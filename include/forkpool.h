@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* forkpool.h - the one public header of forkpool.
  *
  * forkpool gives C programs what Python's multiprocessing.Pool gives Python

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* calls.c - the calls users make: apply, map, starmap, imap (and _async).
  *
  * (The pool/ folder is the scheduler: these calls, result and iterator

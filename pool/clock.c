@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clock.c - the monotonic clock and the conversion of user timeouts.
  *
  * Every time limit and wait in the library is measured on CLOCK_MONOTONIC

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clock.h - the monotonic clock and timeouts in one place (clock.c). */
 #ifndef FP_POOL_CLOCK_H
 #define FP_POOL_CLOCK_H

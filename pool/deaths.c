@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* deaths.c - worker deaths: exit causes, crash policy, respawn, time limits.
  *
  * The link reports every worker process that ends (exited(), after it

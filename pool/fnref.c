@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fnref.c - naming task functions by (module identity, offset) instead of
  * pointers, and refusing any reference that does not name code.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* forked.c - how a copy of the master knows it is a copy.
  *
  * A process forked from the master (by the user, or a worker started by

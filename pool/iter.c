@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* iter.c - iterators (CPython's IMapIterator): next, free, the producer.
  *
  * An iterator owns the chunks job.c hands it. An ordered iterator keeps

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* job.c - every change of job, chunk, result and iterator state.
  *
  * The scheduler reports each chunk that comes back (or whose worker died)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* job.h - jobs, chunks, results and iterators: the state of the work.
  *
  * A job is one API call (apply, map, starmap, imap ...). It is cut into

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* link.h - the seam between the scheduler and "a worker it can reach".
  *
  * The scheduler (pool.c, sched.c, deaths.c, job.c) knows workers only as

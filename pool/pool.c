@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool.c - the pool's life: creation, the pool thread's loop, shutdown.
  *
  * fp_pool_new() resolves the options into the worker configuration that

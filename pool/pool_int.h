@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_int.h - what only the master has: the pool and its scheduler.
  *
  * Processes and threads:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* progress.c - opt-in progress output for pool jobs (see progress.h).
  *
  * One reporter per job. The pool thread calls fp__progress_update() with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* progress.h - opt-in progress reporting for pool jobs (internal).
  *
  * The pool thread owns one fp__progress per job that asked for progress.

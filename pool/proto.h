@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* proto.h - what the master, the fork server and the workers share.
  *
  * Everything in this header crosses fork() or the wire; nothing else

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* result.c - result objects (CPython's AsyncResult): wait, get, cancel.
  *
  * A result is reference counted (the caller's reference and the job's)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sched.c - the scheduler: the pending queue, dispatch, results coming in.
  *
  * Work flows as chunks: a job (one API call) is cut into chunks that wait

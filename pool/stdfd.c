@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* stdfd.c - keeping the loop's descriptors off the standard streams.
  *
  * A daemon may start the pool with descriptors 0, 1 or 2 closed. Then the

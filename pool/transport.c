@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* transport.c - finds the MPI link at run time, so the core never links MPI.
  *
  * A pool that asks for FP_TRANSPORT_MPI needs libforkpool_mpi's entry

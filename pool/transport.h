@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* transport.h - how the core finds a link that lives in another library.
  *
  * The core (libforkpool) never links an MPI library. The MPI link is built

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_affinity.c - tests of cpu sets, cpu-list strings, topology, cgroup
  * quotas, pinning and the pool's pinning plan.
  *

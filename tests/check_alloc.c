@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_alloc.c - tests of ipc/wire/alloc.c, the private jemalloc arena.
  *
  * Arena membership is asserted only when the build uses the arena

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_codec.c - tests of the value codec (ipc/wire/codec.c).
  *
  * Round trips of every type with edge values, the exact wire bytes of small

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_errors.c - tests of ipc/wire/error.c: fp_version, fp_strerror,
  * fp_err_name and the per-thread messages (fp_last_error,
  * fp_affinity_error).

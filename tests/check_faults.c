@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_faults.c - a dead worker fails its task, never the pool.
  *
  * Crashes of every kind (NULL dereference, abort, exit, SIGKILL from

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_fnref.c - tests of pool/fnref.c, function references.
  *
  * A reference must resolve to the function the maker named or to NULL:

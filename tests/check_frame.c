@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_frame.c - tests of the frame layer (ipc/wire/frame.c).
  *
  * fp_frame_parse on partial and over-long input; fp_frame_write and

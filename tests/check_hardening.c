@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_hardening.c - regression tests for issue 15 (hardening: hangs, a
  * crash, wrong code run, silent data loss).
  *

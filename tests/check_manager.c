@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_manager.c - tests of the shared-memory manager: arena, dict, list,
  * counter, lock and array (the files of ipc/shm/).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_outcomes.c - telling outcomes apart: "not ready yet" versus "this
  * item failed", per-item messages, and maps that keep their good results
  * (fp_call_opts.item_status).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_pack.c - tests of fp_pack/fp_unpack (ipc/wire/pack.c).
  *
  * Every format letter in both directions, byte equality with the plain

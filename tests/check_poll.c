@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_poll.c - a waiting caller that drains the link itself (link.h,
  * poll; sched.c fp__sched_poll_leave; result.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_pool.c - the pool's calls on their success and error paths.
  *
  * Every test creates its own pool and frees it; the checked teardown then

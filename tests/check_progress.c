@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_progress.c - tests of the progress reporter (pool/progress.c).
  *
  * The reporter is driven directly through fp__progress_* (no pool needed).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_ring.c - tests of the local link's rings (pool/local/ring.c).
  *
  * Task rings (master -> worker) and result rings (worker -> master):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check_typed.c - the compile-time helpers of forkpool.h: FP_PACK,
  * FP_PACK_LIST, FP_UNPACK, FP_I/FP_D/FP_S/FP_B and FP_MAP.
  *

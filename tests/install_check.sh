@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # install_check.sh - checks what README.md promises about an installed
 # forkpool (what `make check-install` runs).
 #

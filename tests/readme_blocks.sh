@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # readme_blocks.sh - extracts the C examples of a Markdown file, so that
 # make check compiles and runs every one of them (as it does docs/examples).
 #

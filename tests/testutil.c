@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* testutil.c - helpers shared by the Check suites (see testutil.h). */
 #include "testutil.h"
 

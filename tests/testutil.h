@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* testutil.h - helpers shared by the Check suites.
  *
  * fp_test_no_children() is every process-spawning test case's teardown: it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* benchutil.h - timing and output helpers shared by the benchmark programs.
  *
  * Every benchmark program prints its measurements as one line each,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # chunks.gp - per-item cost of an identity map vs chunksize.
 set terminal pngcairo size 900,560 font ",10" noenhanced
 set output out

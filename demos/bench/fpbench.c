@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fpbench.c - forkpool's side of the benchmarks.
  *
  * Each subcommand measures one group once and prints metric lines (format

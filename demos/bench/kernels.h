@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* kernels.h - CPU-bound benchmark kernels shared by rawbench and fpbench.
  *
  * Four honest CPU kernels, each split into independent tasks numbered

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # payload.gp - throughput vs payload size for forkpool and Python, with
 # the raw pipe and memcpy bandwidths as horizontal baselines. The pipe line
 # is one direction, so the map's figures (which count each item's bytes

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """py_bench.py - the Python side of forkpool's benchmarks.
 
 CPython's multiprocessing (fork start method, 2 workers) and joblib doing

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* rawbench.c - the machine's own limits: what C can do with no library.
  *
  * The baselines forkpool is measured against, each a subcommand printing

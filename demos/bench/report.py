@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """report.py - turns benchmark lines into the table, JSON, Markdown and plots.
 
 Reads the results file written by run.sh (lines "metric=<id> side=<side>

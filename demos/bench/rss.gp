@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # rss.gp - master peak RSS vs item count: fp_pool_map (input and output
 # arrays grow with n) and a producer-fed fp_pool_imap_producer (bounded).
 set terminal pngcairo size 900,560 font ",10" noenhanced

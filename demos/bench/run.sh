@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # run.sh - runs every benchmark side by side and writes the report.
 #
 #   sh demos/bench/run.sh BUILD_DIR        (what `make bench` runs)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # speedup.gp - speedup vs workers per CPU kernel: forkpool, OpenMP and the
 # ideal line (speedup = workers up to the usable CPUs, flat beyond).
 # Called by report.py: gnuplot -e "datadir='...'; out='...png'; cores=N"

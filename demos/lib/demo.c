@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* demo.c - helpers shared by the demo programs (see demo.h).
  *
  * Nothing here is specific to one demo: option parsing, timing, the

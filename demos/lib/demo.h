@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* demo.h - helpers shared by the demo programs (demos/NAME.c).
  *
  * Every demo parses the same options (--workers N, --full, --quiet,

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """affinity.py - the seed's CPU-affinity example, twin of demos/affinity.c.
 
 Each task pins its worker process to one CPU with

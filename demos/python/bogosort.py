@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """bogosort.py - the seed's joblib Parallel(verbose) example, twin of
 demos/bogosort.c.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """cumsum.py - the seed's first example, twin of demos/cumsum.c.
 
 sum(range(1, n + 1)) for five n around 10**8 (default: around 4 * 10**7, the

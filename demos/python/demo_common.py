@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """demo_common.py - what the Python twins share, as demos/lib/demo.c does
 for the C demos: the common options, medians of repeated runs, the speedup
 ceiling and its noise check, and the RESULT line.

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """forest.py - random forests trained in parallel, twin of demos/forest.c.
 
 Data: sklearn's make_friedman1 (2,000 x 10 by default, 10,000 x 10 with

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """kmeans.py - choose k by the silhouette score, one k per task; twin of
 demos/kmeans.c.
 

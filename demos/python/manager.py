@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """manager.py - the seed lecture's Manager example (twin of demos/manager.c).
 
 A multiprocessing.Manager() shares a list, a dict, a Value('i', 0) and a

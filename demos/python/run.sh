@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # run.sh - runs the Python twins of the demos and summarises them, like
 # demos/run.sh does for the C programs (`make demo-python`).
 #

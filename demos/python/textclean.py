@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """textclean.py - clean a corpus line by line with pool.imap; twin of
 demos/textclean.c.
 

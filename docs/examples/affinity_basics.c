@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* affinity_basics.c - the affinity API in one page (docs/affinity.md).
  *
  * Prints the default worker count, the usable CPUs with their cores, pins

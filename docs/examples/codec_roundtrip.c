@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* codec_roundtrip.c - the codec in one page (docs/codec.md).
  *
  * Packs a starmap-style argument tuple, frames it across a socketpair (as

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* manager_basics.c - the Manager in one page (docs/manager.md).
  *
  * A shared dict, list, counter and lock created before forking, updated by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_apply.c - fp_pool_apply, Python's pool.apply(f, args) (docs/pool.md).
  *
  * Packs a task's arguments into a writer, runs the task in a worker and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_async.c - apply_async, map_async, callbacks and result objects
  * (docs/pool.md).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_faults.c - what a crash or a runaway task does to a call
  * (docs/faults.md).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_imap.c - imap, imap_unordered and the producer-fed imap
  * (docs/pool.md).
  *

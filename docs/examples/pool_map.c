@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_map.c - fp_pool_map and fp_pool_map_values, Python's pool.map
  * (docs/pool.md).
  *

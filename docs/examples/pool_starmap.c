@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool_starmap.c - fp_pool_starmap, Python's pool.starmap (docs/pool.md).
  *
  * Each item is a packed tuple -- a codec list -- whose elements are the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* arena.c - the manager's region and its global allocator: page spans that
  * merge with their free neighbours, and slabs of small chunks.
  *

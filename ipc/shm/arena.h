@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* arena.h - the manager's shared-memory arena (internal header).
  *
  * A manager is one mmap(MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) region that

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* array.c - the manager's raw shared arrays.
  *
  * An array is one arena object: the 64-byte object header, a 64-byte

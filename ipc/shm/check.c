@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check.c - the manager's consistency checker.
  *
  * fp__shm_check() is the test suite's proof that a manager is sound. It

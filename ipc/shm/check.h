@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* check.h - the manager's consistency checker (internal header).
  *
  * The checker (check.c) accounts for every byte of an arena's carved area

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dict.c - the manager's shared dict: byte-string keys -> codec values.
  *
  * A dict is one arena object holding 256 stripes, each on its own cache

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* heap.c - per-thread heaps: chunk caches, and reuse after a grace period.
  *
  * Every thread that uses a manager owns one heap (an fp__shm_heap in the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* journal.c - the per-heap journal that makes a structure update atomic
  * when its thread is killed half-way.
  *

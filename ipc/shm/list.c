@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* list.c - the manager's shared list of codec values.
  *
  * A list is one arena object with one lock and a table of item chunks:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* lock.c - the manager's internal lock, and how a survivor tells that a
  * lock's holder died.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* manager.c - a manager's life: fp_manager_new, fp_manager_free and
  * fp_manager_stats_get (the public calls that concern the whole arena).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* obj.c - shared objects: their headers, the registry, refs.
  *
  * Every dict, list, counter, lock and array starts with an fp__shm_obj

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* sync.c - the manager's counter and lock.
  *
  * A counter is an arena object holding one 8-byte aligned _Atomic int64_t;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* thread.c - binding threads to heaps, structure locks, and reclaiming the
  * heap of a thread that died.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* alloc.c - IPC buffers from a private jemalloc arena (see alloc.h).
  *
  * The ipc/wire/ folder is everything that turns data into bytes on the wire

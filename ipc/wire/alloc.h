@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* alloc.h - where forkpool's IPC buffers come from (internal header).
  *
  * Every codec and frame buffer is allocated here, from a private jemalloc

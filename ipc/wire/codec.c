@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* codec.c - the value codec: a growable writer and a bounds-checked reader.
  *
  * Every value is one tag byte (its fp_type) followed by a payload whose

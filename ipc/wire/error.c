@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* error.c - error codes, their names and descriptions, and the per-thread
  * error messages of the whole library.
  *

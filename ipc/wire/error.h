@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* error.h - the library's per-thread error messages (internal header).
  *
  * A failing call returns a code; some also leave a message for the calling

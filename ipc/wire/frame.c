@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* frame.c - length-prefixed frames over a byte stream.
  *
  * A frame is a 4-byte little-endian u32 payload length followed by the

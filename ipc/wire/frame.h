@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* frame.h - the frame header for library-internal writers and readers.
  *
  * The public half of the frame layer (fp_frame_parse/write/read) is in

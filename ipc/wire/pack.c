@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pack.c - printf-style pack/unpack over the codec's writer and reader.
  *
  * A format is a string of letters, one per value (n ? i d s S b), plus

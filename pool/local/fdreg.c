@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fdreg.c - the registry of library-owned descriptors, and keeping
  * library descriptors off the standard streams.
  *

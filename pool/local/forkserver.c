@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* forkserver.c - the fork server (zygote) that forks every worker of the
  * local link.
  *

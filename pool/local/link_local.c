@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* link_local.c - the local link: a fork server, a socket and two rings
  * (tasks out, results back) per worker (the master's side; see link.h for
  * the interface).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* local.h - the local link's own protocol: what its three kinds of process
  * (the master's link_local.c, the fork server, the workers) share.
  *

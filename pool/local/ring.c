@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ring.c - the per-worker rings (single producer, single consumer): result
  * rings (worker -> master) and task rings (master -> worker), the futex
  * sleep and wake of a worker waiting for tasks, and the CPU budget that

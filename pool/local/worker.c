@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* worker.c - a worker process of the local link: a loop over its task
  * ring, which spins briefly and then sleeps when the ring is empty.
  *

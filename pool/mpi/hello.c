@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* hello.c - rank 0 learns what every worker rank offers.
  *
  * Each worker rank opens its local link (so it knows how many workers it

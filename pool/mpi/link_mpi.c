@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* link_mpi.c - the MPI link, rank 0's side: worker slots on other ranks.
  *
  * The scheduler's slots are laid out rank after rank: worker rank r's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # pool/mpi/mpi.mk - libforkpool_mpi, the MPI link, and its tests (included
 # by the Makefile). Built with Open MPI's mpicc, never into the core:
 #

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mpi_int.h - what the files of libforkpool_mpi share: the messages between
  * rank 0 and the worker ranks, the MPI world, and the progress thread.
  *

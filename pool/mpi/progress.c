@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* progress.c - the MPI progress thread: the one thread that calls MPI.
  *
  * The pool thread must never block in MPI, and ops are called with the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* rank.c - a worker rank: a local pool's link, driven from rank 0 over MPI.
  *
  * Inside fp_pool_new() on every rank but 0, fp__mpi_serve() opens the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* world.c - libforkpool_mpi's entry point: MPI start-up and the split of
  * ranks into the master (rank 0) and worker ranks.
  *

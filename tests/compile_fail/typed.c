@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* typed.c - misuses of the typed macros of forkpool.h that must not
  * compile.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_codec.c - libFuzzer target for the codec and the frame parser.
  *
  * Each input is tried twice: as a frame (fp_frame_parse, then its payload)

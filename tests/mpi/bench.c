@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench.c - rough figures for docs/mpi.md: the MPI link next to the local
  * pool on the same machine. Not a test: run it by hand,
  *   mpirun --oversubscribe -n 3 build/tests/mpi/bench

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* calls.c - every Pool call across MPI ranks, with exact results.
  *
  * Run as `mpirun -n N calls` (N >= 2): rank 0 makes one FP_TRANSPORT_MPI

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mpitest.h - the small harness of the MPI tests (tests/mpi/).
  *
  * Check forks every test case into a child process; an MPI process must

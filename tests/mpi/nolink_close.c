@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* nolink_close.c - close and join across ranks, the MPI link found by
  * dlopen().
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* nolink_missing.c - FP_TRANSPORT_MPI without libforkpool_mpi: a clear
  * error, never a crash.
  *

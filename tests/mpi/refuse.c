@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* refuse.c - what cannot work across machines fails clearly on MPI.
  *
  * Run as `mpirun -n 3 refuse` (Manager refs) or `mpirun -n 3 refuse

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # tests/mpi/run.sh BUILD [MPIRUN] - runs the MPI tests (make check-mpi).
 #
 # Each program runs under mpirun with a time bound; its own closing line

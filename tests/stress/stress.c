@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* stress.c - a bounded random mix of the faults of issue 15 (make stress).
  *
  * Until STRESS_SECONDS have passed (argument 1, else the STRESS_SECONDS
