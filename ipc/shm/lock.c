@@ -42,6 +42,12 @@
 #define SPIN 20000          /* pauses (about 20-40 ns each) of polling
                                before the first look at the holder */
 #define SLEEP_NS 2000000L   /* futex sleep slice: 2 ms */
+#ifndef BACKOFF_MIN
+#define BACKOFF_MIN 4       /* pauses after the first failed poll */
+#endif
+#ifndef BACKOFF_MAX
+#define BACKOFF_MAX 256     /* pauses between polls, at most */
+#endif
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -168,7 +174,7 @@ static void futex_wake(fp__shm_mutex *mu) {
 static uint32_t lock_slow(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
                           uint32_t w) {
   uint32_t mine = me; /* becomes me | WAITERS once we have slept */
-  uint32_t pauses = 4;
+  uint32_t pauses = BACKOFF_MIN;
 
   /* Poll with exponential backoff, up to SPIN pauses in all. A poll pulls
    * the lock's cache line away from the holder, which usually takes the
@@ -180,7 +186,7 @@ static uint32_t lock_slow(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
       return 0;
     for (uint32_t k = 0; k < pauses; k++)
       cpu_relax();
-    if (pauses < 256)
+    if (pauses < BACKOFF_MAX)
       pauses *= 2;
     w = atomic_load_explicit(mu, memory_order_relaxed);
   }
