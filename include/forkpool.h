@@ -1157,8 +1157,9 @@ FP_EXTERN int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out);
 
 /* --- list: codec values ------------------------------------------------ */
 /* Indexes may be negative, counted from the end as in Python (-1 = last);
- * out of range: FP_ERANGE. One robust lock per list. Common errors as for
- * the dict. */
+ * out of range: FP_ERANGE. One lock per list, held for a few stores per
+ * call (an appended item is built before it is taken), so appends from
+ * several processes take turns. Common errors as for the dict. */
 
 FP_EXTERN int fp_list_new(fp_manager *m, fp_list **out);
 /* Destroys the list as fp_dict_destroy does a dict. */
