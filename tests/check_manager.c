@@ -349,8 +349,7 @@ START_TEST(refs_of_another_manager_fail) {
   ck_assert_int_eq(fp_counter_from_ref(mgr, fp_counter_ref(oa.c), &c),
                    FP_EINVAL);
   ck_assert_int_eq(fp_lock_from_ref(mgr, fp_lock_ref(oa.k), &k), FP_EINVAL);
-  ck_assert_int_eq(fp_array_from_ref(mgr, fp_array_ref(oa.a), &arr),
-                   FP_EINVAL);
+  ck_assert_int_eq(fp_array_from_ref(mgr, fp_array_ref(oa.a), &arr), FP_EINVAL);
   /* A ref of A read as another type in B: still not B's object. */
   ck_assert_int_eq(fp_list_from_ref(mgr, fp_dict_ref(oa.d), &l), FP_EINVAL);
   /* Each manager still resolves its own refs. */
@@ -1591,8 +1590,8 @@ START_TEST(repairer_killed_while_repairing_is_repaired) {
         ck_assert_msg(fp__shm_check(st.m, err, sizeof(err)) == 0,
                       "op %d, A at %ld, B at %ld: %s", op, k, j, err);
         ck_assert_msg(h == pre || h == post,
-                      "op %d, A at %ld, B at %ld: neither before nor after",
-                      op, k, j);
+                      "op %d, A at %ld, B at %ld: neither before nor after", op,
+                      k, j);
         fp_manager_free(st.m);
       }
       if (a_done)

@@ -65,7 +65,7 @@ static const uint32_t class_size[FP__SHM_NCLASS] = {
  * 1% of the slab unused after its header (4% for 2 and 3 KiB, 7% for 4
  * KiB), and holds at least 8 chunks. */
 static const uint8_t slab_pages[FP__SHM_NCLASS] = {
-    3, 3, 4, 3, 3, 4, 5,  6, 3, 4, 5, 6,  3,  8,  8,  12,
+    3, 3,  4, 3,  3, 4,  5, 6,  3, 4,  5, 6,  3,  8,  8, 12,
     3, 13, 9, 10, 6, 11, 4, 15, 7, 10, 8, 14, 14, 14, 16};
 
 /* Cached chunks per class in a heap: 32 for small classes, about 8 KiB
@@ -85,8 +85,8 @@ int fp__shm_class_of(uint64_t size) {
     return size == 0 ? 0 : (int)((size + 15) / 16) - 1;
   /* 2^b < size <= 2^(b+1): classes 2^b * 5/4, 6/4, 7/4, 8/4. */
   int b = 63 - __builtin_clzll(size - 1);
-  uint64_t q = (size - ((uint64_t)1 << b) + ((uint64_t)1 << (b - 2)) - 1) >>
-               (b - 2);
+  uint64_t q =
+      (size - ((uint64_t)1 << b) + ((uint64_t)1 << (b - 2)) - 1) >> (b - 2);
   return 7 + (b - 7) * 4 + (int)q;
 }
 
@@ -442,8 +442,7 @@ void fp__shm_flush(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d,
   k = d->ncache[cls];
   /* Each chunk logs a few words, a released slab a few dozen: stop early
    * rather than overflow the log (the caller needs one free slot). */
-  while (done < n && (uint64_t)done < k &&
-         m->anundo + 48 < FP__SHM_AUNDO_MAX)
+  while (done < n && (uint64_t)done < k && m->anundo + 48 < FP__SHM_AUNDO_MAX)
     slab_push(m, d->cache[base + k - 1 - (uint64_t)done++], 0);
   if (done > 0) {
     fp__shm_alog(m, &d->ncache[cls], k - (uint64_t)done);
@@ -506,7 +505,8 @@ void fp__shm_push_locked(fp_manager *m, uint64_t *head, uint64_t off) {
   fp__shm_alog(m, head, off);
 }
 
-/* --- layout ----------------------------------------------------------------- */
+/* --- layout -----------------------------------------------------------------
+ */
 
 int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   uint64_t nheaps = size >> 18, end;
@@ -517,8 +517,8 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   m->size = size;
   m->base = (uint64_t)(uintptr_t)m;
   m->pagemap = (sizeof(*m) + 63) & ~(uint64_t)63;
-  m->heaps = (m->pagemap + (size >> FP__SHM_PAGE_SHIFT) * 8 + 63) &
-             ~(uint64_t)63;
+  m->heaps =
+      (m->pagemap + (size >> FP__SHM_PAGE_SHIFT) * 8 + 63) & ~(uint64_t)63;
   m->nheaps = nheaps;
   end = m->heaps + nheaps * sizeof(fp__shm_heap);
   m->heap = (end + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
@@ -528,7 +528,8 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   return 0;
 }
 
-/* --- consistency check ------------------------------------------------------ */
+/* --- consistency check ------------------------------------------------------
+ */
 
 /* Checks slab s: header, free list (claimed as the allocator's), and the
  * list membership that nfree implies. Its chunks in use are claimed by
@@ -543,23 +544,22 @@ static int check_slab(fp__shm_checker *c, uint64_t off, uint64_t *npartial) {
     return fp__shm_fail(c, "slab %llu: bad header", (unsigned long long)off);
   size = class_size[s->cls];
   used = SLAB_HDR + (uint64_t)s->nchunks * size;
-  if (s->nchunks != ((slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - SLAB_HDR) /
-                        size ||
+  if (s->nchunks !=
+          ((slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - SLAB_HDR) / size ||
       s->nfree > s->nchunks)
     return fp__shm_fail(c, "slab %llu: counts", (unsigned long long)off);
   if ((rc = fp__shm_claim_bytes(c, off, SLAB_HDR, "slab header")) != 0 ||
-      (rc = fp__shm_claim_bytes(c, off + used,
-                                (slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) -
-                                    used,
-                                "slab tail")) != 0)
+      (rc = fp__shm_claim_bytes(
+           c, off + used, (slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - used,
+           "slab tail")) != 0)
     return rc;
   c->pool_bytes += (slab_pages[s->cls] << FP__SHM_PAGE_SHIFT) - used +
                    SLAB_HDR + s->nfree * size;
   for (uint64_t f = s->free; f != 0 && rc == 0; f = word0(m, f), n++)
     if (f < off + SLAB_HDR || f >= off + used ||
         (f - off - SLAB_HDR) % size != 0)
-      rc = fp__shm_fail(c, "slab %llu: free link %llu",
-                        (unsigned long long)off, (unsigned long long)f);
+      rc = fp__shm_fail(c, "slab %llu: free link %llu", (unsigned long long)off,
+                        (unsigned long long)f);
     else
       rc = fp__shm_claim_bytes(c, f, size, "slab free chunk");
   if (rc == 0 && n != s->nfree)
@@ -611,7 +611,8 @@ static int check_lists(fp__shm_checker *c, uint64_t nfree, uint64_t npart) {
   uint64_t n = 0;
 
   for (int b = 0; b < FP__SHM_NBIN; b++)
-    for (uint64_t off = m->bins[b], prev = 0; off != 0; off = span_at(m, off)->next) {
+    for (uint64_t off = m->bins[b], prev = 0; off != 0;
+         off = span_at(m, off)->next) {
       uint64_t e = *pm(m, page_of(off));
       if (PM_KIND(e) != PM_FREE || bin_of(PM_VAL(e)) != b ||
           span_at(m, off)->prev != prev || ++n > nfree)

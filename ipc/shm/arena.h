@@ -70,13 +70,13 @@
 #define FP__SHM_MIN_SIZE ((uint64_t)256 << 10)
 #define FP__SHM_DEFAULT_SIZE ((uint64_t)1 << 30)
 
-#define FP__SHM_NCLASS 31      /* small chunk classes, 16 B .. 7 KiB */
-#define FP__SHM_SMALL_MAX 7168 /* larger requests get whole pages */
-#define FP__SHM_NBIN 64        /* free span bins */
-#define FP__SHM_AUNDO_MAX 320  /* global allocator undo entries */
-#define FP__SHM_HLOG_MAX 8     /* heap step undo entries */
-#define FP__SHM_UNDO_MAX 16    /* journal undo entries */
-#define FP__SHM_HEAP_MAX 2048  /* heaps (threads) per manager, at most */
+#define FP__SHM_NCLASS 31       /* small chunk classes, 16 B .. 7 KiB */
+#define FP__SHM_SMALL_MAX 7168  /* larger requests get whole pages */
+#define FP__SHM_NBIN 64         /* free span bins */
+#define FP__SHM_AUNDO_MAX 320   /* global allocator undo entries */
+#define FP__SHM_HLOG_MAX 8      /* heap step undo entries */
+#define FP__SHM_UNDO_MAX 16     /* journal undo entries */
+#define FP__SHM_HEAP_MAX 2048   /* heaps (threads) per manager, at most */
 #define FP__SHM_CACHE_SLOTS 560 /* cached chunk slots of one heap */
 
 /* A chunk reference as tables store it: offset / 16 in the low 36 bits
@@ -167,7 +167,7 @@ typedef struct fp__shm_heap {
   uint64_t limbo_epoch[3];            /* epoch each list was retired in */
   uint64_t nlimbo;                    /* chunks in the three lists */
   fp__shm_journal j;
-  uint64_t ncache[FP__SHM_NCLASS];    /* cached chunks per class */
+  uint64_t ncache[FP__SHM_NCLASS];     /* cached chunks per class */
   uint64_t cache[FP__SHM_CACHE_SLOTS]; /* class c: cache_base(c) + i */
 } __attribute__((aligned(64))) fp__shm_heap;
 
@@ -193,13 +193,13 @@ typedef struct fp__shm_obj {
 struct fp_manager {
   /* Read-mostly: set at creation. */
   uint64_t magic;
-  uint64_t size;     /* bytes mapped */
-  uint64_t base;     /* address of the mapping, for sanity checks */
-  uint64_t id;       /* random identity, part of every ref */
-  uint64_t pagemap;  /* offset of u64[size / page]: see arena.c */
-  uint64_t heaps;    /* offset of fp__shm_heap[nheaps] */
-  uint64_t nheaps;   /* heap table length */
-  uint64_t heap;     /* offset of the first page of the heap area */
+  uint64_t size;    /* bytes mapped */
+  uint64_t base;    /* address of the mapping, for sanity checks */
+  uint64_t id;      /* random identity, part of every ref */
+  uint64_t pagemap; /* offset of u64[size / page]: see arena.c */
+  uint64_t heaps;   /* offset of fp__shm_heap[nheaps] */
+  uint64_t nheaps;  /* heap table length */
+  uint64_t heap;    /* offset of the first page of the heap area */
   /* The epoch of reclamation (heap.c), on its own line: read by every
    * call, written rarely. */
   _Atomic uint64_t epoch __attribute__((aligned(64)));
@@ -215,11 +215,11 @@ struct fp_manager {
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
   uint64_t gen;      /* objects ever created */
-  uint64_t bins[FP__SHM_NBIN];        /* free spans by length */
-  uint64_t partial[FP__SHM_NCLASS];   /* slabs with free chunks, by class */
+  uint64_t bins[FP__SHM_NBIN];         /* free spans by length */
+  uint64_t partial[FP__SHM_NCLASS];    /* slabs with free chunks, by class */
   uint64_t glimbo[3], glimbo_epoch[3]; /* chunks retired by heaps that were
                                           released or reclaimed */
-  uint64_t anundo;                    /* global allocator undo log */
+  uint64_t anundo;                     /* global allocator undo log */
   fp__shm_undo aundo[FP__SHM_AUNDO_MAX];
 };
 
@@ -349,8 +349,8 @@ FP__SHM_HIDDEN void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h);
  * before), in one step of h's log (small sizes, from h's cache) or of the
  * global log (pages). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0
  * on failure. */
-FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h,
-                                 uint64_t *slot, uint64_t size);
+FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                                 uint64_t size);
 
 /* Retires the chunk named by *slot (an offset, or a cref when is_cref):
  * it joins h's limbo for the current epoch and *slot becomes 0, in one
@@ -402,8 +402,8 @@ FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
  * jfinish must follow the unlock directly (it relies on the unlock's
  * exchange as the fence before retiring). */
 FP__SHM_HIDDEN void fp__shm_jbegin(fp__shm_heap *h);
-FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_heap *h,
-                                 uint64_t *word, uint64_t v);
+FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_heap *h, uint64_t *word,
+                                 uint64_t v);
 FP__SHM_HIDDEN void fp__shm_jcommit(fp_manager *m, fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jmark(fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jfinish(fp_manager *m, fp__shm_heap *h);
@@ -427,9 +427,9 @@ FP__SHM_HIDDEN fp__shm_heap *fp__shm_heap_get(fp_manager *m);
 
 /* The lock identity of heap h. */
 static inline uint32_t fp__shm_me(const fp_manager *m, const fp__shm_heap *h) {
-  return FP__SHM_OWNER(fp__shm_heap_idx(m, h),
-                       FP__HS_GEN(atomic_load_explicit(&h->state,
-                                                       memory_order_relaxed)));
+  return FP__SHM_OWNER(
+      fp__shm_heap_idx(m, h),
+      FP__HS_GEN(atomic_load_explicit(&h->state, memory_order_relaxed)));
 }
 
 /* Takes a structure lock for h; if its holder died, reclaims the holder's

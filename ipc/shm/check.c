@@ -93,8 +93,7 @@ static int check_heaps(fp__shm_checker *c) {
     if (s & FP__HS_RECLAIM)
       return fp__shm_fail(c, "heap %d: reclaim left unfinished", (int)i);
     if (i >= atomic_load(&m->heap_hw) && s != 0)
-      return fp__shm_fail(c, "heap %d: used above the high-water mark",
-                          (int)i);
+      return fp__shm_fail(c, "heap %d: used above the high-water mark", (int)i);
     rc = fp__shm_heap_check(c, h);
   }
   return rc;
@@ -105,8 +104,9 @@ static int check_totals(fp__shm_checker *c) {
   fp_manager *m = c->m;
 
   if (c->out_bytes != m->used)
-    return fp__shm_fail(c, "handed-out chunks hold %llu bytes, header says "
-                           "%llu",
+    return fp__shm_fail(c,
+                        "handed-out chunks hold %llu bytes, header says "
+                        "%llu",
                         (unsigned long long)c->out_bytes,
                         (unsigned long long)m->used);
   if (c->out_bytes + c->pool_bytes != m->brk - m->heap)

@@ -88,8 +88,8 @@ typedef struct table {
 
 typedef struct node {
   uint64_t link;
-  uint16_t klen;            /* <= FP_DICT_KEY_MAX */
-  unsigned char tag;        /* FP_INT or FP_FLOAT for a scalar node, else 0 */
+  uint16_t klen;     /* <= FP_DICT_KEY_MAX */
+  unsigned char tag; /* FP_INT or FP_FLOAT for a scalar node, else 0 */
   unsigned char pad;
   uint32_t vlen;
   _Atomic uint64_t payload; /* offset 16: a scalar's value */
@@ -100,8 +100,8 @@ typedef struct node {
 /* The (payload, state) pair is 16-byte aligned: chunks are, and the pair
  * sits at offset 16. A node keeps no hash: buckets hold 28 bits of it,
  * enough to rehash, and a writer has the key's hash at hand. */
-_Static_assert(offsetof(node, payload) == 16 && offsetof(node, data) ==
-                   NODE_HDR,
+_Static_assert(offsetof(node, payload) == 16 &&
+                   offsetof(node, data) == NODE_HDR,
                "node layout");
 
 /* The last 1..8 bytes of a key as one word, with whole loads only: the
@@ -116,8 +116,9 @@ static uint64_t tail_word(const unsigned char *p, size_t n) {
     memcpy(&b, p + n - 4, 4);
     return (uint64_t)a << 32 | b;
   }
-  return n == 0 ? 0 : (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 |
-                          (uint64_t)p[n - 1] << 16;
+  return n == 0 ? 0
+                : (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 |
+                      (uint64_t)p[n - 1] << 16;
 }
 
 /* 64-bit hash of a byte string: 8 bytes at a time through a multiply-xor
@@ -224,7 +225,8 @@ static int64_t lookup(fp_manager *m, table *t, const void *key, size_t klen,
   return -1;
 }
 
-/* --- scalars in place ------------------------------------------------------- */
+/* --- scalars in place -------------------------------------------------------
+ */
 
 /* Compare-and-swap of a live scalar node's payload from *expect to want,
  * together with the check that its state is 0. Returns 1 on success, 0
@@ -288,7 +290,8 @@ static uint64_t seal(fp_manager *m, fp__shm_heap *h, node *nd) {
   return atomic_load(&nd->payload);
 }
 
-/* --- handles, locks --------------------------------------------------------- */
+/* --- handles, locks ---------------------------------------------------------
+ */
 
 /* Common argument checks; finds the key's stripe and the caller's heap,
  * and pins the heap. */
@@ -357,7 +360,8 @@ int fp_dict_new(fp_manager *m, fp_dict **out) {
   return rc;
 }
 
-/* --- writers ----------------------------------------------------------------- */
+/* --- writers -----------------------------------------------------------------
+ */
 
 /* Bytes of a table that holds at least want buckets, rounded up to what
  * the allocator hands out anyway (a class, or whole pages) so that no
@@ -371,8 +375,7 @@ static uint64_t table_bytes(uint64_t want) {
 
 /* Builds a node for (key, value) in the journal's alloc slot 0. */
 static int make_node(fp_manager *m, fp__shm_heap *h, const void *key,
-                     size_t klen, uint64_t hash, const void *val,
-                     size_t vlen) {
+                     size_t klen, uint64_t hash, const void *val, size_t vlen) {
   int scalar = is_scalar_value(val, vlen);
   uint64_t size = NODE_HDR + klen + (scalar ? 0 : vlen);
   node *nd;
@@ -402,8 +405,7 @@ static int make_node(fp_manager *m, fp__shm_heap *h, const void *key,
  * live keys in alloc slot 1, rehashes into it from the bucket words alone
  * (unreachable, so unlogged) and publishes it; the old table is released.
  * Returns 0 or FP_ENOMEM / FP_EMSGSIZE; *t gets the table to insert in. */
-static int reserve_one(fp_manager *m, fp__shm_heap *h, stripe *s,
-                       table **t) {
+static int reserve_one(fp_manager *m, fp__shm_heap *h, stripe *s, table **t) {
   uint64_t count = s->count, cap = *t ? (*t)->cap : 0, ncap;
   table *nt;
   int rc;
@@ -497,9 +499,9 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
   }
   if (is_scalar(nd) && (mode == W_ADD || (is_scalar_value(val, vlen) &&
                                           *(const uint8_t *)val == nd->tag))) {
-    uint64_t v = mode == W_ADD ? delta
-                               : (uint64_t)fp__shm_le64(
-                                     (const unsigned char *)val + 1);
+    uint64_t v = mode == W_ADD
+                     ? delta
+                     : (uint64_t)fp__shm_le64((const unsigned char *)val + 1);
     scalar_update(nd, mode == W_ADD, v, &nv, 1); /* never sealed: locked */
     if (newv != NULL)
       *newv = (int64_t)nv;
@@ -519,8 +521,8 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
 /* The locked write for an absent key, which would go in bucket ins. */
 static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
                         const void *key, size_t klen, uint64_t hash,
-                        const void *val, size_t vlen, int mode,
-                        fp_writer *out, uint64_t ins) {
+                        const void *val, size_t vlen, int mode, fp_writer *out,
+                        uint64_t ins) {
   int rc;
 
   fp__shm_jbegin(h);
@@ -585,8 +587,8 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
     return rc;
   m = mgr(d);
   if (mode == W_ADD || (mode == W_SET && is_scalar_value(val, vlen))) {
-    rc = write_lockfree(m, s, key, klen, hash, val, vlen, mode,
-                        (uint64_t)delta, newv);
+    rc = write_lockfree(m, s, key, klen, hash, val, vlen, mode, (uint64_t)delta,
+                        newv);
     if (rc != 1)
       goto out;
   }
@@ -678,7 +680,8 @@ int fp_dict_set_bytes(fp_dict *d, const void *key, size_t klen, const void *p,
   return set_encoded(d, key, klen, 0, p, n);
 }
 
-/* --- readers ------------------------------------------------------------------ */
+/* --- readers
+ * ------------------------------------------------------------------ */
 
 enum { R_GET, R_INT, R_FLOAT, R_CONTAINS };
 
@@ -885,7 +888,8 @@ static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
   t = table_at(m, s->table);
   for (uint64_t i = 0; t != NULL && i < t->cap; i++)
     if (t->b[i] > TOMB)
-      total += 8 + (size_t)node_at(m, t->b[i])->klen + node_at(m, t->b[i])->vlen;
+      total +=
+          8 + (size_t)node_at(m, t->b[i])->klen + node_at(m, t->b[i])->vlen;
   if (total != 0 && (p = malloc(total)) == NULL) {
     fp__shm_unlock(&s->mu);
     return FP_ENOMEM;
@@ -1024,8 +1028,8 @@ static int check_stripe(fp__shm_checker *c, stripe *s, int idx) {
     else if (t->b[i] != 0 && (rc = check_node(c, t, i, idx)) == 0)
       live++;
   }
-  if (rc == 0 && (live != s->count || tombs != s->tombs ||
-                  live + tombs >= t->cap))
+  if (rc == 0 &&
+      (live != s->count || tombs != s->tombs || live + tombs >= t->cap))
     return fp__shm_fail(c, "dict stripe %d: counts %llu/%llu, found %llu/%llu",
                         idx, (unsigned long long)s->count,
                         (unsigned long long)s->tombs, (unsigned long long)live,

@@ -228,8 +228,8 @@ static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
 
   fp__shm_alock(m, h);
   for (int b = 0; b < 3; b++)
-    for (int k = freed; k < GLIMBO_BATCH && m->glimbo[b] != 0 &&
-                        m->glimbo_epoch[b] + 2 <= e;
+    for (int k = freed;
+         k < GLIMBO_BATCH && m->glimbo[b] != 0 && m->glimbo_epoch[b] + 2 <= e;
          k++, freed++) {
       uint64_t off = m->glimbo[b];
       fp__shm_alog(m, &m->glimbo[b], *(uint64_t *)fp__shm_ptr(m, off));
@@ -276,8 +276,7 @@ static void limbo_to_global(fp_manager *m, fp__shm_heap *d, int b) {
   fp__shm_alog(m, &d->nlimbo, d->nlimbo - n);
 }
 
-void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
-                        fp__shm_heap *d) {
+void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d) {
   for (int c = 0; c < FP__SHM_NCLASS; c++)
     while (d->ncache[c] != 0)
       fp__shm_flush(m, h, d, c, (int)d->ncache[c]);
@@ -289,7 +288,8 @@ void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
   fp__shm_aunlock(m);
 }
 
-/* --- consistency check ------------------------------------------------------ */
+/* --- consistency check ------------------------------------------------------
+ */
 
 int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
   uint64_t n, total = 0;

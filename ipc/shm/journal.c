@@ -36,8 +36,7 @@ void fp__shm_jbegin(fp__shm_heap *h) {
   FP__SHM_CRASH_POINT();
 }
 
-void fp__shm_jset(fp_manager *m, fp__shm_heap *h, uint64_t *word,
-                  uint64_t v) {
+void fp__shm_jset(fp_manager *m, fp__shm_heap *h, uint64_t *word, uint64_t v) {
   fp__shm_journal *j = &h->j;
 
   if (j->nundo >= FP__SHM_UNDO_MAX)
@@ -60,9 +59,8 @@ static void rollback(fp_manager *m, fp__shm_heap *d) {
   uint32_t n = j->nundo > FP__SHM_UNDO_MAX ? FP__SHM_UNDO_MAX : j->nundo;
 
   while (n-- > 0) {
-    atomic_store_explicit(
-        (_Atomic uint64_t *)fp__shm_ptr(m, j->undo[n].off), j->undo[n].old,
-        memory_order_release);
+    atomic_store_explicit((_Atomic uint64_t *)fp__shm_ptr(m, j->undo[n].off),
+                          j->undo[n].old, memory_order_release);
     FP__SHM_BARRIER();
     FP__SHM_CRASH_POINT();
   }

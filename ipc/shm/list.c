@@ -285,8 +285,7 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
   h->j.release[0] = fp__shm_cref_off(b[i]);
   if (i + 1 < l->len) {
     /* Not the last item: publish a copy of the table without slot i. */
-    if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) !=
-        0) {
+    if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) != 0) {
       fp__shm_jabort(m, h);
       fp__shm_unlock(&l->mu);
       return rc;

@@ -53,7 +53,7 @@ static struct {
   fp_manager *m;
   uint64_t id;
   int copy; /* mapped before this process became an MPI worker rank */
-} *mapped;
+} * mapped;
 static size_t nmapped, capmapped;
 /* The MPI worker rank this process serves (inherited by its forks); 0 on
  * rank 0 and without MPI. Written once, before any thread of ours runs
@@ -88,7 +88,8 @@ static uint64_t my_start(void) {
   return me_cache.start;
 }
 
-/* --- the mapped managers --------------------------------------------------- */
+/* --- the mapped managers ---------------------------------------------------
+ */
 
 static void atfork_prepare(void) {
   pthread_mutex_lock(&mapped_mu);
@@ -205,7 +206,8 @@ static void init_once(void) {
   pthread_key_create(&exit_key, on_thread_exit);
 }
 
-/* --- claiming, releasing, reclaiming --------------------------------------- */
+/* --- claiming, releasing, reclaiming ---------------------------------------
+ */
 
 static void bump_hw(fp_manager *m, uint64_t n) {
   uint64_t hw = atomic_load(&m->heap_hw);
@@ -230,8 +232,7 @@ static void release(fp_manager *m, fp__shm_heap *h) {
 /* Puts dead heap d, marked as being reclaimed by us, back in order: the
  * global allocator first (a step d died in may have touched d's words),
  * then d's own log, then d's journal. locker takes the global lock. */
-static void repair(fp_manager *m, const fp__shm_heap *locker,
-                   fp__shm_heap *d) {
+static void repair(fp_manager *m, const fp__shm_heap *locker, fp__shm_heap *d) {
   atomic_store(&d->pin, 0);
   fp__shm_alock(m, locker);
   fp__shm_aunlock(m);
@@ -342,7 +343,8 @@ fp__shm_heap *fp__shm_heap_get(fp_manager *m) {
   return bind_slow(m);
 }
 
-/* --- structure locks -------------------------------------------------------- */
+/* --- structure locks --------------------------------------------------------
+ */
 
 /* After a lock was taken over: the dead holder may itself have been
  * reclaiming the heap of an earlier holder of this lock (which is how it
