@@ -254,12 +254,20 @@ check-install: lib
 # (FP_ALLOC_LIBC), so a leaked or overrun codec/frame buffer is visible to
 # it too (jemalloc's arena memory is opaque to valgrind).
 VG_BUILD := build/valgrind
+# VG_SUITES="a b": only those suites, one valgrind run each (default: all).
+VG_SUITES ?=
+VG_RUN = CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
+	  --leak-check=full --errors-for-leak-kinds=definite \
+	  --child-silent-after-fork=yes --track-fds=no $(VG_BUILD)/tests/runner
 valgrind:
 	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) \
 	  CFLAGS="$(CFLAGS) -DFP_ALLOC_LIBC" $(VG_BUILD)/tests/runner
-	CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
-	  --leak-check=full --errors-for-leak-kinds=definite \
-	  --child-silent-after-fork=yes --track-fds=no $(VG_BUILD)/tests/runner
+ifeq ($(strip $(VG_SUITES)),)
+	$(VG_RUN)
+else
+	@set -e; for s in $(VG_SUITES); do \
+	  echo "valgrind: suite $$s"; CK_RUN_SUITE=$$s $(VG_RUN); done
+endif
 
 # A bounded random mix of the faults of issue 15 (tests/stress/stress.c):
 # worker kills, descriptor pressure, huge and NaN timeouts, pools made and
