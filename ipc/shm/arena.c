@@ -390,6 +390,30 @@ static uint64_t slab_pop(fp_manager *m, uint64_t off) {
   return c;
 }
 
+/* Takes up to want chunks off slab s (which has a free one) into dst[],
+ * past the cache's count, so unreachable and unlogged. The slab's free
+ * head and count are logged once, then stored plainly: a rollback
+ * restores the first logged values, which is all that matters. Returns
+ * the number taken. */
+static int slab_take(fp_manager *m, uint64_t off, int want, uint64_t *dst) {
+  slab *s = slab_at(m, off);
+  uint64_t c = s->free;
+  int got = 0;
+
+  fp__shm_alog(m, &s->free, s->free);
+  fp__shm_alog(m, &s->nfree, s->nfree);
+  while (got < want && c != 0) {
+    dst[got++] = c;
+    c = word0(m, c);
+  }
+  s->free = c;
+  s->nfree -= (uint64_t)got;
+  FP__SHM_BARRIER();
+  if (s->nfree == 0)
+    partial_remove(m, off);
+  return got;
+}
+
 /* Gives chunk c back to its slab. c's word 0 is logged when log_link is
  * set (c was reachable through a list that uses it). */
 static void slab_push(fp_manager *m, uint64_t c, int log_link) {
@@ -421,8 +445,7 @@ int fp__shm_refill(fp_manager *m, fp__shm_heap *h, int cls, int want) {
     uint64_t s = m->partial[cls];
     if (s == 0 && (s = slab_new(m, cls)) == 0)
       break;
-    while (got < want && slab_at(m, s)->nfree > 0)
-      h->cache[base + n + got++] = slab_pop(m, s); /* past ncache: unlogged */
+    got += slab_take(m, s, want - got, &h->cache[base + n + (uint64_t)got]);
   }
   if (got > 0) {
     fp__shm_alog(m, &h->ncache[cls], n + (uint64_t)got);

@@ -309,7 +309,11 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
   *h = hash_key(key, klen);
   *s = &d->s[*h >> STRIPE_SHIFT];
   fp__shm_pin(mgr(d), *hp);
-  return 0;
+  /* Checked again once pinned: a destroy that had not begun then cannot
+   * have the dict's memory reused before we unpin (heap.c). */
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
+    fp__shm_unpin(*hp);
+  return rc;
 }
 
 /* Ends a call: unpins, and lets the heap reuse what it retired. */
@@ -378,6 +382,12 @@ static int make_node(fp_manager *m, fp__shm_heap *h, const void *key,
                      size_t klen, uint64_t hash, const void *val, size_t vlen) {
   int scalar = is_scalar_value(val, vlen);
   uint64_t size = NODE_HDR + klen + (scalar ? 0 : vlen);
+  /* A scalar node is written in place by lock-free updates: it gets whole
+   * cache lines (a multiple of 64 bytes, which the allocator aligns to
+   * 64), so that updates of different keys never share a line. Other
+   * nodes never change after publication and are packed. */
+  if (scalar)
+    size = (size + 63) & ~(uint64_t)63;
   node *nd;
   int rc;
 
@@ -925,7 +935,9 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
     unsigned char *buf;
     size_t len, pos = 0;
     fp__shm_pin(mgr(d), h);
-    rc = snapshot_stripe(d, h, &d->s[i], &buf, &len);
+    /* Checked again once pinned (see prepare). */
+    if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0)
+      rc = snapshot_stripe(d, h, &d->s[i], &buf, &len);
     fp__shm_unpin(h);
     if (rc != 0)
       break;

@@ -71,7 +71,9 @@ int fp_list_new(fp_manager *m, fp_list **out) {
   return rc;
 }
 
-/* Checks the list and pins the caller's heap. */
+/* Checks the list and pins the caller's heap; checks again once pinned:
+ * a destroy that had not begun then cannot have the list's memory reused
+ * before we unpin (heap.c). */
 static int enter(fp_list *l, fp__shm_heap **h) {
   int rc = fp__shm_obj_check(l, FP__SHM_LIST);
   if (rc != 0)
@@ -79,7 +81,9 @@ static int enter(fp_list *l, fp__shm_heap **h) {
   if ((*h = fp__shm_heap_get(mgr(l))) == NULL)
     return FP_ENOMEM;
   fp__shm_pin(mgr(l), *h);
-  return 0;
+  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
+    fp__shm_unpin(*h);
+  return rc;
 }
 
 static void leave(fp_list *l, fp__shm_heap *h) {

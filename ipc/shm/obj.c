@@ -119,6 +119,10 @@ int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
   if (h == NULL)
     return FP_ENOMEM;
   fp__shm_alock(m, h);
+  if (o->magic != FP__SHM_OBJ_MAGIC(o->type)) { /* freed by a racing call */
+    fp__shm_aunlock(m);
+    return FP_EINVAL;
+  }
   if (o->prev != 0)
     fp__shm_alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->prev))->next, o->next);
   else
