@@ -938,7 +938,8 @@ static int forge_retire(void) {
 /* Forges RETIRE and notes this process among the forgers (once each). */
 static int t_forge_retire(fp_reader *args, fp_writer *out) {
   (void)args;
-  int n = forge_retire();
+  /* Noted before forging: the master may kill this worker the moment the
+   * forged frame arrives. */
   int seen = 0, k = atomic_load(&g_sh->arrived);
   for (int i = 0; i < k && i < 8; i++)
     seen |= g_sh->rcs[i] == (int)getpid();
@@ -947,6 +948,7 @@ static int t_forge_retire(fp_reader *args, fp_writer *out) {
     if (i < 8)
       g_sh->rcs[i] = (int)getpid();
   }
+  int n = forge_retire();
   return fp_write_int(out, n);
 }
 
