@@ -20,7 +20,7 @@
  *      key and that every value is in the list exactly once. Also run by
  *      the master alone: every append takes the list's one lock, so this
  *      phase shows what does not scale.
- *   5. scaling: each worker adds to its own 1024 keys of the shared dict
+ *   5. scaling: each worker adds to its own 32768 keys of the shared dict
  *      (fp_dict_add_int on existing keys: one compare-and-swap on the
  *      key's own cache line, no lock), 10x the updates of the other
  *      phases; the master does the same total alone: that is seq vs par
@@ -51,24 +51,27 @@ static fp_lock *shared_lock;
 
 enum { PH_PLAIN, PH_LOCKED, PH_ATOMIC, PH_RESULTS, PH_SCALE };
 
-/* Phase 5: keys per worker ("u:<first + j>", j < SCALE_KEYS). */
-#define SCALE_KEYS 1024
+/* Phase 5: keys per worker ("u:<first + j>", j < SCALE_KEYS): enough that
+ * the dict's stripes have page-sized tables, as in a real tally. */
+#define SCALE_KEYS 32768
 
 #define KEY(s) s, sizeof(s) - 1
 
 /* Phase 5 for one worker: count adds of 1 spread over its own keys
  * "u:<first>" .. "u:<first + SCALE_KEYS - 1>" (formatted once). */
 static int scale_task(int64_t first, int64_t count) {
-  static __thread char key[SCALE_KEYS][24];
-  static __thread size_t klen[SCALE_KEYS];
-  int rc = 0;
+  char(*key)[24] = malloc(SCALE_KEYS * sizeof(*key));
+  size_t *klen = malloc(SCALE_KEYS * sizeof(*klen));
+  int rc = key != NULL && klen != NULL ? 0 : FP_ENOMEM;
 
-  for (int j = 0; j < SCALE_KEYS; j++)
+  for (int j = 0; rc == 0 && j < SCALE_KEYS; j++)
     klen[j] = (size_t)snprintf(key[j], sizeof(key[j]), "u:%lld",
                                (long long)(first + j));
   for (int64_t i = 0; i < count && rc == 0; i++)
     rc = fp_dict_add_int(shared_dict, key[i % SCALE_KEYS],
                          klen[i % SCALE_KEYS], 1, NULL);
+  free(key);
+  free(klen);
   return rc;
 }
 
