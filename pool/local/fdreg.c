@@ -18,60 +18,114 @@
  * the numbers it remembers: if we had closed that pipe and a worker socket
  * had taken its number, the handler would close our socket in the worker.
  *
- * The registry is a fixed array of atomics, lock-free on purpose: a fork
- * server reads it right after fork(), when a mutex could be held by a
- * thread that no longer exists in the child. A slot holds fd + 1, so the
- * zero-filled array starts empty.
+ * A registry that a fork can catch half-updated is worse than none. Two
+ * races would make the snapshot a child gets differ from its descriptor
+ * table: another thread may have opened a descriptor and not yet
+ * registered it (or unregistered one and not yet closed it), and the
+ * kernel copies the descriptor table before the memory, so a number
+ * registered between the two copies names, in the child, a descriptor
+ * the child does not have. A fork server would then close whatever took
+ * that number after the fork - its own pidfd, which it then reads as
+ * "the master died", and quits before its first worker. So every "open
+ * and register" and every "unregister and close" happens under one
+ * mutex, and fork() takes that mutex (pthread_atfork) around the copy:
+ * a child's registry then names exactly the library descriptors it
+ * holds. The sections under the mutex make system calls only (no
+ * allocation, no blocking call), so a fork waits for them briefly.
+ *
+ * A slot holds fd + 1, so the zero-filled array starts empty.
  */
 #include "pool/local/local.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #define FDREG_MAX 4096
-static _Atomic int fdreg[FDREG_MAX]; /* fd + 1, 0 = free */
+static int fdreg[FDREG_MAX]; /* fd + 1, 0 = free; under fdreg_mu */
+static pthread_mutex_t fdreg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t fdreg_once = PTHREAD_ONCE_INIT;
+
+static void fdreg_prefork(void) {
+  pthread_mutex_lock(&fdreg_mu);
+}
+
+/* In the parent and in the child alike, the forking thread holds it. */
+static void fdreg_postfork(void) {
+  pthread_mutex_unlock(&fdreg_mu);
+}
+
+static int fdreg_installed; /* 0 or the error of pthread_atfork */
+
+static void fdreg_install(void) {
+  fdreg_installed = -pthread_atfork(fdreg_prefork, fdreg_postfork,
+                                    fdreg_postfork);
+}
+
+int fp__fdreg_init(void) {
+  pthread_once(&fdreg_once, fdreg_install);
+  return fdreg_installed;
+}
+
+void fp__fdreg_lock(void) {
+  pthread_mutex_lock(&fdreg_mu);
+}
+
+void fp__fdreg_unlock(void) {
+  pthread_mutex_unlock(&fdreg_mu);
+}
 
 /* Registers fd. When the registry is full the descriptor is simply not
  * registered: it then stays open in fork servers started later, which
  * costs a descriptor there but breaks nothing in the pool that owns it. */
-void fp__fdreg_add(int fd) {
+void fp__fdreg_add_locked(int fd) {
   if (fd < 0)
     return;
-  for (int i = 0; i < FDREG_MAX; i++) {
-    int expect = 0;
-    if (atomic_compare_exchange_strong(&fdreg[i], &expect, fd + 1))
+  for (int i = 0; i < FDREG_MAX; i++)
+    if (fdreg[i] == 0) {
+      fdreg[i] = fd + 1;
       return;
-  }
+    }
 }
 
-/* Unregisters fd (a no-op when it is not registered). Call it before
- * close(), so that a number reused by another thread's open() is never
- * in the registry under its old owner. */
-void fp__fdreg_del(int fd) {
+/* Unregisters fd (a no-op when it is not registered). */
+static void fdreg_del_locked(int fd) {
+  for (int i = 0; i < FDREG_MAX; i++)
+    if (fdreg[i] == fd + 1) {
+      fdreg[i] = 0;
+      return;
+    }
+}
+
+void fp__fdreg_close(int fd) {
   if (fd < 0)
     return;
-  for (int i = 0; i < FDREG_MAX; i++) {
-    int expect = fd + 1;
-    if (atomic_compare_exchange_strong(&fdreg[i], &expect, 0))
-      return;
-  }
+  fp__fdreg_lock();
+  fdreg_del_locked(fd);
+  close(fd);
+  fp__fdreg_unlock();
 }
 
 /* Closes every registered descriptor except keep, in a freshly forked
- * fork server. The entries are cleared as they are closed: the numbers
- * mean nothing in this process any more, and a worker that inherits the
- * registry and starts a pool of its own must not close whatever has
- * reused them by then. */
-void fp__fdreg_close_all(int keep) {
+ * fork server (single-threaded: no lock), and empties the registry: the
+ * numbers mean nothing in this process any more (keep included, which
+ * the server closes in each worker it forks), and a worker that inherits
+ * the registry and starts a pool of its own must not close whatever has
+ * reused them by then. Returns how many entries named no open
+ * descriptor: 0 unless the registry and the descriptor table disagreed
+ * at the fork (the race above). */
+int fp__fdreg_close_all(int keep) {
+  int stale = 0;
   for (int i = 0; i < FDREG_MAX; i++) {
-    int v = atomic_load(&fdreg[i]);
+    int v = fdreg[i];
+    fdreg[i] = 0;
     if (v == 0 || v - 1 == keep)
       continue;
-    close(v - 1);
-    atomic_store(&fdreg[i], 0);
+    if (close(v - 1) != 0 && errno == EBADF)
+      stale++;
   }
+  return stale;
 }
 
 /* A daemon may run with fds 0-2 closed; the next socket then takes one of

@@ -200,6 +200,9 @@ static void fs_start(fserver *fs) {
    * the control socket tell us the master died. See the file header. */
   if (fs->by_main_thread)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* Before this process opens anything: every registered number is then
+   * one of the master's library descriptors, never one of ours. */
+  fp__fdreg_close_all(fs->ctl);
   /* The pidfd is opened before the parent check: if the master is still
    * our parent after the pidfd exists, the pidfd is the master's (a dead
    * parent's pid is never ours again, so the check cannot pass late). */
@@ -211,7 +214,6 @@ static void fs_start(fserver *fs) {
    * drop our copy so it is never printed twice. */
   __fpurge(stdout);
   __fpurge(stderr);
-  fp__fdreg_close_all(fs->ctl);
   reset_signals();
   sigset_t chld;
   sigemptyset(&chld);

@@ -139,8 +139,7 @@ static void conn_close(conn *c) {
   if (c->closing)
     return;
   c->closing = 1;
-  fp__fdreg_del(c->fd);
-  close(c->fd);
+  fp__fdreg_close(c->fd);
   uv_close((uv_handle_t *)&c->poll, conn_closed);
 }
 
@@ -437,28 +436,24 @@ static void worker_gone(llink *l, int slot, int status) {
   EV(l, exited, slot, pid, status);
 }
 
-/* SPAWNED: the worker's socket came with the message (fd, or -1 when it
- * could not be received). */
+/* SPAWNED: the worker's socket came with the message (fd, registered and
+ * above stdio by fs_recv; or -errno when it could not be received). */
 static void worker_spawned(llink *l, int slot, pid_t pid, int fd) {
   lslot *s = &l->slots[slot];
   conn *c = NULL;
-  int err = fd < 0 ? -EMFILE : 0;
+  int err = fd < 0 ? fd : 0;
   s->spawning = 0;
-  if (err == 0 && (fd = fp__fd_above_stdio(fd)) < 0)
-    err = fd;
   if (err == 0 && (c = calloc(1, sizeof(*c))) == NULL)
     err = FP_ENOMEM;
   if (err == 0 && (err = uv_poll_init(l->loop, &c->poll, fd)) != 0)
     free(c);
   if (err != 0) {
-    if (fd >= 0)
-      close(fd);
+    fp__fdreg_close(fd);
     s->discard_pid = pid;
     fs_send(l, FP__FS_KILL, slot, pid, SIGKILL);
     EV(l, start_failed, slot, err);
     return;
   }
-  fp__fdreg_add(fd);
   c->l = l;
   c->slot = slot;
   c->fd = fd;
@@ -475,8 +470,7 @@ static void fs_message(llink *l, const fp__fs_msg *m, int fd) {
     worker_spawned(l, m->slot, m->pid, fd);
     return;
   }
-  if (fd >= 0)
-    close(fd);
+  fp__fdreg_close(fd);
   if (m->op == FP__FS_EXITED && ok && m->pid == s->discard_pid) {
     s->discard_pid = 0;
   } else if (m->op == FP__FS_EXITED && ok && s->pid == m->pid && m->pid) {
@@ -505,8 +499,28 @@ static void fs_gone(llink *l) {
   l->ev.lost(l->ev.ctx);
 }
 
+/* Takes the descriptor that came with a message (if any): above stdio and
+ * registered, in the same fdreg section as the recvmsg() that made it.
+ * Returns it, -EMFILE when none came (a SPAWNED whose socket did not fit
+ * in the descriptor table arrives without it), or -errno. */
+static int take_passed_fd(const struct msghdr *mh) {
+  struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+  if (cm == NULL || cm->cmsg_level != SOL_SOCKET ||
+      cm->cmsg_type != SCM_RIGHTS)
+    return -EMFILE;
+  int fd;
+  memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+  int above = fp__fd_above_stdio(fd);
+  if (above < 0) {
+    close(fd);
+    return above;
+  }
+  fp__fdreg_add_locked(above);
+  return above;
+}
+
 /* Receives one fork server message; returns 0, 1 when none is waiting,
- * -1 at EOF. */
+ * -1 at EOF. *fd: see take_passed_fd(). */
 static int fs_recv(llink *l, fp__fs_msg *m, int *fd) {
   union {
     char buf[CMSG_SPACE(sizeof(int))];
@@ -515,21 +529,23 @@ static int fs_recv(llink *l, fp__fs_msg *m, int *fd) {
   struct iovec iov = {m, sizeof(*m)};
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
                       .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-  *fd = -1;
+  *fd = -EMFILE;
   ssize_t n;
+  fp__fdreg_lock();
   do
     n = recvmsg(l->fs_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+  int err = errno;
+  if (n > 0)
+    *fd = take_passed_fd(&mh);
+  fp__fdreg_unlock();
+  if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
     return 1;
   if (n <= 0)
     return -1;
-  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-  if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-    memcpy(fd, CMSG_DATA(cm), sizeof(int));
   if (n != (ssize_t)sizeof(*m)) {
-    if (*fd >= 0)
-      close(*fd);
+    fp__fdreg_close(*fd);
+    *fd = -EMFILE;
     m->op = 0; /* ignored */
   }
   return 0;
@@ -590,33 +606,47 @@ static int map_shared(llink *l) {
   return 0;
 }
 
+/* Makes the control socket pair, both ends above stdio and registered (so
+ * that a fork server another thread forks meanwhile closes them). */
+static int control_pair(int sv[2]) {
+  int rc = 0;
+  fp__fdreg_lock();
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    rc = -errno;
+  for (int k = 0; rc == 0 && k < 2; k++)
+    if ((sv[k] = fp__fd_above_stdio(sv[k])) < 0) {
+      rc = sv[k];
+      close(sv[1 - k]);
+    }
+  if (rc == 0) {
+    fp__fdreg_add_locked(sv[0]);
+    fp__fdreg_add_locked(sv[1]);
+  }
+  fp__fdreg_unlock();
+  return rc;
+}
+
 /* Forks the fork server with the control socket. */
 static int fork_server(llink *l) {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return -errno;
-  for (int k = 0; k < 2; k++)
-    if ((sv[k] = fp__fd_above_stdio(sv[k])) < 0) {
-      int rc = sv[k];
-      close(sv[1 - k]);
-      return rc;
-    }
+  int rc = fp__fdreg_init();
+  if (rc == 0)
+    rc = control_pair(sv);
+  if (rc != 0)
+    return rc;
   pid_t master = getpid();
   int by_main = gettid() == master, pid = fork();
   if (pid < 0) {
-    int rc = -errno;
-    close(sv[0]);
-    close(sv[1]);
+    rc = -errno;
+    fp__fdreg_close(sv[0]);
+    fp__fdreg_close(sv[1]);
     return rc;
   }
-  if (pid == 0) {
-    close(sv[0]);
+  if (pid == 0) /* closes sv[0] with the other registered descriptors */
     fp__forkserver_main(&l->cfg, l->shm, sv[1], master, by_main);
-  }
-  close(sv[1]);
+  fp__fdreg_close(sv[1]);
   l->fs_pid = pid;
   l->fs_fd = sv[0];
-  fp__fdreg_add(sv[0]);
   return 0;
 }
 
@@ -925,16 +955,14 @@ static void local_free(fp__link *base) {
   for (int i = 0; i < l->cfg.nworkers; i++) {
     conn *c = l->slots[i].c;
     if (c != NULL) { /* a forked copy: its handles were never closed */
-      fp__fdreg_del(c->fd);
-      close(c->fd);
+      fp__fdreg_close(c->fd);
       fp__free(c->in, c->in_cap);
       fp__free(c->out, c->out_cap);
       free(c);
     }
   }
   if (l->fs_fd >= 0) {
-    fp__fdreg_del(l->fs_fd);
-    close(l->fs_fd);
+    fp__fdreg_close(l->fs_fd);
     while (waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
     }
   }

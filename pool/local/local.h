@@ -256,11 +256,17 @@ void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot)
 /* ---- descriptors (fdreg.c) ------------------------------------------------
  *
  * The registry of library-owned descriptors that fork servers close when
- * they start. Register right after opening; unregister before closing, so
- * a reused number is never closed by mistake. */
-void fp__fdreg_add(int fd);
-void fp__fdreg_del(int fd);
-void fp__fdreg_close_all(int keep);
+ * they start. Open and register under fp__fdreg_lock() (no allocation or
+ * blocking call inside: fork() waits for the lock); unregister and close
+ * with fp__fdreg_close(). fp__fdreg_init() installs the fork handlers
+ * once per process: call it before the first fork of a fork server;
+ * 0 or FP_ENOMEM. */
+int fp__fdreg_init(void);
+void fp__fdreg_lock(void);
+void fp__fdreg_unlock(void);
+void fp__fdreg_add_locked(int fd);
+void fp__fdreg_close(int fd);
+int fp__fdreg_close_all(int keep);
 
 /* Moves fd above the standard descriptors (0-2) when it is one of them, so
  * a daemon that closed stdin/stdout/stderr never has a library socket

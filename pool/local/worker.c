@@ -594,7 +594,9 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   sigprocmask(SIG_SETMASK, &boot->mask, NULL);
   /* If this worker starts a pool of its own, that pool's fork server must
    * not hold this socket open. */
-  fp__fdreg_add(w->fd);
+  fp__fdreg_lock();
+  fp__fdreg_add_locked(w->fd);
+  fp__fdreg_unlock();
   atomic_store(&w->slot->seq, 0);
   atomic_store(&w->slot->started_ns, 0);
   atomic_store(&w->slot->item, -1);

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/* check_fdreg.c - tests of the registry of library descriptors
+ * (pool/local/fdreg.c) and of pools started from several threads at once.
+ *
+ * A fork server closes every registered descriptor when it starts. If a
+ * fork could catch the registry half-updated by another thread, the
+ * server would close a number it had reused for its own pidfd and quit
+ * before its first worker: fp_pool_new then failed with FP_EPIPE or
+ * FP_EWORKER about once in ten thousand pools started from concurrent
+ * threads (seen in `make stress`). The race test below opens and closes
+ * registered sockets in other threads while it forks, and every child
+ * checks that each registered number is a descriptor it holds.
+ */
+#include "forkpool.h"
+#include "pool/local/local.h"
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void teardown(void) {
+  fp_test_no_children();
+}
+
+static int is_open(int fd) {
+  return fcntl(fd, F_GETFD) >= 0;
+}
+
+/* Forks; the child runs fn and exits with its return value. Returns it. */
+static int in_child(int (*fn)(void *), void *arg) {
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(fn(arg));
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFEXITED(st));
+  return WEXITSTATUS(st);
+}
+
+static int registered_pair(int sv[2]) {
+  fp__fdreg_lock();
+  int rc = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+  if (rc == 0) {
+    fp__fdreg_add_locked(sv[0]);
+    fp__fdreg_add_locked(sv[1]);
+  }
+  fp__fdreg_unlock();
+  return rc;
+}
+
+/* ---- close_all ------------------------------------------------------------ */
+
+typedef struct two_pairs {
+  int a[2], b[2];
+} two_pairs;
+
+static int close_all_child(void *arg) {
+  two_pairs *p = arg;
+  if (fp__fdreg_close_all(p->a[0]) != 0)
+    return 10;
+  if (!is_open(p->a[0]) || is_open(p->a[1]) || is_open(p->b[0]) ||
+      is_open(p->b[1]))
+    return 11;
+  /* The registry is empty now: numbers reused in this process are safe. */
+  int fd = open("/dev/null", O_RDONLY);
+  if (fp__fdreg_close_all(-1) != 0 || !is_open(fd) || !is_open(p->a[0]))
+    return 12;
+  return 0;
+}
+
+START_TEST(close_all_closes_registered_keeps_one_and_empties) {
+  ck_assert_int_eq(fp__fdreg_init(), 0);
+  two_pairs p;
+  ck_assert_int_eq(registered_pair(p.a), 0);
+  ck_assert_int_eq(registered_pair(p.b), 0);
+  ck_assert_int_eq(in_child(close_all_child, &p), 0);
+  /* The parent's descriptors are untouched. */
+  for (int i = 0; i < 2; i++) {
+    ck_assert(is_open(p.a[i]) && is_open(p.b[i]));
+    fp__fdreg_close(p.a[i]);
+    fp__fdreg_close(p.b[i]);
+  }
+  ck_assert(!is_open(p.a[0]));
+}
+END_TEST
+
+static int stale_child(void *arg) {
+  (void)arg;
+  return fp__fdreg_close_all(-1) > 0;
+}
+
+START_TEST(close_all_counts_numbers_that_are_not_open) {
+  ck_assert_int_eq(fp__fdreg_init(), 0);
+  int sv[2];
+  ck_assert_int_eq(registered_pair(sv), 0);
+  close(sv[1]); /* behind the registry's back: a stale entry */
+  ck_assert_int_eq(in_child(stale_child, NULL), 1);
+  fp__fdreg_close(sv[0]);
+  fp__fdreg_close(sv[1]); /* unregisters; the close fails harmlessly */
+}
+END_TEST
+
+/* ---- forks racing registrations -------------------------------------------- */
+
+static _Atomic int g_stop;
+
+static void *churn(void *arg) {
+  (void)arg;
+  while (!atomic_load(&g_stop)) {
+    int sv[2];
+    if (registered_pair(sv) != 0)
+      continue;
+    fp__fdreg_close(sv[0]);
+    fp__fdreg_close(sv[1]);
+  }
+  return NULL;
+}
+
+START_TEST(forks_never_see_a_half_updated_registry) {
+  ck_assert_int_eq(fp__fdreg_init(), 0);
+  enum { THREADS = 3, FORKS = 3000 };
+  pthread_t th[THREADS];
+  atomic_store(&g_stop, 0);
+  for (int i = 0; i < THREADS; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, churn, NULL), 0);
+  int bad = 0;
+  for (int i = 0; i < FORKS; i++)
+    bad += in_child(stale_child, NULL);
+  atomic_store(&g_stop, 1);
+  for (int i = 0; i < THREADS; i++)
+    pthread_join(th[i], NULL);
+  ck_assert_msg(bad == 0,
+                "%d of %d children had registered numbers they do not hold",
+                bad, FORKS);
+}
+END_TEST
+
+/* ---- pools from several threads ---------------------------------------------- */
+
+static int add_one(const void *in, void *out) {
+  int64_t v;
+  memcpy(&v, in, sizeof(v));
+  v += 1;
+  memcpy(out, &v, sizeof(v));
+  return 0;
+}
+
+static void *pools_main(void *arg) {
+  intptr_t failures = 0;
+  for (int i = 0; i < 15; i++) {
+    fp_pool *p = NULL;
+    fp_pool_opts o = {0};
+    o.processes = 1 + (int)((intptr_t)arg + i) % 2;
+    if (fp_pool_new(&p, &o) != 0) {
+      failures++;
+      continue;
+    }
+    int64_t in[16], out[16];
+    for (int k = 0; k < 16; k++)
+      in[k] = k;
+    if (fp_pool_map(p, add_one, in, 16, 8, out, 8, NULL) != 0)
+      failures++;
+    for (int k = 0; k < 16; k++)
+      failures += out[k] != k + 1;
+    fp_pool_free(p);
+  }
+  return (void *)failures;
+}
+
+START_TEST(pools_started_from_several_threads_at_once) {
+  enum { THREADS = 4 };
+  pthread_t th[THREADS];
+  for (intptr_t i = 0; i < THREADS; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, pools_main, (void *)i), 0);
+  intptr_t failures = 0;
+  for (int i = 0; i < THREADS; i++) {
+    void *f;
+    pthread_join(th[i], &f);
+    failures += (intptr_t)f;
+  }
+  ck_assert_int_eq(failures, 0);
+}
+END_TEST
+
+Suite *fdreg_suite(void) {
+  Suite *s = suite_create("fdreg");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 120);
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_add_test(tc, close_all_closes_registered_keeps_one_and_empties);
+  tcase_add_test(tc, close_all_counts_numbers_that_are_not_open);
+  tcase_add_test(tc, forks_never_see_a_half_updated_registry);
+  tcase_add_test(tc, pools_started_from_several_threads_at_once);
+  suite_add_tcase(s, tc);
+  return s;
+}
