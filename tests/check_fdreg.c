@@ -126,20 +126,27 @@ static void *churn(void *arg) {
 
 START_TEST(forks_never_see_a_half_updated_registry) {
   ck_assert_int_eq(fp__fdreg_init(), 0);
-  enum { THREADS = 3, FORKS = 3000 };
-  pthread_t th[THREADS];
+  enum { MAX_THREADS = 3 };
+  /* Valgrind runs one thread at a time, so the race cannot happen there;
+   * and a churning thread that takes the mutex again the moment it let go
+   * would starve the forking thread's pthread_atfork handler, which
+   * valgrind's scheduler never lets in between. Its run checks the
+   * single-threaded case (and leaks) with a few forks. */
+  int threads = fp_test_under_valgrind() ? 0 : MAX_THREADS;
+  int forks = fp_test_under_valgrind() ? 50 : 3000;
+  pthread_t th[MAX_THREADS];
   atomic_store(&g_stop, 0);
-  for (int i = 0; i < THREADS; i++)
+  for (int i = 0; i < threads; i++)
     ck_assert_int_eq(pthread_create(&th[i], NULL, churn, NULL), 0);
   int bad = 0;
-  for (int i = 0; i < FORKS; i++)
+  for (int i = 0; i < forks; i++)
     bad += in_child(stale_child, NULL);
   atomic_store(&g_stop, 1);
-  for (int i = 0; i < THREADS; i++)
+  for (int i = 0; i < threads; i++)
     pthread_join(th[i], NULL);
   ck_assert_msg(bad == 0,
                 "%d of %d children had registered numbers they do not hold",
-                bad, FORKS);
+                bad, forks);
 }
 END_TEST
 
