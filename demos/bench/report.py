@@ -80,6 +80,10 @@ ROWS = [
      "+ Lock; baseline: atomic fetch_add)", "hi", [("baseline", 0.4)]),
     ("mutex_2proc", "lock + increment + unlock from 2 processes (python: "
      "multiprocessing.Value; baseline: robust pshared mutex)", "hi", []),
+    ("saturated_overhead", "kmeans on 2 workers, all CPUs busy: efficiency "
+     "forkpool loses next to OpenMP's 2 threads, % (from the scaling rows; "
+     "the master's threads may spin only while a CPU is free)", "lo",
+     [("abs_le", 3.0)]),
     ("idle_cpu", "CPU used by the master and 2 workers of an idle pool over "
      "2 s, % of one CPU", "lo", [("abs_le", 1.0)]),
     ("fault_latency", "worker SIGKILL to failed result delivered", "lo",
@@ -135,6 +139,10 @@ def build(data, failed, meta, quick, profile):
            "payload": {}, "scaling": {}, "pin": {}, "chunks": {}, "rss": {},
            "profile": profile}
     pipe = data.get("pipe_bw", {}).get("sides", {}).get("baseline")
+    cores = len(os.sched_getaffinity(0))
+    for k in KERNELS:
+        out["scaling"][k] = scaling_entry(data, k, cores)
+    saturated_row(data, out["scaling"])
     mpi_rows(data)
     for mid, label, better, targets in ROWS:
         if mid.startswith("mpi_") and mid not in data:
@@ -147,9 +155,6 @@ def build(data, failed, meta, quick, profile):
             data, mid, "payload", "hi", [], pipe)
     if "payload.1048576" not in data:
         out["metrics"].pop("payload.1048576")
-    cores = len(os.sched_getaffinity(0))
-    for k in KERNELS:
-        out["scaling"][k] = scaling_entry(data, k, cores)
     for pol in ("none", "compact", "scatter"):
         v = data.get(f"pin.{pol}", {}).get("sides", {}).get("forkpool")
         if v:
@@ -164,6 +169,16 @@ def build(data, failed, meta, quick, profile):
             out["rss"].setdefault(kind, {})[mid.split(".")[1]] = stats(
                 data[mid]["sides"]["forkpool"])
     return out
+
+
+def saturated_row(data, scaling):
+    """saturated_overhead: with both CPUs computing kmeans, how much of
+    OpenMP's efficiency forkpool gives up (the pool thread and a waiting
+    caller must not take CPU time from the workers), in % of it."""
+    row = scaling.get("kmeans", {}).get("workers", {}).get("2", {})
+    if "eff_ratio" in row:
+        data["saturated_overhead"] = {
+            "unit": "%", "sides": {"forkpool": [100 * (1 - row["eff_ratio"])]}}
 
 
 def mpi_rows(data):
