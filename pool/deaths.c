@@ -30,9 +30,13 @@ void fp__deaths_spawn_locked(fp_pool *pool, fp__wslot *ws) {
   if (rc == 0) {
     ws->spawning = 1;
     pool->nalive++;
-  } else if (pool->start_err == 0) {
-    pool->start_err = rc;
+    return;
   }
+  snprintf(pool->start_msg, sizeof(pool->start_msg),
+           "cannot ask for a worker: %s (%s)", fp_err_name(rc),
+           fp_strerror(rc));
+  if (pool->start_err == 0)
+    pool->start_err = rc;
 }
 
 void fp__deaths_break_locked(fp_pool *pool, int code, const char *msg) {
@@ -214,6 +218,7 @@ void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status) {
              "in %gs",
              (int)pid, d.how, pool->opts.max_restarts,
              pool->opts.restart_window);
+    snprintf(pool->start_msg, sizeof(pool->start_msg), "%s", msg);
     fp__deaths_break_locked(pool, FP_ESTORM, msg);
   }
   if (want_workers(pool)) {
@@ -248,12 +253,13 @@ void fp__deaths_on_start_failed(void *ctx, int slot, int err) {
   pool->nalive--;
   if (pool->start_err == 0)
     pool->start_err = err;
-  pthread_cond_broadcast(&pool->cond);
-  if (pool->starting || !want_workers(pool))
-    return; /* fp_pool_new fails with err */
   char msg[FP__MSG_LEN];
   snprintf(msg, sizeof(msg), "cannot start a worker: %s (%s)",
            fp_err_name(err), fp_strerror(err));
+  snprintf(pool->start_msg, sizeof(pool->start_msg), "%s", msg);
+  pthread_cond_broadcast(&pool->cond);
+  if (pool->starting || !want_workers(pool))
+    return; /* fp_pool_new fails with err */
   if (pool->nready > 0)
     ws->respawn_at_ns = fp__now_ns() + RESPAWN_DELAY_NS;
   else if (storm_locked(pool))
@@ -265,6 +271,8 @@ void fp__deaths_on_start_failed(void *ctx, int slot, int err) {
 void fp__deaths_on_lost(void *ctx) {
   fp_pool *pool = ctx;
   pool->link_lost = 1;
+  snprintf(pool->start_msg, sizeof(pool->start_msg),
+           "the pool's fork server died");
   /* Broken even when idle: new work could never run. */
   if (pool->state != FP__TERMINATE)
     fp__deaths_break_locked(pool, FP_EWORKER, "the pool's fork server died");

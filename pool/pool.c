@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -382,9 +383,11 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
     return rc;
   }
   if ((rc = await_workers(pool)) != 0) {
-    fp__set_last_error(rc, "workers could not start (initializer failing "
-                           "or crashing, fork failing, or descriptors "
-                           "exhausted)");
+    char msg[FP__MSG_LEN + 32];
+    snprintf(msg, sizeof(msg), "workers could not start: %s",
+             pool->start_msg[0] ? pool->start_msg
+                                : "no worker became ready");
+    fp__set_last_error(rc, msg);
     fp_pool_free(pool);
     return rc;
   }

@@ -61,6 +61,8 @@ struct fp_pool {
   int state;
   int broken;            /* a storm or a lost link: the code to fail with */
   int start_err;         /* first start_failed error (fp_pool_new) */
+  char start_msg[FP__MSG_LEN]; /* why starting failed last: fp_pool_new's
+                                  message ("" when nothing failed) */
   int starting;          /* fp_pool_new waits for the first READYs */
   int nworkers;
   fp_pool_opts opts;     /* resolved */

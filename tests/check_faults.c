@@ -628,8 +628,14 @@ START_TEST(initializer_crash_repeated_gives_estorm) {
   ck_assert_int_eq(fp_pool_new(&p, &o), FP_ESTORM);
   ck_assert_ptr_null(p);
   ck_assert_msg(now_s() - t0 < 5, "storm detected after %.2fs", now_s() - t0);
+  /* The message says what happened, not a list of guesses. */
+  ck_assert_msg(strstr(fp_last_error(), "keep dying at start") &&
+                    strstr(fp_last_error(), "killed by signal"),
+                "%s", fp_last_error());
   o.initializer = init_fail;
   ck_assert_int_eq(fp_pool_new(&p, &o), FP_ESTORM);
+  ck_assert_msg(strstr(fp_last_error(), "initializer failed"), "%s",
+                fp_last_error());
 }
 END_TEST
 
