@@ -613,11 +613,15 @@ static int control_pair(int sv[2]) {
   fp__fdreg_lock();
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     rc = -errno;
-  for (int k = 0; rc == 0 && k < 2; k++)
-    if ((sv[k] = fp__fd_above_stdio(sv[k])) < 0) {
-      rc = sv[k];
-      close(sv[1 - k]);
+  for (int k = 0; rc == 0 && k < 2; k++) {
+    int fd = fp__fd_above_stdio(sv[k]);
+    if (fd < 0) { /* sv[k] is still open then (fdreg.c) */
+      rc = fd;
+      close(sv[0]);
+      close(sv[1]);
     }
+    sv[k] = fd;
+  }
   if (rc == 0) {
     fp__fdreg_add_locked(sv[0]);
     fp__fdreg_add_locked(sv[1]);
