@@ -700,7 +700,8 @@ typedef struct fp_pool_opts {
   void *progress_arg;
   int inflight;              /* chunks queued per worker when chunks
                                 take under 20 ms (1 when longer); 0:
-                                adaptive, about 1 ms of work, 2 to 8 */
+                                adaptive, about 1 ms of work, 2 to 16;
+                                at most 16 */
   fp_transport transport;    /* how workers are reached; 0: local */
 } fp_pool_opts;
 

@@ -5,8 +5,9 @@
  * in the pending queue until fp__sched_dispatch_locked() sends them to
  * workers through the link. A worker holds one chunk when chunks are long
  * (20 ms or more), so long tasks balance dynamically across workers as
- * with CPython's shared task queue, and about 1 ms of work (2 to 8 chunks)
- * when they are short, so a worker never idles waiting for the master.
+ * with CPython's shared task queue, and about 1 ms of work (2 to 16
+ * chunks, FP__LINK_MAX_BATCH) when they are short, so a worker never idles
+ * waiting for the master.
  *
  * Dispatch may run on a user thread (submission) or on the pool thread
  * (after a result); both hold pool->mu. A result frame arrives from the

@@ -119,7 +119,7 @@ typedef struct fp__ring {
  * loads the tails (all seq_cst), and if a result waits it has the pool
  * thread woken, so no result is left unseen when the last poller leaves. */
 #define FP__TRING_SIZE (1024 * 1024)
-#define FP__TRING_MAX (96 * 1024) /* inline frames, header included */
+#define FP__TRING_MAX (56 * 1024) /* inline frames, header included */
 #define FP__TRING_SOCK 0xF1       /* marker: the next frame is on the socket */
 #define FP__TRING_FINISH 0xF2     /* marker: no more work, leave */
 #define FP__TRING_MARK_LEN 12     /* marker payload (frame of 16 bytes) */
