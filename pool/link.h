@@ -59,8 +59,9 @@ typedef struct fp__task_out {
   size_t items_len;
   int borrowed; /* items lie in the caller's memory (a fixed-size map's
                    `in`), which a misbehaving program may have unmapped:
-                   the link copies them only through the kernel (sendmsg),
-                   so that is -EFAULT from send(), never a crash */
+                   the link copies them only through the kernel
+                   (sendmsg, process_vm_readv), so that is -EFAULT from
+                   send(), never a crash */
 } fp__task_out;
 
 /* The buffer a result payload lies in, when the scheduler may keep it
