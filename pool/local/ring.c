@@ -209,16 +209,22 @@ static int machine_running(void) {
 #define MACHINE_CHECK_NS 1000000
 
 /* Per process (a worker is single-threaded; in the master only the pool
- * thread and pollers spin here): the machine's runnable count as last
- * read, less the pool thread when it was only spinning then (it yields to
- * pollers). These describe the machine, not a pool, so every pool of a
+ * thread and pollers spin here): the machine's runnable count, the smaller
+ * of the last two readings, and whether the pool thread was only spinning
+ * then (it yields to pollers). One reading is an instant: one that caught
+ * a kernel thread or a neighbour's short burst stopped every spinner of
+ * the process for a millisecond, and the sleeps and wake-ups that
+ * followed made one apply in twenty 10-50 times slower. A machine that is
+ * busy stays busy for two readings; spinners then stop within about
+ * 2 ms. These describe the machine, not a pool, so every pool of a
  * process shares them. */
 static _Atomic int64_t machine_read_at;
 static _Atomic int machine_nr;
+static _Atomic int machine_nr_last;
 static _Atomic int machine_spinner;
 
-/* Runnable threads of the machine as last read (at most MACHINE_CHECK_NS
- * ago); *spinner says whether one of them was this pool's spinning pool
+/* Runnable threads of the machine as last read (the smaller of the last
+ * two readings, MACHINE_CHECK_NS apart); *spinner says whether one of them was this pool's spinning pool
  * thread. */
 static int machine_load(fp__local_shm *shm, int *spinner) {
   struct timespec ts;
@@ -231,7 +237,10 @@ static int machine_load(fp__local_shm *shm, int *spinner) {
         &machine_spinner,
         atomic_load_explicit(&shm->pool_spinning, memory_order_relaxed),
         memory_order_relaxed);
-    atomic_store_explicit(&machine_nr, machine_running(),
+    int nr = machine_running();
+    int prev = atomic_exchange_explicit(&machine_nr_last, nr,
+                                        memory_order_relaxed);
+    atomic_store_explicit(&machine_nr, nr < prev ? nr : prev,
                           memory_order_relaxed);
   }
   *spinner = atomic_load_explicit(&machine_spinner, memory_order_relaxed);
