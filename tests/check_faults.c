@@ -535,8 +535,7 @@ START_TEST(terminate_kills_workers_ignoring_sigterm) {
 }
 END_TEST
 
-/* ---- time and memory limits
- * -------------------------------------------------- */
+/* ---- time and memory limits ---------------------------------------------- */
 
 static int t_forever(fp_reader *args, fp_writer *out) {
   (void)args;
@@ -605,8 +604,7 @@ START_TEST(memory_limit_reported_clearly) {
 }
 END_TEST
 
-/* ---- start-up failures and policies
- * -------------------------------------------- */
+/* ---- start-up failures and policies -------------------------------------- */
 
 static int init_crash(void *arg) {
   (void)arg;
@@ -698,8 +696,7 @@ START_TEST(abort_policy_fails_whole_job_fast) {
 }
 END_TEST
 
-/* ---- no orphans
- * -------------------------------------------------------------------- */
+/* ---- no orphans ---------------------------------------------------------- */
 
 static int proc_alive(pid_t pid) {
   char path[64], buf[512];
@@ -771,8 +768,7 @@ START_TEST(master_sigkill_leaves_no_orphans) {
 }
 END_TEST
 
-/* ---- fork safety and the user's process state
- * ------------------------------------- */
+/* ---- fork safety and the user's process state ---------------------------- */
 
 static pthread_mutex_t g_user_lock = PTHREAD_MUTEX_INITIALIZER;
 

@@ -283,8 +283,7 @@ START_TEST(free_while_running_cancels_results) {
 }
 END_TEST
 
-/* ---- apply
- * -------------------------------------------------------------------- */
+/* ---- apply --------------------------------------------------------------- */
 
 START_TEST(apply_returns_value) {
   fp_pool *p = new_pool(2);
@@ -493,8 +492,7 @@ START_TEST(cancel_running_task_replaces_worker) {
 }
 END_TEST
 
-/* ---- map
- * ------------------------------------------------------------------------ */
+/* ---- map ----------------------------------------------------------------- */
 
 START_TEST(map_million_int64_correct) {
   size_t n = fp_test_under_valgrind() ? 20000 : 1000000;
@@ -769,8 +767,7 @@ START_TEST(task_sees_index_and_worker_id) {
 }
 END_TEST
 
-/* ---- imap
- * ----------------------------------------------------------------------- */
+/* ---- imap ---------------------------------------------------------------- */
 
 START_TEST(imap_in_order) {
   fp_pool *p = new_pool(2);
@@ -996,8 +993,7 @@ START_TEST(async_and_stream_calls_reject_bad_arguments) {
 }
 END_TEST
 
-/* ---- workers
- * -------------------------------------------------------------------- */
+/* ---- workers ------------------------------------------------------------- */
 
 START_TEST(initializer_effects_visible) {
   int64_t v = 777;
@@ -1167,8 +1163,7 @@ START_TEST(worker_info_reports_slots) {
 }
 END_TEST
 
-/* ---- affinity of workers
- * ---------------------------------------------------------- */
+/* ---- affinity of workers ------------------------------------------------- */
 
 static int t_affinity(fp_reader *args, fp_writer *out) {
   (void)args;

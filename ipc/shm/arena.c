@@ -528,8 +528,7 @@ void fp__shm_push_locked(fp_manager *m, uint64_t *head, uint64_t off) {
   fp__shm_alog(m, head, off);
 }
 
-/* --- layout -----------------------------------------------------------------
- */
+/* --- layout --------------------------------------------------------------- */
 
 int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   uint64_t nheaps = size >> 18, end;
@@ -551,8 +550,7 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   return 0;
 }
 
-/* --- consistency check ------------------------------------------------------
- */
+/* --- consistency check ---------------------------------------------------- */
 
 /* Checks slab s: header, free list (claimed as the allocator's), and the
  * list membership that nfree implies. Its chunks in use are claimed by

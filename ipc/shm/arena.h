@@ -375,6 +375,10 @@ static inline void fp__shm_unpin(fp__shm_heap *h) {
   atomic_store_explicit(&h->pin, 0, memory_order_release);
 }
 
+/* Retired chunks a heap lets pile up before a call's end collects them
+ * (fp__shm_collect with this min). */
+#define FP__SHM_LIMBO_TRIGGER 64
+
 /* Frees what h retired that is now safe to reuse, trying to advance the
  * epoch first when h holds more than `min` retired chunks. */
 FP__SHM_HIDDEN void fp__shm_collect(fp_manager *m, fp__shm_heap *h,

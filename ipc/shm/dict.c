@@ -225,8 +225,7 @@ static int64_t lookup(fp_manager *m, table *t, const void *key, size_t klen,
   return -1;
 }
 
-/* --- scalars in place -------------------------------------------------------
- */
+/* --- scalars in place ----------------------------------------------------- */
 
 /* Compare-and-swap of a live scalar node's payload from *expect to want,
  * together with the check that its state is 0. Returns 1 on success, 0
@@ -290,8 +289,7 @@ static uint64_t seal(fp_manager *m, fp__shm_heap *h, node *nd) {
   return atomic_load(&nd->payload);
 }
 
-/* --- handles, locks ---------------------------------------------------------
- */
+/* --- handles, locks ------------------------------------------------------- */
 
 /* Common argument checks; finds the key's stripe and the caller's heap,
  * and pins the heap. */
@@ -319,8 +317,8 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
 /* Ends a call: unpins, and lets the heap reuse what it retired. */
 static void done(fp_manager *m, fp__shm_heap *h) {
   fp__shm_unpin(h);
-  if (h->nlimbo >= 64)
-    fp__shm_collect(m, h, 64);
+  if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
+    fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
 }
 
 /* Locks a stripe, repairing it if the previous holder died; FP_EINVAL
@@ -364,8 +362,7 @@ int fp_dict_new(fp_manager *m, fp_dict **out) {
   return rc;
 }
 
-/* --- writers -----------------------------------------------------------------
- */
+/* --- writers -------------------------------------------------------------- */
 
 /* Bytes of a table that holds at least want buckets, rounded up to what
  * the allocator hands out anyway (a class, or whole pages) so that no
@@ -690,8 +687,7 @@ int fp_dict_set_bytes(fp_dict *d, const void *key, size_t klen, const void *p,
   return set_encoded(d, key, klen, 0, p, n);
 }
 
-/* --- readers
- * ------------------------------------------------------------------ */
+/* --- readers -------------------------------------------------------------- */
 
 enum { R_GET, R_INT, R_FLOAT, R_CONTAINS };
 
@@ -857,7 +853,7 @@ static int clear_all(fp_dict *d, int destroying) {
   for (int i = 0; rc == 0 && i < NSTRIPE; i++)
     rc = clear_stripe(d, h, &d->s[i], destroying);
   fp__shm_unpin(h);
-  fp__shm_collect(m, h, 64);
+  fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
   return rc;
 }
 

@@ -37,9 +37,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-/* Retired chunks a heap lets pile up before it tries to advance the epoch
- * and reuse them. */
-#define LIMBO_TRIGGER 64
 /* Chunks freed from the global limbo per global-lock hold. */
 #define GLIMBO_BATCH 32
 
@@ -221,7 +218,7 @@ static uint64_t try_advance(fp_manager *m) {
 
 /* Frees up to GLIMBO_BATCH chunks of the global limbo that are safe at
  * epoch e, under one hold of the global lock (callers come here once per
- * LIMBO_TRIGGER retires, so the lock is cheap). Returns 1 if it freed
+ * FP__SHM_LIMBO_TRIGGER retires, so the lock is cheap). Returns 1 if it freed
  * any. */
 static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
   int freed = 0;
@@ -288,8 +285,7 @@ void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d) {
   fp__shm_aunlock(m);
 }
 
-/* --- consistency check ------------------------------------------------------
- */
+/* --- consistency check ---------------------------------------------------- */
 
 int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
   uint64_t n, total = 0;

@@ -88,8 +88,8 @@ static int enter(fp_list *l, fp__shm_heap **h) {
 
 static void leave(fp_list *l, fp__shm_heap *h) {
   fp__shm_unpin(h);
-  if (h->nlimbo >= 64)
-    fp__shm_collect(mgr(l), h, 64);
+  if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
+    fp__shm_collect(mgr(l), h, FP__SHM_LIMBO_TRIGGER);
 }
 
 /* Locks the list; FP_EINVAL (nothing locked) when a destroy of the list

@@ -39,16 +39,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SPIN                                                                   \
-  20000                   /* pauses (about 20-40 ns each) of polling           \
-                             before the first look at the holder */
+/* Pauses (about 20-40 ns each) of polling before the first look at the
+ * holder. */
+#define SPIN 20000
 #define SLEEP_NS 2000000L /* futex sleep slice: 2 ms */
-#ifndef BACKOFF_MIN
-#define BACKOFF_MIN 4 /* pauses after the first failed poll */
-#endif
-#ifndef BACKOFF_MAX
-#define BACKOFF_MAX 256 /* pauses between polls, at most */
-#endif
+#define BACKOFF_MIN 4     /* pauses after the first failed poll */
+#define BACKOFF_MAX 256   /* pauses between polls, at most */
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -49,11 +49,12 @@ static _Atomic uint64_t fork_gen = 1;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key;
 static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
+typedef struct mapping {
   fp_manager *m;
   uint64_t id;
   int copy; /* mapped before this process became an MPI worker rank */
-} * mapped;
+} mapping;
+static mapping *mapped;
 static size_t nmapped, capmapped;
 /* The MPI worker rank this process serves (inherited by its forks); 0 on
  * rank 0 and without MPI. Written once, before any thread of ours runs
@@ -88,8 +89,7 @@ static uint64_t my_start(void) {
   return me_cache.start;
 }
 
-/* --- the mapped managers ---------------------------------------------------
- */
+/* --- the mapped managers -------------------------------------------------- */
 
 static void atfork_prepare(void) {
   pthread_mutex_lock(&mapped_mu);
@@ -206,8 +206,7 @@ static void init_once(void) {
   pthread_key_create(&exit_key, on_thread_exit);
 }
 
-/* --- claiming, releasing, reclaiming ---------------------------------------
- */
+/* --- claiming, releasing, reclaiming -------------------------------------- */
 
 static void bump_hw(fp_manager *m, uint64_t n) {
   uint64_t hw = atomic_load(&m->heap_hw);
@@ -343,8 +342,7 @@ fp__shm_heap *fp__shm_heap_get(fp_manager *m) {
   return bind_slow(m);
 }
 
-/* --- structure locks --------------------------------------------------------
- */
+/* --- structure locks ------------------------------------------------------ */
 
 /* After a lock was taken over: the dead holder may itself have been
  * reclaiming the heap of an earlier holder of this lock (which is how it
