@@ -39,6 +39,13 @@ static void teardown(void) {
   fp_test_no_children();
 }
 
+/* Whether this process sees its own executable layout, which fnref checks
+ * against: not under valgrind, which runs translated code and maps memory
+ * of its own, so /proc/self/maps and the module list do not show it. */
+static int layout_visible(void) {
+  return !fp_test_under_valgrind();
+}
+
 START_TEST(real_functions_resolve_to_themselves) {
   const void *fns[] = {(const void *)fnref_target, (const void *)fp_version,
                        (const void *)getpid, (const void *)memcpy};
@@ -56,10 +63,7 @@ START_TEST(real_functions_resolve_to_themselves) {
 END_TEST
 
 START_TEST(make_refuses_null_and_data) {
-  /* Not under valgrind: it runs translated code and maps memory of its
-   * own, so /proc/self/maps and the module list do not show the program's
-   * executable layout that fnref checks against. */
-  if (fp_test_under_valgrind())
+  if (!layout_visible())
     return;
   fp__fnref ref;
   int local = 0;
@@ -134,10 +138,7 @@ static fp__fnref raw_ref(const void *p) {
 }
 
 START_TEST(raw_address_only_inside_exec_mapping) {
-  /* Not under valgrind: it runs translated code and maps memory of its
-   * own, so /proc/self/maps and the module list do not show the program's
-   * executable layout that fnref checks against. */
-  if (fp_test_under_valgrind())
+  if (!layout_visible())
     return;
   int local = 0;
   void *heap = malloc(16);
@@ -238,10 +239,7 @@ static void unload_handle(void *h) {
 }
 
 START_TEST(dlclose_of_earlier_library_never_runs_its_code) {
-  /* Not under valgrind: it runs translated code and maps memory of its
-   * own, so /proc/self/maps and the module list do not show the program's
-   * executable layout that fnref checks against. */
-  if (fp_test_under_valgrind())
+  if (!layout_visible())
     return;
   probe_fn fa, fb, fc;
   snprintf(libdir, sizeof libdir, "/tmp/fp_fnref_XXXXXX");

@@ -188,6 +188,32 @@ START_TEST(pool_new_rejects_bad_options) {
 }
 END_TEST
 
+/* inflight takes 1 to 16 (FP__LINK_MAX_BATCH); the deepest queue runs a
+ * map of short items correctly. */
+START_TEST(inflight_accepts_1_to_16) {
+  fp_pool *p = NULL;
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  o.inflight = 17;
+  ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
+  ck_assert_ptr_null(p);
+  o.inflight = -1;
+  ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
+  o.inflight = 16;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  enum { N = 5000 };
+  static int64_t in[N], out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  ck_assert_int_eq(fp_pool_map(p, t_square, in, N, 8, out, 8, &co), 0);
+  for (int i = 0; i < N; i++)
+    ck_assert_int_eq(out[i], (int64_t)i * i);
+  fp_pool_free(p);
+}
+END_TEST
+
 START_TEST(pool_default_processes_is_cpu_count) {
   fp_pool *p = NULL;
   ck_assert_int_eq(fp_pool_new(&p, NULL), 0);
@@ -1282,6 +1308,7 @@ Suite *pool_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, pool_new_and_free_leaves_nothing);
   tcase_add_test(tc, pool_new_rejects_bad_options);
+  tcase_add_test(tc, inflight_accepts_1_to_16);
   tcase_add_test(tc, pool_default_processes_is_cpu_count);
   tcase_add_test(tc, join_before_close_fails);
   tcase_add_test(tc, apply_after_close_fails);

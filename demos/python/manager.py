@@ -16,9 +16,9 @@ Lock with pool workers. Phases, one task per worker:
      safe when no other process writes k; the C demo uses 32768 keys per
      worker, which would take seconds just to create here), 2x the
      updates of the other phases; also done by the master alone (seq vs
-     par in the RESULT line). Every update is two round trips to the one server process,
-     so more workers do not make it faster: the C demo's phase 5 is where
-     shared memory scales.
+     par in the RESULT line). Every update is two round trips to the one
+     server process, so more workers do not make it faster: the C demo's
+     phase 5 is where shared memory scales.
 
 Every access is a round trip to the manager's server process (~30k ops/s),
 so the default sizes are 100x smaller than the C demo's; --full uses 10x

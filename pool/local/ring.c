@@ -224,8 +224,8 @@ static _Atomic int machine_nr_last;
 static _Atomic int machine_spinner;
 
 /* Runnable threads of the machine as last read (the smaller of the last
- * two readings, MACHINE_CHECK_NS apart); *spinner says whether one of them was this pool's spinning pool
- * thread. */
+ * two readings, MACHINE_CHECK_NS apart); *spinner says whether one of
+ * them was this pool's spinning pool thread. */
 static int machine_load(fp__local_shm *shm, int *spinner) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -238,8 +238,8 @@ static int machine_load(fp__local_shm *shm, int *spinner) {
         atomic_load_explicit(&shm->pool_spinning, memory_order_relaxed),
         memory_order_relaxed);
     int nr = machine_running();
-    int prev = atomic_exchange_explicit(&machine_nr_last, nr,
-                                        memory_order_relaxed);
+    int prev =
+        atomic_exchange_explicit(&machine_nr_last, nr, memory_order_relaxed);
     atomic_store_explicit(&machine_nr, nr < prev ? nr : prev,
                           memory_order_relaxed);
   }
