@@ -1551,6 +1551,89 @@ START_TEST(crash_at_every_point_gives_before_or_after) {
 }
 END_TEST
 
+/* What a reader that takes no lock sees of op's effect: the op's key in
+ * the dict (fp_dict_get), the dict's and the list's lengths. */
+typedef struct lfview {
+  uint64_t key, dict_len, list_len;
+} lfview;
+
+static const char *op_key(const cstate *st, int op) {
+  static const char *const keys[NOPS] = {
+      [0] = "brand-new", [1] = "key0", [2] = "key1",  [3] = "key3",
+      [4] = "new-counter", [5] = "key2", [14] = "key3", [15] = "key5"};
+  return op == 16 ? st->grow : keys[op];
+}
+
+static lfview lockfree_view(cstate *st, int op) {
+  lfview v = {0, 0, 0};
+  const char *key = op_key(st, op);
+  if (key != NULL) {
+    fp_writer w;
+    fp_writer_init(&w);
+    int rc = fp_dict_get(st->d, K(key), &w);
+    v.key = rc == 0 ? fnv(0xcbf29ce484222325ULL, w.data, w.len) : (uint64_t)rc;
+    fp_writer_free(&w);
+  }
+  v.dict_len = (uint64_t)fp_dict_len(st->d);
+  v.list_len = (uint64_t)fp_list_len(st->l);
+  return v;
+}
+
+/* A part of what a lock-free reader saw that only the op's effect
+ * explains (it matches the state after the op, not before). */
+static int shows_effect(uint64_t seen, uint64_t pre, uint64_t post) {
+  return seen == post && seen != pre;
+}
+
+/* Killed mid-update, an op may be rolled back only if no reader can have
+ * seen its effect: a lock-free reader that saw the new key, value or
+ * length before the repair must find the state after the op once it is
+ * repaired, never the state before (a key that appears, then vanishes,
+ * and a lock-free add_int on it lost with it). */
+START_TEST(update_seen_by_lockfree_readers_is_never_rolled_back) {
+  static const int ops[] = {0, 1, 2, 4, 5, 7, 9, 10, 11, 14, 15, 16};
+  int stride = fp_test_under_valgrind() ? 5 : 1;
+  long seen_effect = 0;
+
+  for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+    int op = ops[o], done = 0;
+    uint64_t pre, post;
+    lfview lpre, lpost;
+    cstate st;
+
+    cstate_build(&st);
+    cstate_warm(&st, op);
+    lpre = lockfree_view(&st, op);
+    pre = cstate_digest(&st);
+    ck_assert_int_eq(cstate_op(&st, op), 0);
+    lpost = lockfree_view(&st, op);
+    post = cstate_digest(&st);
+    fp_manager_free(st.m);
+    for (long k = 1; !done && k < 20000; k += stride) {
+      if ((done = crash_child(&st, op, k)) == 0) {
+        lfview seen = lockfree_view(&st, op); /* before any repair */
+        int effect = shows_effect(seen.key, lpre.key, lpost.key) ||
+                     shows_effect(seen.dict_len, lpre.dict_len,
+                                  lpost.dict_len) ||
+                     shows_effect(seen.list_len, lpre.list_len,
+                                  lpost.list_len);
+        uint64_t h = cstate_digest(&st); /* takes every lock: repairs */
+        seen_effect += effect;
+        ck_assert_msg(!effect || h == post,
+                      "op %d crash point %ld: a lock-free reader saw the "
+                      "update, then it was rolled back",
+                      op, k);
+        ck_assert_msg(h == pre || h == post,
+                      "op %d crash point %ld: neither before nor after", op, k);
+      }
+      fp_manager_free(st.m);
+    }
+    ck_assert_msg(done, "op %d never completed", op);
+  }
+  ck_assert_int_gt(seen_effect, 10);
+}
+END_TEST
+
 /* A survivor that dies while repairing what another process left is
  * repaired in turn: child A dies at crash point k of an op, child B dies
  * at crash point j of the repair (its first calls take A's locks), and
@@ -1668,6 +1751,7 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, child_killed_mid_update_leaves_valid_state);
   tcase_add_test(tc, crash_at_every_point_gives_before_or_after);
+  tcase_add_test(tc, update_seen_by_lockfree_readers_is_never_rolled_back);
   tcase_add_test(tc, repairer_killed_while_repairing_is_repaired);
   suite_add_tcase(s, tc);
   return s;

@@ -76,6 +76,7 @@
 #define FP__SHM_AUNDO_MAX 320   /* global allocator undo entries */
 #define FP__SHM_HLOG_MAX 8      /* heap step undo entries */
 #define FP__SHM_UNDO_MAX 16     /* journal undo entries */
+#define FP__SHM_PUB_MAX 4       /* words of a journal's publication */
 #define FP__SHM_HEAP_MAX 2048   /* heaps (threads) per manager, at most */
 #define FP__SHM_CACHE_SLOTS 560 /* cached chunk slots of one heap */
 
@@ -136,6 +137,9 @@ typedef struct fp__shm_journal {
   uint64_t release[2]; /* chunks to retire once committed */
   uint64_t deep_n;     /* if nonzero, release[0] is a table whose deep_n
                           entries (crefs, from byte 16 on) are retired first */
+  uint32_t npub;       /* words of the publication once it is logged, else 0 */
+  uint32_t pub_first;  /* its undo entries: undo[pub_first .. +npub) */
+  uint64_t pub_new[FP__SHM_PUB_MAX]; /* the values those words take */
   fp__shm_undo undo[FP__SHM_UNDO_MAX];
 } fp__shm_journal;
 
@@ -397,8 +401,10 @@ FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
  *   fp__shm_jbegin(h)               IDLE -> ACTIVE
  *   fp__shm_alloc(m, h, &j->alloc[k], n), then fill the chunk while
  *     nothing points at it
- *   fp__shm_jset(m, h, &word, v)    for each reachable word changed
  *   j->release[k] = chunk (plain stores)
+ *   fp__shm_jset(m, h, &word, v)    for each reachable word changed that
+ *     lock-free readers do not look at (or see no difference in)
+ *   fp__shm_jpublish(m, h, words, vals, n)   the words they look at, last
  *   fp__shm_jcommit(m, h)           ACTIVE -> COMMITTED -> retires -> IDLE
  * or fp__shm_jabort(m, h) to roll back (e.g. after FP_ENOMEM).
  * fp__shm_jmark(h) / fp__shm_jfinish(m, h) split jcommit for callers that
@@ -408,15 +414,25 @@ FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
 FP__SHM_HIDDEN void fp__shm_jbegin(fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jset(fp_manager *m, fp__shm_heap *h, uint64_t *word,
                                  uint64_t v);
+/* The update's publication: its last stores, the first of which
+ * (words[0]) is the one lock-free readers see the update by (a bucket, a
+ * list's length). Logs all n (<= FP__SHM_PUB_MAX) old and new values, then
+ * stores words[0], then the others. Once words[0] holds its new value the
+ * update counts as done: a reader may have seen it, so a repair rolls it
+ * forward (re-storing the logged values) instead of back. Nothing but
+ * jmark/jcommit may follow it. */
+FP__SHM_HIDDEN void fp__shm_jpublish(fp_manager *m, fp__shm_heap *h,
+                                     uint64_t *const *words,
+                                     const uint64_t *vals, int n);
 FP__SHM_HIDDEN void fp__shm_jcommit(fp_manager *m, fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jmark(fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jfinish(fp_manager *m, fp__shm_heap *h);
 FP__SHM_HIDDEN void fp__shm_jabort(fp_manager *m, fp__shm_heap *h);
 
-/* Repairs dead heap d's journal: ACTIVE rolls back, COMMITTED rolls
- * forward; what it retires goes to d's own limbo, in steps of d's own log,
- * so that a survivor that dies while repairing leaves d repairable.
- * Idempotent. */
+/* Repairs dead heap d's journal: ACTIVE rolls back (forward when its
+ * publication's first word was stored), COMMITTED rolls forward; what it
+ * retires goes to d's own limbo, in steps of d's own log, so that a
+ * survivor that dies while repairing leaves d repairable. Idempotent. */
 FP__SHM_HIDDEN void fp__shm_jrepair(fp_manager *m, fp__shm_heap *d);
 
 /* --- thread.c ----------------------------------------------------------- */

@@ -460,8 +460,9 @@ static int insert_new(fp_manager *m, fp__shm_heap *h, stripe *s,
     abort(); /* reserve_one guarantees a free bucket */
   if (t == old && atomic_load(&t->b[ins]) == TOMB)
     fp__shm_jset(m, h, (uint64_t *)&s->tombs, s->tombs - 1);
-  fp__shm_jset(m, h, (uint64_t *)&t->b[ins], BKT(hash, h->j.alloc[0]));
-  fp__shm_jset(m, h, (uint64_t *)&s->count, s->count + 1);
+  uint64_t *const words[] = {(uint64_t *)&t->b[ins], (uint64_t *)&s->count};
+  const uint64_t vals[] = {BKT(hash, h->j.alloc[0]), s->count + 1};
+  fp__shm_jpublish(m, h, words, vals, 2);
   return 0;
 }
 
@@ -477,7 +478,9 @@ static int replace_node(fp_manager *m, fp__shm_heap *h, table *t, uint64_t i,
   if (is_scalar(old))
     seal(m, h, old);
   h->j.release[0] = fp__shm_off(m, old);
-  fp__shm_jset(m, h, (uint64_t *)&t->b[i], BKT(hash, h->j.alloc[0]));
+  uint64_t *const words[] = {(uint64_t *)&t->b[i]};
+  const uint64_t vals[] = {BKT(hash, h->j.alloc[0])};
+  fp__shm_jpublish(m, h, words, vals, 1);
   return 0;
 }
 
@@ -773,9 +776,10 @@ static int delete_locked(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
     return rc;
   }
   h->j.release[0] = fp__shm_off(m, nd);
-  fp__shm_jset(m, h, (uint64_t *)&t->b[i], TOMB);
-  fp__shm_jset(m, h, (uint64_t *)&s->count, s->count - 1);
-  fp__shm_jset(m, h, (uint64_t *)&s->tombs, s->tombs + 1);
+  uint64_t *const words[] = {(uint64_t *)&t->b[i], (uint64_t *)&s->count,
+                             (uint64_t *)&s->tombs};
+  const uint64_t vals[] = {TOMB, s->count - 1, s->tombs + 1};
+  fp__shm_jpublish(m, h, words, vals, 3);
   commit_unlock(m, h, s);
   return 0;
 }
@@ -834,9 +838,10 @@ static int clear_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
   fp__shm_jbegin(h);
   h->j.release[0] = fp__shm_off(m, t);
   h->j.deep_n = t->cap;
-  fp__shm_jset(m, h, (uint64_t *)&s->table, 0);
-  fp__shm_jset(m, h, (uint64_t *)&s->count, 0);
-  fp__shm_jset(m, h, (uint64_t *)&s->tombs, 0);
+  uint64_t *const words[] = {(uint64_t *)&s->table, (uint64_t *)&s->count,
+                             (uint64_t *)&s->tombs};
+  const uint64_t vals[] = {0, 0, 0};
+  fp__shm_jpublish(m, h, words, vals, 3);
   commit_unlock(m, h, s);
   return 0;
 }

@@ -110,6 +110,14 @@ static void commit_unlock(fp_list *l, fp__shm_heap *h) {
   fp__shm_jfinish(mgr(l), h);
 }
 
+/* The list's length is what fp_list_len reads without the lock: an
+ * update that changes it stores it last, as its publication (journal.c). */
+static void publish_len(fp_manager *m, fp__shm_heap *h, fp_list *l,
+                        uint64_t len) {
+  uint64_t *const words[] = {(uint64_t *)&l->len};
+  fp__shm_jpublish(m, h, words, &len, 1);
+}
+
 /* Resolves a Python-style index against len; FP_ERANGE when outside. */
 static int resolve(fp_list *l, int64_t index, uint64_t *i) {
   int64_t n = (int64_t)l->len;
@@ -160,7 +168,7 @@ static int append_locked(fp_manager *m, fp__shm_heap *h, fp_list *l) {
   if (l->len == l->cap && (rc = grow(m, h, l)) != 0)
     return rc;
   table(m, l)[l->len] = fp__shm_cref(h->j.alloc[0]); /* past len */
-  fp__shm_jset(m, h, (uint64_t *)&l->len, l->len + 1);
+  publish_len(m, h, l, l->len + 1);
   return 0;
 }
 
@@ -300,7 +308,7 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
     h->j.release[1] = l->items;
     fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
   }
-  fp__shm_jset(m, h, (uint64_t *)&l->len, l->len - 1);
+  publish_len(m, h, l, l->len - 1);
   commit_unlock(l, h);
   return 0;
 }
@@ -341,7 +349,7 @@ static void clear_locked(fp_list *l, fp__shm_heap *h) {
   h->j.deep_n = l->len; /* only item[0..len) are live chunks */
   fp__shm_jset(m, h, (uint64_t *)&l->items, 0);
   fp__shm_jset(m, h, (uint64_t *)&l->cap, 0);
-  fp__shm_jset(m, h, (uint64_t *)&l->len, 0);
+  publish_len(m, h, l, 0);
   commit_unlock(l, h);
 }
 
