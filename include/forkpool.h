@@ -1171,8 +1171,12 @@ FP_EXTERN int fp_list_append(fp_list *l, const void *value, size_t vlen);
 
 /* l.extend(values): data/len is a sequence of zero or more encoded values
  * (e.g. several fp_write_* calls into one writer), appended in order under
- * one lock hold, so no other process's item lands between them. If a
- * process dies in the middle, a prefix of the values was appended. */
+ * one lock hold, so no other process's item lands between them. Like
+ * Python's extend over an iterator that fails part-way, a call that fails
+ * with FP_ENOMEM (the arena filled up) leaves the values before the one
+ * that did not fit appended, and so does a process that dies in the
+ * middle: a prefix of the values. Malformed data (FP_EPROTO) is refused
+ * before anything is appended. */
 FP_EXTERN int fp_list_extend(fp_list *l, const void *data, size_t len);
 
 /* Appends l[index] to out. */

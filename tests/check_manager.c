@@ -741,6 +741,65 @@ START_TEST(full_arena_fails_cleanly_and_reuses_memory) {
 }
 END_TEST
 
+/* Calls that write a value out, or append several, when the writer or the
+ * arena fails part-way: a failed pop or setdefault changes nothing (not
+ * the structure, not the writer); a failed extend leaves a prefix, as
+ * documented; a NULL list handle is refused, not dereferenced. */
+START_TEST(failing_calls_change_nothing_or_a_documented_prefix) {
+  fp_manager *m;
+  fp_manager_opts o = {.arena_size = 1u << 20};
+  fp_list *l, *l2;
+  fp_dict *d;
+  fp_writer w, bad, many;
+  unsigned char v[9] = {FP_INT, 3};
+  int rc;
+
+  ck_assert_int_eq(fp_manager_new(&m, &o), 0);
+  fp_manager_free(mgr);
+  mgr = m;
+  ck_assert_int_eq(fp_list_snapshot(NULL, &w), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  /* setdefault into a writer in error: refused before anything is stored */
+  fp_writer_init(&bad);
+  ck_assert_int_eq(fp_write_list_end(&bad), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_setdefault(d, K("new"), v, 9, &bad), FP_EINVAL);
+  ck_assert_int_eq(fp_dict_contains(d, K("new")), 0);
+  ck_assert_int_eq(fp_dict_len(d), 0);
+  fp_writer_free(&bad);
+  /* a pop that needs memory in a full arena: nothing popped, nothing
+   * written */
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  while ((rc = fp_list_append(l, v, 9)) == 0)
+    ;
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  int64_t n = fp_list_len(l);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_list_pop(l, 0, &w), FP_ENOMEM);
+  ck_assert_uint_eq(w.len, 0);
+  ck_assert_int_eq(fp_writer_error(&w), 0);
+  ck_assert_int_eq(fp_list_len(l), n);
+  /* popping the last item needs no memory, and gives it back */
+  ck_assert_int_eq(fp_list_pop(l, -1, &w), 0);
+  ck_assert_uint_eq(w.len, 9);
+  assert_consistent();
+  /* an extend that fills the arena: FP_ENOMEM and a prefix appended */
+  ck_assert_int_eq(fp_list_clear(l), 0);
+  ck_assert_int_eq(fp_list_new(m, &l2), 0);
+  fp_writer_init(&many);
+  for (int i = 0; i < 600; i++) { /* 1.2 MB: more than the arena */
+    static char big[2048];
+    memset(big, 'x', sizeof(big));
+    fp_write_bytes(&many, big, sizeof(big));
+  }
+  ck_assert_int_eq(fp_list_extend(l2, many.data, many.len), FP_ENOMEM);
+  ck_assert_int_gt(fp_list_len(l2), 0);
+  ck_assert_int_lt(fp_list_len(l2), 600);
+  assert_consistent();
+  fp_writer_free(&many);
+  fp_writer_free(&w);
+}
+END_TEST
+
 START_TEST(freed_small_chunks_merge_for_a_large_request) {
   fp_manager *m;
   fp_manager_opts o = {.arena_size = 1u << 20};
@@ -1722,6 +1781,7 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, manager_new_rejects_bad_sizes);
   tcase_add_test(tc, full_arena_fails_cleanly_and_reuses_memory);
+  tcase_add_test(tc, failing_calls_change_nothing_or_a_documented_prefix);
   tcase_add_test(tc, freed_small_chunks_merge_for_a_large_request);
   suite_add_tcase(s, tc);
 

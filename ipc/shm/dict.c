@@ -535,6 +535,13 @@ static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
                         uint64_t ins) {
   int rc;
 
+  /* setdefault writes the value out after the insert: make sure that
+   * cannot fail (a sticky error, no memory) before anything is stored. */
+  if (mode == W_SETDEFAULT && out != NULL &&
+      (rc = fp_writer_reserve(out, vlen)) != 0) {
+    fp__shm_unlock(&s->mu);
+    return rc;
+  }
   fp__shm_jbegin(h);
   if ((rc = insert_new(m, h, s, key, klen, hash, val, vlen, ins)) != 0) {
     fp__shm_jabort(m, h);

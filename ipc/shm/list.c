@@ -289,19 +289,17 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
   value *v = item(m, l, i);
   int rc;
 
-  if (out != NULL && (rc = fp_write_raw(out, v->data, v->vlen)) != 0) {
-    fp__shm_unlock(&l->mu);
-    return rc;
-  }
   fp__shm_jbegin(h);
   h->j.release[0] = fp__shm_cref_off(b[i]);
+  /* Not the last item: a copy of the table without slot i. Allocated
+   * before the value is written out, so that a full arena fails the call
+   * with nothing popped and nothing written. */
+  if (i + 1 < l->len &&
+      (rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) != 0)
+    goto fail;
+  if (out != NULL && (rc = fp_write_raw(out, v->data, v->vlen)) != 0)
+    goto fail;
   if (i + 1 < l->len) {
-    /* Not the last item: publish a copy of the table without slot i. */
-    if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) != 0) {
-      fp__shm_jabort(m, h);
-      fp__shm_unlock(&l->mu);
-      return rc;
-    }
     uint64_t *nb = (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2;
     memcpy(nb, b, i * 8);
     memcpy(nb + i, b + i + 1, (l->len - i - 1) * 8);
@@ -311,6 +309,11 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
   publish_len(m, h, l, l->len - 1);
   commit_unlock(l, h);
   return 0;
+
+fail: /* the write, if it failed, wrote nothing (writers are sticky) */
+  fp__shm_jabort(m, h);
+  fp__shm_unlock(&l->mu);
+  return rc;
 }
 
 int fp_list_pop(fp_list *l, int64_t index, fp_writer *out) {
@@ -384,13 +387,14 @@ int fp_list_destroy(fp_list *l) {
 
 int fp_list_snapshot(fp_list *l, fp_writer *out) {
   fp__shm_heap *h;
-  fp_manager *m = mgr(l);
+  fp_manager *m;
   int rc;
 
   if (out == NULL)
     return FP_EINVAL;
   if ((rc = enter(l, &h)) != 0)
     return rc;
+  m = mgr(l); /* l is a checked handle now */
   if ((rc = lock_list(l, h)) == 0) {
     rc = fp_write_list_begin(out);
     for (uint64_t i = 0; rc == 0 && i < l->len; i++) {
