@@ -379,8 +379,11 @@ int fp__topology_load(const char *sysroot, const fp_cpuset *usable,
   for (int i = 0; i < t->nusable; i++)
     t->cpus[i].cpu = fp_cpuset_nth(&t->usable, i);
 
-  /* fp_cpulist_parse sets the thread's affinity error on bad input; a
-   * malformed sysfs file is not the caller's error, so save and clear. */
+  /* fp_cpulist_parse sets (and clears) the thread's affinity message; a
+   * malformed sysfs file is not the caller's error, and loading the
+   * topology is not an affinity call: keep the caller's message. */
+  char saved[FP__ERRMSG_LEN];
+  snprintf(saved, sizeof saved, "%s", fp__err_get(FP__ERR_AFFINITY));
   if (read_text(sysroot, "/sys/devices/system/cpu/online", buf, sizeof buf) ==
           0 &&
       fp_cpulist_parse(buf, &online) == 0 && fp_cpuset_count(&online) > 0) {
@@ -389,7 +392,7 @@ int fp__topology_load(const char *sysroot, const fp_cpuset *usable,
     long on = sysconf(_SC_NPROCESSORS_ONLN);
     t->online = on > 0 ? (int)on : t->nusable;
   }
-  fp__err_clear(FP__ERR_AFFINITY);
+  fp__err_setf(FP__ERR_AFFINITY, "%s", saved);
 
   load_ids(sysroot, t);
   derive_counts(t);

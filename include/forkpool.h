@@ -1321,7 +1321,8 @@ FP_EXTERN int fp_array_from_ref(fp_manager *m, uint64_t ref, fp_array **out);
 static inline int64_t fp__as_i(int64_t v) { return v; }
 static inline double fp__as_d(double v) { return v; }
 static inline const char *fp__as_s(const char *v) { return v; }
-static inline int fp__as_b(int v) { return v != 0; }
+/* Widest type: a 64-bit value whose low 32 bits are zero is still true. */
+static inline int fp__as_b(unsigned long long v) { return v != 0; }
 
 #if defined(__GNUC__)
 /* Never defined: a call compiled in (FP_MAP over a void *) is an error. */

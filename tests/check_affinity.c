@@ -768,6 +768,20 @@ START_TEST(plan_compact_list_none_on_fixture) {
 }
 END_TEST
 
+/* Loading the topology is not an affinity call: the message a failed
+ * affinity call left stays until the thread's next affinity call. */
+START_TEST(topology_get_keeps_the_affinity_message) {
+  fp_topology *t = NULL;
+  char before[600];
+  ck_assert_int_lt(fp_affinity_pin(4000), 0);
+  snprintf(before, sizeof before, "%s", fp_affinity_error());
+  ck_assert_uint_gt(strlen(before), 0);
+  ck_assert_int_eq(fp_topology_get(&t), 0);
+  ck_assert_str_eq(fp_affinity_error(), before);
+  fp_topology_free(t);
+}
+END_TEST
+
 START_TEST(plan_on_this_machine) {
   fp_cpuset s = current_mask();
   int n = fp_cpuset_count(&s), nw = 2 * n + 1;
@@ -875,6 +889,7 @@ Suite *affinity_suite(void) {
   tcase_add_test(tc, current_cpu_is_usable);
   tcase_add_test(tc, plan_compact_list_none_on_fixture);
   tcase_add_test(tc, plan_on_this_machine);
+  tcase_add_test(tc, topology_get_keeps_the_affinity_message);
   tcase_add_test(tc, apply_pins_worker_and_minus_one_is_noop);
   suite_add_tcase(s, tc);
   return s;

@@ -681,6 +681,63 @@ START_TEST(list_counts_items_of_every_kind) {
 }
 END_TEST
 
+/* A span read back from the writer's own buffer may be written into it
+ * again: the writer grows (and moves) its buffer before it copies. */
+START_TEST(writes_from_the_writers_own_buffer) {
+  fp_writer w;
+  fp_reader r;
+  char text[41];
+
+  memset(text, 't', 40);
+  text[40] = 0;
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_write_str(&w, text), 0);
+  for (int i = 0; i < 12; i++) { /* doubles each round: many moves */
+    size_t len = w.len;
+    fp_reader_init(&r, w.data, w.len);
+    while (!fp_reader_at_end(&r))
+      ck_assert_int_eq(fp_copy_value(&w, &r), 0);
+    ck_assert_uint_eq(w.len, 2 * len);
+  }
+  ck_assert_int_eq(fp_write_bytes(&w, w.data + 5, 40), 0);
+  ck_assert_int_eq(memcmp(w.data + w.len - 40, text, 40), 0);
+  ck_assert_int_eq(fp_write_strn(&w, (const char *)w.data + 5, 40), 0);
+  ck_assert_int_eq(memcmp(w.data + w.len - 41, text, 40), 0);
+  fp_reader_init(&r, w.data, w.len);
+  const char *s;
+  size_t n;
+  long count = 0;
+  while (!fp_reader_at_end(&r)) {
+    if (fp_read_str(&r, &s, &n) == 0) {
+      ck_assert_uint_eq(n, 40);
+      ck_assert_int_eq(memcmp(s, text, 40), 0);
+    } else {
+      const void *b;
+      ck_assert_int_eq(fp_read_bytes(&r, &b, &n), 0);
+      ck_assert_uint_eq(n, 40);
+    }
+    count++;
+  }
+  ck_assert_int_eq(count, (1 << 12) + 2);
+  fp_writer_free(&w);
+}
+END_TEST
+
+/* A writer's first error stays: bytes_begin without a destination on a
+ * writer already in error returns that error, not FP_EINVAL. */
+START_TEST(bytes_begin_keeps_the_sticky_error) {
+  fp_writer w;
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_write_list_end(&w), FP_EINVAL);
+  fp_writer_free(&w);
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_writer_reserve(&w, SIZE_MAX), FP_ENOMEM);
+  ck_assert_int_eq(fp_write_bytes_begin(&w, 4, NULL), FP_ENOMEM);
+  ck_assert_int_eq(fp_writer_error(&w), FP_ENOMEM);
+  fp_writer_free(&w);
+}
+END_TEST
+
 START_TEST(reader_null_and_empty_inputs) {
   fp_reader r;
   fp_reader_init(&r, NULL, 0);
@@ -715,6 +772,8 @@ Suite *codec_suite(void) {
   tcase_add_test(tc, values_count_counts_top_level_values);
   tcase_add_test(tc, list_counts_items_of_every_kind);
   tcase_add_test(tc, reader_null_and_empty_inputs);
+  tcase_add_test(tc, writes_from_the_writers_own_buffer);
+  tcase_add_test(tc, bytes_begin_keeps_the_sticky_error);
   suite_add_tcase(s, tc);
   return s;
 }

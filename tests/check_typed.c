@@ -110,6 +110,28 @@ START_TEST(pack_floats_strings_and_bools_by_type) {
 }
 END_TEST
 
+/* FP_B(x) is true for every nonzero integer, of any width: a 64-bit value
+ * whose low 32 bits are zero included. */
+START_TEST(bool_of_a_wide_integer_is_its_truth) {
+  long long big = 1LL << 32, neg = -(1LL << 40);
+  unsigned long top = 1UL << 63;
+  fp_writer w;
+  fp_reader r;
+  int b;
+  fp_writer_init(&w);
+  ck_assert_int_eq(
+      fp_pack(&w, "? ? ? ?", FP_B(big), FP_B(neg), FP_B(top), FP_B(0LL)), 0);
+  fp_reader_init(&r, w.data, w.len);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(fp_read_bool(&r, &b), 0);
+    ck_assert_int_eq(b, 1);
+  }
+  ck_assert_int_eq(fp_read_bool(&r, &b), 0);
+  ck_assert_int_eq(b, 0);
+  fp_writer_free(&w);
+}
+END_TEST
+
 START_TEST(pack_equals_the_explicit_format) {
   fp_writer a, b;
   fp_writer_init(&a);
@@ -397,6 +419,7 @@ Suite *typed_suite(void) {
   TCase *tc = tcase_create("pack");
   tcase_add_test(tc, pack_converts_every_integer_type_to_int64);
   tcase_add_test(tc, pack_floats_strings_and_bools_by_type);
+  tcase_add_test(tc, bool_of_a_wide_integer_is_its_truth);
   tcase_add_test(tc, pack_equals_the_explicit_format);
   tcase_add_test(tc, pack_evaluates_each_argument_once);
   tcase_add_test(tc, pack_list_writes_one_tuple);

@@ -216,6 +216,19 @@ static int grow(fp_writer *w, size_t extra) {
   return 0;
 }
 
+/* Like grow(), for a write whose source *src may lie in w's own buffer
+ * (a span read back from it): growing moves the buffer, so *src is taken
+ * as an offset across the move. Returns 0 or FP_ENOMEM (sticky). */
+static int grow_from(fp_writer *w, size_t extra, const void **src) {
+  uintptr_t s = (uintptr_t)*src, d = (uintptr_t)w->data;
+  if (w->data == NULL || s < d || s >= d + w->len)
+    return grow(w, extra);
+  size_t off = (size_t)(s - d);
+  int rc = grow(w, extra);
+  *src = w->data + off;
+  return rc;
+}
+
 int fp_writer_reserve(fp_writer *w, size_t extra) {
   if (w == NULL)
     return FP_EINVAL;
@@ -322,7 +335,7 @@ int fp_write_float(fp_writer *w, double v) {
 /* Writes the header of a str or bytes value of n bytes (plus the string's
  * terminator) and returns where its n bytes go; the caller fills them and
  * the value is already committed. Returns NULL with the error in *rc. */
-static unsigned char *write_sized(fp_writer *w, int tag, const void *src,
+static unsigned char *write_sized(fp_writer *w, int tag, const void **src,
                                   size_t n, int *rc) {
   size_t size;
   unsigned char *p;
@@ -335,7 +348,7 @@ static unsigned char *write_sized(fp_writer *w, int tag, const void *src,
     *rc = w->err;
     return NULL;
   }
-  if (src == NULL && n != 0) {
+  if (*src == NULL && n != 0) {
     *rc = fail(w, FP_EINVAL);
     return NULL;
   }
@@ -348,6 +361,8 @@ static unsigned char *write_sized(fp_writer *w, int tag, const void *src,
     return NULL;
   }
   size = 5 + n + (tag == FP_STR);
+  if (n != 0 && (*rc = grow_from(w, size, src)) != 0)
+    return NULL;
   if ((p = value_begin(w, size, rc)) == NULL)
     return NULL;
   p[0] = (unsigned char)tag;
@@ -360,12 +375,13 @@ static unsigned char *write_sized(fp_writer *w, int tag, const void *src,
 
 int fp_write_strn(fp_writer *w, const char *s, size_t n) {
   int rc;
-  unsigned char *p = write_sized(w, FP_STR, s, n, &rc);
+  const void *src = s; /* moved along if s is in w's own buffer */
+  unsigned char *p = write_sized(w, FP_STR, &src, n, &rc);
 
   if (p == NULL)
     return rc;
   if (n != 0)
-    memcpy(p, s, n);
+    memcpy(p, src, n);
   return 0;
 }
 
@@ -381,12 +397,13 @@ int fp_write_str(fp_writer *w, const char *s) {
 
 int fp_write_bytes(fp_writer *w, const void *p, size_t n) {
   int rc;
-  unsigned char *dst = write_sized(w, FP_BYTES, p, n, &rc);
+  const void *src = p; /* moved along if p is in w's own buffer */
+  unsigned char *dst = write_sized(w, FP_BYTES, &src, n, &rc);
 
   if (dst == NULL)
     return rc;
   if (n != 0)
-    memcpy(dst, p, n);
+    memcpy(dst, src, n);
   return 0;
 }
 
@@ -394,10 +411,13 @@ int fp_write_bytes_begin(fp_writer *w, size_t n, void **dst) {
   int rc;
   unsigned char *p;
 
+  if (w != NULL && w->err != 0)
+    return w->err; /* sticky: every later write returns it */
   if (dst == NULL)
     return w != NULL ? fail(w, FP_EINVAL) : FP_EINVAL;
   /* write_sized only checks src for NULL; any non-NULL marker will do. */
-  p = write_sized(w, FP_BYTES, "", n, &rc);
+  const void *marker = "";
+  p = write_sized(w, FP_BYTES, &marker, n, &rc);
   *dst = p;
   return p != NULL ? 0 : rc;
 }
@@ -449,6 +469,8 @@ int fp_write_raw(fp_writer *w, const void *enc, size_t n) {
     rc = FP_EPROTO; /* trailing bytes: more than one value */
   if (rc != 0)
     return fail(w, rc);
+  if ((rc = grow_from(w, n, &enc)) != 0)
+    return rc;
   if ((p = value_begin(w, n, &rc)) == NULL)
     return rc;
   memcpy(p, enc, n);
