@@ -278,9 +278,9 @@ STRESS_SECONDS ?= 120
 STRESS := $(BUILD)/tests/stress
 .PHONY: stress
 
-$(STRESS): tests/stress/stress.c $(STATIC) | $(BUILD)/.deps
+$(STRESS): tests/stress/stress.c tests/child.c $(STATIC) | $(BUILD)/.deps
 	@mkdir -p $(@D)
-	$(CC) $(BASEFLAGS) -o $@ $< $(STATIC) -rdynamic $(LDFLAGS) $(DEP_LIBS)
+	$(CC) $(BASEFLAGS) -o $@ $< tests/child.c $(STATIC) -rdynamic $(LDFLAGS) $(DEP_LIBS)
 
 stress: $(STRESS)
 	$(SAN_ENV) $(STRESS) $(STRESS_SECONDS)

@@ -174,48 +174,12 @@ static pid_t fork_child(void) {
   return pid;
 }
 
-/* Waits for child pid at most `limit` seconds (a pidfd makes the wait
- * block, not spin). Returns 0 with *status once it was reaped, or
- * FP_ETIMEDOUT after SIGKILLing and reaping it. */
-static int wait_child(pid_t pid, double limit, int *status) {
-  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  double end = now_s() + limit;
-  int rc = FP_ETIMEDOUT;
-  for (;;) {
-    pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid) {
-      rc = 0;
-      break;
-    }
-    if (r < 0 && errno != EINTR)
-      break;
-    double left = end - now_s();
-    if (left <= 0)
-      break;
-    if (pfd >= 0) {
-      struct pollfd pf = {pfd, POLLIN, 0};
-      poll(&pf, 1, (int)(left * 1000) + 1);
-    } else {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
-    }
-  }
-  if (rc != 0) {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR) {
-    }
-  }
-  if (pfd >= 0)
-    close(pfd);
-  return rc;
-}
-
 /* Runs a forked child to completion within `limit` seconds and asserts it
  * exited with status 0; `what` names it in the failure message. */
 static void assert_child_ok(pid_t pid, double limit, const char *what) {
   int st = 0;
   ck_assert_int_ge(pid, 0);
-  int rc = wait_child(pid, limit, &st);
+  int rc = fp_test_wait_child(pid, limit, &st);
   ck_assert_msg(rc == 0, "%s: still running after %.0fs (hang), killed%s%s",
                 what, limit, g_sh->msg[0] ? "; last step: " : "", g_sh->msg);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
@@ -790,7 +754,7 @@ START_TEST(huge_restart_window_still_stops_storm) {
   for (int k = 0; k <= NHUGE; k++) {
     double t = k < NHUGE ? k_huge[k] : NAN;
     int st;
-    if (wait_child(pids[k], 10, &st) != 0) {
+    if (fp_test_wait_child(pids[k], 10, &st) != 0) {
       note(&rp, "restart_window=%g: fp_pool_new never returned", t);
       continue;
     }
@@ -1698,7 +1662,7 @@ START_TEST(dict_destroy_racing_insert_keeps_arena) {
     counter_wait(&g_sh->arrived, 1, 10);
     int rc = fp_dict_destroy(d);
     int st;
-    ck_assert_int_eq(wait_child(pid, 20, &st), 0);
+    ck_assert_int_eq(fp_test_wait_child(pid, 20, &st), 0);
     ck_assert_int_eq(rc, 0);
     char err[256] = "";
     rc = fp__shm_check(m, err, sizeof(err));

@@ -9,6 +9,8 @@
 #ifndef FP_TESTUTIL_H
 #define FP_TESTUTIL_H
 
+#include "child.h"
+
 #include <check.h>
 
 /* Asserts that the calling process has no child (zombie or live). */

@@ -49,6 +49,7 @@
  * allocator's lock, a hang of the sanitizer, not of the library.
  */
 #include "forkpool.h"
+#include "../child.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -242,40 +243,6 @@ static pid_t fork_child(void) {
   return pid;
 }
 
-/* Waits for child pid at most `limit` seconds; SIGKILLs it when over.
- * Returns 0 with *status, or -1 when it had to be killed. */
-static int wait_child(pid_t pid, double limit, int *status) {
-  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  double end = now_s() + limit;
-  int rc = -1;
-  for (;;) {
-    pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid) {
-      rc = 0;
-      break;
-    }
-    if (r < 0 && errno != EINTR)
-      break;
-    double left = end - now_s();
-    if (left <= 0)
-      break;
-    if (pfd >= 0) {
-      struct pollfd pf = {pfd, POLLIN, 0};
-      poll(&pf, 1, (int)(left * 1000) + 1);
-    } else {
-      nap_ms(1);
-    }
-  }
-  if (rc != 0) {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR) {
-    }
-  }
-  if (pfd >= 0)
-    close(pfd);
-  return rc;
-}
-
 /* Runs a forked child's verdict: it must exit 0 within CHILD_LIMIT_S. */
 static int child_verdict(pid_t pid, const char *scenario, const char *what) {
   int st = 0;
@@ -284,7 +251,7 @@ static int child_verdict(pid_t pid, const char *scenario, const char *what) {
     fail(scenario, "%s: fork: %s", what, strerror(errno));
     return -1;
   }
-  if (wait_child(pid, CHILD_LIMIT_S, &st) != 0) {
+  if (fp_test_wait_child(pid, CHILD_LIMIT_S, &st) != 0) {
     fail(scenario, "%s: still running after %ds (hang), killed%s%s", what,
          CHILD_LIMIT_S, g_sh->msg[0] ? "; last step: " : "", g_sh->msg);
     return -1;
