@@ -636,7 +636,9 @@ typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
 /* A producer for streaming imap: write the next input item (one value)
  * into `item` and return 1, return 0 at the end of the input, or a negative
  * code to stop with that error. Called on the thread that calls
- * fp_pool_imap_producer() / fp_iter_next(), never concurrently. */
+ * fp_pool_imap_producer() / fp_iter_next(), or fp_pool_join() after
+ * fp_pool_close() (which reads what is left of the input), never two calls
+ * at once, and never after fp_iter_free() returned. */
 typedef int (*fp_producer_fn)(void *arg, fp_writer *item);
 
 typedef enum fp_crash_policy {
@@ -762,7 +764,12 @@ FP_EXTERN int fp_pool_terminate(fp_pool *pool);
 
 /* Waits until the workers, the fork server and the pool thread are gone.
  * Only after fp_pool_close() or fp_pool_terminate(): in state RUN it
- * returns FP_EINVAL (CPython raises ValueError). Returns 0. */
+ * returns FP_EINVAL (CPython raises ValueError). Returns 0. After close,
+ * queued work finishes first, and so does every producer-fed imap: join
+ * reads what is left of its input, calling the producer on this thread
+ * without the read-ahead bound (as CPython's task handler exhausts imap's
+ * generator), so its results wait for fp_iter_next(). Several threads may
+ * join at once; each returns when the pool is gone. */
 FP_EXTERN int fp_pool_join(fp_pool *pool);
 
 /* Terminates (unless already joined: even after fp_pool_close, queued work
@@ -870,7 +877,8 @@ FP_EXTERN int fp_pool_imap_unordered(fp_pool *pool, fp_task_fn fn,
 /* The same fed by a producer, with bounded read-ahead: at most
  * opts->readahead items are produced and not yet consumed, so an input
  * larger than memory streams through in constant memory. The producer runs
- * on the caller's thread, here and inside fp_iter_next(). */
+ * on the caller's thread, here and inside fp_iter_next(); a chunk stops
+ * short rather than pass the bound. */
 FP_EXTERN int fp_pool_imap_producer(fp_pool *pool, fp_task_fn fn,
                                     fp_producer_fn producer, void *parg,
                                     const fp_call_opts *opts, fp_iter **it);
@@ -886,7 +894,8 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
  * that item's failure code (FP_ETIMEDOUT only for an item that hit its
  * time limit; fp_iter_error() has its message, and the iteration goes on
  * with the next call, as Python's imap re-raises and continues). A producer's error ends the
- * iteration with that code. */
+ * iteration with that code. Inside a result callback (the pool thread,
+ * which delivers the items) a call that would wait returns FP_EINVAL. */
 FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 
 /* Input index of the item last returned by fp_iter_next (useful with

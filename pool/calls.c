@@ -442,7 +442,7 @@ static int values_async(fp_pool *pool, int kind, fp_task_fn fn,
   fp__job *job;
   fp__chunk **heap;
   if (res == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL result pointer");
   *res = NULL;
   int rc = make_values(pool, kind, fn, items, 0, opts, &job, &heap);
   if (rc != 0)
@@ -456,9 +456,13 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
   fp__job *job;
   fp__chunk **heap;
   fp_result *res;
-  if (pool == NULL || !blocking_allowed(pool))
-    return FP_EINVAL;
-  int rc = make_values(pool, kind, fn, items, 1, opts, &job, &heap);
+  if (pool == NULL)
+    return fp__refuse("NULL pool");
+  if (!blocking_allowed(pool))
+    return FP_EINVAL; /* its message is set */
+  /* Items are borrowed for the call, unless they are out's own bytes:
+   * the results streaming into out would move them. */
+  int rc = make_values(pool, kind, fn, items, items != out, opts, &job, &heap);
   if (rc == 0) {
     stream_into(job, out,
                 kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
@@ -484,7 +488,7 @@ int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
                       const fp_call_opts *opts, fp_result **res) {
   fp__job *job;
   if (res == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL result pointer");
   *res = NULL;
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
   if (rc != 0)
@@ -497,8 +501,10 @@ int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
                 const fp_call_opts *opts) {
   fp__job *job;
   fp_result *res;
-  if (pool == NULL || !blocking_allowed(pool))
-    return FP_EINVAL;
+  if (pool == NULL)
+    return fp__refuse("NULL pool");
+  if (!blocking_allowed(pool))
+    return FP_EINVAL; /* its message is set */
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
   if (rc == 0)
     rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
@@ -560,7 +566,7 @@ static int imap_common(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
   fp__job *job;
   fp__chunk **heap;
   if (it == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL iterator pointer");
   *it = NULL;
   int rc = make_values(pool, ordered ? FP__JOB_IMAP : FP__JOB_IMAP_UNORDERED,
                        fn, items, 0, opts, &job, &heap);
@@ -585,7 +591,7 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
                                 const fp_call_opts *opts, int ordered,
                                 fp_iter **out) {
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL iterator pointer");
   *out = NULL;
   if (pool == NULL || fn == NULL || producer == NULL)
     return fail_call(FP_EINVAL);
@@ -612,8 +618,7 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
   it->readahead = opts && opts->readahead
                       ? opts->readahead
                       : 8 * job->chunksize * (size_t)pool->nworkers;
-  if (it->readahead < job->chunksize)
-    it->readahead = job->chunksize;
+  /* A readahead below chunksize is honoured: chunks then stop short. */
   fp__iter_fill(it); /* a producer error is reported by fp_iter_next */
   return 0;
 }

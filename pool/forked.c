@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* forked.c - how a copy of the master knows it is a copy.
+/* forked.c - how a copy of the master knows it is a copy, and how a
+ * thread knows it is a pool's thread.
  *
  * A process forked from the master (by the user, or a worker started by
  * the fork server) inherits every pool's memory but none of its threads.
@@ -14,8 +15,13 @@
 
 static _Atomic unsigned fork_gen;
 
+/* Set by each pool thread for itself (pool.c): which thread runs a loop
+ * is, like which process owns a pool, something a fork changes. */
+__thread const fp_pool *fp__tl_loop_pool;
+
 static void on_fork_child(void) {
   atomic_fetch_add(&fork_gen, 1);
+  fp__tl_loop_pool = NULL; /* the child's one thread runs no loop */
 }
 
 static void register_atfork(void) {

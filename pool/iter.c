@@ -10,6 +10,7 @@
  * fp_iter_next(), without any lock held.
  */
 #include "pool/pool_int.h"
+#include "ipc/wire/error.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
   if (it == NULL)
     return NULL;
   pthread_mutex_init(&it->mu, NULL);
+  pthread_mutex_init(&it->pmu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -34,12 +36,12 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
 
 /* ---- the producer ------------------------------------------------------- */
 
-/* Reads up to it->chunksize items from the producer into w. Returns 0
- * (*count items; the producer may have ended) or a negative error. */
-static int produce_chunk(fp_iter *it, fp_writer *w, size_t room,
+/* Reads up to `limit` items from the producer into w. Returns 0 (*count
+ * items; the producer may have ended) or a negative error. */
+static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
                          uint32_t *count) {
   *count = 0;
-  while (*count < it->chunksize) {
+  while (*count < limit) {
     size_t before = w->len;
     int rc = it->producer(it->parg, w);
     if (rc == 0) {
@@ -79,9 +81,9 @@ static void queue_chunk_locked(fp_pool *pool, fp_iter *it, fp__job *job,
   it->produced += count;
 }
 
-/* Produces one chunk and queues it. Returns 1 to go on, 0 when done, or a
- * negative error that ends the iteration. */
-static int fill_one(fp_iter *it, fp_pool *pool) {
+/* Produces one chunk of at most `limit` items and queues it. Returns 1 to
+ * go on, 0 when done, or a negative error that ends the iteration. */
+static int fill_one(fp_iter *it, fp_pool *pool, size_t limit) {
   fp__chunk *ch = calloc(1, sizeof(*ch));
   if (ch == NULL)
     return FP_ENOMEM;
@@ -89,7 +91,7 @@ static int fill_one(fp_iter *it, fp_pool *pool) {
   fp_writer w;
   fp_writer_init(&w);
   uint32_t count;
-  int rc = produce_chunk(it, &w, pool->max_frame - FP__FRAME_OVERHEAD,
+  int rc = produce_chunk(it, &w, pool->max_frame - FP__FRAME_OVERHEAD, limit,
                          &count);
   fp__pool_lock(pool);
   fp__job *job = it->job;
@@ -119,7 +121,8 @@ static int fill_one(fp_iter *it, fp_pool *pool) {
   return rc < 0 ? rc : more;
 }
 
-int fp__iter_fill(fp_iter *it) {
+/* fp__iter_fill with it->pmu held; bounded: 0 for no bound. */
+static int fill_locked(fp_iter *it, int bounded) {
   for (;;) {
     pthread_mutex_lock(&it->mu);
     fp_pool *pool = it->pool;
@@ -127,13 +130,37 @@ int fp__iter_fill(fp_iter *it) {
     pthread_mutex_unlock(&it->mu);
     if (pool != NULL && fp__pool_foreign(pool))
       return FP_EINVAL; /* a forked copy: see calls.c job_alloc */
-    if (it->producer_done || pool == NULL ||
-        it->produced - consumed >= (int64_t)it->readahead)
+    int64_t room = (int64_t)it->readahead - (it->produced - consumed);
+    if (!bounded)
+      room = (int64_t)it->chunksize;
+    if (it->producer_done || pool == NULL || room <= 0)
       return 0;
-    int rc = fill_one(it, pool);
+    /* A chunk never takes the items produced and not consumed past
+     * readahead: a short chunk when a full one would. */
+    int rc = fill_one(it, pool,
+                      room < (int64_t)it->chunksize ? (size_t)room
+                                                    : it->chunksize);
     if (rc <= 0)
       return rc;
   }
+}
+
+int fp__iter_fill(fp_iter *it) {
+  pthread_mutex_lock(&it->pmu);
+  int rc = fill_locked(it, 1);
+  pthread_mutex_unlock(&it->pmu);
+  return rc;
+}
+
+void fp__iter_finish_input(fp_iter *it) {
+  pthread_mutex_lock(&it->pmu);
+  fill_locked(it, 0); /* an error ends the iteration with it, as always */
+  pthread_mutex_unlock(&it->pmu);
+  pthread_mutex_lock(&it->mu);
+  int left = --it->refs;
+  pthread_mutex_unlock(&it->mu);
+  if (left == 0)
+    fp__iter_destroy(it);
 }
 
 /* ---- consuming ---------------------------------------------------------- */
@@ -247,6 +274,14 @@ static void poll_for_next(fp_iter *it) {
   pthread_mutex_lock(&it->mu);
 }
 
+/* Whether the caller is the thread that delivers results (it->mu held):
+ * waiting there for an item would wait for itself, as a result's waiter
+ * inside a callback would (result.c). */
+static int on_delivering_thread(fp_iter *it) {
+  return fp__result_in_callback() != NULL ||
+         (it->pool != NULL && fp__on_pool_thread(it->pool));
+}
+
 int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   int spun = 0;
   if (it == NULL || item == NULL || !fp__timeout_ok(timeout))
@@ -280,6 +315,12 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
       continue;
     }
     int expired = timeout == 0;
+    if (!expired && on_delivering_thread(it)) {
+      pthread_mutex_unlock(&it->mu);
+      fp__set_last_error(FP_EINVAL, "blocking fp_iter_next from a callback "
+                                    "(pool thread): it would wait for itself");
+      return FP_EINVAL;
+    }
     if (!expired && !spun) {
       spun = 1;
       poll_for_next(it);
@@ -340,6 +381,11 @@ void fp_iter_free(fp_iter *it) {
     fp__pool_unlock(pool);
     atomic_fetch_sub(&pool->spinners, 1);
   }
+  /* No producer call after this returns: the caller may free its state.
+   * (A joining thread may be reading the input right now.) */
+  pthread_mutex_lock(&it->pmu);
+  it->producer_done = 1;
+  pthread_mutex_unlock(&it->pmu);
   pthread_mutex_lock(&it->mu);
   drop_chunks(it);
   int left = --it->refs;

@@ -323,6 +323,7 @@ void fp__iter_destroy(fp_iter *it) {
   free(it->final_msg);
   free(it->done_by_num);
   pthread_mutex_destroy(&it->mu);
+  pthread_mutex_destroy(&it->pmu);
   pthread_cond_destroy(&it->cond);
   free(it);
 }

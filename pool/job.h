@@ -89,6 +89,7 @@ struct fp__job {
   int on_crash, retries;
   fp__progress *pg;
   int input_done;               /* no more chunks will be added */
+  int input_read_by_join;       /* a join read what was left (pool.c) */
   int finished;                 /* outcome delivered */
   int canceled;                 /* failed as a whole (cancel, abort ...) */
   int err_code;                 /* lowest failing item so far */
@@ -146,7 +147,9 @@ struct fp_iter {
   char *final_msg;
   int64_t last_index;
   char msg[FP__MSG_LEN];
-  /* producer side (caller's thread) */
+  /* producer side (the consumer's thread, or a joining one) */
+  pthread_mutex_t pmu;  /* held around every producer call: never two at
+                           once, and none after fp_iter_free */
   fp_producer_fn producer;
   void *parg;
   int producer_done;

@@ -137,6 +137,7 @@ static void on_wake(uv_async_t *a) {
 
 static void *pool_thread(void *arg) {
   fp_pool *pool = arg;
+  fp__tl_loop_pool = pool;
   uv_run(&pool->loop, UV_RUN_DEFAULT);
   fp__pool_lock(pool);
   fp_result *done = fp__jobset_take_done_locked(&pool->jobs);
@@ -285,11 +286,23 @@ static int open_link(fp_pool *pool, const fp__link_events *ev) {
     rc = fp__transport_mpi(&pool->opts, &ops, &pool->nworkers);
   else if (pool->opts.transport != FP_TRANSPORT_LOCAL)
     fp__set_last_error(rc = FP_EINVAL, "unknown fp_pool_opts.transport");
-  if (rc == 0 && (rc = plan_workers(pool)) == 0 &&
-      (rc = ops->open(&pool->link, &pool->wconf, ev)) != 0)
-    fp__set_last_error(rc, ops == &fp__link_local
-                               ? "cannot start the fork server"
-                               : "cannot open the worker link");
+  if (rc == 0)
+    rc = plan_workers(pool);
+  if (rc == 0) {
+    /* The local link forks its fork server here: with 0-2 held, that
+     * process (and every worker it forks) starts with them filled, so
+     * nothing it opens (libuv's fork handler re-creates its signal pipe
+     * in every child) lands on a standard slot that libuv later refuses
+     * to close (stdfd.c). */
+    int held[3];
+    fp__stdfd_hold(held);
+    rc = ops->open(&pool->link, &pool->wconf, ev);
+    fp__stdfd_release(held);
+    if (rc != 0)
+      fp__set_last_error(rc, ops == &fp__link_local
+                                 ? "cannot start the fork server"
+                                 : "cannot open the worker link");
+  }
   return rc;
 }
 
@@ -363,7 +376,7 @@ static int await_workers(fp_pool *pool) {
 
 int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL pool pointer");
   *out = NULL;
   fp_pool *pool = pool_alloc();
   if (pool == NULL)
@@ -405,14 +418,17 @@ int fp_pool_size(const fp_pool *pool) {
 int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
   if (pool == NULL || info == NULL || i < 0 || i >= pool->nworkers ||
       fp__pool_foreign(pool))
-    return FP_EINVAL;
+    return fp__refuse("fp_pool_worker_info: NULL pool or info, index out of "
+                  "range, or a forked copy of the pool");
   fp__pool_lock(pool);
   fp__wslot *ws = &pool->ws[i];
   fp__running run;
-  info->pid = ws->alive ? ws->pid : 0;
+  info->pid = ws->alive && !pool->joined ? ws->pid : 0; /* joined: reaped */
   info->cpu = ws->cpu;
   info->last_cpu = -1;
-  if (ws->tasks && pool->link->ops->running(pool->link, i, &run) == 0)
+  /* A joined pool's link is gone (or going): no worker runs anything. */
+  if (ws->tasks && !pool->joined &&
+      pool->link->ops->running(pool->link, i, &run) == 0)
     info->last_cpu = run.cpu;
   info->tasks = ws->tasks;
   info->restarts = ws->restarts;
@@ -422,7 +438,7 @@ int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
 
 int fp_pool_close(fp_pool *pool) {
   if (pool == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL pool");
   if (fp__pool_foreign(pool))
     return 0; /* a forked copy: the pool is the parent's */
   fp__pool_lock(pool);
@@ -435,7 +451,9 @@ int fp_pool_close(fp_pool *pool) {
 
 int fp_pool_terminate(fp_pool *pool) {
   if (pool == NULL || fp__on_pool_thread(pool))
-    return FP_EINVAL;
+    return fp__refuse(pool == NULL ? "NULL pool"
+                               : "fp_pool_terminate from a callback (pool "
+                                 "thread)");
   if (fp__pool_foreign(pool))
     return 0;
   fp__pool_lock(pool);
@@ -449,9 +467,35 @@ int fp_pool_terminate(fp_pool *pool) {
   return 0;
 }
 
+/* A closed pool still runs the queued work, and a producer-fed imap's
+ * input is read only when its iterator is read: a join that waited for it
+ * would wait forever if the joining thread is the reader. As CPython's
+ * task handler exhausts imap's generator, join reads what is left of each
+ * such input itself (pool->mu held, released around the reading). */
+static void finish_producer_inputs_locked(fp_pool *pool) {
+  for (fp__job *job = pool->jobs.head; pool->state == FP__CLOSE && job;) {
+    fp_iter *it = job->it;
+    if (job->finished || it == NULL || it->producer == NULL ||
+        job->input_done || job->input_read_by_join) {
+      job = job->jnext;
+      continue;
+    }
+    job->input_read_by_join = 1; /* once: a producer that ended early (or
+                                    an iterator being freed) ends it */
+    pthread_mutex_lock(&it->mu); /* the job holds a reference: it lives */
+    it->refs++;
+    pthread_mutex_unlock(&it->mu);
+    fp__pool_unlock(pool);
+    fp__iter_finish_input(it);
+    fp__pool_lock(pool);
+    job = pool->jobs.head; /* the list may have changed meanwhile */
+  }
+}
+
 int fp_pool_join(fp_pool *pool) {
   if (pool == NULL || fp__on_pool_thread(pool))
-    return FP_EINVAL;
+    return fp__refuse(pool == NULL ? "NULL pool"
+                               : "fp_pool_join from a callback (pool thread)");
   if (fp__pool_foreign(pool))
     return 0;
   fp__pool_lock(pool);
@@ -460,13 +504,18 @@ int fp_pool_join(fp_pool *pool) {
     fp__set_last_error(FP_EINVAL, "join before close or terminate");
     return FP_EINVAL;
   }
+  finish_producer_inputs_locked(pool);
+  if (!pool->joined) /* a joined pool's loop is closed: nothing to wake */
+    fp__pool_wake(pool);
+  while (!pool->thread_done && !pool->joined)
+    fp__pool_wait(pool, NULL);
   if (pool->joined) {
+    /* Another thread joins: return when it is done, as it will. */
+    while (!pool->join_done)
+      fp__pool_wait(pool, NULL);
     fp__pool_unlock(pool);
     return 0;
   }
-  fp__pool_wake(pool);
-  while (!pool->thread_done)
-    fp__pool_wait(pool, NULL);
   pool->joined = 1;
   fp__sched_drop_all_locked(pool);
   fp__pool_unlock(pool);
@@ -476,8 +525,13 @@ int fp_pool_join(fp_pool *pool) {
     sched_yield();
   pthread_join(pool->thread, NULL);
   uv_loop_close(&pool->loop);
-  pool->link->ops->free(pool->link);
+  fp__link *link = pool->link;
+  link->ops->free(link);
+  fp__pool_lock(pool);
   pool->link = NULL;
+  pool->join_done = 1;
+  pthread_cond_broadcast(&pool->cond);
+  fp__pool_unlock(pool);
   return 0;
 }
 

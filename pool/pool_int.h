@@ -93,7 +93,8 @@ struct fp_pool {
   int thread_started;
   int thread_done;
   int stopping;          /* loop asked to shut down */
-  int joined;
+  int joined;            /* a join took the pool thread (and frees the link) */
+  int join_done;         /* ... and finished: every worker is reaped */
   int link_lost;         /* no worker can be started any more */
   int feeding;           /* a polling caller refills the workers after
                             results, as the pool thread does (sched.c) */
@@ -154,8 +155,13 @@ static inline int fp__pool_wait(fp_pool *pool, const struct timespec *ts) {
 
 /* ---- the pool thread (inline: every file of the scheduler needs them) --- */
 
+/* The pool whose loop the calling thread runs, NULL on other threads
+ * (forked.c): a thread id would not do, as a thread made after the pool
+ * thread was joined may get its id. */
+extern __thread const fp_pool *fp__tl_loop_pool;
+
 static inline int fp__on_pool_thread(const fp_pool *pool) {
-  return pool->thread_started && pthread_equal(pthread_self(), pool->thread);
+  return fp__tl_loop_pool == pool;
 }
 
 /* Pokes the pool thread (arms the tick, runs callbacks, shutdown). */
@@ -194,6 +200,12 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered);
  * (caller's thread, no lock held). Returns 0 or the error that ends the
  * iteration. */
 int fp__iter_fill(fp_iter *it);
+/* Reads what is left of a producer-fed iterator's input, with no
+ * read-ahead bound (fp_pool_join after close: the pool must finish, and
+ * the consumer may never read on), then drops the reference the caller
+ * took on `it` (it->refs, under it->mu). Producer calls stay one at a time
+ * (it->pmu), whichever thread makes them. */
+void fp__iter_finish_input(fp_iter *it);
 
 /* ---- sched.c: queue, dispatch, results --------------------------------- */
 

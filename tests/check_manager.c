@@ -772,6 +772,10 @@ START_TEST(failing_calls_change_nothing_or_a_documented_prefix) {
   while ((rc = fp_list_append(l, v, 9)) == 0)
     ;
   ck_assert_int_eq(rc, FP_ENOMEM);
+  fp_counter *c;
+  while ((rc = fp_counter_new(m, 0, &c)) == 0) /* the last small chunks */
+    ;
+  ck_assert_int_eq(rc, FP_ENOMEM);
   int64_t n = fp_list_len(l);
   fp_writer_init(&w);
   ck_assert_int_eq(fp_list_pop(l, 0, &w), FP_ENOMEM);
@@ -784,6 +788,7 @@ START_TEST(failing_calls_change_nothing_or_a_documented_prefix) {
   assert_consistent();
   /* an extend that fills the arena: FP_ENOMEM and a prefix appended */
   ck_assert_int_eq(fp_list_clear(l), 0);
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
   ck_assert_int_eq(fp_list_new(m, &l2), 0);
   fp_writer_init(&many);
   for (int i = 0; i < 600; i++) { /* 1.2 MB: more than the arena */

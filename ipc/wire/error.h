@@ -52,4 +52,11 @@ void fp__set_last_error(int code, const char *msg);
 /* Clears fp_last_error() for the calling thread. */
 void fp__clear_last_error(void);
 
+/* A pool call refused before anything starts: sets fp_last_error() to why
+ * (so it never shows an earlier call's message) and returns FP_EINVAL. */
+static inline int fp__refuse(const char *why) {
+  fp__set_last_error(FP_EINVAL, why);
+  return FP_EINVAL;
+}
+
 #endif /* FP_IPC_ERROR_H */

@@ -1,0 +1,310 @@
+/* SPDX-License-Identifier: MIT */
+/* check_misuse.c - the pool called the way adversarial programs call it:
+ * handles used after join, joins racing each other, blocking calls from a
+ * callback, writers passed twice, a daemon's closed standard streams, a
+ * pool joined before its producer-fed iterator was read. Each case once
+ * crashed, hung or broke what the header promises.
+ */
+#include "forkpool.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int square(fp_reader *args, fp_writer *out) {
+  int64_t x = 0;
+  fp_read_int(args, &x);
+  return fp_write_int(out, x * x);
+}
+
+static int fail_task(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  return fp_task_fail("an old task failure");
+}
+
+static fp_pool *new_pool(int n) {
+  fp_pool *p = NULL;
+  fp_pool_opts o = {0};
+  o.processes = n;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  return p;
+}
+
+START_TEST(worker_info_after_join_is_safe) {
+  fp_pool *p = new_pool(2);
+  fp_writer a, out;
+  fp_worker_info info;
+  fp_writer_init(&a);
+  fp_writer_init(&out);
+  fp_write_int(&a, 3);
+  ck_assert_int_eq(fp_pool_apply(p, square, &a, &out), 0);
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(fp_pool_worker_info(p, i, &info), 0);
+    ck_assert_int_eq(info.pid, 0);
+  }
+  ck_assert_int_eq(fp_pool_worker_info(p, 2, &info), FP_EINVAL);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  fp_writer_free(&out);
+  fp_test_no_children();
+}
+END_TEST
+
+static void *join_thread(void *arg) {
+  return (void *)(intptr_t)fp_pool_join(arg);
+}
+
+/* Every fp_pool_* call but free may come from several threads at once:
+ * joins racing each other all return 0, once the pool is gone. */
+START_TEST(joins_from_several_threads_return_together) {
+  for (int round = 0; round < 10; round++) {
+    fp_pool *p = new_pool(2);
+    pthread_t t[3];
+    ck_assert_int_eq(fp_pool_close(p), 0);
+    for (int i = 0; i < 3; i++)
+      ck_assert_int_eq(pthread_create(&t[i], NULL, join_thread, p), 0);
+    for (int i = 0; i < 3; i++) {
+      void *rc;
+      pthread_join(t[i], &rc);
+      ck_assert_int_eq((int)(intptr_t)rc, 0);
+    }
+    fp_test_no_children();
+    ck_assert_int_eq(fp_pool_join(p), 0);
+    fp_pool_free(p);
+  }
+}
+END_TEST
+
+static fp_pool *g_pool;
+static atomic_int g_cb_rc = 1;
+
+static void iter_in_callback(fp_result *res, void *arg) {
+  fp_writer items;
+  fp_iter *it;
+  fp_reader r;
+  (void)res;
+  (void)arg;
+  fp_writer_init(&items);
+  fp_write_int(&items, 5);
+  if (fp_pool_imap(g_pool, square, &items, NULL, &it) != 0) {
+    atomic_store(&g_cb_rc, -1);
+  } else {
+    atomic_store(&g_cb_rc, fp_iter_next(it, &r, FP_FOREVER));
+    fp_iter_free(it);
+  }
+  fp_writer_free(&items);
+}
+
+/* The pool thread delivers the items: waiting for one there would wait
+ * for itself. */
+START_TEST(iter_next_in_a_callback_is_refused) {
+  fp_call_opts co = {0};
+  fp_result *r;
+  g_pool = new_pool(2);
+  co.callback = iter_in_callback;
+  ck_assert_int_eq(fp_pool_apply_async(g_pool, square, NULL, &co, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 20), 0);
+  ck_assert_int_eq(atomic_load(&g_cb_rc), FP_EINVAL);
+  fp_result_free(r);
+  fp_pool_free(g_pool);
+}
+END_TEST
+
+typedef struct counts {
+  long produced, consumed, worst, total;
+} counts;
+
+static int count_producer(void *arg, fp_writer *w) {
+  counts *c = arg;
+  if (c->produced >= c->total)
+    return 0;
+  fp_write_int(w, c->produced++);
+  if (c->produced - c->consumed > c->worst)
+    c->worst = c->produced - c->consumed;
+  return 1;
+}
+
+/* At most readahead items produced and not yet consumed, whatever the
+ * chunk size: a chunk stops short rather than pass the bound. */
+START_TEST(readahead_bounds_a_producer_with_big_chunks) {
+  static const size_t cases[][2] = {{7, 10}, {16, 16}, {100, 1}, {1, 3}};
+  fp_pool *p = new_pool(2);
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    counts c = {0, 0, 0, 500};
+    fp_call_opts co = {0};
+    fp_iter *it;
+    fp_reader r;
+    int rc;
+    co.chunksize = cases[k][0];
+    co.readahead = cases[k][1];
+    ck_assert_int_eq(
+        fp_pool_imap_producer(p, square, count_producer, &c, &co, &it), 0);
+    while ((rc = fp_iter_next(it, &r, 20)) == 0)
+      c.consumed++;
+    ck_assert_int_eq(rc, FP_EOF);
+    ck_assert_int_eq(c.consumed, c.total);
+    ck_assert_msg(c.worst <= (long)cases[k][1],
+                  "chunksize %zu readahead %zu: %ld outstanding", cases[k][0],
+                  cases[k][1], c.worst);
+    fp_iter_free(it);
+  }
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A refused call says why: fp_last_error() never shows the message of an
+ * earlier failure. */
+START_TEST(refused_calls_replace_the_last_error) {
+  fp_pool *p = new_pool(1);
+  fp_writer a, out;
+  fp_result *r;
+  fp_iter *it;
+  fp_writer_init(&a);
+  fp_writer_init(&out);
+  ck_assert_int_eq(fp_pool_apply(p, fail_task, &a, &out), FP_ETASK);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "an old task failure"));
+#define REFUSED(call)                                                          \
+  do {                                                                         \
+    ck_assert_int_eq(fp_pool_apply(p, fail_task, &a, &out), FP_ETASK);         \
+    ck_assert_int_eq((call), FP_EINVAL);                                       \
+    ck_assert_msg(strstr(fp_last_error(), "old task") == NULL,                 \
+                  "%s: stale message '%s'", #call, fp_last_error());          \
+  } while (0)
+  REFUSED(fp_pool_apply(NULL, square, &a, &out));
+  REFUSED(fp_pool_map_values(NULL, square, &a, &out, NULL));
+  REFUSED(fp_pool_apply_async(p, square, &a, NULL, NULL));
+  REFUSED(fp_pool_imap(p, square, &a, NULL, NULL));
+  REFUSED(fp_pool_join(NULL));
+  REFUSED(fp_pool_close(NULL));
+  REFUSED(fp_pool_terminate(NULL));
+  REFUSED(fp_pool_new(NULL, NULL));
+#undef REFUSED
+  (void)r;
+  (void)it;
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  fp_writer_free(&out);
+}
+END_TEST
+
+/* The same writer as items and out: the results are appended after the
+ * items, which are read before out moves. */
+START_TEST(map_values_with_items_as_out) {
+  fp_pool *p = new_pool(2);
+  fp_writer w;
+  fp_reader r;
+  int64_t v;
+  fp_writer_init(&w);
+  for (int i = 0; i < 2000; i++)
+    fp_write_int(&w, i);
+  ck_assert_int_eq(fp_pool_map_values(p, square, &w, &w, NULL), 0);
+  fp_reader_init(&r, w.data, w.len);
+  for (int i = 0; i < 2000; i++) {
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, i);
+  }
+  for (int i = 0; i < 2000; i++) {
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, (int64_t)i * i);
+  }
+  ck_assert(fp_reader_at_end(&r));
+  fp_writer_free(&w);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A daemon with 0-2 closed gets every pool it asks for, not just the
+ * first: libuv's fork handler must not find a free standard slot in the
+ * fork server or its workers. */
+START_TEST(pools_one_after_another_with_stdio_closed) {
+  if (fp_test_under_valgrind()) /* valgrind keeps low descriptors */
+    return;
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(0);
+    close(1);
+    close(2);
+    for (int round = 0; round < 3; round++) {
+      fp_pool *p = NULL;
+      fp_pool_opts o = {0};
+      fp_writer a, out;
+      o.processes = 2;
+      if (fp_pool_new(&p, &o) != 0)
+        _exit(10 + round);
+      fp_writer_init(&a);
+      fp_writer_init(&out);
+      fp_write_int(&a, 4);
+      if (fp_pool_apply(p, square, &a, &out) != 0)
+        _exit(20 + round);
+      fp_pool_free(p);
+      fp_writer_free(&a);
+      fp_writer_free(&out);
+    }
+    _exit(0);
+  }
+  int st;
+  ck_assert_int_eq(fp_test_wait_child(pid, 30, &st), 0);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "child status %d (10+round: new failed, 20+round: apply)",
+                WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
+}
+END_TEST
+
+/* close + join while a producer-fed imap is half read: join reads the rest
+ * of the input itself (as CPython's task handler exhausts imap's
+ * generator), then every result is still there to read. */
+START_TEST(join_reads_the_rest_of_a_producer_input) {
+  fp_pool *p = new_pool(2);
+  counts c = {0, 0, 0, 300};
+  fp_call_opts co = {0};
+  fp_iter *it;
+  fp_reader r;
+  int64_t v;
+  int rc;
+  co.readahead = 20;
+  ck_assert_int_eq(
+      fp_pool_imap_producer(p, square, count_producer, &c, &co, &it), 0);
+  for (int i = 0; i < 5; i++) {
+    ck_assert_int_eq(fp_iter_next(it, &r, 20), 0);
+    c.consumed++;
+  }
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  ck_assert_int_eq(c.produced, c.total);
+  while ((rc = fp_iter_next(it, &r, 20)) == 0) {
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, c.consumed * c.consumed);
+    c.consumed++;
+  }
+  ck_assert_int_eq(rc, FP_EOF);
+  ck_assert_int_eq(c.consumed, c.total);
+  fp_iter_free(it);
+  fp_pool_free(p);
+  fp_test_no_children();
+}
+END_TEST
+
+Suite *misuse_suite(void) {
+  Suite *s = suite_create("misuse");
+  TCase *tc = tcase_create("pool");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, worker_info_after_join_is_safe);
+  tcase_add_test(tc, joins_from_several_threads_return_together);
+  tcase_add_test(tc, iter_next_in_a_callback_is_refused);
+  tcase_add_test(tc, readahead_bounds_a_producer_with_big_chunks);
+  tcase_add_test(tc, refused_calls_replace_the_last_error);
+  tcase_add_test(tc, map_values_with_items_as_out);
+  tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
+  tcase_add_test(tc, join_reads_the_rest_of_a_producer_input);
+  suite_add_tcase(s, tc);
+  return s;
+}
