@@ -680,7 +680,10 @@ typedef struct fp_pool_opts {
   void *initarg;
   unsigned maxtasksperchild; /* tasks (chunks) before a worker is replaced;
                                 0: unlimited */
-  size_t max_frame;          /* largest message; 0: FP_FRAME_MAX_DEFAULT */
+  size_t max_frame;          /* largest message; 0: FP_FRAME_MAX_DEFAULT.
+                                A chunk's results travel in one message:
+                                more than this fails the chunk's items
+                                with FP_EMSGSIZE (lower chunksize) */
   double task_timeout;       /* seconds one item may run; 0: no limit.
                                 Every timeout in the API: a century or
                                 more (INFINITY, DBL_MAX ...) means no

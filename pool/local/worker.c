@@ -434,8 +434,10 @@ static void fit_result(worker *w, const chunk *ch) {
   }
   size_t total = result_len(w);
   if (total > w->cfg->max_frame) {
-    snprintf(what, sizeof(what), "result of %zu bytes exceeds max_frame %zu",
-             total, w->cfg->max_frame);
+    snprintf(what, sizeof(what),
+             "the results of a chunk of %u items, %zu bytes, exceed "
+             "max_frame %zu (use a smaller chunksize)",
+             ch->th.count, total, w->cfg->max_frame);
     replace_results(w, ch, FP_EMSGSIZE, what);
   }
 }
