@@ -780,7 +780,9 @@ FP_EXTERN int fp_pool_join(fp_pool *pool);
  * `with Pool() as p:` block does. To let queued work finish, call
  * fp_pool_close() and fp_pool_join() first. Results still held by the
  * caller stay valid (failed with FP_ECANCELED if unfinished) until
- * fp_result_free. NULL is ignored. After the call `pool` is invalid. */
+ * fp_result_free. NULL is ignored. After the call `pool` is invalid.
+ * From a callback (the pool thread, which cannot join itself) it frees
+ * nothing and sets fp_last_error(): free the pool from another thread. */
 FP_EXTERN void fp_pool_free(fp_pool *pool);
 
 /* Returns the number of worker processes, or FP_EINVAL for NULL. */

@@ -32,7 +32,10 @@ int64_t fp__seconds_to_ns(double seconds) {
     return 0;
   if (seconds >= FOREVER_S)
     return FP__NS_FOREVER;
-  return (int64_t)(seconds * 1e9);
+  /* A positive limit below a nanosecond is the shortest one, not 0 ("no
+   * limit" where 0 means that). */
+  int64_t ns = (int64_t)(seconds * 1e9);
+  return ns > 0 ? ns : 1;
 }
 
 int64_t fp__deadline_ns(double seconds) {

@@ -538,6 +538,11 @@ int fp_pool_join(fp_pool *pool) {
 void fp_pool_free(fp_pool *pool) {
   if (pool == NULL)
     return;
+  if (fp__on_pool_thread(pool)) {
+    /* The loop that runs this callback would be freed under it. */
+    fp__refuse("fp_pool_free from a callback (pool thread): nothing freed");
+    return;
+  }
   if (fp__pool_foreign(pool)) {
     /* The user forked: this copy has no pool thread and its workers are
      * the parent's. Free this process's copy of the memory only. */

@@ -293,6 +293,62 @@ START_TEST(join_reads_the_rest_of_a_producer_input) {
 }
 END_TEST
 
+static atomic_int g_free_seen = 1;
+
+static void free_in_callback(fp_result *res, void *arg) {
+  (void)res;
+  fp_pool_free(arg); /* refused: this thread runs the pool's loop */
+  atomic_store(&g_free_seen,
+               strstr(fp_last_error(), "from a callback") != NULL ? 0 : -1);
+}
+
+/* fp_pool_free from a callback would free the loop running it: it frees
+ * nothing, says so, and the pool goes on working. */
+START_TEST(pool_free_in_a_callback_is_refused) {
+  fp_pool *p = new_pool(1);
+  fp_call_opts co = {0};
+  fp_result *r;
+  fp_writer a, out;
+  co.callback = free_in_callback;
+  co.arg = p;
+  ck_assert_int_eq(fp_pool_apply_async(p, square, NULL, &co, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 20), 0);
+  ck_assert_int_eq(atomic_load(&g_free_seen), 0);
+  fp_result_free(r);
+  fp_writer_init(&a);
+  fp_writer_init(&out);
+  fp_write_int(&a, 7);
+  ck_assert_int_eq(fp_pool_apply(p, square, &a, &out), 0);
+  fp_writer_free(&a);
+  fp_writer_free(&out);
+  fp_pool_free(p);
+  fp_test_no_children();
+}
+END_TEST
+
+static int spin_task(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  for (volatile int spin = 1; spin;) /* until the time limit kills it */
+    ;
+  return 0;
+}
+
+/* A positive time limit below a nanosecond is the shortest limit, not
+ * "no limit". */
+START_TEST(sub_nanosecond_time_limit_still_limits) {
+  fp_pool *p = new_pool(1);
+  fp_call_opts co = {0};
+  fp_result *r;
+  co.timeout = 1e-12;
+  ck_assert_int_eq(fp_pool_apply_async(p, spin_task, NULL, &co, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 30), FP_ETIMEDOUT);
+  fp_result_free(r);
+  fp_pool_free(p);
+  fp_test_no_children();
+}
+END_TEST
+
 Suite *misuse_suite(void) {
   Suite *s = suite_create("misuse");
   TCase *tc = tcase_create("pool");
@@ -305,6 +361,8 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, map_values_with_items_as_out);
   tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
   tcase_add_test(tc, join_reads_the_rest_of_a_producer_input);
+  tcase_add_test(tc, pool_free_in_a_callback_is_refused);
+  tcase_add_test(tc, sub_nanosecond_time_limit_still_limits);
   suite_add_tcase(s, tc);
   return s;
 }
