@@ -680,10 +680,10 @@ typedef struct fp_pool_opts {
   void *initarg;
   unsigned maxtasksperchild; /* tasks (chunks) before a worker is replaced;
                                 0: unlimited */
-  size_t max_frame;          /* largest message; 0: FP_FRAME_MAX_DEFAULT.
-                                A chunk's results travel in one message:
-                                more than this fails the chunk's items
-                                with FP_EMSGSIZE (lower chunksize) */
+  size_t max_frame;          /* largest message, item or result; 0:
+                                FP_FRAME_MAX_DEFAULT. A chunk's results
+                                together may pass it (several messages),
+                                up to 1 GiB or max_frame if larger */
   double task_timeout;       /* seconds one item may run; 0: no limit.
                                 Every timeout in the API: a century or
                                 more (INFINITY, DBL_MAX ...) means no

@@ -53,8 +53,30 @@ enum {
   FP__MSG_READY,    /* worker -> scheduler: initializer done */
   FP__MSG_RESULT,   /* worker -> scheduler: a chunk's results */
   FP__MSG_RETIRE,   /* worker -> scheduler: maxtasksperchild reached */
-  FP__MSG_KICK      /* worker -> link: a result waits in shared memory */
+  FP__MSG_KICK,     /* worker -> link: a result waits in shared memory */
+  FP__MSG_PART      /* worker -> link: a slice of a RESULT larger than
+                       max_frame (below) */
 };
+
+/* A chunk's RESULT payload larger than max_frame travels as PART frames:
+ * each is this header, then the next bytes of the payload; the one with
+ * `last` set completes it, and the link hands the whole payload on as if
+ * one frame had brought it. So a chunk's results are not bound by
+ * max_frame (which bounds what one frame may make the master allocate on
+ * the word of a length prefix), but by FP__RESULT_MAX, or max_frame when
+ * that is larger: results beyond fail the chunk's items with FP_EMSGSIZE.
+ * 1 GiB keeps them well within what an MPI message can hold (an int). */
+typedef struct fp__part_hdr {
+  uint8_t type; /* FP__MSG_PART */
+  uint8_t last;
+  uint8_t pad[6];
+} fp__part_hdr;
+#define FP__RESULT_MAX ((size_t)1 << 30)
+
+/* Largest RESULT payload of one chunk for a link with this max_frame. */
+static inline size_t fp__result_limit(size_t max_frame) {
+  return max_frame > FP__RESULT_MAX ? max_frame : FP__RESULT_MAX;
+}
 
 /* How a chunk's items and results are encoded. */
 enum {

@@ -349,6 +349,72 @@ START_TEST(sub_nanosecond_time_limit_still_limits) {
 }
 END_TEST
 
+/* A task whose result is `n` KiB of bytes (n its argument). */
+static int kib_task(fp_reader *args, fp_writer *out) {
+  int64_t n = 0;
+  void *dst;
+  fp_read_int(args, &n);
+  int rc = fp_write_bytes_begin(out, (size_t)n * 1024, &dst);
+  if (rc == 0)
+    memset(dst, (int)(n & 0x7f), (size_t)n * 1024);
+  return rc;
+}
+
+/* A chunk's results are not bound by max_frame, only each one is: past it
+ * they travel in several frames (past the result ring too), whatever the
+ * call. */
+START_TEST(chunk_results_larger_than_max_frame) {
+  fp_pool *p = NULL;
+  fp_pool_opts o = {0};
+  fp_call_opts co = {0};
+  fp_writer items, out;
+  fp_reader r;
+  fp_result *res;
+  fp_iter *it;
+  o.processes = 2;
+  o.max_frame = 128 * 1024; /* above any one result, not their sum */
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  for (int i = 0; i < 40; i++)
+    fp_write_int(&items, 40 + i % 60); /* 40-99 KiB each */
+  co.chunksize = 20; /* about 1.4 MB of results a chunk */
+  for (int round = 0; round < 3; round++) {
+    fp_writer_reset(&out);
+    if (round == 0) {
+      ck_assert_int_eq(fp_pool_map_values(p, kib_task, &items, &out, &co), 0);
+    } else if (round == 1) {
+      ck_assert_int_eq(
+          fp_pool_map_values_async(p, kib_task, &items, &co, &res), 0);
+      ck_assert_int_eq(fp_result_get(res, 60), 0);
+      ck_assert_int_eq(fp_result_value(res, &r), 0);
+      while (!fp_reader_at_end(&r))
+        ck_assert_int_eq(fp_copy_value(&out, &r), 0);
+      fp_result_free(res);
+    } else {
+      ck_assert_int_eq(fp_pool_imap(p, kib_task, &items, &co, &it), 0);
+      while (fp_iter_next(it, &r, 60) == 0)
+        ck_assert_int_eq(fp_copy_value(&out, &r), 0);
+      fp_iter_free(it);
+    }
+    fp_reader_init(&r, out.data, out.len);
+    for (int i = 0; i < 40; i++) {
+      const void *b;
+      size_t n;
+      int64_t k = 40 + i % 60;
+      ck_assert_int_eq(fp_read_bytes(&r, &b, &n), 0);
+      ck_assert_uint_eq(n, (size_t)k * 1024);
+      ck_assert_int_eq(((const unsigned char *)b)[n - 1], (int)(k & 0x7f));
+    }
+    ck_assert(fp_reader_at_end(&r));
+  }
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+  fp_pool_free(p);
+  fp_test_no_children();
+}
+END_TEST
+
 Suite *misuse_suite(void) {
   Suite *s = suite_create("misuse");
   TCase *tc = tcase_create("pool");
@@ -363,6 +429,7 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, join_reads_the_rest_of_a_producer_input);
   tcase_add_test(tc, pool_free_in_a_callback_is_refused);
   tcase_add_test(tc, sub_nanosecond_time_limit_still_limits);
+  tcase_add_test(tc, chunk_results_larger_than_max_frame);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -61,6 +61,8 @@ typedef struct conn {
   size_t in_len, in_cap;
   unsigned char *out;    /* unsent bytes of the last send */
   size_t out_len, out_off, out_cap;
+  unsigned char *part;   /* a RESULT arriving in PART frames (proto.h) */
+  size_t part_len, part_cap;
 } conn;
 
 typedef struct lslot {
@@ -148,6 +150,7 @@ static void conn_closed(uv_handle_t *h) {
   conn *c = (conn *)h;
   fp__free(c->in, c->in_cap);
   fp__free(c->out, c->out_cap);
+  fp__free(c->part, c->part_cap); /* a worker that died mid-RESULT */
   free(c);
 }
 
@@ -191,6 +194,57 @@ static size_t deliver_result(conn *c, size_t off, const unsigned char *p,
 
 static int ring_drain(llink *l, int slot);
 
+/* Appends n bytes to the RESULT being assembled. Returns 0, or -1 when
+ * it would pass the results' limit or memory runs out. */
+static int part_append(conn *c, const unsigned char *p, size_t n) {
+  if (n > fp__result_limit(c->l->cfg.max_frame) - c->part_len)
+    return -1;
+  if (n > c->part_cap - c->part_len) {
+    size_t cap = c->part_cap ? c->part_cap : FP__FRAME_READ_MIN;
+    while (cap - c->part_len < n)
+      cap *= 2;
+    unsigned char *nb = fp__realloc(c->part, c->part_cap, cap);
+    if (nb == NULL)
+      return -1;
+    c->part = nb;
+    c->part_cap = cap;
+  }
+  memcpy(c->part + c->part_len, p, n);
+  c->part_len += n;
+  return 0;
+}
+
+/* A PART frame (proto.h): a slice of a RESULT larger than max_frame. The
+ * last one hands the whole payload on, as one frame would have, and lets
+ * the scheduler keep the buffer. */
+static void conn_part(conn *c, const unsigned char *p, size_t plen) {
+  llink *l = c->l;
+  fp__part_hdr ph;
+  if (plen < sizeof(ph)) {
+    EV(l, violation, c->slot, "short PART frame");
+    return;
+  }
+  memcpy(&ph, p, sizeof(ph));
+  int rc = part_append(c, p + sizeof(ph), plen - sizeof(ph));
+  if (rc != 0 || !ph.last) {
+    if (rc != 0)
+      EV(l, violation, c->slot, "a chunk's results beyond the limit, or "
+                                "no memory to hold them");
+    return;
+  }
+  fp__rbuf keep = {c->part, c->part_cap};
+  unsigned char *buf = c->part;
+  size_t len = c->part_len;
+  c->part = NULL;
+  c->part_len = c->part_cap = 0;
+  if (buf[0] != FP__MSG_RESULT)
+    EV(l, violation, c->slot, "PART frames that are not a RESULT");
+  else
+    EV(l, result, c->slot, buf, len, &keep);
+  if (keep.base != NULL) /* not kept by the scheduler */
+    fp__free(keep.base, keep.cap);
+}
+
 /* Handles one message of a worker. */
 static void conn_message(conn *c, const unsigned char *p, size_t plen) {
   llink *l = c->l;
@@ -232,6 +286,8 @@ static void conn_process(conn *c) {
     off += FP__FRAME_HDR + plen;
     if (plen > 0 && p[0] == FP__MSG_RESULT)
       off = deliver_result(c, off, p, plen);
+    else if (plen > 0 && p[0] == FP__MSG_PART)
+      conn_part(c, p, plen);
     else
       conn_message(c, p, plen);
   }

@@ -170,6 +170,45 @@ static int send_simple(int fd, int type) {
   return send_all(fd, iov, 2);
 }
 
+/* Sends a RESULT payload larger than max_frame as PART frames (proto.h):
+ * its `total` bytes are those of seg[0..nseg), nseg <= 3, cut into frames
+ * of at most max_frame. Returns 0 or -errno. */
+static int send_parts(int fd, size_t max_frame, const struct iovec *seg,
+                      int nseg, size_t total) {
+  size_t room = max_frame - sizeof(fp__part_hdr), sent = 0, so = 0;
+  int k = 0;
+  while (sent < total) {
+    size_t len = total - sent < room ? total - sent : room;
+    fp__part_hdr ph;
+    unsigned char fh[FP__FRAME_HDR];
+    struct iovec iov[2 + 3];
+    int m = 0;
+    memset(&ph, 0, sizeof(ph));
+    ph.type = FP__MSG_PART;
+    ph.last = sent + len == total;
+    fp__frame_put_hdr(fh, sizeof(ph) + len);
+    iov[m++] = (struct iovec){fh, sizeof(fh)};
+    iov[m++] = (struct iovec){&ph, sizeof(ph)};
+    /* The next len bytes: the rest of segment k from so, and on. */
+    for (size_t need = len; need > 0 && k < nseg;) {
+      size_t take = seg[k].iov_len - so < need ? seg[k].iov_len - so : need;
+      if (take > 0)
+        iov[m++] = (struct iovec){(char *)seg[k].iov_base + so, take};
+      so += take;
+      need -= take;
+      if (so == seg[k].iov_len) {
+        k++;
+        so = 0;
+      }
+    }
+    int rc = send_all(fd, iov, m);
+    if (rc != 0)
+      return rc;
+    sent += len;
+  }
+  return 0;
+}
+
 /* Appends one error record for item `index`. A failed append leaves a
  * sticky error in w->errs, which fit_result() turns into a failure of the
  * whole chunk. */
@@ -338,6 +377,16 @@ static void run_value_item(worker *w, int wire, fp_task_fn fn, int64_t index,
     rc = fn(&args, data);
   if (rc == 0)
     rc = check_value(data, before);
+  if (rc == 0 &&
+      data->len - before > w->cfg->max_frame - sizeof(fp__res_hdr)) {
+    /* One result must fit a frame, as one item must: max_frame is the
+     * largest value either way. (A chunk's results together may take
+     * several frames: PART, proto.h.) */
+    snprintf(g_msg, sizeof(g_msg), "result of %zu bytes exceeds max_frame %zu",
+             data->len - before, w->cfg->max_frame);
+    g_msg_set = 1;
+    rc = FP_EMSGSIZE;
+  }
   if (rc != 0) {
     /* Drop whatever the failed item wrote, keep one value per item. */
     data->len = before;
@@ -406,12 +455,18 @@ static int fail_all(worker *w, const chunk *ch, int code, const char *what,
  * first one only. When neither fits, the master cut a chunk whose failure
  * report (an error record and an output per item) no frame can carry: the
  * worker ends with FP__WEXIT_PROTO. When memory runs out, it dies. */
+/* Largest RESULT payload of a chunk (proto.h: PART frames carry what
+ * exceeds max_frame). */
+static size_t result_limit(const worker *w) {
+  return fp__result_limit(w->cfg->max_frame);
+}
+
 static void replace_results(worker *w, const chunk *ch, int code,
                             const char *what) {
   int rc = 0;
   for (int detail = 1; detail >= 0; detail--) {
     rc = fail_all(w, ch, code, what, detail);
-    if (rc == 0 && result_len(w) <= w->cfg->max_frame)
+    if (rc == 0 && result_len(w) <= result_limit(w))
       return;
   }
   if (rc != 0)
@@ -421,8 +476,8 @@ static void replace_results(worker *w, const chunk *ch, int code,
 
 /* Makes the chunk's results sendable: when a writer failed (out of
  * memory), every item fails with that error; when the payload exceeds
- * max_frame, every item fails with FP_EMSGSIZE instead of the frame being
- * sent (the master would take it for a broken worker). */
+ * result_limit(), every item fails with FP_EMSGSIZE instead of the
+ * payload being sent (the master would take it for a broken worker). */
 static void fit_result(worker *w, const chunk *ch) {
   char what[160];
   int err = w->errs.err != 0 ? w->errs.err : w->data.err;
@@ -432,12 +487,12 @@ static void fit_result(worker *w, const chunk *ch) {
              fp_strerror(err));
     replace_results(w, ch, err, what);
   }
-  size_t total = result_len(w);
-  if (total > w->cfg->max_frame) {
+  size_t total = result_len(w), limit = result_limit(w);
+  if (total > limit) {
     snprintf(what, sizeof(what),
              "the results of a chunk of %u items, %zu bytes, exceed "
-             "max_frame %zu (use a smaller chunksize)",
-             ch->th.count, total, w->cfg->max_frame);
+             "%zu (use a smaller chunksize)",
+             ch->th.count, total, limit);
     replace_results(w, ch, FP_EMSGSIZE, what);
   }
 }
@@ -508,6 +563,8 @@ static int publish_result(worker *w, const chunk *ch, int may_defer) {
                          {w->data.data, w->data.len}};
   if (fp__ring_put(w->ring, iov + 1, 3, total) == 0)
     return maybe_kick(w, may_defer);
+  if (total > w->cfg->max_frame)
+    return send_parts(w->fd, w->cfg->max_frame, iov + 1, 3, total);
   return send_all(w->fd, iov, 4);
 }
 
