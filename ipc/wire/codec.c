@@ -202,7 +202,9 @@ static int grow(fp_writer *w, size_t extra) {
 
   if (extra <= w->cap - w->len)
     return 0;
-  if (extra > SIZE_MAX - w->len)
+  /* No object is larger than PTRDIFF_MAX: asking the allocator anyway
+   * only makes sanitizers abort instead of returning NULL. */
+  if (extra > PTRDIFF_MAX - w->len)
     return fail(w, FP_ENOMEM);
   need = w->len + extra;
   cap = w->cap != 0 ? w->cap : 64;
