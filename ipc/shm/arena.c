@@ -168,6 +168,11 @@ uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off) {
   return class_size[sl->cls];
 }
 
+uint64_t fp__shm_large_pages(const fp_manager *m, uint64_t off) {
+  uint64_t e = *pm(m, page_of(off));
+  return PM_KIND(e) == PM_LARGE ? PM_VAL(e) : 0;
+}
+
 /* --- the global undo log ------------------------------------------------- */
 
 void fp__shm_alog(fp_manager *m, uint64_t *p, uint64_t v) {
@@ -472,6 +477,29 @@ void fp__shm_flush(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d,
     fp__shm_alog(m, &m->used, m->used - (uint64_t)done * class_size[cls]);
   }
   fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+}
+
+/* slab_push keeps an empty slab when it is the only one of its class with
+ * room (it is what the class's next refill takes), and one stays empty in
+ * the list when a slab is inserted in front of it later. A request for a
+ * long run of pages may need those pages back: kept slabs spread over the
+ * arena cut its free pages into runs too short. Each release is its own
+ * step (a release logs a few dozen words; all of them would not fit). */
+void fp__shm_trim(fp_manager *m, const fp__shm_heap *h) {
+  fp__shm_alock(m, h);
+  for (int c = 0; c < FP__SHM_NCLASS; c++) {
+    uint64_t off = m->partial[c];
+    while (off != 0) {
+      slab *s = slab_at(m, off);
+      uint64_t next = s->next;
+      if (s->nfree == s->nchunks) {
+        slab_release(m, off);
+        fp__shm_acommit(m);
+      }
+      off = next;
+    }
+  }
   fp__shm_aunlock(m);
 }
 

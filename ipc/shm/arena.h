@@ -169,7 +169,7 @@ typedef struct fp__shm_heap {
   fp__shm_undo log[FP__SHM_HLOG_MAX]; /* heap step undo log */
   uint64_t limbo[3];                  /* retired chunks, linked by word 0 */
   uint64_t limbo_epoch[3];            /* epoch each list was retired in */
-  uint64_t nlimbo;                    /* chunks in the three lists */
+  uint64_t nlimbo;                    /* their weight: see limbo_weight */
   fp__shm_journal j;
   uint64_t ncache[FP__SHM_NCLASS];     /* cached chunks per class */
   uint64_t cache[FP__SHM_CACHE_SLOTS]; /* class c: cache_base(c) + i */
@@ -297,6 +297,9 @@ FP__SHM_HIDDEN uint32_t fp__shm_cache_base(int cls); /* first slot */
 /* Bytes of the chunk at off (its class or its span), or 0 when off is not
  * the start of a chunk handed out by the allocator. */
 FP__SHM_HIDDEN uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off);
+/* Pages of the chunk at off when it is a span of whole pages, 0 when it is
+ * a slab's chunk: one page map load, cheap enough for every retire. */
+FP__SHM_HIDDEN uint64_t fp__shm_large_pages(const fp_manager *m, uint64_t off);
 
 /* Lays out a fresh region of `size` bytes at m: page map, heap table, heap
  * area. Returns 0 or FP_EINVAL (too small for its own tables). */
@@ -325,6 +328,9 @@ FP__SHM_HIDDEN int fp__shm_refill(fp_manager *m, fp__shm_heap *h, int cls,
  * becomes empty returns to the spans, merging with free neighbours. */
 FP__SHM_HIDDEN void fp__shm_flush(fp_manager *m, const fp__shm_heap *h,
                                   fp__shm_heap *d, int cls, int n);
+/* Returns every empty slab to the spans, including the one a class keeps
+ * for its next refill (the global lock taken as heap h). */
+FP__SHM_HIDDEN void fp__shm_trim(fp_manager *m, const fp__shm_heap *h);
 
 /* Allocates a chunk of `size` bytes outside any cache, aligned to 64
  * (objects, heap-less callers) and stores its offset in *slot, in one step
@@ -352,7 +358,14 @@ FP__SHM_HIDDEN void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h);
 /* Allocates `size` bytes and stores the chunk's offset into *slot (0
  * before), in one step of h's log (small sizes, from h's cache) or of the
  * global log (pages). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0
- * on failure. */
+ * on failure. When the arena has no room it calls fp__shm_make_room and
+ * tries once more; that may reuse what sits in h's limbo although h is
+ * pinned. So the caller must not use, after the call, a pointer to a
+ * chunk that is in a heap's limbo: what it read under the lock of the
+ * structure it changes is live, and so are its alloc slots and the object
+ * it is in (a destroyed object goes to the global limbo, which waits for
+ * the caller's pin); a pointer kept from a lock-free read before the lock
+ * is not (dict.c and list.c keep none). */
 FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                                  uint64_t size);
 
@@ -379,8 +392,12 @@ static inline void fp__shm_unpin(fp__shm_heap *h) {
   atomic_store_explicit(&h->pin, 0, memory_order_release);
 }
 
-/* Retired chunks a heap lets pile up before a call's end collects them
- * (fp__shm_collect with this min). */
+/* The weight of retired chunks (h->nlimbo) a heap lets pile up before a
+ * call's end collects them (fp__shm_collect with this min). A chunk weighs
+ * 1, a span of pages 1 more per 1/1024 of the arena it holds: so 64 small
+ * chunks, or retired spans worth a sixteenth of the arena, trigger a
+ * collection, and a big value comes back at the end of the call that
+ * replaced it rather than after 63 more retires. */
 #define FP__SHM_LIMBO_TRIGGER 64
 
 /* Frees what h retired that is now safe to reuse, trying to advance the
@@ -389,10 +406,25 @@ FP__SHM_HIDDEN void fp__shm_collect(fp_manager *m, fp__shm_heap *h,
                                     uint64_t min);
 
 /* Returns every cached chunk of heap d to the slabs and moves d's retired
- * chunks to the global limbo (d is being released or reclaimed; h is the
- * caller's heap, whose identity takes the global lock). */
-FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h,
+ * chunks to the caller's heap h (d is a dead thread's, being reclaimed) or
+ * to the global limbo (d == h, being released). h's identity takes the
+ * global lock. */
+FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, fp__shm_heap *h,
                                        fp__shm_heap *d);
+
+/* The last resort of an allocation that found no room, for the calling
+ * thread's heap h, pinned or not, with or without a structure lock: reclaims
+ * the heaps of dead threads, advances the epoch as far as the pins allow,
+ * frees what is safe of h's and the global limbo, and gives h's cached
+ * chunks back to their slabs (a slab that empties goes back to the spans).
+ * Every change is a step of the logs above, as everywhere else. */
+FP__SHM_HIDDEN void fp__shm_make_room(fp_manager *m, fp__shm_heap *h);
+
+/* How fp__shm_make_room reclaims the heaps of dead owners: thread.c
+ * (fp__shm_reclaim_dead) sets it once per process, before any thread
+ * has a heap to allocate with. A pointer rather than a call, because
+ * thread.c builds on heap.c and not the other way round. */
+FP__SHM_HIDDEN void fp__shm_set_reclaimer(int (*reclaim_dead)(fp_manager *m));
 
 /* --- journal.c ---------------------------------------------------------- */
 

@@ -31,6 +31,16 @@
  * a call would hold the epoch forever: a heap whose pin stays the same for
  * a while is checked for a dead owner, and a dead owner's pin is cleared
  * (its thread holds no pointer any more).
+ *
+ * When to collect. A call's end collects once the heap's limbo weighs
+ * FP__SHM_LIMBO_TRIGGER (64 small chunks, or spans worth a sixteenth of
+ * the arena: see limbo_weight), and an allocation that finds no room
+ * calls fp__shm_make_room before it gives up: that reclaims the heaps of
+ * threads that died or exited without releasing theirs, collects what the
+ * pins allow, and hands the heap's cached chunks back to their slabs (a
+ * slab that empties returns its pages to the spans), so that FP_ENOMEM
+ * means the live data (and other live threads' caches and limbo) leave
+ * no room.
  */
 #include "ipc/shm/check.h"
 
@@ -78,21 +88,54 @@ void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h) {
 
 /* --- allocation ------------------------------------------------------- */
 
+/* What a retired chunk counts for in h->nlimbo: 1, plus 1 per 1/1024 of
+ * the arena for a span of pages, so that the count-based trigger also
+ * fires on bytes (arena.h). Depends on nothing that changes while the
+ * chunk is retired, so retiring and collecting agree on it. */
+static uint64_t limbo_weight(const fp_manager *m, uint64_t off) {
+  uint64_t pages = fp__shm_large_pages(m, off);
+  return 1 + (pages << (FP__SHM_PAGE_SHIFT + 10)) / m->size;
+}
+
+/* Pages for a request above the small classes, in one global step. */
+static int alloc_pages(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                       uint64_t size) {
+  int rc;
+
+  fp__shm_alock(m, h);
+  rc = fp__shm_alloc_locked(m, slot, size);
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+  return rc;
+}
+
+/* Refills h's empty cache of class c; makes room once if the arena has
+ * none. Returns 1 when the cache holds a chunk, 0 when there is no room.
+ * The cache is looked at again after making room, which may have put
+ * chunks there: a refill on top of them could overfill it. */
+static int refill_cache(fp_manager *m, fp__shm_heap *h, int c) {
+  int want = (int)fp__shm_cache_cap(c) / 2;
+
+  if (fp__shm_refill(m, h, c, want) != 0)
+    return 1;
+  fp__shm_make_room(m, h);
+  return h->ncache[c] != 0 || fp__shm_refill(m, h, c, want) != 0;
+}
+
 int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                   uint64_t size) {
   int c, rc;
   uint64_t n, base;
 
   if (size > FP__SHM_SMALL_MAX) {
-    fp__shm_alock(m, h);
-    rc = fp__shm_alloc_locked(m, slot, size);
-    fp__shm_acommit(m);
-    fp__shm_aunlock(m);
+    if ((rc = alloc_pages(m, h, slot, size)) == FP_ENOMEM) {
+      fp__shm_make_room(m, h);
+      rc = alloc_pages(m, h, slot, size);
+    }
     return rc;
   }
   c = fp__shm_class_of(size);
-  if (h->ncache[c] == 0 &&
-      fp__shm_refill(m, h, c, (int)fp__shm_cache_cap(c) / 2) == 0)
+  if (h->ncache[c] == 0 && refill_cache(m, h, c) == 0)
     return FP_ENOMEM;
   n = h->ncache[c];
   base = fp__shm_cache_base(c);
@@ -107,11 +150,12 @@ int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
 static void unlimbo_one(fp_manager *m, fp__shm_heap *h, int b) {
   uint64_t off = h->limbo[b], bytes = fp__shm_chunk_bytes(m, off);
   uint64_t next = *(uint64_t *)fp__shm_ptr(m, off);
+  uint64_t w = limbo_weight(m, off);
 
   if (bytes > FP__SHM_SMALL_MAX) {
     fp__shm_alock(m, h);
     fp__shm_alog(m, &h->limbo[b], next);
-    fp__shm_alog(m, &h->nlimbo, h->nlimbo - 1);
+    fp__shm_alog(m, &h->nlimbo, h->nlimbo - w);
     fp__shm_free_locked(m, off);
     fp__shm_acommit(m);
     fp__shm_aunlock(m);
@@ -124,7 +168,7 @@ static void unlimbo_one(fp_manager *m, fp__shm_heap *h, int b) {
   uint64_t n = h->ncache[c];
   h->cache[fp__shm_cache_base(c) + n] = off; /* past ncache: unlogged */
   fp__shm_hlog(m, h, &h->limbo[b], next);
-  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo - 1);
+  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo - w);
   fp__shm_hlog(m, h, &h->ncache[c], n + 1);
   fp__shm_hcommit(h);
 }
@@ -134,18 +178,16 @@ static void unlimbo_all(fp_manager *m, fp__shm_heap *h, int b) {
     unlimbo_one(m, h, b);
 }
 
-void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
-                    int is_cref) {
-  uint64_t v = *slot, off, e;
-  int b;
-
-  if (v == 0 || (is_cref && v == 1))
-    return;
-  off = is_cref ? fp__shm_cref_off(v) : v;
+/* The body of fp__shm_retire for a chunk at off. Kept out of line: most
+ * calls find an empty slot (the release slots of an insert), and return
+ * before the prologue a body with calls in it costs. */
+static __attribute__((noinline)) void
+retire_chunk(fp_manager *m, fp__shm_heap *h, uint64_t *slot, uint64_t off) {
   /* The caller made the unlink visible before this epoch load (a full
    * fence, or the exchange that released the structure's lock). */
-  e = atomic_load(&m->epoch);
-  b = (int)(e % 3);
+  uint64_t e = atomic_load(&m->epoch);
+  int b = (int)(e % 3);
+
   /* A list of an older epoch in this bucket now waits for this epoch
    * too: later reuse is always safe, and retiring touches nothing but h
    * (a survivor repairing a dead thread's journal retires into the dead
@@ -155,9 +197,18 @@ void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
   fp__shm_hlog(m, h, &h->limbo[b], off);
   if (h->limbo_epoch[b] != e)
     fp__shm_hlog(m, h, &h->limbo_epoch[b], e);
-  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo + 1);
+  fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo + limbo_weight(m, off));
   fp__shm_hlog(m, h, slot, 0);
   fp__shm_hcommit(h);
+}
+
+void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                    int is_cref) {
+  uint64_t v = *slot;
+
+  if (v == 0 || (is_cref && v == 1))
+    return;
+  retire_chunk(m, h, slot, is_cref ? fp__shm_cref_off(v) : v);
 }
 
 /* --- epochs --------------------------------------------------------------- */
@@ -254,35 +305,109 @@ void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
 
 /* --- draining a heap -------------------------------------------------- */
 
-/* Moves heap d's limbo list b onto the global limbo, in one step of the
- * global lock (held by h's thread). */
-static void limbo_to_global(fp_manager *m, fp__shm_heap *d, int b) {
-  uint64_t head = d->limbo[b], tail = head, n = 1, t = d->limbo_epoch[b];
+/* Moves heap d's limbo list b onto heap `to`'s limbo, or onto the global
+ * limbo when `to` is NULL, in one step of the global lock (held by the
+ * caller). Merged lists wait for the newer of the two epochs. */
+static void limbo_move(fp_manager *m, fp__shm_heap *d, int b,
+                       fp__shm_heap *to) {
+  uint64_t head = d->limbo[b], tail = head, t = d->limbo_epoch[b];
+  uint64_t n = limbo_weight(m, head);
+  uint64_t *list = to != NULL ? to->limbo : m->glimbo;
+  uint64_t *epoch = to != NULL ? to->limbo_epoch : m->glimbo_epoch;
   int g = (int)(t % 3);
 
   while (*(uint64_t *)fp__shm_ptr(m, tail) != 0) {
     tail = *(uint64_t *)fp__shm_ptr(m, tail);
-    n++;
+    n += limbo_weight(m, tail);
   }
-  fp__shm_alog(m, fp__shm_ptr(m, tail), m->glimbo[g]);
-  fp__shm_alog(m, &m->glimbo[g], head);
-  /* Merged lists wait for the newer of the two epochs. */
-  if (m->glimbo_epoch[g] < t)
-    fp__shm_alog(m, &m->glimbo_epoch[g], t);
+  fp__shm_alog(m, fp__shm_ptr(m, tail), list[g]);
+  fp__shm_alog(m, &list[g], head);
+  if (epoch[g] < t)
+    fp__shm_alog(m, &epoch[g], t);
+  if (to != NULL)
+    fp__shm_alog(m, &to->nlimbo, to->nlimbo + n);
   fp__shm_alog(m, &d->limbo[b], 0);
   fp__shm_alog(m, &d->nlimbo, d->nlimbo - n);
 }
 
-void fp__shm_heap_drain(fp_manager *m, const fp__shm_heap *h, fp__shm_heap *d) {
+/* A dead heap's retired chunks join the reclaimer's own limbo rather than
+ * the global one: the reclaimer's next collection frees them, and
+ * fp__shm_make_room may free them before the epoch moves (it cannot do so
+ * with the global limbo, which also holds destroyed objects). A released
+ * heap (h == d) has nobody to hand them to. */
+void fp__shm_heap_drain(fp_manager *m, fp__shm_heap *h, fp__shm_heap *d) {
   for (int c = 0; c < FP__SHM_NCLASS; c++)
     while (d->ncache[c] != 0)
       fp__shm_flush(m, h, d, c, (int)d->ncache[c]);
   fp__shm_alock(m, h);
   for (int b = 0; b < 3; b++)
     if (d->limbo[b] != 0)
-      limbo_to_global(m, d, b);
+      limbo_move(m, d, b, d != h ? h : NULL);
   fp__shm_acommit(m);
   fp__shm_aunlock(m);
+}
+
+/* --- making room ---------------------------------------------------------- */
+
+/* Returns 1 if every heap but h is unpinned or pinned in an epoch after t:
+ * then no call of another thread can still see a chunk retired in epoch t
+ * (the condition try_advance checks before the advance that frees it, with
+ * h left out). */
+static int others_past(fp_manager *m, const fp__shm_heap *h, uint64_t t) {
+  uint64_t hw = atomic_load(&m->heap_hw);
+
+  for (uint64_t i = 0; i < hw; i++) {
+    fp__shm_heap *x = fp__shm_heap_at(m, (int)i);
+    uint64_t pin = atomic_load(&x->pin);
+    if (x != h && (pin & 1) && pin >> 1 <= t)
+      return 0;
+  }
+  return 1;
+}
+
+/* The caller may be pinned, and its own pin then stops the epoch one short
+ * of freeing what was retired in the current epoch. For h's limbo (what h
+ * retired, and what the dead heaps it reclaimed had retired) that pin
+ * protects nothing: an allocating call uses only the object it is in, its
+ * alloc slots and what it read under the lock of the structure it changes
+ * (arena.h, fp__shm_alloc), and a retired chunk was unlinked from its
+ * structure before it was retired. So h's lists go back as soon as no
+ * other call can see them. The global limbo waits for the epoch: it holds
+ * destroyed objects, and the caller may be inside one whose destroy a
+ * racing thread just finished (a list append allocates before it takes
+ * the list's lock). */
+static int (*reclaimer)(fp_manager *m); /* arena.h, fp__shm_set_reclaimer */
+
+void fp__shm_set_reclaimer(int (*reclaim_dead)(fp_manager *m)) {
+  reclaimer = reclaim_dead;
+}
+
+void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
+  uint64_t e;
+
+  /* Threads that died, or exited without releasing their heap (a process
+   * whose main thread returns from main or calls exit() runs no
+   * thread-key destructor): their caches go back to the slabs, their
+   * limbo joins h's (fp__shm_heap_drain). The calling thread's heap is h,
+   * which the reclaim leaves alone. */
+  if (reclaimer != NULL)
+    reclaimer(m);
+  e = try_advance(m);
+  e = try_advance(m);
+  for (int b = 0; b < 3; b++)
+    if (h->limbo[b] != 0 &&
+        (h->limbo_epoch[b] + 2 <= e || others_past(m, h, h->limbo_epoch[b])))
+      unlimbo_all(m, h, b);
+  while (collect_global(m, h, e))
+    ;
+  /* Cached chunks keep their slabs alive, and a slab's pages merge with
+   * their neighbours only once it is empty. The one empty slab each class
+   * keeps for its next refill stays: its pages handed to the request
+   * that failed, the class may find no run long enough for a new slab
+   * when it needs one again (fp__shm_obj_new trims them, for arrays). */
+  for (int c = 0; c < FP__SHM_NCLASS; c++)
+    while (h->ncache[c] != 0)
+      fp__shm_flush(m, h, h, c, (int)h->ncache[c]);
 }
 
 /* --- consistency check ---------------------------------------------------- */
@@ -310,10 +435,12 @@ int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
   }
   for (int b = 0; b < 3 && rc == 0; b++) {
     rc = fp__shm_claim_list(c, h->limbo[b], &n, "heap limbo");
-    total += n;
+    for (uint64_t off = h->limbo[b]; rc == 0 && off != 0;
+         off = *(uint64_t *)fp__shm_ptr(c->m, off))
+      total += limbo_weight(c->m, off);
   }
   if (rc == 0 && total != h->nlimbo)
-    rc = fp__shm_fail(c, "heap %d: %llu retired chunks, heap says %llu",
+    rc = fp__shm_fail(c, "heap %d: retired chunks weigh %llu, heap says %llu",
                       fp__shm_heap_idx(c->m, h), (unsigned long long)total,
                       (unsigned long long)h->nlimbo);
   return rc;

@@ -7,7 +7,10 @@
  * object is one step of the global allocator (allocate, build, link), so a
  * crash leaves either no object or a complete one; freeing one is one step
  * too (unlink, clear the magic, retire the chunk through the global limbo,
- * so that a call still inside the object never sees it reused).
+ * so that a call still inside the object never sees it reused), followed
+ * by a collection: arrays, counters and locks make no other call that
+ * would ever collect, and a destroyed array's pages should serve the next
+ * request at once.
  *
  * Handles are pointers into the arena; fp__shm_obj_check validates one
  * (magic, type, the arena's own magic and base) before every call. A ref
@@ -83,19 +86,14 @@ static int obj_build(fp_manager *m, uint64_t off, int type, uint64_t size,
   return 0;
 }
 
-int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
-                    int (*init)(void *obj, void *arg), void *arg, void **out) {
-  fp__shm_heap *h = fp__shm_heap_get(m);
-  uint64_t *slot;
+/* One attempt of fp__shm_obj_new, as one step of the global allocator. */
+static int obj_new_step(fp_manager *m, fp__shm_heap *h, int type, uint64_t size,
+                        int (*init)(void *obj, void *arg), void *arg,
+                        void **out) {
+  /* The heap's idle journal lends its alloc slot to this step. */
+  uint64_t *slot = &h->j.alloc[0];
   int rc;
 
-  *out = NULL;
-  if (h == NULL)
-    return FP_ENOMEM;
-  if (size > m->size - m->heap)
-    return FP_EMSGSIZE;
-  /* The heap's idle journal lends its alloc slot to this step. */
-  slot = &h->j.alloc[0];
   fp__shm_alock(m, h);
   rc = fp__shm_alloc_locked(m, slot, size);
   if (rc == 0)
@@ -108,6 +106,29 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
     fp__shm_aabort(m);
   }
   fp__shm_aunlock(m);
+  return rc;
+}
+
+int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
+                    int (*init)(void *obj, void *arg), void *arg, void **out) {
+  fp__shm_heap *h = fp__shm_heap_get(m);
+  int rc;
+
+  *out = NULL;
+  if (h == NULL)
+    return FP_ENOMEM;
+  if (size > m->size - m->heap)
+    return FP_EMSGSIZE;
+  rc = obj_new_step(m, h, type, size, init, arg, out);
+  if (rc == FP_ENOMEM) {
+    /* Objects are the large requests (arrays) and need long runs of
+     * pages, which the one empty slab each class keeps can cut: those go
+     * back too. Structure calls keep them (see fp__shm_make_room). Not
+     * pinned, no lock held: the collection may free anything retired. */
+    fp__shm_make_room(m, h);
+    fp__shm_trim(m, h);
+    rc = obj_new_step(m, h, type, size, init, arg, out);
+  }
   return rc;
 }
 
@@ -143,6 +164,9 @@ int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
   fp__shm_push_locked(m, &m->glimbo[b], o->self);
   fp__shm_acommit(m);
   fp__shm_aunlock(m);
+  /* Every destroy calls this unpinned, so the two advances of a collect
+   * free the chunk now unless another call is inside (heap.c). */
+  fp__shm_collect(m, h, 0);
   return 0;
 }
 

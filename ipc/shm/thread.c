@@ -204,6 +204,7 @@ static void on_thread_exit(void *arg) {
 static void init_once(void) {
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
   pthread_key_create(&exit_key, on_thread_exit);
+  fp__shm_set_reclaimer(fp__shm_reclaim_dead);
 }
 
 /* --- claiming, releasing, reclaiming -------------------------------------- */

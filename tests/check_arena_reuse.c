@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: MIT */
+/* check_arena_reuse.c - tests that freed manager memory comes back: FP_ENOMEM
+ * only when the live data does not leave room.
+ *
+ * Each case is a pattern that once ran a roomy arena out of memory with
+ * little live data: arrays created and destroyed in turn (destroyed objects
+ * waited in the global limbo, which nothing collected), one key or list slot
+ * overwritten with big values (the retire trigger counted chunks, not bytes,
+ * and an allocation gave up without collecting), processes that exited
+ * without releasing their heap (nothing reclaimed it on FP_ENOMEM), and
+ * chunks cached by the calling thread that kept their slabs from merging
+ * back into spans. The last cases check that the last-resort collection
+ * never frees what a pinned reader may still see, and that a process
+ * killed at any point of it leaves the arena consistent; they use the
+ * internal header (pins, heap slots, the crash hook), as check_manager.c
+ * does.
+ *
+ * Children leave with _exit(), as pool workers do: a normal exit of a
+ * process runs no thread-key destructor either, so its heap stays owned
+ * by a dead thread just the same.
+ */
+#include "testutil.h"
+
+#include "forkpool.h"
+#include "ipc/shm/check.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define K(s) s, strlen(s)
+
+static fp_manager *mgr;
+
+static void teardown(void) {
+  fp_test_no_children();
+  fp_manager_free(mgr);
+  mgr = NULL;
+}
+
+/* Makes the manager the case uses (freed by the teardown). */
+static fp_manager *new_manager(size_t size) {
+  fp_manager_opts o = {.arena_size = size};
+  ck_assert_int_eq(fp_manager_new(&mgr, size != 0 ? &o : NULL), 0);
+  return mgr;
+}
+
+static void assert_consistent(fp_manager *m) {
+  char err[256];
+  int rc = fp__shm_check(m, err, sizeof(err));
+  ck_assert_msg(rc == 0, "consistency check failed (%d): %s", rc, err);
+}
+
+static size_t used_of(fp_manager *m) {
+  fp_manager_stats st;
+  ck_assert_int_eq(fp_manager_stats_get(m, &st), 0);
+  return st.used;
+}
+
+/* Waits for a child and returns its exit code (-signal if killed). */
+static int reap(pid_t pid) {
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+}
+
+/* Heap slots that name a thread, dead or alive. */
+static int heaps_owned(fp_manager *m) {
+  int n = 0;
+  for (uint64_t i = 0; i < m->nheaps; i++)
+    n += FP__HS_TID(atomic_load(&fp__shm_heap_at(m, (int)i)->state)) != 0;
+  return n;
+}
+
+/* An encoded BYTES value of n bytes of c (the caller frees it). */
+static void make_bytes(fp_writer *w, size_t n, int c) {
+  unsigned char *p = malloc(n);
+  ck_assert_ptr_nonnull(p);
+  memset(p, c, n);
+  fp_writer_init(w);
+  ck_assert_int_eq(fp_write_bytes(w, p, n), 0);
+  free(p);
+}
+
+/* --- destroyed objects ---------------------------------------------------- */
+
+/* Arrays make no call that retires or collects anything but their own
+ * destroy: the destroyed array's pages must serve the next one. */
+START_TEST(array_new_after_destroy_reuses_the_pages) {
+  fp_manager *m = new_manager(4u << 20);
+  fp_array *a;
+
+  for (int i = 0; i < 40; i++) {
+    ck_assert_msg(fp_array_new(m, 1u << 20, &a) == 0, "round %d", i);
+    ck_assert_int_eq(fp_array_destroy(a), 0);
+    ck_assert_uint_lt(used_of(m), 64u << 10);
+  }
+  /* The same with three arrays alive: 3 MiB of the 4 MiB stay usable. */
+  fp_array *b[3];
+  for (int i = 0; i < 10; i++) {
+    for (int k = 0; k < 3; k++)
+      ck_assert_msg(fp_array_new(m, 1000u << 10, &b[k]) == 0, "round %d", i);
+    for (int k = 0; k < 3; k++)
+      ck_assert_int_eq(fp_array_destroy(b[k]), 0);
+  }
+  assert_consistent(m);
+}
+END_TEST
+
+/* --- big values overwritten ----------------------------------------------- */
+
+/* A 1 MiB value replaced 50 times in a 4 MiB arena: every set works, and
+ * the old value is back before the set returns (used stays near one
+ * value), not only once the arena is full. */
+START_TEST(dict_set_over_a_big_value_reuses_its_memory) {
+  fp_manager *m = new_manager(4u << 20);
+  fp_dict *d;
+  fp_writer w;
+
+  make_bytes(&w, 1u << 20, 'v');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int i = 0; i < 50; i++) {
+    ck_assert_msg(fp_dict_set(d, K("k"), w.data, w.len) == 0, "set %d", i);
+    ck_assert_uint_lt(used_of(m), (2u << 20) - (256u << 10));
+  }
+  ck_assert_int_eq(fp_dict_len(d), 1);
+  fp_writer_free(&w);
+  assert_consistent(m);
+}
+END_TEST
+
+START_TEST(list_set_over_a_big_value_reuses_its_memory) {
+  fp_manager *m = new_manager(4u << 20);
+  unsigned char nil = FP_NIL;
+  fp_list *l;
+  fp_writer w, out;
+
+  make_bytes(&w, 1000u * 1000u, 'w');
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  ck_assert_int_eq(fp_list_append(l, &nil, 1), 0);
+  for (int i = 0; i < 50; i++) {
+    ck_assert_msg(fp_list_set(l, 0, w.data, w.len) == 0, "set %d", i);
+    ck_assert_uint_lt(used_of(m), (2u << 20) - (256u << 10));
+  }
+  fp_writer_init(&out);
+  ck_assert_int_eq(fp_list_get(l, 0, &out), 0);
+  ck_assert_uint_eq(out.len, w.len);
+  fp_writer_free(&out);
+  fp_writer_free(&w);
+  assert_consistent(m);
+}
+END_TEST
+
+/* The default 1 GiB arena, one key set to a value of a fortieth of it 48
+ * times: without a byte-based trigger the retired values filled the arena
+ * (the chunk count never reached the trigger). Used must stay within a few
+ * values; under valgrind a few sets check the same bound. */
+START_TEST(dict_set_in_the_default_arena_keeps_used_bounded) {
+  fp_manager *m = new_manager(0);
+  size_t v = ((size_t)1 << 30) / 40;
+  int sets = fp_test_under_valgrind() ? 6 : 48;
+  fp_dict *d;
+  fp_writer w;
+
+  make_bytes(&w, v, 'x');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int i = 0; i < sets; i++) {
+    ck_assert_msg(fp_dict_set(d, K("k"), w.data, w.len) == 0, "set %d", i);
+    ck_assert_uint_le(used_of(m), 5 * v);
+  }
+  fp_writer_free(&w);
+  assert_consistent(m);
+}
+END_TEST
+
+/* --- processes that exited ------------------------------------------------ */
+
+/* Each child replaces d["k"] (1 MB) and exits without releasing its heap:
+ * the value it replaced must not stay with it. */
+START_TEST(dict_set_by_exiting_processes_leaves_no_garbage) {
+  fp_manager *m = new_manager(8u << 20);
+  fp_dict *d;
+  fp_writer w;
+
+  make_bytes(&w, 1000u * 1000u, 'c');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int c = 0; c < 14; c++) {
+    pid_t pid = fork();
+    if (pid == 0)
+      _exit(fp_dict_set(d, K("k"), w.data, w.len) == 0 ? 0 : 1);
+    ck_assert_msg(reap(pid) == 0, "child %d: set failed", c);
+    ck_assert_uint_lt(used_of(m), 2u << 20);
+  }
+  fp_writer_free(&w);
+  assert_consistent(m);
+}
+END_TEST
+
+/* Children that each overwrite 50 keys (fewer retired chunks than the
+ * trigger, so each leaves ~300 KiB in its limbo, plus its cache) and exit:
+ * their heaps hold most of a 2 MiB arena. The parent, which retired
+ * nothing itself, must still be able to insert as much as they left. */
+START_TEST(heaps_of_exited_processes_are_reclaimed_when_full) {
+  fp_manager *m = new_manager(2u << 20);
+  char key[32];
+  fp_dict *d;
+  fp_writer w;
+
+  make_bytes(&w, 6000, 'e');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int c = 0; c < 5; c++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "a%d", i);
+        if (fp_dict_set(d, K(key), w.data, w.len) != 0)
+          _exit(1);
+      }
+      _exit(0);
+    }
+    ck_assert_msg(reap(pid) == 0, "child %d: a set failed", c);
+  }
+  ck_assert_int_eq(heaps_owned(m), 6); /* ours and five dead ones */
+  for (int i = 0; i < 200; i++) {
+    snprintf(key, sizeof(key), "b%d", i);
+    ck_assert_msg(fp_dict_set(d, K(key), w.data, w.len) == 0, "insert %d", i);
+  }
+  ck_assert_int_eq(heaps_owned(m), 1);
+  ck_assert_int_eq(fp_dict_len(d), 250);
+  fp_writer_free(&w);
+  assert_consistent(m);
+}
+END_TEST
+
+/* --- cached chunks -------------------------------------------------------- */
+
+/* Everything destroyed, ~100 KB used of 4 MiB: a 512 KiB array must fit,
+ * although the caller's heap caches one or two chunks of most slabs. */
+START_TEST(array_new_gets_the_pages_of_cached_chunks) {
+  fp_manager *m = new_manager(4u << 20);
+  char key[32], val[300];
+  uint64_t x = 88172645463325252ULL;
+  fp_array *a;
+  fp_dict *d;
+
+  memset(val, 'v', sizeof(val));
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int n = 0;; n++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    snprintf(key, sizeof(key), "key%d", n);
+    if (fp_dict_set_bytes(d, K(key), val, x % 300) != 0)
+      break;
+  }
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int i = 0; i < 300; i++) {
+    ck_assert_int_eq(fp_dict_set_int(d, K("x"), i), 0);
+    ck_assert_int_eq(fp_dict_delete(d, K("x"), NULL), 0);
+  }
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
+  ck_assert_int_eq(fp_array_new(m, 512u << 10, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+  ck_assert_int_eq(fp_array_new(m, 3u << 20, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+  assert_consistent(m);
+}
+END_TEST
+
+/* --- safety --------------------------------------------------------------- */
+
+static pthread_barrier_t pin_bar;
+
+/* Pins its own heap (as a lock-free reader inside a call does) between
+ * two barriers. */
+static void *pinned_reader(void *arg) {
+  fp_manager *m = arg;
+  fp__shm_heap *h = fp__shm_heap_get(m);
+
+  if (h != NULL)
+    fp__shm_pin(m, h);
+  pthread_barrier_wait(&pin_bar);
+  pthread_barrier_wait(&pin_bar);
+  if (h != NULL)
+    fp__shm_unpin(h);
+  return h != NULL ? NULL : (void *)1;
+}
+
+/* A reader pinned before a value was replaced may still be reading it:
+ * the replaced value must not be reused, even by an allocation that finds
+ * no room (it fails instead), until the reader leaves. */
+START_TEST(pinned_reader_keeps_what_it_may_see) {
+  fp_manager *m = new_manager(4u << 20);
+  fp_writer a, b;
+  pthread_t t;
+  void *ret;
+  fp_dict *d;
+
+  make_bytes(&a, 1536u << 10, 'a');
+  make_bytes(&b, 1536u << 10, 'b');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("k"), a.data, a.len), 0);
+  ck_assert_int_eq(pthread_barrier_init(&pin_bar, NULL, 2), 0);
+  ck_assert_int_eq(pthread_create(&t, NULL, pinned_reader, m), 0);
+  pthread_barrier_wait(&pin_bar);
+  /* 'a' is retired while the reader is pinned: 'b' fits beside it, a
+   * third value does not. */
+  ck_assert_int_eq(fp_dict_set(d, K("k"), b.data, b.len), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("k"), a.data, a.len), FP_ENOMEM);
+  pthread_barrier_wait(&pin_bar);
+  ck_assert_int_eq(pthread_join(t, &ret), 0);
+  ck_assert_ptr_null(ret);
+  ck_assert_int_eq(fp_dict_set(d, K("k"), a.data, a.len), 0);
+  pthread_barrier_destroy(&pin_bar);
+  fp_writer_free(&a);
+  fp_writer_free(&b);
+  assert_consistent(m);
+}
+END_TEST
+
+/* The crash state: a 512 KiB arena that a helper process filled with a
+ * list of 200-byte items, then popped 40 of them (retired into its heap,
+ * below the trigger) and exited. Both ops need what the dead helper holds,
+ * so they go through every step of the last resort: reclaiming the
+ * helper's heap, collecting, flushing (and for the array, trimming). */
+typedef struct rstate {
+  fp_list *l;
+  fp_writer item;
+  int64_t len;    /* the list's length before the op */
+  size_t objects; /* live objects before the op */
+} rstate;
+
+enum { OP_APPEND, OP_ARRAY, NROPS };
+
+static void rstate_build(rstate *st) {
+  fp_manager *m = new_manager(512u << 10);
+  fp_manager_stats ms;
+
+  make_bytes(&st->item, 200, 'i');
+  ck_assert_int_eq(fp_list_new(m, &st->l), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    while (fp_list_append(st->l, st->item.data, st->item.len) == 0)
+      ;
+    for (int i = 0; i < 40; i++)
+      if (fp_list_pop(st->l, -1, NULL) != 0)
+        _exit(1);
+    _exit(0);
+  }
+  ck_assert_int_eq(reap(pid), 0);
+  st->len = fp_list_len(st->l);
+  ck_assert_int_gt(st->len, 100);
+  ck_assert_int_eq(fp_manager_stats_get(m, &ms), 0);
+  st->objects = ms.objects;
+}
+
+static int rstate_op(rstate *st, int op) {
+  fp_array *a;
+  if (op == OP_APPEND)
+    return fp_list_append(st->l, st->item.data, st->item.len);
+  return fp_array_new(mgr, 64u << 10, &a);
+}
+
+/* Whether the op took effect: 0 no, 1 yes, -1 neither before nor after. */
+static int rstate_effect(rstate *st, int op) {
+  fp_manager_stats ms;
+  int64_t n = fp_list_len(st->l);
+
+  ck_assert_int_eq(fp_manager_stats_get(mgr, &ms), 0);
+  if (op == OP_APPEND)
+    return n == st->len ? 0 : n == st->len + 1 ? 1 : -1;
+  if (n != st->len)
+    return -1;
+  return ms.objects == st->objects ? 0 : ms.objects == st->objects + 1 ? 1 : -1;
+}
+
+/* Runs op in a child killed at its k-th crash point. Returns 1 if the
+ * child completed instead (it has fewer points), after checking that the
+ * op worked and that it had to reclaim the helper's heap. */
+static int rstate_crash(rstate *st, int op, long k) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    fp__shm_crash_countdown = k;
+    _exit(rstate_op(st, op) == 0 ? 0 : 1);
+  }
+  int rc = reap(pid);
+  if (rc == 0) { /* ours, and the op's dead child's: not the helper's */
+    ck_assert_int_eq(heaps_owned(mgr), 2);
+    ck_assert_int_eq(rstate_effect(st, op), 1);
+    return 1;
+  }
+  ck_assert_int_eq(rc, -SIGKILL);
+  return 0;
+}
+
+/* A process killed at any crash point of a call that had to make room
+ * leaves a consistent arena, the state before or after the call, and room
+ * for the call to be made again. */
+START_TEST(crash_while_making_room_gives_before_or_after) {
+  int stride = fp_test_under_valgrind() ? 23 : 1;
+
+  for (int op = 0; op < NROPS; op++) {
+    long points = 0;
+    int done = 0;
+    for (long k = 1; !done && k < 20000; k += stride) {
+      rstate st;
+      rstate_build(&st);
+      if ((done = rstate_crash(&st, op, k)) == 0) {
+        points++;
+        assert_consistent(mgr); /* settles: reclaims the dead, repairs */
+        ck_assert_msg(rstate_effect(&st, op) >= 0,
+                      "op %d crash point %ld: neither before nor after", op, k);
+        ck_assert_int_eq(rstate_op(&st, op), 0);
+        assert_consistent(mgr);
+      }
+      fp_writer_free(&st.item);
+      fp_manager_free(mgr);
+      mgr = NULL;
+    }
+    ck_assert_msg(done, "op %d never completed", op);
+    ck_assert_int_gt(points, 100 / stride);
+  }
+}
+END_TEST
+
+Suite *arena_reuse_suite(void) {
+  Suite *s = suite_create("arena_reuse");
+  TCase *tc;
+
+  tc = tcase_create("reuse");
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, array_new_after_destroy_reuses_the_pages);
+  tcase_add_test(tc, dict_set_over_a_big_value_reuses_its_memory);
+  tcase_add_test(tc, list_set_over_a_big_value_reuses_its_memory);
+  tcase_add_test(tc, dict_set_in_the_default_arena_keeps_used_bounded);
+  tcase_add_test(tc, dict_set_by_exiting_processes_leaves_no_garbage);
+  tcase_add_test(tc, heaps_of_exited_processes_are_reclaimed_when_full);
+  tcase_add_test(tc, array_new_gets_the_pages_of_cached_chunks);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("safety");
+  tcase_add_checked_fixture(tc, NULL, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, pinned_reader_keeps_what_it_may_see);
+  tcase_add_test(tc, crash_while_making_room_gives_before_or_after);
+  suite_add_tcase(s, tc);
+  return s;
+}
