@@ -790,7 +790,8 @@ FP_EXTERN int fp_pool_size(const fp_pool *pool);
 
 /* What a worker slot is doing, for demos, tests and monitoring. */
 typedef struct fp_worker_info {
-  pid_t pid;          /* current process of slot i, 0 while (re)starting */
+  pid_t pid;          /* current process of slot i, 0 while (re)starting
+                         and once the pool was joined */
   int cpu;            /* CPU it is pinned to, -1 when not pinned */
   int last_cpu;       /* CPU it last ran a task on (sched_getcpu), or -1 */
   uint64_t tasks;     /* chunks completed by this slot, all processes */

@@ -418,8 +418,8 @@ int fp_pool_size(const fp_pool *pool) {
 int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
   if (pool == NULL || info == NULL || i < 0 || i >= pool->nworkers ||
       fp__pool_foreign(pool))
-    return fp__refuse("fp_pool_worker_info: NULL pool or info, index out of "
-                  "range, or a forked copy of the pool");
+    return fp__refuse("fp_pool_worker_info: NULL pool or info, index out "
+                      "of range, or a forked copy of the pool");
   fp__pool_lock(pool);
   fp__wslot *ws = &pool->ws[i];
   fp__running run;
@@ -525,8 +525,7 @@ int fp_pool_join(fp_pool *pool) {
     sched_yield();
   pthread_join(pool->thread, NULL);
   uv_loop_close(&pool->loop);
-  fp__link *link = pool->link;
-  link->ops->free(link);
+  pool->link->ops->free(pool->link);
   fp__pool_lock(pool);
   pool->link = NULL;
   pool->join_done = 1;

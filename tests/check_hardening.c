@@ -870,9 +870,10 @@ END_TEST
 
 /* ---- 5. a forged RETIRE frame ---------------------------------------------- */
 
-/* Writes a RETIRE frame on every AF_UNIX stream socket of this process (in
- * a worker: its channel to the master). Returns how many were written. */
-static int forge_retire(void) {
+/* Writes a frame of payload p (n bytes) on every AF_UNIX stream socket of
+ * this process (in a worker: its channel to the master). Returns how many
+ * were written. */
+static int forge_frame(const void *p, size_t plen) {
   int n = 0;
   for (int fd = 3; fd < 1024; fd++) {
     struct stat st;
@@ -886,17 +887,21 @@ static int forge_retire(void) {
         getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
         ss.ss_family != AF_UNIX)
       continue;
-    fp__res_hdr h;
-    memset(&h, 0, sizeof(h));
-    h.type = FP__MSG_RETIRE;
-    unsigned char frame[4 + sizeof(h)]; /* u32 little-endian length */
+    unsigned char frame[4 + 64]; /* u32 little-endian length */
     for (int i = 0; i < 4; i++)
-      frame[i] = (unsigned char)(sizeof(h) >> (8 * i));
-    memcpy(frame + 4, &h, sizeof(h));
-    if (send(fd, frame, sizeof(frame), MSG_NOSIGNAL) == (ssize_t)sizeof(frame))
+      frame[i] = (unsigned char)(plen >> (8 * i));
+    memcpy(frame + 4, p, plen);
+    if (send(fd, frame, 4 + plen, MSG_NOSIGNAL) == (ssize_t)(4 + plen))
       n++;
   }
   return n;
+}
+
+static int forge_retire(void) {
+  fp__res_hdr h;
+  memset(&h, 0, sizeof(h));
+  h.type = FP__MSG_RETIRE;
+  return forge_frame(&h, sizeof(h));
 }
 
 /* Forges RETIRE and notes this process among the forgers (once each). */
@@ -933,6 +938,41 @@ START_TEST(forged_retire_frame_gets_worker_replaced) {
                 atomic_load(&g_sh->arrived));
   int rc = apply_within(p, t_pid, 10);
   ck_assert_msg(rc == 0, "a job after the forged RETIRE frames: %s",
+                fp_err_name(rc));
+  fp_pool_free(p);
+}
+END_TEST
+
+/* Forges the last PART frame of a RESULT that has no bytes, then one that
+ * is not a RESULT: the master must take each for a broken worker, not
+ * read the missing payload. */
+static int t_forge_parts(fp_reader *args, fp_writer *out) {
+  (void)args;
+  fp__part_hdr ph;
+  unsigned char bogus[sizeof(ph) + 1];
+  memset(&ph, 0, sizeof(ph));
+  ph.type = FP__MSG_PART;
+  ph.last = 1;
+  atomic_fetch_add(&g_sh->arrived, 1);
+  int n = forge_frame(&ph, sizeof(ph));
+  memcpy(bogus, &ph, sizeof(ph));
+  bogus[sizeof(ph)] = FP__MSG_READY;
+  n += forge_frame(bogus, sizeof(bogus));
+  return fp_write_int(out, n);
+}
+
+START_TEST(forged_part_frames_get_worker_replaced) {
+  fp_pool *p = pool_n(2);
+  for (int i = 0; i < 4; i++) {
+    fp_result *r;
+    ck_assert_int_eq(fp_pool_apply_async(p, t_forge_parts, NULL, NULL, &r),
+                     0);
+    fp_result_get(r, 5); /* any outcome: a forger may be killed */
+    fp_result_free(r);
+  }
+  ck_assert_int_ge(atomic_load(&g_sh->arrived), 1);
+  int rc = apply_within(p, t_pid, 10);
+  ck_assert_msg(rc == 0, "a job after the forged PART frames: %s",
                 fp_err_name(rc));
   fp_pool_free(p);
 }
@@ -1785,6 +1825,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item03d", huge_restart_window_still_stops_storm, 60);
   add_case(s, "item04", cleanup_in_forked_child_returns_at_once, 60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
+  add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
   add_case(s, "item06", pool_works_with_stdio_closed, 60);
   add_case(s, "item07", map_async_never_reads_in_after_result_free, 60);
   add_case(s, "item08", fnref_after_dlclose_runs_named_function, 60);

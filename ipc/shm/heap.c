@@ -269,8 +269,8 @@ static uint64_t try_advance(fp_manager *m) {
 
 /* Frees up to GLIMBO_BATCH chunks of the global limbo that are safe at
  * epoch e, under one hold of the global lock (callers come here once per
- * FP__SHM_LIMBO_TRIGGER retires, so the lock is cheap). Returns 1 if it freed
- * any. */
+ * FP__SHM_LIMBO_TRIGGER retires, so the lock is cheap). Returns 1 if it
+ * freed any. */
 static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
   int freed = 0;
 
@@ -365,6 +365,12 @@ static int others_past(fp_manager *m, const fp__shm_heap *h, uint64_t t) {
   return 1;
 }
 
+static int (*reclaimer)(fp_manager *m); /* arena.h, fp__shm_set_reclaimer */
+
+void fp__shm_set_reclaimer(int (*reclaim_dead)(fp_manager *m)) {
+  reclaimer = reclaim_dead;
+}
+
 /* The caller may be pinned, and its own pin then stops the epoch one short
  * of freeing what was retired in the current epoch. For h's limbo (what h
  * retired, and what the dead heaps it reclaimed had retired) that pin
@@ -376,12 +382,6 @@ static int others_past(fp_manager *m, const fp__shm_heap *h, uint64_t t) {
  * destroyed objects, and the caller may be inside one whose destroy a
  * racing thread just finished (a list append allocates before it takes
  * the list's lock). */
-static int (*reclaimer)(fp_manager *m); /* arena.h, fp__shm_set_reclaimer */
-
-void fp__shm_set_reclaimer(int (*reclaim_dead)(fp_manager *m)) {
-  reclaimer = reclaim_dead;
-}
-
 void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
   uint64_t e;
 

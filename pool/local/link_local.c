@@ -237,7 +237,7 @@ static void conn_part(conn *c, const unsigned char *p, size_t plen) {
   size_t len = c->part_len;
   c->part = NULL;
   c->part_len = c->part_cap = 0;
-  if (buf[0] != FP__MSG_RESULT)
+  if (len < sizeof(fp__res_hdr) || buf[0] != FP__MSG_RESULT)
     EV(l, violation, c->slot, "PART frames that are not a RESULT");
   else
     EV(l, result, c->slot, buf, len, &keep);

@@ -451,22 +451,17 @@ static int fail_all(worker *w, const chunk *ch, int code, const char *what,
   return w->errs.err != 0 ? w->errs.err : w->data.err;
 }
 
-/* fail_all(), with every message if that fits max_frame, else with the
- * first one only. When neither fits, the master cut a chunk whose failure
- * report (an error record and an output per item) no frame can carry: the
- * worker ends with FP__WEXIT_PROTO. When memory runs out, it dies. */
-/* Largest RESULT payload of a chunk (proto.h: PART frames carry what
- * exceeds max_frame). */
-static size_t result_limit(const worker *w) {
-  return fp__result_limit(w->cfg->max_frame);
-}
-
+/* fail_all(), with every message if that fits a chunk's results
+ * (fp__result_limit, proto.h), else with the first one only. When neither
+ * fits, the master cut a chunk whose failure report (an error record and
+ * an output per item) cannot be sent: the worker ends with
+ * FP__WEXIT_PROTO. When memory runs out, it dies. */
 static void replace_results(worker *w, const chunk *ch, int code,
                             const char *what) {
   int rc = 0;
   for (int detail = 1; detail >= 0; detail--) {
     rc = fail_all(w, ch, code, what, detail);
-    if (rc == 0 && result_len(w) <= result_limit(w))
+    if (rc == 0 && result_len(w) <= fp__result_limit(w->cfg->max_frame))
       return;
   }
   if (rc != 0)
@@ -476,7 +471,7 @@ static void replace_results(worker *w, const chunk *ch, int code,
 
 /* Makes the chunk's results sendable: when a writer failed (out of
  * memory), every item fails with that error; when the payload exceeds
- * result_limit(), every item fails with FP_EMSGSIZE instead of the
+ * fp__result_limit(), every item fails with FP_EMSGSIZE instead of the
  * payload being sent (the master would take it for a broken worker). */
 static void fit_result(worker *w, const chunk *ch) {
   char what[160];
@@ -487,7 +482,7 @@ static void fit_result(worker *w, const chunk *ch) {
              fp_strerror(err));
     replace_results(w, ch, err, what);
   }
-  size_t total = result_len(w), limit = result_limit(w);
+  size_t total = result_len(w), limit = fp__result_limit(w->cfg->max_frame);
   if (total > limit) {
     snprintf(what, sizeof(what),
              "the results of a chunk of %u items, %zu bytes, exceed "
@@ -497,13 +492,6 @@ static void fit_result(worker *w, const chunk *ch) {
   }
 }
 
-/* After a result went into the ring: wakes the master with a KICK only
- * if it is going to sleep and no caller polls the rings. The tail store in fp__ring_put() and this load
- * are both seq_cst, so the load cannot be ordered before the store (the
- * protocol is in local.h). While this worker still has chunks queued the
- * kick may wait (up to KICK_DEFER_NS): the master then drains several
- * results and refills the queue with one write, instead of one wake-up
- * and one write per chunk. Returns 0 or -errno of the send. */
 /* Whether the master will see the ring without a kick: it is awake, or a
  * caller polls (a poller that stops looks at the rings once more,
  * local.h). Loads after the tail's store, both seq_cst (local.h). */
@@ -512,6 +500,15 @@ static int master_will_look(const worker *w) {
          atomic_load_explicit(&w->shm->pollers, memory_order_seq_cst) > 0;
 }
 
+/* After a result went into the ring: wakes the master with a KICK only
+ * if it is going to sleep and no caller polls the rings. The tail store
+ * in fp__ring_put() and the loads of master_will_look() are all seq_cst,
+ * so the loads cannot be ordered before the store (the protocol is in
+ * local.h). While this worker still has chunks queued the kick may wait
+ * (up to KICK_DEFER_NS): the master then drains several results and
+ * refills the queue with one write, instead of one wake-up and one write
+ * per chunk. With nothing queued it first watches KICK_GRACE_NS for a
+ * poller. Returns 0 or -errno of the send. */
 static int maybe_kick(worker *w, int may_defer) {
   if (master_will_look(w)) {
     w->deferred_since = 0;
