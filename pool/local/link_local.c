@@ -197,6 +197,8 @@ static int ring_drain(llink *l, int slot);
 /* Appends n bytes to the RESULT being assembled. Returns 0, or -1 when
  * it would pass the results' limit or memory runs out. */
 static int part_append(conn *c, const unsigned char *p, size_t n) {
+  if (n == 0)
+    return 0; /* nothing to copy, and maybe no buffer yet */
   if (n > fp__result_limit(c->l->cfg.max_frame) - c->part_len)
     return -1;
   if (n > c->part_cap - c->part_len) {
