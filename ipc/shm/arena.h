@@ -55,6 +55,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <pthread.h>
 
 #if defined(__GNUC__)
@@ -577,17 +578,27 @@ FP__SHM_HIDDEN uint64_t fp__shm_obj_ref(const fp__shm_obj *o);
  * Returns 0, FP_EINVAL (NULL), FP_EMSGSIZE (over 4 GiB) or FP_EPROTO. */
 FP__SHM_HIDDEN int fp__shm_check_value(const void *v, size_t vlen);
 
-/* Little-endian int64 helpers. */
+/* Little-endian int64 helpers. A little-endian host copies the bytes as
+ * they stand: the byte loop, which gcc does not fold into one load, costs
+ * some 30 instructions on every scalar the dict and list store or read. */
 static inline int64_t fp__shm_le64(const unsigned char *p) {
   uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(&v, p, 8);
+#else
   for (int i = 7; i >= 0; i--)
     v = v << 8 | p[i];
+#endif
   return (int64_t)v;
 }
 static inline void fp__shm_put_le64(unsigned char *p, int64_t x) {
   uint64_t v = (uint64_t)x;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &v, 8);
+#else
   for (int i = 0; i < 8; i++, v >>= 8)
     p[i] = (unsigned char)v;
+#endif
 }
 
 #endif /* FP_IPC_SHM_ARENA_H */

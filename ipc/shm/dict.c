@@ -582,9 +582,11 @@ static int write_lockfree(fp_manager *m, stripe *s, const void *key,
   return 0;
 }
 
-/* The one write path: set, set-if-absent, setdefault and add-int. Returns
- * 0 (stored), 1 (setdefault: key present), FP_EEXIST, FP_ETYPE or an
- * allocation / writer error; on error the dict is unchanged. */
+/* The one write path: set, set-if-absent, setdefault and add-int, of a
+ * value known to be one well-formed encoded value (the callers check what
+ * users pass; prepare() checks the dict). Returns 0 (stored), 1
+ * (setdefault: key present), FP_EEXIST, FP_ETYPE or an allocation / writer
+ * error; on error the dict is unchanged. */
 static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
                       size_t vlen, int mode, int64_t delta, int64_t *newv,
                       fp_writer *out) {
@@ -596,10 +598,6 @@ static int dict_write(fp_dict *d, const void *key, size_t klen, const void *val,
   int64_t i;
   int rc;
 
-  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
-    return rc;
-  if (mode != W_ADD && (rc = fp__shm_check_value(val, vlen)) != 0)
-    return rc;
   if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
     return rc;
   m = mgr(d);
@@ -631,18 +629,34 @@ out:
   return rc;
 }
 
+/* Checks a caller's dict, then its value (in that order: a bad dict is
+ * FP_EINVAL whatever the value). */
+static int check_call(fp_dict *d, const void *value, size_t vlen) {
+  int rc = fp__shm_obj_check(d, FP__SHM_DICT);
+  return rc != 0 ? rc : fp__shm_check_value(value, vlen);
+}
+
 int fp_dict_set(fp_dict *d, const void *key, size_t klen, const void *value,
                 size_t vlen) {
+  int rc = check_call(d, value, vlen);
+  if (rc != 0)
+    return rc;
   return dict_write(d, key, klen, value, vlen, W_SET, 0, NULL, NULL);
 }
 
 int fp_dict_set_if_absent(fp_dict *d, const void *key, size_t klen,
                           const void *value, size_t vlen) {
+  int rc = check_call(d, value, vlen);
+  if (rc != 0)
+    return rc;
   return dict_write(d, key, klen, value, vlen, W_IF_ABSENT, 0, NULL, NULL);
 }
 
 int fp_dict_setdefault(fp_dict *d, const void *key, size_t klen,
                        const void *value, size_t vlen, fp_writer *out) {
+  int rc = check_call(d, value, vlen);
+  if (rc != 0)
+    return rc;
   return dict_write(d, key, klen, value, vlen, W_SETDEFAULT, 0, NULL, out);
 }
 
@@ -651,13 +665,14 @@ int fp_dict_add_int(fp_dict *d, const void *key, size_t klen, int64_t delta,
   return dict_write(d, key, klen, NULL, 0, W_ADD, delta, new_value, NULL);
 }
 
-/* Encodes a fixed-size scalar without a writer (no malloc). */
+/* Encodes a fixed-size scalar without a writer (no malloc); a value it
+ * encoded itself needs no check. */
 static int set_scalar(fp_dict *d, const void *key, size_t klen, int tag,
                       uint64_t bits) {
   unsigned char buf[9];
   buf[0] = (unsigned char)tag;
   fp__shm_put_le64(buf + 1, (int64_t)bits);
-  return fp_dict_set(d, key, klen, buf, 9);
+  return dict_write(d, key, klen, buf, 9, W_SET, 0, NULL, NULL);
 }
 
 int fp_dict_set_int(fp_dict *d, const void *key, size_t klen, int64_t v) {
