@@ -6,6 +6,7 @@
  * outcome is set by job.c; here are the calls a user makes on it.
  */
 #include "pool/pool_int.h"
+#include "pool/spin.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -55,23 +56,20 @@ static int usable(fp_result *res) {
  * and never inside a callback. */
 #define SPIN_NS 50000
 
-static inline void cpu_pause(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
-
 static void spin_until_ready(fp_result *res) {
-  int64_t until = fp__now_ns() + SPIN_NS;
-  do {
+  int64_t now = fp__now_ns(), until = now + SPIN_NS;
+  fp__spinner sp;
+  fp__spinner_start(&sp, now);
+  for (;;) {
     for (int i = 0; i < 64; i++) {
       if (atomic_load_explicit(&res->ready, memory_order_acquire))
         return;
-      cpu_pause();
+      fp__cpu_relax();
     }
-  } while (fp__now_ns() < until);
+    if ((now = fp__now_ns()) >= until)
+      return;
+    fp__spinner_tick(&sp, now);
+  }
 }
 
 /* The pool a waiter may poll for res: res's pool, pinned (counted in

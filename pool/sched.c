@@ -15,6 +15,7 @@
  * to job.c, which does everything else; nothing here calls back up.
  */
 #include "pool/pool_int.h"
+#include "pool/spin.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -22,13 +23,6 @@
 
 #define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
 
-static inline void cpu_pause(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
 #define QUEUE_AHEAD_NS 1000000    /* ... about this much work per worker */
 
 /* ---- pending queue ---------------------------------------------------------- */
@@ -312,7 +306,9 @@ void fp__sched_poll_spin(fp_pool *pool, int (*done)(void *), void *arg) {
   fp__link *l = pool->link;
   if (!l->ops->spin_begin(l))
     return;
-  int64_t until = fp__now_ns() + POLL_SPIN_NS;
+  int64_t now = fp__now_ns(), until = now + POLL_SPIN_NS;
+  fp__spinner sp;
+  fp__spinner_start(&sp, now);
   while (!done(arg)) {
     int st = l->ops->spin_check(l);
     if (st < 0)
@@ -323,9 +319,10 @@ void fp__sched_poll_spin(fp_pool *pool, int (*done)(void *), void *arg) {
       continue;
     }
     for (int i = 0; i < 16; i++)
-      cpu_pause();
-    if (fp__now_ns() >= until)
+      fp__cpu_relax();
+    if ((now = fp__now_ns()) >= until)
       break;
+    fp__spinner_tick(&sp, now);
   }
   if (l->ops->spin_end(l)) {
     /* Results a worker did not kick for while we polled. */

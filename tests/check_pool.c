@@ -1266,6 +1266,86 @@ START_TEST(compact_pinning_sets_exact_masks) {
 }
 END_TEST
 
+/* [ the CPU the task runs on, how many CPUs its mask allows ] */
+static int t_cpu_mask(fp_reader *args, fp_writer *out) {
+  (void)args;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof(set), &set);
+  return fp_pack(out, "[ i i ]", (int64_t)sched_getcpu(),
+                 (int64_t)CPU_COUNT(&set));
+}
+
+/* Runs n applies of t_cpu_mask from a thread pinned to `cpu` (the pool's
+ * feeder: a worker waiting for tasks on that CPU moves off it, spin.h),
+ * checking that every task saw `want_count` CPUs in its mask and, when
+ * want_cpu >= 0, ran on want_cpu. */
+static void applies_from_cpu(fp_pool *p, int cpu, int n, int64_t want_count,
+                             int want_cpu) {
+  cpu_set_t mine, one;
+  pthread_getaffinity_np(pthread_self(), sizeof(mine), &mine);
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ck_assert_int_eq(pthread_setaffinity_np(pthread_self(), sizeof(one), &one),
+                   0);
+  fp_writer out;
+  fp_writer_init(&out);
+  for (int i = 0; i < n; i++) {
+    int64_t ran_on, count;
+    fp_writer_reset(&out);
+    ck_assert_int_eq(fp_pool_apply(p, t_cpu_mask, NULL, &out), 0);
+    fp_reader rd;
+    fp_reader_init(&rd, out.data, out.len);
+    ck_assert_int_eq(fp_unpack(&rd, "[ i i ]", &ran_on, &count), 0);
+    ck_assert_int_eq(count, want_count);
+    if (want_cpu >= 0)
+      ck_assert_int_eq(ran_on, want_cpu);
+  }
+  fp_writer_free(&out);
+  pthread_setaffinity_np(pthread_self(), sizeof(mine), &mine);
+}
+
+static int first_allowed_cpu(int *count) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof(set), &set);
+  *count = CPU_COUNT(&set);
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &set))
+      return c;
+  return -1;
+}
+
+/* A worker that moves off its feeder's CPU does it by narrowing its mask
+ * for a moment: its tasks must never see anything but the whole mask. */
+START_TEST(worker_moving_off_the_feeders_cpu_keeps_its_mask) {
+  int n, cpu = first_allowed_cpu(&n);
+  if (n < 2)
+    return; /* one CPU: nothing to share or move to */
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  applies_from_cpu(p, cpu, 2000, n, -1);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A worker pinned (by the pool) to its feeder's CPU stays there. */
+START_TEST(pinned_worker_on_the_feeders_cpu_stays) {
+  int n, cpu = first_allowed_cpu(&n);
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.pin = FP_PIN_LIST;
+  o.pin_cpus = &cpu;
+  o.pin_ncpus = 1;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  applies_from_cpu(p, cpu, 2000, 1, cpu);
+  fp_pool_free(p);
+}
+END_TEST
+
 START_TEST(pin_list_outside_allowed_set_fails) {
   fp_pool_opts o = {0};
   int cpus[] = {0, FP_CPU_MAX - 1};
@@ -1364,6 +1444,8 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, compact_pinning_sets_exact_masks);
   tcase_add_test(tc, pin_list_outside_allowed_set_fails);
   tcase_add_test(tc, narrowed_mask_defaults_to_one_worker);
+  tcase_add_test(tc, worker_moving_off_the_feeders_cpu_keeps_its_mask);
+  tcase_add_test(tc, pinned_worker_on_the_feeders_cpu_stays);
   suite_add_tcase(s, tc);
   return s;
 }

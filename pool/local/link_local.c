@@ -418,8 +418,10 @@ static int pool_spin(llink *l) {
   int64_t last = atomic_load_explicit(&l->last_work, memory_order_relaxed);
   int64_t now = fp__now_ns(), end = now + SPIN_SLICE_NS;
   int rc = 0;
+  fp__spinner sp;
   if (now - last >= FP__SPIN_NS)
     return 0;
+  fp__spinner_start(&sp, now);
   atomic_store_explicit(&l->shm->pool_spinning, 1, memory_order_relaxed);
   /* A poller (a caller draining the rings itself) outranks this spin:
    * two spinners is all two CPUs hold, and the poller saves a wake-up. */
@@ -435,6 +437,7 @@ static int pool_spin(llink *l) {
       rc = i < 64 || now - last < FP__SPIN_NS;
       break;
     }
+    fp__spinner_tick(&sp, now);
   }
   atomic_store_explicit(&l->shm->pool_spinning, 0, memory_order_relaxed);
   return rc;
@@ -791,6 +794,7 @@ static int local_spawn(fp__link *base, int slot) {
   atomic_store(&tr->head, 0);
   atomic_store(&tr->tail, 0);
   atomic_store(&tr->sleeping, 0);
+  atomic_store(&tr->feeder_cpu, -1); /* nobody fed it yet */
   int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0);
   if (rc == 0)
     s->spawning = 1;

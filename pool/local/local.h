@@ -10,6 +10,7 @@
 #define FP_POOL_LOCAL_H
 
 #include "pool/proto.h"
+#include "pool/spin.h"
 
 #include <signal.h>
 #include <stdatomic.h>
@@ -130,7 +131,9 @@ typedef struct fp__tring {
   _Atomic uint64_t head;     /* consumer (worker) position in bytes */
   char pad1[56];
   _Atomic uint64_t tail;     /* producer (master) position in bytes */
-  char pad2[56];
+  _Atomic int32_t feeder_cpu; /* the CPU of the master thread that last
+                                 published (fp__tring_feeder_here) */
+  char pad2[52];
   _Atomic uint32_t wake;     /* futex word, bumped to wake the worker */
   _Atomic int32_t sleeping;  /* the worker is (about to be) asleep */
   char pad3[56];
@@ -161,9 +164,16 @@ typedef struct fp__local_shm {
 int fp__tring_put(fp__tring *r, uint64_t *tail, const struct iovec *iov,
                   int n, size_t total);
 
-/* Master side: makes the frames before tail visible; returns 1 when the
- * worker sleeps and must be woken (fp__tring_wake). */
+/* Master side: makes the frames before tail visible, noting the CPU the
+ * publishing thread runs on; returns 1 when the worker sleeps and must be
+ * woken (fp__tring_wake). */
 int fp__tring_publish(fp__tring *r, uint64_t tail);
+
+/* Worker side: 1 when the master thread that fed this ring last ran on the
+ * worker's own CPU. Spinning there keeps the CPU from that thread, which
+ * is what the worker waits for: the worker moves off it (worker.c,
+ * move_off_cpu; spin.h says how the two come to share a CPU). */
+int fp__tring_feeder_here(fp__tring *r);
 void fp__tring_wake(fp__tring *r);
 
 /* Worker side: as fp__ring_next, for the task ring (16-byte entries). */
@@ -187,14 +197,6 @@ int fp__budget_ok(fp__local_shm *shm);
  * a pool thread that only spins (it is about to yield) is not counted.
  * `extra` counts the caller when it has not joined yet. */
 int fp__budget_ok_poller(fp__local_shm *shm, int extra);
-
-static inline void fp__cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
 
 /* Worker side: copies a frame of `total` payload bytes (the iov parts)
  * into the ring and publishes it. Returns 0, or -1 when it does not fit

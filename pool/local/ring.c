@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -137,6 +138,7 @@ int fp__tring_put(fp__tring *r, uint64_t *tail, const struct iovec *iov,
 }
 
 int fp__tring_publish(fp__tring *r, uint64_t tail) {
+  atomic_store_explicit(&r->feeder_cpu, sched_getcpu(), memory_order_relaxed);
   /* seq_cst store then seq_cst load: the master's half of the eventcount
    * (the worker stores sleeping, then loads the tail). */
   atomic_store_explicit(&r->tail, tail, memory_order_seq_cst);
@@ -152,6 +154,12 @@ static long futex(_Atomic uint32_t *uaddr, int op, uint32_t val,
 void fp__tring_wake(fp__tring *r) {
   atomic_fetch_add_explicit(&r->wake, 1, memory_order_seq_cst);
   futex(&r->wake, FUTEX_WAKE, 1, NULL);
+}
+
+int fp__tring_feeder_here(fp__tring *r) {
+  int cpu = sched_getcpu();
+  return cpu >= 0 &&
+         atomic_load_explicit(&r->feeder_cpu, memory_order_relaxed) == cpu;
 }
 
 int fp__tring_next(fp__tring *r, uint64_t *pos, const unsigned char **payload,

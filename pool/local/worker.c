@@ -102,6 +102,7 @@ typedef struct worker {
   fp__ring *ring; /* its result ring */
   fp__tring *tring;       /* its task ring */
   uint64_t tpos;          /* task ring: just past the entry being run */
+  int64_t moved_ns;       /* last move_off_cpu() */
   fp__local_shm *shm;     /* master_idle and the CPU budget */
   _Atomic int *master_idle;
   fp_writer in;           /* raw bytes read from the socket */
@@ -711,12 +712,32 @@ static int socket_eof(int fd) {
   return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
+/* Leaves the CPU the worker shares with the master thread that feeds it
+ * (fp__tring_feeder_here): an affinity mask without this CPU moves the
+ * worker at once, and the mask it had is put back right after, so where it
+ * may run does not change. At most once per millisecond; nothing when the
+ * mask holds this CPU alone (the user pinned the worker). */
+static void move_off_cpu(worker *w, int64_t now) {
+  cpu_set_t mask, off;
+  int cpu = sched_getcpu();
+  if (now - w->moved_ns < 1000000 || cpu < 0 || cpu >= CPU_SETSIZE)
+    return;
+  w->moved_ns = now;
+  if (sched_getaffinity(0, sizeof mask, &mask) != 0 || CPU_COUNT(&mask) < 2)
+    return;
+  off = mask;
+  CPU_CLR(cpu, &off);
+  if (sched_setaffinity(0, sizeof off, &off) == 0)
+    sched_setaffinity(0, sizeof mask, &mask);
+}
+
 /* Waits for the next entry of the task ring: spins up to FP__SPIN_NS while
  * the budget allows, then sleeps on the ring's futex (out of the budget).
  * Sets *p, *len to the entry's payload and w->tpos past it. Exits with
  * FP__WEXIT_PROTO on a corrupt ring, FP__WEXIT_OK on socket EOF. */
 static void next_entry(worker *w, const unsigned char **p, size_t *len) {
   int64_t until = 0;
+  fp__spinner sp;
   for (;;) {
     for (int i = 0; i < 64; i++) {
       uint64_t pos = w->tpos;
@@ -730,10 +751,16 @@ static void next_entry(worker *w, const unsigned char **p, size_t *len) {
       fp__cpu_relax();
     }
     int64_t now = fp__now_ns();
-    if (until == 0)
+    if (until == 0) {
       until = now + FP__SPIN_NS;
-    if (now < until && fp__budget_ok(w->shm))
+      fp__spinner_start(&sp, now);
+    }
+    if (now < until && fp__budget_ok(w->shm)) {
+      if (fp__tring_feeder_here(w->tring))
+        move_off_cpu(w, now);
+      fp__spinner_tick(&sp, now);
       continue;
+    }
     fp__budget_leave(w->shm);
     fp__tring_sleep(w->tring, w->tpos);
     fp__budget_join(w->shm);
