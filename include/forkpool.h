@@ -819,7 +819,11 @@ FP_EXTERN int fp_pool_apply(fp_pool *pool, fp_task_fn fn,
  * in_size bytes, results of out_size bytes, in order. Returns 0 when every
  * item succeeded; otherwise, once the whole job has finished, the failure
  * of the lowest failing item (fp_last_error() names it) — the other items
- * still ran and their outputs are written. n == 0 sends no work. */
+ * still ran and their outputs are written. n == 0 sends no work. An `out`
+ * of 256 KiB or more has its whole pages faulted in by the calling thread
+ * while the workers run (MADV_POPULATE_WRITE: as if written, contents
+ * unchanged), so that copying results into fresh memory does not take a
+ * page fault per page. */
 FP_EXTERN int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in,
                           size_t n, size_t in_size, void *out,
                           size_t out_size, const fp_call_opts *opts);

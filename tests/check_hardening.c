@@ -25,6 +25,8 @@
  * 1    pool_new_out_of_fds_fails_cleanly          HANGS
  * 1    replacement_without_socket_does_not_hang   HANGS
  * 2    send_error_on_live_worker_fails_chunk      FAILS (stall)
+ * 2    send_error_on_ring_sized_chunks_fails_them (added with the task
+ *      send_error_on_socket_sized_chunks_fails_them   ring's kernel copy)
  * 3    huge_pool_task_timeout_means_forever       FAILS
  * 3    huge_call_timeout_means_forever            FAILS
  * 3    huge_wait_timeouts_mean_forever            FAILS
@@ -433,9 +435,11 @@ END_TEST
 
 /* ---- 2. a send error on a live worker --------------------------------------- */
 
+static int64_t g_hold_every = 1; /* chunk size of the held map */
+
 static int e_hold_first_two(const void *in, void *out) {
-  int64_t v = *(const int64_t *)in;
-  if (fp_task_index() < 2) {
+  int64_t v = *(const int64_t *)in, i = fp_task_index();
+  if (i % g_hold_every == 0 && i / g_hold_every < 2) {
     counter_bump(&g_sh->arrived);
     counter_wait(&g_sh->go, 1, 20);
   }
@@ -444,39 +448,45 @@ static int e_hold_first_two(const void *in, void *out) {
 }
 
 /* The queued chunks of a map point into memory that became unreadable
- * (PROT_NONE: sendmsg fails with EFAULT): the job must end (with an error)
- * instead of stalling, and the pool must go on serving. */
-START_TEST(send_error_on_live_worker_fails_chunk) {
-  enum { N = 64 };
-  size_t len = 4 * (size_t)sysconf(_SC_PAGESIZE);
+ * (PROT_NONE: the kernel's copy into the task ring or onto the socket
+ * fails with EFAULT): the job must end (with an error) instead of stalling
+ * or crashing the master, and the pool must go on serving. n items of
+ * int64 in chunks of `chunksize`; the first item of each of the first two
+ * chunks waits, so that both workers hold one while the rest queue. */
+static void unreadable_input_case(size_t n, size_t chunksize) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  size_t len = (n * 8 + page - 1) / page * page;
   int64_t *in = mmap(NULL, len, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ck_assert_ptr_ne(in, MAP_FAILED);
-  int64_t out[N];
-  for (int i = 0; i < N; i++)
-    in[i] = i;
+  int64_t *out = calloc(n, 8);
+  ck_assert_ptr_nonnull(out);
+  for (size_t i = 0; i < n; i++)
+    in[i] = (int64_t)i;
+  g_hold_every = (int64_t)chunksize; /* before the workers fork */
   fp_pool *p = pool_n(2);
   fp_call_opts co = {0};
-  co.chunksize = 1;
+  co.chunksize = chunksize;
   fp_result *r;
   ck_assert_int_eq(
-      fp_pool_map_async(p, e_hold_first_two, in, N, 8, out, 8, &co, &r), 0);
+      fp_pool_map_async(p, e_hold_first_two, in, n, 8, out, 8, &co, &r), 0);
   ck_assert(counter_wait(&g_sh->arrived, 2, 10));
-  /* Both workers hold a chunk; 62 chunks wait in the queue. */
   ck_assert_int_eq(mprotect(in, len, PROT_NONE), 0);
   counter_bump(&g_sh->go);
   int rc = fp_result_get(r, 10);
   ck_assert_msg(rc != FP_ETIMEDOUT,
                 "the map never finished: its chunks' sends failed and the "
                 "workers were left idle");
+  ck_assert_msg(rc != 0, "a map over unreadable input succeeded");
   if (rc == FP_ETIMEDOUT)
     fp_result_cancel(r);
   fp_result_free(r);
   int64_t in2[8], out2[8];
   for (int i = 0; i < 8; i++)
     in2[i] = i;
-  ck_assert_int_eq(
-      fp_pool_map_async(p, e_plus1, in2, 8, 8, out2, 8, &co, &r), 0);
+  co.chunksize = 1;
+  ck_assert_int_eq(fp_pool_map_async(p, e_plus1, in2, 8, 8, out2, 8, &co, &r),
+                   0);
   rc = fp_result_get(r, 10);
   fp_result_free(r);
   ck_assert_msg(rc == 0, "later work: %s", fp_err_name(rc));
@@ -486,6 +496,21 @@ START_TEST(send_error_on_live_worker_fails_chunk) {
   fp_pool_join(p);
   fp_pool_free(p);
   munmap(in, len);
+  free(out);
+}
+
+START_TEST(send_error_on_live_worker_fails_chunk) {
+  unreadable_input_case(64, 1); /* 8-byte chunks */
+}
+END_TEST
+
+START_TEST(send_error_on_ring_sized_chunks_fails_them) {
+  unreadable_input_case(64 * 1024, 1024); /* 8 KiB chunks: the task ring */
+}
+END_TEST
+
+START_TEST(send_error_on_socket_sized_chunks_fails_them) {
+  unreadable_input_case(64 * 1024, 16 * 1024); /* 128 KiB: the socket */
 }
 END_TEST
 
@@ -1819,6 +1844,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item01a", pool_new_out_of_fds_fails_cleanly, 60);
   add_case(s, "item01b", replacement_without_socket_does_not_hang, 60);
   add_case(s, "item02", send_error_on_live_worker_fails_chunk, 60);
+  add_case(s, "item02b", send_error_on_ring_sized_chunks_fails_them, 60);
+  add_case(s, "item02c", send_error_on_socket_sized_chunks_fails_them, 60);
   add_case(s, "item03a", huge_pool_task_timeout_means_forever, 60);
   add_case(s, "item03b", huge_call_timeout_means_forever, 60);
   add_case(s, "item03c", huge_wait_timeouts_mean_forever, 60);

@@ -54,7 +54,7 @@ static int put_msg(fp__tring *r, uint64_t *tail, uint64_t k) {
   pattern(buf, len, k);
   memcpy(buf, &k, sizeof(k));
   struct iovec iov = {buf, len};
-  return fp__tring_put(r, tail, &iov, 1, len);
+  return fp__tring_put(r, tail, &iov, 1, len, NULL);
 }
 
 static void check_msg(const unsigned char *p, size_t len, uint64_t k) {
@@ -91,7 +91,7 @@ START_TEST(tring_full_refuses_until_released) {
   memset(big, 7, sizeof(big));
   struct iovec iov = {big, sizeof(big) - FP__FRAME_HDR};
   int n = 0;
-  while (fp__tring_put(r, &tail, &iov, 1, iov.iov_len) == 0)
+  while (fp__tring_put(r, &tail, &iov, 1, iov.iov_len, NULL) == 0)
     n++;
   ck_assert_int_eq(n, FP__TRING_SIZE / FP__TRING_MAX);
   /* local.h's bound: a full batch of the largest inline frames, a wrap's
@@ -101,12 +101,12 @@ START_TEST(tring_full_refuses_until_released) {
   const unsigned char *p;
   size_t len;
   ck_assert_int_eq(fp__tring_next(r, &pos, &p, &len), 1);
-  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len), -1);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len, NULL), -1);
   fp__tring_release(r, pos);
-  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len), 0);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, iov.iov_len, NULL), 0);
   /* Over FP__TRING_MAX never goes in, whatever the space. */
   struct iovec huge = {big, FP__TRING_MAX + 16};
-  ck_assert_int_eq(fp__tring_put(r, &tail, &huge, 1, huge.iov_len), -1);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &huge, 1, huge.iov_len, NULL), -1);
   munmap(r, sizeof(*r));
 }
 END_TEST
@@ -120,10 +120,10 @@ START_TEST(tring_forged_positions_and_headers_are_corrupt) {
   struct iovec iov = {m, sizeof(m)};
   /* A head past the tail, or more than a ring behind it: no write. */
   atomic_store(&r->head, 64);
-  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m)), -1);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m), NULL), -1);
   atomic_store(&r->head, 0);
   tail = 2 * (uint64_t)FP__TRING_SIZE;
-  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m)), -1);
+  ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(m), NULL), -1);
   /* A tail more than a ring ahead, or a misaligned position. */
   atomic_store(&r->tail, 2 * (uint64_t)FP__TRING_SIZE);
   pos = 0;

@@ -69,7 +69,7 @@ int main(void) {
   for (int64_t i = 0; i < N; i++)
     in[i] = i;
   int rc = fp_pool_map(pool, square, in, N, sizeof in[0], out, sizeof out[0],
-                       NULL); /* default chunks: at most 64 KiB of input */
+                       NULL); /* default chunks: at most 48 KiB of input */
   if (rc != 0)
     fprintf(stderr, "map: %s\n", fp_last_error());
   /* [/map] */

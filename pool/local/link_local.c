@@ -93,7 +93,6 @@ struct llink {
   uv_async_t flush;      /* a user thread left bytes to send */
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
-  unsigned char *scratch; /* borrowed items on their way to the ring */
   int no_vmread;          /* process_vm_readv is not allowed here */
 };
 
@@ -105,14 +104,6 @@ _Static_assert((FP__LINK_MAX_BATCH + 1) * FP__TRING_MAX + 64 <= FP__TRING_SIZE,
 /* Longest the pool thread spins between two looks at its loop's events. */
 #define SPIN_SLICE_NS 20000
 
-/* Borrowed items (a map's `in`) of up to this many bytes travel in the
- * task ring like any other: copied through the kernel into the link's
- * scratch (process_vm_readv gives -EFAULT, not a crash, when the caller
- * unmapped them), then into the ring. That is one system call per send
- * instead of a sendmsg plus the worker's read and wake-up per send, so
- * a worker that is awake takes a small map's tasks with no system call.
- * Larger items keep the socket, where the kernel copies them only once. */
-#define BORROW_RING_MAX 4096
 
 #define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
 
@@ -650,7 +641,6 @@ static void llink_release(llink *l) {
   if (l->shm != NULL)
     munmap(l->shm, l->shm_len);
   free(l->slots);
-  free(l->scratch);
   free(l);
 }
 
@@ -743,7 +733,6 @@ static int local_open(fp__link **out, const fp__wconf *cfg,
   l->fs_fd = -1;
   l->slots = calloc((size_t)cfg->nworkers, sizeof(*l->slots));
   /* Without it, borrowed items simply all take the socket. */
-  l->scratch = malloc((size_t)FP__LINK_MAX_BATCH * BORROW_RING_MAX);
   int rc = l->slots ? map_shared(l) : FP_ENOMEM;
   if (rc == 0)
     rc = fork_server(l);
@@ -864,7 +853,7 @@ static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
 static int put_marker(fp__tring *tr, uint64_t *tail, int type) {
   unsigned char m[FP__TRING_MARK_LEN] = {(unsigned char)type};
   struct iovec iov = {m, sizeof(m)};
-  return fp__tring_put(tr, tail, &iov, 1, sizeof(m));
+  return fp__tring_put(tr, tail, &iov, 1, sizeof(m), NULL);
 }
 
 /* Writes the frames in iov (nio parts, total bytes) to the socket with
@@ -886,48 +875,66 @@ static int sock_send(llink *l, conn *c, struct iovec *iov, int nio,
   return 0;
 }
 
-/* Copies the small borrowed items of t[0..n) into the scratch with one
- * process_vm_readv: copy[i] gets the copy, or NULL for a frame that keeps
- * its own items (not borrowed, too large, or no copy possible here).
- * Returns 0, or -EFAULT when some of them became unreadable. */
-static int copy_borrowed(llink *l, const fp__task_out *t, int n,
-                         const unsigned char *copy[]) {
+/* The borrowed items (a map's `in`: memory the caller could unmap while
+ * the call runs) of the frames put in the ring: their bytes are copied by
+ * the kernel straight into the frames' payloads, which gives -EFAULT
+ * instead of a crash when they became unreadable (link.h). */
+typedef struct kcopy {
   struct iovec to[FP__LINK_MAX_BATCH], from[FP__LINK_MAX_BATCH];
-  size_t total = 0;
-  int k = 0;
-  for (int i = 0; i < n; i++) {
-    copy[i] = NULL;
-    if (!t[i].borrowed || t[i].items_len > BORROW_RING_MAX ||
-        l->scratch == NULL || l->no_vmread)
-      continue;
-    copy[i] = l->scratch + (size_t)i * BORROW_RING_MAX;
-    if (t[i].items_len == 0)
-      continue;
-    to[k] = (struct iovec){(void *)copy[i], t[i].items_len};
-    from[k] = (struct iovec){(void *)t[i].items, t[i].items_len};
-    total += t[i].items_len;
-    k++;
-  }
-  if (k == 0)
+  size_t total;
+  int n;
+} kcopy;
+
+/* Copies them all with one process_vm_readv. Returns 0, -EFAULT, or
+ * FP_EAGAIN when the call is not allowed here (a seccomp filter, say):
+ * then every borrowed item takes the socket from now on. */
+static int kcopy_run(llink *l, const kcopy *k) {
+  if (k->n == 0)
     return 0;
-  ssize_t got = process_vm_readv(getpid(), to, (unsigned long)k, from,
-                                 (unsigned long)k, 0);
-  if (got == (ssize_t)total)
+  ssize_t got = process_vm_readv(getpid(), k->to, (unsigned long)k->n,
+                                 k->from, (unsigned long)k->n, 0);
+  if (got == (ssize_t)k->total)
     return 0;
   if (got < 0 && (errno == ENOSYS || errno == EPERM)) {
-    l->no_vmread = 1; /* a seccomp filter, say: the socket for good */
-    for (int i = 0; i < n; i++)
-      copy[i] = NULL;
-    return 0;
+    l->no_vmread = 1;
+    return FP_EAGAIN;
   }
   return -EFAULT;
 }
 
+/* Puts frame i (its parts in v[1..4], flen bytes) in the task ring at
+ * *tail; borrowed items are left to k. Returns 0, or -1 when it does not
+ * go in the ring (too large, no room, or only the socket may read it). */
+static int ring_frame(llink *l, fp__tring *tr, uint64_t *tail,
+                      const fp__task_out *t, struct iovec *v, size_t flen,
+                      kcopy *k) {
+  unsigned char *payload;
+  int kernel = t->borrowed && t->items_len > 0;
+  if (flen > FP__TRING_MAX || (kernel && l->no_vmread))
+    return -1;
+  if (kernel)
+    v[3].iov_base = NULL;
+  int rc = fp__tring_put(tr, tail, v + 1, 4, flen, &payload);
+  if (kernel) {
+    v[3].iov_base = (void *)t->items;
+    if (rc == 0) {
+      k->to[k->n] = (struct iovec){payload + v[1].iov_len + v[2].iov_len,
+                                   t->items_len};
+      k->from[k->n] = (struct iovec){(void *)t->items, t->items_len};
+      k->total += t->items_len;
+      k->n++;
+    }
+  }
+  return rc;
+}
+
 /* Sends the frames of t[0..n): each into the task ring, or, when larger
  * than FP__TRING_MAX, onto the socket behind a SOCK marker in the ring (so
- * the ring keeps the order). Socket frames go with one sendmsg; the ring's
- * entries become visible with one store, and the worker is woken only if
- * it sleeps (local.h). */
+ * the ring keeps the order). Borrowed items of ring frames are copied in
+ * by the kernel (kcopy), before anything is sent or published, so a
+ * failed copy takes nothing back from the worker. Socket frames go with
+ * one sendmsg; the ring's entries become visible with one store, and the
+ * worker is woken only if it sleeps (local.h). */
 static int local_send(fp__link *base, int slot, const fp__task_out *t,
                       int n) {
   static const unsigned char zeros[FP__FRAME_ALIGN];
@@ -939,24 +946,18 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   struct iovec iov[5 * FP__LINK_MAX_BATCH];
   size_t total = 0;
   int nio = 0;
-  const unsigned char *copy[FP__LINK_MAX_BATCH];
+  kcopy k = {.n = 0, .total = 0};
   int rc = c != NULL && c->out_len == 0 && n <= FP__LINK_MAX_BATCH
                ? 0 : FP_EINVAL;
-  if (rc == 0)
-    rc = copy_borrowed(l, t, n, copy);
   for (int i = 0; rc == 0 && i < n; i++) {
     size_t pad = FP__ITEMS_PAD(t[i].items_len);
     size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
-    const unsigned char *items = copy[i] ? copy[i] : t[i].items;
     struct iovec *v = iov + nio;
     v[1] = (struct iovec){(void *)&t[i].hdr, sizeof(t[i].hdr)};
     v[2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
-    v[3] = (struct iovec){(void *)items, t[i].items_len};
+    v[3] = (struct iovec){(void *)t[i].items, t[i].items_len};
     v[4] = (struct iovec){(void *)zeros, pad};
-    /* Borrowed items not copied above are not memcpy'd here: only the
-     * kernel may touch memory the caller could have unmapped (link.h). */
-    if ((!t[i].borrowed || copy[i] != NULL) && flen <= FP__TRING_MAX &&
-        fp__tring_put(tr, &tail, v + 1, 4, flen) == 0)
+    if (ring_frame(l, tr, &tail, &t[i], v, flen, &k) == 0)
       continue;
     if ((rc = fp__frame_put_hdr(hdr[i], flen)) != 0)
       break;
@@ -968,6 +969,8 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
     nio += 5;
     total += FP__FRAME_HDR + flen;
   }
+  if (rc == 0 && (rc = kcopy_run(l, &k)) == FP_EAGAIN)
+    return local_send(base, slot, t, n); /* nothing sent: again, by socket */
   if (rc == 0 && nio > 0)
     rc = sock_send(l, c, iov, nio, total);
   if (rc == 0) {

@@ -159,10 +159,12 @@ typedef struct fp__local_shm {
 /* Master side: writes one frame (payload of `total` bytes in the iov
  * parts, padded to FP__FRAME_ALIGN) at *tail, a private copy of the tail,
  * and advances it; nothing is visible to the worker before
- * fp__tring_publish(). Returns 0, or -1 when it does not fit (or the
- * worker's head is not plausible). */
+ * fp__tring_publish(), so resetting *tail takes frames back. A part with
+ * a NULL base is left for the caller to fill: *payload (when not NULL)
+ * gets the address of the frame's payload in the ring. Returns 0, or -1
+ * when it does not fit (or the worker's head is not plausible). */
 int fp__tring_put(fp__tring *r, uint64_t *tail, const struct iovec *iov,
-                  int n, size_t total);
+                  int n, size_t total, unsigned char **payload);
 
 /* Master side: makes the frames before tail visible, noting the CPU the
  * publishing thread runs on; returns 1 when the worker sleeps and must be

@@ -46,11 +46,13 @@ static rview task_view(fp__tring *r) {
                  FP__FRAME_ALIGN, FP__TRING_MAX};
 }
 
-/* Writes one frame at *tail (not yet published). Returns 0 or -1 when it
- * does not fit, or when the consumer's head is not a position it could
- * have reached (then nothing is written). */
+/* Writes one frame at *tail (not yet published); parts whose base is NULL
+ * are left for the caller to fill, and *payload (when not NULL) gets where
+ * the frame's payload starts. Returns 0 or -1 when it does not fit, or
+ * when the consumer's head is not a position it could have reached (then
+ * nothing is written). */
 static int put(rview v, uint64_t *tail, const struct iovec *iov, int n,
-               size_t total) {
+               size_t total, unsigned char **payload) {
   uint64_t t = *tail;
   uint64_t h = atomic_load_explicit(v.head, memory_order_acquire);
   size_t need = ALIGN(FP__FRAME_HDR + total, v.align);
@@ -67,8 +69,10 @@ static int put(rview v, uint64_t *tail, const struct iovec *iov, int n,
   }
   fp__frame_put_hdr(v.data + pos, total);
   size_t off = pos + FP__FRAME_HDR;
+  if (payload != NULL)
+    *payload = v.data + off;
   for (int i = 0; i < n; i++) {
-    if (iov[i].iov_len > 0)
+    if (iov[i].iov_len > 0 && iov[i].iov_base != NULL)
       memcpy(v.data + off, iov[i].iov_base, iov[i].iov_len);
     off += iov[i].iov_len;
   }
@@ -108,7 +112,7 @@ static int next(rview v, uint64_t *pos, const unsigned char **payload,
 
 int fp__ring_put(fp__ring *r, const struct iovec *iov, int n, size_t total) {
   uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
-  if (put(result_view(r), &t, iov, n, total) != 0)
+  if (put(result_view(r), &t, iov, n, total, NULL) != 0)
     return -1;
   /* seq_cst, not just release: this store and the caller's load of
    * master_idle are the worker's half of the kick protocol. */
@@ -133,8 +137,8 @@ int fp__ring_pending(fp__ring *r) {
 /* ---- task rings ---------------------------------------------------------- */
 
 int fp__tring_put(fp__tring *r, uint64_t *tail, const struct iovec *iov,
-                  int n, size_t total) {
-  return put(task_view(r), tail, iov, n, total);
+                  int n, size_t total, unsigned char **payload) {
+  return put(task_view(r), tail, iov, n, total, payload);
 }
 
 int fp__tring_publish(fp__tring *r, uint64_t tail) {
