@@ -425,7 +425,6 @@ static fp_list *g_list;  /* the target of the timed list groups */
 static fp_counter *g_counter;
 static fp_lock *g_lock;
 static int64_t *g_locked_value;
-static atomic_int *g_go;
 
 /* Keys "key0", "key1", ... made before any clock starts, as py_bench.py
  * does: the timed loops measure the manager, not the formatting. */
@@ -441,51 +440,57 @@ static void make_keys(long k) {
     g_klen[i] = (size_t)snprintf(g_keys[i], sizeof g_keys[i], "key%ld", i);
 }
 
-/* Forks two processes that wait for *g_go, then run fn(which, iters);
- * returns the seconds from the start signal until both exited. */
-static double two_procs(void (*fn)(int, long), long iters) {
+/* Forks n processes that each run fn(which, iters), started together;
+ * returns the seconds from the start until all of them exited. Nobody
+ * spins while waiting to start: each child reports on `ready` and sleeps
+ * in a read of `go`, the parent sleeps until all are ready, then closes
+ * `go`. With spinning children and a spinning parent (three busy threads
+ * on two CPUs), two children often began on one CPU and stayed there
+ * (both cache-hot, so the balancer moved neither): the 2-process rows
+ * swung between 0.7x and 1.5x of one process from run to run. Woken from
+ * sleep, they are placed on idle CPUs. */
+static double run_procs(int n, void (*fn)(int, long), long iters) {
   pid_t pid[2];
-  atomic_store(&g_go[0], 0);
-  atomic_store(&g_go[1], 0);
-  for (int i = 0; i < 2; i++) {
+  int ready[2], go[2];
+  char c;
+  if (n < 1 || n > 2 || pipe(ready) != 0 || pipe(go) != 0)
+    die("run_procs: %s", strerror(errno));
+  for (int i = 0; i < n; i++) {
     pid[i] = fork();
     if (pid[i] < 0)
       die("fork: %s", strerror(errno));
     if (pid[i] == 0) {
-      atomic_fetch_add(&g_go[1], 1);
-      while (!atomic_load(&g_go[0]))
-        ;
+      close(go[1]);
+      if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 0)
+        _exit(1);
       fn(i, iters);
       _exit(0);
     }
   }
-  while (atomic_load(&g_go[1]) < 2)
-    ;
+  close(go[0]);
+  for (int i = 0; i < n; i++)
+    if (read(ready[0], &c, 1) != 1)
+      die("a manager test process did not start");
   double t0 = now_s();
-  atomic_store(&g_go[0], 1);
-  for (int i = 0; i < 2; i++) {
+  close(go[1]); /* EOF: go */
+  for (int i = 0; i < n; i++) {
     int st;
     if (waitpid(pid[i], &st, 0) != pid[i] || !WIFEXITED(st) ||
         WEXITSTATUS(st) != 0)
       die("a manager test process failed");
   }
+  close(ready[0]);
+  close(ready[1]);
   return now_s() - t0;
+}
+
+static double two_procs(void (*fn)(int, long), long iters) {
+  return run_procs(2, fn, iters);
 }
 
 /* Like two_procs() with a single process doing all the work. */
 static double one_proc(void (*fn)(int, long), long iters) {
-  pid_t pid = fork();
-  if (pid < 0)
-    die("fork: %s", strerror(errno));
-  if (pid == 0) {
-    fn(0, iters);
-    _exit(0);
-  }
-  double t0 = now_s();
-  int st;
-  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    die("a manager test process failed");
-  return now_s() - t0;
+  return run_procs(1, fn, iters);
 }
 
 /* Process `which` of the timed groups works on keys [which * iters,
@@ -656,10 +661,6 @@ static void g_manager(sizes_t n) {
   check(fp_lock_new(m, &g_lock), "fp_lock_new");
   check(fp_array_new(m, 64, &arr), "fp_array_new");
   g_locked_value = fp_array_data(arr);
-  g_go = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-              -1, 0);
-  if (g_go == MAP_FAILED)
-    die("mmap: %s", strerror(errno));
   make_keys(k);
 
   mgr_dict_groups(m, k);
@@ -677,7 +678,6 @@ static void g_manager(sizes_t n) {
   if (*g_locked_value != 2 * kl)
     die("lock: lost increments");
   emit("mutex_2proc", "forkpool", 2.0 * (double)kl / dt, "ops/s");
-  munmap(g_go, 4096);
   free(g_keys);
   free(g_klen);
   fp_manager_free(m);
