@@ -230,7 +230,7 @@ static int take_items(fp__job *job, const unsigned char *buf, size_t len,
     job->borrowed = 1;
     return 0;
   }
-  job->input = fp__alloc(len);
+  job->input = len <= sizeof(job->in_small) ? job->in_small : fp__alloc(len);
   if (job->input == NULL)
     return FP_ENOMEM;
   memcpy(job->input, buf, len);
@@ -260,7 +260,9 @@ static int make_chunks(fp__job *job, const span *spans, size_t nspans,
   fp__chunk **heap = NULL;
   if (iter && !(heap = calloc(nspans ? nspans : 1, sizeof(*heap))))
     return FP_ENOMEM;
-  if (!iter && nspans && !(job->carr = calloc(nspans, sizeof(fp__chunk))))
+  if (!iter && nspans == 1)
+    job->carr = &job->one;
+  else if (!iter && nspans && !(job->carr = calloc(nspans, sizeof(fp__chunk))))
     return FP_ENOMEM;
   int64_t start = 0;
   for (size_t i = 0; i < nspans; i++) {

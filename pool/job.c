@@ -40,7 +40,7 @@ fp_result *fp__result_in_callback(void) {
 static void chunk_drop_res(fp__chunk *ch) {
   if (ch->res_base != NULL)
     fp__free(ch->res_base, ch->res_cap);
-  else
+  else if (ch->res != ch->res_small)
     fp__free(ch->res, ch->res_len);
   ch->res = ch->res_base = NULL;
   ch->res_len = ch->res_cap = 0;
@@ -80,9 +80,10 @@ void fp__job_free(fp__job *job) {
   if (job->carr) {
     for (size_t i = 0; i < job->nchunks; i++)
       fp__chunk_free(&job->carr[i]);
-    free(job->carr);
+    if (job->carr != &job->one)
+      free(job->carr);
   }
-  if (!job->borrowed)
+  if (!job->borrowed && job->input != job->in_small)
     fp__free(job->input, job->input_len);
   free(job->err_msg);
   fp__progress_finish(job->pg);
@@ -122,16 +123,26 @@ static void job_note_error(fp__job *job, int64_t index, int code,
 /* ---- delivering outcomes -------------------------------------------------- */
 
 /* Concatenates the chunks' encoded results in input order. */
-static int assemble_values(fp__job *job, unsigned char **out, size_t *len) {
-  size_t total = 0;
+static int assemble_values(fp__job *job, fp_result *res) {
+  unsigned char **out = &res->value;
+  size_t total = 0, *len = &res->value_len;
   *out = NULL;
   *len = 0;
-  if (job->nchunks == 1 && job->carr[0].res_base == NULL) {
+  fp__chunk *one = job->nchunks == 1 ? &job->carr[0] : NULL;
+  if (one != NULL && one->res == one->res_small) {
+    /* apply: a small value moves into the result itself */
+    memcpy(res->value_small, one->res_small, one->res_len);
+    *out = res->value_small;
+    *len = one->res_len;
+    chunk_drop_res(one);
+    return 0;
+  }
+  if (one != NULL && one->res_base == NULL) {
     /* apply and small maps: take the buffer */
-    *out = job->carr[0].res;
-    *len = job->carr[0].res_len;
-    job->carr[0].res = NULL;
-    job->carr[0].res_len = 0;
+    *out = one->res;
+    *len = one->res_len;
+    one->res = NULL;
+    one->res_len = 0;
     return 0;
   }
   for (size_t i = 0; i < job->nchunks; i++)
@@ -189,7 +200,7 @@ static void result_set_outcome(fp__job *job, fp_result *res) {
       job->sync_out->err = 0;
     }
   } else if (res->code == 0 && job->wire != FP__WIRE_FIXED) {
-    int rc = assemble_values(job, &res->value, &res->value_len);
+    int rc = assemble_values(job, res);
     if (rc != 0) {
       res->code = rc;
       res->msg = strdup("out of memory assembling the results");
@@ -315,7 +326,8 @@ void fp__result_unref(fp_result *r) {
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cond);
   free(r->msg);
-  fp__free(r->value, r->value_len);
+  if (r->value != r->value_small)
+    fp__free(r->value, r->value_len);
   free(r);
 }
 
@@ -456,7 +468,7 @@ static void take_values(fp__chunk *ch, const unsigned char *data, size_t len,
     kb->base = NULL;
     kb->cap = 0;
   } else if (len > 0) {
-    ch->res = fp__alloc(len);
+    ch->res = len <= sizeof(ch->res_small) ? ch->res_small : fp__alloc(len);
     if (ch->res != NULL) {
       memcpy(ch->res, data, len);
       ch->res_len = len;
