@@ -96,8 +96,6 @@ struct fp_pool {
   int joined;            /* a join took the pool thread (and frees the link) */
   int join_done;         /* ... and finished: every worker is reaped */
   int link_lost;         /* no worker can be started any more */
-  int feeding;           /* a polling caller refills the workers after
-                            results, as the pool thread does (sched.c) */
   _Atomic int spinners;  /* callers that pinned the pool (polling the link,
                             canceling a result or freeing an iterator): join
                             frees the link only once none is left */

@@ -158,14 +158,12 @@ static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
  * QUEUE_AHEAD_NS, the time a result takes to reach the pool thread and the
  * next chunk to come back (a cross-CPU wake-up each way costs tens of
  * microseconds on small VMs); between 2 and FP__LINK_MAX_BATCH, or exactly
- * `inflight` when the user set it. A submitting thread feeds idle workers
- * only: deeper queues are filled by the pool thread (or a caller polling
- * in its place, sched_poll_leave) when results come
- * back, several chunks per write, instead of one system call and one
- * worker wake-up per submission. */
+ * `inflight` when the user set it. Every thread that dispatches fills the
+ * queues that deep, a submitting one too: a chunk written to the task ring
+ * of a worker that is awake costs no system call, and a worker whose queue
+ * never runs dry never sleeps, so it needs no wake-up either. */
 static int queue_depth(fp_pool *pool) {
-  if ((!fp__on_pool_thread(pool) && !pool->feeding) || pool->ewma_ns <= 0 ||
-      pool->ewma_ns >= EWMA_PREFETCH_NS)
+  if (pool->ewma_ns <= 0 || pool->ewma_ns >= EWMA_PREFETCH_NS)
     return 1;
   if (pool->inflight > 0)
     return pool->inflight;
@@ -284,13 +282,8 @@ int fp__sched_poll_leave(fp_pool *pool) {
   /* Once the loop is closing, the link's handles are going: the pool
    * thread delivers what is left. */
   if (!pool->stopping && ops->poll != NULL &&
-      (got = ops->poll(pool->link)) > 0) {
-    /* The freed workers' next chunks, as deep as the pool thread would
-     * queue them: this caller took its place for these results. */
-    pool->feeding = 1;
-    fp__sched_dispatch_locked(pool);
-    pool->feeding = 0;
-  }
+      (got = ops->poll(pool->link)) > 0)
+    fp__sched_dispatch_locked(pool); /* the freed workers' next chunks */
   fp_result *plain = fp__jobset_take_plain_locked(&pool->jobs, &rest);
   if (rest)
     fp__pool_wake(pool); /* callbacks run on the pool thread */
