@@ -514,6 +514,81 @@ START_TEST(send_error_on_socket_sized_chunks_fails_them) {
 }
 END_TEST
 
+/* Where process_vm_readv is forbidden (a seccomp filter, as some
+ * sandboxes install), the link's first kernel copy fails with EPERM: it
+ * must fall back to the socket for good and lose nothing. The filter goes
+ * on a forked child, which makes the pool and checks maps whose chunks
+ * would have gone through the task ring (small and ring-sized). */
+#if defined(__x86_64__)
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+static int forbid_process_vm_readv(void) {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof f[0]), f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+static void map_checked(fp_pool *p, size_t n, size_t chunksize) {
+  int64_t *in = malloc(n * 8), *out = calloc(n, 8);
+  if (in == NULL || out == NULL)
+    child_fail("out of memory");
+  for (size_t i = 0; i < n; i++)
+    in[i] = (int64_t)i;
+  fp_call_opts co = {0};
+  co.chunksize = chunksize;
+  int rc = fp_pool_map(p, e_plus1, in, n, 8, out, 8, &co);
+  if (rc != 0)
+    child_fail("map of %zu in chunks of %zu: %s (%s)", n, chunksize,
+               fp_err_name(rc), fp_last_error());
+  for (size_t i = 0; i < n; i++)
+    if (out[i] != (int64_t)i + 1)
+      child_fail("map of %zu: item %zu is %lld", n, i, (long long)out[i]);
+  free(in);
+  free(out);
+}
+
+START_TEST(forbidden_process_vm_readv_falls_back_to_socket) {
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    if (forbid_process_vm_readv() != 0)
+      _exit(0); /* no seccomp here: nothing to check */
+    errno = 0;
+    if (syscall(__NR_process_vm_readv, getpid(), NULL, 0, NULL, 0, 0) == 0 ||
+        errno != EPERM)
+      child_fail("the filter does not forbid process_vm_readv");
+    fp_pool *p = NULL;
+    fp_pool_opts o = {0};
+    o.processes = 2;
+    if (fp_pool_new(&p, &o) != 0)
+      child_fail("fp_pool_new: %s", fp_last_error());
+    map_checked(p, 64, 1);          /* 8-byte chunks */
+    map_checked(p, 64 * 1024, 0);   /* default chunks: 48 KiB */
+    map_checked(p, 64 * 1024, 512); /* 4 KiB chunks */
+    fp_pool_free(p);
+    _exit(0);
+  }
+  assert_child_ok(pid, 60, "map under a seccomp filter");
+}
+END_TEST
+#else
+START_TEST(forbidden_process_vm_readv_falls_back_to_socket) {
+  /* The filter above is written for x86-64 system call numbers. */
+}
+END_TEST
+#endif
+
 /* ---- 3. huge and NaN timeouts ------------------------------------------------ */
 
 static const double k_huge[] = {1e10, 1e300, INFINITY, DBL_MAX};
@@ -1846,6 +1921,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item02", send_error_on_live_worker_fails_chunk, 60);
   add_case(s, "item02b", send_error_on_ring_sized_chunks_fails_them, 60);
   add_case(s, "item02c", send_error_on_socket_sized_chunks_fails_them, 60);
+  add_case(s, "item02d", forbidden_process_vm_readv_falls_back_to_socket, 60);
   add_case(s, "item03a", huge_pool_task_timeout_means_forever, 60);
   add_case(s, "item03b", huge_call_timeout_means_forever, 60);
   add_case(s, "item03c", huge_wait_timeouts_mean_forever, 60);
