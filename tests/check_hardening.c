@@ -154,7 +154,8 @@ static int counter_wait(_Atomic int *c, int want, double limit) {
 }
 
 /* In a forked child: records why it failed and exits with status 1. */
-static void child_fail(const char *fmt, ...) FP_PRINTF(1, 2);
+static void child_fail(const char *fmt, ...) FP_PRINTF(1, 2)
+    __attribute__((noreturn));
 static void child_fail(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -541,7 +542,7 @@ static int forbid_process_vm_readv(void) {
 }
 
 static void map_checked(fp_pool *p, size_t n, size_t chunksize) {
-  int64_t *in = malloc(n * 8), *out = calloc(n, 8);
+  int64_t *in = calloc(n, 8), *out = calloc(n, 8);
   if (in == NULL || out == NULL)
     child_fail("out of memory");
   for (size_t i = 0; i < n; i++)
