@@ -715,8 +715,11 @@ static int socket_eof(int fd) {
 /* Leaves the CPU the worker shares with the master thread that feeds it
  * (fp__tring_feeder_here): an affinity mask without this CPU moves the
  * worker at once, and the mask it had is put back right after, so where it
- * may run does not change. At most once per millisecond; nothing when the
- * mask holds this CPU alone (the user pinned the worker). */
+ * may run does not change (its tasks never see the narrowed mask: this
+ * runs between tasks, in the worker's only thread; a mask that another
+ * process set within those microseconds would be undone). At most once
+ * per millisecond; nothing when the mask holds this CPU alone (the user
+ * pinned the worker). */
 static void move_off_cpu(worker *w, int64_t now) {
   cpu_set_t mask, off;
   int cpu = sched_getcpu();
