@@ -948,9 +948,11 @@ FP_EXTERN const char *fp_result_error(fp_result *res);
 /* Input index of the failing item, or -1. */
 FP_EXTERN int64_t fp_result_error_index(fp_result *res);
 
-/* Cancels the job: queued tasks never run; a running task has its worker
- * killed and replaced. The result becomes ready with FP_ECANCELED (its
- * error_callback runs). Returns 0, or FP_EINVAL if already ready. */
+/* Cancels the job: queued tasks never run (including those a worker holds
+ * but has not started; over MPI those still run, their results dropped:
+ * docs/faults.md); a running task has its worker killed and replaced.
+ * The result becomes ready with FP_ECANCELED (its error_callback runs).
+ * Returns 0, or FP_EINVAL if already ready. */
 FP_EXTERN int fp_result_cancel(fp_result *res);
 
 /* Releases the caller's result. An unfinished job keeps running (its

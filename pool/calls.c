@@ -385,8 +385,8 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
    * keeps the workers' queues full from this thread alone, while the pool
    * thread sleeps (50,000 calls: 1.3-1.5 M/s instead of 0.8, and about
    * 3,000 fewer sleeps and wake-ups across the four threads). */
-  if (fp__on_pool_thread(pool))
-    fp__pool_unlock(pool);
+  if (rc != 0 || fp__on_pool_thread(pool))
+    fp__pool_unlock(pool); /* refused (closed, joined ...): nothing to do */
   else
     fp__sched_poll_leave(pool);
   if (rc != 0) {

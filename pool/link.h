@@ -143,6 +143,13 @@ typedef struct fp__link_ops {
   /* Fills *out with what slot's worker runs. Returns 0, or FP_EINVAL
    * when the slot has no process. */
   int (*running)(fp__link *l, int slot, fp__running *out);
+  /* Optional (NULL: a sent chunk always runs). Asks slot's worker not to
+   * run the chunk `seq` that it holds but may not have started: a worker
+   * that has not started it answers with a RESULT of no items (the owner
+   * drops it: the chunk's job has ended) and runs nothing. Returns 0, or
+   * 1 when the worker has started it already (the owner kills it, as for
+   * any running chunk of a canceled job). Owner's lock held. */
+  int (*skip)(fp__link *l, int slot, uint64_t seq);
   /* No more work for slot: its worker may leave once it finished what it
    * holds (the local link closes the write side of its socket). */
   void (*finish)(fp__link *l, int slot);

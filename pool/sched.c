@@ -243,6 +243,26 @@ void fp__sched_drop_all_locked(fp_pool *pool) {
 
 /* ---- canceling ------------------------------------------------------------- */
 
+/* The chunks of a canceled job that worker ws holds: those it has not
+ * started are answered without running (link op skip), a running one has
+ * its worker killed and replaced when kill_running. Killing a worker for a
+ * chunk it merely holds behind another job's would fail that innocent job,
+ * so without the skip op such chunks run and their results are dropped. */
+static void stop_sent_locked(fp_pool *pool, fp__wslot *ws, fp__job *job,
+                             int kill_running) {
+  const fp__link_ops *ops = pool->link->ops;
+  for (int k = 0; k < ws->ninflight; k++) {
+    fp__chunk *ch = ws->inflight[k];
+    if (ch->job != job)
+      continue;
+    int running = ops->skip != NULL ? ops->skip(pool->link, ws->index, ch->seq)
+                                    : k == 0;
+    if (running && kill_running && !ws->kill_reason &&
+        pool->state != FP__TERMINATE)
+      fp__sched_kill_locked(pool, ws, FP_ECANCELED, ch->seq, SIGTERM);
+  }
+}
+
 void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
                                  int64_t index, const char *msg,
                                  int kill_running) {
@@ -259,17 +279,8 @@ void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
         fp__chunk_free(ch); /* iterator chunks are not in a job array */
     }
   }
-  /* A running chunk of the job (always a worker's first in-flight chunk)
-   * has its worker killed and replaced. Chunks of the job queued behind
-   * another job's chunk are left to run and their results dropped: killing
-   * that worker would fail an innocent job. */
-  for (int i = 0; kill_running && i < pool->nworkers; i++) {
-    fp__wslot *ws = &pool->ws[i];
-    if (ws->ninflight > 0 && ws->inflight[0]->job == job &&
-        !ws->kill_reason && pool->state != FP__TERMINATE)
-      fp__sched_kill_locked(pool, ws, FP_ECANCELED, ws->inflight[0]->seq,
-                            SIGTERM);
-  }
+  for (int i = 0; i < pool->nworkers; i++)
+    stop_sent_locked(pool, &pool->ws[i], job, kill_running);
   fp__job_fail_locked(&pool->jobs, job, code, index, msg);
 }
 
@@ -277,16 +288,18 @@ void fp__sched_cancel_job_locked(fp_pool *pool, fp__job *job, int code,
 
 int fp__sched_poll_leave(fp_pool *pool) {
   fp__assert_locked(pool);
-  const fp__link_ops *ops = pool->link->ops;
   int got = 0, rest = 0;
-  /* Once the loop is closing, the link's handles are going: the pool
-   * thread delivers what is left. */
-  if (!pool->stopping && ops->poll != NULL &&
-      (got = ops->poll(pool->link)) > 0)
+  /* Once the loop is closing, the link's handles are going (a joined
+   * pool's link is freed): the pool thread delivers what is left. */
+  if (!pool->stopping && pool->link->ops->poll != NULL &&
+      (got = pool->link->ops->poll(pool->link)) > 0)
     fp__sched_dispatch_locked(pool); /* the freed workers' next chunks */
   fp_result *plain = fp__jobset_take_plain_locked(&pool->jobs, &rest);
-  if (rest)
-    fp__pool_wake(pool); /* callbacks run on the pool thread */
+  /* Callbacks run on the pool thread. And a closed pool ends from the
+   * pool thread's loop (pool.c, maybe_shutdown_locked): when the last
+   * results came in here, the worker sent no kick, so wake it to see. */
+  if (rest || (got > 0 && pool->state != FP__RUN))
+    fp__pool_wake(pool);
   fp__pool_unlock(pool);
   fp__results_deliver(plain); /* no callbacks: any thread, no lock */
   return got;

@@ -13,7 +13,9 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int square(fp_reader *args, fp_writer *out) {
@@ -415,6 +417,143 @@ START_TEST(chunk_results_larger_than_max_frame) {
 }
 END_TEST
 
+/* Every call that starts work, on a pool that was closed or terminated
+ * and then joined (its link freed), returns FP_ECLOSED. A submitting
+ * thread that also took in results read the freed link (SIGSEGV). */
+static int e_ident(const void *in, void *out) {
+  memcpy(out, in, 8);
+  return 0;
+}
+
+START_TEST(calls_after_join_are_refused) {
+  for (int terminate = 0; terminate < 2; terminate++) {
+    fp_pool *p = new_pool(2);
+    ck_assert_int_eq(fp_pool_apply(p, square, NULL, NULL), 0);
+    ck_assert_int_eq(terminate ? fp_pool_terminate(p) : fp_pool_close(p), 0);
+    ck_assert_int_eq(fp_pool_join(p), 0);
+    fp_writer args, out;
+    fp_writer_init(&args);
+    fp_writer_init(&out);
+    fp_write_int(&args, 3);
+    int64_t in[4] = {1, 2, 3, 4}, res[4];
+    fp_result *r = NULL;
+    ck_assert_int_eq(fp_pool_apply_async(p, square, &args, NULL, &r),
+                     FP_ECLOSED);
+    ck_assert_ptr_null(r);
+    ck_assert_int_eq(fp_pool_apply(p, square, &args, &out), FP_ECLOSED);
+    ck_assert_int_eq(fp_pool_map_async(p, e_ident, in, 4, 8, res, 8, NULL, &r),
+                     FP_ECLOSED);
+    ck_assert_int_eq(fp_pool_map(p, e_ident, in, 4, 8, res, 8, NULL),
+                     FP_ECLOSED);
+    ck_assert_int_eq(fp_pool_map_values(p, square, &args, &out, NULL),
+                     FP_ECLOSED);
+    fp_writer_free(&args);
+    fp_writer_free(&out);
+    fp_pool_free(p);
+  }
+  fp_test_no_children();
+}
+END_TEST
+
+/* A job canceled while one of its chunks waits in a busy worker's queue
+ * (behind another job's running chunk): that chunk never runs. Short
+ * tasks first, so that the worker's queue holds more than one chunk. */
+static atomic_long *g_ran;   /* shared with the workers */
+static atomic_int *g_release; /* lets the slow task end */
+
+static int slow_until_released(fp_reader *args, fp_writer *out) {
+  (void)args;
+  while (!atomic_load(g_release))
+    usleep(100); /* the test's pace only: the assertion waits on results */
+  return fp_write_int(out, 1);
+}
+
+static int counts_runs(fp_reader *args, fp_writer *out) {
+  (void)args;
+  atomic_fetch_add(g_ran, 1);
+  return fp_write_int(out, 2);
+}
+
+START_TEST(canceled_chunk_queued_on_a_busy_worker_never_runs) {
+  void *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(shm, MAP_FAILED);
+  g_ran = shm;
+  g_release = (atomic_int *)((char *)shm + 64);
+  fp_pool *p = new_pool(1);
+  for (int i = 0; i < 200; i++)
+    ck_assert_int_eq(fp_pool_apply(p, square, NULL, NULL), 0);
+  for (int round = 0; round < 20; round++) {
+    fp_result *a, *b;
+    atomic_store(g_release, 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, slow_until_released, NULL, NULL,
+                                         &a),
+                     0);
+    ck_assert_int_eq(fp_pool_apply_async(p, counts_runs, NULL, NULL, &b), 0);
+    ck_assert_int_eq(fp_result_cancel(b), 0);
+    atomic_store(g_release, 1);
+    ck_assert_int_eq(fp_result_get(a, 30), 0);
+    ck_assert_int_eq(fp_result_get(b, 30), FP_ECANCELED);
+    fp_result_free(a);
+    fp_result_free(b);
+  }
+  /* Work after the skips still runs, on the same worker. */
+  ck_assert_int_eq(fp_pool_apply(p, counts_runs, NULL, NULL), 0);
+  ck_assert_int_eq(atomic_load(g_ran), 1);
+  fp_pool_free(p);
+  munmap(shm, 4096);
+  fp_test_no_children();
+}
+END_TEST
+
+/* A closed pool ends from its pool thread's loop. When a caller waiting
+ * in fp_result_get took the last result in itself (the worker then sends
+ * no kick), the pool thread slept on and fp_pool_join never returned
+ * (about one round in 400 of this test's loop). */
+static int busy_1ms(fp_reader *args, fp_writer *out) {
+  (void)args;
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) <
+         1000000L);
+  return fp_write_int(out, 1);
+}
+
+static void *join_and_flag(void *arg) {
+  fp_pool *p = arg;
+  fp_pool_join(p);
+  atomic_store(&g_cb_rc, 0);
+  return NULL;
+}
+
+START_TEST(join_returns_when_a_waiter_took_the_last_result) {
+  for (int round = 0; round < 300; round++) {
+    fp_pool *p = new_pool(1);
+    fp_result *r;
+    pthread_t t;
+    ck_assert_int_eq(fp_pool_apply_async(p, busy_1ms, NULL, NULL, &r), 0);
+    ck_assert_int_eq(fp_pool_close(p), 0);
+    atomic_store(&g_cb_rc, 1);
+    ck_assert_int_eq(pthread_create(&t, NULL, join_and_flag, p), 0);
+    ck_assert_int_eq(fp_result_get(r, 30), 0);
+    fp_result_free(r);
+    /* Bounded: a join that never returns fails the round, and the test's
+     * own timeout ends the process. */
+    for (int i = 0; i < 10000 && atomic_load(&g_cb_rc) != 0; i++)
+      usleep(1000);
+    ck_assert_msg(atomic_load(&g_cb_rc) == 0,
+                  "round %d: fp_pool_join still blocked 10 s after the last "
+                  "result was taken in",
+                  round);
+    pthread_join(t, NULL);
+    fp_pool_free(p);
+  }
+  fp_test_no_children();
+}
+END_TEST
+
 Suite *misuse_suite(void) {
   Suite *s = suite_create("misuse");
   TCase *tc = tcase_create("pool");
@@ -430,6 +569,9 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, pool_free_in_a_callback_is_refused);
   tcase_add_test(tc, sub_nanosecond_time_limit_still_limits);
   tcase_add_test(tc, chunk_results_larger_than_max_frame);
+  tcase_add_test(tc, calls_after_join_are_refused);
+  tcase_add_test(tc, canceled_chunk_queued_on_a_busy_worker_never_runs);
+  tcase_add_test(tc, join_returns_when_a_waiter_took_the_last_result);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -98,6 +98,8 @@ struct llink {
 
 /* The space bound of local.h: every chunk a worker may hold, one wrap's
  * waste and a marker fit in its task ring. */
+_Static_assert(FP__SLOT_SKIPS >= FP__LINK_MAX_BATCH,
+               "a skip entry for every chunk a worker may hold");
 _Static_assert((FP__LINK_MAX_BATCH + 1) * FP__TRING_MAX + 64 <= FP__TRING_SIZE,
                "task ring too small for FP__LINK_MAX_BATCH frames");
 
@@ -776,6 +778,8 @@ static int local_spawn(fp__link *base, int slot) {
   atomic_store(&pub->seq, 0);
   atomic_store(&pub->started_ns, 0);
   atomic_store(&pub->item, -1);
+  for (int i = 0; i < FP__SLOT_SKIPS; i++)
+    atomic_store(&pub->skip[i], 0); /* the old process's marks */
   /* The previous process's ring was drained when it died. */
   atomic_store(&l->shm->rings[slot].head, 0);
   atomic_store(&l->shm->rings[slot].tail, 0);
@@ -1025,6 +1029,13 @@ static int local_spin_end(fp__link *base) {
   return rings_pending(l);
 }
 
+static int local_skip(fp__link *base, int slot, uint64_t seq) {
+  llink *l = (llink *)base;
+  if (l->slots[slot].pid == 0)
+    return 0;
+  return fp__slot_skip(&l->shm->slots[slot], seq);
+}
+
 static int local_running(fp__link *base, int slot, fp__running *out) {
   llink *l = (llink *)base;
   fp__slot *pub = &l->shm->slots[slot];
@@ -1107,6 +1118,7 @@ const fp__link_ops fp__link_local = {
     .send = local_send,
     .kill = local_kill,
     .running = local_running,
+    .skip = local_skip,
     .finish = local_finish,
     .close = local_close,
     .free = local_free,

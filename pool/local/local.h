@@ -25,6 +25,8 @@
  * the master (reader) see the same memory. The worker publishes what it is
  * running with relaxed atomic stores: a few nanoseconds per item, and after
  * a crash the master knows which item was executing without any message. */
+#define FP__SLOT_SKIPS 16
+
 typedef struct fp__slot {
   _Atomic int32_t pid;
   _Atomic int32_t cpu;        /* sched_getcpu() at the last chunk */
@@ -32,7 +34,30 @@ typedef struct fp__slot {
   _Atomic int64_t item;       /* item index running */
   _Atomic int64_t started_ns; /* start of that item; 0: clock stopped */
   char pad[64 - 32];
+  /* Chunks the worker holds that it must not run (their job was
+   * canceled): the master sets an entry, the worker looks before it starts
+   * a chunk, the master clears the entry when the chunk's RESULT comes.
+   * At most FP__LINK_MAX_BATCH chunks are ever held, so one entry each
+   * (link_local.c checks FP__SLOT_SKIPS against it). */
+  _Atomic uint64_t skip[FP__SLOT_SKIPS];
 } fp__slot;
+
+/* Not running a chunk of a canceled job (a Dekker pair, all seq_cst, and
+ * a compare-and-swap that decides who owns the entry):
+ *  - the worker stores slot->seq = seq before it starts a chunk, then
+ *    claims an entry holding seq (seq -> 0): claimed, it runs nothing;
+ *  - the master stores seq in a free entry, then loads slot->seq: if it is
+ *    not seq, the worker has not reached the chunk and will see the entry;
+ *    if it is, the master withdraws the entry (seq -> 0): withdrawn, the
+ *    worker runs (or is running) the chunk and the master kills it; not
+ *    withdrawable, the worker claimed it and runs nothing.
+ * Worker side: 1 when it claimed an entry for seq. */
+int fp__slot_claim_skip(fp__slot *s, uint64_t seq);
+
+/* Master side: asks the worker not to run seq (above). Returns 0 when it
+ * will not run it (or no entry was free: then it runs, and its results
+ * are dropped), 1 when it runs it. */
+int fp__slot_skip(fp__slot *s, uint64_t seq);
 
 /* ---- result rings (ring.c) ------------------------------------------------
  *

@@ -187,6 +187,31 @@ void fp__tring_sleep(fp__tring *r, uint64_t pos) {
   atomic_store_explicit(&r->sleeping, 0, memory_order_relaxed);
 }
 
+/* ---- chunks not to run -------------------------------------------------- */
+
+int fp__slot_claim_skip(fp__slot *s, uint64_t seq) {
+  for (int i = 0; i < FP__SLOT_SKIPS; i++) {
+    uint64_t e = seq;
+    if (atomic_load_explicit(&s->skip[i], memory_order_seq_cst) == seq &&
+        atomic_compare_exchange_strong(&s->skip[i], &e, 0))
+      return 1;
+  }
+  return 0;
+}
+
+int fp__slot_skip(fp__slot *s, uint64_t seq) {
+  for (int i = 0; i < FP__SLOT_SKIPS; i++) {
+    uint64_t e = 0;
+    if (!atomic_compare_exchange_strong(&s->skip[i], &e, seq))
+      continue;
+    if (atomic_load_explicit(&s->seq, memory_order_seq_cst) != seq)
+      return 0; /* not reached yet: the worker will claim the entry */
+    e = seq;
+    return atomic_compare_exchange_strong(&s->skip[i], &e, 0);
+  }
+  return 0;
+}
+
 /* ---- the CPU budget ------------------------------------------------------ */
 
 void fp__budget_join(fp__local_shm *shm) {

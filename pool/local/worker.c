@@ -573,7 +573,15 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
   fp_writer_reset(&w->errs);
   w->nerr = 0;
   w->timed = (ch->th.flags & FP__TASK_TIMED) != 0;
-  atomic_store_explicit(&w->slot->seq, ch->th.seq, memory_order_release);
+  atomic_store_explicit(&w->slot->seq, ch->th.seq, memory_order_seq_cst);
+  if (fp__slot_claim_skip(w->slot, ch->th.seq)) {
+    /* Its job was canceled before it started (local.h): a RESULT with no
+     * item results, which the master drops, and nothing runs. */
+    fp__tring_release(w->tring, w->tpos);
+    int rc = publish_result(w, ch, may_defer);
+    atomic_store_explicit(&w->slot->seq, 0, memory_order_release);
+    return rc;
+  }
 
   void *fn = fp__fnref_resolve(&ch->th.fn);
   if (fn == NULL)
