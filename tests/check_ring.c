@@ -276,6 +276,62 @@ START_TEST(tring_stress_two_threads) {
 }
 END_TEST
 
+/* ---- the CPU budget and skip marks of a worker's slot ------------------ */
+
+/* A worker that exits while counted in the budget is taken out once, by
+ * the master, and one that left before exiting is not taken out again. */
+START_TEST(budget_drops_a_worker_that_died_counted_once) {
+  void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(m, MAP_FAILED);
+  fp__local_shm *shm = m;
+  fp__slot *slot = (fp__slot *)((char *)m + 1024);
+  for (int leaves = 0; leaves < 2; leaves++) {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      fp__budget_join_slot(shm, slot);
+      if (leaves)
+        fp__budget_leave_slot(shm, slot);
+      _exit(0); /* as a worker does at maxtasksperchild, or is killed */
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_int_eq(atomic_load(&shm->active), leaves ? 0 : 1);
+    fp__budget_drop_slot(shm, slot);
+    ck_assert_int_eq(atomic_load(&shm->active), 0);
+    fp__budget_drop_slot(shm, slot);
+    ck_assert_int_eq(atomic_load(&shm->active), 0);
+  }
+  munmap(m, 4096);
+}
+END_TEST
+
+/* The skip handshake of local.h, step by step from one thread. */
+START_TEST(skip_marks_are_claimed_or_withdrawn_once) {
+  fp__slot slot;
+  memset(&slot, 0, sizeof slot);
+  atomic_store(&slot.seq, 3); /* the worker runs chunk 3 */
+  ck_assert_int_eq(fp__slot_skip(&slot, 7), 0); /* 7 not reached: marked */
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 5), 0);
+  atomic_store(&slot.seq, 7);
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 7), 1); /* skipped */
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 7), 0); /* once */
+  atomic_store(&slot.seq, 9); /* started before the master marked it */
+  ck_assert_int_eq(fp__slot_skip(&slot, 9), 1);        /* withdrawn: kill */
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 9), 0); /* so it runs */
+  for (int i = 0; i < FP__SLOT_SKIPS; i++)
+    ck_assert_uint_eq(atomic_load(&slot.skip[i]), 0); /* nothing left */
+  /* Full: asks fail softly (the chunk then runs, its result dropped). */
+  for (uint64_t q = 100; q < 100 + FP__SLOT_SKIPS; q++)
+    ck_assert_int_eq(fp__slot_skip(&slot, q), 0);
+  ck_assert_int_eq(fp__slot_skip(&slot, 500), 0);
+  atomic_store(&slot.seq, 500);
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 500), 0);
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 100), 1);
+}
+END_TEST
+
 Suite *ring_suite(void) {
   Suite *s = suite_create("ring");
   TCase *tc = tcase_create("core");
@@ -289,6 +345,8 @@ Suite *ring_suite(void) {
   tcase_add_test(tc, tring_consumer_killed_asleep_leaves_producer_free);
   tcase_add_test(tc, tring_stress_two_processes);
   tcase_add_test(tc, tring_stress_two_threads);
+  tcase_add_test(tc, budget_drops_a_worker_that_died_counted_once);
+  tcase_add_test(tc, skip_marks_are_claimed_or_withdrawn_once);
   suite_add_tcase(s, tc);
   return s;
 }

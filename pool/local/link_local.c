@@ -503,6 +503,7 @@ static void worker_gone(llink *l, int slot, int status) {
   s->ready = 0;
   if (c != NULL)
     conn_close(c);
+  fp__budget_drop_slot(l->shm, &l->shm->slots[slot]); /* died counted */
   EV(l, exited, slot, pid, status);
 }
 
@@ -778,6 +779,7 @@ static int local_spawn(fp__link *base, int slot) {
   atomic_store(&pub->seq, 0);
   atomic_store(&pub->started_ns, 0);
   atomic_store(&pub->item, -1);
+  fp__budget_drop_slot(l->shm, pub); /* if worker_gone did not */
   for (int i = 0; i < FP__SLOT_SKIPS; i++)
     atomic_store(&pub->skip[i], 0); /* the old process's marks */
   /* The previous process's ring was drained when it died. */

@@ -33,7 +33,8 @@ typedef struct fp__slot {
   _Atomic uint64_t seq;       /* chunk running, 0 when idle */
   _Atomic int64_t item;       /* item index running */
   _Atomic int64_t started_ns; /* start of that item; 0: clock stopped */
-  char pad[64 - 32];
+  _Atomic int32_t counted;    /* the worker is counted in shm->active */
+  char pad[64 - 36];
   /* Chunks the worker holds that it must not run (their job was
    * canceled): the master sets an entry, the worker looks before it starts
    * a chunk, the master clears the entry when the chunk's RESULT comes.
@@ -219,6 +220,14 @@ void fp__tring_sleep(fp__tring *r, uint64_t pos);
  * thread may go on spinning. */
 void fp__budget_join(fp__local_shm *shm);
 void fp__budget_leave(fp__local_shm *shm);
+/* A worker joins and leaves through its slot, which says whether it is
+ * counted: a worker that exits or is killed while counted would otherwise
+ * stay in `active` for the pool's life and stop every spinner (a pool
+ * whose workers hit time limits went from 1.2 to 40 us per apply). The
+ * master takes a dead worker out with fp__budget_drop_slot. */
+void fp__budget_join_slot(fp__local_shm *shm, fp__slot *s);
+void fp__budget_leave_slot(fp__local_shm *shm, fp__slot *s);
+void fp__budget_drop_slot(fp__local_shm *shm, fp__slot *s);
 int fp__budget_ok(fp__local_shm *shm);
 /* As fp__budget_ok for a poller, which outranks the pool thread's spin:
  * a pool thread that only spins (it is about to yield) is not counted.

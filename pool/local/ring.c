@@ -222,6 +222,22 @@ void fp__budget_leave(fp__local_shm *shm) {
   atomic_fetch_sub_explicit(&shm->active, 1, memory_order_relaxed);
 }
 
+
+void fp__budget_join_slot(fp__local_shm *shm, fp__slot *s) {
+  fp__budget_join(shm);
+  atomic_store_explicit(&s->counted, 1, memory_order_relaxed);
+}
+
+void fp__budget_leave_slot(fp__local_shm *shm, fp__slot *s) {
+  atomic_store_explicit(&s->counted, 0, memory_order_relaxed);
+  fp__budget_leave(shm);
+}
+
+void fp__budget_drop_slot(fp__local_shm *shm, fp__slot *s) {
+  if (atomic_exchange(&s->counted, 0))
+    fp__budget_leave(shm);
+}
+
 /* Runnable threads of the whole machine: the "R/T" field of /proc/loadavg
  * (nr_running, the reader included), or 0 when it cannot be read. */
 static int machine_running(void) {

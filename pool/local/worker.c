@@ -707,7 +707,7 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   fp_writer_init(&w->in);
   fp_writer_init(&w->data);
   fp_writer_init(&w->errs);
-  fp__budget_join(w->shm); /* awake from here until the first sleep */
+  fp__budget_join_slot(w->shm, w->slot); /* awake until the first sleep */
 }
 
 /* 1 when the master closed its end of the socket (the pool is gone). */
@@ -772,9 +772,9 @@ static void next_entry(worker *w, const unsigned char **p, size_t *len) {
       fp__spinner_tick(&sp, now);
       continue;
     }
-    fp__budget_leave(w->shm);
+    fp__budget_leave_slot(w->shm, w->slot);
     fp__tring_sleep(w->tring, w->tpos);
-    fp__budget_join(w->shm);
+    fp__budget_join_slot(w->shm, w->slot);
     if (atomic_load(&w->tring->tail) == w->tpos && socket_eof(w->fd))
       _exit(FP__WEXIT_OK);
     until = 0;
