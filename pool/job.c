@@ -487,22 +487,24 @@ void fp__chunk_results_locked(fp__jobset *js, fp__chunk *ch,
 
 /* Gives an iterator's chunk one error record per item: `item` fails with
  * code and msg, the others as lost with their worker. */
-static void lost_items(fp__chunk *ch, int code, int64_t item,
+static void lost_items(fp__chunk *ch, int code, int64_t item, int all,
                        const char *msg) {
   ch->errs = calloc(ch->count, sizeof(*ch->errs));
   if (ch->errs == NULL)
     return;
   for (uint32_t i = 0; i < ch->count; i++) {
     int64_t idx = ch->start + i;
-    char lost[160];
+    char lost[FP__MSG_LEN + 32];
     ch->errs[i].index = idx;
-    ch->errs[i].code = idx == item ? code : FP_EWORKER;
-    if (idx != item)
+    ch->errs[i].code = all || idx == item ? code : FP_EWORKER;
+    if (all)
+      snprintf(lost, sizeof(lost), "item %lld: %s", (long long)idx, msg);
+    else if (idx != item)
       snprintf(lost, sizeof(lost),
                "item %lld: result lost: its chunk's worker died at item "
                "%lld",
                (long long)idx, (long long)item);
-    ch->errs[i].msg = strdup(idx == item ? msg : lost);
+    ch->errs[i].msg = strdup(idx == item && !all ? msg : lost);
   }
   ch->nerr = ch->count;
 }
@@ -510,16 +512,17 @@ static void lost_items(fp__chunk *ch, int code, int64_t item,
 void fp__chunk_crashed_locked(fp__jobset *js, fp__chunk *ch, int code,
                               int64_t item, const char *msg) {
   fp__job *job = ch->job;
+  int all = item < 0; /* the chunk never ran: each item fails alike */
   if (item < ch->start || item >= ch->start + (int64_t)ch->count)
     item = ch->start;
   if (job->item_status != NULL) /* the others' results died with it */
     for (uint32_t i = 0; i < ch->count; i++)
-      job->item_status[ch->start + i] = ch->start + i == item ? code
-                                                              : FP_EWORKER;
+      job->item_status[ch->start + i] =
+          all || ch->start + i == item ? code : FP_EWORKER;
   else
     job_note_error(job, item, code, msg, strlen(msg));
   if (job->it != NULL)
-    lost_items(ch, code, item, msg);
+    lost_items(ch, code, item, all, msg);
   if (job->wire != FP__WIRE_FIXED) {
     ch->res = fp__alloc(ch->count);
     if (ch->res != NULL) {

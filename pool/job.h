@@ -207,8 +207,9 @@ void fp__chunk_results_locked(fp__jobset *js, fp__chunk *ch,
                               fp__rbuf *keep);
 
 /* Fails a chunk whose worker died: the item `item` carries code and msg;
- * an iterator's other items of the chunk fail as lost. Counts the chunk
- * done, which may finish the job. */
+ * an iterator's other items of the chunk fail as lost. item -1: the chunk
+ * never ran (it could not be sent): every item fails with code. Counts
+ * the chunk done, which may finish the job. */
 void fp__chunk_crashed_locked(fp__jobset *js, fp__chunk *ch, int code,
                               int64_t item, const char *msg);
 

@@ -60,8 +60,8 @@ typedef struct fp__task_out {
   int borrowed; /* items lie in the caller's memory (a fixed-size map's
                    `in`), which a misbehaving program may have unmapped:
                    the link copies them only through the kernel
-                   (sendmsg, process_vm_readv), so that is -EFAULT from
-                   send(), never a crash */
+                   (sendmsg, process_vm_readv, a write() into a pipe), so
+                   that is -EFAULT from send(), never a crash */
 } fp__task_out;
 
 /* The buffer a result payload lies in, when the scheduler may keep it
@@ -130,13 +130,17 @@ typedef struct fp__link_ops {
   int (*can_send)(fp__link *l, int slot);
   /* Sends n (<= FP__LINK_MAX_BATCH) task frames to slot's worker, in
    * order. Returns 0 when they are written or queued for the pool thread
-   * to finish. On any other outcome the link kills the worker itself (its
+   * to finish (*sent = n). Returns -errno with *sent = k (0 <= k < n) when
+   * frame k's borrowed items could not be read: frames before it went,
+   * frames from it on did not, and the worker was left alone. On any
+   * other outcome (*sent = -1) the link kills the worker itself (its
    * exited() follows), so a worker that cannot be fed never sits idle
    * holding chunks, and returns FP_EPIPE when the worker's connection
    * broke (it is dying: send these frames elsewhere) or another code when
-   * these frames cannot be sent at all (-EFAULT: unreadable items;
-   * FP_ENOMEM ...), which fails them. */
-  int (*send)(fp__link *l, int slot, const fp__task_out *t, int n);
+   * these frames cannot be sent at all (-EFAULT: unreadable items on a
+   * stream that then broke; FP_ENOMEM ...), which fails them. */
+  int (*send)(fp__link *l, int slot, const fp__task_out *t, int n,
+              int *sent);
   /* Sends sig to slot's current process, if it is still the one started.
    * Returns 0, or FP_EINVAL when the slot has no process. */
   int (*kill)(fp__link *l, int slot, int sig);

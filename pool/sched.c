@@ -108,8 +108,39 @@ static void fail_unsent_locked(fp_pool *pool, fp__wslot *ws, int first,
     if (ch->job->finished)
       fp__chunk_orphan_locked(ch);
     else
-      fp__chunk_crashed_locked(&pool->jobs, ch, err, ch->start, msg);
+      fp__chunk_crashed_locked(&pool->jobs, ch, err, -1, msg);
   }
+}
+
+/* The link could not read the items of ws's chunk `bad` (the caller
+ * unmapped or protected them) and sent neither it nor those after it; the
+ * worker is untouched. That chunk fails with the error; the ones after it
+ * go back to the front of the queue, in order, for the next dispatch
+ * (pool->unsent asks the running one to go round again: the worker may
+ * have nothing left to do, and then no result of its would come back to
+ * dispatch the queue). */
+static void unreadable_locked(fp_pool *pool, fp__wslot *ws, int bad, int err) {
+  char msg[FP__MSG_LEN];
+  /* The worker has room again, and maybe nothing to do: no result of its
+   * will come to dispatch the queue, so the running dispatch goes again. */
+  pool->unsent = 1;
+  while (ws->ninflight > bad + 1) {
+    fp__chunk *ch = ws->inflight[--ws->ninflight];
+    ch->job->travelling--;
+    ws->sent--;
+    fp__sched_requeue_front_locked(pool, ch);
+  }
+  fp__chunk *ch = ws->inflight[--ws->ninflight];
+  ch->job->travelling--;
+  ws->sent--;
+  snprintf(msg, sizeof(msg),
+           "item %lld: its input could not be read: %s (%s); is its memory "
+           "still mapped and readable?",
+           (long long)ch->start, fp_err_name(err), fp_strerror(err));
+  if (ch->job->finished)
+    fp__chunk_orphan_locked(ch);
+  else
+    fp__chunk_crashed_locked(&pool->jobs, ch, err, -1, msg);
 }
 
 /* Writes the chunks assigned to ws since `first` with one link send. */
@@ -136,8 +167,11 @@ static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
     t[i].items_len = ch->items_len;
     t[i].borrowed = job->wire == FP__WIRE_FIXED;
   }
-  int rc = pool->link->ops->send(pool->link, ws->index, t, n);
-  if (rc != 0 && rc != FP_EPIPE)
+  int sent = -1;
+  int rc = pool->link->ops->send(pool->link, ws->index, t, n, &sent);
+  if (rc != 0 && sent >= 0 && sent < n)
+    unreadable_locked(pool, ws, first + sent, rc);
+  else if (rc != 0 && rc != FP_EPIPE)
     fail_unsent_locked(pool, ws, first, rc);
   /* FP_EPIPE: the worker is dying; its exited() requeues these chunks. */
 }
@@ -189,8 +223,19 @@ static int first_worker(const fp_pool *pool) {
   return best;
 }
 
+static void dispatch_once_locked(fp_pool *pool);
+
+/* Dispatches until no send left chunks unsent (unreadable_locked): each
+ * round that does fails at least one chunk, so this ends. */
 void fp__sched_dispatch_locked(fp_pool *pool) {
   fp__assert_locked(pool);
+  do {
+    pool->unsent = 0;
+    dispatch_once_locked(pool);
+  } while (pool->unsent);
+}
+
+static void dispatch_once_locked(fp_pool *pool) {
   if (pool->qhead == NULL || pool->state == FP__TERMINATE)
     return;
   int maxdepth = queue_depth(pool), first[pool->nworkers];

@@ -33,6 +33,7 @@
 #include "pool/clock.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -94,6 +95,7 @@ struct llink {
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
   int no_vmread;          /* process_vm_readv is not allowed here */
+  int copy_pipe[2];       /* safe_copy's fallback, made on first use */
 };
 
 /* The space bound of local.h: every chunk a worker may hold, one wrap's
@@ -677,26 +679,34 @@ static int map_shared(llink *l) {
   return 0;
 }
 
-/* Makes the control socket pair, both ends above stdio and registered (so
- * that a fork server another thread forks meanwhile closes them). */
-static int control_pair(int sv[2]) {
-  int rc = 0;
-  fp__fdreg_lock();
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    rc = -errno;
+/* A pair of descriptors just made under the registry's lock (rc: how
+ * making them went): both moved above stdio and registered, so that a
+ * fork server another thread forks meanwhile closes them. Returns 0, or
+ * -errno with both closed. */
+static int register_pair_locked(int fds[2], int rc) {
   for (int k = 0; rc == 0 && k < 2; k++) {
-    int fd = fp__fd_above_stdio(sv[k]);
-    if (fd < 0) { /* sv[k] is still open then (fdreg.c) */
+    int fd = fp__fd_above_stdio(fds[k]);
+    if (fd < 0) { /* fds[k] is still open then (fdreg.c) */
       rc = fd;
-      close(sv[0]);
-      close(sv[1]);
+      close(fds[0]);
+      close(fds[1]);
     }
-    sv[k] = fd;
+    fds[k] = fd;
   }
   if (rc == 0) {
-    fp__fdreg_add_locked(sv[0]);
-    fp__fdreg_add_locked(sv[1]);
+    fp__fdreg_add_locked(fds[0]);
+    fp__fdreg_add_locked(fds[1]);
   }
+  return rc;
+}
+
+/* Makes the control socket pair (registered, above stdio). */
+static int control_pair(int sv[2]) {
+  fp__fdreg_lock();
+  int rc = socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0
+               ? -errno
+               : 0;
+  rc = register_pair_locked(sv, rc);
   fp__fdreg_unlock();
   return rc;
 }
@@ -734,6 +744,7 @@ static int local_open(fp__link **out, const fp__wconf *cfg,
   l->ev = *ev;
   l->cfg = *cfg;
   l->fs_fd = -1;
+  l->copy_pipe[0] = l->copy_pipe[1] = -1;
   l->slots = calloc((size_t)cfg->nworkers, sizeof(*l->slots));
   /* Without it, borrowed items simply all take the socket. */
   int rc = l->slots ? map_shared(l) : FP_ENOMEM;
@@ -810,19 +821,63 @@ static int local_kill(fp__link *base, int slot, int sig) {
   return fs_send(l, FP__FS_KILL, slot, s->pid, sig);
 }
 
-/* Copies n bytes that may lie in memory the caller unmapped, through the
- * kernel: returns 0, or -EFAULT instead of crashing. */
-static int copy_checked(void *dst, const void *src, size_t n) {
-  struct iovec to = {dst, n}, from = {(void *)src, n};
-  ssize_t got = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
-  if (got == (ssize_t)n)
+/* The pipe of pipe_copy, made once (registered like every library
+ * descriptor, above the standard ones, non-blocking). 0 or -errno. */
+static int copy_pipe_open(llink *l) {
+  int p[2];
+  if (l->copy_pipe[0] >= 0)
     return 0;
-  if (got < 0 && (errno == ENOSYS || errno == EPERM)) { /* not allowed
-                                          here: trust the memory */
-    memcpy(dst, src, n);
-    return 0;
+  fp__fdreg_lock();
+  int rc = register_pair_locked(
+      p, pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0 ? -errno : 0);
+  if (rc == 0) {
+    l->copy_pipe[0] = p[0];
+    l->copy_pipe[1] = p[1];
   }
-  return -EFAULT;
+  fp__fdreg_unlock();
+  return rc;
+}
+
+/* Copies n bytes through a pipe: write() reads the source as the kernel
+ * does for sendmsg (so it takes any memory the program can read, which
+ * process_vm_readv does not: memfd_secret, device mappings) and fails
+ * with EFAULT, not a crash, where it cannot. Pieces that fit the pipe
+ * (non-blocking: a short write just makes a shorter piece). */
+static int pipe_copy(llink *l, void *dst, const void *src, size_t n) {
+  int rc = copy_pipe_open(l);
+  for (size_t off = 0; rc == 0 && off < n;) {
+    size_t k = n - off < 65536 ? n - off : 65536;
+    ssize_t w = write(l->copy_pipe[1], (const char *)src + off, k);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : -EIO;
+    for (size_t got = 0; got < (size_t)w;) {
+      ssize_t r = read(l->copy_pipe[0], (char *)dst + off + got,
+                       (size_t)w - got);
+      if (r > 0)
+        got += (size_t)r;
+      else if (!(r < 0 && errno == EINTR))
+        return -EIO; /* the bytes just written are there: not reached */
+    }
+    off += (size_t)w;
+  }
+  return rc;
+}
+
+/* Copies n bytes that may lie in memory the caller unmapped, through the
+ * kernel: process_vm_readv (one call), else the pipe. Returns 0, or
+ * -EFAULT (or another -errno) instead of crashing. */
+static int safe_copy(llink *l, void *dst, const void *src, size_t n) {
+  if (!l->no_vmread) {
+    struct iovec to = {dst, n}, from = {(void *)src, n};
+    ssize_t got = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
+    if (got == (ssize_t)n)
+      return 0;
+    if (got < 0 && (errno == ENOSYS || errno == EPERM))
+      l->no_vmread = 1; /* a seccomp filter, say: the pipe from now on */
+  }
+  return pipe_copy(l, dst, src, n);
 }
 
 /* Keeps the unsent tail (skip bytes of iov already written) for the pool
@@ -840,8 +895,8 @@ static int keep_tail(llink *l, conn *c, const struct iovec *iov, int n,
       skip -= len;
       continue;
     }
-    if (copy_checked(buf + off, (const char *)iov[i].iov_base + skip,
-                     len - skip) != 0) {
+    if (safe_copy(l, buf + off, (const char *)iov[i].iov_base + skip,
+                  len - skip) != 0) {
       fp__free(buf, rest);
       return -EFAULT;
     }
@@ -887,47 +942,53 @@ static int sock_send(llink *l, conn *c, struct iovec *iov, int nio,
  * instead of a crash when they became unreadable (link.h). */
 typedef struct kcopy {
   struct iovec to[FP__LINK_MAX_BATCH], from[FP__LINK_MAX_BATCH];
+  int frame[FP__LINK_MAX_BATCH]; /* the index in t[] of each copy */
   size_t total;
   int n;
 } kcopy;
 
-/* Copies them all with one process_vm_readv. Returns 0, -EFAULT, or
- * FP_EAGAIN when the call is not allowed here (a seccomp filter, say):
- * then every borrowed item takes the socket from now on. */
-static int kcopy_run(llink *l, const kcopy *k) {
+/* Copies them all with one process_vm_readv; when that fails, one by one
+ * with safe_copy (which also reads memory process_vm_readv refuses).
+ * Returns 0, or -errno with *bad = the first frame whose items could not
+ * be read. */
+static int kcopy_run(llink *l, const kcopy *k, int *bad) {
   if (k->n == 0)
     return 0;
-  ssize_t got = process_vm_readv(getpid(), k->to, (unsigned long)k->n,
-                                 k->from, (unsigned long)k->n, 0);
-  if (got == (ssize_t)k->total)
+  if (!l->no_vmread &&
+      process_vm_readv(getpid(), k->to, (unsigned long)k->n, k->from,
+                       (unsigned long)k->n, 0) == (ssize_t)k->total)
     return 0;
-  if (got < 0 && (errno == ENOSYS || errno == EPERM)) {
-    l->no_vmread = 1;
-    return FP_EAGAIN;
+  for (int j = 0; j < k->n; j++) {
+    int rc = safe_copy(l, k->to[j].iov_base, k->from[j].iov_base,
+                       k->to[j].iov_len);
+    if (rc != 0) {
+      *bad = k->frame[j];
+      return rc;
+    }
   }
-  return -EFAULT;
+  return 0;
 }
 
 /* Puts frame i (its parts in v[1..4], flen bytes) in the task ring at
  * *tail; borrowed items are left to k. Returns 0, or -1 when it does not
- * go in the ring (too large, no room, or only the socket may read it). */
-static int ring_frame(llink *l, fp__tring *tr, uint64_t *tail,
-                      const fp__task_out *t, struct iovec *v, size_t flen,
-                      kcopy *k) {
+ * go in the ring (too large, or no room). */
+static int ring_frame(fp__tring *tr, uint64_t *tail, const fp__task_out *t,
+                      int i, struct iovec *v, size_t flen, kcopy *k) {
   unsigned char *payload;
-  int kernel = t->borrowed && t->items_len > 0;
-  if (flen > FP__TRING_MAX || (kernel && l->no_vmread))
+  int kernel = t[i].borrowed && t[i].items_len > 0;
+  if (flen > FP__TRING_MAX)
     return -1;
   if (kernel)
     v[3].iov_base = NULL;
   int rc = fp__tring_put(tr, tail, v + 1, 4, flen, &payload);
   if (kernel) {
-    v[3].iov_base = (void *)t->items;
+    v[3].iov_base = (void *)t[i].items;
     if (rc == 0) {
       k->to[k->n] = (struct iovec){payload + v[1].iov_len + v[2].iov_len,
-                                   t->items_len};
-      k->from[k->n] = (struct iovec){(void *)t->items, t->items_len};
-      k->total += t->items_len;
+                                   t[i].items_len};
+      k->from[k->n] = (struct iovec){(void *)t[i].items, t[i].items_len};
+      k->frame[k->n] = i;
+      k->total += t[i].items_len;
       k->n++;
     }
   }
@@ -937,12 +998,13 @@ static int ring_frame(llink *l, fp__tring *tr, uint64_t *tail,
 /* Sends the frames of t[0..n): each into the task ring, or, when larger
  * than FP__TRING_MAX, onto the socket behind a SOCK marker in the ring (so
  * the ring keeps the order). Borrowed items of ring frames are copied in
- * by the kernel (kcopy), before anything is sent or published, so a
- * failed copy takes nothing back from the worker. Socket frames go with
- * one sendmsg; the ring's entries become visible with one store, and the
- * worker is woken only if it sleeps (local.h). */
+ * by the kernel (kcopy) before anything is sent or published: when some
+ * cannot be read, only the frames before them go, and the worker is left
+ * alone (*sent says how many went). Socket frames go with one sendmsg; the
+ * ring's entries become visible with one store, and the worker is woken
+ * only if it sleeps (local.h). */
 static int local_send(fp__link *base, int slot, const fp__task_out *t,
-                      int n) {
+                      int n, int *sent) {
   static const unsigned char zeros[FP__FRAME_ALIGN];
   llink *l = (llink *)base;
   conn *c = l->slots[slot].c;
@@ -950,20 +1012,25 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
   unsigned char hdr[FP__LINK_MAX_BATCH][FP__FRAME_HDR];
   struct iovec iov[5 * FP__LINK_MAX_BATCH];
-  size_t total = 0;
-  int nio = 0;
+  uint64_t tail_at[FP__LINK_MAX_BATCH]; /* where frame i begins */
+  size_t total = 0, total_at[FP__LINK_MAX_BATCH];
+  int nio = 0, nio_at[FP__LINK_MAX_BATCH], bad = n;
   kcopy k = {.n = 0, .total = 0};
   int rc = c != NULL && c->out_len == 0 && n <= FP__LINK_MAX_BATCH
                ? 0 : FP_EINVAL;
+  *sent = -1;
   for (int i = 0; rc == 0 && i < n; i++) {
     size_t pad = FP__ITEMS_PAD(t[i].items_len);
     size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
     struct iovec *v = iov + nio;
+    tail_at[i] = tail;
+    nio_at[i] = nio;
+    total_at[i] = total;
     v[1] = (struct iovec){(void *)&t[i].hdr, sizeof(t[i].hdr)};
     v[2] = (struct iovec){(void *)zeros, FP__HDR_PAD};
     v[3] = (struct iovec){(void *)t[i].items, t[i].items_len};
     v[4] = (struct iovec){(void *)zeros, pad};
-    if (ring_frame(l, tr, &tail, &t[i], v, flen, &k) == 0)
+    if (ring_frame(tr, &tail, t, i, v, flen, &k) == 0)
       continue;
     if ((rc = fp__frame_put_hdr(hdr[i], flen)) != 0)
       break;
@@ -975,15 +1042,22 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
     nio += 5;
     total += FP__FRAME_HDR + flen;
   }
-  if (rc == 0 && (rc = kcopy_run(l, &k)) == FP_EAGAIN)
-    return local_send(base, slot, t, n); /* nothing sent: again, by socket */
+  int unread = rc == 0 ? kcopy_run(l, &k, &bad) : 0;
+  if (unread != 0) { /* frames from `bad` on stay here: nothing is lost */
+    tail = tail_at[bad];
+    nio = nio_at[bad];
+    total = total_at[bad];
+  }
   if (rc == 0 && nio > 0)
     rc = sock_send(l, c, iov, nio, total);
   if (rc == 0) {
     atomic_store_explicit(&l->last_work, fp__now_ns(), memory_order_relaxed);
     if (fp__tring_publish(tr, tail))
       fp__tring_wake(tr);
-  } else if (l->slots[slot].pid != 0) {
+    *sent = bad;
+    return unread;
+  }
+  if (l->slots[slot].pid != 0) {
     /* A worker that cannot be fed must not sit idle holding chunks: kill
      * it; its exited() hands its chunks back to the scheduler. */
     if (c != NULL)
@@ -1108,6 +1182,9 @@ static void local_free(fp__link *base) {
     while (waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
     }
   }
+  for (int k = 0; k < 2; k++)
+    if (l->copy_pipe[k] >= 0)
+      fp__fdreg_close(l->copy_pipe[k]);
   llink_release(l);
 }
 

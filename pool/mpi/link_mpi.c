@@ -222,10 +222,12 @@ static int mpi_kill(fp__link *base, int g, int sig) {
 
 /* Copies the frames of t[0..n) into one TASK message, laid out as the
  * local link writes them on a worker's socket. */
-static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n) {
+static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
+                    int *sent) {
   static const unsigned char zeros[FP__FRAME_ALIGN];
   mlink *l = (mlink *)base;
   size_t total = 0;
+  *sent = -1;
   for (int i = 0; i < n; i++)
     total += 4 + sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len +
              FP__ITEMS_PAD(t[i].items_len);
@@ -253,6 +255,7 @@ static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n) {
     p += pad;
   }
   fp__mprog_post(&l->prog, m);
+  *sent = n;
   return 0;
 }
 

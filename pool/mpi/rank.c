@@ -105,8 +105,10 @@ static void flush_slot(rserver *sv, int slot) {
     if (s->qh == NULL)
       s->qt = NULL;
     /* On failure the local link kills the worker: rank 0 learns it from
-     * EXITED and hands the chunks to other workers. */
-    sv->ops->send(sv->link, slot, b->t, b->n);
+     * EXITED and hands the chunks to other workers. (Items here are the
+     * rank's own copies, never borrowed: no frame is left unsent.) */
+    int sent;
+    sv->ops->send(sv->link, slot, b->t, b->n, &sent);
     fp__mbuf_free(b->m);
     free(b);
   }
