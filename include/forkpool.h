@@ -855,7 +855,9 @@ FP_EXTERN int fp_pool_apply_async(fp_pool *pool, fp_task_fn fn,
 
 /* As fp_pool_map; `in` and `out` are NOT copied: keep them valid and do
  * not touch `out` until the result is ready, or until fp_result_free()
- * returned (which stops the job: see there). */
+ * returned (which stops the job: see there). `in` is read only through
+ * the kernel: unreadable items fail their chunk with -EFAULT. `out` is
+ * written with plain stores: it must be writable memory. */
 FP_EXTERN int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in,
                                 size_t n, size_t in_size, void *out,
                                 size_t out_size, const fp_call_opts *opts,
