@@ -19,7 +19,9 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static fp_pool *pool;
@@ -94,6 +96,24 @@ static void c_map(void *a) {
   for (int i = 0; i < N; i++)
     bad += out[i] != in[i] * in[i];
   EXPECT(bad == 0, "%d wrong results", bad);
+}
+
+/* A map whose input cannot be read fails with -EFAULT; the master does
+ * not crash, and the pool goes on serving. */
+static void c_map_unreadable(void *a) {
+  (void)a;
+  enum { N = 512 };
+  static int64_t out[N];
+  int64_t *bad = mmap(NULL, N * 8, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+  EXPECT(bad != MAP_FAILED, "mmap");
+  if (bad == MAP_FAILED)
+    return;
+  fp_call_opts co = {.chunksize = 64};
+  int rc = fp_pool_map(pool, sq_elem, bad, N, 8, out, 8, &co);
+  EXPECT(rc == -EFAULT, "%s: %s", fp_err_name(rc), fp_last_error());
+  munmap(bad, N * 8);
+  c_map(NULL);
 }
 
 static void write_ints(fp_writer *w, int n) {
@@ -398,6 +418,7 @@ int main(int argc, char **argv) {
   }
   mt_run("pool_size_counts_worker_ranks", c_size, NULL);
   mt_run("map_fixed_size", c_map, NULL);
+  mt_run("map_over_unreadable_input_fails", c_map_unreadable, NULL);
   mt_run("map_values", c_map_values, NULL);
   mt_run("starmap", c_starmap, NULL);
   mt_run("apply", c_apply, NULL);
