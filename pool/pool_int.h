@@ -96,7 +96,6 @@ struct fp_pool {
   int joined;            /* a join took the pool thread (and frees the link) */
   int join_done;         /* ... and finished: every worker is reaped */
   int link_lost;         /* no worker can be started any more */
-  int unsent;            /* a send left chunks unsent: dispatch again */
   _Atomic int spinners;  /* callers that pinned the pool (polling the link,
                             canceling a result or freeing an iterator): join
                             frees the link only once none is left */

@@ -92,6 +92,17 @@ void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
  * is no longer usable. Those chunks fail with the error - sending them
  * again would fail again - and the worker's other chunks go back to the
  * queue when its death is reported (kill reason FP_EPIPE: innocent). */
+/* Fails chunk ch, which never reached its worker (taken off it already):
+ * every item gets err and msg; a finished job's chunk is just dropped. */
+static void fail_never_sent_locked(fp_pool *pool, fp__chunk *ch, int err,
+                                   const char *msg) {
+  ch->job->travelling--;
+  if (ch->job->finished)
+    fp__chunk_orphan_locked(ch);
+  else
+    fp__chunk_crashed_locked(&pool->jobs, ch, err, -1, msg);
+}
+
 static void fail_unsent_locked(fp_pool *pool, fp__wslot *ws, int first,
                                int err) {
   char msg[FP__MSG_LEN];
@@ -99,31 +110,21 @@ static void fail_unsent_locked(fp_pool *pool, fp__wslot *ws, int first,
   ws->kill_seq = 0;
   while (ws->ninflight > first) {
     fp__chunk *ch = ws->inflight[--ws->ninflight];
-    ch->job->travelling--;
     snprintf(msg, sizeof(msg),
              "item %lld: its task could not be sent to worker %d: %s (%s); "
              "is its input memory still readable?",
              (long long)ch->start, ws->index, fp_err_name(err),
              fp_strerror(err));
-    if (ch->job->finished)
-      fp__chunk_orphan_locked(ch);
-    else
-      fp__chunk_crashed_locked(&pool->jobs, ch, err, -1, msg);
+    fail_never_sent_locked(pool, ch, err, msg);
   }
 }
 
 /* The link could not read the items of ws's chunk `bad` (the caller
  * unmapped or protected them) and sent neither it nor those after it; the
  * worker is untouched. That chunk fails with the error; the ones after it
- * go back to the front of the queue, in order, for the next dispatch
- * (pool->unsent asks the running one to go round again: the worker may
- * have nothing left to do, and then no result of its would come back to
- * dispatch the queue). */
+ * go back to the front of the queue, in order. */
 static void unreadable_locked(fp_pool *pool, fp__wslot *ws, int bad, int err) {
   char msg[FP__MSG_LEN];
-  /* The worker has room again, and maybe nothing to do: no result of its
-   * will come to dispatch the queue, so the running dispatch goes again. */
-  pool->unsent = 1;
   while (ws->ninflight > bad + 1) {
     fp__chunk *ch = ws->inflight[--ws->ninflight];
     ch->job->travelling--;
@@ -131,20 +132,19 @@ static void unreadable_locked(fp_pool *pool, fp__wslot *ws, int bad, int err) {
     fp__sched_requeue_front_locked(pool, ch);
   }
   fp__chunk *ch = ws->inflight[--ws->ninflight];
-  ch->job->travelling--;
   ws->sent--;
   snprintf(msg, sizeof(msg),
            "item %lld: its input could not be read: %s (%s); is its memory "
            "still mapped and readable?",
            (long long)ch->start, fp_err_name(err), fp_strerror(err));
-  if (ch->job->finished)
-    fp__chunk_orphan_locked(ch);
-  else
-    fp__chunk_crashed_locked(&pool->jobs, ch, err, -1, msg);
+  fail_never_sent_locked(pool, ch, err, msg);
 }
 
-/* Writes the chunks assigned to ws since `first` with one link send. */
-static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
+/* Writes the chunks assigned to ws since `first` with one link send.
+ * Returns 1 when some were left unsent (unreadable_locked): the worker may
+ * then have nothing to do, and no result of its would come back to
+ * dispatch the queue, so the caller dispatches again. */
+static int send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
   fp__task_out t[FP__LINK_MAX_BATCH];
   int n = ws->ninflight - first;
   for (int i = 0; i < n; i++) {
@@ -169,11 +169,14 @@ static void send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
   }
   int sent = -1;
   int rc = pool->link->ops->send(pool->link, ws->index, t, n, &sent);
-  if (rc != 0 && sent >= 0 && sent < n)
+  if (rc != 0 && sent >= 0 && sent < n) {
     unreadable_locked(pool, ws, first + sent, rc);
-  else if (rc != 0 && rc != FP_EPIPE)
+    return 1;
+  }
+  if (rc != 0 && rc != FP_EPIPE)
     fail_unsent_locked(pool, ws, first, rc);
   /* FP_EPIPE: the worker is dying; its exited() requeues these chunks. */
+  return 0;
 }
 
 static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
@@ -223,21 +226,20 @@ static int first_worker(const fp_pool *pool) {
   return best;
 }
 
-static void dispatch_once_locked(fp_pool *pool);
+static int dispatch_once_locked(fp_pool *pool);
 
-/* Dispatches until no send left chunks unsent (unreadable_locked): each
+/* Dispatches until no send left chunks unsent (send_new_locked): each
  * round that does fails at least one chunk, so this ends. */
 void fp__sched_dispatch_locked(fp_pool *pool) {
   fp__assert_locked(pool);
-  do {
-    pool->unsent = 0;
-    dispatch_once_locked(pool);
-  } while (pool->unsent);
+  while (dispatch_once_locked(pool)) {
+  }
 }
 
-static void dispatch_once_locked(fp_pool *pool) {
+/* One round of assignments and sends; 1 when a send left chunks unsent. */
+static int dispatch_once_locked(fp_pool *pool) {
   if (pool->qhead == NULL || pool->state == FP__TERMINATE)
-    return;
+    return 0;
   int maxdepth = queue_depth(pool), first[pool->nworkers];
   int sent_timed = 0, start = first_worker(pool);
   for (int k = 0; k < pool->nworkers; k++)
@@ -260,12 +262,14 @@ static void dispatch_once_locked(fp_pool *pool) {
         ws->last_done_ns = fp__now_ns();
     }
   }
+  int unsent = 0;
   for (int k = 0; k < pool->nworkers; k++)
     if (pool->ws[k].ninflight > first[k])
-      send_new_locked(pool, &pool->ws[k], first[k]);
+      unsent |= send_new_locked(pool, &pool->ws[k], first[k]);
   pool->rr = (pool->rr + 1) % pool->nworkers;
   if (sent_timed && !pool->tick_on && !fp__on_pool_thread(pool))
     fp__pool_wake(pool); /* let the loop arm the tick for time limits */
+  return unsent;
 }
 
 /* ---- the end ------------------------------------------------------------- */

@@ -1206,6 +1206,8 @@ static int t_forge_retire(fp_reader *args, fp_writer *out) {
  * the master cannot tell which task broke the stream). */
 static void await_forgers_replaced(fp_pool *p, _Atomic int *pids, int n) {
   double until = now_s() + 20;
+  if (n > 32)
+    n = 32;
   for (;;) {
     int left = 0;
     fp_worker_info wi;
@@ -1218,6 +1220,14 @@ static void await_forgers_replaced(fp_pool *p, _Atomic int *pids, int n) {
     ck_assert_msg(now_s() < until, "a forger's worker still runs after 20 s");
     fp_pool_apply(p, t_pid, NULL, NULL); /* paces the loop; may fail */
   }
+}
+
+/* Once every forger recorded in g_sh->gates was replaced, a job runs. */
+static void job_runs_after_forgers(fp_pool *p, const char *what) {
+  await_forgers_replaced(p, g_sh->gates, atomic_load(&g_sh->arrived));
+  int rc = apply_within(p, t_pid, 10);
+  ck_assert_msg(rc == 0, "a job after the forged %s frames: %s", what,
+                fp_err_name(rc));
 }
 
 /* Tasks forge a RETIRE frame on their worker's socket and keep running,
@@ -1235,11 +1245,7 @@ START_TEST(forged_retire_frame_gets_worker_replaced) {
   ck_assert_msg(atomic_load(&g_sh->arrived) >= 2,
                 "only %d worker(s) ran the forging task",
                 atomic_load(&g_sh->arrived));
-  int arrived = atomic_load(&g_sh->arrived);
-  await_forgers_replaced(p, g_sh->gates, arrived < 32 ? arrived : 32);
-  int rc = apply_within(p, t_pid, 10);
-  ck_assert_msg(rc == 0, "a job after the forged RETIRE frames: %s",
-                fp_err_name(rc));
+  job_runs_after_forgers(p, "RETIRE");
   fp_pool_free(p);
 }
 END_TEST
@@ -1274,12 +1280,7 @@ START_TEST(forged_part_frames_get_worker_replaced) {
     fp_result_free(r);
   }
   ck_assert_int_ge(atomic_load(&g_sh->arrived), 1);
-  /* Every forger's worker replaced (see there), a job must run. */
-  int arrived = atomic_load(&g_sh->arrived);
-  await_forgers_replaced(p, g_sh->gates, arrived < 32 ? arrived : 32);
-  int rc = apply_within(p, t_pid, 10);
-  ck_assert_msg(rc == 0, "a job after the forged PART frames: %s",
-                fp_err_name(rc));
+  job_runs_after_forgers(p, "PART");
   fp_pool_free(p);
 }
 END_TEST
