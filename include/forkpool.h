@@ -714,7 +714,7 @@ typedef struct fp_pool_opts {
 typedef struct fp_call_opts {
   size_t chunksize;          /* items per task; 0: ceil(n / (4*workers))
                                 as CPython (fp_pool_map also caps it at
-                                64 KiB of elements), 1 for imap */
+                                48 KiB of elements), 1 for imap */
   fp_callback callback;      /* on success (async calls only) */
   fp_callback error_callback; /* on failure (async calls only) */
   void *arg;                 /* passed to both callbacks */
