@@ -823,7 +823,9 @@ FP_EXTERN int fp_pool_apply(fp_pool *pool, fp_task_fn fn,
  * of 256 KiB or more has its whole pages faulted in by the calling thread
  * while the workers run (MADV_POPULATE_WRITE: as if written, contents
  * unchanged), so that copying results into fresh memory does not take a
- * page fault per page. */
+ * page fault per page. Unreadable input items, or a range of `out` that is
+ * not writable, fail their chunk's items with -EFAULT; the master never
+ * faults on them. */
 FP_EXTERN int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in,
                           size_t n, size_t in_size, void *out,
                           size_t out_size, const fp_call_opts *opts);
@@ -856,8 +858,10 @@ FP_EXTERN int fp_pool_apply_async(fp_pool *pool, fp_task_fn fn,
 /* As fp_pool_map; `in` and `out` are NOT copied: keep them valid and do
  * not touch `out` until the result is ready, or until fp_result_free()
  * returned (which stops the job: see there). `in` is read only through
- * the kernel: unreadable items fail their chunk with -EFAULT. `out` is
- * written with plain stores: it must be writable memory. */
+ * the kernel: unreadable items fail their chunk with -EFAULT. Each
+ * chunk's range of `out` is checked before its results are stored (as
+ * fp_pool_map does): a range that is not writable (read-only, unmapped)
+ * fails that chunk's items with -EFAULT and leaves it unchanged. */
 FP_EXTERN int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in,
                                 size_t n, size_t in_size, void *out,
                                 size_t out_size, const fp_call_opts *opts,

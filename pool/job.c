@@ -22,6 +22,9 @@
  */
 #include "pool/job.h"
 #include "ipc/wire/alloc.h"
+#include "pool/writable.h"
+
+#include <errno.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -449,6 +452,18 @@ static void take_errors(fp__chunk *ch, const unsigned char *errs,
   }
 }
 
+/* 1 when a fixed-size chunk's results have arrived but its range of the
+ * caller's `out` cannot take them (read-only, unmapped): the chunk fails
+ * with -EFAULT instead of the master crashing on the copy. */
+static int out_unwritable(const fp__chunk *ch, size_t len) {
+  const fp__job *job = ch->job;
+  size_t want = (size_t)ch->count * job->out_size;
+  if (job->wire != FP__WIRE_FIXED || want == 0 || len < want)
+    return 0;
+  return fp__mem_writable(job->fixed_out + (size_t)ch->start * job->out_size,
+                          want) != 0;
+}
+
 /* Stores a chunk's result values (see fp__chunk_results_locked). */
 static void take_values(fp__chunk *ch, const unsigned char *data, size_t len,
                         fp__rbuf *kb) {
@@ -480,6 +495,15 @@ void fp__chunk_results_locked(fp__jobset *js, fp__chunk *ch,
                               const unsigned char *data, size_t len,
                               const unsigned char *errs, uint32_t nerr,
                               fp__rbuf *keep) {
+  if (out_unwritable(ch, len)) {
+    char msg[FP__MSG_LEN];
+    snprintf(msg, sizeof(msg),
+             "item %lld: the output array is not writable memory there "
+             "(read-only or unmapped): its chunk's results were not stored",
+             (long long)ch->start);
+    fp__chunk_crashed_locked(js, ch, -EFAULT, -1, msg);
+    return;
+  }
   take_errors(ch, errs, nerr);
   take_values(ch, data, len, keep);
   chunk_done_locked(js, ch);
