@@ -22,7 +22,7 @@
  */
 #include "pool/job.h"
 #include "ipc/wire/alloc.h"
-#include "pool/writable.h"
+#include "pool/usermem.h"
 
 #include <errno.h>
 

@@ -24,6 +24,7 @@
 #include "ipc/wire/error.h"
 #include "ipc/wire/frame.h"
 #include "pool/clock.h"
+#include "pool/usermem.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -49,6 +50,7 @@ static const fp__core_api core_api = {
     .enter_worker_rank = fp__shm_enter_worker_rank,
     .frame_put_hdr = fp__frame_put_hdr,
     .frame_parse = fp_frame_parse,
+    .mem_read = fp__mem_read,
 };
 
 /* dlopen()s path and looks the entry up; appends why not to why. */

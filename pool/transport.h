@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 /* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape. */
-#define FP__TRANSPORT_ABI 3
+#define FP__TRANSPORT_ABI 4
 
 /* The core functions a transport library may call. */
 typedef struct fp__core_api {
@@ -49,6 +49,9 @@ typedef struct fp__core_api {
   int (*frame_put_hdr)(unsigned char out[4], size_t len);
   int (*frame_parse)(const void *buf, size_t len, size_t max,
                      size_t *payload_len);
+  /* Reads a map's borrowed items without faulting (pool/usermem.h):
+   * 0, or -EFAULT when they cannot be read. */
+  int (*mem_read)(void *dst, const void *src, size_t n);
 } fp__core_api;
 
 /* What a transport library offers. */

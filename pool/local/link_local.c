@@ -31,6 +31,7 @@
 #include "ipc/wire/alloc.h"
 #include "ipc/wire/frame.h"
 #include "pool/clock.h"
+#include "pool/usermem.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -94,7 +95,6 @@ struct llink {
   uv_async_t flush;      /* a user thread left bytes to send */
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
-  int no_vmread;          /* process_vm_readv is not allowed here */
   int copy_pipe[2];       /* safe_copy's fallback, made on first use */
 };
 
@@ -821,7 +821,7 @@ static int local_kill(fp__link *base, int slot, int sig) {
   return fs_send(l, FP__FS_KILL, slot, s->pid, sig);
 }
 
-/* The pipe of pipe_copy, made once (registered like every library
+/* The pipe of safe_copy, made once (registered like every library
  * descriptor, above the standard ones, non-blocking). 0 or -errno. */
 static int copy_pipe_open(llink *l) {
   int p[2];
@@ -838,46 +838,15 @@ static int copy_pipe_open(llink *l) {
   return rc;
 }
 
-/* Copies n bytes through a pipe: write() reads the source as the kernel
- * does for sendmsg (so it takes any memory the program can read, which
- * process_vm_readv does not: memfd_secret, device mappings) and fails
- * with EFAULT, not a crash, where it cannot. Pieces that fit the pipe
- * (non-blocking: a short write just makes a shorter piece). */
-static int pipe_copy(llink *l, void *dst, const void *src, size_t n) {
-  int rc = copy_pipe_open(l);
-  for (size_t off = 0; rc == 0 && off < n;) {
-    size_t k = n - off < 65536 ? n - off : 65536;
-    ssize_t w = write(l->copy_pipe[1], (const char *)src + off, k);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return w < 0 ? -errno : -EIO;
-    for (size_t got = 0; got < (size_t)w;) {
-      ssize_t r = read(l->copy_pipe[0], (char *)dst + off + got,
-                       (size_t)w - got);
-      if (r > 0)
-        got += (size_t)r;
-      else if (!(r < 0 && errno == EINTR))
-        return -EIO; /* the bytes just written are there: not reached */
-    }
-    off += (size_t)w;
-  }
-  return rc;
-}
-
 /* Copies n bytes that may lie in memory the caller unmapped, through the
- * kernel: process_vm_readv (one call), else the pipe. Returns 0, or
- * -EFAULT (or another -errno) instead of crashing. */
+ * kernel (usermem.h): process_vm_readv, else the link's pipe. Returns 0,
+ * or -EFAULT (or another -errno) instead of crashing. */
 static int safe_copy(llink *l, void *dst, const void *src, size_t n) {
-  if (!l->no_vmread) {
-    struct iovec to = {dst, n}, from = {(void *)src, n};
-    ssize_t got = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
-    if (got == (ssize_t)n)
-      return 0;
-    if (got < 0 && (errno == ENOSYS || errno == EPERM))
-      l->no_vmread = 1; /* a seccomp filter, say: the pipe from now on */
-  }
-  return pipe_copy(l, dst, src, n);
+  struct iovec to = {dst, n}, from = {(void *)src, n};
+  int rc = fp__mem_readv_direct(&to, &from, 1);
+  if (rc != 0 && (rc = copy_pipe_open(l)) == 0)
+    rc = fp__mem_read_piped(dst, src, n, l->copy_pipe);
+  return rc;
 }
 
 /* Keeps the unsent tail (skip bytes of iov already written) for the pool
@@ -943,7 +912,6 @@ static int sock_send(llink *l, conn *c, struct iovec *iov, int nio,
 typedef struct kcopy {
   struct iovec to[FP__LINK_MAX_BATCH], from[FP__LINK_MAX_BATCH];
   int frame[FP__LINK_MAX_BATCH]; /* the index in t[] of each copy */
-  size_t total;
   int n;
 } kcopy;
 
@@ -954,9 +922,7 @@ typedef struct kcopy {
 static int kcopy_run(llink *l, const kcopy *k, int *bad) {
   if (k->n == 0)
     return 0;
-  if (!l->no_vmread &&
-      process_vm_readv(getpid(), k->to, (unsigned long)k->n, k->from,
-                       (unsigned long)k->n, 0) == (ssize_t)k->total)
+  if (fp__mem_readv_direct(k->to, k->from, k->n) == 0)
     return 0;
   for (int j = 0; j < k->n; j++) {
     int rc = safe_copy(l, k->to[j].iov_base, k->from[j].iov_base,
@@ -988,7 +954,6 @@ static int ring_frame(fp__tring *tr, uint64_t *tail, const fp__task_out *t,
                                    t[i].items_len};
       k->from[k->n] = (struct iovec){(void *)t[i].items, t[i].items_len};
       k->frame[k->n] = i;
-      k->total += t[i].items_len;
       k->n++;
     }
   }
@@ -1015,7 +980,7 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   uint64_t tail_at[FP__LINK_MAX_BATCH]; /* where frame i begins */
   size_t total = 0, total_at[FP__LINK_MAX_BATCH];
   int nio = 0, nio_at[FP__LINK_MAX_BATCH], bad = n;
-  kcopy k = {.n = 0, .total = 0};
+  kcopy k = {.n = 0};
   int rc = c != NULL && c->out_len == 0 && n <= FP__LINK_MAX_BATCH
                ? 0 : FP_EINVAL;
   *sent = -1;

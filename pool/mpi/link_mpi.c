@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #define BYE_WAIT_NS (10 * 1000000000LL)
@@ -225,26 +224,16 @@ static int mpi_kill(fp__link *base, int g, int sig) {
 
 /* Copies the frames of t[0..n) into one TASK message, laid out as the
  * local link writes them on a worker's socket. */
-/* Copies a map's borrowed items (the caller's array, which it may have
- * unmapped by mistake) through the kernel: 0, or -EFAULT instead of a
- * crash. Where process_vm_readv is not allowed (a seccomp filter), the
- * items are trusted and copied directly. */
-static int copy_items(void *dst, const fp__task_out *t) {
-  if (!t->borrowed || t->items_len == 0) {
-    if (t->items_len > 0)
-      memcpy(dst, t->items, t->items_len);
+/* Copies a map's items; borrowed ones (the caller's array, which it may
+ * have unmapped by mistake) through the kernel: 0, or -EFAULT instead of
+ * a crash. */
+static int copy_items(mlink *l, void *dst, const fp__task_out *t) {
+  if (t->items_len == 0)
     return 0;
-  }
-  struct iovec to = {dst, t->items_len}, from = {(void *)t->items,
-                                                  t->items_len};
-  ssize_t got = process_vm_readv(getpid(), &to, 1, &from, 1, 0);
-  if (got == (ssize_t)t->items_len)
-    return 0;
-  if (got < 0 && (errno == ENOSYS || errno == EPERM)) {
-    memcpy(dst, t->items, t->items_len);
-    return 0;
-  }
-  return -EFAULT;
+  if (t->borrowed)
+    return l->w->core->mem_read(dst, t->items, t->items_len);
+  memcpy(dst, t->items, t->items_len);
+  return 0;
 }
 
 static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
@@ -274,7 +263,7 @@ static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
     p += sizeof(t[i].hdr);
     memcpy(p, zeros, FP__HDR_PAD);
     p += FP__HDR_PAD;
-    if (copy_items(p, &t[i]) != 0) {
+    if (copy_items(l, p, &t[i]) != 0) {
       /* Unreadable: send the frames before it alone (link.h, send). */
       fp__mbuf_free(m);
       int rc = i > 0 ? mpi_send(base, g, t, i, sent) : 0;

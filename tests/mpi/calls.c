@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static fp_pool *pool;
@@ -98,22 +99,53 @@ static void c_map(void *a) {
   EXPECT(bad == 0, "%d wrong results", bad);
 }
 
-/* A map whose input cannot be read fails with -EFAULT; the master does
- * not crash, and the pool goes on serving. */
-static void c_map_unreadable(void *a) {
-  (void)a;
+/* A map whose input cannot be read (a = NULL), or whose output cannot be
+ * written (a != NULL), fails with -EFAULT; rank 0 does not crash, and the
+ * pool goes on serving. */
+static void c_map_bad_memory(void *a) {
   enum { N = 512 };
-  static int64_t out[N];
-  int64_t *bad = mmap(NULL, N * 8, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+  static int64_t good[N];
+  int64_t *bad = mmap(NULL, N * 8, a ? PROT_READ : PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   EXPECT(bad != MAP_FAILED, "mmap");
   if (bad == MAP_FAILED)
     return;
   fp_call_opts co = {.chunksize = 64};
-  int rc = fp_pool_map(pool, sq_elem, bad, N, 8, out, 8, &co);
+  int rc = a ? fp_pool_map(pool, sq_elem, good, N, 8, bad, 8, &co)
+             : fp_pool_map(pool, sq_elem, bad, N, 8, good, 8, &co);
   EXPECT(rc == -EFAULT, "%s: %s", fp_err_name(rc), fp_last_error());
   munmap(bad, N * 8);
   c_map(NULL);
+}
+
+/* Input the program can read but process_vm_readv cannot (memfd_secret)
+ * maps like any other; skipped where the kernel has no secret memory. */
+static void c_map_secret(void *a) {
+  (void)a;
+#ifdef __NR_memfd_secret
+  enum { N = 512 };
+  static int64_t out[N];
+  int fd = (int)syscall(__NR_memfd_secret, 0);
+  if (fd < 0 || ftruncate(fd, N * 8) != 0) {
+    if (fd >= 0)
+      close(fd);
+    return;
+  }
+  int64_t *in = mmap(NULL, N * 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (in == MAP_FAILED)
+    return;
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_call_opts co = {.chunksize = 64};
+  int rc = fp_pool_map(pool, sq_elem, in, N, 8, out, 8, &co);
+  EXPECT(rc == 0, "%s: %s", fp_err_name(rc), fp_last_error());
+  int bad = 0;
+  for (int i = 0; i < N; i++)
+    bad += out[i] != (int64_t)i * i;
+  EXPECT(bad == 0, "%d wrong results", bad);
+  munmap(in, N * 8);
+#endif
 }
 
 static void write_ints(fp_writer *w, int n) {
@@ -418,7 +450,9 @@ int main(int argc, char **argv) {
   }
   mt_run("pool_size_counts_worker_ranks", c_size, NULL);
   mt_run("map_fixed_size", c_map, NULL);
-  mt_run("map_over_unreadable_input_fails", c_map_unreadable, NULL);
+  mt_run("map_over_unreadable_input_fails", c_map_bad_memory, NULL);
+  mt_run("map_over_secret_memory", c_map_secret, NULL);
+  mt_run("map_into_readonly_output_fails", c_map_bad_memory, (void *)1);
   mt_run("map_values", c_map_values, NULL);
   mt_run("starmap", c_starmap, NULL);
   mt_run("apply", c_apply, NULL);

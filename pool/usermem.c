@@ -1,7 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* writable.c - whether the master may store into a caller's memory.
+/* usermem.c - reading and writing the caller's memory without faulting.
  *
- * A fixed-size map writes its results into the caller's `out` with plain
+ * Reading: a map's items are borrowed from the caller's array until they
+ * are sent, and the caller may have unmapped it by mistake. They are
+ * copied by the kernel (process_vm_readv on ourselves, which fails with
+ * EFAULT instead of raising SIGSEGV); where that is refused (a seccomp
+ * filter) or cannot reach the memory (memfd_secret), through a pipe.
+ *
+ * Writing: a fixed-size map writes its results into the caller's `out` with plain
  * stores; an `out` that is read-only, unmapped or PROT_NONE would kill the
  * master with SIGSEGV. Before the results of a chunk are stored, its range
  * is checked here and a chunk that cannot be stored fails with -EFAULT.
@@ -17,10 +23,11 @@
  * byte back as the kernel writes user memory; either fails with EFAULT
  * where the program's own load or store would fault.
  */
-#include "pool/writable.h"
+#include "pool/usermem.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -28,6 +35,72 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels say EINVAL */
 #endif
+
+/* Set once process_vm_readv was refused: a seccomp filter stays. */
+static _Atomic int vm_refused;
+
+int fp__mem_readv_direct(const struct iovec *to, const struct iovec *from,
+                         int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += from[i].iov_len;
+  if (total == 0)
+    return 0;
+  if (atomic_load_explicit(&vm_refused, memory_order_relaxed))
+    return -EPERM;
+  ssize_t got = process_vm_readv(getpid(), to, (unsigned long)n, from,
+                                 (unsigned long)n, 0);
+  if (got == (ssize_t)total)
+    return 0;
+  if (got < 0 && (errno == ENOSYS || errno == EPERM)) {
+    atomic_store_explicit(&vm_refused, 1, memory_order_relaxed);
+    return -errno;
+  }
+  return -EFAULT; /* an error, or short: a range ended in a hole */
+}
+
+/* Pieces that fit the pipe (non-blocking: a short write just makes a
+ * shorter piece). */
+static int pipe_copy(const int fd[2], void *dst, const void *src, size_t n) {
+  for (size_t off = 0; off < n;) {
+    size_t k = n - off < 65536 ? n - off : 65536;
+    ssize_t w = write(fd[1], (const char *)src + off, k);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : -EIO;
+    for (size_t got = 0; got < (size_t)w;) {
+      ssize_t r = read(fd[0], (char *)dst + off + got, (size_t)w - got);
+      if (r > 0)
+        got += (size_t)r;
+      else if (!(r < 0 && errno == EINTR))
+        return -EIO; /* the bytes just written are there: not reached */
+    }
+    off += (size_t)w;
+  }
+  return 0;
+}
+
+int fp__mem_read_piped(void *dst, const void *src, size_t n, const int *fd) {
+  int tmp[2], rc;
+  if (n == 0)
+    return 0;
+  if (fd != NULL)
+    return pipe_copy(fd, dst, src, n);
+  if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) != 0)
+    return -errno;
+  rc = pipe_copy(tmp, dst, src, n);
+  close(tmp[0]);
+  close(tmp[1]);
+  return rc;
+}
+
+int fp__mem_read(void *dst, const void *src, size_t n) {
+  struct iovec to = {dst, n}, from = {(void *)src, n};
+  if (fp__mem_readv_direct(&to, &from, 1) == 0)
+    return 0;
+  return fp__mem_read_piped(dst, src, n, NULL);
+}
 
 /* Populates [lo, hi) for writing; 0 or -errno. */
 static int populate(uintptr_t lo, uintptr_t hi) {
