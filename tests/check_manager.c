@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 static fp_manager *mgr;
+static fp_dict *g_big_dict; /* large_replacements_never_run_out_spuriously */
 
 static void setup(void) {
   fp_manager_opts o = {.arena_size = 64u << 20};
@@ -1182,6 +1183,66 @@ START_TEST(epoch_advances_past_a_reader_killed_while_pinned) {
 }
 END_TEST
 
+/* Threads that each replace a large value of their own (a 400 KB value,
+ * and a 400 KB list table that every pop(0) replaces) for a second, with
+ * more threads than CPUs so that some are descheduled inside a call and
+ * hold the epoch back: the live data is a few percent of the arena, so no
+ * call may fail with FP_ENOMEM (what one thread retired must not pile up
+ * where the others' allocations cannot reach it). */
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void *replace_large(void *arg) {
+  long id = (long)arg, failures = 0;
+  static char big[400000];
+  char key[16];
+  fp_list *l = NULL;
+  fp_writer w;
+  fp_writer_init(&w);
+  snprintf(key, sizeof key, "k%ld", id);
+  if (id % 2 == 1) {
+    ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+    for (int j = 0; j < 50000; j++)
+      ck_assert_int_eq(fp_write_int(&w, j), 0);
+    ck_assert_int_eq(fp_list_extend(l, w.data, w.len), 0);
+  }
+  int64_t end = mono_ns() + 1000000000;
+  while (mono_ns() < end) {
+    int rc;
+    if (l == NULL) {
+      rc = fp_dict_set_bytes(g_big_dict, key, strlen(key), big, sizeof big);
+    } else {
+      fp_writer_reset(&w);
+      rc = fp_list_pop(l, 0, &w);
+      if (rc == 0)
+        rc = fp_list_append(l, w.data, w.len);
+    }
+    ck_assert_msg(rc == 0 || rc == FP_ENOMEM, "%s", fp_err_name(rc));
+    failures += rc != 0;
+  }
+  fp_writer_free(&w);
+  return (void *)failures;
+}
+
+START_TEST(large_replacements_never_run_out_spuriously) {
+  pthread_t t[4];
+  ck_assert_int_eq(fp_dict_new(mgr, &g_big_dict), 0);
+  for (long i = 0; i < 4; i++)
+    ck_assert_int_eq(pthread_create(&t[i], NULL, replace_large, (void *)i), 0);
+  long failures = 0;
+  for (int i = 0; i < 4; i++) {
+    void *f;
+    ck_assert_int_eq(pthread_join(t[i], &f), 0);
+    failures += (long)f;
+  }
+  ck_assert_msg(failures == 0, "%ld calls failed with FP_ENOMEM", failures);
+  assert_consistent();
+}
+END_TEST
+
 /* Values of random sizes inserted and deleted round after round: freed
  * chunks are reused and merged, the footprint stops growing. */
 START_TEST(churn_keeps_the_footprint_bounded) {
@@ -1809,6 +1870,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, no_heap_slot_left_fails_cleanly);
   tcase_add_test(tc, epoch_advances_past_a_reader_killed_while_pinned);
   tcase_add_test(tc, churn_keeps_the_footprint_bounded);
+  tcase_add_test(tc, large_replacements_never_run_out_spuriously);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("crash");

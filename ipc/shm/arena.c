@@ -152,7 +152,10 @@ uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off) {
   uint64_t e, s;
   const slab *sl;
 
-  if (off < m->heap || off >= m->brk || off % 16 != 0)
+  /* brk only grows, under the global lock; callers without it (a heap
+   * collecting its own retired chunks) read it as it was at some moment. */
+  if (off < m->heap || off >= __atomic_load_n(&m->brk, __ATOMIC_RELAXED) ||
+      off % 16 != 0)
     return 0;
   e = *pm(m, page_of(off));
   if (PM_KIND(e) == PM_LARGE)
@@ -185,7 +188,7 @@ void fp__shm_alog(fp_manager *m, uint64_t *p, uint64_t v) {
   m->anundo = n + 1;
   FP__SHM_BARRIER();
   FP__SHM_CRASH_POINT();
-  *p = v;
+  __atomic_store_n(p, v, __ATOMIC_RELAXED); /* some are read unlocked */
   FP__SHM_BARRIER();
   FP__SHM_CRASH_POINT();
 }

@@ -44,6 +44,7 @@
  */
 #include "ipc/shm/check.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -288,17 +289,55 @@ static int collect_global(fp_manager *m, fp__shm_heap *h, uint64_t e) {
   return freed != 0;
 }
 
-void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
-  uint64_t e = atomic_load(&m->epoch);
-
-  /* Two advances make what was retired in the current epoch reusable. */
-  if (h->nlimbo >= min) {
-    e = try_advance(m);
-    e = try_advance(m);
-  }
+/* Advances the epoch twice if the pins allow (which makes what was
+ * retired in the current epoch reusable) and frees h's safe lists. */
+static uint64_t collect_own(fp_manager *m, fp__shm_heap *h) {
+  uint64_t e = try_advance(m);
+  e = try_advance(m);
   for (int b = 0; b < 3; b++)
     if (h->limbo[b] != 0 && h->limbo_epoch[b] + 2 <= e)
       unlimbo_all(m, h, b);
+  return e;
+}
+
+/* Only its owner frees a heap's limbo, so what a heap holds there no other
+ * thread can use. While a call of another thread holds the epoch back (a
+ * thread descheduled inside a call, on a busy machine), a writer replacing
+ * large values would keep retiring them, and could park most of the
+ * arena where its peers' allocations fail with FP_ENOMEM. A heap that
+ * still holds HOARD_WEIGHT after collecting (a quarter of the arena in
+ * spans) waits, unpinned and holding no lock, for the pins to let the
+ * epoch move -- a bounded while: the call holding it back may be a long
+ * one (a foreach callback). */
+#define HOARD_WEIGHT (4 * FP__SHM_LIMBO_TRIGGER)
+#define HOARD_WAIT_NS 20000000L
+
+static uint64_t wait_out_hoard(fp_manager *m, fp__shm_heap *h, uint64_t e) {
+  struct timespec since;
+  clock_gettime(CLOCK_MONOTONIC, &since);
+  for (int k = 0; h->nlimbo >= HOARD_WEIGHT; k++) {
+    if (secs_since(&since) * 1e9 >= (double)HOARD_WAIT_NS)
+      break;
+    if (k < 8)
+      sched_yield();
+    else
+      nanosleep(&(struct timespec){0, 50000}, NULL);
+    e = collect_own(m, h);
+  }
+  return e;
+}
+
+void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
+  uint64_t e = atomic_load(&m->epoch);
+
+  if (h->nlimbo >= min)
+    e = collect_own(m, h);
+  else
+    for (int b = 0; b < 3; b++)
+      if (h->limbo[b] != 0 && h->limbo_epoch[b] + 2 <= e)
+        unlimbo_all(m, h, b);
+  if (h->nlimbo >= HOARD_WEIGHT)
+    e = wait_out_hoard(m, h, e);
   while (collect_global(m, h, e))
     ;
 }
