@@ -634,8 +634,10 @@ typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
                                void *arg);
 
 /* A producer for streaming imap: write the next input item (one value)
- * into `item` and return 1, return 0 at the end of the input, or a negative
- * code to stop with that error. Called on the thread that calls
+ * into `item` and return 1, return 0 at the end of the input (writing
+ * nothing), or a negative code to stop with that error. `item` may already
+ * hold earlier items: append only. Anything else ends the iteration with
+ * FP_EPROTO. Called on the thread that calls
  * fp_pool_imap_producer() / fp_iter_next(), or fp_pool_join() after
  * fp_pool_close() (which reads what is left of the input), never two calls
  * at once, and never after fp_iter_free() returned. */
@@ -723,7 +725,8 @@ typedef struct fp_call_opts {
   fp_crash_policy on_crash;  /* 0: the pool's */
   int retries;               /* 0: the pool's */
   size_t readahead;          /* producer imap: most items produced and
-                                not yet consumed; 0: 8 * chunksize * workers */
+                                not yet consumed; 0: 8 * chunksize * workers;
+                                SIZE_MAX: no bound */
   fp_progress_mode progress; /* 0: the pool's */
   int *item_status;          /* map, map_values, starmap (and _async):
                                 NULL, or an array of one int per item that

@@ -658,7 +658,11 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
   it->readahead = opts && opts->readahead
                       ? opts->readahead
                       : 8 * job->chunksize * (size_t)pool->nworkers;
-  /* A readahead below chunksize is honoured: chunks then stop short. */
+  /* A readahead below chunksize is honoured: chunks then stop short. One
+   * past INT64_MAX (SIZE_MAX for "no bound") is as good as no bound: the
+   * iterator counts items in int64_t. */
+  if (it->readahead > (size_t)INT64_MAX)
+    it->readahead = (size_t)INT64_MAX;
   fp__iter_fill(it); /* a producer error is reported by fp_iter_next */
   return 0;
 }

@@ -102,6 +102,7 @@ typedef struct death {
   int clean;         /* retired and exited 0 */
   int reason;        /* FP_EWORKER, or why we killed it */
   uint64_t kill_seq; /* the chunk we killed it for */
+  int proto;         /* it exited rejecting a task frame as malformed */
   fp__running run;   /* what it was running */
   char how[160];
 } death;
@@ -148,6 +149,29 @@ static void chunk_died_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
   }
 }
 
+/* A worker that rejected a task frame as malformed ran none of its
+ * chunks: it was reading the oldest one it held (its results up to there
+ * were delivered before its death). Requeued, that chunk would kill every
+ * next worker the same way, so it fails instead. Returns its seq, or 0. */
+static uint64_t rejected_chunk(fp__chunk *const *held, int n, const death *d) {
+  if (!d->proto || n == 0)
+    return 0;
+  for (int k = 0; k < n; k++)
+    if (held[k]->seq == d->run.seq)
+      return 0; /* it was running one: that one is to blame */
+  return held[0]->seq;
+}
+
+static void reject_chunk_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
+  char msg[FP__MSG_LEN], who[160];
+  name_worker(pool, d, who, sizeof(who));
+  snprintf(msg, sizeof(msg),
+           "item %lld: %s %s: the chunk was not run, and fails rather than "
+           "kill the next worker",
+           (long long)ch->start, who, d->how);
+  fp__chunk_crashed_locked(&pool->jobs, ch, FP_EPROTO, -1, msg);
+}
+
 /* Accounts for every chunk a dead worker held. */
 static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                                  const death *d) {
@@ -155,6 +179,7 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
   fp__chunk *held[FP__LINK_MAX_BATCH];
   memcpy(held, ws->inflight, sizeof(held[0]) * (size_t)n);
   ws->ninflight = 0;
+  uint64_t rejected = rejected_chunk(held, n, d);
   /* Requeue in reverse so the queue keeps the original order. */
   for (int k = n - 1; k >= 0; k--) {
     fp__chunk *ch = held[k];
@@ -170,6 +195,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                    ch->seq != d->kill_seq;
     if (pool->state == FP__TERMINATE)
       ch->state = FP__CH_DONE; /* its job is being canceled */
+    else if (ch->seq == rejected)
+      reject_chunk_locked(pool, ch, d);
     else if (d->clean || innocent || ch->seq != d->run.seq)
       fp__sched_requeue_front_locked(pool, ch);
     else
@@ -182,6 +209,8 @@ static void slot_reset(fp_pool *pool, fp__wslot *ws, death *d, int status) {
   d->clean = ws->retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   d->reason = ws->kill_reason ? ws->kill_reason : FP_EWORKER;
   d->kill_seq = ws->kill_seq;
+  d->proto = WIFEXITED(status) && WEXITSTATUS(status) == FP__WEXIT_PROTO &&
+             !ws->kill_reason;
   if (ws->ready)
     pool->nready--;
   ws->alive = ws->ready = ws->retiring = 0;

@@ -44,12 +44,16 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
   while (*count < limit) {
     size_t before = w->len;
     int rc = it->producer(it->parg, w);
+    if (rc < 0)
+      return rc;
+    /* The writer holds the chunk's earlier items: a producer that cut it
+     * (fp_writer_reset) or wrote and then said "end" broke the chunk. */
+    if (w->len < before || (rc == 0 && w->len != before))
+      return FP_EPROTO;
     if (rc == 0) {
       it->producer_done = 1;
       return 0;
     }
-    if (rc < 0)
-      return rc;
     size_t nv = 0;
     if (w->err || w->depth ||
         fp_values_count(w->data + before, w->len - before, &nv) != 0 ||
@@ -62,6 +66,17 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
       return 0;
   }
   return 0;
+}
+
+/* What a producer error of produce_chunk means. */
+static const char *producer_failure(int rc) {
+  if (rc == FP_EPROTO)
+    return "the imap producer broke the protocol: it must write exactly one "
+           "well-formed value and return 1, or write nothing and return 0, "
+           "and leave what the writer held before untouched";
+  if (rc == FP_EMSGSIZE)
+    return "the imap producer wrote an item larger than max_frame allows";
+  return "the imap producer failed (returned a negative code)";
 }
 
 /* Queues a produced chunk (pool->mu held). Takes w's buffer. */
@@ -99,8 +114,8 @@ static int fill_one(fp_iter *it, fp_pool *pool, size_t limit) {
     if (rc < 0) {
       it->producer_done = 1;
       if (job)
-        fp__sched_cancel_job_locked(pool, job, rc, -1,
-                                    "the imap producer failed", 1);
+        fp__sched_cancel_job_locked(pool, job, rc, -1, producer_failure(rc),
+                                    1);
     }
     fp_writer_free(&w);
     free(ch);

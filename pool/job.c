@@ -509,6 +509,22 @@ void fp__chunk_results_locked(fp__jobset *js, fp__chunk *ch,
   chunk_done_locked(js, ch);
 }
 
+/* msg without a leading "item N: " (a chunk-wide message names its first
+ * item; each item's record names its own). */
+static const char *without_item_prefix(const char *msg) {
+  const char *p = msg;
+  if (strncmp(p, "item ", 5) != 0)
+    return msg;
+  p += 5;
+  if (*p == '-')
+    p++;
+  if (*p < '0' || *p > '9')
+    return msg;
+  while (*p >= '0' && *p <= '9')
+    p++;
+  return strncmp(p, ": ", 2) == 0 ? p + 2 : msg;
+}
+
 /* Gives an iterator's chunk one error record per item: `item` fails with
  * code and msg, the others as lost with their worker. */
 static void lost_items(fp__chunk *ch, int code, int64_t item, int all,
@@ -522,7 +538,8 @@ static void lost_items(fp__chunk *ch, int code, int64_t item, int all,
     ch->errs[i].index = idx;
     ch->errs[i].code = all || idx == item ? code : FP_EWORKER;
     if (all)
-      snprintf(lost, sizeof(lost), "item %lld: %s", (long long)idx, msg);
+      snprintf(lost, sizeof(lost), "item %lld: %s", (long long)idx,
+               without_item_prefix(msg));
     else if (idx != item)
       snprintf(lost, sizeof(lost),
                "item %lld: result lost: its chunk's worker died at item "

@@ -738,6 +738,10 @@ START_TEST(bytes_begin_keeps_the_sticky_error) {
   ck_assert_int_eq(fp_writer_reserve(&w, SIZE_MAX), FP_ENOMEM);
   ck_assert_int_eq(fp_write_bytes_begin(&w, 4, NULL), FP_ENOMEM);
   ck_assert_int_eq(fp_writer_error(&w), FP_ENOMEM);
+  /* ... and *dst is NULL on that failure too, as on every other. */
+  void *dst = (void *)1;
+  ck_assert_int_eq(fp_write_bytes_begin(&w, 4, &dst), FP_ENOMEM);
+  ck_assert_ptr_null(dst);
   fp_writer_free(&w);
 }
 END_TEST

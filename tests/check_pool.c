@@ -975,6 +975,67 @@ START_TEST(imap_producer_bounded_memory) {
 }
 END_TEST
 
+/* A producer that writes a value and then says "end", or cuts what the
+ * writer held (the chunk's earlier items), breaks the chunk: the iteration
+ * ends with FP_EPROTO, and no worker ever sees the broken chunk (sent, it
+ * killed worker after worker). */
+static int produce_then_end(void *arg, fp_writer *w) {
+  counter_src *s = arg;
+  fp_write_int(w, s->next++);
+  return s->next <= s->end;
+}
+
+static int produce_and_reset(void *arg, fp_writer *w) {
+  counter_src *s = arg;
+  if (s->next >= s->end)
+    return 0;
+  fp_writer_reset(w);
+  fp_write_int(w, s->next++);
+  return 1;
+}
+
+START_TEST(imap_producer_protocol_breaches_end_with_eproto) {
+  fp_pool *p = new_pool(2);
+  fp_producer_fn bad[] = {produce_then_end, produce_and_reset};
+  for (int k = 0; k < 2; k++) {
+    counter_src src = {0, 5};
+    fp_call_opts co = {0};
+    co.chunksize = 4;
+    fp_iter *it;
+    fp_reader rd;
+    ck_assert_int_eq(fp_pool_imap_producer(p, t_ident, bad[k], &src, &co, &it),
+                     0);
+    int rc, got = 0;
+    while ((rc = fp_iter_next(it, &rd, 30)) == 0)
+      got++;
+    ck_assert_int_eq(rc, FP_EPROTO);
+    ck_assert_ptr_nonnull(strstr(fp_iter_error(it), "producer"));
+    ck_assert_int_le(got, 4);
+    fp_iter_free(it);
+  }
+  for (int w = 0; w < 2; w++) {
+    fp_worker_info wi;
+    ck_assert_int_eq(fp_pool_worker_info(p, w, &wi), 0);
+    ck_assert_uint_eq(wi.restarts, 0);
+  }
+  /* SIZE_MAX read-ahead is no bound (it was a negative one). */
+  counter_src src = {0, 100};
+  fp_call_opts co = {0};
+  co.readahead = SIZE_MAX;
+  fp_iter *it;
+  fp_reader rd;
+  ck_assert_int_eq(fp_pool_imap_producer(p, t_ident, produce, &src, &co, &it),
+                   0);
+  int rc, got = 0;
+  while ((rc = fp_iter_next(it, &rd, 30)) == 0)
+    got++;
+  ck_assert_int_eq(rc, FP_EOF);
+  ck_assert_int_eq(got, 100);
+  fp_iter_free(it);
+  fp_pool_free(p);
+}
+END_TEST
+
 START_TEST(async_and_stream_calls_reject_bad_arguments) {
   fp_pool *p = new_pool(1);
   fp_writer items;
@@ -1429,6 +1490,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, imap_unordered_exactly_once);
   tcase_add_test(tc, imap_item_failure_continues);
   tcase_add_test(tc, imap_producer_bounded_memory);
+  tcase_add_test(tc, imap_producer_protocol_breaches_end_with_eproto);
   tcase_add_test(tc, async_and_stream_calls_reject_bad_arguments);
   suite_add_tcase(s, tc);
 

@@ -413,6 +413,8 @@ int fp_write_bytes_begin(fp_writer *w, size_t n, void **dst) {
   int rc;
   unsigned char *p;
 
+  if (dst != NULL)
+    *dst = NULL; /* on every failure */
   if (w != NULL && w->err != 0)
     return w->err; /* sticky: every later write returns it */
   if (dst == NULL)
