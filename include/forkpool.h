@@ -629,7 +629,12 @@ typedef int (*fp_elem_fn)(const void *in, void *out);
 typedef void (*fp_callback)(fp_result *res, void *arg);
 
 /* Progress hook: done and total items of a job (total is -1 when unknown,
- * e.g. a producer-fed imap), elapsed seconds. Runs on the pool thread. */
+ * e.g. a producer-fed imap), elapsed seconds. Called at most ten times a
+ * second and once at the end, on the pool thread and with no lock held,
+ * like a result's callback: it may make non-blocking calls on the pool;
+ * blocking ones (and fp_pool_join/terminate/free of this pool) return
+ * FP_EINVAL. The last call comes before the job's result is ready (for an
+ * iterator, it may come just after its last item). */
 typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
                                void *arg);
 

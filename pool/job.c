@@ -94,6 +94,7 @@ void fp__job_free(fp__job *job) {
 }
 
 void fp__job_add_locked(fp__jobset *js, fp__job *job) {
+  fp__progress_defer(job->pg, &js->pq);
   job->jprev = NULL;
   job->jnext = js->head;
   if (js->head)
@@ -239,6 +240,8 @@ static void iter_set_finished(fp__job *job, fp_iter *it) {
 static void job_finish_locked(fp__jobset *js, fp__job *job) {
   job->finished = 1;
   job_unlink_locked(js, job);
+  if (job->it == NULL)
+    job->res->after_progress = fp__progress_deferred(job->pg);
   fp__progress_finish(job->pg);
   job->pg = NULL;
   if (job->it != NULL) {
@@ -284,7 +287,7 @@ fp_result *fp__jobset_take_plain_locked(fp__jobset *js, int *rest) {
   for (fp_result *r = js->done_head, *next; r != NULL; r = next) {
     next = r->done_next;
     r->done_next = NULL;
-    if (r->cb == NULL && r->ecb == NULL) {
+    if (r->cb == NULL && r->ecb == NULL && !r->after_progress) {
       *ptail = r;
       ptail = &r->done_next;
     } else {
@@ -299,6 +302,20 @@ fp_result *fp__jobset_take_plain_locked(fp__jobset *js, int *rest) {
   js->done_tail = last;
   *rest = kept != NULL;
   return plain;
+}
+
+int fp__jobset_take_progress_locked(fp__jobset *js, fp__progress_call *c) {
+  return fp__progress_take(&js->pq, c);
+}
+
+void fp__progress_call_deliver(const fp__progress_call *c) {
+  /* The calls refused in a result's callback are refused in this one
+   * (blocking ones): a marker no result can be. */
+  static fp_result progress_marker;
+  fp_result *saved = tl_in_callback;
+  tl_in_callback = &progress_marker;
+  fp__progress_call_run(c);
+  tl_in_callback = saved;
 }
 
 void fp__results_deliver(fp_result *list) {

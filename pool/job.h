@@ -135,6 +135,8 @@ struct fp_result {
   fp_pool *pool;     /* while running; guarded by mu */
   fp_callback cb, ecb;
   void *arg;
+  int after_progress; /* its job's last progress callback runs first, on
+                         the pool thread: only that thread delivers it */
   fp_result *done_next; /* the jobset's list of callbacks to run */
   unsigned char value_small[FP__INLINE_BYTES]; /* a small value */
 };
@@ -176,6 +178,7 @@ struct fp_iter {
 typedef struct fp__jobset {
   fp__job *head;
   fp_result *done_head, *done_tail;
+  fp__progress_queue pq; /* progress callbacks due (pool.c runs them) */
 } fp__jobset;
 
 /* ---- job.c -------------------------------------------------------------- */
@@ -239,6 +242,12 @@ fp_result *fp__jobset_take_done_locked(fp__jobset *js);
 fp_result *fp__jobset_take_plain_locked(fp__jobset *js, int *rest);
 /* Runs each result's callback, then marks it ready and wakes waiters. */
 void fp__results_deliver(fp_result *list);
+
+/* Takes the next due progress callback (0: none); run it, without the
+ * lock, with fp__progress_call_deliver, which refuses blocking pool calls
+ * from it as from a result's callback. */
+int fp__jobset_take_progress_locked(fp__jobset *js, fp__progress_call *c);
+void fp__progress_call_deliver(const fp__progress_call *c);
 
 /* The result currently in its callback on this thread, or NULL. */
 fp_result *fp__result_in_callback(void);

@@ -97,6 +97,24 @@ static void loop_enter(void *ctx) {
   fp__pool_lock((fp_pool *)ctx);
 }
 
+/* Progress callbacks that came due (job.c queues them, under the lock,
+ * on whichever thread took the results in) run here: on the pool thread,
+ * as documented, without the lock, since they may call the pool; and
+ * before the results that came in with them are delivered, so a job's
+ * last progress call comes before its result is ready. */
+static void run_progress(fp_pool *pool) {
+  fp__progress_call c;
+  if (atomic_load_explicit(&pool->jobs.pq.pending, memory_order_relaxed) == 0)
+    return;
+  fp__pool_lock(pool);
+  while (fp__jobset_take_progress_locked(&pool->jobs, &c)) {
+    fp__pool_unlock(pool);
+    fp__progress_call_deliver(&c);
+    fp__pool_lock(pool);
+  }
+  fp__pool_unlock(pool);
+}
+
 static void loop_leave(void *ctx) {
   fp_pool *pool = ctx;
   for (;;) {
@@ -110,6 +128,7 @@ static void loop_leave(void *ctx) {
       maybe_shutdown_locked(pool);
     }
     fp__pool_unlock(pool);
+    run_progress(pool);
     if (done == NULL)
       return;
     fp__results_deliver(done); /* callbacks run outside the lock */
@@ -142,6 +161,7 @@ static void *pool_thread(void *arg) {
   fp__pool_lock(pool);
   fp_result *done = fp__jobset_take_done_locked(&pool->jobs);
   fp__pool_unlock(pool);
+  run_progress(pool);
   fp__results_deliver(done);
   fp__pool_lock(pool);
   pool->thread_done = 1;
@@ -194,6 +214,9 @@ static int resolve_opts(fp_pool *pool, const fp_pool_opts *in) {
 }
 
 static void pool_release(fp_pool *pool) {
+  fp__progress_call c;
+  while (fp__jobset_take_progress_locked(&pool->jobs, &c))
+    free(c.done_with); /* none is left once joined; a forked copy's */
   free(pool->ws);
   free(pool->cpu_of_worker);
   free(pool->pin_cpus);

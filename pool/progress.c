@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* progress.c - opt-in progress output for pool jobs (see progress.h).
  *
- * One reporter per job. The pool thread calls fp__progress_update() with
- * the cumulative number of finished items; the reporter decides whether to
- * say anything. Three outputs, all optional:
+ * One reporter per job. The thread taking results in calls
+ * fp__progress_update() with the cumulative number of finished items; the
+ * reporter decides whether to say anything. Three outputs, all optional:
  *
  *   BAR       a tqdm-like bar on stderr, redrawn in place with '\r' at most
  *             ten times a second and once more, with a newline, at finish:
@@ -36,12 +36,16 @@
  * a stdio buffer and lines from different processes do not interleave
  * mid-line. Write errors are ignored: progress output must never fail a job.
  *
- * The reporter is used by one thread at a time (the pool thread), so it
- * needs no lock.
+ * The reporter is used by one thread at a time (under the pool's lock), so
+ * it needs no lock of its own. A pool's reporters defer their callbacks
+ * (fp__progress_defer): a due call is queued, and run by the pool after it
+ * released its lock, since the callback may call the pool.
  */
 #include "pool/progress.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +74,13 @@ struct fp__progress {
   double next_tick;  /* earliest time of the next bar/callback/line */
   double last_line;  /* LINES: time of the last line */
   int bar_len;       /* BAR: visible length of the last bar drawn */
+  /* A deferred callback (fp__progress_defer): */
+  fp__progress_queue *q; /* where due calls go; NULL: call at once */
+  fp__progress *q_next;  /* link in q */
+  int queued;            /* in q */
+  int final;             /* the last call is due: free after it */
+  int64_t due_done;      /* arguments of the call that is due */
+  double due_elapsed;
 };
 
 /* Returns CLOCK_MONOTONIC in seconds. */
@@ -80,18 +91,87 @@ static double now_sec(void) {
 }
 
 /* Writes the n bytes at buf to fd 2 in as few write(2) calls as the kernel
- * allows (one, unless interrupted or short). Errors are ignored. */
+ * allows (one, unless interrupted or short). Errors are ignored, and a
+ * stderr that is a broken pipe must not kill the program: SIGPIPE is
+ * blocked for the write, and one it raised is taken back (the thread may
+ * be the user's, taking results in). */
 static void write_all(const char *buf, size_t n) {
+  sigset_t pipe_only, old, pending;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+  sigpending(&pending);
+  int was_pending = sigismember(&pending, SIGPIPE);
+  int broke = 0;
   while (n > 0) {
     ssize_t k = write(STDERR_FILENO, buf, n);
     if (k < 0) {
       if (errno == EINTR)
         continue;
-      return;
+      broke = errno == EPIPE;
+      break;
     }
     buf += k;
     n -= (size_t)k;
   }
+  if (broke && !was_pending) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR)
+      ;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Calls pg's callback with (done, elapsed), or queues the call. */
+static void callback(fp__progress *pg, int64_t done, double elapsed) {
+  if (pg->q == NULL) {
+    pg->cb(done, pg->total, elapsed, pg->cb_arg);
+    return;
+  }
+  pg->due_done = done;
+  pg->due_elapsed = elapsed;
+  if (pg->queued)
+    return; /* one call per take: the newest figures */
+  pg->queued = 1;
+  pg->q_next = NULL;
+  if (pg->q->tail)
+    pg->q->tail->q_next = pg;
+  else
+    pg->q->head = pg;
+  pg->q->tail = pg;
+  atomic_fetch_add(&pg->q->pending, 1);
+}
+
+void fp__progress_defer(fp__progress *pg, fp__progress_queue *q) {
+  if (pg != NULL && pg->cb != NULL)
+    pg->q = q;
+}
+
+int fp__progress_deferred(const fp__progress *pg) {
+  return pg != NULL && pg->q != NULL;
+}
+
+int fp__progress_take(fp__progress_queue *q, fp__progress_call *c) {
+  fp__progress *pg = q->head;
+  if (pg == NULL)
+    return 0;
+  q->head = pg->q_next;
+  if (q->head == NULL)
+    q->tail = NULL;
+  atomic_fetch_sub(&q->pending, 1);
+  pg->queued = 0;
+  c->cb = pg->cb;
+  c->arg = pg->cb_arg;
+  c->done = pg->due_done;
+  c->total = pg->total;
+  c->elapsed = pg->due_elapsed;
+  c->done_with = pg->final ? pg : NULL;
+  return 1;
+}
+
+void fp__progress_call_run(const fp__progress_call *c) {
+  c->cb(c->done, c->total, c->elapsed, c->arg);
+  free(c->done_with);
 }
 
 /* Appends printf-formatted text at buf[*len], never past cap - 1 bytes;
@@ -314,7 +394,7 @@ void fp__progress_update(fp__progress *pg, int64_t done) {
     return; /* the hot path: one clock read, one compare */
   pg->next_tick = now + TICK_SEC;
   if (pg->cb != NULL)
-    pg->cb(done, pg->total, now - pg->t0, pg->cb_arg);
+    callback(pg, done, now - pg->t0);
   switch (pg->mode) {
   case FP_PROGRESS_BAR:
     emit_bar(pg, now, 0);
@@ -344,11 +424,16 @@ void fp__progress_finish(fp__progress *pg) {
   if (pg == NULL)
     return;
   now = now_sec();
-  if (pg->cb != NULL)
-    pg->cb(pg->done, pg->total, now - pg->t0, pg->cb_arg);
   if (pg->mode == FP_PROGRESS_BAR)
     emit_bar(pg, now, 1);
   else if (pg->mode == FP_PROGRESS_LINES)
     emit_line(pg, now, 1);
+  if (pg->cb != NULL && pg->q != NULL) {
+    pg->final = 1; /* the queued last call frees pg */
+    callback(pg, pg->done, now - pg->t0);
+    return;
+  }
+  if (pg->cb != NULL)
+    pg->cb(pg->done, pg->total, now - pg->t0, pg->cb_arg);
   free(pg);
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* progress.h - opt-in progress reporting for pool jobs (internal).
  *
- * The pool thread owns one fp__progress per job that asked for progress.
- * It calls fp__progress_update() each time items complete; the reporter
+ * Each job that asked for progress owns one fp__progress, driven under the
+ * pool's lock by whichever thread takes results in: it calls
+ * fp__progress_update() each time items complete; the reporter
  * rate-limits its output (a bar redrawn at most ~10 times a second, or a
  * joblib-style line at growing intervals), so updating costs a clock read
  * and a compare on the hot path. Output goes to stderr only, and only when
@@ -12,6 +13,8 @@
 #define FP_POOL_PROGRESS_H
 
 #include "forkpool.h"
+
+#include <stdatomic.h>
 
 typedef struct fp__progress fp__progress;
 
@@ -23,14 +26,47 @@ int fp__progress_new(fp__progress **out, fp_progress_mode mode,
                      fp_progress_fn cb, void *cb_arg, int nworkers,
                      int64_t total);
 
-/* Records that `done` items (cumulative) have completed; may print. NULL
- * is ignored. */
+/* Records that `done` items (cumulative) have completed; may print, and
+ * may call (or queue, see fp__progress_defer) the callback. NULL is
+ * ignored. */
 void fp__progress_update(fp__progress *pg, int64_t done);
+
+/* Callbacks that are due, waiting to be run outside the pool's lock: the
+ * reporter is driven under it, and a callback may call the pool. `pending`
+ * is readable without the lock. */
+typedef struct fp__progress_queue {
+  fp__progress *head, *tail;
+  _Atomic int pending;
+} fp__progress_queue;
+
+/* From now on pg's callback is queued on q instead of called (pg is then
+ * only used under the lock that guards q). */
+void fp__progress_defer(fp__progress *pg, fp__progress_queue *q);
+
+/* 1 when pg's callback is deferred (queued), else 0 (also for NULL). */
+int fp__progress_deferred(const fp__progress *pg);
+
+/* One due callback, taken off a queue. done_with: the reporter to free
+ * once it has run (its last call), else NULL. */
+typedef struct fp__progress_call {
+  fp_progress_fn cb;
+  void *arg;
+  int64_t done, total;
+  double elapsed;
+  fp__progress *done_with;
+} fp__progress_call;
+
+/* Under the lock: moves q's first due callback to *c. 0 when q is empty. */
+int fp__progress_take(fp__progress_queue *q, fp__progress_call *c);
+
+/* Outside the lock: runs c, then frees its reporter if it was the last. */
+void fp__progress_call_run(const fp__progress_call *c);
 
 /* Sets the total once it becomes known (producer-fed imap at its end). */
 void fp__progress_set_total(fp__progress *pg, int64_t total);
 
-/* Prints the final state (100 %, total elapsed) and frees the reporter.
+/* Prints the final state (100 %, total elapsed) and frees the reporter,
+ * or, when its callback is deferred, queues the last call, which frees it.
  * NULL is ignored. */
 void fp__progress_finish(fp__progress *pg);
 

@@ -344,10 +344,12 @@ int fp__sched_poll_leave(fp_pool *pool) {
       (got = pool->link->ops->poll(pool->link)) > 0)
     fp__sched_dispatch_locked(pool); /* the freed workers' next chunks */
   fp_result *plain = fp__jobset_take_plain_locked(&pool->jobs, &rest);
-  /* Callbacks run on the pool thread. And a closed pool ends from the
-   * pool thread's loop (pool.c, maybe_shutdown_locked): when the last
-   * results came in here, the worker sent no kick, so wake it to see. */
-  if (rest || (got > 0 && pool->state != FP__RUN))
+  /* Callbacks, and progress callbacks that came due here, run on the pool
+   * thread. And a closed pool ends from the pool thread's loop (pool.c,
+   * maybe_shutdown_locked): when the last results came in here, the
+   * worker sent no kick, so wake it to see. */
+  if (rest || (got > 0 && pool->state != FP__RUN) ||
+      atomic_load_explicit(&pool->jobs.pq.pending, memory_order_relaxed))
     fp__pool_wake(pool);
   fp__pool_unlock(pool);
   fp__results_deliver(plain); /* no callbacks: any thread, no lock */

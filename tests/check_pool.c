@@ -1036,6 +1036,123 @@ START_TEST(imap_producer_protocol_breaches_end_with_eproto) {
 }
 END_TEST
 
+/* ---- progress callbacks ---------------------------------------------- */
+
+/* About half a millisecond of work per item, so a job of a few hundred
+ * items spans several of the reporter's 0.1 s ticks. */
+static int e_work(const void *in, void *out) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+         500000);
+  *(int64_t *)out = *(const int64_t *)in * 2;
+  return 0;
+}
+
+typedef struct probe {
+  fp_pool *pool;
+  pthread_t caller;
+  int calls, on_caller, info_rc, async_rc, blocking_rc;
+  int64_t last_done, last_total;
+} probe;
+
+/* Calls the pool from the hook: it runs without the pool's lock held. */
+static void on_progress(int64_t done, int64_t total, double elapsed,
+                        void *arg) {
+  probe *pp = arg;
+  (void)elapsed;
+  pp->calls++;
+  pp->on_caller += pthread_equal(pthread_self(), pp->caller) != 0;
+  fp_worker_info wi;
+  pp->info_rc = fp_pool_worker_info(pp->pool, 0, &wi);
+  fp_result *r;
+  fp_writer args;
+  fp_writer_init(&args);
+  fp_write_int(&args, 7);
+  pp->async_rc = fp_pool_apply_async(pp->pool, t_ident, &args, NULL, &r);
+  if (pp->async_rc == 0)
+    fp_result_free(r);
+  fp_writer_free(&args);
+  int64_t x = 1;
+  pp->blocking_rc = fp_pool_map(pp->pool, t_square, &x, 1, 8, &x, 8, NULL);
+  pp->last_done = done;
+  pp->last_total = total;
+}
+
+START_TEST(progress_callback_runs_on_the_pool_thread_and_may_call_it) {
+  probe pp = {.caller = pthread_self()};
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  o.progress_cb = on_progress;
+  o.progress_arg = &pp;
+  ck_assert_int_eq(fp_pool_new(&pp.pool, &o), 0);
+  enum { N = 400 };
+  static int64_t in[N], out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.progress = FP_PROGRESS_CALLBACK;
+  co.chunksize = 4;
+  /* Blocking, async, and async while the caller takes results in. */
+  for (int round = 0; round < 3; round++) {
+    pp.calls = pp.on_caller = 0;
+    pp.last_done = -1;
+    if (round == 0) {
+      ck_assert_int_eq(fp_pool_map(pp.pool, e_work, in, N, 8, out, 8, &co), 0);
+    } else {
+      fp_result *r;
+      ck_assert_int_eq(
+          fp_pool_map_async(pp.pool, e_work, in, N, 8, out, 8, &co, &r), 0);
+      ck_assert_int_eq(fp_result_get(r, round == 1 ? 60 : FP_FOREVER), 0);
+      fp_result_free(r);
+    }
+    /* The last call came before the result was ready. */
+    ck_assert_int_eq(pp.last_done, N);
+    ck_assert_int_eq(pp.last_total, N);
+    ck_assert_int_ge(pp.calls, 2);
+    ck_assert_int_eq(pp.on_caller, 0);
+    ck_assert_int_eq(pp.info_rc, 0);
+    ck_assert_int_eq(pp.async_rc, 0);
+    ck_assert_int_eq(pp.blocking_rc, FP_EINVAL);
+    ck_assert_int_eq(out[N - 1], 2 * (N - 1));
+  }
+  fp_pool_free(pp.pool);
+}
+END_TEST
+
+/* Progress lines to a stderr whose reader is gone: the write fails with
+ * EPIPE, and SIGPIPE (raised on whichever thread writes, the caller's
+ * too) must not kill the program. */
+START_TEST(progress_lines_to_a_broken_pipe_do_not_kill) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  close(fds[0]);
+  int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_eq(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
+  close(fds[1]);
+  fp_pool *p = new_pool(2);
+  /* Small quick items: the calling thread takes most results in itself,
+   * and writes the lines. */
+  enum { N = 100000 };
+  static int64_t in[N], out[N];
+  fp_call_opts co = {0};
+  co.progress = FP_PROGRESS_LINES;
+  int rc = 0;
+  for (int k = 0; k < 5 && rc == 0; k++)
+    rc = fp_pool_map(p, t_square, in, N, 8, out, 8, &co);
+  fp_pool_free(p);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  ck_assert_int_eq(rc, 0);
+  sigset_t pending;
+  sigpending(&pending);
+  ck_assert_int_eq(sigismember(&pending, SIGPIPE), 0);
+}
+END_TEST
+
 START_TEST(async_and_stream_calls_reject_bad_arguments) {
   fp_pool *p = new_pool(1);
   fp_writer items;
@@ -1492,6 +1609,12 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, imap_producer_bounded_memory);
   tcase_add_test(tc, imap_producer_protocol_breaches_end_with_eproto);
   tcase_add_test(tc, async_and_stream_calls_reject_bad_arguments);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("progress");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, progress_callback_runs_on_the_pool_thread_and_may_call_it);
+  tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("workers");
