@@ -601,6 +601,11 @@ typedef enum fp_pin_policy {
  *   result-handler thread: keep them short and do not make blocking pool
  *   calls from them (those return FP_EINVAL there).
  *
+ *   FORKS: in a process forked from the master after fp_pool_new(),
+ *   submissions and blocking waits on the pool's pending results and
+ *   iterators return FP_EINVAL (the results go to the parent), and
+ *   fp_pool_free() frees only that copy's memory.
+ *
  *   FUNCTIONS are named by reference (module + offset, resolved again in the
  *   worker), never sent as raw pointers; pass functions of your program or
  *   of a shared library loaded before fp_pool_new().

@@ -7,6 +7,7 @@
  */
 #include "pool/pool_int.h"
 #include "pool/spin.h"
+#include "ipc/wire/error.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,14 @@ int fp_result_wait(fp_result *res, double timeout) {
     /* Waiting for another result inside a callback would block the very
      * thread that has to deliver it. */
     pthread_mutex_unlock(&res->mu);
+    return FP_EINVAL;
+  }
+  if (!usable(res) && timeout != 0 && res->pool != NULL &&
+      fp__pool_foreign(res->pool)) {
+    pthread_mutex_unlock(&res->mu);
+    fp__set_last_error(FP_EINVAL, "waiting for a result in a forked copy of "
+                                  "the process: the pool delivers it to the "
+                                  "parent, never here");
     return FP_EINVAL;
   }
   struct timespec ts;

@@ -1258,6 +1258,56 @@ START_TEST(cleanup_in_forked_child_returns_at_once) {
 }
 END_TEST
 
+/* A forked copy of the master cannot wait for the parent's results (they
+ * are delivered to the parent): a blocking wait on a pending result or
+ * iterator there returns FP_EINVAL at once, instead of forever; a poll
+ * (timeout 0) says "not yet". The parent's copies complete as usual. */
+START_TEST(waits_in_forked_child_are_refused) {
+  if (fp_test_under_valgrind())
+    return; /* see cleanup_in_forked_child_returns_at_once */
+  fp_pool *p = pool_n(2);
+  atomic_store(&g_sh->gates[0], 0);
+  atomic_store(&g_sh->gates[1], 0);
+  fp_writer a0, a1;
+  fp_writer_init(&a0);
+  fp_writer_init(&a1);
+  fp_write_int(&a0, 0);
+  fp_write_int(&a1, 1);
+  fp_result *r;
+  fp_iter *it;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_wait_gate, &a0, NULL, &r), 0);
+  ck_assert_int_eq(fp_pool_imap(p, t_wait_gate, &a1, NULL, &it), 0);
+  g_sh->msg[0] = 0;
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    fp_reader rd;
+    child_step("fp_result_get");
+    if (fp_result_get(r, FP_FOREVER) != FP_EINVAL)
+      child_fail("fp_result_get did not refuse");
+    if (fp_result_wait(r, 0) != FP_ETIMEDOUT)
+      child_fail("fp_result_wait(0) did not poll");
+    child_step("fp_iter_next");
+    if (fp_iter_next(it, &rd, FP_FOREVER) != FP_EINVAL)
+      child_fail("fp_iter_next did not refuse");
+    _exit(0);
+  }
+  assert_child_ok(pid, 10, "waits in a forked child");
+  counter_bump(&g_sh->gates[0]);
+  counter_bump(&g_sh->gates[1]);
+  ck_assert_int_eq(fp_result_get(r, 20), 0);
+  fp_reader rd;
+  int64_t v = -1;
+  ck_assert_int_eq(fp_iter_next(it, &rd, 20), 0);
+  ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+  ck_assert_int_eq(v, 1);
+  fp_result_free(r);
+  fp_iter_free(it);
+  fp_writer_free(&a0);
+  fp_writer_free(&a1);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* ---- 5. a forged RETIRE frame ---------------------------------------------- */
 
 /* Writes a frame of payload p (n bytes) on every AF_UNIX stream socket of
@@ -2255,6 +2305,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item03c", huge_wait_timeouts_mean_forever, 60);
   add_case(s, "item03d", huge_restart_window_still_stops_storm, 60);
   add_case(s, "item04", cleanup_in_forked_child_returns_at_once, 60);
+  add_case(s, "item04b", waits_in_forked_child_are_refused, 60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
   add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
   add_case(s, "item06", pool_works_with_stdio_closed, 60);
