@@ -27,10 +27,12 @@
 #include "pool/usermem.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MPI_SONAME "libforkpool_mpi.so.0"
 
@@ -70,17 +72,39 @@ static fp__mpi_entry_fn try_open(const char *path, char *why, size_t len) {
   return fn;
 }
 
-/* libforkpool_mpi.so.0 next to the module holding this function. */
-static fp__mpi_entry_fn try_beside_core(char *why, size_t len) {
+/* The absolute path of the module holding this function into buf: the
+ * program itself (a static core) through /proc/self/exe -- the name the
+ * dynamic linker knows it by is argv[0], which the caller chooses and may
+ * be relative to any directory -- or the shared core's path when it is
+ * absolute. 0, or -1 when there is none to trust. */
+static int core_module_path(char *buf, size_t len) {
   Dl_info info;
-  char path[PATH_MAX];
-  if (dladdr((void *)try_beside_core, &info) == 0 || !info.dli_fname)
+  struct link_map *lm = NULL;
+  if (dladdr1((void *)core_module_path, &info, (void **)&lm,
+              RTLD_DL_LINKMAP) == 0 ||
+      lm == NULL)
+    return -1;
+  if (lm->l_name == NULL || lm->l_name[0] == '\0') { /* the program */
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0 || (size_t)n >= len - 1)
+      return -1;
+    buf[n] = '\0';
+    return 0;
+  }
+  if (lm->l_name[0] != '/' || strlen(lm->l_name) >= len)
+    return -1; /* opened by a relative path: not where it is now */
+  strcpy(buf, lm->l_name);
+  return 0;
+}
+
+/* libforkpool_mpi.so.0 next to the module holding the core. */
+static fp__mpi_entry_fn try_beside_core(char *why, size_t len) {
+  char module[PATH_MAX], path[PATH_MAX];
+  if (core_module_path(module, sizeof(module)) != 0)
     return NULL;
-  const char *slash = strrchr(info.dli_fname, '/');
-  if (slash == NULL)
-    return NULL;
-  int n = snprintf(path, sizeof(path), "%.*s/%s",
-                   (int)(slash - info.dli_fname), info.dli_fname, MPI_SONAME);
+  const char *slash = strrchr(module, '/');
+  int n = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - module),
+                   module, MPI_SONAME);
   if (n < 0 || (size_t)n >= sizeof(path))
     return NULL;
   return try_open(path, why, len);
