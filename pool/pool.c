@@ -20,6 +20,7 @@
 #include "ipc/wire/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -331,18 +332,58 @@ static int open_link(fp_pool *pool, const fp__link_events *ev) {
 
 /* Sets up the loop and its handles, asks for the workers and starts the
  * pool thread. Returns 0 or an error; on error the loop is closed again. */
+/* The first uv_loop_init of a process sets up libuv's process-wide
+ * signal pipe after the loop's epoll descriptor, and abort()s when that
+ * pipe cannot be made (libuv 1.44): until one loop was made, check that
+ * three descriptors are free first and fail with -EMFILE if not. */
+static _Atomic int uv_global_ready;
+
+static int uv_global_room(void) {
+  int p[2], third;
+  if (atomic_load(&uv_global_ready))
+    return 0;
+  if (pipe2(p, O_CLOEXEC) != 0)
+    return -errno;
+  third = fcntl(p[0], F_DUPFD_CLOEXEC, 0);
+  int rc = third < 0 ? -errno : 0;
+  if (third >= 0)
+    close(third);
+  close(p[0]);
+  close(p[1]);
+  return rc;
+}
+
+/* uv_loop_init, and the pool's own handles on the loop. libuv 1.44 leaves
+ * the loop's epoll descriptor open when a later step of its init fails
+ * (fixed in later releases, which set it to -1): closed here. */
+static int loop_init(fp_pool *pool) {
+  int rc = uv_global_room();
+  if (rc != 0)
+    return rc;
+  if ((rc = uv_loop_init(&pool->loop)) != 0) {
+    if (pool->loop.backend_fd >= 0)
+      close(pool->loop.backend_fd);
+    return rc;
+  }
+  atomic_store(&uv_global_ready, 1);
+  if ((rc = uv_async_init(&pool->loop, &pool->wake, on_wake)) != 0) {
+    uv_loop_close(&pool->loop);
+    return rc;
+  }
+  pool->wake.data = pool;
+  uv_timer_init(&pool->loop, &pool->tick); /* cannot fail */
+  pool->tick.data = pool;
+  return 0;
+}
+
 static int start_loop(fp_pool *pool) {
   int held[3];
   fp__stdfd_hold(held); /* the loop's descriptors must not land on 0-2 */
-  int rc = uv_loop_init(&pool->loop);
+  int rc = loop_init(pool);
   if (rc != 0) {
     fp__stdfd_release(held);
     return rc;
   }
-  uv_async_init(&pool->loop, &pool->wake, on_wake);
-  pool->wake.data = pool;
-  uv_timer_init(&pool->loop, &pool->tick);
-  pool->tick.data = pool;
   rc = pool->link->ops->start(pool->link, &pool->loop);
   fp__stdfd_release(held);
   fp__pool_lock(pool);
