@@ -25,7 +25,6 @@
 #include "pool/usermem.h"
 
 #include <errno.h>
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -330,8 +330,6 @@ static int open_link(fp_pool *pool, const fp__link_events *ev) {
   return rc;
 }
 
-/* Sets up the loop and its handles, asks for the workers and starts the
- * pool thread. Returns 0 or an error; on error the loop is closed again. */
 /* The first uv_loop_init of a process sets up libuv's process-wide
  * signal pipe after the loop's epoll descriptor, and abort()s when that
  * pipe cannot be made (libuv 1.44): until one loop was made, check that
@@ -376,6 +374,8 @@ static int loop_init(fp_pool *pool) {
   return 0;
 }
 
+/* Sets up the loop and its handles, asks for the workers and starts the
+ * pool thread. Returns 0 or an error; on error the loop is closed again. */
 static int start_loop(fp_pool *pool) {
   int held[3];
   fp__stdfd_hold(held); /* the loop's descriptors must not land on 0-2 */
