@@ -172,6 +172,24 @@ static void reject_chunk_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
   fp__chunk_crashed_locked(&pool->jobs, ch, FP_EPROTO, -1, msg);
 }
 
+/* A chunk that was running when its worker was killed for another chunk
+ * (a cancel or time limit that raced with the worker moving on, where the
+ * link cannot aim its kill): it started, so it may have had effects, and
+ * is never run again behind the user's back. Its worker died under it:
+ * FP_EWORKER, and the job's crash policy decides. */
+static void innocent_died_locked(fp_pool *pool, fp__chunk *ch,
+                                 const death *d) {
+  death as_crash = *d;
+  as_crash.reason = FP_EWORKER;
+  snprintf(as_crash.how, sizeof(as_crash.how),
+           "was stopped for another job's chunk (%s) just as it started this "
+           "one",
+           d->reason == FP_ETIMEDOUT   ? "a time limit"
+           : d->reason == FP_ECANCELED ? "a cancel"
+                                       : "a broken connection");
+  chunk_died_locked(pool, ch, &as_crash);
+}
+
 /* Accounts for every chunk a dead worker held. */
 static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                                  const death *d) {
@@ -197,6 +215,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
       ch->state = FP__CH_DONE; /* its job is being canceled */
     else if (ch->seq == rejected)
       reject_chunk_locked(pool, ch, d);
+    else if (innocent && ch->seq == d->run.seq)
+      innocent_died_locked(pool, ch, d);
     else if (d->clean || innocent || ch->seq != d->run.seq)
       fp__sched_requeue_front_locked(pool, ch);
     else
@@ -216,6 +236,7 @@ static void slot_reset(fp_pool *pool, fp__wslot *ws, death *d, int status) {
   ws->alive = ws->ready = ws->retiring = 0;
   ws->kill_reason = 0;
   ws->kill_seq = 0;
+  ws->kill_aimed = 0;
   ws->kill_at_ns = 0;
   ws->sent = 0;
   ws->pid = 0;
@@ -350,7 +371,7 @@ int fp__deaths_tick_locked(fp_pool *pool) {
     if (!ws->alive)
       continue;
     if (ws->kill_at_ns && now >= ws->kill_at_ns) {
-      pool->link->ops->kill(pool->link, ws->index, SIGKILL);
+      pool->link->ops->kill(pool->link, ws->index, SIGKILL, 0);
       ws->kill_at_ns = INT64_MAX; /* SIGKILL sent; wait for exited() */
       continue;
     }

@@ -142,8 +142,15 @@ typedef struct fp__link_ops {
   int (*send)(fp__link *l, int slot, const fp__task_out *t, int n,
               int *sent);
   /* Sends sig to slot's current process, if it is still the one started.
-   * Returns 0, or FP_EINVAL when the slot has no process. */
-  int (*kill)(fp__link *l, int slot, int sig);
+   * aim: the chunk (seq) a SIGTERM is for; a worker that is no longer
+   * running that chunk (it finished it, and may have started another)
+   * ignores it, so another job's chunk is never hit by a stale kill. 0:
+   * whatever it runs. A link may ignore aim (MPI does). Returns 0, or
+   * FP_EINVAL when the slot has no process. */
+  int (*kill)(fp__link *l, int slot, int sig, uint64_t aim);
+  /* 1 when kill() honours aim; 0 when an aimed SIGTERM may still hit
+   * whatever the worker runs by the time it arrives. */
+  int kill_aims;
   /* Fills *out with what slot's worker runs. Returns 0, or FP_EINVAL
    * when the slot has no process. */
   int (*running)(fp__link *l, int slot, fp__running *out);

@@ -42,6 +42,7 @@ typedef struct fp__wslot {
   int retiring;          /* said RETIRE (maxtasksperchild) */
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO */
   uint64_t kill_seq;     /* the chunk we killed it for */
+  int kill_aimed;        /* the SIGTERM was aimed at kill_seq (link.h) */
   int64_t kill_at_ns;    /* SIGKILL follows SIGTERM then; 0: not killing */
   int64_t respawn_at_ns; /* try starting a worker again then; 0: no */
   int cpu;               /* pinned CPU or -1 */

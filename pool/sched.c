@@ -82,7 +82,14 @@ void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
     if (!fp__on_pool_thread(pool))
       fp__pool_wake(pool); /* the tick escalates to SIGKILL */
   }
-  pool->link->ops->kill(pool->link, ws->index, sig);
+  /* A SIGTERM for one chunk (a time limit, a cancel) is aimed at it: the
+   * worker may have finished it and started another job's chunk before
+   * the signal arrives (link.h, kill). */
+  int aimed = sig == SIGTERM && seq != 0 && seq == ws->kill_seq &&
+              (reason == FP_ETIMEDOUT || reason == FP_ECANCELED) &&
+              pool->link->ops->kill_aims;
+  ws->kill_aimed = aimed;
+  pool->link->ops->kill(pool->link, ws->index, sig, aimed ? seq : 0);
 }
 
 /* ---- sending ------------------------------------------------------------ */
@@ -108,6 +115,7 @@ static void fail_unsent_locked(fp_pool *pool, fp__wslot *ws, int first,
   char msg[FP__MSG_LEN];
   ws->kill_reason = FP_EPIPE;
   ws->kill_seq = 0;
+  ws->kill_aimed = 0;
   while (ws->ninflight > first) {
     fp__chunk *ch = ws->inflight[--ws->ninflight];
     snprintf(msg, sizeof(msg),
@@ -446,6 +454,18 @@ static fp__chunk *take_inflight(fp_pool *pool, fp__wslot *ws, int k) {
   return ch;
 }
 
+/* The chunk a SIGTERM was aimed at (a time limit, a cancel) came back
+ * finished: the worker ignores the signal if it comes now (link.h, kill),
+ * so there is nothing to escalate to SIGKILL, and the worker lives on. */
+static void disarm_locked(fp__wslot *ws, const fp__chunk *ch) {
+  if (ws->kill_seq == ch->seq && ws->kill_aimed) {
+    ws->kill_reason = 0;
+    ws->kill_seq = 0;
+    ws->kill_at_ns = 0;
+    ws->kill_aimed = 0;
+  }
+}
+
 void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
                          size_t len, fp__rbuf *keep) {
   fp_pool *pool = ctx;
@@ -460,6 +480,7 @@ void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
   fp__chunk *ch = ws->inflight[k];
   const unsigned char *errs = payload + sizeof(rh);
   size_t rest = len - sizeof(rh);
+  disarm_locked(ws, ch);
   if (ch->job->finished) {
     /* Canceled while this chunk travelled: drop it. */
     fp__chunk_orphan_locked(take_inflight(pool, ws, k));

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -506,6 +507,85 @@ START_TEST(canceled_chunk_queued_on_a_busy_worker_never_runs) {
 }
 END_TEST
 
+/* Job A is canceled (or hits its time limit) while its worker finishes
+ * it and starts job B's chunk: the SIGTERM meant for A must not kill B,
+ * and B must never run twice (it counts its starts in shared memory). The
+ * race is timing-dependent: 300 rounds at random offsets hit it a dozen
+ * times on a 2-CPU machine with the kill unaimed. */
+static atomic_long *g_starts; /* one counter per round, shared */
+
+static void spin_us(long us) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 <
+         us);
+}
+
+static int spin_arg_us(fp_reader *args, fp_writer *out) {
+  int64_t us = 0;
+  fp_read_int(args, &us);
+  spin_us((long)us);
+  return fp_write_nil(out);
+}
+
+static int counts_start(fp_reader *args, fp_writer *out) {
+  int64_t round = 0;
+  fp_read_int(args, &round);
+  atomic_fetch_add(&g_starts[round], 1);
+  spin_us(3000);
+  return fp_write_int(out, round);
+}
+
+START_TEST(kill_for_one_job_never_hits_the_next) {
+  enum { ROUNDS = 300 };
+  size_t bytes = ROUNDS * sizeof(*g_starts);
+  g_starts = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(g_starts, MAP_FAILED);
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.inflight = 2;
+  o.kill_grace = 0.05;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  unsigned seed = 1;
+  int timed = _i; /* loop test: 0 cancel, 1 time limit */
+  for (int64_t i = 0; i < ROUNDS; i++) {
+    fp_writer a, b;
+    fp_writer_init(&a);
+    fp_writer_init(&b);
+    fp_write_int(&a, 500 + rand_r(&seed) % 1500);
+    fp_write_int(&b, i);
+    fp_call_opts ca = {0};
+    if (timed)
+      ca.timeout = 0.0015;
+    fp_result *ra, *rb;
+    ck_assert_int_eq(fp_pool_apply_async(p, spin_arg_us, &a, &ca, &ra), 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, counts_start, &b, NULL, &rb), 0);
+    if (!timed) {
+      spin_us(rand_r(&seed) % 2500);
+      fp_result_cancel(ra);
+    }
+    fp_result_get(ra, 30);
+    ck_assert_msg(fp_result_get(rb, 30) == 0, "round %lld: job B: %s",
+                  (long long)i, fp_result_error(rb));
+    ck_assert_msg(atomic_load(&g_starts[i]) == 1,
+                  "%s round %lld: job B started %ld times",
+                  timed ? "time limit" : "cancel", (long long)i,
+                  atomic_load(&g_starts[i]));
+    fp_result_free(ra);
+    fp_result_free(rb);
+    fp_writer_free(&a);
+    fp_writer_free(&b);
+  }
+  fp_pool_free(p);
+  munmap(g_starts, bytes);
+  fp_test_no_children();
+}
+END_TEST
+
 /* A closed pool ends from its pool thread's loop. When a caller waiting
  * in fp_result_get took the last result in itself (the worker then sends
  * no kick), the pool thread slept on and fp_pool_join never returned
@@ -571,6 +651,7 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, chunk_results_larger_than_max_frame);
   tcase_add_test(tc, calls_after_join_are_refused);
   tcase_add_test(tc, canceled_chunk_queued_on_a_busy_worker_never_runs);
+  tcase_add_loop_test(tc, kill_for_one_job_never_hits_the_next, 0, 2);
   tcase_add_test(tc, join_returns_when_a_waiter_took_the_last_result);
   suite_add_tcase(s, tc);
   return s;

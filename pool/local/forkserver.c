@@ -95,7 +95,7 @@ static int64_t now_ms(void) {
 /* Sends one message, with pass_fd attached when >= 0. Blocking; retried
  * on EINTR. Returns 0 or -errno. */
 static int fs_send(int ctl, int op, int slot, int pid, int arg, int pass_fd) {
-  fp__fs_msg m = {op, slot, pid, arg};
+  fp__fs_msg m = {op, slot, pid, arg, 0};
   struct iovec iov = {&m, sizeof(m)};
   union {
     char buf[CMSG_SPACE(sizeof(int))];
@@ -322,6 +322,17 @@ static void fs_spawn(fserver *fs, int slot) {
   }
 }
 
+/* Signals worker pid; an aimed signal carries the chunk it is for (the
+ * worker's handler compares it with the chunk it runs). */
+static void send_kill(pid_t pid, int sig, uint64_t aim) {
+  if (aim != 0) {
+    union sigval v = {.sival_ptr = (void *)(uintptr_t)aim};
+    if (sigqueue(pid, sig, v) == 0 || errno == ESRCH)
+      return;
+  }
+  kill(pid, sig);
+}
+
 /* Handles one control message. Returns 0 to go on, 1 when the master
  * closed its end or the socket failed. */
 static int fs_control(fserver *fs) {
@@ -336,7 +347,7 @@ static int fs_control(fserver *fs) {
   if (m.op == FP__FS_KILL && m.pid > 0) {
     for (int i = 0; i < fs->nkids; i++)
       if (fs->kids[i].pid == m.pid)
-        kill(m.pid, m.arg);
+        send_kill(m.pid, m.arg, m.aim);
   } else if (m.op == FP__FS_SPAWN) {
     fs_spawn(fs, m.slot);
   }

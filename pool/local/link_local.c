@@ -115,8 +115,9 @@ static void conn_on_io(uv_poll_t *h, int status, int events);
 
 /* ---- the control socket ---------------------------------------------------- */
 
-static int fs_send(llink *l, int op, int slot, int pid, int arg) {
-  fp__fs_msg m = {op, slot, pid, arg};
+static int fs_send(llink *l, int op, int slot, int pid, int arg,
+                   uint64_t aim) {
+  fp__fs_msg m = {op, slot, pid, arg, aim};
   if (l->fs_fd < 0 || l->lost)
     return FP_EPIPE;
   for (;;) {
@@ -523,7 +524,7 @@ static void worker_spawned(llink *l, int slot, pid_t pid, int fd) {
   if (err != 0) {
     fp__fdreg_close(fd);
     s->discard_pid = pid;
-    fs_send(l, FP__FS_KILL, slot, pid, SIGKILL);
+    fs_send(l, FP__FS_KILL, slot, pid, SIGKILL, 0);
     EV(l, start_failed, slot, err);
     return;
   }
@@ -801,7 +802,7 @@ static int local_spawn(fp__link *base, int slot) {
   atomic_store(&tr->tail, 0);
   atomic_store(&tr->sleeping, 0);
   atomic_store(&tr->feeder_cpu, -1); /* nobody fed it yet */
-  int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0);
+  int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0, 0);
   if (rc == 0)
     s->spawning = 1;
   s->finished = 0;
@@ -813,12 +814,12 @@ static int local_can_send(fp__link *base, int slot) {
   return s->c != NULL && s->ready && !s->c->eof && s->c->out_len == 0;
 }
 
-static int local_kill(fp__link *base, int slot, int sig) {
+static int local_kill(fp__link *base, int slot, int sig, uint64_t aim) {
   llink *l = (llink *)base;
   lslot *s = &l->slots[slot];
   if (s->pid == 0)
     return FP_EINVAL;
-  return fs_send(l, FP__FS_KILL, slot, s->pid, sig);
+  return fs_send(l, FP__FS_KILL, slot, s->pid, sig, aim);
 }
 
 /* The pipe of safe_copy, made once (registered like every library
@@ -1027,7 +1028,7 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
      * it; its exited() hands its chunks back to the scheduler. */
     if (c != NULL)
       c->eof = 1;
-    local_kill(base, slot, SIGKILL);
+    local_kill(base, slot, SIGKILL, 0);
   }
   return rc;
 }
@@ -1161,6 +1162,7 @@ const fp__link_ops fp__link_local = {
     .can_send = local_can_send,
     .send = local_send,
     .kill = local_kill,
+    .kill_aims = 1,
     .running = local_running,
     .skip = local_skip,
     .finish = local_finish,

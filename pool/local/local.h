@@ -266,7 +266,9 @@ typedef struct fp__fs_msg {
   int32_t op;
   int32_t slot;
   int32_t pid;
-  int32_t arg; /* signal, wait status or errno */
+  int32_t arg;  /* signal, wait status or errno */
+  uint64_t aim; /* FP__FS_KILL: the chunk the signal is for, 0: any (see
+                   fp__worker_aimed_term in worker.c) */
 } fp__fs_msg;
 
 /* ---- starting the processes ---------------------------------------------- */

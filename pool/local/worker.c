@@ -661,6 +661,37 @@ static int next_frame(worker *w, const unsigned char **payload, size_t *plen) {
 
 /* ---- the process --------------------------------------------------------- */
 
+/* A SIGTERM the master sends for one chunk (a time limit, a cancel) comes
+ * from the fork server through sigqueue() with that chunk's seq (link.h,
+ * kill). The master decided while the worker ran that chunk; by the time
+ * the signal lands the worker may have finished it and started another
+ * job's chunk, which must not die for it (it would then fail, or run
+ * twice). So a SIGTERM aimed at a chunk this worker is not running is
+ * ignored; any other SIGTERM ends the worker as the default action does.
+ * A task that installs its own SIGTERM handler replaces this one. */
+static _Atomic uint64_t *g_running_seq;
+
+static void on_sigterm(int sig, siginfo_t *si, void *uc) {
+  (void)uc;
+  if (si != NULL && si->si_code == SI_QUEUE && si->si_pid == getppid()) {
+    uint64_t aim = (uint64_t)(uintptr_t)si->si_value.sival_ptr;
+    if (aim != 0 && aim != atomic_load(g_running_seq))
+      return;
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void aim_sigterm(_Atomic uint64_t *running_seq) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  g_running_seq = running_seq;
+  sa.sa_sigaction = on_sigterm;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
 /* Everything before the first task: parent-death signal, the task signal
  * mask, the slot, pinning, the memory limit, the initializer, READY.
  * Exits on failure (FP__WEXIT_PIN, FP__WEXIT_INIT, or FP__WEXIT_OK when
@@ -690,6 +721,7 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   atomic_store(&w->slot->started_ns, 0);
   atomic_store(&w->slot->item, -1);
   atomic_store(&w->slot->pid, (int32_t)getpid());
+  aim_sigterm(&w->slot->seq);
 
   if (cfg->cpu_of_worker != NULL &&
       fp__affinity_apply(cfg->cpu_of_worker[boot->slot]) != 0)

@@ -214,8 +214,9 @@ static int mpi_can_send(fp__link *base, int g) {
   return l->s[g].alive && l->s[g].ready && !l->lost[l->s[g].rank];
 }
 
-static int mpi_kill(fp__link *base, int g, int sig) {
+static int mpi_kill(fp__link *base, int g, int sig, uint64_t aim) {
   mlink *l = (mlink *)base;
+  (void)aim; /* the rank kills what its worker runs */
   if (!l->s[g].alive)
     return FP_EINVAL;
   post(l, g, FP__M_KILL, l->s[g].pid, sig);
@@ -250,7 +251,7 @@ static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
                                    l->s[g].pid, n, total)
                     : NULL;
   if (m == NULL) {
-    mpi_kill(base, g, SIGKILL); /* its exited() hands the chunks back */
+    mpi_kill(base, g, SIGKILL, 0); /* its exited() hands the chunks back */
     return total < (size_t)INT32_MAX - 64 ? FP_ENOMEM : FP_EMSGSIZE;
   }
   unsigned char *p = FP__MPAYLOAD(m);

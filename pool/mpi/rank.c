@@ -284,7 +284,7 @@ static int handle(rserver *sv, fp__mbuf *m) {
     return 1;
   case FP__M_KILL:
     if (s->pid != 0 && s->pid == h->pid)
-      sv->ops->kill(sv->link, h->slot, h->arg);
+      sv->ops->kill(sv->link, h->slot, h->arg, 0);
     return 0;
   case FP__M_FINISH:
     if (s->pid != 0 && s->pid == h->pid)
