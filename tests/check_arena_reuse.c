@@ -112,6 +112,29 @@ START_TEST(array_new_after_destroy_reuses_the_pages) {
 }
 END_TEST
 
+/* A span freed at the top of the carved area goes back to the uncarved
+ * rest: a request larger than it and than that rest alone still fits
+ * (it failed with FP_ENOMEM on an empty arena). */
+START_TEST(freed_top_span_serves_a_larger_request) {
+  fp_manager *m = new_manager(16u << 20);
+  fp_array *a, *b;
+  ck_assert_int_eq(fp_array_new(m, 8u << 20, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+  ck_assert_int_eq(fp_array_new(m, 12u << 20, &b), 0);
+  ck_assert_int_eq(fp_array_destroy(b), 0);
+  /* A small object below keeps the top span from reaching the start. */
+  fp_counter *c;
+  ck_assert_int_eq(fp_counter_new(m, 0, &c), 0);
+  ck_assert_int_eq(fp_array_new(m, 6u << 20, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+  ck_assert_int_eq(fp_array_new(m, 13u << 20, &b), 0);
+  assert_consistent(m);
+  ck_assert_int_eq(fp_array_destroy(b), 0);
+  ck_assert_int_eq(fp_counter_destroy(c), 0);
+  assert_consistent(m);
+}
+END_TEST
+
 /* --- big values overwritten ----------------------------------------------- */
 
 /* A 1 MiB value replaced 50 times in a 4 MiB arena: every set works, and
@@ -435,6 +458,7 @@ Suite *arena_reuse_suite(void) {
   tcase_add_checked_fixture(tc, NULL, teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, array_new_after_destroy_reuses_the_pages);
+  tcase_add_test(tc, freed_top_span_serves_a_larger_request);
   tcase_add_test(tc, dict_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, list_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, dict_set_in_the_default_arena_keeps_used_bounded);

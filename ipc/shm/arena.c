@@ -320,6 +320,13 @@ static void span_free(fp_manager *m, uint64_t off, uint64_t n) {
     n += len;
   }
   off = p << FP__SHM_PAGE_SHIFT;
+  /* A free span that ends at brk goes back to the uncarved rest of the
+   * arena, so that a later request may take it together with that rest
+   * (kept in a bin, it could serve at most its own length). */
+  if (p + n == page_of(m->brk)) {
+    fp__shm_alog(m, &m->brk, off);
+    return;
+  }
   /* Inner boundary words of a merge keep stale values: only the span's
    * first and last pages are ever read. */
   mark_span(m, off, n, PM_FREE);
