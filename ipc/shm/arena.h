@@ -171,6 +171,9 @@ typedef struct fp__shm_heap {
   uint64_t limbo[3];                  /* retired chunks, linked by word 0 */
   uint64_t limbo_epoch[3];            /* epoch each list was retired in */
   uint64_t nlimbo;                    /* their weight: see limbo_weight */
+  _Atomic uint64_t nlimbo_spans; /* the part of nlimbo that spans of
+                                    pages add: a hint, not logged, that
+                                    other heaps read (heap.c, hoards) */
   fp__shm_journal j;
   uint64_t ncache[FP__SHM_NCLASS];     /* cached chunks per class */
   uint64_t cache[FP__SHM_CACHE_SLOTS]; /* class c: cache_base(c) + i */

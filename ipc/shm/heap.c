@@ -89,6 +89,14 @@ void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h) {
 
 /* --- allocation ------------------------------------------------------- */
 
+/* Adds delta to h's span hint (only h's owner, or the thread draining a
+ * dead h, writes it; others read it), never below 0. */
+static void spans_add(fp__shm_heap *h, int64_t delta) {
+  uint64_t v = atomic_load_explicit(&h->nlimbo_spans, memory_order_relaxed);
+  v = delta < 0 && (uint64_t)-delta > v ? 0 : v + (uint64_t)delta;
+  atomic_store_explicit(&h->nlimbo_spans, v, memory_order_relaxed);
+}
+
 /* What a retired chunk counts for in h->nlimbo: 1, plus 1 per 1/1024 of
  * the arena for a span of pages, so that the count-based trigger also
  * fires on bytes (arena.h). Depends on nothing that changes while the
@@ -153,6 +161,8 @@ static void unlimbo_one(fp_manager *m, fp__shm_heap *h, int b) {
   uint64_t next = *(uint64_t *)fp__shm_ptr(m, off);
   uint64_t w = limbo_weight(m, off);
 
+  spans_add(h, -(int64_t)(w - 1));
+
   if (bytes > FP__SHM_SMALL_MAX) {
     fp__shm_alock(m, h);
     fp__shm_alog(m, &h->limbo[b], next);
@@ -201,6 +211,7 @@ retire_chunk(fp_manager *m, fp__shm_heap *h, uint64_t *slot, uint64_t off) {
   fp__shm_hlog(m, h, &h->nlimbo, h->nlimbo + limbo_weight(m, off));
   fp__shm_hlog(m, h, slot, 0);
   fp__shm_hcommit(h);
+  spans_add(h, (int64_t)limbo_weight(m, off) - 1);
 }
 
 void fp__shm_retire(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
@@ -304,18 +315,31 @@ static uint64_t collect_own(fp_manager *m, fp__shm_heap *h) {
  * thread can use. While a call of another thread holds the epoch back (a
  * thread descheduled inside a call, on a busy machine), a writer replacing
  * large values would keep retiring them, and could park most of the
- * arena where its peers' allocations fail with FP_ENOMEM. A heap that
- * still holds HOARD_WEIGHT after collecting (a quarter of the arena in
- * spans) waits, unpinned and holding no lock, for the pins to let the
- * epoch move -- a bounded while: the call holding it back may be a long
- * one (a foreach callback). */
-#define HOARD_WEIGHT (4 * FP__SHM_LIMBO_TRIGGER)
+ * arena where its peers' allocations fail with FP_ENOMEM. While the
+ * heaps' limbo holds spans of pages worth a quarter of the arena, a heap
+ * that holds a 64th itself waits after collecting, unpinned and holding
+ * no lock, for the pins to let the epoch move -- a bounded while: the
+ * call holding it back may be a long one (a foreach callback). Small
+ * chunks never make a heap wait: they hold little. */
+#define HOARD_OWN 16    /* this heap's spans: a 64th of the arena, */
+#define HOARD_TOTAL 256 /* all heaps' spans together: a quarter */
 #define HOARD_WAIT_NS 20000000L
+
+static int hoarding(fp_manager *m, fp__shm_heap *h) {
+  uint64_t own = atomic_load_explicit(&h->nlimbo_spans, memory_order_relaxed);
+  uint64_t total = 0, hw = atomic_load(&m->heap_hw);
+  if (own < HOARD_OWN)
+    return 0;
+  for (uint64_t i = 0; i < hw && total < HOARD_TOTAL; i++)
+    total += atomic_load_explicit(&fp__shm_heap_at(m, (int)i)->nlimbo_spans,
+                                  memory_order_relaxed);
+  return total >= HOARD_TOTAL;
+}
 
 static uint64_t wait_out_hoard(fp_manager *m, fp__shm_heap *h, uint64_t e) {
   struct timespec since;
   clock_gettime(CLOCK_MONOTONIC, &since);
-  for (int k = 0; h->nlimbo >= HOARD_WEIGHT; k++) {
+  for (int k = 0; hoarding(m, h); k++) {
     if (secs_since(&since) * 1e9 >= (double)HOARD_WAIT_NS)
       break;
     if (k < 8)
@@ -336,7 +360,7 @@ void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
     for (int b = 0; b < 3; b++)
       if (h->limbo[b] != 0 && h->limbo_epoch[b] + 2 <= e)
         unlimbo_all(m, h, b);
-  if (h->nlimbo >= HOARD_WEIGHT)
+  if (hoarding(m, h))
     e = wait_out_hoard(m, h, e);
   while (collect_global(m, h, e))
     ;
@@ -350,7 +374,7 @@ void fp__shm_collect(fp_manager *m, fp__shm_heap *h, uint64_t min) {
 static void limbo_move(fp_manager *m, fp__shm_heap *d, int b,
                        fp__shm_heap *to) {
   uint64_t head = d->limbo[b], tail = head, t = d->limbo_epoch[b];
-  uint64_t n = limbo_weight(m, head);
+  uint64_t n = limbo_weight(m, head), chunks = 1;
   uint64_t *list = to != NULL ? to->limbo : m->glimbo;
   uint64_t *epoch = to != NULL ? to->limbo_epoch : m->glimbo_epoch;
   int g = (int)(t % 3);
@@ -358,7 +382,10 @@ static void limbo_move(fp_manager *m, fp__shm_heap *d, int b,
   while (*(uint64_t *)fp__shm_ptr(m, tail) != 0) {
     tail = *(uint64_t *)fp__shm_ptr(m, tail);
     n += limbo_weight(m, tail);
+    chunks++;
   }
+  if (to != NULL)
+    spans_add(to, (int64_t)(n - chunks));
   fp__shm_alog(m, fp__shm_ptr(m, tail), list[g]);
   fp__shm_alog(m, &list[g], head);
   if (epoch[g] < t)
@@ -384,6 +411,7 @@ void fp__shm_heap_drain(fp_manager *m, fp__shm_heap *h, fp__shm_heap *d) {
       limbo_move(m, d, b, d != h ? h : NULL);
   fp__shm_acommit(m);
   fp__shm_aunlock(m);
+  atomic_store_explicit(&d->nlimbo_spans, 0, memory_order_relaxed);
 }
 
 /* --- making room ---------------------------------------------------------- */
