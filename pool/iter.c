@@ -93,7 +93,7 @@ static void queue_chunk_locked(fp_pool *pool, fp_iter *it, fp__job *job,
   ch->seq = ++pool->next_seq;
   job->n_items += count;
   fp__sched_enqueue_locked(pool, ch);
-  it->produced += count;
+  atomic_fetch_add(&it->produced, (int64_t)count);
 }
 
 /* Produces one chunk of at most `limit` items and queues it. Returns 1 to

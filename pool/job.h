@@ -157,7 +157,9 @@ struct fp_iter {
   uint32_t cur_pos;         /* item within cur */
   fp_reader cur_rd;         /* over cur->res */
   size_t cur_err;           /* next error record in cur */
-  int64_t produced, consumed;
+  _Atomic int64_t produced; /* the producer's side writes it (the
+                               consumer's thread, or a joining one) */
+  int64_t consumed;
   int finished;             /* the job ended (all chunks delivered) */
   int final_code;           /* job-level failure (terminate, producer) */
   char *final_msg;
@@ -168,7 +170,7 @@ struct fp_iter {
                            once, and none after fp_iter_free */
   fp_producer_fn producer;
   void *parg;
-  int producer_done;
+  _Atomic int producer_done; /* read unlocked by the consumer */
   size_t readahead;
   size_t chunksize;
 };
