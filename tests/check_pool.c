@@ -975,6 +975,72 @@ START_TEST(imap_producer_bounded_memory) {
 }
 END_TEST
 
+/* fp_pool_join after close reads the rest of a producer imap's input on
+ * its own thread while another thread still consumes the iterator: every
+ * item arrives once, in order, and (under TSan) nothing races. */
+typedef struct slow_src {
+  atomic_long next;
+  long end;
+} slow_src;
+
+static int produce_slowly(void *arg, fp_writer *w) {
+  slow_src *s = arg;
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do /* a producer that takes a little while per item */
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+         100000);
+  long i = atomic_load(&s->next);
+  if (i >= s->end)
+    return 0;
+  atomic_store(&s->next, i + 1);
+  return fp_write_int(w, i) == 0 ? 1 : -1;
+}
+
+typedef struct consumer_arg {
+  fp_iter *it;
+  atomic_long taken;
+  long bad;
+  int rc;
+} consumer_arg;
+
+static void *consume_all(void *arg) {
+  consumer_arg *c = arg;
+  fp_reader rd;
+  int64_t v;
+  while ((c->rc = fp_iter_next(c->it, &rd, 60)) == 0) {
+    long k = atomic_load(&c->taken);
+    c->bad += fp_read_int(&rd, &v) != 0 || v != k;
+    atomic_store(&c->taken, k + 1);
+  }
+  return NULL;
+}
+
+START_TEST(imap_producer_consumed_while_join_reads_the_rest) {
+  fp_pool *p = new_pool(2);
+  slow_src src = {0, 400};
+  fp_call_opts co = {0};
+  co.readahead = 2;
+  consumer_arg c = {0};
+  ck_assert_int_eq(
+      fp_pool_imap_producer(p, t_ident, produce_slowly, &src, &co, &c.it), 0);
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, consume_all, &c), 0);
+  /* Close once the consumer is under way (bounded wait on its count). */
+  for (int k = 0; k < 20000 && atomic_load(&c.taken) < 10; k++)
+    sched_yield();
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  pthread_join(t, NULL);
+  ck_assert_int_eq(c.rc, FP_EOF);
+  ck_assert_int_eq(atomic_load(&c.taken), 400);
+  ck_assert_int_eq(c.bad, 0);
+  fp_iter_free(c.it);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* A producer that writes a value and then says "end", or cuts what the
  * writer held (the chunk's earlier items), breaks the chunk: the iteration
  * ends with FP_EPROTO, and no worker ever sees the broken chunk (sent, it
@@ -1608,6 +1674,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, imap_item_failure_continues);
   tcase_add_test(tc, imap_producer_bounded_memory);
   tcase_add_test(tc, imap_producer_protocol_breaches_end_with_eproto);
+  tcase_add_test(tc, imap_producer_consumed_while_join_reads_the_rest);
   tcase_add_test(tc, async_and_stream_calls_reject_bad_arguments);
   suite_add_tcase(s, tc);
 
