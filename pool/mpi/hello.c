@@ -19,9 +19,9 @@
 
 #define HELLO_TIMEOUT_S 60
 
-void fp__mpi_bye_all(const fp__mpi_world *w, const int *want) {
+void fp__mpi_bye_all(const fp__mpi_world *w, const int *said) {
   for (int r = 1; r < w->size; r++)
-    if (want == NULL || want[r] == 1)
+    if (said == NULL || said[r] != 2)
       fp__mpi_send_now(r, FP__M_BYE, 0, 0, 0, NULL, 0);
 }
 

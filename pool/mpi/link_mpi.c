@@ -187,6 +187,27 @@ static int mpi_open(fp__link **out, const fp__wconf *cfg,
   return 0;
 }
 
+/* A program that exits without freeing its MPI pool (returning from main,
+ * exit()) would leave the worker ranks serving forever, and mpirun with
+ * them; and MPI_Finalize would run beside our progress thread. At exit,
+ * the live link tells every rank BYE and stops its progress thread (the
+ * pool thread may still run: nothing is freed). Registered once, after
+ * world.c's finalize_at_exit, so it runs before it. */
+static void leave_at_exit(void) {
+  mlink *l = atomic_exchange(&fp__mpiw.live, NULL);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (l == NULL || finalized)
+    return;
+  fp__mprog_mute(&l->prog);
+  for (int r = 1; r < l->w->size; r++) {
+    fp__mbuf *m = fp__mbuf_new(r, FP__M_BYE, 0, 0, 0, 0);
+    if (m != NULL)
+      fp__mprog_post(&l->prog, m);
+  }
+  fp__mprog_halt(&l->prog, fp__mpi_now() + BYE_WAIT_NS);
+}
+
 static int mpi_start(fp__link *base, uv_loop_t *loop) {
   mlink *l = (mlink *)base;
   int rc = uv_async_init(loop, &l->in, on_incoming);
@@ -198,6 +219,11 @@ static int mpi_start(fp__link *base, uv_loop_t *loop) {
     return rc;
   }
   l->started = 1;
+  atomic_store(&l->w->live, l);
+  if (!l->w->exit_hooked) {
+    l->w->exit_hooked = 1;
+    atexit(leave_at_exit);
+  }
   return 0;
 }
 
@@ -328,6 +354,10 @@ static void say_bye(mlink *l) {
 
 static void mpi_free(fp__link *base) {
   mlink *l = (mlink *)base;
+  void *expected = l;
+  if (l->started &&
+      !atomic_compare_exchange_strong(&l->w->live, &expected, NULL))
+    return; /* exiting: leave_at_exit said BYE and stopped the thread */
   if (l->started) {
     say_bye(l);
     fp__mprog_stop(&l->prog, fp__mpi_now() + BYE_WAIT_NS);

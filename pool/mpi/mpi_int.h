@@ -28,6 +28,7 @@
 #include "pool/transport.h"
 
 #include <mpi.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdint.h>
 
@@ -135,6 +136,10 @@ fp__mbuf *fp__mprog_wait(fp__mprog *p, int64_t deadline_ns);
 /* Sends what is queued (until deadline_ns at most), stops the thread and
  * frees what it held. After it, MPI may be called by the caller again. */
 void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns);
+/* The same, but keeps the queues and their lock: other threads may still
+ * post and take (nothing is sent any more). For leaving at exit, while
+ * the pool thread may still run. */
+void fp__mprog_halt(fp__mprog *p, int64_t deadline_ns);
 
 /* ---- the world (world.c) --------------------------------------------------- */
 
@@ -147,6 +152,10 @@ typedef struct fp__mpi_world {
   int *base, *count;      /* first scheduler slot, slots */
   char (*host)[FP__MPI_HOST];
   int total;
+  /* rank 0: the MPI link while it lives, so that a program that exits
+   * without freeing its pool still ends the worker ranks (link_mpi.c) */
+  void *_Atomic live;
+  int exit_hooked;
 } fp__mpi_world;
 
 /* The process's MPI world: MPI itself is process-wide state. */
@@ -160,11 +169,12 @@ int fp__mpi_send_now(int peer, int op, int slot, int pid, int arg,
 
 /* rank 0 (hello.c): waits for every worker rank's HELLO, bounded; fills
  * the world's slot map. Returns 0 or an error (last error set); on error
- * every rank that said hello is told BYE. */
+ * every rank but those that said they cannot serve is told BYE: also one
+ * that has not said HELLO yet (it gets the BYE once it serves). */
 int fp__mpi_hello_gather(fp__mpi_world *w, const fp_pool_opts *opts);
-/* rank 0: tells every worker rank r with want[r] == 1 (want NULL: all) to
- * leave, from the calling thread. */
-void fp__mpi_bye_all(const fp__mpi_world *w, const int *want);
+/* rank 0: tells every worker rank to leave, from the calling thread, but
+ * those with said[r] == 2 (they leave on their own; said NULL: all). */
+void fp__mpi_bye_all(const fp__mpi_world *w, const int *said);
 
 /* worker ranks (rank.c): serves the pool, then finalizes MPI and exits
  * with status 0 (1 when the rank could not serve). */

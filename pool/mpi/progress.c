@@ -261,7 +261,7 @@ fp__mbuf *fp__mprog_wait(fp__mprog *p, int64_t deadline_ns) {
   return m;
 }
 
-void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns) {
+void fp__mprog_halt(fp__mprog *p, int64_t deadline_ns) {
   if (!p->running)
     return;
   pthread_mutex_lock(&p->mu);
@@ -271,6 +271,12 @@ void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns) {
   pthread_mutex_unlock(&p->mu);
   pthread_join(p->thread, NULL);
   p->running = 0;
+}
+
+void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns) {
+  if (!p->running)
+    return;
+  fp__mprog_halt(p, deadline_ns);
   list_free(p->out);
   list_free(p->in);
   p->out = p->out_tail = p->in = p->in_tail = NULL;

@@ -42,6 +42,8 @@ run "CPU lists refused" $MPIRUN -n 3 "$T/refuse" --pin-list
 run "close/join through dlopen" env FP_MPI_LIBRARY="$B/libforkpool_mpi.so.0" \
   $MPIRUN -x FP_MPI_LIBRARY -n 3 "$T/nolink_close"
 run "no MPI library" "$T/nolink_missing"
+run "exit without fp_pool_free" $MPIRUN -n 3 "$T/leave" --no-free
+run "a rank too late for rank 0" $MPIRUN -n 3 "$T/leave" --late
 
 echo "== the core does not link MPI"
 if objdump -p "$B/libforkpool.so" | grep -q 'NEEDED.*mpi'; then
@@ -50,7 +52,7 @@ else
   passed=$((passed + 1))
 fi
 echo "== nothing left running"
-left=$(ps -eo pid=,args= | grep -E "$T/(calls|refuse|nolink_)" | grep -v grep)
+left=$(ps -eo pid=,args= | grep -E "$T/(calls|refuse|leave|nolink_)" | grep -v grep)
 if [ -n "$left" ]; then
   echo "   left running:"; echo "$left"; failed=$((failed + 1))
 else
