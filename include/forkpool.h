@@ -805,8 +805,11 @@ FP_EXTERN int fp_pool_size(const fp_pool *pool);
 typedef struct fp_worker_info {
   pid_t pid;          /* current process of slot i, 0 while (re)starting
                          and once the pool was joined */
-  int cpu;            /* CPU it is pinned to, -1 when not pinned */
-  int last_cpu;       /* CPU it last ran a task on (sched_getcpu), or -1 */
+  int cpu;            /* CPU it is pinned to, -1 when not pinned (and
+                         over MPI, where its rank pins it on its node) */
+  int last_cpu;       /* CPU it last ran a task on (sched_getcpu), or -1
+                         (over MPI: known only for jobs with a time
+                         limit, whose running items the ranks report) */
   uint64_t tasks;     /* chunks completed by this slot, all processes */
   uint64_t restarts;  /* replacement processes started in this slot
                          (after a death or maxtasksperchild) */

@@ -267,9 +267,12 @@ static int plan_workers(fp_pool *pool) {
     fp__set_last_error(rc, err);
     return rc;
   }
+  /* Over MPI each worker rank plans its own node's CPUs: this plan (of
+   * rank 0's node) is not theirs, and rank 0 is not told theirs. */
+  int remote = pool->opts.transport == FP_TRANSPORT_MPI;
   for (int i = 0; i < n; i++) {
     pool->ws[i].index = i;
-    pool->ws[i].cpu = pool->cpu_of_worker[i];
+    pool->ws[i].cpu = remote ? -1 : pool->cpu_of_worker[i];
   }
   pool->wconf = (fp__wconf){
       .nworkers = n,
