@@ -470,14 +470,30 @@ static void take_errors(fp__chunk *ch, const unsigned char *errs,
 
 /* 1 when a fixed-size chunk's results have arrived but its range of the
  * caller's `out` cannot take them (read-only, unmapped): the chunk fails
- * with -EFAULT instead of the master crashing on the copy. */
-static int out_unwritable(const fp__chunk *ch, size_t len) {
-  const fp__job *job = ch->job;
+ * with -EFAULT instead of the master crashing on the copy. The job keeps
+ * the span of pages already found writable, which chunks mostly extend in
+ * order: a map of one-item chunks checks each page once, not each item
+ * (a system call each). */
+static int out_unwritable(fp__chunk *ch, size_t len) {
+  fp__job *job = ch->job;
   size_t want = (size_t)ch->count * job->out_size;
   if (job->wire != FP__WIRE_FIXED || want == 0 || len < want)
     return 0;
-  return fp__mem_writable(job->fixed_out + (size_t)ch->start * job->out_size,
-                          want) != 0;
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t a = (uintptr_t)(job->fixed_out + (size_t)ch->start * job->out_size);
+  uintptr_t lo = a & ~(page - 1), hi = (a + want + page - 1) & ~(page - 1);
+  if (lo >= job->out_ok_lo && hi <= job->out_ok_hi)
+    return 0;
+  if (fp__mem_writable((void *)a, want) != 0)
+    return 1;
+  if (hi >= job->out_ok_lo && lo <= job->out_ok_hi && job->out_ok_hi != 0) {
+    job->out_ok_lo = lo < job->out_ok_lo ? lo : job->out_ok_lo;
+    job->out_ok_hi = hi > job->out_ok_hi ? hi : job->out_ok_hi;
+  } else {
+    job->out_ok_lo = lo;
+    job->out_ok_hi = hi;
+  }
+  return 0;
 }
 
 /* Stores a chunk's result values (see fp__chunk_results_locked). */

@@ -84,6 +84,8 @@ struct fp__job {
   size_t in_size, out_size;
   const unsigned char *fixed_in; /* FIXED: caller's arrays (not copied) */
   unsigned char *fixed_out;
+  uintptr_t out_ok_lo, out_ok_hi; /* FIXED: pages of fixed_out found
+                                     writable so far (job.c) */
   unsigned char *input;         /* values: the items (copied, possibly
                                    into in_small, or borrowed) */
   size_t input_len;
