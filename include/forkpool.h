@@ -3,10 +3,11 @@
  *
  * forkpool gives C programs what Python's multiprocessing.Pool gives Python
  * programs: a master process forks worker processes and hands them work
- * through a small length-prefixed codec, with map, starmap, apply,
- * apply_async, map_async, imap, close, terminate and join; plus Manager-style
- * shared dict, list, counter and lock living in shared memory, and CPU
- * affinity control.
+ * through a small length-prefixed codec, with map (fixed-size arrays and
+ * codec values), starmap, apply, their async forms, imap and
+ * imap_unordered (also fed by a producer), close, terminate and join; plus
+ * Manager-style shared dict, list, counter, lock and raw arrays living in
+ * shared memory, CPU affinity control and progress output.
  *
  * Conventions used by every call below:
  *   - Functions return int: 0 (or a documented non-negative value) on
@@ -769,18 +770,21 @@ typedef struct fp_call_opts {
 FP_EXTERN int fp_pool_new(fp_pool **out, const fp_pool_opts *opts);
 
 /* Stops accepting work (state CLOSE): queued work still runs, then workers
- * exit. Returns 0; calling it again, or after terminate, is harmless. */
+ * exit. Returns 0 (FP_EINVAL for NULL); calling it again, or after
+ * terminate, is harmless. */
 FP_EXTERN int fp_pool_close(fp_pool *pool);
 
 /* Kills the workers now (SIGTERM, then SIGKILL after kill_grace) and fails
  * every unfinished result with FP_ECANCELED (state TERMINATE). Returns once
  * every worker is dead, even if tasks ignore SIGTERM or run forever.
- * Harmless when repeated. */
+ * Harmless when repeated. Returns 0, or FP_EINVAL for NULL or from a
+ * callback (the pool thread cannot wait for itself). */
 FP_EXTERN int fp_pool_terminate(fp_pool *pool);
 
 /* Waits until the workers, the fork server and the pool thread are gone.
  * Only after fp_pool_close() or fp_pool_terminate(): in state RUN it
- * returns FP_EINVAL (CPython raises ValueError). Returns 0. After close,
+ * returns FP_EINVAL (CPython raises ValueError), as for NULL or from a
+ * callback. Returns 0. After close,
  * queued work finishes first, and so does every producer-fed imap: join
  * reads what is left of its input, calling the producer on this thread
  * without the read-ahead bound (as CPython's task handler exhausts imap's
@@ -925,9 +929,11 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
  * FP_EAGAIN when none arrived within `timeout` seconds (call again), or
  * that item's failure code (FP_ETIMEDOUT only for an item that hit its
  * time limit; fp_iter_error() has its message, and the iteration goes on
- * with the next call, as Python's imap re-raises and continues). A producer's error ends the
- * iteration with that code. Inside a result callback (the pool thread,
- * which delivers the items) a call that would wait returns FP_EINVAL. */
+ * with the next call, as Python's imap re-raises and continues). A
+ * producer's error ends the iteration with that code. FP_EINVAL for NULL
+ * or a NaN timeout; inside a callback (the pool thread, which delivers
+ * the items), or in a forked copy of the master, a call that would wait
+ * returns FP_EINVAL too. */
 FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 
 /* Input index of the item last returned by fp_iter_next (useful with
@@ -944,10 +950,13 @@ FP_EXTERN void fp_iter_free(fp_iter *it);
 
 /* Waits up to `timeout` seconds and returns the job's outcome: 0 on
  * success, its error code on failure, FP_ETIMEDOUT if not ready yet (a
- * later call may succeed). */
+ * later call may succeed). FP_EINVAL for NULL or a NaN timeout, and for a
+ * wait that could never end: another result's, inside a callback; one in
+ * a forked copy of the master. */
 FP_EXTERN int fp_result_get(fp_result *res, double timeout);
 
-/* Waits up to `timeout`; returns 0 when ready, FP_ETIMEDOUT otherwise. */
+/* Waits up to `timeout`; returns 0 when ready, FP_ETIMEDOUT otherwise,
+ * FP_EINVAL as fp_result_get. */
 FP_EXTERN int fp_result_wait(fp_result *res, double timeout);
 
 /* Returns 1 when ready, 0 when not (never blocks), FP_EINVAL for NULL. */
@@ -963,8 +972,9 @@ FP_EXTERN int fp_result_successful(fp_result *res);
  * error code when it failed. */
 FP_EXTERN int fp_result_value(fp_result *res, fp_reader *rd);
 
-/* The failure message ("item 17: worker 4242 killed by SIGSEGV"), or NULL
- * when not ready or successful. Owned by the result. */
+/* The failure message ("item 17: worker 1 (pid 4242) killed by signal
+ * SIGSEGV (Segmentation fault) while running it"), or NULL when not ready
+ * or successful. Owned by the result. */
 FP_EXTERN const char *fp_result_error(fp_result *res);
 
 /* Input index of the failing item, or -1. */
@@ -1205,6 +1215,7 @@ FP_EXTERN int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out);
  * call (an appended item is built before it is taken), so appends from
  * several processes take turns. Common errors as for the dict. */
 
+/* Creates an empty list in m: as fp_dict_new. */
 FP_EXTERN int fp_list_new(fp_manager *m, fp_list **out);
 /* Destroys the list as fp_dict_destroy does a dict. */
 FP_EXTERN int fp_list_destroy(fp_list *l);
@@ -1244,13 +1255,19 @@ FP_EXTERN int fp_list_clear(fp_list *l);
  * list(shared_list)). */
 FP_EXTERN int fp_list_snapshot(fp_list *l, fp_writer *out);
 
+/* Refs as fp_dict_ref / fp_dict_from_ref. */
 FP_EXTERN uint64_t fp_list_ref(const fp_list *l);
 FP_EXTERN int fp_list_from_ref(fp_manager *m, uint64_t ref, fp_list **out);
 
 /* --- counter: lock-free int64 (Python's Value('i')) --------------------- */
 /* Each call is one C11 atomic operation on an aligned int64 in the arena:
- * nothing to repair when a process dies, never blocks. */
+ * nothing to repair when a process dies, never blocks. Every call returns
+ * FP_EINVAL for a NULL argument or a counter that was destroyed, FP_ETYPE
+ * for a handle of another kind. */
 
+/* Creates a counter holding `initial`: 0 and *out, FP_ENOMEM (arena full)
+ * or FP_EINVAL. Destroy: 0, then every call on it (a second destroy
+ * included) gives FP_EINVAL. */
 FP_EXTERN int fp_counter_new(fp_manager *m, int64_t initial, fp_counter **out);
 FP_EXTERN int fp_counter_destroy(fp_counter *c);
 
@@ -1258,6 +1275,7 @@ FP_EXTERN int fp_counter_destroy(fp_counter *c);
  * (may be NULL). */
 FP_EXTERN int fp_counter_add(fp_counter *c, int64_t delta,
                              int64_t *new_value);
+/* Reads the value into *value / stores value: 0 or an error above. */
 FP_EXTERN int fp_counter_get(fp_counter *c, int64_t *value);
 FP_EXTERN int fp_counter_set(fp_counter *c, int64_t value);
 
@@ -1267,6 +1285,7 @@ FP_EXTERN int fp_counter_set(fp_counter *c, int64_t value);
 FP_EXTERN int fp_counter_cas(fp_counter *c, int64_t *expected,
                              int64_t desired);
 
+/* Refs as fp_dict_ref / fp_dict_from_ref. */
 FP_EXTERN uint64_t fp_counter_ref(const fp_counter *c);
 FP_EXTERN int fp_counter_from_ref(fp_manager *m, uint64_t ref,
                                   fp_counter **out);
@@ -1275,6 +1294,9 @@ FP_EXTERN int fp_counter_from_ref(fp_manager *m, uint64_t ref,
 /* Ownership belongs to the calling thread (a pthread mutex), not to the
  * process. Not recursive. */
 
+/* Creates an unlocked lock: 0 and *out, FP_ENOMEM or FP_EINVAL. Destroy:
+ * 0 (also while someone holds it: make sure nobody does), then every call
+ * on it gives FP_EINVAL; FP_ETYPE for a handle of another kind. */
 FP_EXTERN int fp_lock_new(fp_manager *m, fp_lock **out);
 FP_EXTERN int fp_lock_destroy(fp_lock *l);
 
@@ -1289,6 +1311,7 @@ FP_EXTERN int fp_lock_acquire(fp_lock *l, double timeout);
 /* Releases the lock. FP_EPERM when the calling thread does not hold it. */
 FP_EXTERN int fp_lock_release(fp_lock *l);
 
+/* Refs as fp_dict_ref / fp_dict_from_ref. */
 FP_EXTERN uint64_t fp_lock_ref(const fp_lock *l);
 FP_EXTERN int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out);
 
@@ -1297,6 +1320,10 @@ FP_EXTERN int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out);
  * write directly. No locking: coordinate with an fp_lock, atomics, or by
  * giving each task its own slice. */
 
+/* Creates an array of `size` bytes (0 allowed): 0 and *out, FP_EMSGSIZE
+ * (larger than the arena could ever hold), FP_ENOMEM (no room now) or
+ * FP_EINVAL. Destroy: 0, then every call on it gives FP_EINVAL; FP_ETYPE
+ * for a handle of another kind. */
 FP_EXTERN int fp_array_new(fp_manager *m, size_t size, fp_array **out);
 FP_EXTERN int fp_array_destroy(fp_array *a);
 
@@ -1304,6 +1331,7 @@ FP_EXTERN int fp_array_destroy(fp_array *a);
 FP_EXTERN void *fp_array_data(fp_array *a);
 FP_EXTERN size_t fp_array_size(const fp_array *a);
 
+/* Refs as fp_dict_ref / fp_dict_from_ref. */
 FP_EXTERN uint64_t fp_array_ref(const fp_array *a);
 FP_EXTERN int fp_array_from_ref(fp_manager *m, uint64_t ref, fp_array **out);
 

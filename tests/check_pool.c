@@ -57,6 +57,12 @@ static int t_fail_odd(const void *in, void *out) {
   return 0;
 }
 
+static int t_returns_7(const void *in, void *out) {
+  (void)in;
+  (void)out;
+  return 7; /* not an error code */
+}
+
 static int t_add(fp_reader *args, fp_writer *out) {
   int64_t a, b;
   int rc = fp_unpack(args, "i i", &a, &b);
@@ -590,6 +596,11 @@ START_TEST(map_failure_names_lowest_item_and_completes_others) {
   ck_assert_int_eq(fp_result_get(r, 30), FP_ETASK);
   ck_assert_int_eq(fp_result_error_index(r), 11);
   fp_result_free(r);
+  /* A positive return is FP_ETASK, and the message says what it was. */
+  ck_assert_int_eq(fp_pool_map(p, t_returns_7, in, 1, 8, out, 8, NULL),
+                   FP_ETASK);
+  ck_assert_msg(strstr(fp_last_error(), "item 0: task returned 7") != NULL,
+                "%s", fp_last_error());
   fp_pool_free(p);
 }
 END_TEST

@@ -229,6 +229,9 @@ static void item_failed(worker *w, int64_t index, int rc) {
   char buf[FP__MSG_LEN + 64];
   if (g_msg_set)
     snprintf(buf, sizeof(buf), "item %lld: %s", (long long)index, g_msg);
+  else if (rc > 0) /* not an error code: reported as FP_ETASK */
+    snprintf(buf, sizeof(buf), "item %lld: task returned %d (a task returns "
+             "0 or a negative code)", (long long)index, rc);
   else
     snprintf(buf, sizeof(buf), "item %lld: task returned %s (%s)",
              (long long)index, fp_err_name(rc), fp_strerror(rc));
