@@ -25,8 +25,11 @@
 #include <stdio.h>
 #include <string.h>
 
+/* NULL sets are refused like any bad argument: an empty set to read,
+ * FP_EINVAL to write. */
 void fp_cpuset_zero(fp_cpuset *set) {
-  memset(set, 0, sizeof *set);
+  if (set != NULL)
+    memset(set, 0, sizeof *set);
 }
 
 static int cpu_ok(int cpu) {
@@ -34,6 +37,8 @@ static int cpu_ok(int cpu) {
 }
 
 int fp_cpuset_set(fp_cpuset *set, int cpu) {
+  if (set == NULL)
+    return FP_EINVAL;
   if (!cpu_ok(cpu))
     return FP_ERANGE;
   set->bits[cpu / 64] |= UINT64_C(1) << (cpu % 64);
@@ -41,6 +46,8 @@ int fp_cpuset_set(fp_cpuset *set, int cpu) {
 }
 
 int fp_cpuset_clear(fp_cpuset *set, int cpu) {
+  if (set == NULL)
+    return FP_EINVAL;
   if (!cpu_ok(cpu))
     return FP_ERANGE;
   set->bits[cpu / 64] &= ~(UINT64_C(1) << (cpu % 64));
@@ -48,13 +55,15 @@ int fp_cpuset_clear(fp_cpuset *set, int cpu) {
 }
 
 int fp_cpuset_isset(const fp_cpuset *set, int cpu) {
-  if (!cpu_ok(cpu))
+  if (set == NULL || !cpu_ok(cpu))
     return 0;
   return (int)((set->bits[cpu / 64] >> (cpu % 64)) & 1);
 }
 
 int fp_cpuset_count(const fp_cpuset *set) {
   int n = 0;
+  if (set == NULL)
+    return 0;
   for (size_t i = 0; i < FP_CPU_MAX / 64; i++)
     n += __builtin_popcountll(set->bits[i]);
   return n;
@@ -63,7 +72,7 @@ int fp_cpuset_count(const fp_cpuset *set) {
 /* Walks the words, skipping whole words by their population count, then
  * clears the lowest set bit of the target word n times. */
 int fp_cpuset_nth(const fp_cpuset *set, int n) {
-  if (n < 0)
+  if (set == NULL || n < 0)
     return -1;
   for (size_t i = 0; i < FP_CPU_MAX / 64; i++) {
     uint64_t w = set->bits[i];
@@ -80,6 +89,8 @@ int fp_cpuset_nth(const fp_cpuset *set, int n) {
 }
 
 int fp_cpuset_equal(const fp_cpuset *a, const fp_cpuset *b) {
+  if (a == NULL || b == NULL)
+    return a == b;
   return memcmp(a->bits, b->bits, sizeof a->bits) == 0;
 }
 

@@ -415,11 +415,12 @@ typedef struct fp_cpuset {
   uint64_t bits[FP_CPU_MAX / 64];
 } fp_cpuset;
 
-/* Clears every CPU of *set. */
+/* Clears every CPU of *set. A NULL set is ignored here, read as empty by
+ * the queries below, and FP_EINVAL for fp_cpuset_set/clear. */
 FP_EXTERN void fp_cpuset_zero(fp_cpuset *set);
 
 /* Adds / removes CPU cpu. Returns 0, or FP_ERANGE when cpu is outside
- * 0..FP_CPU_MAX-1 (the set is then unchanged). */
+ * 0..FP_CPU_MAX-1 (the set is then unchanged), FP_EINVAL for NULL. */
 FP_EXTERN int fp_cpuset_set(fp_cpuset *set, int cpu);
 FP_EXTERN int fp_cpuset_clear(fp_cpuset *set, int cpu);
 
@@ -433,7 +434,8 @@ FP_EXTERN int fp_cpuset_count(const fp_cpuset *set);
  * or -1 when the set holds n CPUs or fewer (or n < 0). */
 FP_EXTERN int fp_cpuset_nth(const fp_cpuset *set, int n);
 
-/* Returns 1 when the two sets hold the same CPUs, else 0. */
+/* Returns 1 when the two sets hold the same CPUs, else 0 (two NULLs are
+ * equal, NULL and a set are not). */
 FP_EXTERN int fp_cpuset_equal(const fp_cpuset *a, const fp_cpuset *b);
 
 /* Parses a Linux cpu-list string ("0-3,8,10-11", the syntax of

@@ -249,15 +249,19 @@ static int plan_workers(fp_pool *pool) {
   pool->cpu_of_worker = malloc(sizeof(int) * (size_t)n);
   pool->start_fail_ns =
       calloc((size_t)pool->opts.max_restarts + 1, sizeof(int64_t));
+  if (pool->opts.pin_ncpus > SIZE_MAX / sizeof(int)) {
+    fp__set_last_error(FP_EINVAL, "pin_ncpus is larger than any array");
+    return FP_EINVAL;
+  }
   if (pool->opts.pin_ncpus > 0 && pool->opts.pin_cpus != NULL) {
     pool->pin_cpus = malloc(sizeof(int) * pool->opts.pin_ncpus);
-    if (pool->pin_cpus)
-      memcpy(pool->pin_cpus, pool->opts.pin_cpus,
-             sizeof(int) * pool->opts.pin_ncpus);
+    if (pool->pin_cpus == NULL)
+      return FP_ENOMEM;
+    memcpy(pool->pin_cpus, pool->opts.pin_cpus,
+           sizeof(int) * pool->opts.pin_ncpus);
     pool->opts.pin_cpus = pool->pin_cpus;
   }
-  if (!pool->ws || !pool->cpu_of_worker || !pool->start_fail_ns ||
-      (pool->opts.pin_ncpus > 0 && pool->opts.pin_cpus && !pool->pin_cpus))
+  if (!pool->ws || !pool->cpu_of_worker || !pool->start_fail_ns)
     return FP_ENOMEM;
   char err[256] = "";
   int rc = fp__affinity_plan(pool->opts.pin, pool->opts.pin_cpus,

@@ -144,6 +144,36 @@ START_TEST(cpuset_helpers_work_and_range_check) {
 }
 END_TEST
 
+/* A NULL set is a bad argument: never a crash. */
+START_TEST(cpuset_helpers_refuse_null) {
+  fp_cpuset s;
+  fp_cpuset_zero(&s);
+  fp_cpuset_zero(NULL);
+  ck_assert_int_eq(fp_cpuset_set(NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_cpuset_clear(NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_cpuset_isset(NULL, 0), 0);
+  ck_assert_int_eq(fp_cpuset_count(NULL), 0);
+  ck_assert_int_eq(fp_cpuset_nth(NULL, 0), -1);
+  ck_assert_int_eq(fp_cpuset_equal(NULL, &s), 0);
+  ck_assert_int_eq(fp_cpuset_equal(NULL, NULL), 1);
+}
+END_TEST
+
+/* A pin list count no array can have is refused, not overflowed. */
+START_TEST(pin_list_count_overflow_is_einval) {
+  static const int cpus[4] = {0};
+  fp_pool_opts o = {0};
+  fp_pool *p = (fp_pool *)1;
+  o.processes = 1;
+  o.pin = FP_PIN_LIST;
+  o.pin_cpus = cpus;
+  o.pin_ncpus = SIZE_MAX / 4 + 2;
+  ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
+  ck_assert_ptr_null(p);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "pin_ncpus"));
+}
+END_TEST
+
 /* ---- cpu-list parsing --------------------------------------------------- */
 
 START_TEST(cpulist_parse_valid_list) {
@@ -853,6 +883,8 @@ Suite *affinity_suite(void) {
   tcase_set_timeout(tc, 10);
   tcase_add_checked_fixture(tc, NULL, fp_test_no_children);
   tcase_add_test(tc, cpuset_helpers_work_and_range_check);
+  tcase_add_test(tc, cpuset_helpers_refuse_null);
+  tcase_add_test(tc, pin_list_count_overflow_is_einval);
   tcase_add_test(tc, cpulist_parse_valid_list);
   tcase_add_test(tc, cpulist_parse_single_cpu);
   tcase_add_test(tc, cpulist_parse_overlapping_and_blanks);
