@@ -522,14 +522,30 @@ int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
  * the caller cannot write) changes nothing, the copies fault as before. */
 #define PREFAULT_MIN_BYTES (256 * 1024)
 
-static void prefault_output(void *out, size_t bytes) {
+#define PREFAULT_STEP_BYTES (256 * 1024)
+
+/* The whole pages of out, a step at a time; each step that succeeds also
+ * tells the result that those pages take stores (job.c checks each
+ * chunk's range of out before storing it, and then needs no system call
+ * of its own for pages already done here). */
+static void prefault_output(fp_result *res, void *out, size_t bytes) {
 #ifdef MADV_POPULATE_WRITE
   uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
   uintptr_t lo = ((uintptr_t)out + page - 1) & ~(page - 1);
   uintptr_t hi = ((uintptr_t)out + bytes) & ~(page - 1);
-  if (bytes >= PREFAULT_MIN_BYTES && hi > lo)
-    (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+  if (bytes < PREFAULT_MIN_BYTES || hi <= lo)
+    return;
+  atomic_store_explicit(&res->out_pre_hi, lo, memory_order_relaxed);
+  atomic_store_explicit(&res->out_pre_lo, lo, memory_order_release);
+  for (uintptr_t p = lo; p < hi;) {
+    size_t len = hi - p < PREFAULT_STEP_BYTES ? hi - p : PREFAULT_STEP_BYTES;
+    if (madvise((void *)p, len, MADV_POPULATE_WRITE) != 0)
+      return; /* an old kernel, or memory the check will refuse */
+    p += len;
+    atomic_store_explicit(&res->out_pre_hi, p, memory_order_release);
+  }
 #else
+  (void)res;
   (void)out;
   (void)bytes;
 #endif
@@ -549,7 +565,7 @@ int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
     rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
   if (rc != 0)
     return fail_call(rc);
-  prefault_output(out, n * out_size);
+  prefault_output(res, out, n * out_size);
   return finish_blocking(res, NULL);
 }
 

@@ -484,6 +484,14 @@ static int out_unwritable(fp__chunk *ch, size_t len) {
   uintptr_t lo = a & ~(page - 1), hi = (a + want + page - 1) & ~(page - 1);
   if (lo >= job->out_ok_lo && hi <= job->out_ok_hi)
     return 0;
+  /* Pages the caller's prefault found writable (calls.c): pre_hi only
+   * grows once pre_lo is set, so a set pre_lo bounds a valid span. */
+  uintptr_t pre_lo = job->res == NULL ? 0
+                     : atomic_load_explicit(&job->res->out_pre_lo,
+                                            memory_order_acquire);
+  if (pre_lo != 0 && lo >= pre_lo &&
+      hi <= atomic_load_explicit(&job->res->out_pre_hi, memory_order_acquire))
+    return 0;
   if (fp__mem_writable((void *)a, want) != 0)
     return 1;
   if (hi >= job->out_ok_lo && lo <= job->out_ok_hi && job->out_ok_hi != 0) {

@@ -139,6 +139,10 @@ struct fp_result {
   void *arg;
   int after_progress; /* its job's last progress callback runs first, on
                          the pool thread: only that thread delivers it */
+  /* A blocking fixed-size map: pages [out_pre_lo, out_pre_hi) of `out`
+   * that the caller's prefault found writable so far (calls.c); the
+   * result checks chunks against them without a system call (job.c). */
+  _Atomic uintptr_t out_pre_lo, out_pre_hi;
   fp_result *done_next; /* the jobset's list of callbacks to run */
   unsigned char value_small[FP__INLINE_BYTES]; /* a small value */
 };

@@ -799,6 +799,43 @@ START_TEST(unwritable_output_fails_its_chunks) {
 }
 END_TEST
 
+/* A blocking map with an output of 256 KiB or more has its caller fault
+ * the output in while the workers run, and chunks inside what that
+ * prefault found writable skip their own check: the read-only page in the
+ * middle must still fail its chunk, and the pages after it be stored. */
+START_TEST(unwritable_page_in_a_prefaulted_output_fails_its_chunk) {
+  if (fp_test_under_valgrind())
+    return;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), per = page / 8;
+  size_t pages = 128, n = pages * per, bad = 64;
+  int64_t *in = calloc(n, 8);
+  for (size_t i = 0; i < n; i++)
+    in[i] = (int64_t)i;
+  int *status = calloc(n, sizeof(int));
+  int64_t *out = mmap(NULL, pages * page, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(out, MAP_FAILED);
+  ck_assert_int_eq(mprotect((char *)out + bad * page, page, PROT_READ), 0);
+  fp_pool *p = pool_n(2);
+  fp_call_opts co = {0};
+  co.chunksize = per;
+  co.item_status = status;
+  ck_assert_int_eq(fp_pool_map(p, e_plus1, in, n, 8, out, 8, &co), 0);
+  for (size_t i = 0; i < n; i++) {
+    if (i / per == bad) {
+      ck_assert_int_eq(status[i], -EFAULT);
+    } else {
+      ck_assert_int_eq(status[i], 0);
+      ck_assert_int_eq(out[i], (int64_t)i + 1);
+    }
+  }
+  fp_pool_free(p);
+  munmap(out, pages * page);
+  free(in);
+  free(status);
+}
+END_TEST
+
 /* The same through map_async into memory that turns read-only while the
  * job is queued (out of a string literal's kind: read-only from the
  * start), then a straight store into read-only static data. */
@@ -2362,6 +2399,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item02h", all_chunks_unreadable_one_worker_ends, 60);
   add_case(s, "item02i", unwritable_output_fails_its_chunks, 60);
   add_case(s, "item02j", readonly_output_async_fails_cleanly, 60);
+  add_case(s, "item02l", unwritable_page_in_a_prefaulted_output_fails_its_chunk,
+           60);
   add_case(s, "item02k", secret_memory_output_maps, 60);
   add_case(s, "item03a", huge_pool_task_timeout_means_forever, 60);
   add_case(s, "item03b", huge_call_timeout_means_forever, 60);
