@@ -332,6 +332,29 @@ START_TEST(skip_marks_are_claimed_or_withdrawn_once) {
 }
 END_TEST
 
+/* A mark set for a chunk the worker had already finished (a cancel that
+ * crossed its result) is never claimed; the chunk's RESULT withdraws it.
+ * Without that, 16 such cancels filled the marks and every later cancel
+ * of a queued chunk let it run (and of a running one sent no kill). */
+START_TEST(skip_marks_of_finished_chunks_are_withdrawn) {
+  fp__slot slot;
+  memset(&slot, 0, sizeof slot);
+  for (uint64_t q = 1; q <= 4 * FP__SLOT_SKIPS; q++) {
+    atomic_store(&slot.seq, 0); /* q finished: the worker is idle */
+    ck_assert_int_eq(fp__slot_skip(&slot, q), 0); /* marked, never claimed */
+    fp__slot_unskip(&slot, q);                    /* q's RESULT came */
+  }
+  for (int i = 0; i < FP__SLOT_SKIPS; i++)
+    ck_assert_uint_eq(atomic_load(&slot.skip[i]), 0);
+  /* A running chunk is still told apart from a queued one. */
+  atomic_store(&slot.seq, 1000);
+  ck_assert_int_eq(fp__slot_skip(&slot, 1000), 1);
+  ck_assert_int_eq(fp__slot_skip(&slot, 1001), 0);
+  atomic_store(&slot.seq, 1001);
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 1001), 1);
+}
+END_TEST
+
 Suite *ring_suite(void) {
   Suite *s = suite_create("ring");
   TCase *tc = tcase_create("core");
@@ -347,6 +370,7 @@ Suite *ring_suite(void) {
   tcase_add_test(tc, tring_stress_two_threads);
   tcase_add_test(tc, budget_drops_a_worker_that_died_counted_once);
   tcase_add_test(tc, skip_marks_are_claimed_or_withdrawn_once);
+  tcase_add_test(tc, skip_marks_of_finished_chunks_are_withdrawn);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -322,10 +322,17 @@ static void fs_spawn(fserver *fs, int slot) {
   }
 }
 
-/* Signals worker pid; an aimed signal carries the chunk it is for (the
- * worker's handler compares it with the chunk it runs). */
-static void send_kill(pid_t pid, int sig, uint64_t aim) {
+/* Signals worker pid of slot; an aimed signal is for one chunk. It is
+ * not sent at all when the worker is no longer running that chunk (an
+ * ignored signal would still interrupt the next task's system call with
+ * EINTR); it carries the chunk's seq for the worker's handler, which
+ * ignores it if the worker moved on between this check and delivery. */
+static void send_kill(fserver *fs, int slot, pid_t pid, int sig,
+                      uint64_t aim) {
   if (aim != 0) {
+    if (slot >= 0 && slot < fs->shm->nslots &&
+        atomic_load(&fs->shm->slots[slot].seq) != aim)
+      return;
     union sigval v = {.sival_ptr = (void *)(uintptr_t)aim};
     if (sigqueue(pid, sig, v) == 0 || errno == ESRCH)
       return;
@@ -347,7 +354,7 @@ static int fs_control(fserver *fs) {
   if (m.op == FP__FS_KILL && m.pid > 0) {
     for (int i = 0; i < fs->nkids; i++)
       if (fs->kids[i].pid == m.pid)
-        send_kill(m.pid, m.arg, m.aim);
+        send_kill(fs, m.slot, m.pid, m.arg, m.aim);
   } else if (m.op == FP__FS_SPAWN) {
     fs_spawn(fs, m.slot);
   }

@@ -111,6 +111,21 @@ _Static_assert((FP__LINK_MAX_BATCH + 1) * FP__TRING_MAX + 64 <= FP__TRING_SIZE,
 
 #define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
 
+/* Hands a RESULT to the scheduler. Its chunk is done, so a skip mark the
+ * master set for it once the worker had already finished it (a cancel
+ * that crossed the result) would never be claimed: it is withdrawn here,
+ * or the worker's 16 marks would fill up and later cancels stop working
+ * (local.h, fp__slot_skip). */
+static void result_in(llink *l, int slot, const unsigned char *p, size_t len,
+                      fp__rbuf *keep) {
+  if (len >= sizeof(fp__res_hdr)) {
+    fp__res_hdr rh;
+    memcpy(&rh, p, sizeof(rh));
+    fp__slot_unskip(&l->shm->slots[slot], rh.seq);
+  }
+  EV(l, result, slot, p, len, keep);
+}
+
 static void conn_on_io(uv_poll_t *h, int status, int events);
 
 /* ---- the control socket ---------------------------------------------------- */
@@ -177,7 +192,7 @@ static size_t deliver_result(conn *c, size_t off, const unsigned char *p,
       keep = (fp__rbuf){c->in, c->in_cap};
     }
   }
-  EV(l, result, c->slot, p, plen, nb ? &keep : NULL);
+  result_in(l, c->slot, p, plen, nb ? &keep : NULL);
   if (nb != NULL && keep.base == NULL) { /* the scheduler kept it */
     c->in = nb;
     c->in_cap = cap;
@@ -238,7 +253,7 @@ static void conn_part(conn *c, const unsigned char *p, size_t plen) {
   if (len < sizeof(fp__res_hdr) || buf[0] != FP__MSG_RESULT)
     EV(l, violation, c->slot, "PART frames that are not a RESULT");
   else
-    EV(l, result, c->slot, buf, len, &keep);
+    result_in(l, c->slot, buf, len, &keep);
   if (keep.base != NULL) /* not kept by the scheduler */
     fp__free(keep.base, keep.cap);
 }
@@ -378,7 +393,7 @@ static int ring_drain(llink *l, int slot) {
   while ((rc = fp__ring_next(r, &pos, &p, &len)) == 1) {
     got++;
     if (len > 0 && p[0] == FP__MSG_RESULT)
-      EV(l, result, slot, p, len, NULL);
+      result_in(l, slot, p, len, NULL);
     else
       EV(l, violation, slot, "unexpected message in the result ring");
   }

@@ -60,6 +60,10 @@ int fp__slot_claim_skip(fp__slot *s, uint64_t seq);
  * are dropped), 1 when it runs it. */
 int fp__slot_skip(fp__slot *s, uint64_t seq);
 
+/* Master side, when seq's RESULT comes: withdraws a mark for seq that the
+ * worker will never claim (it had finished seq when the mark was set). */
+void fp__slot_unskip(fp__slot *s, uint64_t seq);
+
 /* ---- result rings (ring.c) ------------------------------------------------
  *
  * Results of up to FP__RING_MAX bytes travel through a per-worker ring in

@@ -199,6 +199,13 @@ int fp__slot_claim_skip(fp__slot *s, uint64_t seq) {
   return 0;
 }
 
+void fp__slot_unskip(fp__slot *s, uint64_t seq) {
+  for (int i = 0; seq != 0 && i < FP__SLOT_SKIPS; i++) {
+    uint64_t e = seq;
+    atomic_compare_exchange_strong(&s->skip[i], &e, 0);
+  }
+}
+
 int fp__slot_skip(fp__slot *s, uint64_t seq) {
   for (int i = 0; i < FP__SLOT_SKIPS; i++) {
     uint64_t e = 0;
