@@ -132,6 +132,10 @@ START_TEST(freed_top_span_serves_a_larger_request) {
   ck_assert_int_eq(fp_array_destroy(b), 0);
   ck_assert_int_eq(fp_counter_destroy(c), 0);
   assert_consistent(m);
+  /* The footprint stays the high-water mark of what was touched. */
+  fp_manager_stats ms;
+  ck_assert_int_eq(fp_manager_stats_get(m, &ms), 0);
+  ck_assert_uint_ge(ms.footprint, 13u << 20);
 }
 END_TEST
 

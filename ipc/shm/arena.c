@@ -152,8 +152,10 @@ uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off) {
   uint64_t e, s;
   const slab *sl;
 
-  /* brk only grows, under the global lock; callers without it (a heap
-   * collecting its own retired chunks) read it as it was at some moment. */
+  /* brk changes under the global lock; a caller without it (a heap
+   * collecting its own retired chunks) reads it as it was at some moment,
+   * and never sees it below a chunk still allocated: only a free lowers
+   * it, past spans that are free. */
   if (off < m->heap || off >= __atomic_load_n(&m->brk, __ATOMIC_RELAXED) ||
       off % 16 != 0)
     return 0;
@@ -300,6 +302,8 @@ static uint64_t span_alloc(fp_manager *m, uint64_t n) {
     return 0;
   uint64_t off = m->brk;
   fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
+  if (m->brk > m->brk_high)
+    fp__shm_alog(m, &m->brk_high, m->brk);
   return off;
 }
 

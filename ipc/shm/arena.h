@@ -219,6 +219,8 @@ struct fp_manager {
   fp__shm_mutex mu __attribute__((aligned(64)));
   uint32_t pad;
   uint64_t brk;      /* [heap, brk) is carved into spans */
+  uint64_t brk_high; /* the highest brk so far (span_free may lower brk):
+                        the footprint of fp_manager_stats */
   uint64_t used;     /* bytes handed out: live, cached, retired */
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */

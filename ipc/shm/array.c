@@ -21,7 +21,15 @@ struct fp_array {
 
 _Static_assert(sizeof(struct fp_array) == ARRAY_HDR, "array header size");
 
+/* Sets the size inside the allocator's step (obj.c): a process killed
+ * around the step leaves no array or a whole one, never one of size 0. */
+static int init_array(void *obj, void *arg) {
+  ((fp_array *)obj)->size = *(const uint64_t *)arg;
+  return 0;
+}
+
 int fp_array_new(fp_manager *m, size_t size, fp_array **out) {
+  uint64_t want = size;
   void *o;
   int rc;
 
@@ -32,11 +40,10 @@ int fp_array_new(fp_manager *m, size_t size, fp_array **out) {
   if (size > FP__SHM_MAX_SIZE)
     return FP_EMSGSIZE;
   /* fp__shm_obj_new zero-fills the whole chunk. */
-  rc = fp__shm_obj_new(m, FP__SHM_ARRAY, ARRAY_HDR + (uint64_t)size, NULL, NULL,
-                       &o);
+  rc = fp__shm_obj_new(m, FP__SHM_ARRAY, ARRAY_HDR + (uint64_t)size,
+                       init_array, &want, &o);
   if (rc != 0)
     return rc;
-  ((fp_array *)o)->size = size;
   *out = o;
   return 0;
 }
