@@ -165,12 +165,15 @@ static void conn_closed(uv_handle_t *h) {
   free(c);
 }
 
+/* Stops polling first (uv_close takes the descriptor out of epoll at
+ * once), then closes the descriptor: closed first, its number could be
+ * reused by another thread before libuv's epoll_ctl(DEL) on it. */
 static void conn_close(conn *c) {
   if (c->closing)
     return;
   c->closing = 1;
-  fp__fdreg_close(c->fd);
   uv_close((uv_handle_t *)&c->poll, conn_closed);
+  fp__fdreg_close(c->fd);
 }
 
 /* Hands one RESULT frame at the start of c->in to the scheduler, letting
