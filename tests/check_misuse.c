@@ -514,19 +514,10 @@ END_TEST
  * times on a 2-CPU machine with the kill unaimed. */
 static atomic_long *g_starts; /* one counter per round, shared */
 
-static void spin_us(long us) {
-  struct timespec t0, t;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  do
-    clock_gettime(CLOCK_MONOTONIC, &t);
-  while ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 <
-         us);
-}
-
 static int spin_arg_us(fp_reader *args, fp_writer *out) {
   int64_t us = 0;
   fp_read_int(args, &us);
-  spin_us((long)us);
+  fp_test_spin_us((long)us);
   return fp_write_nil(out);
 }
 
@@ -534,7 +525,7 @@ static int counts_start(fp_reader *args, fp_writer *out) {
   int64_t round = 0;
   fp_read_int(args, &round);
   atomic_fetch_add(&g_starts[round], 1);
-  spin_us(3000);
+  fp_test_spin_us(3000);
   return fp_write_int(out, round);
 }
 
@@ -565,7 +556,7 @@ START_TEST(kill_for_one_job_never_hits_the_next) {
     ck_assert_int_eq(fp_pool_apply_async(p, spin_arg_us, &a, &ca, &ra), 0);
     ck_assert_int_eq(fp_pool_apply_async(p, counts_start, &b, NULL, &rb), 0);
     if (!timed) {
-      spin_us(rand_r(&seed) % 2500);
+      fp_test_spin_us(rand_r(&seed) % 2500);
       fp_result_cancel(ra);
     }
     fp_result_get(ra, 30);
@@ -592,12 +583,7 @@ END_TEST
  * (about one round in 400 of this test's loop). */
 static int busy_1ms(fp_reader *args, fp_writer *out) {
   (void)args;
-  struct timespec t0, t;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  do
-    clock_gettime(CLOCK_MONOTONIC, &t);
-  while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) <
-         1000000L);
+  fp_test_spin_us(1000);
   return fp_write_int(out, 1);
 }
 

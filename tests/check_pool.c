@@ -996,12 +996,7 @@ typedef struct slow_src {
 
 static int produce_slowly(void *arg, fp_writer *w) {
   slow_src *s = arg;
-  struct timespec t0, t;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  do /* a producer that takes a little while per item */
-    clock_gettime(CLOCK_MONOTONIC, &t);
-  while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
-         100000);
+  fp_test_spin_us(100); /* a producer that takes a little while per item */
   long i = atomic_load(&s->next);
   if (i >= s->end)
     return 0;
@@ -1118,12 +1113,7 @@ END_TEST
 /* About half a millisecond of work per item, so a job of a few hundred
  * items spans several of the reporter's 0.1 s ticks. */
 static int e_work(const void *in, void *out) {
-  struct timespec t0, t;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  do
-    clock_gettime(CLOCK_MONOTONIC, &t);
-  while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
-         500000);
+  fp_test_spin_us(500);
   *(int64_t *)out = *(const int64_t *)in * 2;
   return 0;
 }

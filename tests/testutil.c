@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <time.h>
 
 void fp_test_no_children(void) {
   int status;
@@ -36,4 +37,13 @@ int fp_test_under_sanitizer(void) {
 #else
   return 0;
 #endif
+}
+
+void fp_test_spin_us(long us) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 <
+         us);
 }

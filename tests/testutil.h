@@ -28,4 +28,8 @@ int fp_test_under_valgrind(void);
  * shadow memory and quarantine make meaningless. */
 int fp_test_under_sanitizer(void);
 
+/* Busy for `us` microseconds of the monotonic clock: a task's stand-in for
+ * work (never a way to wait for another thread or process). */
+void fp_test_spin_us(long us);
+
 #endif
