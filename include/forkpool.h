@@ -1254,7 +1254,9 @@ FP_EXTERN int64_t fp_list_len(fp_list *l);
 FP_EXTERN int fp_list_clear(fp_list *l);
 
 /* Appends one LIST value holding a snapshot of every item to out (Python's
- * list(shared_list)). */
+ * list(shared_list)). The snapshot adds one level of nesting: with an item
+ * nested FP_MAX_DEPTH lists deep, it fails with FP_EDEPTH, the writer's
+ * sticky error -- read such an item with fp_list_get. */
 FP_EXTERN int fp_list_snapshot(fp_list *l, fp_writer *out);
 
 /* Refs as fp_dict_ref / fp_dict_from_ref. */
@@ -1268,8 +1270,12 @@ FP_EXTERN int fp_list_from_ref(fp_manager *m, uint64_t ref, fp_list **out);
  * for a handle of another kind. */
 
 /* Creates a counter holding `initial`: 0 and *out, FP_ENOMEM (arena full)
- * or FP_EINVAL. Destroy: 0, then every call on it (a second destroy
- * included) gives FP_EINVAL. */
+ * or FP_EINVAL. Destroy: 0, then calls on it (a second destroy included)
+ * give FP_EINVAL -- until a new counter reuses its memory: a handle is a
+ * pointer, so a later object at the same place answers to it. Refs carry
+ * the object's creation number and are always refused once it is gone;
+ * no process should use a destroyed handle. The same holds for locks and
+ * arrays. */
 FP_EXTERN int fp_counter_new(fp_manager *m, int64_t initial, fp_counter **out);
 FP_EXTERN int fp_counter_destroy(fp_counter *c);
 
@@ -1297,8 +1303,9 @@ FP_EXTERN int fp_counter_from_ref(fp_manager *m, uint64_t ref,
  * process. Not recursive. */
 
 /* Creates an unlocked lock: 0 and *out, FP_ENOMEM or FP_EINVAL. Destroy:
- * 0 (also while someone holds it: make sure nobody does), then every call
- * on it gives FP_EINVAL; FP_ETYPE for a handle of another kind. */
+ * 0 (also while someone holds it: make sure nobody does), then calls on it
+ * give FP_EINVAL (until a new lock reuses its memory: see fp_counter_new);
+ * FP_ETYPE for a handle of another kind. */
 FP_EXTERN int fp_lock_new(fp_manager *m, fp_lock **out);
 FP_EXTERN int fp_lock_destroy(fp_lock *l);
 
@@ -1307,7 +1314,8 @@ FP_EXTERN int fp_lock_destroy(fp_lock *l);
  * included: FP_EBUSY is not used), or FP_EOWNERDEAD: the previous holder
  * died holding it; the lock was made consistent and YOU HOLD IT NOW, but
  * the state it protects may be half-updated -- check or rebuild it, then
- * fp_lock_release() as usual. A thread that already holds it: -EDEADLK. */
+ * fp_lock_release() as usual. A thread that already holds it: -EDEADLK.
+ * A NaN timeout, or a bad handle: FP_EINVAL. */
 FP_EXTERN int fp_lock_acquire(fp_lock *l, double timeout);
 
 /* Releases the lock. FP_EPERM when the calling thread does not hold it. */
@@ -1324,8 +1332,9 @@ FP_EXTERN int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out);
 
 /* Creates an array of `size` bytes (0 allowed): 0 and *out, FP_EMSGSIZE
  * (larger than the arena could ever hold), FP_ENOMEM (no room now) or
- * FP_EINVAL. Destroy: 0, then every call on it gives FP_EINVAL; FP_ETYPE
- * for a handle of another kind. */
+ * FP_EINVAL. Destroy: 0, then calls on it give FP_EINVAL (until a new
+ * array reuses its memory: see fp_counter_new); FP_ETYPE for a handle of
+ * another kind. */
 FP_EXTERN int fp_array_new(fp_manager *m, size_t size, fp_array **out);
 FP_EXTERN int fp_array_destroy(fp_array *a);
 

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 /* Longest accepted SIGTERM -> SIGKILL delay: fp_pool_terminate() must
  * return, so "never escalate" is refused rather than honoured. */
 #define MAX_KILL_GRACE_S 3600.0
+_Static_assert(FP__LINK_MAX_BATCH == 16, "bad_option() names the bound");
 
 int fp__pool_check_submit_locked(fp_pool *pool) {
   if (fp__pool_foreign(pool))
@@ -173,24 +175,48 @@ static void *pool_thread(void *arg) {
 
 /* ---- creation ---------------------------------------------------------- */
 
+/* Seconds that must be a number, 0 or more and at most max. */
+static int seconds_ok(double v, double max) {
+  return fp__timeout_ok(v) && v >= 0 && v <= max;
+}
+
+/* Names the first option out of range (what fp_last_error() then says),
+ * or NULL when all are in range. */
+static const char *bad_option(const fp_pool_opts *o) {
+  if (o->processes < 0 || o->processes > 4096)
+    return "invalid pool option processes (0 to 4096)";
+  if (!seconds_ok(o->task_timeout, INFINITY))
+    return "invalid pool option task_timeout (seconds, 0 or more)";
+  if (!seconds_ok(o->kill_grace, MAX_KILL_GRACE_S))
+    return "invalid pool option kill_grace (0 to 3600 seconds)";
+  if (o->retries < 0)
+    return "invalid pool option retries (0 or more)";
+  if (o->max_restarts < 0 || o->max_restarts > 1000000)
+    return "invalid pool option max_restarts (0 to 1000000)";
+  if (!seconds_ok(o->restart_window, INFINITY))
+    return "invalid pool option restart_window (seconds, 0 or more)";
+  if (o->inflight < 0 || o->inflight > FP__LINK_MAX_BATCH)
+    return "invalid pool option inflight (0 to 16)";
+  if (o->on_crash < FP_CRASH_DEFAULT || o->on_crash > FP_CRASH_ABORT)
+    return "invalid pool option on_crash";
+  if (o->progress < FP_PROGRESS_DEFAULT || o->progress > FP_PROGRESS_CALLBACK)
+    return "invalid pool option progress";
+  if ((o->max_frame != 0 && o->max_frame < 4096) || o->max_frame > UINT32_MAX)
+    return "invalid pool option max_frame (0, or 4096 to UINT32_MAX)";
+  return NULL;
+}
+
 static int resolve_opts(fp_pool *pool, const fp_pool_opts *in) {
   fp_pool_opts o;
+  const char *bad;
   if (in)
     o = *in;
   else
     memset(&o, 0, sizeof(o));
-  if (o.processes < 0 || o.processes > 4096 ||
-      !fp__timeout_ok(o.task_timeout) || o.task_timeout < 0 ||
-      !fp__timeout_ok(o.kill_grace) || o.kill_grace < 0 ||
-      o.kill_grace > MAX_KILL_GRACE_S || o.retries < 0 ||
-      o.max_restarts < 0 || !fp__timeout_ok(o.restart_window) ||
-      o.restart_window < 0 || o.inflight < 0 ||
-      o.inflight > FP__LINK_MAX_BATCH || o.on_crash < FP_CRASH_DEFAULT ||
-      o.on_crash > FP_CRASH_ABORT || o.progress < FP_PROGRESS_DEFAULT ||
-      o.progress > FP_PROGRESS_CALLBACK ||
-      (o.max_frame != 0 && o.max_frame < 4096) || o.max_frame > UINT32_MAX ||
-      o.max_restarts > 1000000)
+  if ((bad = bad_option(&o)) != NULL) {
+    fp__set_last_error(FP_EINVAL, bad);
     return FP_EINVAL;
+  }
   if (o.processes == 0)
     o.processes = fp_cpu_count();
   if (o.processes < 1)
@@ -453,10 +479,8 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
   if (pool == NULL)
     return FP_ENOMEM;
   fp__link_events ev = link_events(pool);
-  int rc = resolve_opts(pool, opts);
-  if (rc != 0)
-    fp__set_last_error(rc, "invalid pool options");
-  else
+  int rc = resolve_opts(pool, opts); /* sets the message itself */
+  if (rc == 0)
     rc = open_link(pool, &ev);
   if (rc == 0 && (rc = start_loop(pool)) != 0) {
     fp__set_last_error(rc, "cannot start the pool thread");

@@ -194,6 +194,35 @@ START_TEST(pool_new_rejects_bad_options) {
 }
 END_TEST
 
+/* fp_last_error() names the option out of range, one at a time. */
+START_TEST(pool_new_names_the_bad_option) {
+  const char *names[] = {"processes",      "task_timeout", "kill_grace",
+                         "retries",        "max_restarts", "restart_window",
+                         "inflight",       "on_crash",     "progress",
+                         "max_frame"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    fp_pool_opts o = {0};
+    fp_pool *p = (fp_pool *)1;
+    switch (i) {
+    case 0: o.processes = 5000; break;
+    case 1: o.task_timeout = NAN; break;
+    case 2: o.kill_grace = 4000; break;
+    case 3: o.retries = -1; break;
+    case 4: o.max_restarts = -1; break;
+    case 5: o.restart_window = -2; break;
+    case 6: o.inflight = 17; break;
+    case 7: o.on_crash = (fp_crash_policy)99; break;
+    case 8: o.progress = (fp_progress_mode)99; break;
+    default: o.max_frame = 100; break;
+    }
+    ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
+    ck_assert_ptr_null(p);
+    ck_assert_msg(strstr(fp_last_error(), names[i]) != NULL,
+                  "option %s: message '%s'", names[i], fp_last_error());
+  }
+}
+END_TEST
+
 /* inflight takes 1 to 16 (FP__LINK_MAX_BATCH); the deepest queue runs a
  * map of short items correctly. */
 START_TEST(inflight_accepts_1_to_16) {
@@ -1633,6 +1662,7 @@ Suite *pool_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, pool_new_and_free_leaves_nothing);
   tcase_add_test(tc, pool_new_rejects_bad_options);
+  tcase_add_test(tc, pool_new_names_the_bad_option);
   tcase_add_test(tc, inflight_accepts_1_to_16);
   tcase_add_test(tc, pool_default_processes_is_cpu_count);
   tcase_add_test(tc, join_before_close_fails);
