@@ -575,6 +575,7 @@ START_TEST(lock_acquire_release_timeout) {
   ck_assert_int_eq(fp_lock_release(l), 0);
   ck_assert_int_eq(fp_lock_release(l), FP_EPERM);
   ck_assert_int_eq(fp_lock_acquire(NULL, 0), FP_EINVAL);
+  ck_assert_int_eq(fp_lock_acquire(l, NAN), FP_EINVAL);
   ck_assert_int_eq(fp_lock_release(NULL), FP_EINVAL);
   /* A child holds it: try-once and a short timeout both time out. Two
    * pipes: "held" (child -> parent) and "go" (parent -> child). */
