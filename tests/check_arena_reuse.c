@@ -139,6 +139,46 @@ START_TEST(freed_top_span_serves_a_larger_request) {
 }
 END_TEST
 
+/* A big value freed below something small carved after it (the dict's
+ * first table, a list's item table, a slab) comes back whole: large spans
+ * are carved from the arena's top and small ones from its bottom, so a
+ * request bigger than the freed value still finds its room. */
+START_TEST(big_value_freed_below_a_small_one_serves_a_larger_request) {
+  fp_manager *m = new_manager(64u << 20);
+  fp_writer big, bigger;
+  fp_array *a;
+  fp_dict *d;
+  fp_list *l;
+
+  make_bytes(&big, 32u << 20, 'b');
+  make_bytes(&bigger, 40u << 20, 'B');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("big"), big.data, big.len), 0);
+  ck_assert_int_eq(fp_dict_set_int(d, K("small"), 1), 0);
+  ck_assert_int_eq(fp_dict_delete(d, K("big"), NULL), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("big"), bigger.data, bigger.len), 0);
+  assert_consistent(m);
+  ck_assert_int_eq(fp_dict_delete(d, K("big"), NULL), 0);
+  ck_assert_int_eq(fp_array_new(m, 40u << 20, &a), 0);
+  ck_assert_int_eq(fp_array_destroy(a), 0);
+
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  ck_assert_int_eq(fp_list_append(l, big.data, big.len), 0);
+  static const unsigned char one[9] = {FP_INT, 1}; /* a small item after */
+  ck_assert_int_eq(fp_list_append(l, one, sizeof one), 0);
+  ck_assert_int_eq(fp_list_pop(l, 0, NULL), 0);
+  ck_assert_int_eq(fp_list_append(l, bigger.data, bigger.len), 0);
+  assert_consistent(m);
+  /* Both ends meet: what is left between them is all there is. */
+  ck_assert_int_eq(fp_array_new(m, 40u << 20, &a), FP_ENOMEM);
+  ck_assert_int_eq(fp_list_clear(l), 0);
+  ck_assert_int_eq(fp_array_new(m, 40u << 20, &a), 0);
+  assert_consistent(m);
+  fp_writer_free(&big);
+  fp_writer_free(&bigger);
+}
+END_TEST
+
 /* --- big values overwritten ----------------------------------------------- */
 
 /* A 1 MiB value replaced 50 times in a 4 MiB arena: every set works, and
@@ -463,6 +503,7 @@ Suite *arena_reuse_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, array_new_after_destroy_reuses_the_pages);
   tcase_add_test(tc, freed_top_span_serves_a_larger_request);
+  tcase_add_test(tc, big_value_freed_below_a_small_one_serves_a_larger_request);
   tcase_add_test(tc, dict_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, list_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, dict_set_in_the_default_arena_keeps_used_bounded);

@@ -1470,6 +1470,15 @@ static void cstate_fill_stripe(cstate *st) {
   }
 }
 
+/* The bytes of the big values of ops 19 and 20 (several pages each). */
+#define BIG_LEN (20u << 10)
+static const void *big_value(void) {
+  static unsigned char b[BIG_LEN];
+  for (size_t i = 0; i < BIG_LEN; i++)
+    b[i] = (unsigned char)(i * 7);
+  return b;
+}
+
 static void cstate_build(cstate *st) {
   fp_manager_opts o = {.arena_size = 1u << 20};
   char key[16];
@@ -1488,6 +1497,10 @@ static void cstate_build(cstate *st) {
   cstate_fill_stripe(st);
   for (int i = 0; i < 8; i++) /* len 8 == cap 8: the next append grows */
     push_int(st->l, i);
+  /* A value of several pages, the last large span carved: the arena's
+   * top (op 20 gives it back to the uncarved middle). */
+  ck_assert_int_eq(fp_dict_set_bytes(st->d, K("big"), big_value(), BIG_LEN),
+                   0);
 }
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n) {
@@ -1549,6 +1562,7 @@ static void cstate_warm(cstate *st, int op) {
 static int cstate_op(cstate *st, int op) {
   unsigned char v9[9] = {FP_INT, 1};
   fp_counter *c2;
+  uint64_t top;
   fp_writer w;
   int rc;
   switch (op) {
@@ -1594,17 +1608,25 @@ static int cstate_op(cstate *st, int op) {
     return 0;
   case 18:
     return fp_dict_destroy(st->d);
+  case 19: /* a large span carved from the top */
+    return fp_dict_set_bytes(st->d, K("bigger"), big_value(), BIG_LEN - 1);
+  case 20: /* a large span at the top given back to the uncarved middle */
+    top = st->m->top; /* big's span: the last one carved from the top */
+    if ((rc = fp_dict_delete(st->d, K("big"), NULL)) != 0)
+      return rc;
+    fp__shm_collect(st->m, fp__shm_heap_get(st->m), 0);
+    return st->m->top > top ? 0 : -1;
   default:
     return -1;
   }
 }
-#define NOPS 19
+#define NOPS 21
 
 /* Whether op may be run again after a crash with result rc (state h). */
 static int rerun_ok(int op, int rc, uint64_t h, uint64_t post) {
   if (rc == 0)
     return 1;
-  if ((op == 5 || op == 14) && rc == FP_ENOENT)
+  if ((op == 5 || op == 14 || op == 20) && rc == FP_ENOENT)
     return 1; /* the delete had taken effect */
   return (op == 13 || op == 18) && rc == FP_EINVAL && h == post;
 }
@@ -1686,7 +1708,8 @@ typedef struct lfview {
 static const char *op_key(const cstate *st, int op) {
   static const char *const keys[NOPS] = {
       [0] = "brand-new", [1] = "key0", [2] = "key1",  [3] = "key3",
-      [4] = "new-counter", [5] = "key2", [14] = "key3", [15] = "key5"};
+      [4] = "new-counter", [5] = "key2", [14] = "key3", [15] = "key5",
+      [19] = "bigger",     [20] = "big"};
   return op == 16 ? st->grow : keys[op];
 }
 
@@ -1717,7 +1740,7 @@ static int shows_effect(uint64_t seen, uint64_t pre, uint64_t post) {
  * repaired, never the state before (a key that appears, then vanishes,
  * and a lock-free add_int on it lost with it). */
 START_TEST(update_seen_by_lockfree_readers_is_never_rolled_back) {
-  static const int ops[] = {0, 1, 2, 4, 5, 7, 9, 10, 11, 14, 15, 16};
+  static const int ops[] = {0, 1, 2, 4, 5, 7, 9, 10, 11, 14, 15, 16, 19, 20};
   int stride = fp_test_under_valgrind() ? 5 : 1;
   long seen_effect = 0;
 
@@ -1765,7 +1788,7 @@ END_TEST
  * at crash point j of the repair (its first calls take A's locks), and
  * the state is still before or after A's op. */
 START_TEST(repairer_killed_while_repairing_is_repaired) {
-  static const int ops[] = {0, 5, 7, 14, 16};
+  static const int ops[] = {0, 5, 7, 14, 16, 20};
   int kstride = fp_test_under_valgrind() ? 11 : 3;
   long points = 0;
 

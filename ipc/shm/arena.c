@@ -7,15 +7,21 @@
  * The page map holds one word per page of the region, describing the span
  * a page belongs to: FREE and LARGE spans mark their first and last pages
  * with their length in pages, a SLAB marks every page with its first
- * page's number. The heap area [heap, size) is carved from the bottom up to
- * brk; [heap, brk) is always tiled by spans.
+ * page's number. The heap area [heap, size) is carved from both ends:
+ * slabs from the bottom up to brk, large spans (big values, tables,
+ * arrays) from the top down to top. [heap, brk) and [top, size) are
+ * always tiled by spans; [brk, top) is the uncarved rest.
  *
  * Spans. A request of several pages takes the first free span that fits
  * from 64 bins (exact lengths up to 32 pages, then powers of two), splits
- * off the rest, or carves fresh pages at brk. A freed span merges with a
- * free span just before and just after it (the page map's boundary words
- * find them in O(1)), so memory freed in pieces serves a later large
- * request and a long churn does not grow the arena without bound.
+ * off the rest, or carves fresh pages at its end of the rest. A freed span
+ * merges with a free span just before and just after it in its part (the
+ * page map's boundary words find them in O(1)), so memory freed in pieces
+ * serves a later large request and a long churn does not grow the arena
+ * without bound; a free span that borders the rest goes back to it.
+ * Why two ends: a big value freed below a slab carved after it could
+ * otherwise serve only requests up to its own length for as long as the
+ * slab lives (what malloc avoids by mapping big blocks apart).
  *
  * Small chunks (up to FP__SHM_SMALL_MAX bytes) come in 31 size classes, 4
  * per doubling above 128 bytes (so a chunk wastes at most a fifth), and
@@ -152,12 +158,9 @@ uint64_t fp__shm_chunk_bytes(const fp_manager *m, uint64_t off) {
   uint64_t e, s;
   const slab *sl;
 
-  /* brk changes under the global lock; a caller without it (a heap
-   * collecting its own retired chunks) reads it as it was at some moment,
-   * and never sees it below a chunk still allocated: only a free lowers
-   * it, past spans that are free. */
-  if (off < m->heap || off >= __atomic_load_n(&m->brk, __ATOMIC_RELAXED) ||
-      off % 16 != 0)
+  /* A caller without the global lock: a heap collecting its own retired
+   * chunks (fp__shm_carved says why that is safe). */
+  if (!fp__shm_carved(m, off, 16) || off % 16 != 0)
     return 0;
   e = *pm(m, page_of(off));
   if (PM_KIND(e) == PM_LARGE)
@@ -277,10 +280,32 @@ static void mark_span(fp_manager *m, uint64_t off, uint64_t n, int kind) {
     fp__shm_alog(m, pm(m, p + n - 1), PM(kind, n));
 }
 
+/* Carves n fresh pages off the uncarved rest: at brk (from_top 0) or
+ * below top. Returns the offset, or 0 when the rest is too small. */
+static uint64_t span_carve(fp_manager *m, uint64_t n, int from_top) {
+  uint64_t off;
+
+  if (m->brk > m->top || (m->top - m->brk) >> FP__SHM_PAGE_SHIFT < n)
+    return 0;
+  if (from_top) {
+    off = m->top - (n << FP__SHM_PAGE_SHIFT);
+    fp__shm_alog(m, &m->top, off);
+    if (m->top < m->top_low)
+      fp__shm_alog(m, &m->top_low, m->top);
+    return off;
+  }
+  off = m->brk;
+  fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
+  if (m->brk > m->brk_high)
+    fp__shm_alog(m, &m->brk_high, m->brk);
+  return off;
+}
+
 /* Finds a free span of at least n pages and takes its first n pages,
- * putting the rest back; or carves n fresh pages at brk. Returns the
- * offset, or 0 when the arena is full. The caller marks the page map. */
-static uint64_t span_alloc(fp_manager *m, uint64_t n) {
+ * putting the rest back; or carves n fresh pages (span_carve). Returns
+ * the offset, or 0 when the arena is full. The caller marks the page
+ * map. */
+static uint64_t span_alloc(fp_manager *m, uint64_t n, int from_top) {
   for (int b = bin_of(n); b < FP__SHM_NBIN; b++) {
     for (uint64_t off = m->bins[b]; off != 0; off = span_at(m, off)->next) {
       uint64_t len = PM_VAL(*pm(m, page_of(off)));
@@ -298,37 +323,38 @@ static uint64_t span_alloc(fp_manager *m, uint64_t n) {
       return off;
     }
   }
-  if (m->brk > m->size || (m->size - m->brk) >> FP__SHM_PAGE_SHIFT < n)
-    return 0;
-  uint64_t off = m->brk;
-  fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
-  if (m->brk > m->brk_high)
-    fp__shm_alog(m, &m->brk_high, m->brk);
-  return off;
+  return span_carve(m, n, from_top);
 }
 
 /* Frees the span [off, off + n pages), merging it with free neighbours. */
 static void span_free(fp_manager *m, uint64_t off, uint64_t n) {
   uint64_t p = page_of(off), q = p + n, e;
+  /* The pages of the span's part: neighbours outside it are not spans. */
+  int low = off < m->brk;
+  uint64_t first = page_of(low ? m->heap : m->top);
+  uint64_t end = page_of(low ? m->brk : m->size);
 
-  if (p > page_of(m->heap) &&
-      PM_KIND(e = *pm(m, p - 1)) == PM_FREE) { /* a free span ends at p-1 */
-    uint64_t len = PM_VAL(e);
+  if (p > first && PM_KIND(e = *pm(m, p - 1)) == PM_FREE) {
+    uint64_t len = PM_VAL(e); /* a free span ends at p-1 */
     p -= len;
     bin_remove(m, p << FP__SHM_PAGE_SHIFT, len);
     n += len;
   }
-  if (q < page_of(m->brk) && PM_KIND(e = *pm(m, q)) == PM_FREE) {
+  if (q < end && PM_KIND(e = *pm(m, q)) == PM_FREE) {
     uint64_t len = PM_VAL(e);
     bin_remove(m, q << FP__SHM_PAGE_SHIFT, len);
     n += len;
   }
   off = p << FP__SHM_PAGE_SHIFT;
-  /* A free span that ends at brk goes back to the uncarved rest of the
-   * arena, so that a later request may take it together with that rest
-   * (kept in a bin, it could serve at most its own length). */
-  if (p + n == page_of(m->brk)) {
+  /* A free span that borders the uncarved rest goes back to it, so that a
+   * later request may take it together with that rest (kept in a bin, it
+   * could serve at most its own length). */
+  if (low && p + n == end) {
     fp__shm_alog(m, &m->brk, off);
+    return;
+  }
+  if (!low && p == first) {
+    fp__shm_alog(m, &m->top, (p + n) << FP__SHM_PAGE_SHIFT);
     return;
   }
   /* Inner boundary words of a merge keep stale values: only the span's
@@ -364,7 +390,7 @@ static void partial_remove(fp_manager *m, uint64_t off) {
 /* Builds a slab of class cls on a new span and puts it on the class's
  * list. Returns its offset, 0 when the arena is full. */
 static uint64_t slab_new(fp_manager *m, int cls) {
-  uint64_t n = slab_pages[cls], off = span_alloc(m, n), size;
+  uint64_t n = slab_pages[cls], off = span_alloc(m, n, 0), size;
   slab *s;
 
   if (off == 0)
@@ -542,7 +568,7 @@ int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot, uint64_t size) {
     bytes = class_size[cls];
   } else {
     uint64_t n = (size + FP__SHM_PAGE - 1) >> FP__SHM_PAGE_SHIFT;
-    if ((off = span_alloc(m, n)) == 0)
+    if ((off = span_alloc(m, n, 1)) == 0)
       return FP_ENOMEM;
     mark_span(m, off, n, PM_LARGE);
     bytes = n << FP__SHM_PAGE_SHIFT;
@@ -589,6 +615,9 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   if (m->heap + 16 * FP__SHM_PAGE > size)
     return FP_EINVAL;
   m->brk = m->heap;
+  m->brk_high = m->heap;
+  m->top = size;
+  m->top_low = size;
   return 0;
 }
 
@@ -633,13 +662,16 @@ static int check_slab(fp__shm_checker *c, uint64_t off, uint64_t *npartial) {
   return rc;
 }
 
-/* Walks [heap, brk) span by span through the page map: the spans must
- * tile it, free spans must not touch each other (they would have merged). */
-static int check_spans(fp__shm_checker *c, uint64_t *nfree, uint64_t *npart) {
+/* Walks [from, to), one part of the carved area, span by span through
+ * the page map: the spans must tile it, free spans must not touch each
+ * other (they would have merged). */
+static int check_part(fp__shm_checker *c, uint64_t from, uint64_t to,
+                      uint64_t *nfree, uint64_t *npart) {
   fp_manager *m = c->m;
   int prev_free = 0, rc = 0;
+  uint64_t off = from;
 
-  for (uint64_t off = m->heap; off < m->brk && rc == 0;) {
+  while (off < to && rc == 0) {
     uint64_t e = *pm(m, page_of(off)), n;
     int kind = PM_KIND(e);
     if (kind == PM_SLAB) {
@@ -664,7 +696,15 @@ static int check_spans(fp__shm_checker *c, uint64_t *nfree, uint64_t *npart) {
     prev_free = kind == PM_FREE;
     off += n << FP__SHM_PAGE_SHIFT;
   }
+  if (rc == 0 && off != to)
+    return fp__shm_fail(c, "page map: a span crosses %llu",
+                        (unsigned long long)to);
   return rc;
+}
+
+static int check_spans(fp__shm_checker *c, uint64_t *nfree, uint64_t *npart) {
+  int rc = check_part(c, c->m->heap, c->m->brk, nfree, npart);
+  return rc != 0 ? rc : check_part(c, c->m->top, c->m->size, nfree, npart);
 }
 
 /* The bins and the partial lists must list exactly the free spans and

@@ -9,7 +9,8 @@
  *
  * Layout: the header, a page map (one word per page of the region), the
  * table of per-thread heaps, then the heap area [heap, size), which the
- * allocator carves from the bottom up to brk.
+ * allocator carves from both ends: slabs from the bottom up to brk, large
+ * spans from the top down to top. [brk, top) is the uncarved rest.
  *
  * Who does what (one file each):
  *   lock.c     fp__shm_mutex: a 32-bit lock word naming its holder's heap,
@@ -218,9 +219,11 @@ struct fp_manager {
   /* Everything below is protected by mu, the global allocator lock. */
   fp__shm_mutex mu __attribute__((aligned(64)));
   uint32_t pad;
-  uint64_t brk;      /* [heap, brk) is carved into spans */
+  uint64_t brk;      /* [heap, brk) is carved into spans, from below */
   uint64_t brk_high; /* the highest brk so far (span_free may lower brk):
-                        the footprint of fp_manager_stats */
+                        with top_low, the footprint of fp_manager_stats */
+  uint64_t top;      /* [top, size) is carved into spans, from above */
+  uint64_t top_low;  /* the lowest top so far */
   uint64_t used;     /* bytes handed out: live, cached, retired */
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
@@ -239,6 +242,26 @@ static inline void *fp__shm_ptr(const fp_manager *m, uint64_t off) {
 }
 static inline uint64_t fp__shm_off(const fp_manager *m, const void *p) {
   return (uint64_t)((const char *)p - (const char *)m);
+}
+
+/* 1 when [off, off + bytes) lies in one carved part of the heap area,
+ * [heap, brk) or [top, size). brk and top change under the global lock;
+ * a caller without it reads each as it was at some moment, and never
+ * past a chunk still allocated: only a free moves them back, over spans
+ * that are free. */
+static inline int fp__shm_carved(const fp_manager *m, uint64_t off,
+                                 uint64_t bytes) {
+  uint64_t brk = __atomic_load_n(&m->brk, __ATOMIC_RELAXED);
+  uint64_t top = __atomic_load_n(&m->top, __ATOMIC_RELAXED);
+
+  if (off >= m->heap && off < brk)
+    return bytes <= brk - off;
+  return off >= top && off < m->size && bytes <= m->size - off;
+}
+
+/* Bytes of the carved area (under the global lock, or in the checker). */
+static inline uint64_t fp__shm_carved_bytes(const fp_manager *m) {
+  return m->brk - m->heap + m->size - m->top;
 }
 
 /* Returns the arena an object lives in (no check). */

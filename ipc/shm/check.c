@@ -65,7 +65,7 @@ static int check_objects(fp__shm_checker *c) {
   int rc = 0;
 
   for (uint64_t off = m->objects; off != 0 && rc == 0;) {
-    if (off < m->heap || off % 64 != 0 || off + sizeof(fp__shm_obj) > m->brk ||
+    if (off % 64 != 0 || !fp__shm_carved(m, off, sizeof(fp__shm_obj)) ||
         nobj > m->nobjects)
       return fp__shm_fail(c, "registry link %llu out of range",
                           (unsigned long long)off);
@@ -109,11 +109,11 @@ static int check_totals(fp__shm_checker *c) {
                         "%llu",
                         (unsigned long long)c->out_bytes,
                         (unsigned long long)m->used);
-  if (c->out_bytes + c->pool_bytes != m->brk - m->heap)
+  if (c->out_bytes + c->pool_bytes != fp__shm_carved_bytes(m))
     return fp__shm_fail(c, "leak: out %llu + allocator %llu != carved %llu",
                         (unsigned long long)c->out_bytes,
                         (unsigned long long)c->pool_bytes,
-                        (unsigned long long)(m->brk - m->heap));
+                        (unsigned long long)fp__shm_carved_bytes(m));
   return 0;
 }
 
@@ -131,10 +131,11 @@ int fp__shm_check(fp_manager *m, char *err, size_t errlen) {
   c.m = m;
   c.err = err;
   c.errlen = errlen;
-  if (m->brk < m->heap || m->brk > m->size || m->brk % FP__SHM_PAGE != 0)
-    return fp__shm_fail(&c, "brk %llu out of range",
-                        (unsigned long long)m->brk);
-  c.bits = calloc((m->brk - m->heap) / 16 / 64 + 1, 8);
+  if (m->brk < m->heap || m->brk > m->top || m->top > m->size ||
+      m->brk % FP__SHM_PAGE != 0 || m->top % FP__SHM_PAGE != 0)
+    return fp__shm_fail(&c, "brk %llu or top %llu out of range",
+                        (unsigned long long)m->brk, (unsigned long long)m->top);
+  c.bits = calloc(fp__shm_carved_bytes(m) / 16 / 64 + 1, 8);
   if (c.bits == NULL)
     return FP_ENOMEM;
   rc = fp__shm_arena_check(&c);

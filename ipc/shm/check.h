@@ -2,7 +2,7 @@
 /* check.h - the manager's consistency checker (internal header).
  *
  * The checker (check.c) accounts for every byte of an arena's carved area
- * [heap, brk): each 16-byte granule must be claimed exactly once, either
+ * [heap, brk) + [top, size): each 16-byte granule must be claimed exactly once, either
  * by the allocator's side (free spans, slab headers, free slab chunks) or
  * as a chunk handed out (live in an object, cached in a heap, retired in a
  * limbo). The allocator (arena.c) and the heaps (heap.c) walk their own
@@ -22,7 +22,8 @@
 /* State of one check run. */
 typedef struct fp__shm_checker {
   fp_manager *m;
-  uint64_t *bits;      /* one bit per 16-byte granule of [heap, brk) */
+  uint64_t *bits;      /* one bit per 16-byte granule of the carved area:
+                          [heap, brk), then [top, size) */
   uint64_t pool_bytes; /* the allocator's own: free and overhead */
   uint64_t out_bytes;  /* chunks handed out */
   char *err;
@@ -43,19 +44,24 @@ static inline int fp__shm_fail(fp__shm_checker *c, const char *fmt, ...) {
   return FP_EPROTO;
 }
 
-/* Claims [off, off + bytes) for the walk; fails when it leaves [heap,
- * brk) or overlaps anything claimed before. */
+/* Claims [off, off + bytes) for the walk; fails when it leaves one part
+ * of the carved area or overlaps anything claimed before. */
 static inline int fp__shm_claim_bytes(fp__shm_checker *c, uint64_t off,
                                       uint64_t bytes, const char *what) {
   fp_manager *m = c->m;
 
-  if (off < m->heap || off > m->brk || m->brk - off < bytes || off % 16 != 0 ||
-      bytes % 16 != 0)
-    return fp__shm_fail(c, "%s: %llu+%llu outside [%llu,%llu) or misaligned",
+  if (bytes == 0 && off % 16 == 0)
+    return 0; /* an empty tail, possibly at the end of a part */
+  if (!fp__shm_carved(m, off, bytes) || off % 16 != 0 || bytes % 16 != 0)
+    return fp__shm_fail(c,
+                        "%s: %llu+%llu outside [%llu,%llu)+[%llu,%llu) or "
+                        "misaligned",
                         what, (unsigned long long)off,
                         (unsigned long long)bytes, (unsigned long long)m->heap,
-                        (unsigned long long)m->brk);
-  for (uint64_t g = (off - m->heap) / 16, n = bytes / 16; n > 0; g++, n--) {
+                        (unsigned long long)m->brk, (unsigned long long)m->top,
+                        (unsigned long long)m->size);
+  uint64_t g0 = off < m->brk ? off - m->heap : m->brk - m->heap + off - m->top;
+  for (uint64_t g = g0 / 16, n = bytes / 16; n > 0; g++, n--) {
     if (c->bits[g / 64] & ((uint64_t)1 << (g % 64)))
       return fp__shm_fail(c, "%s: chunk %llu overlaps another", what,
                           (unsigned long long)off);

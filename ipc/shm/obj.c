@@ -206,7 +206,7 @@ void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
     return NULL; /* on an MPI worker rank: see arena.h */
   if (m == NULL || m->magic != FP__SHM_MAGIC)
     return NULL;
-  if (off < m->heap || off + sizeof(*o) > m->brk)
+  if (!fp__shm_carved(m, off, sizeof(*o)))
     return NULL;
   o = fp__shm_ptr(m, off);
   if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
