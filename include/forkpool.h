@@ -841,7 +841,9 @@ FP_EXTERN int fp_pool_apply(fp_pool *pool, fp_task_fn fn,
  * in_size bytes, results of out_size bytes, in order. Returns 0 when every
  * item succeeded; otherwise, once the whole job has finished, the failure
  * of the lowest failing item (fp_last_error() names it) — the other items
- * still ran and their outputs are written. n == 0 sends no work. An `out`
+ * still ran and their outputs are written. n == 0 sends no work. in_size
+ * or out_size may be 0: fn then has no input bytes to read, or no output
+ * bytes to write (a map run for its effects). An `out`
  * of 256 KiB or more has its whole pages faulted in by the calling thread
  * while the workers run (MADV_POPULATE_WRITE: as if written, contents
  * unchanged), so that copying results into fresh memory does not take a
@@ -855,7 +857,8 @@ FP_EXTERN int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in,
 /* Python's pool.map over codec values: `items` holds a sequence of values
  * (one per item, written with fp_write_* / fp_pack); fn receives each item
  * as its args. The results, one value per item in input order, are
- * appended to `out`. Errors as fp_pool_map. */
+ * appended to `out`. NULL items, like an empty writer, is no items (no
+ * work, 0). Errors as fp_pool_map. */
 FP_EXTERN int fp_pool_map_values(fp_pool *pool, fp_task_fn fn,
                                  const fp_writer *items, fp_writer *out,
                                  const fp_call_opts *opts);

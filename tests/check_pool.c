@@ -594,12 +594,44 @@ START_TEST(map_empty_input_sends_nothing) {
   fp_writer_init(&out);
   ck_assert_int_eq(fp_pool_map_values(p, t_ident, &items, &out, NULL), 0);
   ck_assert_int_eq(out.len, 0);
+  ck_assert_int_eq(fp_pool_map_values(p, t_ident, NULL, &out, NULL), 0);
+  ck_assert_int_eq(fp_pool_starmap(p, t_ident, NULL, &out, NULL), 0);
+  ck_assert_int_eq(out.len, 0);
   fp_worker_info wi;
   fp_pool_worker_info(p, 0, &wi);
   ck_assert_int_eq(wi.tasks, 0);
   fp_pool_free(p);
   fp_writer_free(&items);
   fp_writer_free(&out);
+}
+END_TEST
+
+/* in_size or out_size 0: fn has nothing to read, or nothing to write. */
+static int t_write_42(const void *in, void *out) {
+  (void)in;
+  *(int64_t *)out = 42;
+  return 0;
+}
+
+static int t_check_42(const void *in, void *out) {
+  (void)out;
+  return *(const int64_t *)in == 42 ? 0 : fp_task_fail("not 42");
+}
+
+START_TEST(map_with_zero_sized_input_or_output) {
+  fp_pool *p = new_pool(2);
+  int64_t out[100], in[100];
+  for (int i = 0; i < 100; i++)
+    out[i] = -1, in[i] = 42;
+  ck_assert_int_eq(fp_pool_map(p, t_write_42, NULL, 100, 0, out, 8, NULL), 0);
+  for (int i = 0; i < 100; i++)
+    ck_assert_int_eq(out[i], 42);
+  ck_assert_int_eq(fp_pool_map(p, t_check_42, in, 100, 8, NULL, 0, NULL), 0);
+  in[57] = 0;
+  ck_assert_int_eq(fp_pool_map(p, t_check_42, in, 100, 8, NULL, 0, NULL),
+                   FP_ETASK);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "item 57"));
+  fp_pool_free(p);
 }
 END_TEST
 
@@ -1689,6 +1721,7 @@ Suite *pool_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, map_million_int64_correct);
   tcase_add_test(tc, map_empty_input_sends_nothing);
+  tcase_add_test(tc, map_with_zero_sized_input_or_output);
   tcase_add_test(tc, map_failure_names_lowest_item_and_completes_others);
   tcase_add_test(tc, map_rejects_bad_arguments);
   tcase_add_test(tc, map_values_keeps_order);
