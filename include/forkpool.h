@@ -678,9 +678,11 @@ typedef enum fp_progress_mode {
  *                       rank 0 gets the pool; every other rank serves tasks
  *                       inside fp_pool_new() with `processes` local workers
  *                       (0: that node's CPU count) and ends its process
- *                       with exit status 0 when rank 0 frees the pool. Needs
- *                       libforkpool_mpi (linked, or found at run time; else
- *                       FP_ENOTSUP). See docs/mpi.md. */
+ *                       with exit status 0 when rank 0 frees the pool (with
+ *                       an option out of range, every rank returns
+ *                       FP_EINVAL instead). Needs libforkpool_mpi (linked,
+ *                       or found at run time; else FP_ENOTSUP). See
+ *                       docs/mpi.md. */
 typedef enum fp_transport {
   FP_TRANSPORT_LOCAL = 0,
   FP_TRANSPORT_MPI

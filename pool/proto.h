@@ -161,6 +161,15 @@ typedef struct fp__wconf {
   int (*initializer)(void *arg);   /* NULL: none */
   void *initarg;
   const int *cpu_of_worker;        /* nworkers CPUs (-1: any); NULL: none */
+  size_t result_limit; /* largest RESULT payload of one chunk, when what
+                          carries it further is smaller (an MPI message);
+                          0: fp__result_limit(max_frame) */
 } fp__wconf;
+
+static inline size_t fp__wconf_result_limit(const fp__wconf *c) {
+  size_t limit = fp__result_limit(c->max_frame);
+  return c->result_limit != 0 && c->result_limit < limit ? c->result_limit
+                                                         : limit;
+}
 
 #endif

@@ -24,8 +24,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape. */
-#define FP__TRANSPORT_ABI 4
+/* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape, or a
+ * structure passed through them (fp__wconf: 5 added result_limit). */
+#define FP__TRANSPORT_ABI 5
 
 /* The core functions a transport library may call. */
 typedef struct fp__core_api {

@@ -213,7 +213,7 @@ static int ring_drain(llink *l, int slot);
 static int part_append(conn *c, const unsigned char *p, size_t n) {
   if (n == 0)
     return 0; /* nothing to copy, and maybe no buffer yet */
-  if (n > fp__result_limit(c->l->cfg.max_frame) - c->part_len)
+  if (n > fp__wconf_result_limit(&c->l->cfg) - c->part_len)
     return -1;
   if (n > c->part_cap - c->part_len) {
     size_t cap = c->part_cap ? c->part_cap : FP__FRAME_READ_MIN;

@@ -456,7 +456,7 @@ static int fail_all(worker *w, const chunk *ch, int code, const char *what,
 }
 
 /* fail_all(), with every message if that fits a chunk's results
- * (fp__result_limit, proto.h), else with the first one only. When neither
+ * (fp__wconf_result_limit, proto.h), else with the first one only. When neither
  * fits, the master cut a chunk whose failure report (an error record and
  * an output per item) cannot be sent: the worker ends with
  * FP__WEXIT_PROTO. When memory runs out, it dies. */
@@ -465,7 +465,7 @@ static void replace_results(worker *w, const chunk *ch, int code,
   int rc = 0;
   for (int detail = 1; detail >= 0; detail--) {
     rc = fail_all(w, ch, code, what, detail);
-    if (rc == 0 && result_len(w) <= fp__result_limit(w->cfg->max_frame))
+    if (rc == 0 && result_len(w) <= fp__wconf_result_limit(w->cfg))
       return;
   }
   if (rc != 0)
@@ -475,7 +475,7 @@ static void replace_results(worker *w, const chunk *ch, int code,
 
 /* Makes the chunk's results sendable: when a writer failed (out of
  * memory), every item fails with that error; when the payload exceeds
- * fp__result_limit(), every item fails with FP_EMSGSIZE instead of the
+ * fp__wconf_result_limit(), every item fails with FP_EMSGSIZE instead of the
  * payload being sent (the master would take it for a broken worker). */
 static void fit_result(worker *w, const chunk *ch) {
   char what[160];
@@ -486,7 +486,7 @@ static void fit_result(worker *w, const chunk *ch) {
              fp_strerror(err));
     replace_results(w, ch, err, what);
   }
-  size_t total = result_len(w), limit = fp__result_limit(w->cfg->max_frame);
+  size_t total = result_len(w), limit = fp__wconf_result_limit(w->cfg);
   if (total > limit) {
     snprintf(what, sizeof(what),
              "the results of a chunk of %u items, %zu bytes, exceed "

@@ -28,8 +28,11 @@ void fp__mpi_bye_all(const fp__mpi_world *w, const int *said) {
 static int64_t hello_deadline(void) {
   const char *env = getenv("FP_MPI_HELLO_TIMEOUT");
   double s = env && *env ? atof(env) : HELLO_TIMEOUT_S;
-  if (s <= 0)
+  if (!(s > 0)) /* 0, negative, NaN, or not a number: the default */
     s = HELLO_TIMEOUT_S;
+  /* INFINITY or a century and more: no limit (as the API's timeouts). */
+  if (s >= 3.0e9)
+    return INT64_MAX;
   return fp__mpi_now() + (int64_t)(s * 1e9);
 }
 

@@ -193,7 +193,12 @@ static int mpi_open(fp__link **out, const fp__wconf *cfg,
  * the live link tells every rank BYE and stops its progress thread (the
  * pool thread may still run: nothing is freed). Registered once, after
  * world.c's finalize_at_exit, so it runs before it. */
+static pid_t leave_pid; /* the process that registered it: not its forks,
+                          which have no progress thread to say BYE with */
+
 static void leave_at_exit(void) {
+  if (getpid() != leave_pid)
+    return;
   mlink *l = atomic_exchange(&fp__mpiw.live, NULL);
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -222,6 +227,7 @@ static int mpi_start(fp__link *base, uv_loop_t *loop) {
   atomic_store(&l->w->live, l);
   if (!l->w->exit_hooked) {
     l->w->exit_hooked = 1;
+    leave_pid = getpid();
     atexit(leave_at_exit);
   }
   return 0;
@@ -272,13 +278,13 @@ static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
   for (int i = 0; i < n; i++)
     total += 4 + sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len +
              FP__ITEMS_PAD(t[i].items_len);
-  fp__mbuf *m = total < (size_t)INT32_MAX - 64
+  fp__mbuf *m = total <= FP__MPI_PAYLOAD_MAX
                     ? fp__mbuf_new(l->s[g].rank, FP__M_TASK, l->s[g].lslot,
                                    l->s[g].pid, n, total)
                     : NULL;
   if (m == NULL) {
     mpi_kill(base, g, SIGKILL, 0); /* its exited() hands the chunks back */
-    return total < (size_t)INT32_MAX - 64 ? FP_ENOMEM : FP_EMSGSIZE;
+    return total <= FP__MPI_PAYLOAD_MAX ? FP_ENOMEM : FP_EMSGSIZE;
   }
   unsigned char *p = FP__MPAYLOAD(m);
   for (int i = 0; i < n; i++) {

@@ -35,6 +35,10 @@
 /* The tag of every forkpool message on MPI_COMM_WORLD (reserved while a
  * pool lives; docs/mpi.md). MPI guarantees tags up to 32767. */
 #define FP__MPI_TAG 32123
+/* The largest payload of one message: MPI counts are int, and the header
+ * comes on top. Longer tasks are refused when made (FP_EMSGSIZE); a longer
+ * result is reported as a violation by its rank (rank.c). */
+#define FP__MPI_PAYLOAD_MAX ((size_t)INT32_MAX - 64)
 
 enum {
   /* worker rank -> rank 0 */

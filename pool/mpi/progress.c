@@ -72,8 +72,8 @@ static int start_sends(fp__mprog *p, fp__mbuf *list) {
   while (list != NULL) {
     fp__mbuf *m = list;
     list = m->next;
-    /* Lengths are bounded by max_frame (<= UINT32_MAX) times the batch;
-     * MPI counts are int: anything longer was refused when it was made. */
+    /* MPI counts are int: a longer payload was refused when it was made
+     * (FP__MPI_PAYLOAD_MAX: link_mpi.c for tasks, rank.c for results). */
     MPI_Isend(m->data, (int)m->len, MPI_BYTE, m->peer, FP__MPI_TAG,
               MPI_COMM_WORLD, &m->req);
     m->next = p->sending;

@@ -145,6 +145,17 @@ static void ev_ready(void *ctx, int slot) {
 static void ev_result(void *ctx, int slot, const unsigned char *payload,
                       size_t len, fp__rbuf *keep) {
   (void)keep; /* copied into the message: the buffer stays the link's */
+  if (len > FP__MPI_PAYLOAD_MAX) {
+    /* Sent, it would abort every rank (MPI_ERR_COUNT is fatal): rank 0
+     * kills the worker instead, which fails the chunk (FP_EPROTO). */
+    char what[128];
+    snprintf(what, sizeof(what),
+             "a chunk's results of %zu bytes, more than one MPI message "
+             "carries",
+             len);
+    post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
+    return;
+  }
   post(ctx, FP__M_RESULT, slot, 0, 0, payload, len);
 }
 
@@ -351,6 +362,10 @@ static int open_local(rserver *sv, const fp_pool_opts *o, char *err,
       .initializer = o->initializer,
       .initarg = o->initarg,
       .cpu_of_worker = sv->cpu_of,
+      /* A chunk's results travel to rank 0 as one MPI message: larger
+       * ones fail their items with FP_EMSGSIZE in the worker, as locally
+       * those beyond fp__result_limit() do. */
+      .result_limit = FP__MPI_PAYLOAD_MAX,
   };
   static const fp__link_events ev0 = {
       .enter = ev_enter, .leave = ev_leave, .started = ev_started,

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__GNUC__)
 #define FP_MPI_EXPORT __attribute__((visibility("default")))
@@ -49,8 +50,16 @@ int fp__mpi_send_now(int peer, int op, int slot, int pid, int arg,
              : FP_EPIPE;
 }
 
+/* The process that initialized MPI: the only one whose exit finalizes it.
+ * Its forks (the fork server, workers, a user's child) inherit the atexit
+ * handler, and MPI_Finalize in a forked copy spins forever, wedging the
+ * job: a task calling exit() would hang its worker instead of failing. */
+static pid_t finalize_pid;
+
 static void finalize_at_exit(void) {
   int done = 0;
+  if (getpid() != finalize_pid)
+    return;
   MPI_Finalized(&done);
   if (!done)
     MPI_Finalize();
@@ -88,6 +97,7 @@ static int mpi_up(fp__mpi_world *w) {
       return FP_ENOTSUP;
     }
     w->we_initialized = 1;
+    finalize_pid = getpid();
     atexit(finalize_at_exit);
   } else {
     MPI_Query_thread(&level);
@@ -116,7 +126,7 @@ static int prepare(const fp__core_api *core, const fp_pool_opts *opts,
   if (w->used) {
     core->set_last_error(FP_ENOTSUP,
                          "FP_TRANSPORT_MPI: one MPI pool per run (the worker "
-                         "ranks ended with the first pool)");
+                         "ranks serve the first pool and end with it)");
     return FP_ENOTSUP;
   }
   if (w->size < 2) {

@@ -17,12 +17,14 @@
 #include "forkpool.h"
 #include "mpitest.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static fp_pool *pool;
@@ -59,7 +61,8 @@ static int my_rank(fp_reader *args, fp_writer *out) {
   return fp_write_int(out, r ? atoi(r) : -1);
 }
 
-/* x: < 0 fails the item by message, 1000 crashes, 2000 runs for 60 s. */
+/* x: < 0 fails the item by message, 1000 crashes, 2000 runs for 60 s,
+ * 3000 calls exit(3). */
 __attribute__((no_sanitize("undefined"))) static int odd_task(
     fp_reader *args, fp_writer *out) {
   int64_t x;
@@ -74,6 +77,8 @@ __attribute__((no_sanitize("undefined"))) static int odd_task(
   }
   if (x == 2000)
     sleep(60);
+  if (x == 3000)
+    exit(3); /* runs the atexit handlers the worker inherited */
   return fp_write_int(out, x + 1);
 }
 
@@ -379,6 +384,57 @@ static void c_crash(void *a) {
   fp_writer_free(&args);
 }
 
+/* A task calling exit(): its item fails with FP_EWORKER and the pool
+ * serves on (the MPI_Finalize registered at exit by the rank that
+ * initialized MPI must not run in its forked workers: it would hang). */
+static void c_task_exit(void *a) {
+  (void)a;
+  fp_writer args;
+  fp_result *r = NULL;
+  fp_writer_init(&args);
+  fp_write_int(&args, 3000);
+  EXPECT(fp_pool_apply_async(pool, odd_task, &args, NULL, &r) == 0, "submit");
+  int rc = fp_result_get(r, 20);
+  EXPECT(rc == FP_EWORKER, "%s: %s", fp_err_name(rc),
+         rc && rc != FP_ETIMEDOUT ? fp_result_error(r) : "");
+  if (rc == FP_EWORKER)
+    EXPECT(strstr(fp_result_error(r), "status 3") != NULL, "message: %s",
+           fp_result_error(r));
+  fp_result_free(r);
+  fp_writer_reset(&args);
+  fp_write_int(&args, 5);
+  EXPECT(fp_pool_apply(pool, odd_task, &args, NULL) == 0, "serves on");
+  fp_writer_free(&args);
+}
+
+/* A process forked by rank 0 that exits ends at once: rank 0's exit
+ * handlers (BYE to the ranks, MPI_Finalize) are not its to run. */
+static void c_fork_exit(void *a) {
+  (void)a;
+  pid_t pid = fork();
+  if (pid == 0)
+    exit(0);
+  int st = -1, waited = 0;
+  for (int i = 0; i < 1000 && waited == 0; i++) { /* at most 10 s */
+    waited = (int)waitpid(pid, &st, WNOHANG);
+    if (waited == 0) {
+      struct timespec ts = {0, 10000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  EXPECT(waited == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+         "the child did not exit (waitpid %d)", waited);
+  if (waited == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+  }
+  fp_writer args;
+  fp_writer_init(&args);
+  fp_write_int(&args, 5);
+  EXPECT(fp_pool_apply(pool, odd_task, &args, NULL) == 0, "serves on");
+  fp_writer_free(&args);
+}
+
 static void c_time_limit(void *a) {
   (void)a;
   fp_writer args;
@@ -462,6 +518,8 @@ int main(int argc, char **argv) {
   mt_run("imap_unordered", c_imap, NULL);
   mt_run("imap_producer", c_imap_producer, NULL);
   mt_run("sigsegv_is_fp_eworker_naming_rank", c_crash, NULL);
+  mt_run("task_calling_exit_is_fp_eworker", c_task_exit, NULL);
+  mt_run("forked_process_exits", c_fork_exit, NULL);
   mt_run("time_limit", c_time_limit, NULL);
   mt_run("terminate_during_long_tasks", c_terminate, NULL);
   fp_pool_free(pool);

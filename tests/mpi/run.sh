@@ -44,6 +44,8 @@ run "close/join through dlopen" env FP_MPI_LIBRARY="$B/libforkpool_mpi.so.0" \
 run "no MPI library" "$T/nolink_missing"
 run "exit without fp_pool_free" $MPIRUN -n 3 "$T/leave" --no-free
 run "a rank too late for rank 0" $MPIRUN -n 3 "$T/leave" --late
+run "FP_MPI_HELLO_TIMEOUT=inf is no bound" env FP_MPI_HELLO_TIMEOUT=inf \
+  $MPIRUN -x FP_MPI_HELLO_TIMEOUT -n 3 "$T/refuse"
 
 echo "== the core does not link MPI"
 if objdump -p "$B/libforkpool.so" | grep -q 'NEEDED.*mpi'; then
