@@ -1079,8 +1079,9 @@ typedef struct fp_manager_stats {
   size_t objects;    /* live dicts, lists, counters, locks and arrays */
   size_t repairs;    /* interrupted updates rolled back or forward after
                         the process doing them died */
-  size_t footprint;  /* bytes of the arena the allocator has carved so far:
-                        its high-water mark, the memory it touched */
+  size_t footprint;  /* the most bytes of the arena the allocator has had
+                        carved at once (both ends together): a high-water
+                        mark, about the memory it touched */
 } fp_manager_stats;
 
 /* Maximum dict key length in bytes; longer keys give FP_EMSGSIZE. */
@@ -1109,7 +1110,8 @@ FP_EXTERN int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out);
  * stripes (by key hash), so processes working on different keys rarely
  * meet. Errors common to all calls: FP_EINVAL (NULL handle or argument),
  * FP_ETYPE (handle of another type), FP_EMSGSIZE (key too long, or value
- * larger than the arena), FP_ENOMEM (arena full, or no heap slot for this
+ * larger than the arena's heap area: its size less the header, page map
+ * and heap table), FP_ENOMEM (arena full, or no heap slot for this
  * thread; the dict is unchanged), FP_EPROTO (value not exactly one encoded
  * value). */
 
@@ -1336,7 +1338,7 @@ FP_EXTERN int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out);
  * giving each task its own slice. */
 
 /* Creates an array of `size` bytes (0 allowed): 0 and *out, FP_EMSGSIZE
- * (larger than the arena could ever hold), FP_ENOMEM (no room now) or
+ * (larger than the arena's heap area could ever hold), FP_ENOMEM (no room now) or
  * FP_EINVAL. Destroy: 0, then calls on it give FP_EINVAL (until a new
  * array reuses its memory: see fp_counter_new); FP_ETYPE for a handle of
  * another kind. */

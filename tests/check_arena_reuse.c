@@ -179,6 +179,63 @@ START_TEST(big_value_freed_below_a_small_one_serves_a_larger_request) {
 }
 END_TEST
 
+/* A new slab carved while a hole lies between big spans at the top goes
+ * to the bottom, not into the hole: there it would keep the big spans'
+ * pages from merging back into one run once they are freed. */
+START_TEST(slab_never_lands_between_big_spans) {
+  fp_manager *m = new_manager(64u << 20);
+  fp_writer big, bigger;
+  fp_dict *d;
+
+  make_bytes(&big, 16u << 20, 'b');
+  make_bytes(&bigger, 40u << 20, 'B');
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("A"), big.data, big.len), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("B"), big.data, big.len), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("C"), big.data, big.len), 0);
+  ck_assert_int_eq(fp_dict_delete(d, K("B"), NULL), 0);
+  /* A value of a class not used yet: a new slab. */
+  static const char five_k[5000];
+  ck_assert_int_eq(fp_dict_set_bytes(d, K("small"), five_k, sizeof five_k),
+                   0);
+  ck_assert_int_eq(fp_dict_delete(d, K("C"), NULL), 0);
+  ck_assert_int_eq(fp_dict_delete(d, K("A"), NULL), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("X"), bigger.data, bigger.len), 0);
+  assert_consistent(m);
+  fp_writer_free(&big);
+  fp_writer_free(&bigger);
+}
+END_TEST
+
+/* The footprint is the most the allocator had carved at once: pages given
+ * back at the bottom and carved again at the top count once. It never
+ * passes the heap area. */
+START_TEST(footprint_counts_pages_carved_at_both_ends_once) {
+  fp_manager *m = new_manager(4u << 20);
+  fp_manager_stats ms;
+  fp_array *a;
+  fp_dict *d;
+  char key[32];
+  int rc = 0;
+
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int i = 0; rc == 0; i++) { /* small values until the arena is full */
+    snprintf(key, sizeof(key), "k%d", i);
+    rc = fp_dict_set_str(d, K(key), "a value of about two cache lines, "
+                                    "so that it lives in a slab");
+  }
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
+  ck_assert_int_eq(fp_manager_stats_get(m, &ms), 0);
+  size_t full = ms.footprint, room = ms.free;
+  ck_assert_int_eq(fp_array_new(m, room - 64 * 1024, &a), 0);
+  ck_assert_int_eq(fp_manager_stats_get(m, &ms), 0);
+  ck_assert_uint_le(ms.footprint, ms.arena_size);
+  ck_assert_uint_eq(ms.footprint, full);
+  assert_consistent(m);
+}
+END_TEST
+
 /* --- big values overwritten ----------------------------------------------- */
 
 /* A 1 MiB value replaced 50 times in a 4 MiB arena: every set works, and
@@ -504,6 +561,8 @@ Suite *arena_reuse_suite(void) {
   tcase_add_test(tc, array_new_after_destroy_reuses_the_pages);
   tcase_add_test(tc, freed_top_span_serves_a_larger_request);
   tcase_add_test(tc, big_value_freed_below_a_small_one_serves_a_larger_request);
+  tcase_add_test(tc, slab_never_lands_between_big_spans);
+  tcase_add_test(tc, footprint_counts_pages_carved_at_both_ends_once);
   tcase_add_test(tc, dict_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, list_set_over_a_big_value_reuses_its_memory);
   tcase_add_test(tc, dict_set_in_the_default_arena_keeps_used_bounded);

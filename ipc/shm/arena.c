@@ -290,26 +290,23 @@ static uint64_t span_carve(fp_manager *m, uint64_t n, int from_top) {
   if (from_top) {
     off = m->top - (n << FP__SHM_PAGE_SHIFT);
     fp__shm_alog(m, &m->top, off);
-    if (m->top < m->top_low)
-      fp__shm_alog(m, &m->top_low, m->top);
-    return off;
+  } else {
+    off = m->brk;
+    fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
   }
-  off = m->brk;
-  fp__shm_alog(m, &m->brk, m->brk + (n << FP__SHM_PAGE_SHIFT));
-  if (m->brk > m->brk_high)
-    fp__shm_alog(m, &m->brk_high, m->brk);
+  if (fp__shm_carved_bytes(m) > m->carved_high)
+    fp__shm_alog(m, &m->carved_high, fp__shm_carved_bytes(m));
   return off;
 }
 
-/* Finds a free span of at least n pages and takes its first n pages,
- * putting the rest back; or carves n fresh pages (span_carve). Returns
- * the offset, or 0 when the arena is full. The caller marks the page
- * map. */
-static uint64_t span_alloc(fp_manager *m, uint64_t n, int from_top) {
+/* Takes the first n pages of the first free span of at least n pages
+ * (of the bottom part only, when low_only), putting the rest back.
+ * Returns its offset, or 0 when there is none. */
+static uint64_t bin_take(fp_manager *m, uint64_t n, int low_only) {
   for (int b = bin_of(n); b < FP__SHM_NBIN; b++) {
     for (uint64_t off = m->bins[b]; off != 0; off = span_at(m, off)->next) {
       uint64_t len = PM_VAL(*pm(m, page_of(off)));
-      if (len < n)
+      if (len < n || (low_only && off >= m->brk))
         continue;
       bin_remove(m, off, len);
       /* The span's link words were reachable: keep their old values. */
@@ -323,7 +320,22 @@ static uint64_t span_alloc(fp_manager *m, uint64_t n, int from_top) {
       return off;
     }
   }
-  return span_carve(m, n, from_top);
+  return 0;
+}
+
+/* Finds n pages: a free span (bin_take), or fresh pages (span_carve) at
+ * the bottom for a slab, at the top for a large span. Returns the
+ * offset, or 0 when the arena is full. The caller marks the page map. A
+ * slab takes a free span of the top part only as a last resort: sitting
+ * between big spans, it would keep their pages from merging back into
+ * one run when they are freed. */
+static uint64_t span_alloc(fp_manager *m, uint64_t n, int from_top) {
+  uint64_t off = bin_take(m, n, !from_top);
+  if (off == 0)
+    off = span_carve(m, n, from_top);
+  if (off == 0 && !from_top)
+    off = bin_take(m, n, 0);
+  return off;
 }
 
 /* Frees the span [off, off + n pages), merging it with free neighbours. */
@@ -615,9 +627,8 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   if (m->heap + 16 * FP__SHM_PAGE > size)
     return FP_EINVAL;
   m->brk = m->heap;
-  m->brk_high = m->heap;
   m->top = size;
-  m->top_low = size;
+  m->carved_high = 0;
   return 0;
 }
 

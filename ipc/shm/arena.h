@@ -219,11 +219,11 @@ struct fp_manager {
   /* Everything below is protected by mu, the global allocator lock. */
   fp__shm_mutex mu __attribute__((aligned(64)));
   uint32_t pad;
-  uint64_t brk;      /* [heap, brk) is carved into spans, from below */
-  uint64_t brk_high; /* the highest brk so far (span_free may lower brk):
-                        with top_low, the footprint of fp_manager_stats */
-  uint64_t top;      /* [top, size) is carved into spans, from above */
-  uint64_t top_low;  /* the lowest top so far */
+  uint64_t brk;         /* [heap, brk) is carved into spans, from below */
+  uint64_t top;         /* [top, size) is carved into spans, from above */
+  uint64_t carved_high; /* the most bytes carved at once (span_free may
+                           give pages back): the footprint of
+                           fp_manager_stats */
   uint64_t used;     /* bytes handed out: live, cached, retired */
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */

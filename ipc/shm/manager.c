@@ -81,8 +81,9 @@ int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out) {
   out->free = m->size - m->heap - m->used;
   out->objects = m->nobjects;
   out->repairs = atomic_load(&m->repairs);
-  out->footprint = (m->brk_high > m->brk ? m->brk_high : m->brk) - m->heap +
-                   m->size - (m->top_low < m->top ? m->top_low : m->top);
+  out->footprint = m->carved_high > fp__shm_carved_bytes(m)
+                      ? m->carved_high
+                      : fp__shm_carved_bytes(m);
   fp__shm_aunlock(m);
   return 0;
 }
