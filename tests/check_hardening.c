@@ -1535,6 +1535,44 @@ START_TEST(forged_part_frames_get_worker_replaced) {
 }
 END_TEST
 
+/* Scribbles over every shared mapping of its worker but the test's own
+ * (g_sh): the pool's slots and rings, and the header before them. */
+static int t_scribble_shared(fp_reader *args, fp_writer *out) {
+  (void)args;
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+    unsigned long lo, hi;
+    if (strstr(line, " rw-s ") == NULL ||
+        sscanf(line, "%lx-%lx", &lo, &hi) != 2 ||
+        ((uintptr_t)g_sh >= lo && (uintptr_t)g_sh < hi))
+      continue;
+    memset((void *)lo, 0xA5, hi - lo < (1u << 20) ? hi - lo : (1u << 20));
+  }
+  if (f != NULL)
+    fclose(f);
+  return fp_write_int(out, 1);
+}
+
+/* The master and the fork server never follow what a worker can write:
+ * after a task scribbled over the shared memory, the master lives, the
+ * workers whose rings make no sense are replaced, and work runs again
+ * (it crashed the pool thread, and then every new worker at start). */
+START_TEST(worker_scribbling_over_shared_memory_is_replaced) {
+  fp_pool *p = pool_n(2);
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_scribble_shared, NULL, NULL, &r),
+                   0);
+  fp_result_get(r, 10); /* any outcome: the scribbler may be killed */
+  fp_result_free(r);
+  int good = 0;
+  for (int i = 0; i < 40 && good < 8; i++)
+    good = apply_within(p, t_pid, 10) == 0 ? good + 1 : 0;
+  ck_assert_msg(good == 8, "work does not run again after the scribbling");
+  fp_pool_free(p);
+}
+END_TEST
+
 /* ---- 6. daemon-style programs ------------------------------------------------ */
 
 /* With descriptors 0-2 closed before the pool starts, the work succeeds and
@@ -2406,6 +2444,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item04b", waits_in_forked_child_are_refused, 60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
   add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
+  add_case(s, "item05c", worker_scribbling_over_shared_memory_is_replaced, 60);
   add_case(s, "item06", pool_works_with_stdio_closed, 60);
   add_case(s, "item07", map_async_never_reads_in_after_result_free, 60);
   add_case(s, "item08", fnref_after_dlclose_runs_named_function, 60);

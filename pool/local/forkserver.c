@@ -76,7 +76,7 @@ typedef struct child {
 
 typedef struct fserver {
   const fp__wconf *cfg;
-  fp__local_shm *shm;
+  const fp__shm_view *v; /* the master's private view of the mapping */
   int ctl;   /* control socket to the master */
   int sfd;   /* signalfd for SIGCHLD */
   int pidfd; /* the master's pidfd, or -1 */
@@ -272,7 +272,7 @@ static void become_worker(const fserver *fs, int slot, const int sv[2]) {
   boot.fd = sv[1];
   boot.parent = fs->self;
   boot.mask = fs->mask;
-  boot.shm = fs->shm;
+  boot.v = fs->v;
   fp__worker_main(fs->cfg, &boot);
 }
 
@@ -283,7 +283,7 @@ static void fs_spawn(fserver *fs, int slot) {
   for (int i = 0; i < fs->nkids && k == NULL; i++)
     if (fs->kids[i].pid == 0)
       k = &fs->kids[i];
-  if (slot < 0 || slot >= fs->shm->nslots || slot >= fs->cfg->nworkers) {
+  if (slot < 0 || slot >= fs->v->nslots || slot >= fs->cfg->nworkers) {
     fs_send(fs->ctl, FP__FS_FAILED, slot, 0, EINVAL, -1);
     return;
   }
@@ -330,8 +330,8 @@ static void fs_spawn(fserver *fs, int slot) {
 static void send_kill(fserver *fs, int slot, pid_t pid, int sig,
                       uint64_t aim) {
   if (aim != 0) {
-    if (slot >= 0 && slot < fs->shm->nslots &&
-        atomic_load(&fs->shm->slots[slot].seq) != aim)
+    if (slot >= 0 && slot < fs->v->nslots &&
+        atomic_load(&fs->v->slots[slot].seq) != aim)
       return;
     union sigval v = {.sival_ptr = (void *)(uintptr_t)aim};
     if (sigqueue(pid, sig, v) == 0 || errno == ESRCH)
@@ -415,12 +415,12 @@ static void fs_shutdown(fserver *fs) {
   _exit(FP__WEXIT_OK);
 }
 
-void fp__forkserver_main(const fp__wconf *cfg, fp__local_shm *shm, int ctl,
-                         pid_t master, int by_main_thread) {
+void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v,
+                         int ctl, pid_t master, int by_main_thread) {
   fserver fs;
   memset(&fs, 0, sizeof(fs));
   fs.cfg = cfg;
-  fs.shm = shm;
+  fs.v = v;
   fs.ctl = ctl;
   fs.master = master;
   fs.by_main_thread = by_main_thread;

@@ -81,6 +81,8 @@ struct llink {
   fp__link_events ev;
   fp__wconf cfg;         /* the fork server reads this copy */
   fp__local_shm *shm;
+  fp__shm_view v;        /* where the mapping's parts are: never read back
+                            from the mapping, which workers can write */
   size_t shm_len;
   lslot *slots;
   pid_t fs_pid;
@@ -121,7 +123,7 @@ static void result_in(llink *l, int slot, const unsigned char *p, size_t len,
   if (len >= sizeof(fp__res_hdr)) {
     fp__res_hdr rh;
     memcpy(&rh, p, sizeof(rh));
-    fp__slot_unskip(&l->shm->slots[slot], rh.seq);
+    fp__slot_unskip(&l->v.slots[slot], rh.seq);
   }
   EV(l, result, slot, p, len, keep);
 }
@@ -388,7 +390,7 @@ static void conn_on_io(uv_poll_t *h, int status, int events) {
 /* Hands every result published in slot's ring to the scheduler. Returns
  * how many. */
 static int ring_drain(llink *l, int slot) {
-  fp__ring *r = &l->shm->rings[slot];
+  fp__ring *r = &l->v.rings[slot];
   uint64_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   const unsigned char *p;
   size_t len;
@@ -415,7 +417,7 @@ static int ring_drain(llink *l, int slot) {
 
 static int rings_pending(llink *l) {
   for (int i = 0; i < l->cfg.nworkers; i++)
-    if (fp__ring_pending(&l->shm->rings[i]))
+    if (fp__ring_pending(&l->v.rings[i]))
       return 1;
   return 0;
 }
@@ -524,7 +526,7 @@ static void worker_gone(llink *l, int slot, int status) {
   s->ready = 0;
   if (c != NULL)
     conn_close(c);
-  fp__budget_drop_slot(l->shm, &l->shm->slots[slot]); /* died counted */
+  fp__budget_drop_slot(l->shm, &l->v.slots[slot]); /* died counted */
   EV(l, exited, slot, pid, status);
 }
 
@@ -690,11 +692,12 @@ static int map_shared(llink *l) {
   if (p == MAP_FAILED)
     return -errno;
   l->shm = p;
-  l->shm->nslots = (int)n;
+  l->v = (fp__shm_view){.hdr = p,
+                        .slots = (fp__slot *)((char *)p + hdr),
+                        .rings = (fp__ring *)((char *)p + rings_off),
+                        .trings = (fp__tring *)((char *)p + trings_off),
+                        .nslots = (int)n};
   l->shm->ncpu = usable_cpus();
-  l->shm->slots = (fp__slot *)((char *)p + hdr);
-  l->shm->rings = (fp__ring *)((char *)p + rings_off);
-  l->shm->trings = (fp__tring *)((char *)p + trings_off);
   return 0;
 }
 
@@ -747,7 +750,7 @@ static int fork_server(llink *l) {
     return rc;
   }
   if (pid == 0) /* closes sv[0] with the other registered descriptors */
-    fp__forkserver_main(&l->cfg, l->shm, sv[1], master, by_main);
+    fp__forkserver_main(&l->cfg, &l->v, sv[1], master, by_main);
   fp__fdreg_close(sv[1]);
   l->fs_pid = pid;
   l->fs_fd = sv[0];
@@ -804,7 +807,7 @@ static int local_spawn(fp__link *base, int slot) {
   lslot *s = &l->slots[slot];
   if (s->spawning || s->pid != 0)
     return FP_EINVAL;
-  fp__slot *pub = &l->shm->slots[slot];
+  fp__slot *pub = &l->v.slots[slot];
   atomic_store(&pub->pid, 0);
   atomic_store(&pub->seq, 0);
   atomic_store(&pub->started_ns, 0);
@@ -813,9 +816,9 @@ static int local_spawn(fp__link *base, int slot) {
   for (int i = 0; i < FP__SLOT_SKIPS; i++)
     atomic_store(&pub->skip[i], 0); /* the old process's marks */
   /* The previous process's ring was drained when it died. */
-  atomic_store(&l->shm->rings[slot].head, 0);
-  atomic_store(&l->shm->rings[slot].tail, 0);
-  fp__tring *tr = &l->shm->trings[slot];
+  atomic_store(&l->v.rings[slot].head, 0);
+  atomic_store(&l->v.rings[slot].tail, 0);
+  fp__tring *tr = &l->v.trings[slot];
   atomic_store(&tr->head, 0);
   atomic_store(&tr->tail, 0);
   atomic_store(&tr->sleeping, 0);
@@ -992,7 +995,7 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   static const unsigned char zeros[FP__FRAME_ALIGN];
   llink *l = (llink *)base;
   conn *c = l->slots[slot].c;
-  fp__tring *tr = &l->shm->trings[slot];
+  fp__tring *tr = &l->v.trings[slot];
   uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
   unsigned char hdr[FP__LINK_MAX_BATCH][FP__FRAME_HDR];
   struct iovec iov[5 * FP__LINK_MAX_BATCH];
@@ -1057,7 +1060,7 @@ static int local_poll(fp__link *base) {
   llink *l = (llink *)base;
   int got = 0;
   for (int i = 0; i < l->cfg.nworkers; i++)
-    if (l->slots[i].pid != 0 && fp__ring_pending(&l->shm->rings[i]))
+    if (l->slots[i].pid != 0 && fp__ring_pending(&l->v.rings[i]))
       got += ring_drain(l, i);
   return got;
 }
@@ -1093,12 +1096,12 @@ static int local_skip(fp__link *base, int slot, uint64_t seq) {
   llink *l = (llink *)base;
   if (l->slots[slot].pid == 0)
     return 0;
-  return fp__slot_skip(&l->shm->slots[slot], seq);
+  return fp__slot_skip(&l->v.slots[slot], seq);
 }
 
 static int local_running(fp__link *base, int slot, fp__running *out) {
   llink *l = (llink *)base;
-  fp__slot *pub = &l->shm->slots[slot];
+  fp__slot *pub = &l->v.slots[slot];
   out->seq = atomic_load(&pub->seq);
   out->item = atomic_load(&pub->item);
   out->started_ns =
@@ -1115,7 +1118,7 @@ static void local_finish(fp__link *base, int slot) {
   if (c == NULL || c->eof || c->out_len != 0 || l->slots[slot].finished)
     return;
   l->slots[slot].finished = 1;
-  fp__tring *tr = &l->shm->trings[slot];
+  fp__tring *tr = &l->v.trings[slot];
   uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
   if (put_marker(tr, &tail, FP__TRING_FINISH) == 0 &&
       fp__tring_publish(tr, tail))

@@ -181,10 +181,21 @@ typedef struct fp__local_shm {
   _Atomic int pollers;       /* callers draining the result rings */
   _Atomic int pool_spinning; /* the pool thread spins (and yields) */
   char pad3[56];
-  fp__slot *slots;   /* nslots, inside this mapping */
-  fp__ring *rings;   /* nslots, inside this mapping */
-  fp__tring *trings; /* nslots, inside this mapping */
+  /* The slots and rings follow: fp__shm_view says where. */
 } fp__local_shm;
+
+/* Where the mapping's parts are and how many slots it has, kept in the
+ * master's private memory (and inherited by the fork server and the
+ * workers), never in the mapping: every worker can write the mapping,
+ * and one that scribbles over it must not steer the master's reads, nor
+ * make every later worker crash at start. */
+typedef struct fp__shm_view {
+  fp__local_shm *hdr;
+  fp__slot *slots;   /* nslots */
+  fp__ring *rings;   /* nslots */
+  fp__tring *trings; /* nslots */
+  int nslots;
+} fp__shm_view;
 
 /* Master side: writes one frame (payload of `total` bytes in the iov
  * parts, padded to FP__FRAME_ALIGN) at *tail, a private copy of the tail,
@@ -283,13 +294,14 @@ typedef struct fp__wboot {
   int fd;                 /* the worker's end of its socket */
   pid_t parent;           /* the fork server, for PR_SET_PDEATHSIG */
   sigset_t mask;          /* the signal mask to run tasks with */
-  fp__local_shm *shm;     /* slots and rings */
+  const fp__shm_view *v;  /* slots and rings: the fork server's private
+                             copy of the master's view */
 } fp__wboot;
 
 /* The fork server's main loop (forkserver.c); never returns. master is the
  * pid of the process that forked it; by_main_thread says whether the
  * forking thread was its main thread (PR_SET_PDEATHSIG is then safe). */
-void fp__forkserver_main(const fp__wconf *cfg, fp__local_shm *shm, int ctl,
+void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v, int ctl,
                          pid_t master, int by_main_thread)
     __attribute__((noreturn));
 

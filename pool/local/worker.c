@@ -704,12 +704,12 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   memset(w, 0, sizeof(*w));
   w->cfg = cfg;
   w->fd = boot->fd;
-  w->slot = &boot->shm->slots[boot->slot];
-  w->ring = &boot->shm->rings[boot->slot];
-  w->tring = &boot->shm->trings[boot->slot];
+  w->slot = &boot->v->slots[boot->slot];
+  w->ring = &boot->v->rings[boot->slot];
+  w->tring = &boot->v->trings[boot->slot];
   w->tpos = atomic_load(&w->tring->head);
-  w->shm = boot->shm;
-  w->master_idle = &boot->shm->master_idle;
+  w->shm = boot->v->hdr;
+  w->master_idle = &boot->v->hdr->master_idle;
   g_worker_id = boot->slot;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != boot->parent)
