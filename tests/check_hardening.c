@@ -2203,6 +2203,45 @@ static int init_young(void *arg) {
 /* Workers SIGKILLed from outside before they are ready -- while fp_pool_new
  * waits for them, then replacements in a running pool -- are not start
  * failures of the program: no FP_ESTORM under the retry policy. */
+/* Stops the fork server (its parent), then ends as arg says: 0 returns,
+ * 1 exits (a death only the stopped fork server could report). */
+static int t_stop_fork_server(fp_reader *args, fp_writer *out) {
+  int64_t how = 0;
+  fp_read_int(args, &how);
+  kill(getppid(), SIGSTOP);
+  while (proc_state(getppid()) != 'T')
+    sched_yield();
+  if (how == 1)
+    _exit(2);
+  return fp_write_int(out, 1);
+}
+
+/* A stopped fork server neither sends kills nor reports deaths: past a
+ * bound the master kills it, and what waited on it ends. terminate
+ * returns (it waited for ever), and so does the work of a worker that
+ * died meanwhile (its result never came). */
+START_TEST(stopped_fork_server_is_killed_and_nothing_waits_for_ever) {
+  for (int64_t how = 0; how < 2; how++) {
+    fp_pool *p = pool_n(2);
+    fp_writer args;
+    fp_result *r;
+    fp_writer_init(&args);
+    fp_write_int(&args, how);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_stop_fork_server, &args, NULL,
+                                         &r),
+                     0);
+    int rc = fp_result_get(r, 30);
+    ck_assert_int_eq(rc, how == 0 ? 0 : FP_EWORKER);
+    fp_result_free(r);
+    double t0 = now_s();
+    ck_assert_int_eq(fp_pool_terminate(p), 0);
+    ck_assert_msg(now_s() - t0 < 10, "terminate took %.1f s", now_s() - t0);
+    fp_pool_free(p);
+    fp_writer_free(&args);
+  }
+}
+END_TEST
+
 START_TEST(external_kills_of_young_workers_no_storm) {
   int pp[2];
   ck_assert_int_eq(pipe(pp), 0);
@@ -2455,6 +2494,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item12", concurrent_pool_new_from_threads, 180);
   add_case(s, "item13", results_and_iters_outlive_freed_pool, 120);
   add_case(s, "item14", master_death_with_stopped_fork_server, 60);
+  add_case(s, "item14b", stopped_fork_server_is_killed_and_nothing_waits_for_ever,
+           90);
   add_case(s, "item15", external_kills_of_young_workers_no_storm, 60);
   add_case(s, "item16", dict_destroy_racing_insert_keeps_arena, 120);
   add_case(s, "item17", map_with_zero_out_size, 30);

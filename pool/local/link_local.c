@@ -74,6 +74,8 @@ typedef struct lslot {
   int spawning;          /* SPAWN sent, no answer yet */
   int ready;
   int finished;          /* FINISH is in the task ring */
+  int64_t exit_due_ns;   /* its EXITED is due by then (SIGKILL sent, or
+                            its socket closed); 0: none expected */
 } lslot;
 
 struct llink {
@@ -95,6 +97,8 @@ struct llink {
   uv_check_t chk;        /* after each poll: drain the rings */
   uv_idle_t spin;        /* keeps the poll from blocking while rings fill */
   uv_async_t flush;      /* a user thread left bytes to send */
+  uv_timer_t watch;      /* runs while an EXITED is due (fs_watch) */
+  int watching;
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
   int copy_pipe[2];       /* safe_copy's fallback, made on first use */
@@ -129,6 +133,7 @@ static void result_in(llink *l, int slot, const unsigned char *p, size_t len,
 }
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
+static void expect_exit(llink *l, int slot);
 
 /* ---- the control socket ---------------------------------------------------- */
 
@@ -380,6 +385,7 @@ static void conn_on_io(uv_poll_t *h, int status, int events) {
       /* EOF: the worker is gone or going; its EXITED report decides. */
       c->eof = 1;
       conn_set_events(c, 0);
+      expect_exit(l, c->slot);
     }
   }
   l->ev.leave(l->ev.ctx);
@@ -511,6 +517,47 @@ static void on_flush(uv_async_t *a) {
   l->ev.leave(l->ev.ctx);
 }
 
+/* ---- a fork server that stopped answering ---------------------------------- */
+
+/* How long a worker's EXITED may take after its SIGKILL was sent or its
+ * socket closed. The fork server reaps and reports within milliseconds;
+ * one that does not is stopped (SIGSTOP, a debugger) or wedged, and
+ * without it no kill arrives and no death is reported: terminate would
+ * wait for ever, and so would the work of a worker that died. */
+#define FS_STUCK_NS (2 * 1000000000LL)
+
+/* Checks the due EXITED reports; past one, kills the fork server, whose
+ * end is then handled as any (fs_gone: every worker dies with it, by
+ * PDEATHSIG). Stops when none is due. */
+static void fs_watch(uv_timer_t *t) {
+  llink *l = t->data;
+  int64_t now = fp__now_ns(), due = 0;
+  l->ev.enter(l->ev.ctx);
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    int64_t d = l->slots[i].pid != 0 ? l->slots[i].exit_due_ns : 0;
+    if (d != 0 && now >= d && !l->lost)
+      kill(l->fs_pid, SIGKILL); /* our child: reaped by free() only */
+    due |= d != 0;
+  }
+  if (!due || l->lost) {
+    uv_timer_stop(&l->watch);
+    l->watching = 0;
+  }
+  l->ev.leave(l->ev.ctx);
+}
+
+/* slot's EXITED is now due within FS_STUCK_NS (unless due already). */
+static void expect_exit(llink *l, int slot) {
+  lslot *s = &l->slots[slot];
+  if (s->pid == 0 || s->exit_due_ns != 0 || !l->started)
+    return;
+  s->exit_due_ns = fp__now_ns() + FS_STUCK_NS;
+  if (!l->watching) {
+    uv_timer_start(&l->watch, fs_watch, 250, 250);
+    l->watching = 1;
+  }
+}
+
 /* ---- fork server reports --------------------------------------------------- */
 
 /* A worker's process ended: deliver what it wrote, then report it. */
@@ -524,6 +571,7 @@ static void worker_gone(llink *l, int slot, int status) {
   s->c = NULL;
   s->pid = 0;
   s->ready = 0;
+  s->exit_due_ns = 0;
   if (c != NULL)
     conn_close(c);
   fp__budget_drop_slot(l->shm, &l->v.slots[slot]); /* died counted */
@@ -792,7 +840,8 @@ static int local_start(fp__link *base, uv_loop_t *loop) {
   uv_check_init(loop, &l->chk);
   uv_idle_init(loop, &l->spin);
   uv_async_init(loop, &l->flush, on_flush);
-  l->prep.data = l->chk.data = l->flush.data = l;
+  uv_timer_init(loop, &l->watch);
+  l->prep.data = l->chk.data = l->flush.data = l->watch.data = l;
   uv_prepare_start(&l->prep, on_prepare);
   uv_check_start(&l->chk, on_check);
   /* prepare/check must not keep the loop alive on their own. */
@@ -840,6 +889,8 @@ static int local_kill(fp__link *base, int slot, int sig, uint64_t aim) {
   lslot *s = &l->slots[slot];
   if (s->pid == 0)
     return FP_EINVAL;
+  if (sig == SIGKILL)
+    expect_exit(l, slot);
   return fs_send(l, FP__FS_KILL, slot, s->pid, sig, aim);
 }
 
@@ -1140,6 +1191,7 @@ static void local_close(fp__link *base) {
   uv_close((uv_handle_t *)&l->chk, closed_noop);
   uv_close((uv_handle_t *)&l->spin, closed_noop);
   uv_close((uv_handle_t *)&l->flush, closed_noop);
+  uv_close((uv_handle_t *)&l->watch, closed_noop);
   for (int i = 0; i < l->cfg.nworkers; i++) {
     if (l->slots[i].c != NULL)
       conn_close(l->slots[i].c);
