@@ -44,6 +44,8 @@
 #include "pool/progress.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -90,11 +92,23 @@ static double now_sec(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Writes the n bytes at buf to fd 2 in as few write(2) calls as the kernel
- * allows (one, unless interrupted or short). Errors are ignored, and a
- * stderr that is a broken pipe must not kill the program: SIGPIPE is
- * blocked for the write, and one it raised is taken back (the thread may
- * be the user's, taking results in). */
+/* 1 when a write of up to PIPE_BUF bytes to fd 2 will not block: a pipe
+ * or socket with room, a file or terminal. A stderr nobody reads must
+ * not stop the pool (the writer holds its lock): its lines are dropped. */
+static int stderr_has_room(void) {
+  struct pollfd p = {STDERR_FILENO, POLLOUT, 0};
+  int rc;
+  while ((rc = poll(&p, 1, 0)) < 0 && errno == EINTR)
+    ;
+  return rc == 1 && (p.revents & POLLOUT);
+}
+
+/* Writes the n bytes at buf to fd 2, PIPE_BUF bytes at most per write(2),
+ * each only when it cannot block (stderr_has_room); what finds no room is
+ * dropped. Errors are ignored, and a stderr that is a broken pipe must
+ * not kill the program: SIGPIPE is blocked for the write, and one it
+ * raised is taken back (the thread may be the user's, taking results
+ * in). */
 static void write_all(const char *buf, size_t n) {
   sigset_t pipe_only, old, pending;
   sigemptyset(&pipe_only);
@@ -103,8 +117,8 @@ static void write_all(const char *buf, size_t n) {
   sigpending(&pending);
   int was_pending = sigismember(&pending, SIGPIPE);
   int broke = 0;
-  while (n > 0) {
-    ssize_t k = write(STDERR_FILENO, buf, n);
+  while (n > 0 && stderr_has_room()) {
+    ssize_t k = write(STDERR_FILENO, buf, n < PIPE_BUF ? n : PIPE_BUF);
     if (k < 0) {
       if (errno == EINTR)
         continue;

@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1253,6 +1254,39 @@ END_TEST
 /* Progress lines to a stderr whose reader is gone: the write fails with
  * EPIPE, and SIGPIPE (raised on whichever thread writes, the caller's
  * too) must not kill the program. */
+/* A stderr pipe nobody reads fills up: the progress lines that find no
+ * room are dropped, and the pool never blocks on it (the writer holds the
+ * pool's lock: every call stopped once 4 KiB of lines were written). */
+START_TEST(progress_lines_to_a_full_pipe_never_block) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  fcntl(fds[1], F_SETPIPE_SZ, 4096); /* the smallest; fine if refused */
+  int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_eq(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
+  close(fds[1]);
+  fp_pool *p = new_pool(2);
+  int64_t in[16] = {0}, out[16];
+  fp_call_opts co = {0};
+  co.progress = FP_PROGRESS_LINES;
+  int rc = 0, k;
+  /* Each map prints its final line (about 60 bytes); 2000 of them are
+   * over 100 KiB, far more than the pipe holds. */
+  fp_result *r = NULL;
+  for (k = 0; k < 2000 && rc == 0; k++) {
+    rc = fp_pool_map_async(p, t_square, in, 16, 8, out, 8, &co, &r);
+    if (rc == 0)
+      rc = fp_result_get(r, 10); /* FP_ETIMEDOUT: blocked */
+    fp_result_free(r);
+  }
+  fp_pool_free(p);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(fds[0]);
+  ck_assert_msg(rc == 0, "map %d: %s", k, fp_err_name(rc));
+}
+END_TEST
+
 START_TEST(progress_lines_to_a_broken_pipe_do_not_kill) {
   int fds[2];
   ck_assert_int_eq(pipe(fds), 0);
@@ -1746,6 +1780,7 @@ Suite *pool_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, progress_callback_runs_on_the_pool_thread_and_may_call_it);
   tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
+  tcase_add_test(tc, progress_lines_to_a_full_pipe_never_block);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("workers");
