@@ -366,13 +366,19 @@ static int submit_locked(fp_pool *pool, fp__job *job, fp__chunk **heap) {
   return 0;
 }
 
+/* Sets the last error to rc's own message; returns rc. */
+static int fail_call(int rc) {
+  fp__set_last_error(rc, NULL);
+  return rc;
+}
+
 /* Attaches a fresh result to job and submits it. Takes job. */
 static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
                             fp_result **res) {
   fp_result *r = fp__result_new(pool, o);
   if (r == NULL) {
     fp__job_free(job);
-    return FP_ENOMEM;
+    return fail_call(FP_ENOMEM);
   }
   job->res = r;
   r->job = job;
@@ -430,11 +436,6 @@ static int finish_blocking(fp_result *res, fp_writer *out) {
   return rc;
 }
 
-static int fail_call(int rc) {
-  fp__set_last_error(rc, NULL);
-  return rc;
-}
-
 /* Makes a blocking call's results stream into out (see job.c). Results
  * are often about as large as the items (transforms of strings or byte
  * buffers): reserving that much up front spares the writer its doubling
@@ -479,13 +480,11 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
   /* Items are borrowed for the call, unless they are out's own bytes:
    * the results streaming into out would move them. */
   int rc = make_values(pool, kind, fn, items, items != out, opts, &job, &heap);
-  if (rc == 0) {
-    stream_into(job, out,
-                kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
-    rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
-  }
   if (rc != 0)
     return fail_call(rc);
+  stream_into(job, out, kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
+  if ((rc = start_result_job(pool, job, NULL, &res)) != 0)
+    return rc; /* its message is set */
   return finish_blocking(res, out);
 }
 
@@ -561,10 +560,10 @@ int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
   if (!blocking_allowed(pool))
     return FP_EINVAL; /* its message is set */
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
-  if (rc == 0)
-    rc = start_result_job(pool, job, NULL, &res); /* no callbacks */
   if (rc != 0)
     return fail_call(rc);
+  if ((rc = start_result_job(pool, job, NULL, &res)) != 0)
+    return rc; /* its message is set */
   prefault_output(res, out, n * out_size);
   return finish_blocking(res, NULL);
 }
@@ -596,7 +595,7 @@ int fp_pool_starmap_async(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
 static int start_iter(fp_pool *pool, fp__job *job, fp__chunk **heap,
                       int ordered, fp_iter **out) {
   fp_iter *it = fp__iter_new(pool, ordered);
-  int rc = it ? 0 : FP_ENOMEM;
+  int rc = it ? 0 : fail_call(FP_ENOMEM);
   if (it != NULL) {
     job->it = it;
     it->job = job;
@@ -626,9 +625,9 @@ static int imap_common(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
   *it = NULL;
   int rc = make_values(pool, ordered ? FP__JOB_IMAP : FP__JOB_IMAP_UNORDERED,
                        fn, items, 0, opts, &job, &heap);
-  if (rc == 0)
-    rc = start_iter(pool, job, heap, ordered, it);
-  return rc != 0 ? fail_call(rc) : 0;
+  if (rc != 0)
+    return fail_call(rc);
+  return start_iter(pool, job, heap, ordered, it); /* sets its message */
 }
 
 int fp_pool_imap(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
@@ -666,7 +665,7 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
     return fail_call(rc);
   }
   if ((rc = start_iter(pool, job, NULL, ordered, out)) != 0)
-    return fail_call(rc);
+    return rc; /* its message is set */
   fp_iter *it = *out;
   it->producer = producer;
   it->parg = parg;

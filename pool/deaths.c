@@ -17,6 +17,7 @@
  */
 #include "pool/pool_int.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,7 @@ void fp__deaths_spawn_locked(fp_pool *pool, fp__wslot *ws) {
 void fp__deaths_break_locked(fp_pool *pool, int code, const char *msg) {
   fp__assert_locked(pool);
   pool->broken = code;
+  snprintf(pool->broken_msg, sizeof(pool->broken_msg), "%s", msg);
   while (pool->jobs.head)
     fp__sched_cancel_job_locked(pool, pool->jobs.head, code, -1, msg, 1);
   pthread_cond_broadcast(&pool->cond);
@@ -304,8 +306,13 @@ void fp__deaths_on_start_failed(void *ctx, int slot, int err) {
   if (pool->start_err == 0)
     pool->start_err = err;
   char msg[FP__MSG_LEN];
-  snprintf(msg, sizeof(msg), "cannot start a worker: %s (%s)",
-           fp_err_name(err), fp_strerror(err));
+  if (err < 0 && err > -4000) /* the fork server's fork() failed: errno */
+    snprintf(msg, sizeof(msg), "cannot start a worker: fork() failed: %s%s",
+             strerror(-err),
+             err == -EAGAIN ? " (a process limit: RLIMIT_NPROC?)" : "");
+  else
+    snprintf(msg, sizeof(msg), "cannot start a worker: %s (%s)",
+             fp_err_name(err), fp_strerror(err));
   snprintf(pool->start_msg, sizeof(pool->start_msg), "%s", msg);
   pthread_cond_broadcast(&pool->cond);
   if (pool->starting || !want_workers(pool))

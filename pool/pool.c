@@ -36,12 +36,24 @@
 _Static_assert(FP__LINK_MAX_BATCH == 16, "bad_option() names the bound");
 
 int fp__pool_check_submit_locked(fp_pool *pool) {
-  if (fp__pool_foreign(pool))
-    return FP_EINVAL; /* a forked copy of the master, or a worker */
-  if (pool->broken)
+  char msg[FP__MSG_LEN + 32];
+  if (fp__pool_foreign(pool)) {
+    fp__set_last_error(FP_EINVAL, "pool call in a forked copy of the "
+                                  "master: the pool belongs to its parent");
+    return FP_EINVAL;
+  }
+  if (pool->broken) {
+    snprintf(msg, sizeof(msg), "the pool is broken: %s", pool->broken_msg);
+    fp__set_last_error(pool->broken, msg);
     return pool->broken;
-  if (pool->state != FP__RUN)
+  }
+  if (pool->state != FP__RUN) {
+    fp__set_last_error(FP_ECLOSED, pool->state == FP__CLOSE
+                                       ? "the pool is closed: no new work"
+                                       : "the pool was terminated: no new "
+                                         "work");
     return FP_ECLOSED;
+  }
   return 0;
 }
 

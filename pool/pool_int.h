@@ -62,6 +62,7 @@ struct fp_pool {
   int state;
   int broken;            /* a storm or a lost link: the code to fail with */
   int start_err;         /* first start_failed error (fp_pool_new) */
+  char broken_msg[FP__MSG_LEN]; /* why the pool broke (broken != 0) */
   char start_msg[FP__MSG_LEN]; /* why starting failed last: fp_pool_new's
                                   message ("" when nothing failed) */
   int starting;          /* fp_pool_new waits for the first READYs */

@@ -2242,6 +2242,30 @@ START_TEST(stopped_fork_server_is_killed_and_nothing_waits_for_ever) {
 }
 END_TEST
 
+/* The fork server killed while the pool is idle: every later submission,
+ * blocking or async, says the pool broke and why. */
+START_TEST(submissions_after_fork_server_death_say_why) {
+  fp_pool *p = pool_n(1);
+  fp_worker_info wi;
+  fp_result *r = NULL;
+  ck_assert_int_eq(fp_pool_worker_info(p, 0, &wi), 0);
+  pid_t fs = proc_ppid(wi.pid);
+  ck_assert_int_gt(fs, 1);
+  ck_assert_int_eq(kill(fs, SIGKILL), 0);
+  int rc = 0;
+  for (int i = 0; i < 1000 && rc == 0; i++) /* until the loss is seen */
+    rc = apply_within(p, t_pid, 10);
+  ck_assert_int_eq(rc, FP_EWORKER);
+  ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, NULL), FP_EWORKER);
+  ck_assert_msg(strstr(fp_last_error(), "fork server died") != NULL, "'%s'",
+                fp_last_error());
+  ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, &r), FP_EWORKER);
+  ck_assert_msg(strstr(fp_last_error(), "fork server died") != NULL, "'%s'",
+                fp_last_error());
+  fp_pool_free(p);
+}
+END_TEST
+
 START_TEST(external_kills_of_young_workers_no_storm) {
   int pp[2];
   ck_assert_int_eq(pipe(pp), 0);
@@ -2496,6 +2520,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item14", master_death_with_stopped_fork_server, 60);
   add_case(s, "item14b", stopped_fork_server_is_killed_and_nothing_waits_for_ever,
            90);
+  add_case(s, "item14c", submissions_after_fork_server_death_say_why, 60);
   add_case(s, "item15", external_kills_of_young_workers_no_storm, 60);
   add_case(s, "item16", dict_destroy_racing_insert_keeps_arena, 120);
   add_case(s, "item17", map_with_zero_out_size, 30);

@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+static int e_ident(const void *in, void *out);
+
 static int square(fp_reader *args, fp_writer *out) {
   int64_t x = 0;
   fp_read_int(args, &x);
@@ -190,8 +192,23 @@ START_TEST(refused_calls_replace_the_last_error) {
   REFUSED(fp_pool_terminate(NULL));
   REFUSED(fp_pool_new(NULL, NULL));
 #undef REFUSED
-  (void)r;
-  (void)it;
+  /* Refused submissions of every form say why: the pool is closed. */
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  int64_t in = 1, o8;
+#define CLOSED(call)                                                           \
+  do {                                                                         \
+    ck_assert_int_eq(fp_pool_apply(NULL, square, &a, &out), FP_EINVAL);        \
+    ck_assert_int_eq((call), FP_ECLOSED);                                      \
+    ck_assert_msg(strstr(fp_last_error(), "closed") != NULL,                   \
+                  "%s: message '%s'", #call, fp_last_error());                \
+  } while (0)
+  CLOSED(fp_pool_apply(p, square, &a, &out));
+  CLOSED(fp_pool_apply_async(p, square, &a, NULL, &r));
+  CLOSED(fp_pool_map_values_async(p, square, &a, NULL, &r));
+  CLOSED(fp_pool_map_async(p, e_ident, &in, 1, 8, &o8, 8, NULL, &r));
+  CLOSED(fp_pool_map(p, e_ident, &in, 1, 8, &o8, 8, NULL));
+  CLOSED(fp_pool_imap(p, square, &a, NULL, &it));
+#undef CLOSED
   fp_pool_free(p);
   fp_writer_free(&a);
   fp_writer_free(&out);
