@@ -181,7 +181,7 @@ FP_EXTERN void fp_writer_free(fp_writer *w);
 FP_EXTERN void fp_writer_reset(fp_writer *w);
 
 /* Returns the writer's sticky error: 0, or the first failure of any write
- * since init/reset. */
+ * since init/reset; FP_EINVAL for NULL. */
 FP_EXTERN int fp_writer_error(const fp_writer *w);
 
 /* Makes room for at least `extra` more bytes so that the next writes of that
@@ -252,7 +252,9 @@ FP_EXTERN int fp_write_raw(fp_writer *w, const void *enc, size_t n);
 
 /* Points r at the len encoded bytes at data (borrowed, not copied: the
  * buffer must outlive the reader and the views it returns). data may be
- * NULL only when len is 0. Allocates nothing, cannot fail. */
+ * NULL only when len is 0. Allocates nothing, cannot fail. Every reader
+ * call below, and fp_copy_value / fp_values_count, returns FP_EINVAL for a
+ * NULL reader or argument (besides the codes it lists). */
 FP_EXTERN void fp_reader_init(fp_reader *r, const void *data, size_t len);
 
 /* Returns 1 when the current level holds no more values (the end of the
@@ -313,20 +315,22 @@ FP_EXTERN int fp_read_skip(fp_reader *r);
 FP_EXTERN int fp_read_span(fp_reader *r, const void **start, size_t *len);
 
 /* Copies the next value of r to w (one item of w's open list, if any). The
- * reader moves only when the write succeeded. Returns 0, a reader error
- * (FP_EOF, FP_EPROTO, FP_EDEPTH) or a writer error (sticky). */
+ * reader moves only when the write succeeded. r may read w's own bytes
+ * (values w already holds): when the write moves w's buffer, r moves with
+ * it. Returns 0, a reader error (FP_EOF, FP_EPROTO, FP_EDEPTH) or a
+ * writer error (sticky). */
 FP_EXTERN int fp_copy_value(fp_writer *w, fp_reader *r);
 
 /* Checks that the len bytes at data are a sequence of zero or more
  * well-formed values and stores their number (top-level values only) in
- * *count (may be NULL). Returns 0, FP_EPROTO or FP_EDEPTH; *count is left
- * untouched on failure. */
+ * *count (may be NULL). Returns 0, FP_EPROTO or FP_EDEPTH (FP_EINVAL for
+ * NULL data with len > 0); *count is left untouched on failure. */
 FP_EXTERN int fp_values_count(const void *data, size_t len, size_t *count);
 
 /* --- pack / unpack ---------------------------------------------------- */
 
 /* A printf-like shorthand over the writer and reader calls. Format letters
- * (spaces, tabs and newlines are ignored):
+ * (white space -- spaces, tabs, newlines, carriage returns -- is ignored):
  *
  *   letter  pack argument(s)           unpack argument(s)
  *   n       (none)                     (none)
@@ -393,7 +397,9 @@ FP_EXTERN int fp_frame_write(int fd, const void *payload, size_t len);
  * clean end of file before any header byte; FP_EPROTO on end of file inside
  * a frame; FP_EMSGSIZE when the announced length exceeds max, without
  * allocating (the stream is then unusable); FP_ENOMEM; -errno of a failed
- * read. On failure buf->len is 0. */
+ * read. On failure buf->len is 0. max bounds what a peer can make this
+ * call allocate (a 4-byte header announces up to 4 GiB): pass what you
+ * expect, not SIZE_MAX, when the peer is not trusted. */
 FP_EXTERN int fp_frame_read(int fd, fp_writer *buf, size_t max);
 
 /* FRAME_API_END */

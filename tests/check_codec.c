@@ -727,6 +727,33 @@ START_TEST(writes_from_the_writers_own_buffer) {
 }
 END_TEST
 
+/* A reader over all of w's bytes copies them into w one by one: each
+ * copy may move w's buffer, and the reader moves with it (it kept the
+ * old address, freed, before). */
+START_TEST(copy_value_reader_over_the_writers_own_bytes) {
+  fp_writer w;
+  fp_reader r;
+  int64_t v;
+  fp_writer_init(&w);
+  ck_assert_int_eq(fp_write_str(&w, "abcdefghijklmnopqrstuvwxyz0123456789"), 0);
+  size_t str_len = w.len;
+  int n = 0;
+  while (w.cap - w.len >= str_len) /* until the copy cannot fit */
+    ck_assert_int_eq(fp_write_int(&w, n++), 0);
+  size_t len = w.len;
+  fp_reader_init(&r, w.data, len);
+  ck_assert_int_eq(fp_copy_value(&w, &r), 0); /* the string: w grows */
+  ck_assert(r.data >= w.data && r.data < w.data + w.len); /* r moved along */
+  for (int i = 0; i < n; i++) {
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, i);
+  }
+  ck_assert(fp_reader_at_end(&r));
+  ck_assert_uint_gt(w.len, len);
+  fp_writer_free(&w);
+}
+END_TEST
+
 /* A writer's first error stays: bytes_begin without a destination on a
  * writer already in error returns that error, not FP_EINVAL. */
 START_TEST(bytes_begin_keeps_the_sticky_error) {
@@ -781,6 +808,7 @@ Suite *codec_suite(void) {
   tcase_add_test(tc, list_counts_items_of_every_kind);
   tcase_add_test(tc, reader_null_and_empty_inputs);
   tcase_add_test(tc, writes_from_the_writers_own_buffer);
+  tcase_add_test(tc, copy_value_reader_over_the_writers_own_bytes);
   tcase_add_test(tc, bytes_begin_keeps_the_sticky_error);
   suite_add_tcase(s, tc);
   return s;

@@ -693,9 +693,15 @@ int fp_copy_value(fp_writer *w, fp_reader *r) {
   rc = fp_read_span(&probe, &start, &len);
   if (rc != 0)
     return rc;
+  /* A reader of w's own bytes (copying a value w already holds): the
+   * write may move w's buffer, and the reader with it. */
+  const unsigned char *old = w->data;
+  int own = old != NULL && probe.data >= old && probe.data < old + w->len;
   rc = fp_write_raw(w, start, len);
   if (rc != 0)
     return rc;
+  if (own)
+    probe.data = w->data + (probe.data - old);
   *r = probe;
   return 0;
 }
