@@ -2242,6 +2242,33 @@ START_TEST(stopped_fork_server_is_killed_and_nothing_waits_for_ever) {
 }
 END_TEST
 
+/* Closes every descriptor of its worker (its socket to the master among
+ * them), then works on for 3 s. */
+static int t_close_fds_and_work_on(fp_reader *args, fp_writer *out) {
+  (void)args;
+  for (int fd = 3; fd < 1024; fd++)
+    close(fd);
+  fp_test_spin_us(3000000);
+  return fp_write_int(out, 1);
+}
+
+/* A worker whose socket closed but that works on is slow to die, not a
+ * sign that the fork server stopped: the fork server is not killed (the
+ * pool would break); the item fails alone or succeeds, work goes on. */
+START_TEST(worker_closing_its_socket_does_not_break_the_pool) {
+  fp_pool *p = pool_n(2);
+  fp_result *r;
+  ck_assert_int_eq(
+      fp_pool_apply_async(p, t_close_fds_and_work_on, NULL, NULL, &r), 0);
+  int rc = fp_result_get(r, 30); /* its result may still come by the ring */
+  ck_assert_msg(rc == 0 || rc == FP_EWORKER, "%s", fp_err_name(rc));
+  fp_result_free(r);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(apply_within(p, t_pid, 10), 0);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* The fork server killed while the pool is idle: every later submission,
  * blocking or async, says the pool broke and why. */
 START_TEST(submissions_after_fork_server_death_say_why) {
@@ -2521,6 +2548,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item14b", stopped_fork_server_is_killed_and_nothing_waits_for_ever,
            90);
   add_case(s, "item14c", submissions_after_fork_server_death_say_why, 60);
+  add_case(s, "item14d", worker_closing_its_socket_does_not_break_the_pool, 60);
   add_case(s, "item15", external_kills_of_young_workers_no_storm, 60);
   add_case(s, "item16", dict_destroy_racing_insert_keeps_arena, 120);
   add_case(s, "item17", map_with_zero_out_size, 30);

@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -520,24 +521,45 @@ static void on_flush(uv_async_t *a) {
 /* ---- a fork server that stopped answering ---------------------------------- */
 
 /* How long a worker's EXITED may take after its SIGKILL was sent or its
- * socket closed. The fork server reaps and reports within milliseconds;
- * one that does not is stopped (SIGSTOP, a debugger) or wedged, and
- * without it no kill arrives and no death is reported: terminate would
- * wait for ever, and so would the work of a worker that died. */
+ * socket closed before the fork server is looked at. It reaps and reports
+ * within milliseconds; one that is stopped (SIGSTOP, a debugger) sends no
+ * kill and reports no death: terminate would wait for ever, and so would
+ * the work of a worker that died. A worker may also just take long to
+ * die (a task that closed its own socket and runs on): that is no reason
+ * to kill the fork server, which is why its state is checked. */
 #define FS_STUCK_NS (2 * 1000000000LL)
 
-/* Checks the due EXITED reports; past one, kills the fork server, whose
- * end is then handled as any (fs_gone: every worker dies with it, by
- * PDEATHSIG). Stops when none is due. */
+/* 1 when process pid is stopped or traced-stopped (procfs state T or t);
+ * 0 when it runs, or when procfs cannot tell. */
+static int proc_stopped(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold ) */
+  return p != NULL && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
+/* Checks the due EXITED reports; past one, while the fork server is
+ * stopped, kills it, and its end is then handled as any (fs_gone: every
+ * worker dies with it, by PDEATHSIG). Stops when none is due. */
 static void fs_watch(uv_timer_t *t) {
   llink *l = t->data;
   int64_t now = fp__now_ns(), due = 0;
   l->ev.enter(l->ev.ctx);
   for (int i = 0; i < l->cfg.nworkers; i++) {
     int64_t d = l->slots[i].pid != 0 ? l->slots[i].exit_due_ns : 0;
-    if (d != 0 && now >= d && !l->lost)
-      kill(l->fs_pid, SIGKILL); /* our child: reaped by free() only */
     due |= d != 0;
+    if (d != 0 && now >= d && !l->lost && proc_stopped(l->fs_pid)) {
+      kill(l->fs_pid, SIGKILL); /* our child: reaped by free() only */
+      break;
+    }
   }
   if (!due || l->lost) {
     uv_timer_stop(&l->watch);
