@@ -37,7 +37,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -529,23 +528,6 @@ static void on_flush(uv_async_t *a) {
  * to kill the fork server, which is why its state is checked. */
 #define FS_STUCK_NS (2 * 1000000000LL)
 
-/* 1 when process pid is stopped or traced-stopped (procfs state T or t);
- * 0 when it runs, or when procfs cannot tell. */
-static int proc_stopped(pid_t pid) {
-  char path[64], buf[256];
-  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  ssize_t n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = '\0';
-  const char *p = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold ) */
-  return p != NULL && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
-}
-
 /* Checks the due EXITED reports; past one, while the fork server is
  * stopped, kills it, and its end is then handled as any (fs_gone: every
  * worker dies with it, by PDEATHSIG). Stops when none is due. */
@@ -556,7 +538,7 @@ static void fs_watch(uv_timer_t *t) {
   for (int i = 0; i < l->cfg.nworkers; i++) {
     int64_t d = l->slots[i].pid != 0 ? l->slots[i].exit_due_ns : 0;
     due |= d != 0;
-    if (d != 0 && now >= d && !l->lost && proc_stopped(l->fs_pid)) {
+    if (d != 0 && now >= d && !l->lost && fp__proc_stopped(l->fs_pid)) {
       kill(l->fs_pid, SIGKILL); /* our child: reaped by free() only */
       break;
     }

@@ -249,14 +249,8 @@ void fp__budget_drop_slot(fp__local_shm *shm, fp__slot *s) {
  * (nr_running, the reader included), or 0 when it cannot be read. */
 static int machine_running(void) {
   char buf[128];
-  int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  if (fp__proc_read("/proc/loadavg", buf, sizeof(buf)) < 0)
     return 0;
-  ssize_t n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = 0;
   char *p = buf;
   for (int field = 0; field < 3 && p != NULL; field++)
     if ((p = strchr(p, ' ')) != NULL)
