@@ -44,6 +44,7 @@
 #include "pool/progress.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -53,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,8 +95,8 @@ static double now_sec(void) {
 }
 
 /* 1 when a write of up to PIPE_BUF bytes to fd 2 will not block: a pipe
- * or socket with room, a file or terminal. A stderr nobody reads must
- * not stop the pool (the writer holds its lock): its lines are dropped. */
+ * or socket with room, a file. A stderr nobody reads must not stop the
+ * pool (the writer holds its lock): its lines are dropped. */
 static int stderr_has_room(void) {
   struct pollfd p = {STDERR_FILENO, POLLOUT, 0};
   int rc;
@@ -103,12 +105,26 @@ static int stderr_has_room(void) {
   return rc == 1 && (p.revents & POLLOUT);
 }
 
+/* A terminal says "writable" while it has any room at all, and a blocking
+ * write then waits until every byte is out: a terminal nobody reads (a
+ * stopped emulator, a pty whose master is not read) would stop the pool.
+ * For a character device, fd 2 is opened afresh, non-blocking, as its own
+ * file description (O_NONBLOCK on fd 2 itself would change the user's
+ * stderr). Returns that descriptor, or -1: write to fd 2 after
+ * stderr_has_room(). */
+static int open_nonblocking_tty(void) {
+  struct stat st;
+  if (fstat(STDERR_FILENO, &st) != 0 || !S_ISCHR(st.st_mode))
+    return -1;
+  return open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+}
+
 /* Writes the n bytes at buf to fd 2, PIPE_BUF bytes at most per write(2),
- * each only when it cannot block (stderr_has_room); what finds no room is
- * dropped. Errors are ignored, and a stderr that is a broken pipe must
- * not kill the program: SIGPIPE is blocked for the write, and one it
- * raised is taken back (the thread may be the user's, taking results
- * in). */
+ * none of which can block (stderr_has_room, open_nonblocking_tty): what
+ * finds no room is dropped. Errors are ignored, and a stderr that is a
+ * broken pipe must not kill the program: SIGPIPE is blocked for the
+ * write, and one it raised is taken back (the thread may be the user's,
+ * taking results in). */
 static void write_all(const char *buf, size_t n) {
   sigset_t pipe_only, old, pending;
   sigemptyset(&pipe_only);
@@ -116,18 +132,21 @@ static void write_all(const char *buf, size_t n) {
   pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
   sigpending(&pending);
   int was_pending = sigismember(&pending, SIGPIPE);
-  int broke = 0;
-  while (n > 0 && stderr_has_room()) {
-    ssize_t k = write(STDERR_FILENO, buf, n < PIPE_BUF ? n : PIPE_BUF);
+  int broke = 0, tty = open_nonblocking_tty();
+  int fd = tty >= 0 ? tty : STDERR_FILENO;
+  while (n > 0 && (tty >= 0 || stderr_has_room())) {
+    ssize_t k = write(fd, buf, n < PIPE_BUF ? n : PIPE_BUF);
     if (k < 0) {
       if (errno == EINTR)
         continue;
       broke = errno == EPIPE;
-      break;
+      break; /* EAGAIN from the terminal: no room, the rest is dropped */
     }
     buf += k;
     n -= (size_t)k;
   }
+  if (tty >= 0)
+    close(tty);
   if (broke && !was_pending) {
     struct timespec zero = {0, 0};
     while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR)

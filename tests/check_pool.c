@@ -1287,6 +1287,40 @@ START_TEST(progress_lines_to_a_full_pipe_never_block) {
 }
 END_TEST
 
+/* The same with a terminal nobody reads (a pty whose master is never
+ * read): a terminal says "writable" while it has any room, and a blocking
+ * write then waits for every byte. */
+START_TEST(progress_lines_to_an_unread_terminal_never_block) {
+  int master = posix_openpt(O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(master, 0);
+  ck_assert_int_eq(grantpt(master), 0);
+  ck_assert_int_eq(unlockpt(master), 0);
+  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(slave, 0);
+  int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_eq(dup2(slave, STDERR_FILENO), STDERR_FILENO);
+  close(slave);
+  fp_pool *p = new_pool(2);
+  int64_t in[16] = {0}, out[16];
+  fp_call_opts co = {0};
+  co.progress = FP_PROGRESS_LINES;
+  int rc = 0, k;
+  fp_result *r = NULL;
+  for (k = 0; k < 5000 && rc == 0; k++) { /* ~300 KiB of final lines */
+    rc = fp_pool_map_async(p, t_square, in, 16, 8, out, 8, &co, &r);
+    if (rc == 0)
+      rc = fp_result_get(r, 10); /* FP_ETIMEDOUT: blocked */
+    fp_result_free(r);
+  }
+  fp_pool_free(p);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(master);
+  ck_assert_msg(rc == 0, "map %d: %s", k, fp_err_name(rc));
+}
+END_TEST
+
 START_TEST(progress_lines_to_a_broken_pipe_do_not_kill) {
   int fds[2];
   ck_assert_int_eq(pipe(fds), 0);
@@ -1781,6 +1815,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, progress_callback_runs_on_the_pool_thread_and_may_call_it);
   tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
   tcase_add_test(tc, progress_lines_to_a_full_pipe_never_block);
+  tcase_add_test(tc, progress_lines_to_an_unread_terminal_never_block);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("workers");

@@ -98,7 +98,8 @@ struct llink {
   uv_idle_t spin;        /* keeps the poll from blocking while rings fill */
   uv_async_t flush;      /* a user thread left bytes to send */
   uv_timer_t watch;      /* runs while an EXITED is due (fs_watch) */
-  int watching;
+  int watching;          /* watch runs */
+  int watch_wanted;      /* an EXITED became due: on_flush starts watch */
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
   int copy_pipe[2];       /* safe_copy's fallback, made on first use */
@@ -506,6 +507,10 @@ static void on_check(uv_check_t *h) {
 }
 
 /* A user thread's send left an unsent tail: watch for POLLOUT. */
+static void fs_watch(uv_timer_t *t);
+
+/* A user thread left bytes to send, or made an EXITED due: libuv's
+ * handles are the loop thread's, so it is the one to act on them. */
 static void on_flush(uv_async_t *a) {
   llink *l = a->data;
   l->ev.enter(l->ev.ctx);
@@ -514,6 +519,11 @@ static void on_flush(uv_async_t *a) {
     if (c && !c->eof && c->out_len > 0)
       conn_set_events(c, UV_READABLE | UV_WRITABLE | UV_DISCONNECT);
   }
+  if (l->watch_wanted && !l->watching && !l->lost) {
+    uv_timer_start(&l->watch, fs_watch, 250, 250);
+    l->watching = 1;
+  }
+  l->watch_wanted = 0;
   l->ev.leave(l->ev.ctx);
 }
 
@@ -550,15 +560,17 @@ static void fs_watch(uv_timer_t *t) {
   l->ev.leave(l->ev.ctx);
 }
 
-/* slot's EXITED is now due within FS_STUCK_NS (unless due already). */
+/* slot's EXITED is now due within FS_STUCK_NS (unless due already).
+ * Any thread holding the owner's lock may get here (a caller draining the
+ * rings, a submitter): the loop thread starts the watch (on_flush). */
 static void expect_exit(llink *l, int slot) {
   lslot *s = &l->slots[slot];
   if (s->pid == 0 || s->exit_due_ns != 0 || !l->started)
     return;
   s->exit_due_ns = fp__now_ns() + FS_STUCK_NS;
-  if (!l->watching) {
-    uv_timer_start(&l->watch, fs_watch, 250, 250);
-    l->watching = 1;
+  if (!l->watching && !l->watch_wanted) {
+    l->watch_wanted = 1;
+    uv_async_send(&l->flush);
   }
 }
 
