@@ -1254,6 +1254,26 @@ END_TEST
 /* Progress lines to a stderr whose reader is gone: the write fails with
  * EPIPE, and SIGPIPE (raised on whichever thread writes, the caller's
  * too) must not kill the program. */
+/* Runs n small maps with progress lines on a new pool, each bounded to
+ * 10 s (FP_ETIMEDOUT: the pool blocked); returns the first error, and in
+ * *k how many maps ran. */
+static int maps_with_progress_lines(int n, int *k) {
+  fp_pool *p = new_pool(2);
+  int64_t in[16] = {0}, out[16];
+  fp_call_opts co = {0};
+  co.progress = FP_PROGRESS_LINES;
+  fp_result *r = NULL;
+  int rc = 0;
+  for (*k = 0; *k < n && rc == 0; (*k)++) {
+    rc = fp_pool_map_async(p, t_square, in, 16, 8, out, 8, &co, &r);
+    if (rc == 0)
+      rc = fp_result_get(r, 10);
+    fp_result_free(r);
+  }
+  fp_pool_free(p);
+  return rc;
+}
+
 /* A stderr pipe nobody reads fills up: the progress lines that find no
  * room are dropped, and the pool never blocks on it (the writer holds the
  * pool's lock: every call stopped once 4 KiB of lines were written). */
@@ -1265,21 +1285,9 @@ START_TEST(progress_lines_to_a_full_pipe_never_block) {
   ck_assert_int_ge(saved, 0);
   ck_assert_int_eq(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
   close(fds[1]);
-  fp_pool *p = new_pool(2);
-  int64_t in[16] = {0}, out[16];
-  fp_call_opts co = {0};
-  co.progress = FP_PROGRESS_LINES;
-  int rc = 0, k;
   /* Each map prints its final line (about 60 bytes); 2000 of them are
    * over 100 KiB, far more than the pipe holds. */
-  fp_result *r = NULL;
-  for (k = 0; k < 2000 && rc == 0; k++) {
-    rc = fp_pool_map_async(p, t_square, in, 16, 8, out, 8, &co, &r);
-    if (rc == 0)
-      rc = fp_result_get(r, 10); /* FP_ETIMEDOUT: blocked */
-    fp_result_free(r);
-  }
-  fp_pool_free(p);
+  int k, rc = maps_with_progress_lines(2000, &k);
   dup2(saved, STDERR_FILENO);
   close(saved);
   close(fds[0]);
@@ -1301,19 +1309,7 @@ START_TEST(progress_lines_to_an_unread_terminal_never_block) {
   ck_assert_int_ge(saved, 0);
   ck_assert_int_eq(dup2(slave, STDERR_FILENO), STDERR_FILENO);
   close(slave);
-  fp_pool *p = new_pool(2);
-  int64_t in[16] = {0}, out[16];
-  fp_call_opts co = {0};
-  co.progress = FP_PROGRESS_LINES;
-  int rc = 0, k;
-  fp_result *r = NULL;
-  for (k = 0; k < 5000 && rc == 0; k++) { /* ~300 KiB of final lines */
-    rc = fp_pool_map_async(p, t_square, in, 16, 8, out, 8, &co, &r);
-    if (rc == 0)
-      rc = fp_result_get(r, 10); /* FP_ETIMEDOUT: blocked */
-    fp_result_free(r);
-  }
-  fp_pool_free(p);
+  int k, rc = maps_with_progress_lines(5000, &k); /* ~300 KiB of lines */
   dup2(saved, STDERR_FILENO);
   close(saved);
   close(master);
