@@ -763,9 +763,10 @@ typedef struct fp_call_opts {
  * number of items), the map instead completes: every item's outcome is
  * written to item_status[i] (0 or its failure code, FP_EWORKER also for
  * items whose result died with a worker), the call returns 0 unless the
- * job failed as a whole (terminate, cancel, FP_ESTORM ...), results of good
- * items are delivered in order and a failed item's value is nil (map_values
- * / starmap) or its output element is unspecified (fp_pool_map). The array
+ * job failed as a whole (terminate, cancel, FP_ESTORM, a crash under
+ * FP_CRASH_ABORT ...), results of good items are delivered in order and a
+ * failed item's value is nil (map_values / starmap) or its output element
+ * is unspecified (fp_pool_map). The array
  * must stay valid until the call returns (blocking) or the result is ready;
  * freeing an unready async result that writes one stops its job (as for
  * fp_pool_map_async). fp_pool_imap gives each item's message as well. */
@@ -950,7 +951,8 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
 FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 
 /* Input index of the item last returned by fp_iter_next (useful with
- * imap_unordered), or -1 before the first. */
+ * imap_unordered), or -1 before the first. After a job-level failure: the
+ * crashing item's index under FP_CRASH_ABORT, else -1. */
 FP_EXTERN int64_t fp_iter_index(const fp_iter *it);
 
 /* Message of the last failed item, or "" . Never NULL. */

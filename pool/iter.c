@@ -254,6 +254,7 @@ static int finish_code(fp_iter *it) {
     rc = it->final_code;
     snprintf(it->msg, sizeof(it->msg), "%s",
              it->final_msg ? it->final_msg : fp_strerror(rc));
+    it->last_index = it->final_index; /* not the last item returned */
     it->final_code = 0;
   }
   return rc;

@@ -224,6 +224,7 @@ static void iter_set_finished(fp__job *job, fp_iter *it) {
     /* Job-level failure: terminate, cancel, abort policy, storm. */
     it->final_code = job->err_code;
     it->final_msg = job->err_msg;
+    it->final_index = job->err_index; /* the crashing item (abort), or -1 */
     job->err_msg = NULL;
   }
   int left = --it->refs;

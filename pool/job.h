@@ -169,6 +169,7 @@ struct fp_iter {
   int finished;             /* the job ended (all chunks delivered) */
   int final_code;           /* job-level failure (terminate, producer) */
   char *final_msg;
+  int64_t final_index;      /* its item (abort policy), or -1 */
   int64_t last_index;
   char msg[FP__MSG_LEN];
   /* producer side (the consumer's thread, or a joining one) */

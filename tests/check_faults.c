@@ -915,8 +915,12 @@ START_TEST(imap_abort_policy_reports_crash) {
   fp_reader rd;
   int rc, seen_crash = 0;
   for (int i = 0; i < 40 && (rc = fp_iter_next(it, &rd, 30)) != FP_EOF; i++)
-    if (rc == FP_EWORKER)
+    if (rc == FP_EWORKER) {
       seen_crash = 1;
+      /* The job's failure names the crashing item, not the last item
+       * returned before it (which succeeded). */
+      ck_assert_int_eq(fp_iter_index(it), 7);
+    }
   ck_assert_int_eq(seen_crash, 1);
   fp_iter_free(it);
   fp_writer_free(&items);
