@@ -306,8 +306,7 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
    * had completed and reports the error once, at its end. */
   if (it->producer && !it->producer_done)
     fp__iter_fill(it);
-  struct timespec ts;
-  int timed = timeout > 0 && fp__deadline_ts(fp__deadline_ns(timeout), &ts);
+  int64_t end = timeout > 0 ? fp__deadline_ns(timeout) : FP__NS_FOREVER;
   pthread_mutex_lock(&it->mu);
   for (;;) {
     if (it->cur != NULL && it->cur_pos < it->cur->count) {
@@ -349,11 +348,11 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
       poll_for_next(it);
       continue;
     }
-    if (!expired && !timed)
-      pthread_cond_wait(&it->cond, &it->mu);
-    else if (!expired &&
-             pthread_cond_timedwait(&it->cond, &it->mu, &ts) != 0)
+    if (!expired && fp__now_ns() >= end)
       expired = !something_ready(it);
+    else if (!expired && fp__wait_slice(&it->cond, &it->mu, end) &&
+             !something_ready(it))
+      fp__pool_nudge(it->pool, &it->mu); /* a slice passed */
     if (expired) {
       pthread_mutex_unlock(&it->mu);
       return FP_EAGAIN; /* not FP_ETIMEDOUT: that is an item's time limit */

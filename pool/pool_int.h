@@ -164,6 +164,18 @@ static inline int fp__on_pool_thread(const fp_pool *pool) {
   return fp__tl_loop_pool == pool;
 }
 
+/* result.c: waits on cond (mu held) until signalled, end, or a slice of
+ * 100 ms; returns 1 when the slice ran out before end: the caller pokes
+ * the pool thread then (a result may wait in a ring unannounced). */
+int fp__wait_slice(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t end);
+/* result.c: wakes pool's thread, whose loop drains the result rings. The
+ * caller holds `held` (a result's or an iterator's lock) and read pool
+ * under it while its job ran, so the pool lives: it is pinned (spinners)
+ * before `held` is released for the pool's lock, and `held` is taken
+ * again before returning. NULL, a forked copy's pool or the pool thread
+ * itself: nothing. */
+void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held);
+
 /* Pokes the pool thread (arms the tick, runs callbacks, shutdown). */
 static inline void fp__pool_wake(fp_pool *pool) {
   if (pool->thread_started && !pool->thread_done)

@@ -109,6 +109,32 @@ static int poll_until_ready(fp_result *res) {
   return 1;
 }
 
+/* A sleeping waiter pokes the pool thread this often. The thread wakes
+ * for a result when a worker kicks it, and a worker kicks only when the
+ * shared word that says "the master sleeps" says so: a task can scribble
+ * over that word, and the result would then wait for the next unrelated
+ * event. Ten pokes a second cost nothing next to a wait that long. */
+#define NUDGE_NS 100000000LL
+
+int fp__wait_slice(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t end) {
+  int64_t until = fp__now_ns() + NUDGE_NS;
+  struct timespec ts;
+  fp__deadline_ts(end < until ? end : until, &ts);
+  return pthread_cond_timedwait(cond, mu, &ts) != 0 && end > until;
+}
+
+void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held) {
+  if (pool == NULL || fp__pool_foreign(pool) || fp__on_pool_thread(pool))
+    return;
+  atomic_fetch_add(&pool->spinners, 1); /* pinned, as by pin_pool */
+  pthread_mutex_unlock(held);
+  fp__pool_lock(pool);
+  fp__pool_wake(pool);
+  fp__pool_unlock(pool);
+  atomic_fetch_sub(&pool->spinners, 1);
+  pthread_mutex_lock(held);
+}
+
 int fp_result_wait(fp_result *res, double timeout) {
   if (res == NULL || !fp__timeout_ok(timeout))
     return FP_EINVAL;
@@ -132,17 +158,15 @@ int fp_result_wait(fp_result *res, double timeout) {
                                   "parent, never here");
     return FP_EINVAL;
   }
-  struct timespec ts;
-  int timed = timeout > 0 && fp__deadline_ts(fp__deadline_ns(timeout), &ts);
+  int64_t end = timeout > 0 ? fp__deadline_ns(timeout) : FP__NS_FOREVER;
   int rc = 0;
   while (!usable(res) && rc == 0) {
-    if (timeout == 0)
+    if (timeout == 0 || fp__now_ns() >= end) {
       rc = FP_ETIMEDOUT;
-    else if (!timed)
-      pthread_cond_wait(&res->cond, &res->mu);
-    else if (pthread_cond_timedwait(&res->cond, &res->mu, &ts) != 0 &&
-             !usable(res))
-      rc = FP_ETIMEDOUT;
+      break;
+    }
+    if (fp__wait_slice(&res->cond, &res->mu, end) && !usable(res))
+      fp__pool_nudge(res->pool, &res->mu); /* a slice passed */
   }
   pthread_mutex_unlock(&res->mu);
   return rc;

@@ -1554,6 +1554,58 @@ static int t_scribble_shared(fp_reader *args, fp_writer *out) {
   return fp_write_int(out, 1);
 }
 
+/* The pool's shared mapping as this worker sees it (not the test's g_sh),
+ * or NULL. */
+static _Atomic int *pool_mapping(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  unsigned long lo = 0, hi;
+  while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+    if (strstr(line, " rw-s ") != NULL &&
+        sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
+        !((uintptr_t)g_sh >= lo && (uintptr_t)g_sh < hi))
+      break;
+    lo = 0;
+  }
+  if (f != NULL)
+    fclose(f);
+  return (_Atomic int *)lo;
+}
+
+/* For 3 s, holds the mapping's first word (the master's "I sleep" flag,
+ * master_idle) at 0, so that no worker kicks the master for a result. */
+static int t_hide_the_sleeping_master(fp_reader *args, fp_writer *out) {
+  (void)args;
+  _Atomic int *idle = pool_mapping();
+  double end = now_s() + 3;
+  atomic_fetch_add(&g_sh->arrived, 1);
+  while (idle != NULL && now_s() < end)
+    atomic_store(idle, 0);
+  return fp_write_int(out, 1);
+}
+
+/* While one task hides the sleeping master from the workers, results
+ * still come within a fraction of a second: a sleeping waiter pokes the
+ * pool thread every 100 ms (one waited past 10 s before). */
+START_TEST(results_come_while_a_task_hides_the_sleeping_master) {
+  fp_pool *p = pool_n(2);
+  fp_result *hider;
+  ck_assert_int_eq(
+      fp_pool_apply_async(p, t_hide_the_sleeping_master, NULL, NULL, &hider),
+      0);
+  while (atomic_load(&g_sh->arrived) == 0)
+    sched_yield();
+  for (int i = 0; i < 10; i++) {
+    double t0 = now_s();
+    ck_assert_int_eq(apply_within(p, t_pid, 10), 0);
+    ck_assert_msg(now_s() - t0 < 1, "a result took %.2f s", now_s() - t0);
+  }
+  ck_assert_int_eq(fp_result_get(hider, 10), 0);
+  fp_result_free(hider);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* The master and the fork server never follow what a worker can write:
  * after a task scribbled over the shared memory, the master lives, the
  * workers whose rings make no sense are replaced, and work runs again
@@ -2535,6 +2587,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
   add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
   add_case(s, "item05c", worker_scribbling_over_shared_memory_is_replaced, 60);
+  add_case(s, "item05d", results_come_while_a_task_hides_the_sleeping_master,
+           60);
   add_case(s, "item06", pool_works_with_stdio_closed, 60);
   add_case(s, "item07", map_async_never_reads_in_after_result_free, 60);
   add_case(s, "item08", fnref_after_dlclose_runs_named_function, 60);
