@@ -1346,10 +1346,10 @@ FP_EXTERN int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out);
  * giving each task its own slice. */
 
 /* Creates an array of `size` bytes (0 allowed): 0 and *out, FP_EMSGSIZE
- * (larger than the arena's heap area could ever hold), FP_ENOMEM (no room now) or
- * FP_EINVAL. Destroy: 0, then calls on it give FP_EINVAL (until a new
- * array reuses its memory: see fp_counter_new); FP_ETYPE for a handle of
- * another kind. */
+ * (larger than the arena's heap area could ever hold), FP_ENOMEM (no
+ * room now) or FP_EINVAL. Destroy: 0, then calls on it give FP_EINVAL
+ * (until a new array reuses its memory: see fp_counter_new); FP_ETYPE for
+ * a handle of another kind. */
 FP_EXTERN int fp_array_new(fp_manager *m, size_t size, fp_array **out);
 FP_EXTERN int fp_array_destroy(fp_array *a);
 

@@ -482,7 +482,8 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
   int rc = make_values(pool, kind, fn, items, items != out, opts, &job, &heap);
   if (rc != 0)
     return fail_call(rc);
-  stream_into(job, out, kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
+  stream_into(job, out,
+              kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
   if ((rc = start_result_job(pool, job, NULL, &res)) != 0)
     return rc; /* its message is set */
   return finish_blocking(res, out);

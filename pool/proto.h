@@ -166,6 +166,8 @@ typedef struct fp__wconf {
                           0: fp__result_limit(max_frame) */
 } fp__wconf;
 
+/* Largest RESULT payload of one chunk under c: fp__result_limit(), or
+ * c->result_limit when that is smaller. */
 static inline size_t fp__wconf_result_limit(const fp__wconf *c) {
   size_t limit = fp__result_limit(c->max_frame);
   return c->result_limit != 0 && c->result_limit < limit ? c->result_limit

@@ -2599,8 +2599,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item12", concurrent_pool_new_from_threads, 180);
   add_case(s, "item13", results_and_iters_outlive_freed_pool, 120);
   add_case(s, "item14", master_death_with_stopped_fork_server, 60);
-  add_case(s, "item14b", stopped_fork_server_is_killed_and_nothing_waits_for_ever,
-           90);
+  add_case(s, "item14b",
+           stopped_fork_server_is_killed_and_nothing_waits_for_ever, 90);
   add_case(s, "item14c", submissions_after_fork_server_death_say_why, 60);
   add_case(s, "item14d", worker_closing_its_socket_does_not_break_the_pool, 60);
   add_case(s, "item15", external_kills_of_young_workers_no_storm, 60);

@@ -328,6 +328,32 @@ START_TEST(terminate_during_long_tasks_returns_fast) {
 }
 END_TEST
 
+/* An iterator whose pool is terminated ends with FP_ECANCELED once, and
+ * fp_iter_index then says -1 (no item), not the last item returned. */
+START_TEST(terminated_iterator_reports_no_item_index) {
+  fp_pool *p = new_pool(2);
+  fp_writer items;
+  fp_writer_init(&items);
+  fp_write_int(&items, 0);
+  fp_write_int(&items, 60000);
+  fp_write_int(&items, 60000);
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  fp_iter *it;
+  fp_reader rd;
+  ck_assert_int_eq(fp_pool_imap(p, t_sleep_ms, &items, &co, &it), 0);
+  ck_assert_int_eq(fp_iter_next(it, &rd, 10), 0);
+  ck_assert_int_eq(fp_iter_index(it), 0);
+  ck_assert_int_eq(fp_pool_terminate(p), 0);
+  ck_assert_int_eq(fp_iter_next(it, &rd, 10), FP_ECANCELED);
+  ck_assert_int_eq(fp_iter_index(it), -1);
+  ck_assert_int_eq(fp_iter_next(it, &rd, 10), FP_EOF);
+  fp_iter_free(it);
+  fp_pool_free(p);
+  fp_writer_free(&items);
+}
+END_TEST
+
 START_TEST(free_while_running_cancels_results) {
   fp_pool *p = new_pool(1);
   fp_writer a;
@@ -1765,6 +1791,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, apply_after_close_fails);
   tcase_add_test(tc, terminate_twice_is_harmless);
   tcase_add_test(tc, terminate_during_long_tasks_returns_fast);
+  tcase_add_test(tc, terminated_iterator_reports_no_item_index);
   tcase_add_test(tc, free_while_running_cancels_results);
   suite_add_tcase(s, tc);
 

@@ -2,10 +2,10 @@
 /* check.h - the manager's consistency checker (internal header).
  *
  * The checker (check.c) accounts for every byte of an arena's carved area
- * [heap, brk) + [top, size): each 16-byte granule must be claimed exactly once, either
- * by the allocator's side (free spans, slab headers, free slab chunks) or
- * as a chunk handed out (live in an object, cached in a heap, retired in a
- * limbo). The allocator (arena.c) and the heaps (heap.c) walk their own
+ * [heap, brk) + [top, size): each 16-byte granule must be claimed exactly
+ * once, either by the allocator's side (free spans, slab headers, free
+ * slab chunks) or as a chunk handed out (live in an object, cached in a
+ * heap, retired in a limbo). The allocator (arena.c) and the heaps (heap.c) walk their own
  * parts; each object type's walker (dict.c, list.c) claims the chunks its
  * object owns and verifies the type's invariants; check.c alone dispatches
  * on object types. The claim primitives are inline here, so the walkers

@@ -135,6 +135,7 @@ static void result_in(llink *l, int slot, const unsigned char *p, size_t len,
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
 static void expect_exit(llink *l, int slot);
+static void fs_watch(uv_timer_t *t);
 
 /* ---- the control socket ---------------------------------------------------- */
 
@@ -506,9 +507,6 @@ static void on_check(uv_check_t *h) {
   l->ev.leave(l->ev.ctx);
 }
 
-/* A user thread's send left an unsent tail: watch for POLLOUT. */
-static void fs_watch(uv_timer_t *t);
-
 /* A user thread left bytes to send, or made an EXITED due: libuv's
  * handles are the loop thread's, so it is the one to act on them. */
 static void on_flush(uv_async_t *a) {
@@ -543,7 +541,8 @@ static void on_flush(uv_async_t *a) {
  * worker dies with it, by PDEATHSIG). Stops when none is due. */
 static void fs_watch(uv_timer_t *t) {
   llink *l = t->data;
-  int64_t now = fp__now_ns(), due = 0;
+  int64_t now = fp__now_ns();
+  int due = 0;
   l->ev.enter(l->ev.ctx);
   for (int i = 0; i < l->cfg.nworkers; i++) {
     int64_t d = l->slots[i].pid != 0 ? l->slots[i].exit_due_ns : 0;

@@ -298,9 +298,6 @@ typedef struct fp__wboot {
                              copy of the master's view */
 } fp__wboot;
 
-/* The fork server's main loop (forkserver.c); never returns. master is the
- * pid of the process that forked it; by_main_thread says whether the
- * forking thread was its main thread (PR_SET_PDEATHSIG is then safe). */
 /* procfs.c: reads the file at path whole into buf (NUL-terminated, cap
  * bytes at most with the NUL); returns its length, or -1 when it cannot
  * be read. */
@@ -309,6 +306,9 @@ ssize_t fp__proc_read(const char *path, char *buf, size_t cap);
  * it runs, or when procfs cannot tell. */
 int fp__proc_stopped(pid_t pid);
 
+/* The fork server's main loop (forkserver.c); never returns. master is the
+ * pid of the process that forked it; by_main_thread says whether the
+ * forking thread was its main thread (PR_SET_PDEATHSIG is then safe). */
 void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v, int ctl,
                          pid_t master, int by_main_thread)
     __attribute__((noreturn));
