@@ -1212,8 +1212,10 @@ typedef int (*fp_dict_item_cb)(const void *key, size_t klen,
  * so cb may read or modify the dict. Under concurrent modification every
  * item that stays present during the whole walk is seen exactly once, an
  * item added or removed meanwhile may or may not be seen, and no item is
- * seen twice. Returns 0, cb's nonzero return, FP_ENOMEM (private copy) or
- * an error. */
+ * seen twice. A destroy of the dict during the walk (from cb or anywhere
+ * else) ends it with FP_EINVAL at the next stripe, even when a new dict
+ * took the old one's place. Returns 0, cb's nonzero return, FP_ENOMEM
+ * (private copy) or an error. */
 FP_EXTERN int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg);
 
 /* A dict's ref: a 64-bit value to pass to a worker (e.g. as an INT task
@@ -1221,8 +1223,9 @@ FP_EXTERN int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg);
  * A ref carries bits of its manager's random identity. fp_dict_from_ref()
  * returns the dict in any process forked after m was created: 0 and *out,
  * FP_EINVAL (not a live object of m: a ref of another manager, of a
- * destroyed object, or garbage; *out is NULL) or FP_ETYPE (a ref of m's
- * object of another type). The other kinds' refs work the same way. */
+ * destroyed object, or garbage -- type bits that disagree with the object
+ * named included; *out is NULL) or FP_ETYPE (a ref of m's object of
+ * another type). The other kinds' refs work the same way. */
 FP_EXTERN uint64_t fp_dict_ref(const fp_dict *d);
 FP_EXTERN int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out);
 

@@ -298,6 +298,12 @@ START_TEST(refs_roundtrip_and_reject_bad) {
   ck_assert_ptr_null(l2);
   ck_assert_int_eq(fp_dict_from_ref(mgr, 12345, &d2), FP_EINVAL);
   ck_assert_int_eq(fp_dict_from_ref(mgr, 0, &d2), FP_EINVAL);
+  /* The dict's ref with a list's type bits: forged (the type bits are the
+   * top 3 of the ref), so garbage, not a ref of another type. */
+  uint64_t forged = (fp_dict_ref(d) & (((uint64_t)1 << 61) - 1)) |
+                    (uint64_t)FP__SHM_LIST << 61;
+  ck_assert_int_eq(fp_dict_from_ref(mgr, forged, &d2), FP_EINVAL);
+  ck_assert_int_eq(fp_list_from_ref(mgr, forged, &l2), FP_EINVAL);
   ck_assert_int_eq(fp_dict_from_ref(NULL, fp_dict_ref(d), &d2), FP_EINVAL);
   ck_assert_int_eq(fp_dict_from_ref(mgr, fp_dict_ref(d), NULL), FP_EINVAL);
   ck_assert_uint_eq(fp_dict_ref(NULL), 0);
@@ -1306,6 +1312,69 @@ START_TEST(one_thread_many_managers) {
 }
 END_TEST
 
+static struct {
+  int calls;
+} fe;
+
+/* A foreach whose callback destroys the dict and makes a new one (most
+ * likely at the same place) fails instead of walking the new dict. */
+static int fe_replace_cb(const void *k, size_t kl, const void *v, size_t vl,
+                         void *arg) {
+  fp_dict **d = arg;
+  (void)k, (void)kl, (void)v, (void)vl;
+  if (fe.calls++ != 0)
+    return 0;
+  ck_assert_int_eq(fp_dict_destroy(*d), 0);
+  ck_assert_int_eq(fp_dict_new(mgr, d), 0);
+  for (int i = 0; i < 1000; i++) {
+    char key[16];
+    snprintf(key, sizeof(key), "new%d", i);
+    ck_assert_int_eq(fp_dict_set_int(*d, K(key), i), 0);
+  }
+  return 0;
+}
+
+START_TEST(foreach_of_a_destroyed_and_replaced_dict_fails) {
+  fp_dict *d, *arg;
+
+  fe.calls = 0;
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  for (int i = 0; i < 1000; i++) {
+    char key[16];
+    snprintf(key, sizeof(key), "old%d", i);
+    ck_assert_int_eq(fp_dict_set_int(d, K(key), i), 0);
+  }
+  arg = d;
+  ck_assert_int_eq(fp_dict_foreach(d, fe_replace_cb, &arg), FP_EINVAL);
+  ck_assert_int_lt(fe.calls, 100); /* the first stripe's items, at most */
+  ck_assert_int_eq(fp_dict_destroy(arg), 0);
+  assert_consistent();
+}
+END_TEST
+
+/* A destroy that lost the race to another destroy, after which a new
+ * object was made at the same place, leaves the new object alone. */
+START_TEST(late_free_of_a_destroyed_object_spares_its_successor) {
+  fp_counter *c, *c2;
+  uint64_t gen;
+  int64_t v;
+
+  ck_assert_int_eq(fp_counter_new(mgr, 7, &c), 0);
+  ck_assert_int_eq(fp__shm_obj_begin_destroy(c, FP__SHM_COUNTER, &gen), 0);
+  ck_assert_int_eq(fp_counter_destroy(c), 0); /* the racing destroy */
+  for (int i = 0; i < 64; i++) { /* until the chunk is reused */
+    ck_assert_int_eq(fp_counter_new(mgr, 42, &c2), 0);
+    if (c2 == c)
+      break;
+  }
+  ck_assert_ptr_eq(c2, c);
+  ck_assert_int_eq(fp__shm_obj_free(mgr, (fp__shm_obj *)c, gen), FP_EINVAL);
+  ck_assert_int_eq(fp_counter_get(c2, &v), 0);
+  ck_assert_int_eq(v, 42);
+  assert_consistent();
+}
+END_TEST
+
 /* --- crash consistency -------------------------------------------------- */
 
 /* The child's tight loop: every kind of mutation, with values of varying
@@ -1885,6 +1954,8 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, lockfree_readers_see_whole_values_during_growth);
   tcase_add_test(tc, thread_exit_releases_its_heap);
   tcase_add_test(tc, one_thread_many_managers);
+  tcase_add_test(tc, foreach_of_a_destroyed_and_replaced_dict_fails);
+  tcase_add_test(tc, late_free_of_a_destroyed_object_spares_its_successor);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("heaps");

@@ -571,9 +571,12 @@ static inline int fp__shm_obj_alive(const fp__shm_obj *o) {
 
 /* First step of every destroy: checks o like fp__shm_obj_check, but also
  * accepts an object whose destroy began earlier (a destroy that was
- * interrupted may be called again), and marks it dying. Returns 0,
- * FP_EINVAL or FP_ETYPE. */
-FP__SHM_HIDDEN int fp__shm_obj_begin_destroy(void *o, int type);
+ * interrupted may be called again), and marks it dying -- under the
+ * global lock, which creating and freeing objects take, so the mark never
+ * lands on a new object made at the same place by a racing destroy and
+ * create. *gen gets the object's creation number, for fp__shm_obj_free.
+ * Returns 0, FP_EINVAL, FP_ETYPE or FP_ENOMEM (no heap slot). */
+FP__SHM_HIDDEN int fp__shm_obj_begin_destroy(void *o, int type, uint64_t *gen);
 
 /* Creates an object of `size` bytes (>= sizeof(fp__shm_obj)), zero-filled,
  * header filled in, and calls init(obj, arg) (may be NULL) before
@@ -586,8 +589,15 @@ FP__SHM_HIDDEN int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
                                    void **out);
 
 /* Unlinks an object from the registry, clears its magic and retires its
- * chunk in one step. The caller has released everything the object owns. */
-FP__SHM_HIDDEN int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o);
+ * chunk in one step, if it is still the object of creation number gen
+ * (from fp__shm_obj_begin_destroy); FP_EINVAL when a racing destroy freed
+ * it first. The caller has released everything the object owns. */
+FP__SHM_HIDDEN int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o,
+                                    uint64_t gen);
+
+/* A whole destroy of an object that owns nothing else (counter, lock,
+ * array). */
+FP__SHM_HIDDEN int fp__shm_obj_destroy(void *o, int type);
 
 /* Returns the object a ref names if it is a live object of that type, else
  * NULL; *err gets FP_EINVAL or FP_ETYPE. */

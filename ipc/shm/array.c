@@ -49,8 +49,7 @@ int fp_array_new(fp_manager *m, size_t size, fp_array **out) {
 }
 
 int fp_array_destroy(fp_array *a) {
-  int rc = fp__shm_obj_check(a, FP__SHM_ARRAY);
-  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&a->hdr), &a->hdr);
+  return fp__shm_obj_destroy(a, FP__SHM_ARRAY);
 }
 
 void *fp_array_data(fp_array *a) {

@@ -894,11 +894,13 @@ int fp_dict_clear(fp_dict *d) {
  * holding a stripe lock now finishes first, and the clear that follows
  * retires what it added. */
 int fp_dict_destroy(fp_dict *d) {
-  int rc = fp__shm_obj_begin_destroy(d, FP__SHM_DICT);
+  uint64_t gen;
+  int rc = fp__shm_obj_begin_destroy(d, FP__SHM_DICT, &gen);
+  fp_manager *m = rc == 0 ? mgr(d) : NULL;
   if (rc == 0)
     rc = clear_all(d, 1);
   if (rc == 0)
-    rc = fp__shm_obj_free(mgr(d), &d->hdr);
+    rc = fp__shm_obj_free(m, &d->hdr, gen);
   return rc;
 }
 
@@ -944,22 +946,31 @@ static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
   return 0;
 }
 
+/* The dict is pinned only while a stripe is copied: between stripes, and
+ * while cb runs, it may be destroyed and a new dict made at its place.
+ * Its creation number, checked again at each stripe, tells them apart. */
 int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
   fp__shm_heap *h;
+  fp_manager *m;
+  uint64_t gen;
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
 
   if (rc != 0)
     return rc;
   if (cb == NULL)
     return FP_EINVAL;
-  if ((h = fp__shm_heap_get(mgr(d))) == NULL)
+  m = mgr(d);
+  gen = d->hdr.gen;
+  if ((h = fp__shm_heap_get(m)) == NULL)
     return FP_ENOMEM;
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
-    fp__shm_pin(mgr(d), h);
+    fp__shm_pin(m, h);
     /* Checked again once pinned (see prepare). */
-    if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0)
+    if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0 && d->hdr.gen != gen)
+      rc = FP_EINVAL; /* destroyed, and another dict made in its place */
+    if (rc == 0)
       rc = snapshot_stripe(d, h, &d->s[i], &buf, &len);
     fp__shm_unpin(h);
     if (rc != 0)

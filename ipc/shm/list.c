@@ -86,10 +86,13 @@ static int enter(fp_list *l, fp__shm_heap **h) {
   return rc;
 }
 
+/* Unpins; the list may be freed from then on, so its manager is read
+ * first. */
 static void leave(fp_list *l, fp__shm_heap *h) {
+  fp_manager *m = mgr(l);
   fp__shm_unpin(h);
   if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
-    fp__shm_collect(mgr(l), h, FP__SHM_LIMBO_TRIGGER);
+    fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
 }
 
 /* Locks the list; FP_EINVAL (nothing locked) when a destroy of the list
@@ -372,17 +375,20 @@ int fp_list_clear(fp_list *l) {
  * gets the lock after the clear changes nothing (see lock_list). */
 int fp_list_destroy(fp_list *l) {
   fp__shm_heap *h;
-  int rc = fp__shm_obj_begin_destroy(l, FP__SHM_LIST);
+  fp_manager *m;
+  uint64_t gen;
+  int rc = fp__shm_obj_begin_destroy(l, FP__SHM_LIST, &gen);
 
   if (rc != 0)
     return rc;
-  if ((h = fp__shm_heap_get(mgr(l))) == NULL)
+  m = mgr(l);
+  if ((h = fp__shm_heap_get(m)) == NULL)
     return FP_ENOMEM;
-  fp__shm_pin(mgr(l), h);
-  fp__shm_lock(mgr(l), h, &l->mu);
+  fp__shm_pin(m, h);
+  fp__shm_lock(m, h, &l->mu);
   clear_locked(l, h);
   leave(l, h);
-  return fp__shm_obj_free(mgr(l), &l->hdr);
+  return fp__shm_obj_free(m, &l->hdr, gen);
 }
 
 int fp_list_snapshot(fp_list *l, fp_writer *out) {

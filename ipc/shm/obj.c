@@ -50,12 +50,33 @@ int fp__shm_obj_check(const void *p, int type) {
   return rc;
 }
 
-int fp__shm_obj_begin_destroy(void *p, int type) {
+int fp__shm_obj_begin_destroy(void *p, int type, uint64_t *gen) {
   fp__shm_obj *o = p;
+  fp__shm_heap *h;
+  fp_manager *m;
   int rc = obj_header_check(o, type);
-  if (rc == 0)
+
+  if (rc != 0)
+    return rc;
+  m = fp__shm_of(o);
+  if ((h = fp__shm_heap_get(m)) == NULL)
+    return FP_ENOMEM;
+  fp__shm_alock(m, h);
+  if (o->magic != FP__SHM_OBJ_MAGIC(type)) {
+    rc = FP_EINVAL; /* freed by a racing destroy since the check */
+  } else {
+    *gen = o->gen;
     atomic_store(&o->dying, 1); /* one word: crash-safe as it stands */
+  }
+  fp__shm_aunlock(m);
   return rc;
+}
+
+int fp__shm_obj_destroy(void *p, int type) {
+  fp__shm_obj *o = p;
+  uint64_t gen;
+  int rc = fp__shm_obj_begin_destroy(o, type, &gen);
+  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(o), o, gen);
 }
 
 /* Builds the object in the chunk at off and links it into the registry
@@ -132,7 +153,7 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
   return rc;
 }
 
-int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
+int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o, uint64_t gen) {
   fp__shm_heap *h = fp__shm_heap_get(m);
   uint64_t word, e;
   int b;
@@ -140,7 +161,8 @@ int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o) {
   if (h == NULL)
     return FP_ENOMEM;
   fp__shm_alock(m, h);
-  if (o->magic != FP__SHM_OBJ_MAGIC(o->type)) { /* freed by a racing call */
+  if (o->magic != FP__SHM_OBJ_MAGIC(o->type) || o->gen != gen) {
+    /* freed by a racing destroy (and maybe made again at the same place) */
     fp__shm_aunlock(m);
     return FP_EINVAL;
   }
@@ -212,7 +234,9 @@ void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
   if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
       !fp__shm_obj_alive(o) || ref_tag(m, o) != tag)
     return NULL;
-  if (rtype != o->type || (int)o->type != type) {
+  if (rtype != o->type)
+    return NULL; /* a ref naming a type its object has not: forged */
+  if ((int)o->type != type) {
     *err = FP_ETYPE;
     return NULL;
   }

@@ -92,8 +92,7 @@ int fp_counter_new(fp_manager *m, int64_t initial, fp_counter **out) {
 }
 
 int fp_counter_destroy(fp_counter *c) {
-  int rc = fp__shm_obj_check(c, FP__SHM_COUNTER);
-  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&c->hdr), &c->hdr);
+  return fp__shm_obj_destroy(c, FP__SHM_COUNTER);
 }
 
 int fp_counter_add(fp_counter *c, int64_t delta, int64_t *new_value) {
@@ -185,8 +184,7 @@ int fp_lock_new(fp_manager *m, fp_lock **out) {
 }
 
 int fp_lock_destroy(fp_lock *l) {
-  int rc = fp__shm_obj_check(l, FP__SHM_LOCK);
-  return rc != 0 ? rc : fp__shm_obj_free(fp__shm_of(&l->hdr), &l->hdr);
+  return fp__shm_obj_destroy(l, FP__SHM_LOCK);
 }
 
 int fp_lock_acquire(fp_lock *l, double timeout) {
