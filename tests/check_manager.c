@@ -1312,9 +1312,69 @@ START_TEST(one_thread_many_managers) {
 }
 END_TEST
 
+/* A foreach keeps its heap while its callback uses more managers than a
+ * thread's binding table holds: the heap must stay the caller's, never
+ * handed to another thread (which would then share it). */
+enum { FE_OTHERS = 10 };
 static struct {
+  fp_manager *m0;
+  fp_dict *d0, *others[FE_OTHERS];
+  fp__shm_heap *thread_heap;
   int calls;
 } fe;
+
+static void *fe_thread(void *arg) {
+  (void)arg;
+  ck_assert_int_eq(fp_dict_set_int(fe.d0, K("from a thread"), 1), 0);
+  fe.thread_heap = fp__shm_heap_get(fe.m0);
+  return NULL;
+}
+
+static int fe_cb(const void *k, size_t kl, const void *v, size_t vl,
+                 void *arg) {
+  pthread_t t;
+  (void)k, (void)kl, (void)v, (void)vl, (void)arg;
+  if (fe.calls++ != 0)
+    return 0;
+  for (int i = 0; i < FE_OTHERS; i++)
+    ck_assert_int_eq(fp_dict_add_int(fe.others[i], K("n"), 1, NULL), 0);
+  /* A thread that claims a heap in m0 while the foreach is under way
+   * (pthread_join returns after its heap is released: compare first). */
+  ck_assert_int_eq(pthread_create(&t, NULL, fe_thread, NULL), 0);
+  ck_assert_int_eq(pthread_join(t, NULL), 0);
+  return 0;
+}
+
+START_TEST(foreach_callback_using_many_managers_keeps_its_heap) {
+  fp_manager *ms[FE_OTHERS];
+  char err[256];
+
+  memset(&fe, 0, sizeof(fe));
+  fe.m0 = mgr;
+  ck_assert_int_eq(fp_dict_new(mgr, &fe.d0), 0);
+  for (int i = 0; i < 64; i++) {
+    char key[16];
+    snprintf(key, sizeof(key), "k%d", i);
+    ck_assert_int_eq(fp_dict_set_int(fe.d0, K(key), i), 0);
+  }
+  for (int i = 0; i < FE_OTHERS; i++) {
+    ck_assert_int_eq(fp_manager_new(&ms[i], &(fp_manager_opts){1u << 20}), 0);
+    ck_assert_int_eq(fp_dict_new(ms[i], &fe.others[i]), 0);
+  }
+  fp__shm_heap *mine = fp__shm_heap_get(mgr);
+  ck_assert_int_eq(fp_dict_foreach(fe.d0, fe_cb, NULL), 0);
+  ck_assert_int_ge(fe.calls, 64); /* the thread's key too, if in a later stripe */
+  ck_assert_ptr_nonnull(fe.thread_heap);
+  ck_assert_ptr_ne(fe.thread_heap, mine);
+  ck_assert_ptr_eq(fp__shm_heap_get(mgr), mine);
+  for (int i = 0; i < FE_OTHERS; i++) {
+    ck_assert_int_eq(heaps_owned(ms[i]), 1);
+    fp_manager_free(ms[i]);
+  }
+  ck_assert_msg(fp__shm_check(mgr, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(fp_dict_destroy(fe.d0), 0);
+}
+END_TEST
 
 /* A foreach whose callback destroys the dict and makes a new one (most
  * likely at the same place) fails instead of walking the new dict. */
@@ -1954,6 +2014,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, lockfree_readers_see_whole_values_during_growth);
   tcase_add_test(tc, thread_exit_releases_its_heap);
   tcase_add_test(tc, one_thread_many_managers);
+  tcase_add_test(tc, foreach_callback_using_many_managers_keeps_its_heap);
   tcase_add_test(tc, foreach_of_a_destroyed_and_replaced_dict_fails);
   tcase_add_test(tc, late_free_of_a_destroyed_object_spares_its_successor);
   suite_add_tcase(s, tc);

@@ -5,7 +5,10 @@
  * A thread's first call on a manager claims a free slot of the manager's
  * heap table by one compare-and-swap of the slot's state word (its thread
  * id and a new generation), and remembers the heap in a small thread-local
- * table keyed by manager address and identity. A forked child has new
+ * table keyed by manager address and identity (its least recently bound
+ * entries spill to a list on the side: a binding is never dropped to make
+ * room, as a call up the stack -- a foreach whose callback uses other
+ * managers -- may be using its heap). A forked child has new
  * thread ids and must not use its parent's heaps: a pthread_atfork child
  * handler bumps a process-wide fork generation that the thread-local
  * entries carry. A thread that exits releases its heaps (a pthread key
@@ -61,7 +64,9 @@ static size_t nmapped, capmapped;
  * tasks, so plain loads suffice. */
 static int worker_rank;
 
-static __thread bind binds[NBIND];
+static __thread bind binds[NBIND]; /* looked at on every call */
+static __thread bind *spill;        /* the rest (malloc'd) */
+static __thread size_t nspill, capspill;
 static __thread struct {
   uint64_t fgen;
   uint32_t tid;
@@ -180,6 +185,11 @@ void fp__shm_mapped_remove(fp_manager *m) {
       release(m, binds[i].h);
       memset(&binds[i], 0, sizeof(binds[i]));
     }
+  for (size_t i = 0; i < nspill; i++)
+    if (spill[i].m == m && spill[i].id == m->id && spill[i].fgen == g) {
+      release(m, spill[i].h);
+      spill[i--] = spill[--nspill];
+    }
   for (size_t i = 0; i < nmapped; i++)
     if (mapped[i].m == m) {
       mapped[i] = mapped[--nmapped];
@@ -197,7 +207,13 @@ static void on_thread_exit(void *arg) {
     if (binds[i].h != NULL && binds[i].fgen == g &&
         is_mapped_locked(binds[i].m, binds[i].id))
       release(binds[i].m, binds[i].h);
+  for (size_t i = 0; i < nspill; i++)
+    if (spill[i].fgen == g && is_mapped_locked(spill[i].m, spill[i].id))
+      release(spill[i].m, spill[i].h);
   memset(binds, 0, sizeof(binds));
+  free(spill);
+  spill = NULL;
+  nspill = capspill = 0;
   pthread_mutex_unlock(&mapped_mu);
 }
 
@@ -309,27 +325,91 @@ static fp__shm_heap *claim(fp_manager *m) {
   return NULL;
 }
 
-/* The slow half of fp__shm_heap_get. */
+/* Whether binding b is usable: made in this process (fork generation g),
+ * its manager still mapped. Other entries are free: a dead one's heap was
+ * released by fp__shm_mapped_remove, or belongs to the parent process. */
+static int bind_live_locked(const bind *b, uint64_t g) {
+  return b->h != NULL && b->fgen == g && is_mapped_locked(b->m, b->id);
+}
+
+/* A free entry of binds, or -1. */
+static int free_bind_locked(uint64_t g) {
+  for (int i = 0; i < NBIND; i++)
+    if (!bind_live_locked(&binds[i], g))
+      return i;
+  return -1;
+}
+
+/* Finds m's binding in the spill list (dropping dead entries on the way);
+ * -1 when there is none. */
+static long find_spilled_locked(const fp_manager *m, uint64_t g) {
+  for (size_t i = 0; i < nspill; i++) {
+    if (!bind_live_locked(&spill[i], g))
+      spill[i--] = spill[--nspill];
+    else if (spill[i].m == m && spill[i].id == m->id)
+      return (long)i;
+  }
+  return -1;
+}
+
+/* Room for one more spilled entry. */
+static int spill_reserve_locked(void) {
+  if (nspill < capspill)
+    return 0;
+  size_t cap = capspill ? capspill * 2 : NBIND;
+  bind *p = realloc(spill, cap * sizeof(*p));
+  if (p == NULL)
+    return FP_ENOMEM;
+  spill = p;
+  capspill = cap;
+  return 0;
+}
+
+/* Puts b in binds: in a free entry, else in place of the least recently
+ * bound, which moves to the spill list -- at spilled index `from` when b
+ * came from there (a swap), else at its end (reserved by the caller). */
+static void bind_put_locked(bind b, uint64_t g, long from) {
+  int slot = free_bind_locked(g);
+
+  if (slot >= 0) {
+    if (from >= 0)
+      spill[from] = spill[--nspill];
+    binds[slot] = b;
+    return;
+  }
+  bind old = binds[0];
+  memmove(binds, binds + 1, sizeof(binds[0]) * (NBIND - 1));
+  binds[NBIND - 1] = b;
+  spill[from >= 0 ? (size_t)from : nspill++] = old;
+}
+
+/* The slow half of fp__shm_heap_get: the thread's spilled binding of m,
+ * or a newly claimed heap. NULL when every slot of m's heap table belongs
+ * to a live thread, or no memory is left to remember one more binding. */
 static fp__shm_heap *bind_slow(fp_manager *m) {
   uint64_t g;
-  fp__shm_heap *h;
-  int slot = -1;
+  fp__shm_heap *h = NULL;
+  long at;
 
   pthread_once(&once, init_once);
   g = atomic_load(&fork_gen);
+  pthread_mutex_lock(&mapped_mu);
+  if ((at = find_spilled_locked(m, g)) >= 0) {
+    h = spill[at].h;
+    bind_put_locked(spill[at], g, at);
+  } else if (free_bind_locked(g) < 0 && spill_reserve_locked() != 0) {
+    pthread_mutex_unlock(&mapped_mu);
+    return NULL;
+  }
+  pthread_mutex_unlock(&mapped_mu);
+  if (h != NULL)
+    return h;
   if ((h = claim(m)) == NULL)
     return NULL;
+  /* Only this thread changes its entries, and the room reserved above is
+   * still there: the put cannot fail. */
   pthread_mutex_lock(&mapped_mu);
-  for (int i = 0; i < NBIND && slot < 0; i++)
-    if (binds[i].h == NULL || binds[i].fgen != g ||
-        !is_mapped_locked(binds[i].m, binds[i].id))
-      slot = i;
-  if (slot < 0) { /* every entry live: give the oldest heap back */
-    release(binds[0].m, binds[0].h);
-    memmove(binds, binds + 1, sizeof(binds[0]) * (NBIND - 1));
-    slot = NBIND - 1;
-  }
-  binds[slot] = (bind){m, m->id, g, h};
+  bind_put_locked((bind){m, m->id, g, h}, g, -1);
   pthread_mutex_unlock(&mapped_mu);
   pthread_setspecific(exit_key, (void *)1);
   return h;
