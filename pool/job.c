@@ -88,7 +88,9 @@ void fp__job_free(fp__job *job) {
   if (!job->borrowed && job->input != job->in_small)
     fp__free(job->input, job->input_len);
   free(job->err_msg);
-  fp__progress_finish(job->pg);
+  /* A finished job gave its reporter up (job_finish_locked): one still
+   * here belongs to a call that was refused before its job started. */
+  fp__progress_discard(job->pg);
   free(job);
 }
 

@@ -452,6 +452,10 @@ void fp__progress_set_total(fp__progress *pg, int64_t total) {
   pg->total = total < 0 ? -1 : total;
 }
 
+void fp__progress_discard(fp__progress *pg) {
+  free(pg);
+}
+
 void fp__progress_finish(fp__progress *pg) {
   double now;
   if (pg == NULL)

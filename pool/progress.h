@@ -70,4 +70,9 @@ void fp__progress_set_total(fp__progress *pg, int64_t total);
  * NULL is ignored. */
 void fp__progress_finish(fp__progress *pg);
 
+/* Frees the reporter of a job that never started (a refused call): no
+ * line, no callback -- as far as the user can tell, there was no job.
+ * Never deferred yet, so nothing of it is queued. NULL is ignored. */
+void fp__progress_discard(fp__progress *pg);
+
 #endif

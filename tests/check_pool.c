@@ -1277,6 +1277,56 @@ START_TEST(progress_callback_runs_on_the_pool_thread_and_may_call_it) {
 }
 END_TEST
 
+/* A refused call has no job: no progress line, no progress callback
+ * (which ran on the caller's thread before, and recursed until the stack
+ * overflowed when it submitted again). */
+static int refused_cb_calls;
+static void count_progress(int64_t done, int64_t total, double elapsed,
+                           void *arg) {
+  (void)done, (void)total, (void)elapsed, (void)arg;
+  refused_cb_calls++;
+}
+
+START_TEST(refused_calls_report_no_progress) {
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.progress = FP_PROGRESS_LINES;
+  o.progress_cb = count_progress;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_eq(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
+  close(fds[1]);
+  fp_writer args;
+  fp_writer_init(&args);
+  fp_write_int(&args, 7);
+  fp_result *r = NULL;
+  int64_t x = 1;
+  int rc_async = fp_pool_apply_async(p, t_ident, &args, NULL, &r);
+  int rc_apply = fp_pool_apply(p, t_ident, &args, NULL);
+  int rc_map = fp_pool_map(p, t_square, &x, 1, 8, &x, 8, NULL);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  fp_writer_free(&args);
+  char buf[256];
+  ck_assert_int_eq(fcntl(fds[0], F_SETFL, O_NONBLOCK), 0);
+  ssize_t n = read(fds[0], buf, sizeof(buf));
+  close(fds[0]);
+  ck_assert_int_eq(rc_async, FP_ECLOSED);
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(rc_apply, FP_ECLOSED);
+  ck_assert_int_eq(rc_map, FP_ECLOSED);
+  ck_assert_msg(n <= 0, "printed: %.*s", (int)n, buf);
+  ck_assert_int_eq(refused_cb_calls, 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* Progress lines to a stderr whose reader is gone: the write fails with
  * EPIPE, and SIGPIPE (raised on whichever thread writes, the caller's
  * too) must not kill the program. */
@@ -1837,6 +1887,7 @@ Suite *pool_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, progress_callback_runs_on_the_pool_thread_and_may_call_it);
   tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
+  tcase_add_test(tc, refused_calls_report_no_progress);
   tcase_add_test(tc, progress_lines_to_a_full_pipe_never_block);
   tcase_add_test(tc, progress_lines_to_an_unread_terminal_never_block);
   suite_add_tcase(s, tc);
