@@ -144,6 +144,7 @@ struct fp_result {
    * result checks chunks against them without a system call (job.c). */
   _Atomic uintptr_t out_pre_lo, out_pre_hi;
   fp_result *done_next; /* the jobset's list of callbacks to run */
+  unsigned fork_gen;     /* the process it was made in (forked.c) */
   unsigned char value_small[FP__INLINE_BYTES]; /* a small value */
 };
 

@@ -29,6 +29,7 @@ fp_result *fp__result_new(fp_pool *pool, const fp_call_opts *o) {
   r->refs = 2;
   r->err_index = -1;
   r->pool = pool;
+  r->fork_gen = fp__fork_gen_now();
   if (o) {
     r->cb = o->callback;
     r->ecb = o->error_callback;
@@ -135,9 +136,33 @@ void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held) {
   pthread_mutex_lock(held);
 }
 
+/* A wait in a forked copy of the master: nothing here will ever make the
+ * result ready (its pool thread, and its job, stayed in the parent), even
+ * when the job had finished and only its callback was left to run at the
+ * fork. Decided before res->mu is taken, which a thread that does not
+ * exist here may have held at the fork. Returns 1 and sets *rc when the
+ * wait is decided. */
+static int wait_in_copy(fp_result *res, double timeout, int *rc) {
+  if (res->fork_gen == fp__fork_gen_now() ||
+      atomic_load_explicit(&res->ready, memory_order_acquire))
+    return 0;
+  if (timeout == 0) {
+    *rc = FP_ETIMEDOUT;
+    return 1;
+  }
+  fp__set_last_error(FP_EINVAL, "waiting for a result in a forked copy of "
+                                "the process: the pool delivers it to the "
+                                "parent, never here");
+  *rc = FP_EINVAL;
+  return 1;
+}
+
 int fp_result_wait(fp_result *res, double timeout) {
+  int rc = 0;
   if (res == NULL || !fp__timeout_ok(timeout))
     return FP_EINVAL;
+  if (wait_in_copy(res, timeout, &rc))
+    return rc;
   int in_cb = fp__result_in_callback() != NULL;
   if (timeout != 0 && !in_cb &&
       !atomic_load_explicit(&res->ready, memory_order_acquire) &&
@@ -150,16 +175,7 @@ int fp_result_wait(fp_result *res, double timeout) {
     pthread_mutex_unlock(&res->mu);
     return FP_EINVAL;
   }
-  if (!usable(res) && timeout != 0 && res->pool != NULL &&
-      fp__pool_foreign(res->pool)) {
-    pthread_mutex_unlock(&res->mu);
-    fp__set_last_error(FP_EINVAL, "waiting for a result in a forked copy of "
-                                  "the process: the pool delivers it to the "
-                                  "parent, never here");
-    return FP_EINVAL;
-  }
   int64_t end = timeout > 0 ? fp__deadline_ns(timeout) : FP__NS_FOREVER;
-  int rc = 0;
   while (!usable(res) && rc == 0) {
     if (timeout == 0 || fp__now_ns() >= end) {
       rc = FP_ETIMEDOUT;

@@ -1394,6 +1394,57 @@ START_TEST(waits_in_forked_child_are_refused) {
 }
 END_TEST
 
+/* The same for a result whose job had finished but whose callback was
+ * still running on the parent's pool thread at the fork: it becomes ready
+ * only after the callback, which never runs in the child (the wait hung
+ * there for ever: the result had no pool left to tell it was a copy). */
+static int cb_pipes[2][2]; /* [0]: "in the callback", [1]: "go on" */
+
+static void cb_hold(fp_result *res, void *arg) {
+  char c = 1;
+  struct pollfd pf = {cb_pipes[1][0], POLLIN, 0};
+  (void)res, (void)arg;
+  ck_assert_int_eq(write(cb_pipes[0][1], &c, 1), 1);
+  poll(&pf, 1, 20000); /* bounded: the test fails below if it expires */
+}
+
+START_TEST(wait_in_forked_child_during_a_callback_is_refused) {
+  if (fp_test_under_valgrind())
+    return; /* see cleanup_in_forked_child_returns_at_once */
+  fp_pool *p = pool_n(1);
+  ck_assert_int_eq(pipe(cb_pipes[0]), 0);
+  ck_assert_int_eq(pipe(cb_pipes[1]), 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_write_int(&a, 5);
+  fp_call_opts co = {0};
+  co.callback = cb_hold;
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_pid, &a, &co, &r), 0);
+  struct pollfd pf = {cb_pipes[0][0], POLLIN, 0};
+  ck_assert_int_eq(poll(&pf, 1, 20000), 1);
+  g_sh->msg[0] = 0;
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    child_step("fp_result_get during the callback");
+    if (fp_result_get(r, FP_FOREVER) != FP_EINVAL)
+      child_fail("fp_result_get did not refuse");
+    _exit(0);
+  }
+  assert_child_ok(pid, 10, "a wait in a forked child during a callback");
+  char c = 1;
+  ck_assert_int_eq(write(cb_pipes[1][1], &c, 1), 1);
+  ck_assert_int_eq(fp_result_get(r, 20), 0);
+  fp_result_free(r);
+  fp_writer_free(&a);
+  fp_pool_free(p);
+  for (int i = 0; i < 2; i++) {
+    close(cb_pipes[i][0]);
+    close(cb_pipes[i][1]);
+  }
+}
+END_TEST
+
 /* ---- 5. a forged RETIRE frame ---------------------------------------------- */
 
 /* Writes a frame of payload p (n bytes) on every AF_UNIX stream socket of
@@ -2584,6 +2635,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item03d", huge_restart_window_still_stops_storm, 60);
   add_case(s, "item04", cleanup_in_forked_child_returns_at_once, 60);
   add_case(s, "item04b", waits_in_forked_child_are_refused, 60);
+  add_case(s, "item04c", wait_in_forked_child_during_a_callback_is_refused,
+           60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
   add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
   add_case(s, "item05c", worker_scribbling_over_shared_memory_is_replaced, 60);
