@@ -110,13 +110,21 @@ static int stderr_has_room(void) {
  * stopped emulator, a pty whose master is not read) would stop the pool.
  * For a character device, fd 2 is opened afresh, non-blocking, as its own
  * file description (O_NONBLOCK on fd 2 itself would change the user's
- * stderr). Returns that descriptor, or -1: write to fd 2 after
- * stderr_has_room(). */
+ * stderr). Returns that descriptor; -1: write to fd 2 after
+ * stderr_has_room() (not a character device, or one that is no terminal:
+ * /dev/null); NO_SAFE_WRITE: a terminal that cannot be opened afresh (it
+ * belongs to another user since a setuid, or /proc is missing), which no
+ * write can be sure not to block on: the lines are dropped. */
+#define NO_SAFE_WRITE (-2)
 static int open_nonblocking_tty(void) {
   struct stat st;
+  int fd;
   if (fstat(STDERR_FILENO, &st) != 0 || !S_ISCHR(st.st_mode))
     return -1;
-  return open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd >= 0)
+    return fd;
+  return isatty(STDERR_FILENO) ? NO_SAFE_WRITE : -1;
 }
 
 /* Writes the n bytes at buf to fd 2, PIPE_BUF bytes at most per write(2),
@@ -134,6 +142,8 @@ static void write_all(const char *buf, size_t n) {
   int was_pending = sigismember(&pending, SIGPIPE);
   int broke = 0, tty = open_nonblocking_tty();
   int fd = tty >= 0 ? tty : STDERR_FILENO;
+  if (tty == NO_SAFE_WRITE)
+    n = 0;
   while (n > 0 && (tty >= 0 || stderr_has_room())) {
     ssize_t k = write(fd, buf, n < PIPE_BUF ? n : PIPE_BUF);
     if (k < 0) {

@@ -8,6 +8,7 @@
  */
 #include "forkpool.h"
 #include "testutil.h"
+#include "child.h"
 
 #include <check.h>
 #include <errno.h>
@@ -1393,6 +1394,39 @@ START_TEST(progress_lines_to_an_unread_terminal_never_block) {
 }
 END_TEST
 
+/* The same with a terminal the process cannot open afresh: a root-owned
+ * pty after the process became another user (the reopen through
+ * /proc/self/fd/2 fails with EACCES). A blocking write could wait for
+ * ever there; the lines are dropped instead. Needs root to switch users
+ * (the CI runs as root); as another user the test has nothing to try. */
+START_TEST(progress_lines_to_a_terminal_of_another_user_never_block) {
+  if (geteuid() != 0)
+    return;
+  int master = posix_openpt(O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(master, 0);
+  ck_assert_int_eq(grantpt(master), 0);
+  ck_assert_int_eq(unlockpt(master), 0);
+  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(slave, 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int k;
+    if (dup2(slave, STDERR_FILENO) != STDERR_FILENO || setgid(65534) != 0 ||
+        setuid(65534) != 0)
+      _exit(2);
+    _exit(maps_with_progress_lines(5000, &k) == 0 ? 0 : 1);
+  }
+  close(slave);
+  int st;
+  ck_assert_int_eq(fp_test_wait_child(pid, 40, &st), 0);
+  close(master);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "child status %d (1: a map failed or blocked, 2: setup)",
+                WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
+}
+END_TEST
+
 START_TEST(progress_lines_to_a_broken_pipe_do_not_kill) {
   int fds[2];
   ck_assert_int_eq(pipe(fds), 0);
@@ -1889,6 +1923,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
   tcase_add_test(tc, refused_calls_report_no_progress);
   tcase_add_test(tc, progress_lines_to_a_full_pipe_never_block);
+  tcase_add_test(tc, progress_lines_to_a_terminal_of_another_user_never_block);
   tcase_add_test(tc, progress_lines_to_an_unread_terminal_never_block);
   suite_add_tcase(s, tc);
 
