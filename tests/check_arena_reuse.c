@@ -447,10 +447,13 @@ START_TEST(pinned_reader_keeps_what_it_may_see) {
 END_TEST
 
 /* The crash state: a 512 KiB arena that a helper process filled with a
- * list of 200-byte items, then popped 40 of them (retired into its heap,
+ * list of 2000-byte items, then popped 40 of them (retired into its heap,
  * below the trigger) and exited. Both ops need what the dead helper holds,
  * so they go through every step of the last resort: reclaiming the
- * helper's heap, collecting, flushing (and for the array, trimming). */
+ * helper's heap, collecting, flushing, trimming. The fill ends when no
+ * run of pages is left for another slab of the items' class (15 pages,
+ * 30 items); the pops empty its last slab, the only such run afterwards,
+ * which is what the array (14 pages) needs. */
 typedef struct rstate {
   fp_list *l;
   fp_writer item;
@@ -464,7 +467,7 @@ static void rstate_build(rstate *st) {
   fp_manager *m = new_manager(512u << 10);
   fp_manager_stats ms;
 
-  make_bytes(&st->item, 200, 'i');
+  make_bytes(&st->item, 2000, 'i');
   ck_assert_int_eq(fp_list_new(m, &st->l), 0);
   pid_t pid = fork();
   if (pid == 0) {
@@ -486,7 +489,7 @@ static int rstate_op(rstate *st, int op) {
   fp_array *a;
   if (op == OP_APPEND)
     return fp_list_append(st->l, st->item.data, st->item.len);
-  return fp_array_new(mgr, 64u << 10, &a);
+  return fp_array_new(mgr, (56u << 10) - 64, &a);
 }
 
 /* Whether the op took effect: 0 no, 1 yes, -1 neither before nor after. */

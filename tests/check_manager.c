@@ -749,6 +749,59 @@ START_TEST(full_arena_fails_cleanly_and_reuses_memory) {
 }
 END_TEST
 
+/* The smallest arena holds what its size says: FP_ENOMEM comes when the
+ * live data leaves no room, not when the one empty slab each class keeps
+ * (a list's table, doubling, leaves one in each class it passes through)
+ * holds most of it -- a list of INTs stopped at 512 items with 90% of a
+ * 256 KiB arena free. And a value of a big class still fits when no run
+ * of pages is left for a slab of its class (14 pages for 5 KiB): it gets
+ * pages of its own, which a delete gives back as a span. */
+START_TEST(small_arena_fills_before_it_fails) {
+  fp_manager *m;
+  fp_manager_opts o = {.arena_size = 256u << 10};
+  fp_list *l;
+  fp_dict *d;
+  fp_writer w;
+  static char blob[5000];
+  long n = 0;
+  int rc;
+
+  ck_assert_int_eq(fp_manager_new(&m, &o), 0);
+  fp_manager_free(mgr);
+  mgr = m;
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  fp_writer_init(&w);
+  fp_write_int(&w, 1);
+  while ((rc = fp_list_append(l, w.data, w.len)) == 0)
+    n++;
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  ck_assert_int_ge(n, 2048);
+  assert_consistent();
+  ck_assert_int_eq(fp_list_destroy(l), 0);
+  /* Runs of 3 free pages between 3-page arrays: no room for a 14-page
+   * slab anywhere. */
+  enum { NA = 64 };
+  fp_array *a[NA];
+  int na = 0;
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  while (na < NA && fp_array_new(m, 3 * 4096 - 64, &a[na]) == 0)
+    na++;
+  ck_assert_int_gt(na, 8);
+  ck_assert_int_lt(na, NA);
+  for (int i = 0; i < na; i += 2)
+    ck_assert_int_eq(fp_array_destroy(a[i]), 0);
+  ck_assert_int_eq(fp_dict_set_bytes(d, K("big"), blob, sizeof(blob)), 0);
+  ck_assert_int_eq(fp_dict_set_bytes(d, K("big2"), blob, sizeof(blob)), 0);
+  assert_consistent();
+  ck_assert_int_eq(fp_dict_delete(d, K("big"), NULL), 0);
+  ck_assert_int_eq(fp_dict_destroy(d), 0);
+  for (int i = 1; i < na; i += 2)
+    ck_assert_int_eq(fp_array_destroy(a[i]), 0);
+  assert_consistent();
+  fp_writer_free(&w);
+}
+END_TEST
+
 /* Calls that write a value out, or append several, when the writer or the
  * arena fails part-way: a failed pop or setdefault changes nothing (not
  * the structure, not the writer); a failed extend leaves a prefix, as
@@ -2000,6 +2053,7 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, manager_new_rejects_bad_sizes);
   tcase_add_test(tc, full_arena_fails_cleanly_and_reuses_memory);
+  tcase_add_test(tc, small_arena_fills_before_it_fails);
   tcase_add_test(tc, failing_calls_change_nothing_or_a_documented_prefix);
   tcase_add_test(tc, freed_small_chunks_merge_for_a_large_request);
   suite_add_tcase(s, tc);

@@ -566,26 +566,31 @@ static int class_of_aligned(uint64_t size) {
   return -1;
 }
 
-int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot, uint64_t size) {
-  int cls = size <= FP__SHM_SMALL_MAX ? class_of_aligned(size) : -1;
-  uint64_t off, bytes;
+int fp__shm_alloc_pages_locked(fp_manager *m, uint64_t *slot,
+                               uint64_t size) {
+  uint64_t n = (size + FP__SHM_PAGE - 1) >> FP__SHM_PAGE_SHIFT, off;
 
   if (size > m->size - m->heap)
     return FP_EMSGSIZE;
-  if (cls >= 0) {
-    uint64_t s = m->partial[cls];
-    if (s == 0 && (s = slab_new(m, cls)) == 0)
-      return FP_ENOMEM;
-    off = slab_pop(m, s);
-    bytes = class_size[cls];
-  } else {
-    uint64_t n = (size + FP__SHM_PAGE - 1) >> FP__SHM_PAGE_SHIFT;
-    if ((off = span_alloc(m, n, 1)) == 0)
-      return FP_ENOMEM;
-    mark_span(m, off, n, PM_LARGE);
-    bytes = n << FP__SHM_PAGE_SHIFT;
-  }
-  fp__shm_alog(m, &m->used, m->used + bytes);
+  if ((off = span_alloc(m, n, 1)) == 0)
+    return FP_ENOMEM;
+  mark_span(m, off, n, PM_LARGE);
+  fp__shm_alog(m, &m->used, m->used + (n << FP__SHM_PAGE_SHIFT));
+  fp__shm_alog(m, slot, off);
+  return 0;
+}
+
+int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot, uint64_t size) {
+  int cls = size <= FP__SHM_SMALL_MAX ? class_of_aligned(size) : -1;
+  uint64_t off;
+
+  if (cls < 0)
+    return fp__shm_alloc_pages_locked(m, slot, size);
+  uint64_t s = m->partial[cls];
+  if (s == 0 && (s = slab_new(m, cls)) == 0)
+    return FP_ENOMEM;
+  off = slab_pop(m, s);
+  fp__shm_alog(m, &m->used, m->used + class_size[cls]);
   fp__shm_alog(m, slot, off);
   return 0;
 }

@@ -367,6 +367,11 @@ FP__SHM_HIDDEN void fp__shm_trim(fp_manager *m, const fp__shm_heap *h);
  * FP_EMSGSIZE; *slot stays 0 on failure. */
 FP__SHM_HIDDEN int fp__shm_alloc_locked(fp_manager *m, uint64_t *slot,
                                         uint64_t size);
+/* The same with whole pages of its own for any size (a span, freed as
+ * one): what a chunk of a page or more falls back to when no slab of its
+ * class fits (fp__shm_alloc). */
+FP__SHM_HIDDEN int fp__shm_alloc_pages_locked(fp_manager *m, uint64_t *slot,
+                                              uint64_t size);
 /* Frees the chunk at off (a step helper: the global lock is held). The
  * caller unlinks it from wherever it was, in the same step. */
 FP__SHM_HIDDEN void fp__shm_free_locked(fp_manager *m, uint64_t off);

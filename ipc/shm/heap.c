@@ -106,29 +106,35 @@ static uint64_t limbo_weight(const fp_manager *m, uint64_t off) {
   return 1 + (pages << (FP__SHM_PAGE_SHIFT + 10)) / m->size;
 }
 
-/* Pages for a request above the small classes, in one global step. */
+/* Whole pages for a request, in one global step. */
 static int alloc_pages(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                        uint64_t size) {
   int rc;
 
   fp__shm_alock(m, h);
-  rc = fp__shm_alloc_locked(m, slot, size);
+  rc = fp__shm_alloc_pages_locked(m, slot, size);
   fp__shm_acommit(m);
   fp__shm_aunlock(m);
   return rc;
 }
 
-/* Refills h's empty cache of class c; makes room once if the arena has
- * none. Returns 1 when the cache holds a chunk, 0 when there is no room.
- * The cache is looked at again after making room, which may have put
- * chunks there: a refill on top of them could overfill it. */
+/* Refills h's empty cache of class c; makes room if the arena has none,
+ * and as a last resort gives back the empty slab each class keeps (in a
+ * small arena those can hold most of it: a list's table, doubling, leaves
+ * one behind in each class it passes through). Returns 1 when the cache
+ * holds a chunk, 0 when there is no room. The cache is looked at again
+ * after making room, which may have put chunks there: a refill on top of
+ * them could overfill it. */
 static int refill_cache(fp_manager *m, fp__shm_heap *h, int c) {
   int want = (int)fp__shm_cache_cap(c) / 2;
 
   if (fp__shm_refill(m, h, c, want) != 0)
     return 1;
   fp__shm_make_room(m, h);
-  return h->ncache[c] != 0 || fp__shm_refill(m, h, c, want) != 0;
+  if (h->ncache[c] != 0 || fp__shm_refill(m, h, c, want) != 0)
+    return 1;
+  fp__shm_trim(m, h);
+  return fp__shm_refill(m, h, c, want) != 0;
 }
 
 int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
@@ -141,11 +147,21 @@ int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
       fp__shm_make_room(m, h);
       rc = alloc_pages(m, h, slot, size);
     }
+    if (rc == FP_ENOMEM) { /* as refill_cache does */
+      fp__shm_trim(m, h);
+      rc = alloc_pages(m, h, slot, size);
+    }
     return rc;
   }
   c = fp__shm_class_of(size);
-  if (h->ncache[c] == 0 && refill_cache(m, h, c) == 0)
+  if (h->ncache[c] == 0 && refill_cache(m, h, c) == 0) {
+    /* No slab of the class fits. A chunk of a page or more can still have
+     * pages of its own: the biggest classes' slabs are runs of 10 to 16
+     * pages, which a small or fragmented arena may no longer have. */
+    if (fp__shm_class_size(c) >= FP__SHM_PAGE)
+      return alloc_pages(m, h, slot, size);
     return FP_ENOMEM;
+  }
   n = h->ncache[c];
   base = fp__shm_cache_base(c);
   fp__shm_hlog(m, h, &h->ncache[c], n - 1);
@@ -163,7 +179,9 @@ static void unlimbo_one(fp_manager *m, fp__shm_heap *h, int b) {
 
   spans_add(h, -(int64_t)(w - 1));
 
-  if (bytes > FP__SHM_SMALL_MAX) {
+  /* A span goes back to the spans, whatever its size: a chunk of a small
+   * class may have had pages of its own (fp__shm_alloc). */
+  if (fp__shm_large_pages(m, off) != 0) {
     fp__shm_alock(m, h);
     fp__shm_alog(m, &h->limbo[b], next);
     fp__shm_alog(m, &h->nlimbo, h->nlimbo - w);
@@ -469,9 +487,8 @@ void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
     ;
   /* Cached chunks keep their slabs alive, and a slab's pages merge with
    * their neighbours only once it is empty. The one empty slab each class
-   * keeps for its next refill stays: its pages handed to the request
-   * that failed, the class may find no run long enough for a new slab
-   * when it needs one again (fp__shm_obj_new trims them, for arrays). */
+   * keeps for its next refill stays: fp__shm_alloc and fp__shm_obj_new
+   * give those back (fp__shm_trim) only when this was not enough. */
   for (int c = 0; c < FP__SHM_NCLASS; c++)
     while (h->ncache[c] != 0)
       fp__shm_flush(m, h, h, c, (int)h->ncache[c]);
