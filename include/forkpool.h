@@ -261,7 +261,8 @@ FP_EXTERN void fp_reader_init(fp_reader *r, const void *data, size_t len);
  * buffer at depth 0, or an entered list with no items left), else 0. A list
  * whose last item has been read is left automatically (see fp_read_list),
  * so inside a list this stays 0 until its items are consumed, then speaks
- * for the parent level. */
+ * for the parent level. A NULL reader is at its end (1): the one reader
+ * call that returns no error code. */
 FP_EXTERN int fp_reader_at_end(const fp_reader *r);
 
 /* Returns the fp_type (>= 0) of the next value without consuming it;
@@ -378,7 +379,8 @@ FP_EXTERN int fp_vunpack(fp_reader *r, const char *fmt, va_list ap);
  * 1 when more bytes are needed (once the 4 header bytes are there,
  * *payload_len already holds the announced length); FP_EMSGSIZE when the
  * announced length exceeds max, decided from the header alone, so nothing
- * needs to be allocated first; FP_EINVAL on NULL arguments. */
+ * needs to be allocated first; FP_EINVAL on a NULL payload_len, or a NULL
+ * buf with len > 0 (NULL with len 0 is an empty buffer: 1). */
 FP_EXTERN int fp_frame_parse(const void *buf, size_t len, size_t max,
                              size_t *payload_len);
 
@@ -695,30 +697,34 @@ typedef enum fp_transport {
 } fp_transport;
 
 /* Pool options. Zero-initialise and set what you need: every zero field
- * means "the default" given here. */
+ * means "the default" given here. A field out of its range (given here)
+ * makes fp_pool_new fail with FP_EINVAL, and fp_last_error() names it. */
 typedef struct fp_pool_opts {
-  int processes;             /* workers; 0: fp_cpu_count() */
+  int processes;             /* workers, 0 to 4096; 0: fp_cpu_count() */
   int (*initializer)(void *arg); /* run once in each worker at start; a
                                   non-zero return makes that start fail */
   void *initarg;
   unsigned maxtasksperchild; /* tasks (chunks) before a worker is replaced;
                                 0: unlimited */
-  size_t max_frame;          /* largest message, item or result; 0:
-                                FP_FRAME_MAX_DEFAULT. A chunk's results
+  size_t max_frame;          /* largest message, item or result: 4096
+                                to 2^32 - 1; 0: FP_FRAME_MAX_DEFAULT.
+                                A chunk's results
                                 together may pass it (several messages),
                                 up to 1 GiB or max_frame if larger */
-  double task_timeout;       /* seconds one item may run; 0: no limit.
+  double task_timeout;       /* seconds one item may run; 0 or negative
+                                (FP_FOREVER): no limit.
                                 Every timeout in the API: a century or
                                 more (INFINITY, DBL_MAX ...) means no
                                 limit, NaN is FP_EINVAL */
   double kill_grace;         /* SIGTERM to SIGKILL delay; 0: 0.2 s; at
                                 most 3600 s (terminate must return) */
   fp_crash_policy on_crash;  /* 0: FP_CRASH_FAIL */
-  int retries;               /* with FP_CRASH_RETRY; 0: 1 */
+  int retries;               /* with FP_CRASH_RETRY, 0 or more; 0: 1 */
   int max_restarts;          /* workers dying at start (before becoming
-                                ready) more than this ... */
-  double restart_window;     /* ... within this many seconds: the pool
-                                fails its work with FP_ESTORM. 0: 5 / 1 s */
+                                ready) more than this (0 to 1000000) ... */
+  double restart_window;     /* ... within this many seconds (0 or more):
+                                the pool fails its work with FP_ESTORM.
+                                0: 5 / 1 s */
   size_t memory_limit;       /* RLIMIT_AS per worker in bytes; 0: none */
   fp_pin_policy pin;         /* CPU pinning of workers; 0: none */
   const int *pin_cpus;       /* FP_PIN_LIST: the CPUs (copied) */
@@ -858,7 +864,13 @@ FP_EXTERN int fp_pool_apply(fp_pool *pool, fp_task_fn fn,
  * unchanged), so that copying results into fresh memory does not take a
  * page fault per page. Unreadable input items, or a range of `out` that is
  * not writable, fail their chunk's items with -EFAULT; the master never
- * faults on them. */
+ * faults on them. Fails at once, sending nothing, with FP_EINVAL (NULL
+ * pool or fn, NULL in or out with n > 0 and its size > 0, a size above
+ * 2^32 - 1 or n above INT64_MAX, bad opts, a blocking call from a
+ * callback or a forked copy), FP_EMSGSIZE (in_size or out_size above what
+ * the pool's max_frame carries),
+ * FP_ECLOSED (after fp_pool_close or fp_pool_terminate, even with n == 0)
+ * or FP_ENOMEM. */
 FP_EXTERN int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in,
                           size_t n, size_t in_size, void *out,
                           size_t out_size, const fp_call_opts *opts);

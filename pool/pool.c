@@ -197,8 +197,9 @@ static int seconds_ok(double v, double max) {
 static const char *bad_option(const fp_pool_opts *o) {
   if (o->processes < 0 || o->processes > 4096)
     return "invalid pool option processes (0 to 4096)";
-  if (!seconds_ok(o->task_timeout, INFINITY))
-    return "invalid pool option task_timeout (seconds, 0 or more)";
+  if (!fp__timeout_ok(o->task_timeout)) /* negative: none, as per call */
+    return "invalid pool option task_timeout (seconds; 0 or negative: no "
+           "limit; NaN is refused)";
   if (!seconds_ok(o->kill_grace, MAX_KILL_GRACE_S))
     return "invalid pool option kill_grace (0 to 3600 seconds)";
   if (o->retries < 0)

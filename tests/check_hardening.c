@@ -1027,6 +1027,15 @@ START_TEST(huge_pool_task_timeout_means_forever) {
   if (rc != FP_EINVAL)
     note(&rp, "task_timeout=NaN: fp_pool_new gave %s", fp_err_name(rc));
   fp_pool_free(p);
+  /* Negative: no limit, as the header's rule for timeouts (FP_FOREVER)
+   * and fp_call_opts.timeout say. */
+  p = NULL;
+  o.task_timeout = FP_FOREVER;
+  if ((rc = fp_pool_new(&p, &o)) != 0)
+    note(&rp, "task_timeout=-1: fp_pool_new gave %s", fp_err_name(rc));
+  else if ((rc = fp_pool_apply(p, t_busy30, NULL, NULL)) != 0)
+    note(&rp, "task_timeout=-1: a 30 ms task gave %s", fp_err_name(rc));
+  fp_pool_free(p);
   ck_assert_msg(rp.fails == 0, "%s", rp.buf);
 }
 END_TEST

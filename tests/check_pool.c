@@ -184,7 +184,7 @@ START_TEST(pool_new_rejects_bad_options) {
   ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
   ck_assert_ptr_null(p);
   o.processes = 1;
-  o.task_timeout = -1;
+  o.task_timeout = NAN; /* negative is FP_FOREVER: no limit */
   ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
   o.task_timeout = 0;
   o.inflight = 1000;
