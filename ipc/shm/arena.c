@@ -223,7 +223,8 @@ void fp__shm_acommit(fp_manager *m) {
 }
 
 void fp__shm_alock(fp_manager *m, const fp__shm_heap *h) {
-  if (fp__shm_mutex_lock(m, &m->mu, fp__shm_me(m, h)) != 0) {
+  if (fp__shm_mutex_lock(m, &m->mu, fp__shm_me(m, h),
+                         FP__SHM_POLL_SOON) != 0) {
     atomic_fetch_add(&m->recovered, 1);
     if (m->anundo != 0)
       atomic_fetch_add(&m->repairs, 1);

@@ -306,13 +306,28 @@ FP__SHM_HIDDEN int fp__shm_owner_dead(const fp__shm_heap *h, uint64_t s);
 /* The start time procfs reports for thread tid, or 0. */
 FP__SHM_HIDDEN uint64_t fp__shm_start_time(uint32_t tid);
 
-/* Takes mu for `me` (an FP__SHM_OWNER value). Returns 0, or the previous
- * holder's word (nonzero) when that holder died holding it: the caller
- * now holds the lock and must repair what it protects. Never fails
+/* How many pauses (about 20-40 ns each) a waiter leaves a held lock
+ * alone before its first look, and between looks once past BACKOFF_MAX
+ * (lock.c). SOON suits a lock that a thread seldom takes twice in a row:
+ * the global allocator's, a dict stripe's. LATE suits a list's: a process
+ * appending in a loop takes it again ~50 ns after releasing it, and a
+ * look by the other process then moves the lock, the list's header line
+ * and its tail line between CPUs -- with early looks every few appends
+ * (two processes appending made 0.67-0.85x of one). Looking every ~50 us
+ * lets the holder run about a thousand appends from its own cache per
+ * hand-over (0.87-1.00x), at the price of that much latency for a
+ * contended call. */
+#define FP__SHM_POLL_SOON 4
+#define FP__SHM_POLL_LATE 2048
+
+/* Takes mu for `me` (an FP__SHM_OWNER value), first looking again after
+ * first_poll pauses (FP__SHM_POLL_*) when it is held. Returns 0, or the
+ * previous holder's word (nonzero) when that holder died holding it: the
+ * caller now holds the lock and must repair what it protects. Never fails
  * otherwise; waits (spinning, then sleeping) as long as a live holder
  * keeps it. */
 FP__SHM_HIDDEN uint32_t fp__shm_mutex_lock(fp_manager *m, fp__shm_mutex *mu,
-                                           uint32_t me);
+                                           uint32_t me, uint32_t first_poll);
 FP__SHM_HIDDEN void fp__shm_mutex_unlock(fp__shm_mutex *mu);
 
 /* --- arena.c: the global allocator ------------------------------------- */
@@ -521,7 +536,7 @@ static inline uint32_t fp__shm_me(const fp_manager *m, const fp__shm_heap *h) {
 /* Takes a structure lock for h; if its holder died, reclaims the holder's
  * heap first (which repairs the structure from the holder's journal). */
 FP__SHM_HIDDEN void fp__shm_lock(fp_manager *m, fp__shm_heap *h,
-                                 fp__shm_mutex *mu);
+                                 fp__shm_mutex *mu, uint32_t first_poll);
 static inline void fp__shm_unlock(fp__shm_mutex *mu) {
   fp__shm_mutex_unlock(mu);
 }

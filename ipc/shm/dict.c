@@ -326,7 +326,7 @@ static void done(fp_manager *m, fp__shm_heap *h) {
  * dict before it clears the stripes, so whoever locks a stripe after the
  * destroy's pass sees the mark and changes nothing. */
 static int lock_stripe(fp_dict *d, fp__shm_heap *h, stripe *s) {
-  fp__shm_lock(mgr(d), h, &s->mu);
+  fp__shm_lock(mgr(d), h, &s->mu, FP__SHM_POLL_SOON);
   if (!fp__shm_obj_alive(&d->hdr)) {
     fp__shm_unlock(&s->mu);
     return FP_EINVAL;
@@ -850,7 +850,7 @@ static int clear_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
   int rc = 0;
 
   if (destroying)
-    fp__shm_lock(m, h, &s->mu);
+    fp__shm_lock(m, h, &s->mu, FP__SHM_POLL_SOON);
   else if ((rc = lock_stripe(d, h, s)) != 0)
     return rc;
   if ((t = table_at(m, s->table)) == NULL) {
@@ -1013,7 +1013,7 @@ void fp__shm_dict_settle(fp__shm_obj *o) {
   fp__shm_heap *h = fp__shm_heap_get(m);
 
   for (int i = 0; h != NULL && i < NSTRIPE; i++) {
-    fp__shm_lock(m, h, &d->s[i].mu);
+    fp__shm_lock(m, h, &d->s[i].mu, FP__SHM_POLL_SOON);
     fp__shm_unlock(&d->s[i].mu);
   }
 }

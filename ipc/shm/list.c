@@ -98,7 +98,7 @@ static void leave(fp_list *l, fp__shm_heap *h) {
 /* Locks the list; FP_EINVAL (nothing locked) when a destroy of the list
  * began, which marks the list before taking its lock. */
 static int lock_list(fp_list *l, fp__shm_heap *h) {
-  fp__shm_lock(mgr(l), h, &l->mu);
+  fp__shm_lock(mgr(l), h, &l->mu, FP__SHM_POLL_LATE);
   if (!fp__shm_obj_alive(&l->hdr)) {
     fp__shm_unlock(&l->mu);
     return FP_EINVAL;
@@ -385,7 +385,7 @@ int fp_list_destroy(fp_list *l) {
   if ((h = fp__shm_heap_get(m)) == NULL)
     return FP_ENOMEM;
   fp__shm_pin(m, h);
-  fp__shm_lock(m, h, &l->mu);
+  fp__shm_lock(m, h, &l->mu, FP__SHM_POLL_LATE);
   clear_locked(l, h);
   leave(l, h);
   return fp__shm_obj_free(m, &l->hdr, gen);
@@ -436,7 +436,7 @@ void fp__shm_list_settle(fp__shm_obj *o) {
   fp__shm_heap *h = fp__shm_heap_get(mgr(l));
 
   if (h != NULL) {
-    fp__shm_lock(mgr(l), h, &l->mu);
+    fp__shm_lock(mgr(l), h, &l->mu, FP__SHM_POLL_LATE);
     fp__shm_unlock(&l->mu);
   }
 }

@@ -43,7 +43,6 @@
  * holder. */
 #define SPIN 20000
 #define SLEEP_NS 2000000L /* futex sleep slice: 2 ms */
-#define BACKOFF_MIN 4     /* pauses after the first failed poll */
 #define BACKOFF_MAX 256   /* pauses between polls, at most */
 
 static void cpu_relax(void) {
@@ -169,15 +168,14 @@ static void futex_wake(fp__shm_mutex *mu) {
 
 /* The waiting half of fp__shm_mutex_lock: w is the word last seen. */
 static uint32_t lock_slow(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
-                          uint32_t w) {
+                          uint32_t w, uint32_t first_poll) {
   uint32_t mine = me; /* becomes me | WAITERS once we have slept */
-  uint32_t pauses = BACKOFF_MIN;
+  uint32_t pauses = first_poll ? first_poll : 1;
 
-  /* Poll with exponential backoff, up to SPIN pauses in all. A poll pulls
-   * the lock's cache line away from the holder, which usually takes the
-   * lock again for its next call: fewer polls let it run from its own
-   * cache, so two processes appending to one list lose less to each
-   * other than with a tight loop. */
+  /* Poll with exponential backoff from first_poll pauses, up to SPIN
+   * pauses in all. A poll pulls the lock's cache line away from the
+   * holder, which may take the lock again for its next call: fewer polls
+   * let it run from its own cache (arena.h, FP__SHM_POLL_LATE). */
   for (uint32_t spent = 0; spent < SPIN; spent += pauses) {
     if (w == 0 && atomic_compare_exchange_weak(mu, &w, me))
       return 0;
@@ -209,11 +207,12 @@ static uint32_t lock_slow(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
   }
 }
 
-uint32_t fp__shm_mutex_lock(fp_manager *m, fp__shm_mutex *mu, uint32_t me) {
+uint32_t fp__shm_mutex_lock(fp_manager *m, fp__shm_mutex *mu, uint32_t me,
+                            uint32_t first_poll) {
   uint32_t w = 0;
   if (atomic_compare_exchange_strong(mu, &w, me))
     return 0;
-  return lock_slow(m, mu, me, w);
+  return lock_slow(m, mu, me, w, first_poll);
 }
 
 void fp__shm_mutex_unlock(fp__shm_mutex *mu) {

@@ -438,8 +438,9 @@ static void finish_dead_reclaims(fp_manager *m, fp__shm_heap *h) {
   }
 }
 
-void fp__shm_lock(fp_manager *m, fp__shm_heap *h, fp__shm_mutex *mu) {
-  uint32_t dead = fp__shm_mutex_lock(m, mu, fp__shm_me(m, h));
+void fp__shm_lock(fp_manager *m, fp__shm_heap *h, fp__shm_mutex *mu,
+                  uint32_t first_poll) {
+  uint32_t dead = fp__shm_mutex_lock(m, mu, fp__shm_me(m, h), first_poll);
   int i;
 
   if (dead == 0)
