@@ -192,6 +192,19 @@ static void innocent_died_locked(fp_pool *pool, fp__chunk *ch,
   chunk_died_locked(pool, ch, &as_crash);
 }
 
+/* Fails a chunk of a worker the master stopped reading for want of
+ * memory: it may have run, and its results are lost. */
+static void unreadable_results_locked(fp_pool *pool, fp__chunk *ch,
+                                      const death *d) {
+  char msg[FP__MSG_LEN], who[160];
+  name_worker(pool, d, who, sizeof(who));
+  snprintf(msg, sizeof(msg),
+           "item %lld: out of memory in the master to receive the results "
+           "of %s, which was killed; its chunk may have run",
+           (long long)ch->start, who);
+  fp__chunk_crashed_locked(&pool->jobs, ch, FP_ENOMEM, -1, msg);
+}
+
 /* Accounts for every chunk a dead worker held. */
 static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                                  const death *d) {
@@ -215,6 +228,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                    ch->seq != d->kill_seq;
     if (pool->state == FP__TERMINATE)
       ch->state = FP__CH_DONE; /* its job is being canceled */
+    else if (d->reason == FP_ENOMEM)
+      unreadable_results_locked(pool, ch, d);
     else if (ch->seq == rejected)
       reject_chunk_locked(pool, ch, d);
     else if (innocent && ch->seq == d->run.seq)

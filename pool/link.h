@@ -102,6 +102,11 @@ typedef struct fp__link_events {
   /* The worker broke the protocol (a malformed or unknown frame, a
    * corrupt ring): the scheduler kills it. */
   void (*violation)(void *ctx, int slot, const char *what);
+  /* The master had no memory for the worker's next frame, and stopped
+   * reading from it: the scheduler kills it, and fails every chunk it
+   * held with FP_ENOMEM (any of them may have run: its results are
+   * lost, and running it again could run it twice). */
+  void (*no_memory)(void *ctx, int slot);
   /* The process is gone: wait status, as waitpid() gives it. */
   void (*exited)(void *ctx, int slot, pid_t pid, int status);
   /* A spawn() could not make a reachable worker; err is -errno or FP_*. */

@@ -339,6 +339,7 @@ static fp__link_events link_events(fp_pool *pool) {
       .result = fp__sched_on_result,
       .retired = fp__sched_on_retired,
       .violation = fp__sched_on_violation,
+      .no_memory = fp__sched_on_no_memory,
       .exited = fp__deaths_on_exited,
       .start_failed = fp__deaths_on_start_failed,
       .lost = fp__deaths_on_lost,

@@ -257,6 +257,7 @@ void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
                          size_t len, fp__rbuf *keep);
 void fp__sched_on_retired(void *ctx, int slot);
 void fp__sched_on_violation(void *ctx, int slot, const char *what);
+void fp__sched_on_no_memory(void *ctx, int slot);
 
 /* ---- deaths.c: exits, crash policy, respawn, time limits ----------------- */
 

@@ -429,6 +429,11 @@ void fp__sched_on_violation(void *ctx, int slot, const char *what) {
   fp__sched_kill_locked(pool, &pool->ws[slot], FP_EPROTO, 0, SIGKILL);
 }
 
+void fp__sched_on_no_memory(void *ctx, int slot) {
+  fp_pool *pool = ctx;
+  fp__sched_kill_locked(pool, &pool->ws[slot], FP_ENOMEM, 0, SIGKILL);
+}
+
 /* Finds ws's in-flight chunk with id seq, or -1. Results come in order
  * per path, but a large one (socket) may be overtaken by a later small
  * one (ring): search by id. */

@@ -2621,6 +2621,65 @@ static void add_loop_case(Suite *s, const char *name, const TTest *test,
   suite_add_tcase(s, tc);
 }
 
+/* ---- a result the master has no memory to receive ---------------------- */
+
+#define HUGE_RESULT ((size_t)200 << 20)
+
+static int t_huge_result(fp_reader *args, fp_writer *out) {
+  void *dst;
+  (void)args;
+  int rc = fp_write_bytes_begin(out, HUGE_RESULT, &dst);
+  if (rc == 0)
+    memset(dst, 'r', HUGE_RESULT);
+  return rc;
+}
+
+static size_t vm_size(void) {
+  char line[256];
+  size_t kb = 0;
+  FILE *f = fopen("/proc/self/status", "r");
+  while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+    if (sscanf(line, "VmSize: %zu kB", &kb) == 1)
+      break;
+  if (f != NULL)
+    fclose(f);
+  return kb << 10;
+}
+
+/* The master cannot allocate the buffer for a 200 MiB result (its address
+ * space is capped just above what it uses): it stops reading the worker,
+ * which is killed, and the item fails with FP_ENOMEM -- the pool waited
+ * for ever before, on a worker it no longer read. Once memory is back the
+ * pool goes on. Sanitizers and valgrind manage memory their own way: the
+ * cap would stop them, not the library. */
+START_TEST(result_the_master_cannot_hold_fails_with_enomem) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return;
+#endif
+  if (fp_test_under_valgrind())
+    return;
+  fp_pool *p = pool_n(1);
+  ck_assert_int_eq(apply_within(p, t_pid, 20), 0); /* warm: buffers made */
+  struct rlimit old, cap;
+  ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+  cap = old;
+  cap.rlim_cur = vm_size() + ((size_t)64 << 20);
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &cap), 0);
+  fp_result *r = NULL;
+  int rc = fp_pool_apply_async(p, t_huge_result, NULL, NULL, &r);
+  if (rc == 0)
+    rc = fp_result_get(r, 30);
+  char msg[FP__MSG_LEN];
+  snprintf(msg, sizeof(msg), "%s", r ? fp_result_error(r) : "");
+  fp_result_free(r);
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+  ck_assert_msg(rc == FP_ENOMEM, "%s: %s", fp_err_name(rc), msg);
+  ck_assert_ptr_nonnull(strstr(msg, "out of memory in the master"));
+  ck_assert_int_eq(apply_within(p, t_pid, 20), 0);
+  fp_pool_free(p);
+}
+END_TEST
+
 Suite *hardening_suite(void) {
   Suite *s = suite_create("hardening");
   add_case(s, "item01a", pool_new_out_of_fds_fails_cleanly, 60);
@@ -2670,5 +2729,6 @@ Suite *hardening_suite(void) {
   add_case(s, "item17", map_with_zero_out_size, 30);
   add_case(s, "item18a", result_over_max_frame_names_size, 30);
   add_case(s, "item18b", last_error_cleared_by_pool_new, 30);
+  add_case(s, "item19a", result_the_master_cannot_hold_fails_with_enomem, 60);
   return s;
 }

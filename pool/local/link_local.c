@@ -330,8 +330,10 @@ static int conn_read(conn *c) {
     size_t need = fp__frame_want(c->in, c->in_len, c->l->cfg.max_frame);
     if (need > c->in_cap) {
       unsigned char *nb = fp__realloc(c->in, c->in_cap, need);
-      if (nb == NULL)
+      if (nb == NULL) { /* the stream stops here: as EOF, once told */
+        EV(c->l, no_memory, c->slot);
         return 1;
+      }
       c->in = nb;
       c->in_cap = need;
     }

@@ -167,6 +167,15 @@ static void ev_violation(void *ctx, int slot, const char *what) {
   post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
 }
 
+/* This rank had no memory for a worker's results: rank 0 kills the worker
+ * as for a violation (its chunks fail with FP_EPROTO, and the message
+ * says why). */
+static void ev_no_memory(void *ctx, int slot) {
+  static const char what[] = "out of memory on a worker rank to receive a "
+                             "worker's results";
+  post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
+}
+
 static void ev_exited(void *ctx, int slot, pid_t pid, int status) {
   rserver *sv = ctx;
   fp__running r = {0};
@@ -370,7 +379,8 @@ static int open_local(rserver *sv, const fp_pool_opts *o, char *err,
   static const fp__link_events ev0 = {
       .enter = ev_enter, .leave = ev_leave, .started = ev_started,
       .ready = ev_ready, .result = ev_result, .retired = ev_retired,
-      .violation = ev_violation, .exited = ev_exited,
+      .violation = ev_violation, .no_memory = ev_no_memory,
+      .exited = ev_exited,
       .start_failed = ev_start_failed, .lost = ev_lost};
   fp__link_events ev = ev0;
   ev.ctx = sv;
