@@ -183,12 +183,27 @@ void fp__iter_finish_input(fp_iter *it) {
 /* Takes the next deliverable chunk (it->mu held), or NULL. */
 static fp__chunk *next_chunk(fp_iter *it) {
   fp__chunk *ch = NULL;
-  if (it->dhead) {
+  if (!it->ordered && it->dhead) {
     ch = it->dhead;
     it->dhead = ch->dnext;
     if (!it->dhead)
       it->dtail = NULL;
     return ch;
+  }
+  /* Ordered: chunk next_num, which is in the ring -- or in the list, where
+   * a chunk goes when the ring could not grow (job.c, iter_take_chunk). */
+  for (fp__chunk *prev = NULL, *c = it->dhead; c != NULL;
+       prev = c, c = c->dnext) {
+    if (c->number != it->next_num)
+      continue;
+    if (prev != NULL)
+      prev->dnext = c->dnext;
+    else
+      it->dhead = c->dnext;
+    if (it->dtail == c)
+      it->dtail = prev;
+    it->next_num++;
+    return c;
   }
   if (it->ordered && it->done_cap) {
     size_t pos = it->next_num & (it->done_cap - 1);

@@ -384,7 +384,9 @@ static int iter_ring_put(fp_iter *it, fp__chunk *ch) {
   return 0;
 }
 
-/* Hands a completed chunk to its iterator (which now owns it). */
+/* Hands a completed chunk to its iterator (which now owns it): an ordered
+ * one files it by number in its ring, or, when the ring cannot grow, in
+ * the completion list, where next_chunk (iter.c) finds it by number too. */
 static void iter_take_chunk(fp_iter *it, fp__chunk *ch) {
   pthread_mutex_lock(&it->mu);
   int rc = it->ordered ? iter_ring_put(it, ch) : 0;
