@@ -855,6 +855,40 @@ START_TEST(user_signal_dispositions_untouched) {
 }
 END_TEST
 
+/* A program whose SIGCHLD is SIG_DFL with SA_NOCLDWAIT (children reaped
+ * by the kernel): the fork server inherits it and must still see its
+ * workers' exit statuses -- a crash and a retirement each hung the pool
+ * before (no exit report ever came). */
+START_TEST(sigchld_nocldwait_in_the_program_keeps_deaths_reported) {
+  struct sigaction sa, old_chld;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = SIG_DFL;
+  sa.sa_flags = SA_NOCLDWAIT;
+  sigemptyset(&sa.sa_mask);
+  ck_assert_int_eq(sigaction(SIGCHLD, &sa, &old_chld), 0);
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.maxtasksperchild = 1;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  fp_pack(&a, "i i", (int64_t)CRASH_SEGV, (int64_t)-1);
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_crash, &a, NULL, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 10), FP_EWORKER);
+  fp_result_free(r);
+  for (int i = 0; i < 3; i++) { /* each retires its worker */
+    ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, &r), 0);
+    ck_assert_int_eq(fp_result_get(r, 10), 0);
+    fp_result_free(r);
+  }
+  fp_pool_free(p);
+  sigaction(SIGCHLD, &old_chld, NULL);
+  fp_writer_free(&a);
+}
+END_TEST
+
 START_TEST(crashes_leak_no_descriptors) {
   fp_pool_free(pool_with(1, FP_CRASH_DEFAULT, 0)); /* libuv's global pipe */
   int fds = fp_test_count_fds();
@@ -992,6 +1026,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, master_sigkill_leaves_no_orphans);
   tcase_add_test(tc, replacement_worker_forked_while_user_thread_holds_lock);
   tcase_add_test(tc, user_signal_dispositions_untouched);
+  tcase_add_test(tc, sigchld_nocldwait_in_the_program_keeps_deaths_reported);
   tcase_add_test(tc, crashes_leak_no_descriptors);
   tcase_add_test(tc, cancel_spares_other_job_on_same_worker);
   tcase_add_test(tc, imap_abort_policy_reports_crash);

@@ -155,14 +155,23 @@ static void reap(fserver *fs, int report) {
  * back to its default action (ignored ones stay ignored, except SIGCHLD,
  * whose SIG_IGN would auto-reap and hide exit statuses). Without this a
  * handler meant for the master (a test harness's SIGTERM handler that
- * kills its process group, say) would run inside a worker. */
+ * kills its process group, say) would run inside a worker. SIGCHLD gets
+ * a plain default whatever it had: SA_NOCLDWAIT, which even a SIG_DFL
+ * disposition may carry, auto-reaps too. */
 static void reset_signals(void) {
   for (int sig = 1; sig < NSIG; sig++) {
     struct sigaction sa;
     if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0)
       continue;
-    if (!(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_IGN &&
-        sig != SIGCHLD)
+    if (sig == SIGCHLD) {
+      struct sigaction dfl;
+      memset(&dfl, 0, sizeof(dfl));
+      dfl.sa_handler = SIG_DFL;
+      sigemptyset(&dfl.sa_mask);
+      sigaction(SIGCHLD, &dfl, NULL);
+      continue;
+    }
+    if (!(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_IGN)
       continue;
     if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_DFL)
       signal(sig, SIG_DFL);
