@@ -406,7 +406,10 @@ static int loop_init(fp_pool *pool) {
   if (rc != 0)
     return rc;
   if ((rc = uv_loop_init(&pool->loop)) != 0) {
-    if (pool->loop.backend_fd >= 0)
+    /* A failure after epoll_create leaves its descriptor open. One before
+     * leaves the zeroed loop's 0, which is the caller's stdin: the loop's
+     * own descriptors are never 0-2 (start_loop holds those). */
+    if (pool->loop.backend_fd > STDERR_FILENO)
       close(pool->loop.backend_fd);
     return rc;
   }

@@ -52,6 +52,8 @@
 #include "pool/proto.h" /* the wire format, to forge a frame (item 5) */
 #include "testutil.h"
 
+#include <uv.h>
+
 #include <check.h>
 #include <dirent.h>
 #include <dlfcn.h>
@@ -2621,6 +2623,46 @@ static void add_loop_case(Suite *s, const char *name, const TTest *test,
   suite_add_tcase(s, tc);
 }
 
+/* ---- libuv out of memory in fp_pool_new ------------------------------------ */
+
+static int uv_calloc_fails;
+static void *failing_calloc(size_t n, size_t size) {
+  if (uv_calloc_fails) {
+    uv_calloc_fails = 0;
+    return NULL;
+  }
+  return calloc(n, size);
+}
+
+/* libuv's first allocation in uv_loop_init fails before it has an epoll
+ * descriptor, leaving the zeroed loop's backend_fd 0: fp_pool_new closed
+ * the caller's stdin on its way out. It fails with FP_ENOMEM and leaves
+ * fd 0 alone. In a child: the allocator can be replaced only before
+ * libuv's first use in the process. */
+START_TEST(pool_new_failing_in_libuv_leaves_stdin_open) {
+  if (fp_test_under_valgrind())
+    return; /* no fork per test there: libuv is in use already */
+  g_sh->msg[0] = 0;
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    child_step("uv_replace_allocator");
+    if (uv_replace_allocator(malloc, realloc, failing_calloc, free) != 0)
+      child_fail("uv_replace_allocator refused (libuv already in use)");
+    uv_calloc_fails = 1;
+    fp_pool *p = NULL;
+    child_step("fp_pool_new");
+    int rc = fp_pool_new(&p, NULL);
+    if (rc != FP_ENOMEM)
+      child_fail("fp_pool_new did not fail with FP_ENOMEM");
+    if (fcntl(0, F_GETFD) < 0)
+      child_fail("fd 0 was closed");
+    fp_pool_free(p);
+    _exit(0);
+  }
+  assert_child_ok(pid, 20, "fp_pool_new with libuv out of memory");
+}
+END_TEST
+
 /* ---- a result the master has no memory to receive ---------------------- */
 
 #define HUGE_RESULT ((size_t)200 << 20)
@@ -2730,5 +2772,6 @@ Suite *hardening_suite(void) {
   add_case(s, "item18a", result_over_max_frame_names_size, 30);
   add_case(s, "item18b", last_error_cleared_by_pool_new, 30);
   add_case(s, "item19a", result_the_master_cannot_hold_fails_with_enomem, 60);
+  add_case(s, "item19b", pool_new_failing_in_libuv_leaves_stdin_open, 30);
   return s;
 }
