@@ -321,7 +321,14 @@ void fp__deaths_on_start_failed(void *ctx, int slot, int err) {
   if (pool->start_err == 0)
     pool->start_err = err;
   char msg[FP__MSG_LEN];
-  if (err < 0 && err > -4000) /* the fork server's fork() failed: errno */
+  /* The fork server's socketpair() or fork() failed: errno. Running out
+   * of descriptors can only be the socket pair's. */
+  if (err == -EMFILE || err == -ENFILE)
+    snprintf(msg, sizeof(msg),
+             "cannot start a worker: no descriptor for its socket: %s (a "
+             "descriptor limit: RLIMIT_NOFILE?)",
+             strerror(-err));
+  else if (err < 0 && err > -4000)
     snprintf(msg, sizeof(msg), "cannot start a worker: fork() failed: %s%s",
              strerror(-err),
              err == -EAGAIN ? " (a process limit: RLIMIT_NPROC?)" : "");

@@ -2663,6 +2663,50 @@ START_TEST(pool_new_failing_in_libuv_leaves_stdin_open) {
 }
 END_TEST
 
+/* Too few descriptors for a worker's socket pair: fp_pool_new fails with
+ * -EMFILE, and the message must not blame fork() (it said "fork()
+ * failed: Too many open files", which fork never reports). The limit
+ * rises one descriptor at a time from what the process has open, so some
+ * attempt runs out exactly at the workers' sockets, whatever the runner
+ * keeps open. */
+START_TEST(no_descriptor_for_a_worker_is_not_called_a_fork_failure) {
+  g_sh->msg[0] = 0;
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    int top = 0, socket_stage = 0, rc = -1;
+    for (int fd = 0; fd < 1024; fd++)
+      if (fcntl(fd, F_GETFD) >= 0)
+        top = fd;
+    for (int fd = 0; fd < top; fd++) /* no holes: new ones go above top */
+      if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDONLY) != fd)
+        child_fail("cannot fill descriptor %d", fd);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+      child_fail("getrlimit");
+    fp_pool_opts o = {0};
+    o.processes = 2;
+    for (int extra = 1; extra <= 32 && rc != 0; extra++) {
+      rl.rlim_cur = (rlim_t)(top + extra);
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        child_fail("setrlimit");
+      fp_pool *p = NULL;
+      child_step("fp_pool_new");
+      rc = fp_pool_new(&p, &o);
+      if (rc == -EMFILE && strstr(fp_last_error(), "fork() failed"))
+        child_fail("%s", fp_last_error());
+      socket_stage += rc == -EMFILE && strstr(fp_last_error(), "socket");
+      fp_pool_free(p);
+    }
+    if (rc != 0)
+      child_fail("no pool even with 32 descriptors to spare");
+    if (socket_stage == 0)
+      child_fail("no attempt ran out at the workers' sockets");
+    _exit(0);
+  }
+  assert_child_ok(pid, 60, "pools with too few descriptors");
+}
+END_TEST
+
 /* ---- a result the master has no memory to receive ---------------------- */
 
 #define HUGE_RESULT ((size_t)200 << 20)
@@ -2773,5 +2817,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item18b", last_error_cleared_by_pool_new, 30);
   add_case(s, "item19a", result_the_master_cannot_hold_fails_with_enomem, 60);
   add_case(s, "item19b", pool_new_failing_in_libuv_leaves_stdin_open, 30);
+  add_case(s, "item19c", no_descriptor_for_a_worker_is_not_called_a_fork_failure,
+           90);
   return s;
 }
