@@ -128,7 +128,11 @@ static int set_mask(const fp_cpuset *set) {
   rc = -errno;
   fp_cpulist_format(set, b, sizeof b);
   fp_cpulist_format(&allowed, a, sizeof a);
-  fp__err_setf(FP__ERR_AFFINITY, "sched_setaffinity(%s): %s (allowed set %s)",
+  /* The kernel's own limits (a cpuset cgroup) may be narrower than the
+   * allowed set, which only remembers the masks this process had. */
+  fp__err_setf(FP__ERR_AFFINITY,
+               "sched_setaffinity(%s): %s (the kernel refused it: a cpuset "
+               "cgroup may allow fewer CPUs than this process's masks, %s)",
                b, strerror(-rc), a);
   return rc;
 }
