@@ -615,7 +615,10 @@ typedef enum fp_pin_policy {
  *   FORKS: in a process forked from the master after fp_pool_new(),
  *   submissions and blocking waits on the pool's pending results and
  *   iterators return FP_EINVAL (the results go to the parent), and
- *   fp_pool_free() frees only that copy's memory.
+ *   fp_pool_free() frees only that copy's memory -- all of it but the
+ *   few hundred bytes libuv holds for the copy's loop, which closing
+ *   would unregister the parent's descriptors from the epoll instance
+ *   the two share.
  *
  *   FUNCTIONS are named by reference (module + offset, resolved again in the
  *   worker), never sent as raw pointers; pass functions of your program or
