@@ -1488,6 +1488,61 @@ START_TEST(late_free_of_a_destroyed_object_spares_its_successor) {
 }
 END_TEST
 
+/* A destroy of a list that another thread destroys meanwhile, and then
+ * makes new lists: the late destroy is pinned from before it marks the
+ * list, so none of the new lists can take the old one's memory while it
+ * clears (it cleared a new list made there, or crashed on memory reused
+ * as items, before); its free then refuses (FP_EINVAL). */
+static struct {
+  fp_list *l, *made[64];
+  int reused;
+  pthread_barrier_t go, done;
+} dr;
+
+static void *racing_destroyer(void *arg) {
+  unsigned char v[9] = {FP_INT, 1};
+  (void)arg;
+  pthread_barrier_wait(&dr.go);
+  ck_assert_int_eq(fp_list_destroy(dr.l), 0);
+  for (int i = 0; i < 64; i++) {
+    ck_assert_int_eq(fp_list_new(mgr, &dr.made[i]), 0);
+    ck_assert_int_eq(fp_list_append(dr.made[i], v, sizeof(v)), 0);
+    dr.reused |= dr.made[i] == dr.l;
+  }
+  pthread_barrier_wait(&dr.done);
+  return NULL;
+}
+
+START_TEST(destroy_that_lost_a_race_spares_what_was_made_meanwhile) {
+  fp__shm_heap *h;
+  fp_manager *m;
+  uint64_t gen;
+  pthread_t t;
+
+  memset(&dr, 0, sizeof(dr));
+  ck_assert_int_eq(fp_list_new(mgr, &dr.l), 0);
+  pthread_barrier_init(&dr.go, NULL, 2);
+  pthread_barrier_init(&dr.done, NULL, 2);
+  ck_assert_int_eq(pthread_create(&t, NULL, racing_destroyer, NULL), 0);
+  ck_assert_int_eq(fp__shm_obj_begin_clearing_destroy(dr.l, FP__SHM_LIST, &m,
+                                                      &h, &gen),
+                   0);
+  pthread_barrier_wait(&dr.go);   /* the other thread destroys, makes */
+  pthread_barrier_wait(&dr.done);
+  ck_assert_int_eq(dr.reused, 0);
+  fp__shm_unpin(h);
+  ck_assert_int_eq(fp__shm_obj_free(m, (fp__shm_obj *)dr.l, gen), FP_EINVAL);
+  ck_assert_int_eq(pthread_join(t, NULL), 0);
+  for (int i = 0; i < 64; i++) {
+    ck_assert_int_eq(fp_list_len(dr.made[i]), 1);
+    ck_assert_int_eq(fp_list_destroy(dr.made[i]), 0);
+  }
+  pthread_barrier_destroy(&dr.go);
+  pthread_barrier_destroy(&dr.done);
+  assert_consistent();
+}
+END_TEST
+
 /* --- crash consistency -------------------------------------------------- */
 
 /* The child's tight loop: every kind of mutation, with values of varying
@@ -2071,6 +2126,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, foreach_callback_using_many_managers_keeps_its_heap);
   tcase_add_test(tc, foreach_of_a_destroyed_and_replaced_dict_fails);
   tcase_add_test(tc, late_free_of_a_destroyed_object_spares_its_successor);
+  tcase_add_test(tc, destroy_that_lost_a_race_spares_what_was_made_meanwhile);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("heaps");

@@ -406,10 +406,11 @@ FP__SHM_HIDDEN void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h);
 
 /* Allocates `size` bytes and stores the chunk's offset into *slot (0
  * before), in one step of h's log (small sizes, from h's cache) or of the
- * global log (pages). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0
- * on failure. When the arena has no room it calls fp__shm_make_room and
- * tries once more; that may reuse what sits in h's limbo although h is
- * pinned. So the caller must not use, after the call, a pointer to a
+ * global log (pages; also a small class of 4 KiB or more whose slab finds
+ * no room). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0 on
+ * failure. When the arena has no room it calls fp__shm_make_room and
+ * tries again, then once more after fp__shm_trim; making room may reuse
+ * what sits in h's limbo although h is pinned. So the caller must not use, after the call, a pointer to a
  * chunk that is in a heap's limbo: what it read under the lock of the
  * structure it changes is live, and so are its alloc slots and the object
  * it is in (a destroyed object goes to the global limbo, which waits for
@@ -618,6 +619,16 @@ FP__SHM_HIDDEN int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o,
 /* A whole destroy of an object that owns nothing else (counter, lock,
  * array). */
 FP__SHM_HIDDEN int fp__shm_obj_destroy(void *o, int type);
+
+/* The start of a destroy that clears the object before freeing it (dict,
+ * list): pins the caller's heap *before* fp__shm_obj_begin_destroy, so
+ * that a racing destroy may free the object but no create can reuse its
+ * memory while this one clears it. Returns as begin_destroy; on 0 *m,
+ * *h (pinned: unpin after the clear, then fp__shm_obj_free) and *gen. */
+FP__SHM_HIDDEN int fp__shm_obj_begin_clearing_destroy(void *o, int type,
+                                                      fp_manager **m,
+                                                      fp__shm_heap **h,
+                                                      uint64_t *gen);
 
 /* Returns the object a ref names if it is a live object of that type, else
  * NULL; *err gets FP_EINVAL or FP_ETYPE. */

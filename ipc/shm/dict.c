@@ -868,25 +868,32 @@ static int clear_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
   return 0;
 }
 
-/* Clears every stripe (destroying: of a dying dict). */
-static int clear_all(fp_dict *d, int destroying) {
-  fp_manager *m = mgr(d);
-  fp__shm_heap *h = fp__shm_heap_get(m);
+/* Clears every stripe (destroying: of a dying dict). The caller's heap
+ * is pinned, from before the dict was last checked: a racing destroy
+ * cannot have its memory reused meanwhile. */
+static int clear_pinned(fp_dict *d, fp__shm_heap *h, int destroying) {
   int rc = 0;
-
-  if (h == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(m, h);
   for (int i = 0; rc == 0 && i < NSTRIPE; i++)
     rc = clear_stripe(d, h, &d->s[i], destroying);
-  fp__shm_unpin(h);
-  fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
   return rc;
 }
 
 int fp_dict_clear(fp_dict *d) {
+  fp__shm_heap *h;
+  fp_manager *m;
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
-  return rc != 0 ? rc : clear_all(d, 0);
+
+  if (rc != 0)
+    return rc;
+  m = mgr(d);
+  if ((h = fp__shm_heap_get(m)) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(m, h);
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0) /* as prepare() */
+    rc = clear_pinned(d, h, 0);
+  fp__shm_unpin(h);
+  fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
+  return rc;
 }
 
 /* Marks the dict dying first, so that a writer in another process that
@@ -894,14 +901,17 @@ int fp_dict_clear(fp_dict *d) {
  * holding a stripe lock now finishes first, and the clear that follows
  * retires what it added. */
 int fp_dict_destroy(fp_dict *d) {
+  fp__shm_heap *h;
+  fp_manager *m;
   uint64_t gen;
-  int rc = fp__shm_obj_begin_destroy(d, FP__SHM_DICT, &gen);
-  fp_manager *m = rc == 0 ? mgr(d) : NULL;
-  if (rc == 0)
-    rc = clear_all(d, 1);
-  if (rc == 0)
-    rc = fp__shm_obj_free(m, &d->hdr, gen);
-  return rc;
+  int rc = fp__shm_obj_begin_clearing_destroy(d, FP__SHM_DICT, &m, &h, &gen);
+
+  if (rc != 0)
+    return rc;
+  rc = clear_pinned(d, h, 1);
+  fp__shm_unpin(h);
+  fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
+  return rc != 0 ? rc : fp__shm_obj_free(m, &d->hdr, gen);
 }
 
 /* Copies one stripe's items into a private buffer of records (u32 klen,

@@ -377,14 +377,10 @@ int fp_list_destroy(fp_list *l) {
   fp__shm_heap *h;
   fp_manager *m;
   uint64_t gen;
-  int rc = fp__shm_obj_begin_destroy(l, FP__SHM_LIST, &gen);
+  int rc = fp__shm_obj_begin_clearing_destroy(l, FP__SHM_LIST, &m, &h, &gen);
 
   if (rc != 0)
     return rc;
-  m = mgr(l);
-  if ((h = fp__shm_heap_get(m)) == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(m, h);
   fp__shm_lock(m, h, &l->mu, FP__SHM_POLL_LATE);
   clear_locked(l, h);
   leave(l, h);

@@ -72,6 +72,21 @@ int fp__shm_obj_begin_destroy(void *p, int type, uint64_t *gen) {
   return rc;
 }
 
+int fp__shm_obj_begin_clearing_destroy(void *p, int type, fp_manager **m,
+                                       fp__shm_heap **h, uint64_t *gen) {
+  int rc = obj_header_check(p, type);
+
+  if (rc != 0)
+    return rc;
+  *m = fp__shm_of(p);
+  if ((*h = fp__shm_heap_get(*m)) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(*m, *h);
+  if ((rc = fp__shm_obj_begin_destroy(p, type, gen)) != 0)
+    fp__shm_unpin(*h);
+  return rc;
+}
+
 int fp__shm_obj_destroy(void *p, int type) {
   fp__shm_obj *o = p;
   uint64_t gen;
@@ -144,8 +159,9 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
   if (rc == FP_ENOMEM) {
     /* Objects are the large requests (arrays) and need long runs of
      * pages, which the one empty slab each class keeps can cut: those go
-     * back too. Structure calls keep them (see fp__shm_make_room). Not
-     * pinned, no lock held: the collection may free anything retired. */
+     * back at once here (structure calls give them back only when making
+     * room was not enough, fp__shm_alloc). Not pinned, no lock held: the
+     * collection may free anything retired. */
     fp__shm_make_room(m, h);
     fp__shm_trim(m, h);
     rc = obj_new_step(m, h, type, size, init, arg, out);
