@@ -511,7 +511,11 @@ int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
                           fp__shm_heap_idx(c->m, h), k);
     for (uint64_t i = 0; i < h->ncache[k] && rc == 0; i++) {
       uint64_t off = h->cache[fp__shm_cache_base(k) + i];
-      if (fp__shm_chunk_bytes(c->m, off) != fp__shm_class_size(k))
+      /* A span of pages (a big class's fallback) never goes in a cache:
+       * one page has a class's size, but flushing it to a slab would
+       * corrupt the arena. */
+      if (fp__shm_chunk_bytes(c->m, off) != fp__shm_class_size(k) ||
+          fp__shm_large_pages(c->m, off) != 0)
         return fp__shm_fail(c, "heap %d: cached chunk of another class",
                             fp__shm_heap_idx(c->m, h));
       rc = fp__shm_claim(c, off, "cached chunk");
