@@ -276,10 +276,22 @@ static int finish_code(fp_iter *it) {
 }
 
 /* A result or the end is waiting (it->mu held). */
+/* Whether next_chunk would hand a chunk out (it->mu held): for an ordered
+ * iterator only chunk next_num will do, wherever it was filed. */
+static int chunk_ready(const fp_iter *it) {
+  if (!it->ordered)
+    return it->dhead != NULL;
+  for (const fp__chunk *c = it->dhead; c != NULL; c = c->dnext)
+    if (c->number == it->next_num)
+      return 1;
+  if (it->done_cap == 0)
+    return 0;
+  const fp__chunk *ch = it->done_by_num[it->next_num & (it->done_cap - 1)];
+  return ch != NULL && ch->number == it->next_num;
+}
+
 static int something_ready(fp_iter *it) {
-  return it->dhead || it->finished ||
-         (it->ordered && it->done_cap &&
-          it->done_by_num[it->next_num & (it->done_cap - 1)]);
+  return it->finished || chunk_ready(it);
 }
 
 static int iter_has_next(void *arg) {
