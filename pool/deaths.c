@@ -105,6 +105,7 @@ typedef struct death {
   int reason;        /* FP_EWORKER, or why we killed it */
   uint64_t kill_seq; /* the chunk we killed it for */
   int proto;         /* it exited rejecting a task frame as malformed */
+  int lost_results;  /* the master stopped reading its results */
   fp__running run;   /* what it was running */
   char how[160];
 } death;
@@ -228,7 +229,7 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                    ch->seq != d->kill_seq;
     if (pool->state == FP__TERMINATE)
       ch->state = FP__CH_DONE; /* its job is being canceled */
-    else if (d->reason == FP_ENOMEM)
+    else if (d->lost_results)
       unreadable_results_locked(pool, ch, d);
     else if (ch->seq == rejected)
       reject_chunk_locked(pool, ch, d);
@@ -248,6 +249,8 @@ static void slot_reset(fp_pool *pool, fp__wslot *ws, death *d, int status) {
   d->kill_seq = ws->kill_seq;
   d->proto = WIFEXITED(status) && WEXITSTATUS(status) == FP__WEXIT_PROTO &&
              !ws->kill_reason;
+  d->lost_results = ws->lost_results;
+  ws->lost_results = 0;
   if (ws->ready)
     pool->nready--;
   ws->alive = ws->ready = ws->retiring = 0;

@@ -43,6 +43,8 @@ typedef struct fp__wslot {
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO */
   uint64_t kill_seq;     /* the chunk we killed it for */
   int kill_aimed;        /* the SIGTERM was aimed at kill_seq (link.h) */
+  int lost_results;      /* the master stopped reading it (no memory):
+                            whatever the kill's reason, its chunks fail */
   int64_t kill_at_ns;    /* SIGKILL follows SIGTERM then; 0: not killing */
   int64_t respawn_at_ns; /* try starting a worker again then; 0: no */
   int cpu;               /* pinned CPU or -1 */

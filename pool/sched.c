@@ -431,6 +431,10 @@ void fp__sched_on_violation(void *ctx, int slot, const char *what) {
 
 void fp__sched_on_no_memory(void *ctx, int slot) {
   fp_pool *pool = ctx;
+  /* Apart from the kill's reason, which may already be a time limit's
+   * or a cancel's: chunks whose results are lost must not be requeued
+   * as innocent ones are (deaths.c). */
+  pool->ws[slot].lost_results = 1;
   fp__sched_kill_locked(pool, &pool->ws[slot], FP_ENOMEM, 0, SIGKILL);
 }
 

@@ -2766,6 +2766,62 @@ START_TEST(result_the_master_cannot_hold_fails_with_enomem) {
 }
 END_TEST
 
+/* Over its time limit, ignoring the SIGTERM, then a result too big for
+ * the master: counts its runs in g_sh->ran. */
+static int t_late_huge_result(fp_reader *args, fp_writer *out) {
+  (void)args;
+  atomic_fetch_add(&g_sh->ran, 1);
+  signal(SIGTERM, SIG_IGN);
+  struct timespec ts = {0, 600000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    ;
+  void *dst;
+  int rc = fp_write_bytes_begin(out, (size_t)8 << 20, &dst);
+  if (rc == 0)
+    memset(dst, 'r', (size_t)8 << 20);
+  return rc;
+}
+
+/* The same loss of a result, on a chunk already killed for its time limit
+ * (kill_grace lets it finish first): the time limit's reason came first,
+ * and the chunk was requeued as if innocent and run again (8 of 11
+ * review runs). Whatever the reason of the kill, a chunk whose results
+ * were lost fails, and runs once: the marker apply that follows on the
+ * one worker would come after a requeued run. */
+START_TEST(result_lost_after_a_time_limit_is_not_run_again) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return;
+#endif
+  if (fp_test_under_valgrind())
+    return;
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.kill_grace = 5;
+  fp_pool *p = NULL;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  ck_assert_int_eq(apply_within(p, t_pid, 20), 0);
+  atomic_store(&g_sh->ran, 0);
+  struct rlimit old, cap;
+  ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+  cap = old;
+  cap.rlim_cur = vm_size() + ((size_t)2 << 20); /* < the 8 MiB result */
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &cap), 0);
+  fp_call_opts co = {0};
+  co.timeout = 0.3;
+  fp_result *r = NULL;
+  int rc = fp_pool_apply_async(p, t_late_huge_result, NULL, &co, &r);
+  if (rc == 0)
+    rc = fp_result_get(r, 30);
+  fp_result_free(r);
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+  ck_assert_msg(rc == FP_ENOMEM || rc == FP_ETIMEDOUT, "%s", fp_err_name(rc));
+  ck_assert_int_eq(apply_within(p, t_pid, 20), 0); /* the marker */
+  ck_assert_int_eq(atomic_load(&g_sh->ran), 1);
+  fp_pool_free(p);
+}
+END_TEST
+
+
 Suite *hardening_suite(void) {
   Suite *s = suite_create("hardening");
   add_case(s, "item01a", pool_new_out_of_fds_fails_cleanly, 60);
@@ -2817,6 +2873,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item18b", last_error_cleared_by_pool_new, 30);
   add_case(s, "item19a", result_the_master_cannot_hold_fails_with_enomem, 60);
   add_case(s, "item19b", pool_new_failing_in_libuv_leaves_stdin_open, 30);
+  add_case(s, "item19d", result_lost_after_a_time_limit_is_not_run_again, 60);
   add_case(s, "item19c", no_descriptor_for_a_worker_is_not_called_a_fork_failure,
            90);
   return s;

@@ -57,6 +57,8 @@ typedef struct conn {
   int slot;
   int fd;
   int eof;               /* nothing more to read (or write) */
+  int lost;              /* a result it sent could not be held: nothing
+                            after it is processed (it is being killed) */
   int closing;
   int events;            /* current uv_poll events */
   unsigned char *in;     /* read buffer */
@@ -219,18 +221,20 @@ static int ring_drain(llink *l, int slot);
 
 /* Appends n bytes to the RESULT being assembled. Returns 0, or -1 when
  * it would pass the results' limit or memory runs out. */
+/* Appends a PART frame's slice. Returns 0, FP_EMSGSIZE (beyond the
+ * limit the worker was told: a protocol violation) or FP_ENOMEM. */
 static int part_append(conn *c, const unsigned char *p, size_t n) {
   if (n == 0)
     return 0; /* nothing to copy, and maybe no buffer yet */
   if (n > fp__wconf_result_limit(&c->l->cfg) - c->part_len)
-    return -1;
+    return FP_EMSGSIZE;
   if (n > c->part_cap - c->part_len) {
     size_t cap = c->part_cap ? c->part_cap : FP__FRAME_READ_MIN;
     while (cap - c->part_len < n)
       cap *= 2;
     unsigned char *nb = fp__realloc(c->part, c->part_cap, cap);
     if (nb == NULL)
-      return -1;
+      return FP_ENOMEM;
     c->part = nb;
     c->part_cap = cap;
   }
@@ -251,12 +255,22 @@ static void conn_part(conn *c, const unsigned char *p, size_t plen) {
   }
   memcpy(&ph, p, sizeof(ph));
   int rc = part_append(c, p + sizeof(ph), plen - sizeof(ph));
-  if (rc != 0 || !ph.last) {
-    if (rc != 0)
-      EV(l, violation, c->slot, "a chunk's results beyond the limit, or "
-                                "no memory to hold them");
+  if (rc != 0) {
+    /* The result is lost: drop what came of it, and read nothing more
+     * from this worker (a later slice must not complete a result with a
+     * hole in it); the scheduler kills it. */
+    fp__free(c->part, c->part_cap);
+    c->part = NULL;
+    c->part_len = c->part_cap = 0;
+    c->lost = 1;
+    if (rc == FP_ENOMEM)
+      EV(l, no_memory, c->slot);
+    else
+      EV(l, violation, c->slot, "a chunk's results beyond the limit");
     return;
   }
+  if (!ph.last)
+    return;
   fp__rbuf keep = {c->part, c->part_cap};
   unsigned char *buf = c->part;
   size_t len = c->part_len;
@@ -295,7 +309,7 @@ static void conn_message(conn *c, const unsigned char *p, size_t plen) {
 /* Handles every complete frame in the connection's read buffer. */
 static void conn_process(conn *c) {
   size_t off = 0;
-  while (!c->closing && c->in_len - off >= FP__FRAME_HDR) {
+  while (!c->closing && !c->lost && c->in_len - off >= FP__FRAME_HDR) {
     size_t plen;
     int rc = fp_frame_parse(c->in + off, c->in_len - off, c->l->cfg.max_frame,
                             &plen);
@@ -345,8 +359,8 @@ static int conn_read(conn *c) {
       conn_process(c);
       /* A short read drained the socket: the level-triggered poll says
        * when more arrives, so skip the recv that would say EAGAIN. */
-      if ((size_t)n < space || c->eof)
-        return c->eof;
+      if ((size_t)n < space || c->eof || c->lost)
+        return c->eof || c->lost;
       continue;
     }
     if (n < 0 && errno == EINTR)
