@@ -335,14 +335,16 @@ void fp__results_deliver(fp_result *list) {
     atomic_store_explicit(&res->ready, 1, memory_order_release);
     pthread_cond_broadcast(&res->cond);
     pthread_mutex_unlock(&res->mu);
-    fp__result_unref(res); /* the job's reference */
+    fp__result_unref(res, 1); /* the job's reference */
   }
 }
 
-void fp__result_unref(fp_result *r) {
-  pthread_mutex_lock(&r->mu);
+void fp__result_unref(fp_result *r, int use_mu) {
+  if (use_mu)
+    pthread_mutex_lock(&r->mu);
   int left = --r->refs;
-  pthread_mutex_unlock(&r->mu);
+  if (use_mu)
+    pthread_mutex_unlock(&r->mu);
   if (left > 0)
     return;
   pthread_mutex_destroy(&r->mu);

@@ -261,7 +261,9 @@ void fp__progress_call_deliver(const fp__progress_call *c);
 
 /* The result currently in its callback on this thread, or NULL. */
 fp_result *fp__result_in_callback(void);
-void fp__result_unref(fp_result *r);
+/* Drops a reference, freeing r with the last; use_mu 0 only in a forked
+ * copy of the master (result.c, res_lock). */
+void fp__result_unref(fp_result *r, int use_mu);
 void fp__iter_destroy(fp_iter *it);
 
 #endif

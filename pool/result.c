@@ -47,8 +47,24 @@ void fp__result_discard(fp_result *r) {
 /* Ready for the caller (res->mu held): really ready, or its own callback
  * is running. */
 static int usable(fp_result *res) {
-  return atomic_load_explicit(&res->ready, memory_order_relaxed) ||
+  return atomic_load_explicit(&res->ready, memory_order_acquire) ||
          fp__result_in_callback() == res;
+}
+
+/* Takes res->mu, except in a forked copy of the master: there the result
+ * is frozen (no pool thread of the copy changes it, and `ready` was
+ * stored last) and its mutex may have been held at the fork by a thread
+ * the copy does not have. Returns whether it took the mutex. */
+static int res_lock(fp_result *res) {
+  if (res->fork_gen != fp__fork_gen_now())
+    return 0;
+  pthread_mutex_lock(&res->mu);
+  return 1;
+}
+
+static void res_unlock(fp_result *res, int locked) {
+  if (locked)
+    pthread_mutex_unlock(&res->mu);
 }
 
 /* How long a waiter spins before it sleeps on the condition variable. A
@@ -143,9 +159,12 @@ void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held) {
  * exist here may have held at the fork. Returns 1 and sets *rc when the
  * wait is decided. */
 static int wait_in_copy(fp_result *res, double timeout, int *rc) {
-  if (res->fork_gen == fp__fork_gen_now() ||
-      atomic_load_explicit(&res->ready, memory_order_acquire))
+  if (res->fork_gen == fp__fork_gen_now())
     return 0;
+  if (atomic_load_explicit(&res->ready, memory_order_acquire)) {
+    *rc = 0;
+    return 1;
+  }
   if (timeout == 0) {
     *rc = FP_ETIMEDOUT;
     return 1;
@@ -198,27 +217,27 @@ int fp_result_get(fp_result *res, double timeout) {
 int fp_result_ready(fp_result *res) {
   if (res == NULL)
     return FP_EINVAL;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   int r = usable(res);
-  pthread_mutex_unlock(&res->mu);
+  res_unlock(res, locked);
   return r;
 }
 
 int fp_result_successful(fp_result *res) {
   if (res == NULL)
     return FP_EINVAL;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   int r = usable(res) ? res->code == 0 : FP_EINVAL;
-  pthread_mutex_unlock(&res->mu);
+  res_unlock(res, locked);
   return r;
 }
 
 int fp_result_value(fp_result *res, fp_reader *rd) {
   if (res == NULL || rd == NULL)
     return FP_EINVAL;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   int rc = usable(res) ? res->code : FP_EINVAL;
-  pthread_mutex_unlock(&res->mu);
+  res_unlock(res, locked);
   if (rc != 0)
     return rc;
   fp_reader_init(rd, res->value, res->value_len);
@@ -228,20 +247,20 @@ int fp_result_value(fp_result *res, fp_reader *rd) {
 const char *fp_result_error(fp_result *res) {
   if (res == NULL)
     return NULL;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   const char *m = usable(res) && res->code != 0
                       ? (res->msg ? res->msg : fp_strerror(res->code))
                       : NULL;
-  pthread_mutex_unlock(&res->mu);
+  res_unlock(res, locked);
   return m;
 }
 
 int64_t fp_result_error_index(fp_result *res) {
   if (res == NULL)
     return -1;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   int64_t i = usable(res) ? res->err_index : -1;
-  pthread_mutex_unlock(&res->mu);
+  res_unlock(res, locked);
   return i;
 }
 
@@ -283,10 +302,10 @@ int fp_result_cancel(fp_result *res) {
 void fp_result_free(fp_result *res) {
   if (res == NULL)
     return;
-  pthread_mutex_lock(&res->mu);
+  int locked = res_lock(res);
   res->user_freed = 1;
-  int borrows = res->pool != NULL && res->borrows;
-  pthread_mutex_unlock(&res->mu);
+  int borrows = locked && res->pool != NULL && res->borrows; /* not a copy */
+  res_unlock(res, locked);
   /* A fixed-size map reads the caller's `in` and writes `out` (and a map
    * with item_status writes that array) until it is done: once the result
    * is freed, none may be touched again, so the job's unsent chunks are
@@ -295,5 +314,5 @@ void fp_result_free(fp_result *res) {
   if (borrows)
     stop_job(res, FP_ECANCELED, "the result was freed before it was ready",
              0);
-  fp__result_unref(res);
+  fp__result_unref(res, locked);
 }
