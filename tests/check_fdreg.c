@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -160,21 +161,37 @@ static int add_one(const void *in, void *out) {
   return 0;
 }
 
+/* The first failure's call, code and message, for the assertion. */
+static pthread_mutex_t first_mu = PTHREAD_MUTEX_INITIALIZER;
+static char first_failure[640];
+
+static void note_failure(const char *call, int rc) {
+  pthread_mutex_lock(&first_mu);
+  if (first_failure[0] == 0)
+    snprintf(first_failure, sizeof(first_failure), "%s: %s: %s", call,
+             fp_err_name(rc), fp_last_error());
+  pthread_mutex_unlock(&first_mu);
+}
+
 static void *pools_main(void *arg) {
   intptr_t failures = 0;
   for (int i = 0; i < 15; i++) {
     fp_pool *p = NULL;
     fp_pool_opts o = {0};
     o.processes = 1 + (int)((intptr_t)arg + i) % 2;
-    if (fp_pool_new(&p, &o) != 0) {
+    int rc = fp_pool_new(&p, &o);
+    if (rc != 0) {
+      note_failure("fp_pool_new", rc);
       failures++;
       continue;
     }
     int64_t in[16], out[16];
     for (int k = 0; k < 16; k++)
       in[k] = k;
-    if (fp_pool_map(p, add_one, in, 16, 8, out, 8, NULL) != 0)
+    if ((rc = fp_pool_map(p, add_one, in, 16, 8, out, 8, NULL)) != 0) {
+      note_failure("fp_pool_map", rc);
       failures++;
+    }
     for (int k = 0; k < 16; k++)
       failures += out[k] != k + 1;
     fp_pool_free(p);
@@ -201,7 +218,8 @@ START_TEST(pools_started_from_several_threads_at_once) {
     pthread_join(th[i], &f);
     failures += (intptr_t)f;
   }
-  ck_assert_int_eq(failures, 0);
+  ck_assert_msg(failures == 0, "%ld failures; the first: %s", (long)failures,
+                first_failure);
 }
 END_TEST
 
