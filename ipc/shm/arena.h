@@ -410,12 +410,13 @@ FP__SHM_HIDDEN void fp__shm_hrollback(fp_manager *m, fp__shm_heap *h);
  * no room). Returns 0, FP_ENOMEM or FP_EMSGSIZE; *slot stays 0 on
  * failure. When the arena has no room it calls fp__shm_make_room and
  * tries again, then once more after fp__shm_trim; making room may reuse
- * what sits in h's limbo although h is pinned. So the caller must not use, after the call, a pointer to a
- * chunk that is in a heap's limbo: what it read under the lock of the
- * structure it changes is live, and so are its alloc slots and the object
- * it is in (a destroyed object goes to the global limbo, which waits for
- * the caller's pin); a pointer kept from a lock-free read before the lock
- * is not (dict.c and list.c keep none). */
+ * what sits in h's limbo although h is pinned. So the caller must not
+ * use, after the call, a pointer to a chunk that is in a heap's limbo:
+ * what it read under the lock of the structure it changes is live, and
+ * so are its alloc slots and the object it is in (a destroyed object goes
+ * to the global limbo, which waits for the caller's pin); a pointer kept
+ * from a lock-free read before the lock is not (dict.c and list.c keep
+ * none). */
 FP__SHM_HIDDEN int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                                  uint64_t size);
 
