@@ -40,7 +40,8 @@ typedef struct fp__wslot {
   int ninflight;
   uint64_t sent;         /* chunks sent to the current process */
   int retiring;          /* said RETIRE (maxtasksperchild) */
-  int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO */
+  int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO /
+                            FP_ENOMEM (sched.c) */
   uint64_t kill_seq;     /* the chunk we killed it for */
   int kill_aimed;        /* the SIGTERM was aimed at kill_seq (link.h) */
   int lost_results;      /* the master stopped reading it (no memory):

@@ -29,7 +29,7 @@ fp_result *fp__result_new(fp_pool *pool, const fp_call_opts *o) {
   r->refs = 2;
   r->err_index = -1;
   r->pool = pool;
-  r->fork_gen = fp__fork_gen_now();
+  r->fork_gen = pool->fork_gen; /* copies submit nothing: the same */
   if (o) {
     r->cb = o->callback;
     r->ecb = o->error_callback;
@@ -51,12 +51,17 @@ static int usable(fp_result *res) {
          fp__result_in_callback() == res;
 }
 
+/* Whether this process is a forked copy of the one res was made in. */
+static int in_copy(const fp_result *res) {
+  return res->fork_gen != fp__fork_gen_now();
+}
+
 /* Takes res->mu, except in a forked copy of the master: there the result
  * is frozen (no pool thread of the copy changes it, and `ready` was
  * stored last) and its mutex may have been held at the fork by a thread
  * the copy does not have. Returns whether it took the mutex. */
 static int res_lock(fp_result *res) {
-  if (res->fork_gen != fp__fork_gen_now())
+  if (in_copy(res))
     return 0;
   pthread_mutex_lock(&res->mu);
   return 1;
@@ -159,7 +164,7 @@ void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held) {
  * exist here may have held at the fork. Returns 1 and sets *rc when the
  * wait is decided. */
 static int wait_in_copy(fp_result *res, double timeout, int *rc) {
-  if (res->fork_gen == fp__fork_gen_now())
+  if (!in_copy(res))
     return 0;
   if (atomic_load_explicit(&res->ready, memory_order_acquire)) {
     *rc = 0;

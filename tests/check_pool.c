@@ -1375,13 +1375,19 @@ END_TEST
 /* The same with a terminal nobody reads (a pty whose master is never
  * read): a terminal says "writable" while it has any room, and a blocking
  * write then waits for every byte. */
-START_TEST(progress_lines_to_an_unread_terminal_never_block) {
+/* A new pseudo-terminal: returns its master, *slave its other end. */
+static int open_pty(int *slave) {
   int master = posix_openpt(O_RDWR | O_NOCTTY);
   ck_assert_int_ge(master, 0);
   ck_assert_int_eq(grantpt(master), 0);
   ck_assert_int_eq(unlockpt(master), 0);
-  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
-  ck_assert_int_ge(slave, 0);
+  *slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+  ck_assert_int_ge(*slave, 0);
+  return master;
+}
+
+START_TEST(progress_lines_to_an_unread_terminal_never_block) {
+  int slave, master = open_pty(&slave);
   int saved = dup(STDERR_FILENO);
   ck_assert_int_ge(saved, 0);
   ck_assert_int_eq(dup2(slave, STDERR_FILENO), STDERR_FILENO);
@@ -1402,12 +1408,7 @@ END_TEST
 START_TEST(progress_lines_to_a_terminal_of_another_user_never_block) {
   if (geteuid() != 0)
     return;
-  int master = posix_openpt(O_RDWR | O_NOCTTY);
-  ck_assert_int_ge(master, 0);
-  ck_assert_int_eq(grantpt(master), 0);
-  ck_assert_int_eq(unlockpt(master), 0);
-  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
-  ck_assert_int_ge(slave, 0);
+  int slave, master = open_pty(&slave);
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {
