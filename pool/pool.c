@@ -470,8 +470,10 @@ static int starting_pending(const fp_pool *pool) {
 }
 
 /* Waits until every worker is ready or starting failed. Returns 0 or the
- * error to fail fp_pool_new with. */
-static int await_workers(fp_pool *pool) {
+ * error to fail fp_pool_new with, and copies why into `why` under the
+ * lock: the pool thread may still be rewriting start_msg as more workers
+ * die. */
+static int await_workers(fp_pool *pool, char *why, size_t whylen) {
   fp__pool_lock(pool);
   while (pool->nready < pool->nworkers && !pool->broken &&
          !pool->link_lost && starting_pending(pool) > 0)
@@ -483,6 +485,8 @@ static int await_workers(fp_pool *pool) {
     rc = FP_EWORKER;
   else if (pool->nready < pool->nworkers)
     rc = pool->start_err ? pool->start_err : FP_EWORKER;
+  snprintf(why, whylen, "%s",
+           pool->start_msg[0] ? pool->start_msg : "no worker became ready");
   pool->starting = 0;
   fp__pool_unlock(pool);
   return rc;
@@ -507,11 +511,10 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
     pool_release(pool);
     return rc;
   }
-  if ((rc = await_workers(pool)) != 0) {
+  char why[FP__MSG_LEN];
+  if ((rc = await_workers(pool, why, sizeof(why))) != 0) {
     char msg[FP__MSG_LEN + 32];
-    snprintf(msg, sizeof(msg), "workers could not start: %s",
-             pool->start_msg[0] ? pool->start_msg
-                                : "no worker became ready");
+    snprintf(msg, sizeof(msg), "workers could not start: %s", why);
     fp__set_last_error(rc, msg);
     fp_pool_free(pool);
     return rc;
