@@ -833,7 +833,8 @@ typedef struct fp_worker_info {
                          over MPI, where its rank pins it on its node) */
   int last_cpu;       /* CPU it last ran a task on (sched_getcpu), or -1
                          (over MPI: known only for jobs with a time
-                         limit, whose running items the ranks report) */
+                         limit, whose running items the ranks report,
+                         and for a slot whose process has exited) */
   uint64_t tasks;     /* chunks completed by this slot, all processes */
   uint64_t restarts;  /* replacement processes started in this slot
                          (after a death or maxtasksperchild) */

@@ -282,12 +282,12 @@ void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status) {
                                    WTERMSIG(status) == SIGKILL);
   if (!was_ready && !d.clean && !killed && pool->state != FP__TERMINATE &&
       storm_locked(pool)) {
-    char msg[FP__MSG_LEN];
+    char msg[FP__MSG_LEN], who[160];
+    name_worker(pool, &d, who, sizeof(who));
     snprintf(msg, sizeof(msg),
-             "workers keep dying at start (last: pid %d %s): more than %d "
-             "in %gs",
-             (int)pid, d.how, pool->opts.max_restarts,
-             pool->opts.restart_window);
+             "workers keep dying at start (last: %s %s): more than %d in "
+             "%gs",
+             who, d.how, pool->opts.max_restarts, pool->opts.restart_window);
     snprintf(pool->start_msg, sizeof(pool->start_msg), "%s", msg);
     fp__deaths_break_locked(pool, FP_ESTORM, msg);
   }
@@ -350,14 +350,13 @@ void fp__deaths_on_start_failed(void *ctx, int slot, int err) {
     fp__deaths_spawn_locked(pool, ws);
 }
 
-void fp__deaths_on_lost(void *ctx) {
+void fp__deaths_on_lost(void *ctx, const char *why) {
   fp_pool *pool = ctx;
   pool->link_lost = 1;
-  snprintf(pool->start_msg, sizeof(pool->start_msg),
-           "the pool's fork server died");
+  snprintf(pool->start_msg, sizeof(pool->start_msg), "%s", why);
   /* Broken even when idle: new work could never run. */
   if (pool->state != FP__TERMINATE)
-    fp__deaths_break_locked(pool, FP_EWORKER, "the pool's fork server died");
+    fp__deaths_break_locked(pool, FP_EWORKER, why);
   pthread_cond_broadcast(&pool->cond);
 }
 

@@ -111,9 +111,11 @@ typedef struct fp__link_events {
   void (*exited)(void *ctx, int slot, pid_t pid, int status);
   /* A spawn() could not make a reachable worker; err is -errno or FP_*. */
   void (*start_failed)(void *ctx, int slot, int err);
-  /* The link can make no more workers (its fork server died). Every live
-   * slot has had its exited() before this. */
-  void (*lost)(void *ctx);
+  /* The link can make no more workers (its fork server died, or MPI was
+   * finalized under it); `why` says which, for the pool's error message.
+   * Every live slot has had its exited(), and every spawn() its answer,
+   * before this. */
+  void (*lost)(void *ctx, const char *why);
 } fp__link_events;
 
 typedef struct fp__link_ops {

@@ -216,6 +216,8 @@ static const char *bad_option(const fp_pool_opts *o) {
     return "invalid pool option progress";
   if ((o->max_frame != 0 && o->max_frame < 4096) || o->max_frame > UINT32_MAX)
     return "invalid pool option max_frame (0, or 4096 to UINT32_MAX)";
+  if (o->pin_ncpus > SIZE_MAX / sizeof(int))
+    return "invalid pool option pin_ncpus (larger than any array)";
   return NULL;
 }
 
@@ -288,10 +290,6 @@ static int plan_workers(fp_pool *pool) {
   pool->cpu_of_worker = malloc(sizeof(int) * (size_t)n);
   pool->start_fail_ns =
       calloc((size_t)pool->opts.max_restarts + 1, sizeof(int64_t));
-  if (pool->opts.pin_ncpus > SIZE_MAX / sizeof(int)) {
-    fp__set_last_error(FP_EINVAL, "pin_ncpus is larger than any array");
-    return FP_EINVAL;
-  }
   if (pool->opts.pin_ncpus > 0 && pool->opts.pin_cpus != NULL) {
     pool->pin_cpus = malloc(sizeof(int) * pool->opts.pin_ncpus);
     if (pool->pin_cpus == NULL)
@@ -374,6 +372,10 @@ static int open_link(fp_pool *pool, const fp__link_events *ev) {
                                  ? "cannot start the fork server"
                                  : "cannot open the worker link");
   }
+  /* The worker ranks serve since prepare(); without a link nothing else
+   * would tell them to end. */
+  if (rc != 0 && ops != &fp__link_local)
+    fp__transport_mpi_abandon();
   return rc;
 }
 

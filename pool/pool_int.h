@@ -274,6 +274,6 @@ int fp__deaths_need_tick_locked(fp_pool *pool);
 void fp__deaths_on_started(void *ctx, int slot, pid_t pid);
 void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status);
 void fp__deaths_on_start_failed(void *ctx, int slot, int err);
-void fp__deaths_on_lost(void *ctx);
+void fp__deaths_on_lost(void *ctx, const char *why);
 
 #endif

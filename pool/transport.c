@@ -29,6 +29,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,9 @@ static fp__mpi_entry_fn find_entry(char *why, size_t len) {
   return fn;
 }
 
+/* The entry whose prepare() succeeded: one MPI pool per run. */
+static const fp__mpi_entry_t *_Atomic prepared;
+
 int fp__transport_mpi(const fp_pool_opts *opts, const fp__link_ops **ops,
                       int *nworkers) {
   char why[768] = "", msg[1024];
@@ -139,7 +143,15 @@ int fp__transport_mpi(const fp_pool_opts *opts, const fp__link_ops **ops,
     return FP_ENOTSUP;
   }
   int rc = e->prepare(&core_api, opts, nworkers);
-  if (rc == 0)
+  if (rc == 0) {
     *ops = e->ops;
+    atomic_store(&prepared, e);
+  }
   return rc;
+}
+
+void fp__transport_mpi_abandon(void) {
+  const fp__mpi_entry_t *e = atomic_exchange(&prepared, NULL);
+  if (e != NULL)
+    e->abandon();
 }

@@ -25,8 +25,9 @@
 #include <stdint.h>
 
 /* Bumped whenever fp__core_api or fp__mpi_entry_t changes shape, or a
- * structure passed through them (fp__wconf: 5 added result_limit). */
-#define FP__TRANSPORT_ABI 5
+ * structure passed through them (fp__wconf: 5 added result_limit; 6 added
+ * abandon). */
+#define FP__TRANSPORT_ABI 6
 
 /* The core functions a transport library may call. */
 typedef struct fp__core_api {
@@ -66,6 +67,11 @@ typedef struct fp__mpi_entry_t {
    * serves the pool and ends the process: it never returns. */
   int (*prepare)(const fp__core_api *core, const fp_pool_opts *opts,
                  int *nworkers);
+  /* Rank 0 only: the pool failed after prepare() returned 0 and before a
+   * link was opened (a worker plan or the link's own allocation failed),
+   * so no link will ever say BYE. Tells every worker rank to end, which
+   * otherwise would serve for ever and keep MPI_Finalize waiting. */
+  void (*abandon)(void);
 } fp__mpi_entry_t;
 
 /* The library's one exported function: its entry, or NULL when the core's
@@ -83,5 +89,8 @@ int fp__fnref_rebase(fp__fnref *ref);
  * prepare(); the last error says why. */
 int fp__transport_mpi(const fp_pool_opts *opts, const fp__link_ops **ops,
                       int *nworkers);
+/* After fp__transport_mpi() returned 0, the pool could not open its link:
+ * ends the worker ranks (the entry's abandon()). */
+void fp__transport_mpi_abandon(void);
 
 #endif

@@ -630,6 +630,9 @@ START_TEST(initializer_crash_repeated_gives_estorm) {
   ck_assert_msg(strstr(fp_last_error(), "keep dying at start") &&
                     strstr(fp_last_error(), "killed by signal"),
                 "%s", fp_last_error());
+  /* ... and names the worker as crash messages do (over MPI: its rank). */
+  ck_assert_msg(strstr(fp_last_error(), "(last: worker "), "%s",
+                fp_last_error());
   o.initializer = init_fail;
   ck_assert_int_eq(fp_pool_new(&p, &o), FP_ESTORM);
   ck_assert_msg(strstr(fp_last_error(), "initializer failed"), "%s",

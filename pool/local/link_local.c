@@ -669,7 +669,7 @@ static void fs_gone(llink *l) {
       EV(l, start_failed, i, FP_EWORKER);
     }
   }
-  l->ev.lost(l->ev.ctx);
+  l->ev.lost(l->ev.ctx, "the pool's fork server died");
 }
 
 /* Takes the descriptor that came with a message (if any): above stdio and

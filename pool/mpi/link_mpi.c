@@ -32,6 +32,7 @@ typedef struct mslot {
   int rank, lslot;
   pid_t pid;
   int alive, ready;
+  int spawning; /* a SPAWN is unanswered */
   fp__running run;
 } mslot;
 
@@ -47,6 +48,8 @@ typedef struct mlink {
   fp__mprog prog;
   uv_async_t in;
   int started;
+  _Atomic int finalized; /* 1: MPI_Finalize ended the link under the pool
+                            (leave_at_finalize); 2: the pool was told */
 } mlink;
 
 #define EV(l, name, ...) (l)->ev.name((l)->ev.ctx, __VA_ARGS__)
@@ -75,7 +78,7 @@ static void rank_lost(mlink *l, int rank) {
     return;
   l->lost[rank] = 1;
   if (++l->nlost == l->w->size - 1)
-    l->ev.lost(l->ev.ctx);
+    l->ev.lost(l->ev.ctx, "the fork server of every worker rank died");
 }
 
 /* Replays one message of a worker rank as link events. */
@@ -94,6 +97,7 @@ static void handle(mlink *l, const fp__mbuf *m) {
   mslot *s = &l->s[g];
   switch (h->op) {
   case FP__M_STARTED:
+    s->spawning = 0;
     s->alive = 1;
     s->pid = h->pid;
     memset(&s->run, 0, sizeof(s->run));
@@ -123,15 +127,38 @@ static void handle(mlink *l, const fp__mbuf *m) {
     EV(l, exited, g, h->pid, h->arg);
     break;
   case FP__M_START_FAILED:
+    s->spawning = 0;
     EV(l, start_failed, g, h->arg);
     break;
   }
 }
 
+/* MPI was finalized under the pool (leave_at_finalize): the worker ranks
+ * were told BYE and nothing more will come from them. Ends every slot, as
+ * link.h asks before lost(); lost[] first, so that no respawn is asked. */
+static void end_every_slot(mlink *l) {
+  for (int r = 1; r < l->w->size; r++)
+    l->lost[r] = 1;
+  l->nlost = l->w->size - 1;
+  for (int g = 0; g < l->n; g++) {
+    mslot *s = &l->s[g];
+    if (s->alive) {
+      s->alive = s->ready = 0;
+      EV(l, exited, g, s->pid, SIGKILL);
+    } else if (s->spawning) {
+      s->spawning = 0;
+      EV(l, start_failed, g, FP_EWORKER);
+    }
+  }
+  l->ev.lost(l->ev.ctx, "MPI_Finalize was called while the pool was "
+                        "alive: its worker ranks were told to end");
+}
+
 static void on_incoming(uv_async_t *a) {
   mlink *l = a->data;
   fp__mbuf *m = fp__mprog_take(&l->prog);
-  if (m == NULL)
+  int ended = atomic_load(&l->finalized) == 1;
+  if (m == NULL && !ended)
     return;
   l->ev.enter(l->ev.ctx);
   while (m != NULL) {
@@ -139,6 +166,10 @@ static void on_incoming(uv_async_t *a) {
     handle(l, m);
     fp__mbuf_free(m);
     m = next;
+  }
+  if (ended) {
+    atomic_store(&l->finalized, 2);
+    end_every_slot(l);
   }
   l->ev.leave(l->ev.ctx);
 }
@@ -188,22 +219,26 @@ static int mpi_open(fp__link **out, const fp__wconf *cfg,
 }
 
 /* A program that exits without freeing its MPI pool (returning from main,
- * exit()) would leave the worker ranks serving forever, and mpirun with
- * them; and MPI_Finalize would run beside our progress thread. At exit,
- * the live link tells every rank BYE and stops its progress thread (the
- * pool thread may still run: nothing is freed). Registered once, after
- * world.c's finalize_at_exit, so it runs before it. */
-static pid_t leave_pid; /* the process that registered it: not its forks,
-                          which have no progress thread to say BYE with */
+ * exit()) or calls MPI_Finalize first would leave the worker ranks serving
+ * forever, and mpirun and its own MPI_Finalize waiting for them; and
+ * MPI_Finalize would run beside our progress thread. So at exit, and when
+ * MPI_Finalize starts (it deletes MPI_COMM_SELF's attributes before
+ * anything else, while MPI still works), the live link tells every rank
+ * BYE and stops its progress thread. Nothing is freed: the pool thread may
+ * still run. The exit handler is registered after world.c's
+ * finalize_at_exit, so it runs before it. */
+static pid_t leave_pid; /* the process that registered them: not its
+                          forks, which have no progress thread */
 
-static void leave_at_exit(void) {
+/* Says BYE from the live link, if any; returns it (or NULL). */
+static mlink *leave_live(void) {
   if (getpid() != leave_pid)
-    return;
+    return NULL;
   mlink *l = atomic_exchange(&fp__mpiw.live, NULL);
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (l == NULL || finalized)
-    return;
+    return NULL;
   fp__mprog_mute(&l->prog);
   for (int r = 1; r < l->w->size; r++) {
     fp__mbuf *m = fp__mbuf_new(r, FP__M_BYE, 0, 0, 0, 0);
@@ -211,6 +246,39 @@ static void leave_at_exit(void) {
       fp__mprog_post(&l->prog, m);
   }
   fp__mprog_halt(&l->prog, fp__mpi_now() + BYE_WAIT_NS);
+  return l;
+}
+
+static void leave_at_exit(void) {
+  (void)leave_live();
+}
+
+/* MPI_COMM_SELF's attribute delete callback: MPI_Finalize has begun. The
+ * pool thread is then told (on_incoming), so that waits end with
+ * FP_EWORKER instead of waiting for ranks that are gone. */
+static int leave_at_finalize(MPI_Comm comm, int keyval, void *value,
+                             void *extra) {
+  (void)comm, (void)keyval, (void)value, (void)extra;
+  mlink *l = leave_live();
+  if (l != NULL) {
+    atomic_store(&l->finalized, 1);
+    uv_async_send(&l->in);
+  }
+  return MPI_SUCCESS;
+}
+
+/* Registers both, once per process, on the thread that opens the pool
+ * (before the progress thread exists, so MPI is ours to call). */
+static void hook_leave(fp__mpi_world *w) {
+  int key = MPI_KEYVAL_INVALID;
+  if (w->exit_hooked)
+    return;
+  w->exit_hooked = 1;
+  leave_pid = getpid();
+  atexit(leave_at_exit);
+  if (MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, leave_at_finalize, &key,
+                             NULL) == MPI_SUCCESS)
+    MPI_Comm_set_attr(MPI_COMM_SELF, key, NULL);
 }
 
 static int mpi_start(fp__link *base, uv_loop_t *loop) {
@@ -219,17 +287,13 @@ static int mpi_start(fp__link *base, uv_loop_t *loop) {
   if (rc != 0)
     return rc;
   l->in.data = l;
+  hook_leave(l->w);
   if ((rc = fp__mprog_start(&l->prog, notify, l)) != 0) {
     uv_close((uv_handle_t *)&l->in, NULL);
     return rc;
   }
   l->started = 1;
   atomic_store(&l->w->live, l);
-  if (!l->w->exit_hooked) {
-    l->w->exit_hooked = 1;
-    leave_pid = getpid();
-    atexit(leave_at_exit);
-  }
   return 0;
 }
 
@@ -237,6 +301,7 @@ static int mpi_spawn(fp__link *base, int g) {
   mlink *l = (mlink *)base;
   if (l->lost[l->s[g].rank])
     return FP_EWORKER;
+  l->s[g].spawning = 1;
   post(l, g, FP__M_SPAWN, 0, 0);
   return 0;
 }

@@ -190,7 +190,8 @@ static void ev_start_failed(void *ctx, int slot, int err) {
   post(ctx, FP__M_START_FAILED, slot, 0, err, NULL, 0);
 }
 
-static void ev_lost(void *ctx) {
+static void ev_lost(void *ctx, const char *why) {
+  (void)why; /* rank 0 names the rank */
   post(ctx, FP__M_LOST, 0, 0, 0, NULL, 0);
 }
 

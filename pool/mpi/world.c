@@ -15,6 +15,7 @@
  */
 #include "pool/mpi/mpi_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,25 +117,36 @@ static int mpi_up(fp__mpi_world *w) {
   return 0;
 }
 
-static int prepare(const fp__core_api *core, const fp_pool_opts *opts,
-                   int *nworkers) {
-  fp__mpi_world *w = &fp__mpiw;
+/* Claims the run's one MPI pool for the calling thread, starting MPI on
+ * the way. Serialized: two threads creating pools at once would both call
+ * MPI_Init_thread, which MPI makes fatal for the whole job. */
+static int claim(fp__mpi_world *w, const fp__core_api *core) {
+  static pthread_mutex_t claim_mu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&claim_mu);
   w->core = core;
   int rc = w->used ? 0 : mpi_up(w);
-  if (rc != 0)
-    return rc;
-  if (w->used) {
+  if (rc == 0 && w->used) {
     core->set_last_error(FP_ENOTSUP,
                          "FP_TRANSPORT_MPI: one MPI pool per run (the worker "
                          "ranks serve the first pool and end with it)");
-    return FP_ENOTSUP;
-  }
-  if (w->size < 2) {
+    rc = FP_ENOTSUP;
+  } else if (rc == 0 && w->size < 2) {
     core->set_last_error(FP_ENOTSUP, "FP_TRANSPORT_MPI: no worker ranks "
                                      "(run with mpirun -n 2 or more)");
-    return FP_ENOTSUP;
+    rc = FP_ENOTSUP;
   }
-  w->used = 1;
+  if (rc == 0)
+    w->used = 1;
+  pthread_mutex_unlock(&claim_mu);
+  return rc;
+}
+
+static int prepare(const fp__core_api *core, const fp_pool_opts *opts,
+                   int *nworkers) {
+  fp__mpi_world *w = &fp__mpiw;
+  int rc = claim(w, core);
+  if (rc != 0)
+    return rc;
   if (w->rank != 0)
     fp__mpi_serve(w, opts); /* never returns */
   if ((rc = fp__mpi_hello_gather(w, opts)) != 0)
@@ -143,10 +155,15 @@ static int prepare(const fp__core_api *core, const fp_pool_opts *opts,
   return 0;
 }
 
+static void abandon(void) {
+  fp__mpi_bye_all(&fp__mpiw, NULL);
+}
+
 static const fp__mpi_entry_t entry = {
     .abi = FP__TRANSPORT_ABI,
     .ops = &fp__link_mpi,
     .prepare = prepare,
+    .abandon = abandon,
 };
 
 FP_MPI_EXPORT const fp__mpi_entry_t *fp_mpi_entry(const fp__core_api *core);

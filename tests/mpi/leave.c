@@ -12,11 +12,24 @@
  *                                 with FP_ETIMEDOUT naming rank 2, and rank
  *                                 2, which had not said HELLO, still gets
  *                                 its BYE once it serves.
+ *   mpirun -n 3 leave --finalize  rank 0 calls MPI_Finalize with its pool
+ *                                 alive: the link's MPI_COMM_SELF
+ *                                 attribute says BYE from inside it, and
+ *                                 the pool then fails calls with
+ *                                 FP_EWORKER instead of waiting.
+ *   mpirun -n 3 leave --bad-option   an option out of range: every rank
+ *                                 returns FP_EINVAL before any MPI call.
+ *   mpirun -n 3 leave --threads   two threads of every rank make an MPI
+ *                                 pool at once: one gets it (rank 0) or
+ *                                 serves, the other gets FP_ENOTSUP; MPI
+ *                                 is started once.
  */
 #include "forkpool.h"
 #include "mpitest.h"
 
 #include <mpi.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,13 +58,90 @@ static void c_late(void *a) {
          fp_last_error());
 }
 
+static void c_finalize(void *a) {
+  (void)a;
+  MPI_Finalize(); /* returns: the ranks were told BYE from inside it */
+  fp_writer out;
+  fp_writer_init(&out);
+  int rc = fp_pool_apply(pool, one, NULL, &out);
+  EXPECT(rc == FP_EWORKER, "apply after MPI_Finalize: %s", fp_err_name(rc));
+  EXPECT(strstr(fp_last_error(), "MPI_Finalize") != NULL, "message: %s",
+         fp_last_error());
+  fp_writer_free(&out);
+  fp_pool_free(pool);
+}
+
+static void c_refused(void *a) {
+  int rc = *(int *)a;
+  EXPECT(rc == FP_EINVAL && pool == NULL, "fp_pool_new: %s",
+         fp_err_name(rc));
+  EXPECT(strstr(fp_last_error(), "pin_ncpus") != NULL, "message: %s",
+         fp_last_error());
+}
+
+/* --bad-option: no rank may serve, so each one reports; only rank 0's
+ * line is counted (mpirun sets the rank in the environment). */
+static int bad_option(void) {
+  const char *r = getenv("OMPI_COMM_WORLD_RANK");
+  static const int cpu0 = 0;
+  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1,
+                    .pin_cpus = &cpu0, .pin_ncpus = SIZE_MAX};
+  int rc = fp_pool_new(&pool, &o);
+  if (r != NULL && strcmp(r, "0") != 0)
+    return rc == FP_EINVAL ? 0 : 1;
+  mt_run("option_out_of_range_refused_on_every_rank", c_refused, &rc);
+  return mt_done();
+}
+
+static int made[2];
+static fp_pool *pools[2];
+
+static void *make_pool(void *arg) {
+  intptr_t i = (intptr_t)arg;
+  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1};
+  made[i] = fp_pool_new(&pools[i], &o); /* a worker rank serves here */
+  return NULL;
+}
+
+static void c_threads(void *a) {
+  (void)a;
+  int one_ok = (made[0] == 0) + (made[1] == 0) == 1;
+  EXPECT(one_ok, "fp_pool_new: %s and %s", fp_err_name(made[0]),
+         fp_err_name(made[1]));
+  EXPECT(made[0] == FP_ENOTSUP || made[1] == FP_ENOTSUP, "%s and %s",
+         fp_err_name(made[0]), fp_err_name(made[1]));
+  for (int i = 0; i < 2; i++)
+    if (made[i] == 0) {
+      pool = pools[i];
+      c_no_free(NULL);
+      fp_pool_free(pools[i]);
+    }
+}
+
+static int threads(void) {
+  pthread_t th[2];
+  for (intptr_t i = 0; i < 2; i++)
+    pthread_create(&th[i], NULL, make_pool, (void *)i);
+  for (int i = 0; i < 2; i++)
+    pthread_join(th[i], NULL);
+  mt_run("pools_made_by_two_threads_at_once", c_threads, NULL);
+  return mt_done();
+}
+
 int main(int argc, char **argv) {
-  int late = argc > 1 && strcmp(argv[1], "--late") == 0, rank = 0, level;
-  if (late) {
+  const char *mode = argc > 1 ? argv[1] : "";
+  int late = strcmp(mode, "--late") == 0, rank = 0, level;
+  if (strcmp(mode, "--bad-option") == 0)
+    return bad_option();
+  if (strcmp(mode, "--threads") == 0)
+    return threads();
+  if (late || strcmp(mode, "--finalize") == 0) {
     /* MPI up on every rank first (its start-up waits for all of them),
      * then rank 2 is slow to reach the pool. */
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &level);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  }
+  if (late) {
     setenv("FP_MPI_HELLO_TIMEOUT", "1", 1);
     if (rank == 2) /* past rank 0's 1 s wait */
       nanosleep(&(struct timespec){2, 500000000}, NULL);
@@ -68,5 +158,7 @@ int main(int argc, char **argv) {
   if (rc != 0)
     return mt_done();
   mt_run("exit_without_pool_free", c_no_free, NULL);
+  if (strcmp(mode, "--finalize") == 0)
+    mt_run("finalize_with_the_pool_alive", c_finalize, NULL);
   return mt_done(); /* no fp_pool_free: the exit handler ends the ranks */
 }

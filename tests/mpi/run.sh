@@ -44,6 +44,9 @@ run "close/join through dlopen" env FP_MPI_LIBRARY="$B/libforkpool_mpi.so.0" \
 run "no MPI library" "$T/nolink_missing"
 run "exit without fp_pool_free" $MPIRUN -n 3 "$T/leave" --no-free
 run "a rank too late for rank 0" $MPIRUN -n 3 "$T/leave" --late
+run "MPI_Finalize with the pool alive" $MPIRUN -n 3 "$T/leave" --finalize
+run "an option out of range on every rank" $MPIRUN -n 3 "$T/leave" --bad-option
+run "two threads make an MPI pool at once" $MPIRUN -n 3 "$T/leave" --threads
 run "FP_MPI_HELLO_TIMEOUT=inf is no bound" env FP_MPI_HELLO_TIMEOUT=inf \
   $MPIRUN -x FP_MPI_HELLO_TIMEOUT -n 3 "$T/refuse"
 
