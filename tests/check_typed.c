@@ -417,6 +417,9 @@ END_TEST
 Suite *typed_suite(void) {
   Suite *s = suite_create("typed");
   TCase *tc = tcase_create("pack");
+  /* Check's default is 4 s; a loaded machine (an ASan run beside other
+   * work) took that long to run a forked case at all. */
+  tcase_set_timeout(tc, 30);
   tcase_add_test(tc, pack_converts_every_integer_type_to_int64);
   tcase_add_test(tc, pack_floats_strings_and_bools_by_type);
   tcase_add_test(tc, bool_of_a_wide_integer_is_its_truth);
