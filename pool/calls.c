@@ -386,6 +386,9 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
   fp__pool_lock(pool);
   int rc = submit_locked(pool, job, NULL);
   int finished = rc == 0 && r->job == NULL; /* empty input: done */
+  if (finished && !fp__on_pool_thread(pool))
+    fp__pool_wake(pool); /* its callbacks run on the pool thread; under
+                            pool->mu: thread_done may change meanwhile */
   /* A submitting thread takes in the results the workers published since
    * its last call, as a waiting caller does: a stream of apply_async then
    * keeps the workers' queues full from this thread alone, while the pool
@@ -400,8 +403,6 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
     fp__result_discard(r);
     return rc;
   }
-  if (finished && !fp__on_pool_thread(pool))
-    fp__pool_wake(pool); /* its callbacks run on the pool thread */
   *res = r;
   return 0;
 }

@@ -98,7 +98,7 @@ static void queue_chunk_locked(fp_pool *pool, fp_iter *it, fp__job *job,
 
 /* Produces one chunk of at most `limit` items and queues it. Returns 1 to
  * go on, 0 when done, or a negative error that ends the iteration. */
-static int fill_one(fp_iter *it, fp_pool *pool, size_t limit) {
+static int fill_one(fp_iter *it, size_t room_bytes, size_t limit) {
   fp__chunk *ch = calloc(1, sizeof(*ch));
   if (ch == NULL)
     return FP_ENOMEM;
@@ -106,8 +106,20 @@ static int fill_one(fp_iter *it, fp_pool *pool, size_t limit) {
   fp_writer w;
   fp_writer_init(&w);
   uint32_t count;
-  int rc = produce_chunk(it, &w, pool->max_frame - FP__FRAME_OVERHEAD, limit,
-                         &count);
+  int rc = produce_chunk(it, &w, room_bytes, limit, &count);
+  /* The producer ran unlocked: the pool may have ended (and been freed)
+   * meanwhile. Pinned under it->mu, as poll_for_next does. */
+  pthread_mutex_lock(&it->mu);
+  fp_pool *pool = it->pool;
+  if (pool != NULL)
+    atomic_fetch_add(&pool->spinners, 1);
+  pthread_mutex_unlock(&it->mu);
+  if (pool == NULL) {
+    it->producer_done = 1;
+    fp_writer_free(&w);
+    free(ch);
+    return rc < 0 ? rc : 0;
+  }
   fp__pool_lock(pool);
   fp__job *job = it->job;
   if (rc < 0 || job == NULL || job->finished || count == 0) {
@@ -133,6 +145,7 @@ static int fill_one(fp_iter *it, fp_pool *pool, size_t limit) {
    * the producer goes on. */
   int more = !it->producer_done && job != NULL && !job->finished;
   fp__pool_unlock(pool);
+  atomic_fetch_sub(&pool->spinners, 1);
   return rc < 0 ? rc : more;
 }
 
@@ -142,8 +155,10 @@ static int fill_locked(fp_iter *it, int bounded) {
     pthread_mutex_lock(&it->mu);
     fp_pool *pool = it->pool;
     int64_t consumed = it->consumed;
+    int foreign = pool != NULL && fp__pool_foreign(pool);
+    size_t room_bytes = pool ? pool->max_frame - FP__FRAME_OVERHEAD : 0;
     pthread_mutex_unlock(&it->mu);
-    if (pool != NULL && fp__pool_foreign(pool))
+    if (foreign)
       return FP_EINVAL; /* a forked copy: see calls.c job_alloc */
     int64_t room = (int64_t)it->readahead - (it->produced - consumed);
     if (!bounded)
@@ -152,7 +167,7 @@ static int fill_locked(fp_iter *it, int bounded) {
       return 0;
     /* A chunk never takes the items produced and not consumed past
      * readahead: a short chunk when a full one would. */
-    int rc = fill_one(it, pool,
+    int rc = fill_one(it, room_bytes,
                       room < (int64_t)it->chunksize ? (size_t)room
                                                     : it->chunksize);
     if (rc <= 0)
