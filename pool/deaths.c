@@ -278,8 +278,8 @@ void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status) {
   /* A worker that died before READY failed to start - unless we killed
    * it (terminate, cancel) or someone else did with SIGKILL: a kill from
    * outside is not a start-up failure of the program. */
-  int killed = ws->kill_reason || (WIFSIGNALED(status) &&
-                                   WTERMSIG(status) == SIGKILL);
+  int killed = d.reason != FP_EWORKER || (WIFSIGNALED(status) &&
+                                          WTERMSIG(status) == SIGKILL);
   if (!was_ready && !d.clean && !killed && pool->state != FP__TERMINATE &&
       storm_locked(pool)) {
     char msg[FP__MSG_LEN], who[160];
