@@ -1223,12 +1223,13 @@ FP_EXTERN int fp_dict_setdefault(fp_dict *d, const void *key, size_t klen,
 typedef int (*fp_dict_item_cb)(const void *key, size_t klen,
                                const void *value, size_t vlen, void *arg);
 
-/* Calls cb for every item. Stripes are visited one at a time: each stripe is
- * copied under its lock, then its items are passed to cb with no lock held,
- * so cb may read or modify the dict. Under concurrent modification every
- * item that stays present during the whole walk is seen exactly once, an
- * item added or removed meanwhile may or may not be seen, and no item is
- * seen twice. A destroy of the dict during the walk (from cb or anywhere
+/* Calls cb for every item, in the hash table's order (not in insertion
+ * order, as a Python dict would). Stripes are visited one at a time: each
+ * stripe is copied under its lock, then its items are passed to cb with no
+ * lock held, so cb may read or modify the dict. Under concurrent
+ * modification every item that stays present during the whole walk is
+ * seen exactly once, an item added or removed meanwhile may or may not be
+ * seen, and no item is seen twice. A destroy of the dict during the walk (from cb or anywhere
  * else) ends it with FP_EINVAL at the next stripe, even when a new dict
  * took the old one's place. Returns 0, cb's nonzero return, FP_ENOMEM
  * (private copy) or an error. */
