@@ -292,8 +292,8 @@ void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status) {
     fp__deaths_break_locked(pool, FP_ESTORM, msg);
   }
   if (want_workers(pool)) {
-    ws->restarts++;
     fp__deaths_spawn_locked(pool, ws);
+    ws->restarts += ws->spawning; /* asked for: the link can make one */
   }
   pthread_cond_broadcast(&pool->cond);
 }

@@ -135,8 +135,13 @@ static void handle(mlink *l, const fp__mbuf *m) {
 
 /* MPI was finalized under the pool (leave_at_finalize): the worker ranks
  * were told BYE and nothing more will come from them. Ends every slot, as
- * link.h asks before lost(); lost[] first, so that no respawn is asked. */
+ * link.h asks before lost(). lost[] first, so that the respawns the exits
+ * ask for fail at once instead of posting SPAWNs nobody answers. An exit
+ * blames no item (run cleared): the chunks go back to the queue, and
+ * lost() fails them with its reason. The status, SIGKILL, keeps the
+ * deaths out of the start-up storm count, as any kill from outside. */
 static void end_every_slot(mlink *l) {
+  int was_lost = l->nlost == l->w->size - 1;
   for (int r = 1; r < l->w->size; r++)
     l->lost[r] = 1;
   l->nlost = l->w->size - 1;
@@ -144,20 +149,25 @@ static void end_every_slot(mlink *l) {
     mslot *s = &l->s[g];
     if (s->alive) {
       s->alive = s->ready = 0;
+      memset(&s->run, 0, sizeof(s->run));
+      s->run.cpu = -1;
       EV(l, exited, g, s->pid, SIGKILL);
     } else if (s->spawning) {
       s->spawning = 0;
       EV(l, start_failed, g, FP_EWORKER);
     }
   }
-  l->ev.lost(l->ev.ctx, "MPI_Finalize was called while the pool was "
-                        "alive: its worker ranks were told to end");
+  if (!was_lost) /* every rank's fork server died first: that said it */
+    l->ev.lost(l->ev.ctx, "MPI_Finalize was called while the pool was "
+                          "alive: its worker ranks were told to end");
 }
 
 static void on_incoming(uv_async_t *a) {
   mlink *l = a->data;
-  fp__mbuf *m = fp__mprog_take(&l->prog);
+  /* finalized before the take: what arrived before the halt is taken
+   * now, so that its events come before lost(). */
   int ended = atomic_load(&l->finalized) == 1;
+  fp__mbuf *m = fp__mprog_take(&l->prog);
   if (m == NULL && !ended)
     return;
   l->ev.enter(l->ev.ctx);
@@ -229,9 +239,15 @@ static int mpi_open(fp__link **out, const fp__wconf *cfg,
  * finalize_at_exit, so it runs before it. */
 static pid_t leave_pid; /* the process that registered them: not its
                           forks, which have no progress thread */
+/* Held by whoever ends the live link (these two, mpi_free) until its
+ * progress thread stopped: MPI_Finalize must not go on while that thread
+ * still calls MPI, nor free the link under a leave. */
+static pthread_mutex_t leave_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Says BYE from the live link, if any; returns it (or NULL). */
-static mlink *leave_live(void) {
+/* Says BYE from the live link, if any, and halts its progress thread;
+ * returns it (or NULL). mute: no notify() from now on (at exit: the loop
+ * may be torn down while we wait). Call with leave_mu held. */
+static mlink *leave_live(int mute) {
   if (getpid() != leave_pid)
     return NULL;
   mlink *l = atomic_exchange(&fp__mpiw.live, NULL);
@@ -239,7 +255,8 @@ static mlink *leave_live(void) {
   MPI_Finalized(&finalized);
   if (l == NULL || finalized)
     return NULL;
-  fp__mprog_mute(&l->prog);
+  if (mute)
+    fp__mprog_mute(&l->prog);
   for (int r = 1; r < l->w->size; r++) {
     fp__mbuf *m = fp__mbuf_new(r, FP__M_BYE, 0, 0, 0, 0);
     if (m != NULL)
@@ -250,20 +267,27 @@ static mlink *leave_live(void) {
 }
 
 static void leave_at_exit(void) {
-  (void)leave_live();
+  pthread_mutex_lock(&leave_mu);
+  (void)leave_live(1);
+  pthread_mutex_unlock(&leave_mu);
 }
 
 /* MPI_COMM_SELF's attribute delete callback: MPI_Finalize has begun. The
  * pool thread is then told (on_incoming), so that waits end with
- * FP_EWORKER instead of waiting for ranks that are gone. */
+ * FP_EWORKER instead of waiting for ranks that are gone; through the
+ * progress thread's last notify(), which a closed loop has muted. Under
+ * MPI_THREAD_SERIALIZED the progress thread's last calls overlap the
+ * caller's MPI_Finalize: Open MPI allows it in the delete callback. */
 static int leave_at_finalize(MPI_Comm comm, int keyval, void *value,
                              void *extra) {
   (void)comm, (void)keyval, (void)value, (void)extra;
-  mlink *l = leave_live();
+  pthread_mutex_lock(&leave_mu);
+  mlink *l = leave_live(0);
   if (l != NULL) {
     atomic_store(&l->finalized, 1);
-    uv_async_send(&l->in);
+    fp__mprog_notify_last(&l->prog);
   }
+  pthread_mutex_unlock(&leave_mu);
   return MPI_SUCCESS;
 }
 
@@ -423,18 +447,24 @@ static void say_bye(mlink *l) {
   }
 }
 
+/* Runs after the pool thread ended (or never started): nothing else uses
+ * the link but a leave, which leave_mu keeps out. */
 static void mpi_free(fp__link *base) {
   mlink *l = (mlink *)base;
   void *expected = l;
-  if (l->started &&
-      !atomic_compare_exchange_strong(&l->w->live, &expected, NULL))
-    return; /* exiting: leave_at_exit said BYE and stopped the thread */
-  if (l->started) {
+  pthread_mutex_lock(&leave_mu);
+  if (!l->started) {
+    fp__mpi_bye_all(l->w, NULL); /* no thread: we may call MPI here */
+  } else if (atomic_compare_exchange_strong(&l->w->live, &expected, NULL)) {
     say_bye(l);
     fp__mprog_stop(&l->prog, fp__mpi_now() + BYE_WAIT_NS);
   } else {
-    fp__mpi_bye_all(l->w, NULL); /* no thread: we may call MPI here */
+    /* A leave (MPI_Finalize, exit) said BYE and halted the progress
+     * thread (a halt again is no-op, unless MPI ended without a leave). */
+    fp__mprog_halt(&l->prog, 0);
+    fp__mprog_release(&l->prog);
   }
+  pthread_mutex_unlock(&leave_mu);
   mlink_release(l);
 }
 

@@ -144,6 +144,13 @@ void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns);
  * post and take (nothing is sent any more). For leaving at exit, while
  * the pool thread may still run. */
 void fp__mprog_halt(fp__mprog *p, int64_t deadline_ns);
+/* After a halt, once no other thread can post or take: frees what the
+ * halt kept. */
+void fp__mprog_release(fp__mprog *p);
+/* Calls notify() one last time, unless fp__mprog_mute() came first, and
+ * mutes: the caller's last word to the loop, which may close right
+ * after (under the lock, as every notify()). */
+void fp__mprog_notify_last(fp__mprog *p);
 
 /* ---- the world (world.c) --------------------------------------------------- */
 

@@ -273,10 +273,22 @@ void fp__mprog_halt(fp__mprog *p, int64_t deadline_ns) {
   p->running = 0;
 }
 
+void fp__mprog_notify_last(fp__mprog *p) {
+  pthread_mutex_lock(&p->mu);
+  if (p->notify)
+    p->notify(p->arg);
+  p->notify = NULL;
+  pthread_mutex_unlock(&p->mu);
+}
+
 void fp__mprog_stop(fp__mprog *p, int64_t deadline_ns) {
   if (!p->running)
     return;
   fp__mprog_halt(p, deadline_ns);
+  fp__mprog_release(p);
+}
+
+void fp__mprog_release(fp__mprog *p) {
   list_free(p->out);
   list_free(p->in);
   p->out = p->out_tail = p->in = p->in_tail = NULL;

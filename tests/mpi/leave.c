@@ -58,15 +58,44 @@ static void c_late(void *a) {
          fp_last_error());
 }
 
+/* Runs until its rank ends it (20 s at most). */
+static int hold(fp_reader *args, fp_writer *out) {
+  (void)args;
+  double end = mt_now() + 20;
+  while (mt_now() < end)
+    nanosleep(&(struct timespec){0, 10000000}, NULL);
+  return fp_write_int(out, 0);
+}
+
+/* Whether a timed task runs on slot 0 (its rank reports it every 5 ms). */
+static int holding(void) {
+  fp_worker_info wi;
+  return fp_pool_worker_info(pool, 0, &wi) == 0 && wi.last_cpu >= 0;
+}
+
 static void c_finalize(void *a) {
   (void)a;
+  fp_call_opts co = {.timeout = 30}; /* timed: the rank reports the run */
+  fp_result *held;
+  int rc = fp_pool_apply_async(pool, hold, NULL, &co, &held);
+  EXPECT(rc == 0, "apply_async: %s", fp_last_error());
+  for (double end = mt_now() + 10; !holding() && mt_now() < end;)
+    nanosleep(&(struct timespec){0, 10000000}, NULL);
   MPI_Finalize(); /* returns: the ranks were told BYE from inside it */
+  /* The running task fails with the reason, not as a crash of its own. */
+  rc = fp_result_get(held, 10);
+  EXPECT(rc == FP_EWORKER && strstr(fp_result_error(held), "MPI_Finalize"),
+         "running task: %s: %s", fp_err_name(rc), fp_result_error(held));
+  fp_result_free(held);
   fp_writer out;
   fp_writer_init(&out);
-  int rc = fp_pool_apply(pool, one, NULL, &out);
+  rc = fp_pool_apply(pool, one, NULL, &out);
   EXPECT(rc == FP_EWORKER, "apply after MPI_Finalize: %s", fp_err_name(rc));
   EXPECT(strstr(fp_last_error(), "MPI_Finalize") != NULL, "message: %s",
          fp_last_error());
+  fp_worker_info wi; /* no replacement was asked of the gone ranks */
+  EXPECT(fp_pool_worker_info(pool, 0, &wi) == 0 && wi.restarts == 0,
+         "restarts %llu", (unsigned long long)wi.restarts);
   fp_writer_free(&out);
   fp_pool_free(pool);
 }
