@@ -1546,7 +1546,7 @@ static int cmp_str8(const void *x, const void *y) {
 
 static void fill_dict_65_70(fp_dict *d) {
   for (int i = 65; i < 70; i++) {
-    char k[8], v[2] = {(char)i, 0};
+    char k[16], v[2] = {(char)i, 0};
     snprintf(k, sizeof k, "%d", i);
     ck_assert_int_eq(fp_dict_set_str(d, k, strlen(k), v), 0);
   }
@@ -1566,7 +1566,7 @@ START_TEST(test_dict) {
   qsort(c.keys, 5, 8, cmp_str8);
   qsort(c.vals, 5, 8, cmp_str8);
   for (int i = 0; i < 5; i++) {
-    char k[8], v[2] = {(char)(65 + i), 0};
+    char k[16], v[2] = {(char)(65 + i), 0};
     snprintf(k, sizeof k, "%d", 65 + i);
     ck_assert_str_eq(c.keys[i], k);
     ck_assert_str_eq(c.vals[i], v);
@@ -1608,7 +1608,7 @@ START_TEST(test_dict_iter) {
     keys[i] = c.keys[i];
   qsort(keys, 5, sizeof(keys[0]), cmp_keys);
   for (int i = 0; i < 5; i++) {
-    char k[8];
+    char k[16];
     snprintf(k, sizeof k, "%d", 65 + i);
     ck_assert_str_eq(keys[i], k);
   }
