@@ -48,14 +48,29 @@ static void teardown(void) {
   close(g_gate[1]);
 }
 
-static fp_pool *pool_n(int n) {
+/* A pool with options o, which must start. */
+static fp_pool *pool_with(fp_pool_opts o) {
   fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = n;
   int rc = fp_pool_new(&p, &o);
   ck_assert_msg(rc == 0, "fp_pool_new: %s (%s)", fp_err_name(rc),
                 fp_last_error());
   return p;
+}
+
+static fp_pool *pool_n(int n) {
+  return pool_with((fp_pool_opts){.processes = n});
+}
+
+/* apply_async(fn, (i,)) for i in range(n), into r[0..n). */
+static void submit_ints(fp_pool *p, fp_task_fn fn, int n, fp_result **r) {
+  fp_writer a;
+  fp_writer_init(&a);
+  for (int i = 0; i < n; i++) {
+    fp_writer_reset(&a);
+    ck_assert_int_eq(fp_write_int(&a, i), 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, fn, &a, NULL, &r[i]), 0);
+  }
+  fp_writer_free(&a);
 }
 
 static void write_range(fp_writer *w, int64_t n) {
@@ -406,11 +421,7 @@ END_TEST
  * pickle": a writer in error, an open list, malformed bytes, an item over
  * max_frame). CPython: _TestPool.test_map_unplicklable. */
 START_TEST(test_map_unplicklable) {
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 2;
-  o.max_frame = 4096;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = pool_with((fp_pool_opts){.processes = 2, .max_frame = 4096});
   calls c = {0};
   fp_call_opts co = {0};
   co.callback = cb_ok;
@@ -1147,11 +1158,7 @@ END_TEST
  * pool losing a worker. CPython: _TestPoolWorkerErrors.
  * test_unpickleable_result. */
 START_TEST(test_unpickleable_result) {
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 2;
-  o.max_frame = 4096;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = pool_with((fp_pool_opts){.processes = 2, .max_frame = 4096});
   for (int i = 0; i < 20; i++) {
     calls c = {0};
     fp_call_opts co = {0};
@@ -1185,11 +1192,8 @@ END_TEST
  * workers are replaced: at least 10 distinct pids, none running more than
  * 10 tasks. CPython: _TestPoolWorkerLifetime.test_pool_worker_lifetime. */
 START_TEST(test_pool_worker_lifetime) {
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 3;
-  o.maxtasksperchild = 10;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p =
+      pool_with((fp_pool_opts){.processes = 3, .maxtasksperchild = 10});
   ck_assert_int_eq(fp_pool_size(p), 3);
   pid_t orig[3];
   for (int s = 0; s < 3; s++) {
@@ -1200,13 +1204,7 @@ START_TEST(test_pool_worker_lifetime) {
   }
   enum { N = 100 };
   fp_result *r[N];
-  fp_writer a;
-  fp_writer_init(&a);
-  for (int i = 0; i < N; i++) {
-    fp_writer_reset(&a);
-    fp_write_int(&a, i);
-    ck_assert_int_eq(fp_pool_apply_async(p, t_sqr_pid, &a, NULL, &r[i]), 0);
-  }
+  submit_ints(p, t_sqr_pid, N, r);
   int64_t pids[N];
   for (int i = 0; i < N; i++) {
     fp_reader rd;
@@ -1238,7 +1236,6 @@ START_TEST(test_pool_worker_lifetime) {
     restarts += wi.restarts;
   }
   ck_assert_uint_ge(restarts, 7);
-  fp_writer_free(&a);
   fp_pool_close(p);
   ck_assert_int_eq(fp_pool_join(p), 0);
   fp_pool_free(p);
@@ -1249,19 +1246,9 @@ END_TEST
  * make join() hang, and every result is right.
  * CPython: _TestPoolWorkerLifetime.test_pool_worker_lifetime_early_close. */
 START_TEST(test_pool_worker_lifetime_early_close) {
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 3;
-  o.maxtasksperchild = 1;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = pool_with((fp_pool_opts){.processes = 3, .maxtasksperchild = 1});
   fp_result *r[6];
-  fp_writer a;
-  fp_writer_init(&a);
-  for (int i = 0; i < 6; i++) {
-    fp_writer_reset(&a);
-    fp_write_int(&a, i);
-    ck_assert_int_eq(fp_pool_apply_async(p, t_slow_sqr, &a, NULL, &r[i]), 0);
-  }
+  submit_ints(p, t_slow_sqr, 6, r);
   ck_assert_int_eq(fp_pool_close(p), 0);
   ck_assert_int_eq(fp_pool_join(p), 0);
   for (int i = 0; i < 6; i++) {
@@ -1273,7 +1260,6 @@ START_TEST(test_pool_worker_lifetime_early_close) {
     ck_assert_int_eq(v, (int64_t)i * i);
     fp_result_free(r[i]);
   }
-  fp_writer_free(&a);
   fp_pool_free(p);
 }
 END_TEST
@@ -1283,11 +1269,7 @@ END_TEST
  * counterpart; 0 gives a pool whose worker is never replaced.
  * CPython: _TestPoolWorkerLifetime.test_pool_maxtasksperchild_invalid. */
 START_TEST(test_pool_maxtasksperchild_invalid) {
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 1;
-  o.maxtasksperchild = 0;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = pool_with((fp_pool_opts){.processes = 1, .maxtasksperchild = 0});
   fp_writer a;
   fp_writer_init(&a);
   fp_write_int(&a, 3);
@@ -1838,11 +1820,7 @@ static int t_lock_and_leave(fp_reader *args, fp_writer *out) {
  * CPython: TestSyncManagerTypes.test_lock. */
 START_TEST(test_sync_lock) {
   ck_assert_int_eq(fp_lock_new(g_mgr, &g_lock), 0);
-  fp_pool *p = NULL;
-  fp_pool_opts o = {0};
-  o.processes = 1;
-  o.maxtasksperchild = 1;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = pool_with((fp_pool_opts){.processes = 1, .maxtasksperchild = 1});
   ck_assert_msg(fp_pool_apply(p, t_lock_and_leave, NULL, NULL) == 0, "%s",
                 fp_last_error());
   ck_assert_int_eq(fp_lock_release(g_lock), FP_EPERM); /* not ours */

@@ -81,6 +81,12 @@ static void rank_lost(mlink *l, int rank) {
     l->ev.lost(l->ev.ctx, "the fork server of every worker rank died");
 }
 
+/* Nothing known to run on the slot (no item to blame, no CPU). */
+static void forget_run(mslot *s) {
+  memset(&s->run, 0, sizeof(s->run));
+  s->run.cpu = -1;
+}
+
 /* Replays one message of a worker rank as link events. */
 static void handle(mlink *l, const fp__mbuf *m) {
   const fp__mhdr *h = FP__MHDR(m);
@@ -100,8 +106,7 @@ static void handle(mlink *l, const fp__mbuf *m) {
     s->spawning = 0;
     s->alive = 1;
     s->pid = h->pid;
-    memset(&s->run, 0, sizeof(s->run));
-    s->run.cpu = -1;
+    forget_run(s);
     EV(l, started, g, h->pid);
     break;
   case FP__M_READY:
@@ -149,8 +154,7 @@ static void end_every_slot(mlink *l) {
     mslot *s = &l->s[g];
     if (s->alive) {
       s->alive = s->ready = 0;
-      memset(&s->run, 0, sizeof(s->run));
-      s->run.cpu = -1;
+      forget_run(s);
       EV(l, exited, g, s->pid, SIGKILL);
     } else if (s->spawning) {
       s->spawning = 0;
