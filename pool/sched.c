@@ -17,6 +17,7 @@
 #include "pool/pool_int.h"
 #include "pool/spin.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -234,6 +235,20 @@ static int first_worker(const fp_pool *pool) {
   return best;
 }
 
+/* The shallowest level at which a worker could take a chunk: no worker
+ * takes one at a level below its queue's length, so the levels below the
+ * shortest queue assign nothing. With every queue full (a stream of
+ * calls), starting there skips the whole assignment loop. */
+static int first_depth(const fp_pool *pool) {
+  int depth = INT_MAX;
+  for (int k = 0; k < pool->nworkers; k++) {
+    const fp__wslot *ws = &pool->ws[k];
+    if (ws->alive && ws->ready && ws->ninflight < depth)
+      depth = ws->ninflight;
+  }
+  return depth;
+}
+
 static int dispatch_once_locked(fp_pool *pool);
 
 /* Dispatches until no send left chunks unsent (send_new_locked): each
@@ -254,9 +269,11 @@ static int dispatch_once_locked(fp_pool *pool) {
     first[k] = pool->ws[k].ninflight;
   /* Assign level by level, idle workers first; then write each worker's
    * new chunks with one send. */
-  for (int depth = 0; depth < maxdepth && pool->qhead; depth++) {
-    for (int k = 0; k < pool->nworkers && pool->qhead; k++) {
-      fp__wslot *ws = &pool->ws[(start + k) % pool->nworkers];
+  for (int depth = first_depth(pool); depth < maxdepth && pool->qhead;
+       depth++) {
+    for (int k = 0, i = start; k < pool->nworkers && pool->qhead;
+         k++, i = i + 1 == pool->nworkers ? 0 : i + 1) {
+      fp__wslot *ws = &pool->ws[i];
       if (!ws_can_take(pool, ws, depth))
         continue;
       fp__chunk *ch = pool->qhead;
