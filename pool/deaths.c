@@ -108,6 +108,7 @@ typedef struct death {
   int lost_results;  /* the master stopped reading its results */
   fp__running run;   /* what it was running */
   char how[160];
+  char violation[96]; /* reason FP_EPROTO: what it sent */
 } death;
 
 /* "worker 3 (pid 42)", with where the link says it runs when remote
@@ -135,6 +136,11 @@ static void chunk_died_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
   else if (d->reason == FP_ECANCELED)
     snprintf(msg, sizeof(msg), "item %lld: canceled; %s %s", (long long)at,
              who, d->how);
+  else if (d->reason == FP_EPROTO)
+    snprintf(msg, sizeof(msg),
+             "item %lld: %s broke the protocol while running it (it sent "
+             "%s: a task writing to the pool's descriptors?) and was killed",
+             (long long)at, who, d->violation[0] ? d->violation : "junk");
   else
     snprintf(msg, sizeof(msg), "item %lld: %s %s while running it",
              (long long)at, who, d->how);
@@ -247,6 +253,8 @@ static void slot_reset(fp_pool *pool, fp__wslot *ws, death *d, int status) {
   d->clean = ws->retiring && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   d->reason = ws->kill_reason ? ws->kill_reason : FP_EWORKER;
   d->kill_seq = ws->kill_seq;
+  snprintf(d->violation, sizeof(d->violation), "%s", ws->violation);
+  ws->violation[0] = 0;
   d->proto = WIFEXITED(status) && WEXITSTATUS(status) == FP__WEXIT_PROTO &&
              !ws->kill_reason;
   d->lost_results = ws->lost_results;

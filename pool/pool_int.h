@@ -43,6 +43,7 @@ typedef struct fp__wslot {
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO /
                             FP_ENOMEM (sched.c) */
   uint64_t kill_seq;     /* the chunk we killed it for */
+  char violation[96];    /* kill_reason FP_EPROTO: what it sent */
   int kill_aimed;        /* the SIGTERM was aimed at kill_seq (link.h) */
   int lost_results;      /* the master stopped reading it (no memory):
                             whatever the kill's reason, its chunks fail */

@@ -442,8 +442,10 @@ void fp__sched_on_retired(void *ctx, int slot) {
 
 void fp__sched_on_violation(void *ctx, int slot, const char *what) {
   fp_pool *pool = ctx;
-  (void)what;
-  fp__sched_kill_locked(pool, &pool->ws[slot], FP_EPROTO, 0, SIGKILL);
+  fp__wslot *ws = &pool->ws[slot];
+  if (ws->alive && ws->kill_reason == 0) /* the reason the kill will give */
+    snprintf(ws->violation, sizeof(ws->violation), "%s", what);
+  fp__sched_kill_locked(pool, ws, FP_EPROTO, 0, SIGKILL);
 }
 
 void fp__sched_on_no_memory(void *ctx, int slot) {

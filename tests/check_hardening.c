@@ -1564,6 +1564,37 @@ START_TEST(forged_retire_frame_gets_worker_replaced) {
 }
 END_TEST
 
+/* Forges RETIRE (a violation: the pool has no maxtasksperchild), then
+ * waits to be killed for it. */
+static int t_forge_retire_and_wait(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  forge_retire();
+  for (;;)
+    pause();
+  return 0; /* never reached */
+}
+
+/* The item a worker was running when the master killed it for a forged
+ * frame fails with FP_EPROTO and a message that says so and names what
+ * the worker sent: not "killed by signal SIGKILL", which reads like a
+ * kill from outside. */
+START_TEST(violation_message_names_what_the_worker_sent) {
+  fp_pool *p = pool_n(1);
+  fp_result *r;
+  ck_assert_int_eq(
+      fp_pool_apply_async(p, t_forge_retire_and_wait, NULL, NULL, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 60), FP_EPROTO);
+  const char *m = fp_result_error(r);
+  ck_assert_msg(strstr(m, "broke the protocol") != NULL &&
+                    strstr(m, "RETIRE before maxtasksperchild") != NULL,
+                "message: %s", m);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "broke the protocol"));
+  fp_result_free(r);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* Forges the last PART frame of a RESULT that has no bytes, then one that
  * is not a RESULT: the master must take each for a broken worker, not
  * read the missing payload. */
@@ -2918,6 +2949,7 @@ Suite *hardening_suite(void) {
   add_case(s, "item04c", wait_in_forked_child_during_a_callback_is_refused,
            60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);
+  add_case(s, "item05e", violation_message_names_what_the_worker_sent, 90);
   add_case(s, "item05b", forged_part_frames_get_worker_replaced, 60);
   add_case(s, "item05c", worker_scribbling_over_shared_memory_is_replaced, 60);
   add_case(s, "item05d", results_come_while_a_task_hides_the_sleeping_master,
