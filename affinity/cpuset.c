@@ -123,14 +123,15 @@ static int scan_num(const char **pp, const char *start, int *val) {
       v = v * 10 + (*p - '0');
     p++;
   }
-  *pp = p;
   if (v >= FP_CPU_MAX) {
     fp__err_setf(FP__ERR_AFFINITY,
                  "cpu-list \"%s\": CPU number at offset %d is not "
                  "below FP_CPU_MAX (%d)",
-                 start, (int)(p - start), FP_CPU_MAX);
+                 start, (int)(*pp - start), FP_CPU_MAX);
+    *pp = p;
     return FP_ERANGE;
   }
+  *pp = p;
   *val = (int)v;
   return 0;
 }

@@ -95,6 +95,20 @@ static int allowed_set(fp_cpuset *out) {
  * kernel refused) or another -errno; the thread's affinity error says why.
  * A mask shorter than the kernel's is fine for sched_setaffinity: the
  * missing CPUs count as not set. */
+/* Cuts a formatted CPU list longer than LIST_SHOWN bytes after its last
+ * whole entry that fits and marks the cut with ",...": two lists of up to
+ * FP_CPULIST_MAX bytes would not fit in one message, and the end of a
+ * message (which list was the allowed one) must not be what is lost. */
+#define LIST_SHOWN 200
+static void shorten_list(char *list) {
+  if (strlen(list) <= LIST_SHOWN)
+    return;
+  char *cut = list + LIST_SHOWN;
+  while (cut > list && *cut != ',')
+    cut--;
+  strcpy(cut, ",...");
+}
+
 static int set_mask(const fp_cpuset *set) {
   fp_cpuset allowed, bad;
   char a[FP_CPULIST_MAX], b[FP_CPULIST_MAX];
@@ -114,6 +128,8 @@ static int set_mask(const fp_cpuset *set) {
   if (fp_cpuset_count(&bad) > 0) {
     fp_cpulist_format(&allowed, a, sizeof a);
     fp_cpulist_format(&bad, b, sizeof b);
+    shorten_list(a);
+    shorten_list(b);
     fp__err_setf(FP__ERR_AFFINITY, "CPU%s %s not in allowed set %s",
                  fp_cpuset_count(&bad) > 1 ? "s" : "", b, a);
     return FP_EINVAL;

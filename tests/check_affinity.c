@@ -266,6 +266,9 @@ START_TEST(cpulist_parse_huge_numbers_fail_with_erange) {
   ck_assert(fp_cpuset_isset(&s, 1023));
   ck_assert_int_eq(fp_cpulist_parse("1024", &s), FP_ERANGE);
   ck_assert_ptr_nonnull(strstr(fp_affinity_error(), "FP_CPU_MAX"));
+  ck_assert_ptr_nonnull(strstr(fp_affinity_error(), "at offset 0 "));
+  ck_assert_int_eq(fp_cpulist_parse("1,3-2048", &s), FP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(fp_affinity_error(), "at offset 4 "));
   ck_assert_int_eq(fp_cpulist_parse("0-5000", &s), FP_ERANGE);
   ck_assert_int_eq(fp_cpulist_parse("99999999999999999999999999", &s),
                    FP_ERANGE);
@@ -712,9 +715,23 @@ START_TEST(affinity_set_and_get_error_paths) {
   s = start;
   fp_cpuset_set(&s, bad);
   ck_assert_int_eq(fp_affinity_set(&s), FP_EINVAL);
-  char want[64];
+  char want[FP_CPULIST_MAX + 64];
   snprintf(want, sizeof want, "CPU %d not in allowed set", bad);
   ck_assert_ptr_nonnull(strstr(fp_affinity_error(), want));
+  /* A long list of bad CPUs is shortened: the allowed set, at the end of
+   * the message, is never what gets cut. */
+  fp_cpuset_zero(&s);
+  for (int c = 0; c < FP_CPU_MAX; c += 2)
+    if (!fp_cpuset_isset(&start, c))
+      fp_cpuset_set(&s, c);
+  if (fp_cpuset_count(&s) > 100) {
+    char allowed[FP_CPULIST_MAX];
+    fp_cpulist_format(&start, allowed, sizeof allowed);
+    snprintf(want, sizeof want, ",... not in allowed set %s", allowed);
+    ck_assert_int_eq(fp_affinity_set(&s), FP_EINVAL);
+    ck_assert_msg(strstr(fp_affinity_error(), want) != NULL, "'%s' lacks '%s'",
+                  fp_affinity_error(), want);
+  }
   ck_assert_int_eq(fp_affinity_get(NULL), FP_EINVAL);
   /* Setting the current mask is a no-op that succeeds. */
   ck_assert_int_eq(fp_affinity_set(&start), 0);
