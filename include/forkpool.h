@@ -108,9 +108,14 @@ FP_EXTERN const char *fp_err_name(int code);
 /* Returns the message attached to the last failed pool call made by the
  * calling thread (a blocking call's task failure: the task's own message,
  * the worker's death, the item index; or why a call or fp_pool_new was
- * refused). Like dlerror(), it is per thread and overwritten by the
- * thread's next failing pool call; a successful blocking call clears it.
- * Returns an empty string when there is none. Never NULL. */
+ * refused, naming the argument or option at fault). Pool calls are the
+ * fp_pool_*, fp_result_* and fp_iter_* functions; fp_result_get and
+ * fp_iter_next count as blocking calls: a failed result or item sets its
+ * message, a successful one clears it. Like dlerror(), it is per thread
+ * and overwritten by the thread's next failing pool call; a successful
+ * blocking call (and a successful fp_pool_join) clears it; fp_pool_free
+ * leaves it as it was. Returns an empty string when there is none. Never
+ * NULL. */
 FP_EXTERN const char *fp_last_error(void);
 
 #define FP_FOREVER (-1.0)
@@ -613,8 +618,10 @@ typedef enum fp_pin_policy {
  *   calls from them (those return FP_EINVAL there).
  *
  *   FORKS: in a process forked from the master after fp_pool_new(),
- *   submissions and blocking waits on the pool's pending results and
- *   iterators return FP_EINVAL (the results go to the parent), and
+ *   submissions, blocking waits on the pool's pending results and
+ *   iterators, fp_pool_close/terminate/join and fp_result_cancel return
+ *   FP_EINVAL with a message saying so (the pool, its workers and its
+ *   results are the parent's, and stay untouched), and
  *   fp_pool_free() frees only that copy's memory -- all of it but the
  *   few hundred bytes libuv holds for the copy's loop, which closing
  *   would unregister the parent's descriptors from the epoll instance
@@ -677,10 +684,12 @@ typedef enum fp_crash_policy {
 typedef enum fp_progress_mode {
   FP_PROGRESS_DEFAULT = 0, /* per call: the pool's mode; per pool: OFF */
   FP_PROGRESS_OFF,
-  FP_PROGRESS_AUTO,  /* a bar when stderr is a TTY, else joblib-style lines */
-  FP_PROGRESS_BAR,   /* a tqdm-like bar on stderr */
-  FP_PROGRESS_LINES, /* "[forkpool(n=2)]: Done 40 of 100 tasks | ..." lines */
-  FP_PROGRESS_CALLBACK /* only call progress_cb */
+  FP_PROGRESS_AUTO,    /* a bar when stderr is a TTY, else joblib-style lines */
+  FP_PROGRESS_BAR,     /* a tqdm-like bar on stderr */
+  FP_PROGRESS_LINES,   /* "[forkpool(n=2)]: Done 40 of 100 tasks | ..." lines */
+  FP_PROGRESS_CALLBACK /* only call progress_cb (which must be set:
+                          fp_pool_new and calls asking for it without
+                          one return FP_EINVAL) */
 } fp_progress_mode;
 
 /* Where a pool's workers run (fp_pool_opts.transport):
@@ -790,21 +799,23 @@ typedef struct fp_call_opts {
 FP_EXTERN int fp_pool_new(fp_pool **out, const fp_pool_opts *opts);
 
 /* Stops accepting work (state CLOSE): queued work still runs, then workers
- * exit. Returns 0 (FP_EINVAL for NULL); calling it again, or after
- * terminate, is harmless. */
+ * exit. Returns 0 (FP_EINVAL for NULL, or in a forked copy of the
+ * master); calling it again, or after terminate, is harmless. */
 FP_EXTERN int fp_pool_close(fp_pool *pool);
 
 /* Kills the workers now (SIGTERM, then SIGKILL after kill_grace) and fails
  * every unfinished result with FP_ECANCELED (state TERMINATE). Returns once
  * every worker is dead, even if tasks ignore SIGTERM or run forever.
- * Harmless when repeated. Returns 0, or FP_EINVAL for NULL or from a
- * callback (the pool thread cannot wait for itself). */
+ * Harmless when repeated. Returns 0, or FP_EINVAL for NULL, from a
+ * callback (the pool thread cannot wait for itself) or in a forked copy of
+ * the master. */
 FP_EXTERN int fp_pool_terminate(fp_pool *pool);
 
 /* Waits until the workers, the fork server and the pool thread are gone.
  * Only after fp_pool_close() or fp_pool_terminate(): in state RUN it
- * returns FP_EINVAL (CPython raises ValueError), as for NULL or from a
- * callback. Returns 0. After close,
+ * returns FP_EINVAL (CPython raises ValueError), as for NULL, from a
+ * callback or in a forked copy of the master. Returns 0 (and clears
+ * fp_last_error()). After close,
  * queued work finishes first, and so does every producer-fed imap: join
  * reads what is left of its input, calling the producer on this thread
  * without the read-ahead bound (as CPython's task handler exhausts imap's
@@ -959,7 +970,8 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
  * FP_EAGAIN when none arrived within `timeout` seconds (call again), or
  * that item's failure code (FP_ETIMEDOUT only for an item that hit its
  * time limit; fp_iter_error() has its message, and the iteration goes on
- * with the next call, as Python's imap re-raises and continues). A
+ * with the next call, as Python's imap re-raises and continues; an item's
+ * failure also sets fp_last_error(), a successful item clears it). A
  * producer's error ends the iteration with that code. FP_EINVAL for NULL
  * or a NaN timeout; inside a callback (the pool thread, which delivers
  * the items), or in a forked copy of the master, a call that would wait
@@ -983,7 +995,9 @@ FP_EXTERN void fp_iter_free(fp_iter *it);
  * success, its error code on failure, FP_ETIMEDOUT if not ready yet (a
  * later call may succeed). FP_EINVAL for NULL or a NaN timeout, and for a
  * wait that could never end: another result's, inside a callback; one in
- * a forked copy of the master. */
+ * a forked copy of the master. Once the result is ready, its outcome is
+ * the call's: fp_last_error() gets the job's message when it failed and
+ * is cleared when it succeeded. */
 FP_EXTERN int fp_result_get(fp_result *res, double timeout);
 
 /* Waits up to `timeout`; returns 0 when ready, FP_ETIMEDOUT otherwise,
@@ -1015,7 +1029,8 @@ FP_EXTERN int64_t fp_result_error_index(fp_result *res);
  * but has not started; over MPI those still run, their results dropped:
  * docs/faults.md); a running task has its worker killed and replaced.
  * The result becomes ready with FP_ECANCELED (its error_callback runs).
- * Returns 0, or FP_EINVAL if already ready. */
+ * Returns 0, or FP_EINVAL for NULL, if already ready, or in a forked copy
+ * of the master (the job is the parent's). */
 FP_EXTERN int fp_result_cancel(fp_result *res);
 
 /* Releases the caller's result. An unfinished job keeps running (its
@@ -1075,7 +1090,14 @@ FP_EXTERN int fp_task_fail(const char *fmt, ...) FP_PRINTF(1, 2);
  * another type FP_ETYPE. Values stored in dicts and lists are single codec
  * values (exactly one well-formed encoded value, else FP_EPROTO); reads copy
  * the encoded value out into a caller's fp_writer (appended with
- * fp_write_raw semantics). */
+ * fp_write_raw semantics).
+ *
+ * A refused call (a bad handle or argument, a full arena: FP_EINVAL,
+ * FP_ETYPE, FP_EMSGSIZE, FP_EPROTO, FP_EPERM, FP_ENOMEM, ...) sets the
+ * thread's fp_last_error() to what was wrong ("the handle is a counter,
+ * not a dict", "the manager's arena is full: ..."). Ordinary outcomes
+ * (FP_ENOENT, FP_ERANGE, FP_EEXIST, FP_ETIMEDOUT, FP_EOWNERDEAD) and
+ * successes leave it alone: they cost no message on the fast paths. */
 
 typedef struct fp_manager fp_manager;
 typedef struct fp_dict fp_dict;

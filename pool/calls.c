@@ -35,12 +35,29 @@
 
 /* ---- building jobs ------------------------------------------------------ */
 
+/* What is wrong with a call's options, or NULL. */
+static const char *bad_call_option(const fp_pool *pool, const fp_call_opts *o) {
+  if (o == NULL)
+    return NULL;
+  if (o->on_crash < 0 || o->on_crash > FP_CRASH_ABORT)
+    return "opts->on_crash is not an fp_crash_policy";
+  if (o->retries < 0)
+    return "opts->retries is negative";
+  if (o->progress < 0 || o->progress > FP_PROGRESS_CALLBACK)
+    return "opts->progress is not an fp_progress_mode";
+  if (o->progress == FP_PROGRESS_CALLBACK && pool->opts.progress_cb == NULL)
+    return "opts->progress is FP_PROGRESS_CALLBACK but the pool has no "
+           "progress_cb";
+  if (!fp__timeout_ok(o->timeout))
+    return "opts->timeout is not a number (NaN)";
+  return NULL;
+}
+
 /* Resolves the call's options against the pool's into job. */
 static int job_options(fp_pool *pool, fp__job *job, const fp_call_opts *o) {
-  if (o && (o->on_crash < 0 || o->on_crash > FP_CRASH_ABORT ||
-            o->retries < 0 || o->progress < 0 ||
-            o->progress > FP_PROGRESS_CALLBACK || !fp__timeout_ok(o->timeout)))
-    return FP_EINVAL;
+  const char *bad = bad_call_option(pool, o);
+  if (bad != NULL)
+    return fp__refuse(bad);
   double t = o && o->timeout != 0 ? o->timeout : pool->opts.task_timeout;
   job->timeout = t > 0 ? t : 0;
   job->on_crash = o && o->on_crash ? o->on_crash : pool->opts.on_crash;
@@ -54,8 +71,14 @@ static int job_alloc(fp_pool *pool, const void *fn, const fp_call_opts *o,
   /* A forked copy of the master must not even take the pool's mutex: a
    * thread that held it at the fork does not exist here to release it. */
   if (fp__pool_foreign(pool))
-    return FP_EINVAL;
+    return fp__refuse("pool call in a forked copy of the master: the pool "
+                      "belongs to its parent");
   int rc = fp__job_new(fn, out);
+  if (rc == FP_ENOMEM)
+    fp__set_last_error(rc, "out of memory for the call's job");
+  else if (rc != 0)
+    fp__set_last_error(rc, "fn is not code: no loaded module or executable "
+                           "mapping holds that address");
   if (rc == 0 && (rc = job_options(pool, *out, o)) != 0)
     fp__job_free(*out);
   return rc;
@@ -106,18 +129,43 @@ static void track_items(fp__job *job, const fp_call_opts *o) {
     memset(job->item_status, 0, sizeof(int) * (size_t)job->n_items);
 }
 
+/* What is wrong with a fixed-size map's arguments, or NULL. */
+static const char *bad_fixed_args(const fp_pool *pool, fp_elem_fn fn,
+                                  const void *in, size_t n, size_t in_size,
+                                  const void *out, size_t out_size) {
+  if (pool == NULL)
+    return "NULL pool";
+  if (fn == NULL)
+    return "NULL fn";
+  if (n > 0 && in == NULL && in_size > 0)
+    return "NULL in with n > 0 and in_size > 0";
+  if (n > 0 && out == NULL && out_size > 0)
+    return "NULL out with n > 0 and out_size > 0";
+  if (in_size > UINT32_MAX || out_size > UINT32_MAX)
+    return "in_size or out_size above UINT32_MAX";
+  if (n > (size_t)INT64_MAX)
+    return "n above INT64_MAX";
+  return NULL;
+}
+
 /* Creates a result job over fixed-size elements. */
 static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
                       size_t in_size, void *out, size_t out_size,
                       const fp_call_opts *o, fp__job **jobp) {
-  if (pool == NULL || fn == NULL || (n > 0 && in == NULL && in_size > 0) ||
-      (n > 0 && out == NULL && out_size > 0) || in_size > UINT32_MAX ||
-      out_size > UINT32_MAX || n > (size_t)INT64_MAX)
-    return FP_EINVAL;
+  const char *bad = bad_fixed_args(pool, fn, in, n, in_size, out, out_size);
+  if (bad != NULL)
+    return fp__refuse(bad);
   size_t room = pool->max_frame - FP__FRAME_OVERHEAD;
   size_t big = in_size > out_size ? in_size : out_size;
-  if (big > room)
+  if (big > room) {
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "an element of %zu bytes does not fit in a frame (max_frame "
+             "%zu leaves %zu bytes for items)",
+             big, pool->max_frame, room);
+    fp__set_last_error(FP_EMSGSIZE, msg);
     return FP_EMSGSIZE;
+  }
   fp__job *job;
   int rc = job_alloc(pool, (const void *)fn, o, &job);
   if (rc != 0)
@@ -315,17 +363,29 @@ static int make_values(fp_pool *pool, int kind, fp_task_fn fn,
                        const fp_call_opts *o, fp__job **jobp,
                        fp__chunk ***heap) {
   *heap = NULL;
-  if (pool == NULL || fn == NULL ||
-      (items != NULL && (items->err != 0 || items->depth != 0)))
-    return FP_EINVAL; /* a writer in error or with an open list */
+  if (pool == NULL || fn == NULL)
+    return fp__refuse(pool == NULL ? "NULL pool" : "NULL fn");
+  if (items != NULL && (items->err != 0 || items->depth != 0))
+    return fp__refuse(items->err != 0
+                          ? "the items' writer is in an error state"
+                          : "the items' writer has an unclosed list");
   const unsigned char *buf = items ? items->data : NULL;
   size_t len = items ? items->len : 0, dummy;
-  if (kind == FP__JOB_APPLY && len > pool->max_frame - FP__FRAME_OVERHEAD)
-    return FP_EMSGSIZE;
   int rc;
+  if (kind == FP__JOB_APPLY && len > pool->max_frame - FP__FRAME_OVERHEAD) {
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the arguments (%zu bytes) do not fit in a frame (max_frame "
+             "%zu leaves %zu bytes)",
+             len, pool->max_frame, pool->max_frame - FP__FRAME_OVERHEAD);
+    fp__set_last_error(FP_EMSGSIZE, msg);
+    return FP_EMSGSIZE;
+  }
   if (kind == FP__JOB_APPLY && len > 0 &&
-      (rc = fp_values_count(buf, len, &dummy)) != 0)
+      (rc = fp_values_count(buf, len, &dummy)) != 0) {
+    fp__set_last_error(rc, "the arguments are not well-formed codec values");
     return rc;
+  }
   fp__job *job;
   if ((rc = job_alloc(pool, (const void *)fn, o, &job)) != 0)
     return rc;
@@ -366,9 +426,12 @@ static int submit_locked(fp_pool *pool, fp__job *job, fp__chunk **heap) {
   return 0;
 }
 
-/* Sets the last error to rc's own message; returns rc. */
-static int fail_call(int rc) {
-  fp__set_last_error(rc, NULL);
+/* Ends a refused call: the last error gets rc's own text, unless what
+ * refused it set a message of its own since sets0 (fp__err_sets).
+ * Returns rc. */
+static int fail_call(int rc, unsigned sets0) {
+  if (fp__err_sets(FP__ERR_POOL) == sets0)
+    fp__set_last_error(rc, NULL);
   return rc;
 }
 
@@ -378,7 +441,8 @@ static int start_result_job(fp_pool *pool, fp__job *job, const fp_call_opts *o,
   fp_result *r = fp__result_new(pool, o);
   if (r == NULL) {
     fp__job_free(job);
-    return fail_call(FP_ENOMEM);
+    fp__set_last_error(FP_ENOMEM, "out of memory for the call's result");
+    return FP_ENOMEM;
   }
   job->res = r;
   r->job = job;
@@ -462,9 +526,10 @@ static int values_async(fp_pool *pool, int kind, fp_task_fn fn,
   if (res == NULL)
     return fp__refuse("NULL result pointer");
   *res = NULL;
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = make_values(pool, kind, fn, items, 0, opts, &job, &heap);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   return start_result_job(pool, job, opts, res);
 }
 
@@ -480,9 +545,10 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
     return FP_EINVAL; /* its message is set */
   /* Items are borrowed for the call, unless they are out's own bytes:
    * the results streaming into out would move them. */
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = make_values(pool, kind, fn, items, items != out, opts, &job, &heap);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   stream_into(job, out,
               kind == FP__JOB_APPLY || items == NULL ? 0 : items->len);
   if ((rc = start_result_job(pool, job, NULL, &res)) != 0)
@@ -507,9 +573,10 @@ int fp_pool_map_async(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
   if (res == NULL)
     return fp__refuse("NULL result pointer");
   *res = NULL;
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   return start_result_job(pool, job, opts, res);
 }
 
@@ -561,9 +628,10 @@ int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
     return fp__refuse("NULL pool");
   if (!blocking_allowed(pool))
     return FP_EINVAL; /* its message is set */
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = make_fixed(pool, fn, in, n, in_size, out, out_size, opts, &job);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   if ((rc = start_result_job(pool, job, NULL, &res)) != 0)
     return rc; /* its message is set */
   prefault_output(res, out, n * out_size);
@@ -597,7 +665,11 @@ int fp_pool_starmap_async(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
 static int start_iter(fp_pool *pool, fp__job *job, fp__chunk **heap,
                       int ordered, fp_iter **out) {
   fp_iter *it = fp__iter_new(pool, ordered);
-  int rc = it ? 0 : fail_call(FP_ENOMEM);
+  int rc = 0;
+  if (it == NULL) {
+    fp__set_last_error(FP_ENOMEM, "out of memory for the iterator");
+    rc = FP_ENOMEM;
+  }
   if (it != NULL) {
     job->it = it;
     it->job = job;
@@ -625,10 +697,11 @@ static int imap_common(fp_pool *pool, fp_task_fn fn, const fp_writer *items,
   if (it == NULL)
     return fp__refuse("NULL iterator pointer");
   *it = NULL;
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = make_values(pool, ordered ? FP__JOB_IMAP : FP__JOB_IMAP_UNORDERED,
                        fn, items, 0, opts, &job, &heap);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   return start_iter(pool, job, heap, ordered, it); /* sets its message */
 }
 
@@ -651,11 +724,14 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
     return fp__refuse("NULL iterator pointer");
   *out = NULL;
   if (pool == NULL || fn == NULL || producer == NULL)
-    return fail_call(FP_EINVAL);
+    return fp__refuse(pool == NULL ? "NULL pool"
+                      : fn == NULL ? "NULL fn"
+                                   : "NULL producer");
   fp__job *job;
+  unsigned sets0 = fp__err_sets(FP__ERR_POOL);
   int rc = job_alloc(pool, (const void *)fn, opts, &job);
   if (rc != 0)
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   job->borrowed = 1;
   job->kind = ordered ? FP__JOB_IMAP : FP__JOB_IMAP_UNORDERED;
   job->wire = FP__WIRE_VALUES;
@@ -664,7 +740,7 @@ static int imap_producer_common(fp_pool *pool, fp_task_fn fn,
     job->chunksize = MAX_CHUNK_ITEMS;
   if ((rc = progress_for(pool, job, opts, -1)) != 0) {
     fp__job_free(job);
-    return fail_call(rc);
+    return fail_call(rc, sets0);
   }
   if ((rc = start_iter(pool, job, NULL, ordered, out)) != 0)
     return rc; /* its message is set */

@@ -340,10 +340,24 @@ static int on_delivering_thread(fp_iter *it) {
          (it->pool != NULL && fp__on_pool_thread(it->pool));
 }
 
+/* Ends fp_iter_next with an item or the end (it->mu held, and released
+ * here): an item's outcome sets the thread's last error as a blocking
+ * call's does, its message on failure, cleared on success. */
+static int delivered(fp_iter *it, int rc) {
+  if (rc != 0 && rc != FP_EOF)
+    fp__set_last_error(rc, it->msg);
+  else if (rc == 0)
+    fp__clear_last_error();
+  pthread_mutex_unlock(&it->mu);
+  return rc;
+}
+
 int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   int spun = 0;
-  if (it == NULL || item == NULL || !fp__timeout_ok(timeout))
-    return FP_EINVAL;
+  if (it == NULL || item == NULL)
+    return fp__refuse(it == NULL ? "NULL iterator" : "NULL item reader");
+  if (!fp__timeout_ok(timeout))
+    return fp__refuse("the timeout is not a number (NaN)");
   /* A producer error cancels the job; the iteration then hands out what
    * had completed and reports the error once, at its end. */
   if (it->producer && !it->producer_done)
@@ -353,16 +367,14 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   for (;;) {
     if (it->cur != NULL && it->cur_pos < it->cur->count) {
       int rc = take_item(it, item);
-      pthread_mutex_unlock(&it->mu);
-      return rc;
+      return delivered(it, rc);
     }
     if (advance_chunk(it))
       continue;
     if (it->finished) {
       int rc = finish_code(it);
-      pthread_mutex_unlock(&it->mu);
       fp_reader_init(item, NULL, 0);
-      return rc;
+      return delivered(it, rc);
     }
     if (it->producer && !it->producer_done &&
         it->produced - it->consumed < (int64_t)it->readahead) {

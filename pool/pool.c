@@ -214,6 +214,9 @@ static const char *bad_option(const fp_pool_opts *o) {
     return "invalid pool option on_crash";
   if (o->progress < FP_PROGRESS_DEFAULT || o->progress > FP_PROGRESS_CALLBACK)
     return "invalid pool option progress";
+  if (o->progress == FP_PROGRESS_CALLBACK && o->progress_cb == NULL)
+    return "invalid pool options: progress is FP_PROGRESS_CALLBACK but "
+           "progress_cb is NULL";
   if ((o->max_frame != 0 && o->max_frame < 4096) || o->max_frame > UINT32_MAX)
     return "invalid pool option max_frame (0, or 4096 to UINT32_MAX)";
   if (o->pin_ncpus > SIZE_MAX / sizeof(int))
@@ -529,7 +532,18 @@ int fp_pool_new(fp_pool **out, const fp_pool_opts *opts) {
 /* ---- public lifecycle ------------------------------------------------------- */
 
 int fp_pool_size(const fp_pool *pool) {
-  return pool ? pool->nworkers : FP_EINVAL;
+  return pool ? pool->nworkers : fp__refuse("NULL pool");
+}
+
+/* close, terminate and join in a forked copy of the master: the pool is
+ * the parent's, and the copy must neither stop nor wait for its workers. */
+static int refuse_in_copy(const char *call) {
+  char msg[128];
+  snprintf(msg, sizeof(msg),
+           "%s in a forked copy of the master: the pool belongs to its "
+           "parent, whose workers are left alone",
+           call);
+  return fp__refuse(msg);
 }
 
 int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info) {
@@ -557,7 +571,7 @@ int fp_pool_close(fp_pool *pool) {
   if (pool == NULL)
     return fp__refuse("NULL pool");
   if (fp__pool_foreign(pool))
-    return 0; /* a forked copy: the pool is the parent's */
+    return refuse_in_copy("fp_pool_close");
   fp__pool_lock(pool);
   if (pool->state == FP__RUN)
     pool->state = FP__CLOSE;
@@ -572,7 +586,7 @@ int fp_pool_terminate(fp_pool *pool) {
                                : "fp_pool_terminate from a callback (pool "
                                  "thread)");
   if (fp__pool_foreign(pool))
-    return 0;
+    return refuse_in_copy("fp_pool_terminate");
   fp__pool_lock(pool);
   pool->state = FP__TERMINATE;
   fp__pool_wake(pool);
@@ -609,12 +623,14 @@ static void finish_producer_inputs_locked(fp_pool *pool) {
   }
 }
 
-int fp_pool_join(fp_pool *pool) {
+/* fp_pool_join without touching the thread's last error, which
+ * fp_pool_free (void) must leave as the caller's last call set it. */
+static int join_pool(fp_pool *pool) {
   if (pool == NULL || fp__on_pool_thread(pool))
     return fp__refuse(pool == NULL ? "NULL pool"
                                : "fp_pool_join from a callback (pool thread)");
   if (fp__pool_foreign(pool))
-    return 0;
+    return refuse_in_copy("fp_pool_join");
   fp__pool_lock(pool);
   if (pool->state == FP__RUN) {
     fp__pool_unlock(pool);
@@ -651,6 +667,13 @@ int fp_pool_join(fp_pool *pool) {
   return 0;
 }
 
+int fp_pool_join(fp_pool *pool) {
+  int rc = join_pool(pool);
+  if (rc == 0)
+    fp__clear_last_error(); /* a successful blocking call */
+  return rc;
+}
+
 void fp_pool_free(fp_pool *pool) {
   if (pool == NULL)
     return;
@@ -670,7 +693,7 @@ void fp_pool_free(fp_pool *pool) {
   if (pool->thread_started && !pool->joined) {
     /* As leaving Python's with-block: terminate, even after close. */
     fp_pool_terminate(pool);
-    fp_pool_join(pool);
+    join_pool(pool);
   }
   pool_release(pool);
 }

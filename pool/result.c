@@ -183,8 +183,10 @@ static int wait_in_copy(fp_result *res, double timeout, int *rc) {
 
 int fp_result_wait(fp_result *res, double timeout) {
   int rc = 0;
-  if (res == NULL || !fp__timeout_ok(timeout))
-    return FP_EINVAL;
+  if (res == NULL)
+    return fp__refuse("NULL result");
+  if (!fp__timeout_ok(timeout))
+    return fp__refuse("the timeout is not a number (NaN)");
   if (wait_in_copy(res, timeout, &rc))
     return rc;
   int in_cb = fp__result_in_callback() != NULL;
@@ -197,7 +199,9 @@ int fp_result_wait(fp_result *res, double timeout) {
     /* Waiting for another result inside a callback would block the very
      * thread that has to deliver it. */
     pthread_mutex_unlock(&res->mu);
-    return FP_EINVAL;
+    return fp__refuse("waiting for another result from a callback (the "
+                      "pool thread, which delivers it): it would wait for "
+                      "itself");
   }
   int64_t end = timeout > 0 ? fp__deadline_ns(timeout) : FP__NS_FOREVER;
   while (!usable(res) && rc == 0) {
@@ -212,16 +216,23 @@ int fp_result_wait(fp_result *res, double timeout) {
   return rc;
 }
 
+/* The outcome of a ready result is the call's outcome, so it sets the
+ * thread's last error as a blocking call does: the job's message on
+ * failure, cleared on success. */
 int fp_result_get(fp_result *res, double timeout) {
   int rc = fp_result_wait(res, timeout);
   if (rc != 0)
     return rc;
+  if (res->code != 0)
+    fp__set_last_error(res->code, res->msg);
+  else
+    fp__clear_last_error();
   return res->code;
 }
 
 int fp_result_ready(fp_result *res) {
   if (res == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL result");
   int locked = res_lock(res);
   int r = usable(res);
   res_unlock(res, locked);
@@ -230,21 +241,27 @@ int fp_result_ready(fp_result *res) {
 
 int fp_result_successful(fp_result *res) {
   if (res == NULL)
-    return FP_EINVAL;
+    return fp__refuse("NULL result");
   int locked = res_lock(res);
   int r = usable(res) ? res->code == 0 : FP_EINVAL;
   res_unlock(res, locked);
+  if (r == FP_EINVAL)
+    fp__refuse("fp_result_successful: the result is not ready");
   return r;
 }
 
 int fp_result_value(fp_result *res, fp_reader *rd) {
   if (res == NULL || rd == NULL)
-    return FP_EINVAL;
+    return fp__refuse(res == NULL ? "NULL result" : "NULL reader");
   int locked = res_lock(res);
-  int rc = usable(res) ? res->code : FP_EINVAL;
+  int ready = usable(res), rc = ready ? res->code : FP_EINVAL;
   res_unlock(res, locked);
-  if (rc != 0)
+  if (!ready)
+    return fp__refuse("fp_result_value: the result is not ready");
+  if (rc != 0) {
+    fp__set_last_error(rc, res->msg);
     return rc;
+  }
   fp_reader_init(rd, res->value, res->value_len);
   return 0;
 }
@@ -271,20 +288,25 @@ int64_t fp_result_error_index(fp_result *res) {
 
 /* Fails res's job if it still runs. kill_running: as fp_result_cancel
  * (its running task's worker is killed); otherwise only the queued chunks
- * are dropped. Returns 0, or FP_EINVAL when the job already finished. */
-static int stop_job(fp_result *res, int code, const char *msg,
-                    int kill_running) {
+ * are dropped. Returns 0, or FP_EINVAL when the job already finished or
+ * belongs to the parent of this forked copy (*why says which; the caller
+ * decides whether that is the user's error). */
+static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
+                    const char **why) {
   /* Pinned under res->mu, as pin_pool() does: another thread may be
    * freeing the pool right now, and join waits for the pin to go. */
   pthread_mutex_lock(&res->mu);
   fp_pool *pool = res->pool; /* NULL once the job finished */
-  if (pool != NULL && fp__pool_foreign(pool))
-    pool = NULL;
-  if (pool != NULL)
+  int foreign = pool != NULL && fp__pool_foreign(pool);
+  if (pool != NULL && !foreign)
     atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&res->mu);
-  if (pool == NULL)
+  if (foreign || pool == NULL) {
+    *why = foreign ? "cancel in a forked copy of the master: the job "
+                     "belongs to the parent's pool"
+                   : "cancel of a result that is already ready";
     return FP_EINVAL;
+  }
   fp__pool_lock(pool);
   int rc = FP_EINVAL;
   if (res->job != NULL) { /* res->job is guarded by pool->mu */
@@ -295,13 +317,16 @@ static int stop_job(fp_result *res, int code, const char *msg,
     fp__pool_wake(pool); /* its callbacks run on the pool thread */
   fp__pool_unlock(pool);
   atomic_fetch_sub(&pool->spinners, 1);
+  *why = "cancel of a result that is already ready";
   return rc;
 }
 
 int fp_result_cancel(fp_result *res) {
   if (res == NULL)
-    return FP_EINVAL;
-  return stop_job(res, FP_ECANCELED, "canceled by fp_result_cancel", 1);
+    return fp__refuse("NULL result");
+  const char *why;
+  int rc = stop_job(res, FP_ECANCELED, "canceled by fp_result_cancel", 1, &why);
+  return rc != 0 ? fp__refuse(why) : 0;
 }
 
 void fp_result_free(fp_result *res) {
@@ -316,8 +341,9 @@ void fp_result_free(fp_result *res) {
    * is freed, none may be touched again, so the job's unsent chunks are
    * dropped and it fails with FP_ECANCELED. Chunks already sent run on;
    * their outputs are dropped. */
+  const char *why;
   if (borrows)
-    stop_job(res, FP_ECANCELED, "the result was freed before it was ready",
-             0);
+    stop_job(res, FP_ECANCELED, "the result was freed before it was ready", 0,
+             &why);
   fp__result_unref(res, locked);
 }

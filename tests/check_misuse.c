@@ -5,10 +5,13 @@
  * pool joined before its producer-fed iterator was read. Each case once
  * crashed, hung or broke what the header promises.
  */
+#include "child.h"
 #include "forkpool.h"
+#include "ipc/wire/error.h"
 #include "testutil.h"
 
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -31,6 +34,15 @@ static int fail_task(fp_reader *args, fp_writer *out) {
   (void)args;
   (void)out;
   return fp_task_fail("an old task failure");
+}
+
+/* Runs until its worker is killed. */
+static int block_task(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  for (;;)
+    pause();
+  return 0; /* never reached */
 }
 
 static fp_pool *new_pool(int n) {
@@ -191,6 +203,20 @@ START_TEST(refused_calls_replace_the_last_error) {
   REFUSED(fp_pool_close(NULL));
   REFUSED(fp_pool_terminate(NULL));
   REFUSED(fp_pool_new(NULL, NULL));
+  fp_reader rd;
+  REFUSED(fp_pool_size(NULL));
+  REFUSED(fp_result_get(NULL, 0));
+  REFUSED(fp_result_wait(NULL, FP_FOREVER));
+  REFUSED(fp_result_ready(NULL));
+  REFUSED(fp_result_successful(NULL));
+  REFUSED(fp_result_value(NULL, &rd));
+  REFUSED(fp_result_cancel(NULL));
+  REFUSED(fp_iter_next(NULL, &rd, 0));
+  ck_assert_int_eq(fp_pool_apply_async(p, square, &a, NULL, &r), 0);
+  REFUSED(fp_result_get(r, NAN));
+  ck_assert_int_eq(fp_result_get(r, 30), 0);
+  REFUSED(fp_result_cancel(r)); /* already ready */
+  fp_result_free(r);
 #undef REFUSED
   /* Refused submissions of every form say why: the pool is closed. */
   ck_assert_int_eq(fp_pool_close(p), 0);
@@ -212,6 +238,132 @@ START_TEST(refused_calls_replace_the_last_error) {
   fp_pool_free(p);
   fp_writer_free(&a);
   fp_writer_free(&out);
+}
+END_TEST
+
+/* The message of a refused call names what was wrong, not just "invalid
+ * argument". */
+START_TEST(refusals_name_the_bad_argument) {
+  fp_pool *p = new_pool(1);
+  int64_t in[2] = {1, 2}, out[2];
+  fp_call_opts co = {0};
+  fp_assert_says(fp_pool_map(p, NULL, in, 2, 8, out, 8, NULL), FP_EINVAL, "fn");
+  fp_assert_says(fp_pool_map(p, e_ident, NULL, 2, 8, out, 8, NULL), FP_EINVAL,
+                 "in");
+  fp_assert_says(fp_pool_map(p, e_ident, in, 2, (size_t)1 << 33, out, 8, NULL),
+                 FP_EINVAL, "in_size");
+  co.timeout = NAN;
+  fp_assert_says(fp_pool_map(p, e_ident, in, 2, 8, out, 8, &co), FP_EINVAL,
+                 "timeout");
+  co.timeout = 0;
+  co.retries = -1;
+  fp_assert_says(fp_pool_map(p, e_ident, in, 2, 8, out, 8, &co), FP_EINVAL,
+                 "retries");
+  co.retries = 0;
+  co.progress = FP_PROGRESS_CALLBACK; /* the pool has no progress_cb */
+  fp_assert_says(fp_pool_map(p, e_ident, in, 2, 8, out, 8, &co), FP_EINVAL,
+                 "progress_cb");
+  fp_pool_opts o = {0};
+  fp_pool *q = NULL;
+  o.processes = 1;
+  o.max_frame = 4096;
+  ck_assert_int_eq(fp_pool_new(&q, &o), 0);
+  fp_writer big;
+  fp_writer_init(&big);
+  static char blob[8192];
+  ck_assert_int_eq(fp_write_bytes(&big, blob, sizeof(blob)), 0);
+  fp_assert_says(fp_pool_apply(q, square, &big, NULL), FP_EMSGSIZE, "frame");
+  fp_assert_says(fp_pool_map(q, e_ident, blob, 1, 5000, blob, 8, NULL),
+                 FP_EMSGSIZE, "frame");
+  fp_writer_free(&big);
+  fp_pool_free(q);
+  q = NULL;
+  o.max_frame = 0;
+  o.progress = FP_PROGRESS_CALLBACK;
+  fp_assert_says(fp_pool_new(&q, &o), FP_EINVAL, "progress_cb");
+  ck_assert_ptr_null(q);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A result's and an iterator item's outcome set the last error as a
+ * blocking call's does; a successful join clears it, fp_pool_free leaves
+ * it as the caller's last call set it. */
+START_TEST(waits_set_and_join_clears_the_last_error) {
+  fp_pool *p = new_pool(1);
+  fp_writer a;
+  fp_reader rd;
+  fp_result *r;
+  fp_iter *it;
+  fp_writer_init(&a);
+  ck_assert_int_eq(fp_write_int(&a, 3), 0);
+  ck_assert_int_eq(fp_pool_apply_async(p, fail_task, &a, NULL, &r), 0);
+  fp__clear_last_error(); /* the message must come from the get */
+  ck_assert_int_eq(fp_result_get(r, 30), FP_ETASK);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "an old task failure"));
+  fp_result_free(r);
+  ck_assert_int_eq(fp_pool_apply_async(p, square, &a, NULL, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 30), 0);
+  ck_assert_str_eq(fp_last_error(), "");
+  fp_result_free(r);
+  ck_assert_int_eq(fp_pool_imap(p, fail_task, &a, NULL, &it), 0);
+  ck_assert_int_eq(fp_iter_next(it, &rd, 30), FP_ETASK);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "an old task failure"));
+  ck_assert_int_eq(fp_iter_next(it, &rd, 30), FP_EOF);
+  fp_iter_free(it);
+  ck_assert_int_eq(fp_pool_imap(p, square, &a, NULL, &it), 0);
+  ck_assert_int_eq(fp_iter_next(it, &rd, 30), 0);
+  ck_assert_str_eq(fp_last_error(), "");
+  fp_iter_free(it);
+  ck_assert_int_eq(fp_pool_join(p), FP_EINVAL); /* still running */
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  ck_assert_str_eq(fp_last_error(), "");
+  fp_pool_free(p);
+  p = new_pool(1);
+  ck_assert_int_eq(fp_pool_apply(p, fail_task, &a, NULL), FP_ETASK);
+  fp_pool_free(p); /* terminates and joins inside */
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "an old task failure"));
+  fp_writer_free(&a);
+}
+END_TEST
+
+/* A forked copy of the master cannot close, terminate, join or cancel on
+ * the parent's pool: each is refused and says why, and the parent's
+ * worker is left alone. */
+START_TEST(forked_copy_cannot_stop_the_parents_pool) {
+  fp_pool *p = new_pool(1);
+  fp_worker_info wi;
+  fp_result *r;
+  fp_writer a;
+  fp_writer_init(&a);
+  ck_assert_int_eq(fp_pool_worker_info(p, 0, &wi), 0);
+  ck_assert_int_eq(fp_pool_apply_async(p, block_task, &a, NULL, &r), 0);
+  pid_t child = fork();
+  ck_assert_int_ne(child, -1);
+  if (child == 0) {
+    int bad = 0;
+    bad |= fp_pool_close(p) != FP_EINVAL;
+    bad |= strstr(fp_last_error(), "forked copy") == NULL;
+    bad |= (fp_pool_terminate(p) != FP_EINVAL) << 1;
+    bad |= (fp_pool_join(p) != FP_EINVAL) << 2;
+    bad |= (strstr(fp_last_error(), "fp_pool_join") == NULL) << 3;
+    bad |= (fp_result_cancel(r) != FP_EINVAL) << 4;
+    bad |= (strstr(fp_last_error(), "forked copy") == NULL) << 5;
+    bad |= (kill(wi.pid, 0) != 0) << 6;
+    _exit(bad);
+  }
+  int status;
+  ck_assert_int_eq(fp_test_wait_child(child, 60, &status), 0);
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "child: status %#x", status);
+  ck_assert_int_eq(fp_pool_worker_info(p, 0, &wi), 0);
+  ck_assert_int_ne(wi.pid, 0);
+  ck_assert_int_eq(fp_result_cancel(r), 0); /* the parent still can */
+  ck_assert_int_eq(fp_result_get(r, 60), FP_ECANCELED);
+  fp_result_free(r);
+  fp_writer_free(&a);
+  fp_pool_free(p);
 }
 END_TEST
 
@@ -646,6 +798,9 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, iter_next_in_a_callback_is_refused);
   tcase_add_test(tc, readahead_bounds_a_producer_with_big_chunks);
   tcase_add_test(tc, refused_calls_replace_the_last_error);
+  tcase_add_test(tc, refusals_name_the_bad_argument);
+  tcase_add_test(tc, waits_set_and_join_clears_the_last_error);
+  tcase_add_test(tc, forked_copy_cannot_stop_the_parents_pool);
   tcase_add_test(tc, map_values_with_items_as_out);
   tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
   tcase_add_test(tc, join_reads_the_rest_of_a_producer_input);

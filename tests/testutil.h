@@ -32,4 +32,14 @@ int fp_test_under_sanitizer(void);
  * work (never a way to wait for another thread or process). */
 void fp_test_spin_us(long us);
 
+/* Asserts that call returns code and leaves a message containing word in
+ * fp_last_error() (a refusal that says why). */
+#define fp_assert_says(call, code, word)                                       \
+  do {                                                                         \
+    ck_assert_int_eq((call), (code));                                          \
+    ck_assert_msg(strstr(fp_last_error(), (word)) != NULL,                     \
+                  "%s: message '%s' does not say '%s'", #call,                 \
+                  fp_last_error(), (word));                                    \
+  } while (0)
+
 #endif

@@ -580,8 +580,23 @@ FP__SHM_HIDDEN int fp__shm_reclaim_dead(fp_manager *m);
 
 /* Checks that o is a live object of the given type inside a valid arena.
  * Returns 0, FP_EINVAL (NULL, not an object, freed, being destroyed) or
- * FP_ETYPE (a live object of another type). */
+ * FP_ETYPE (a live object of another type); a refusal sets the message
+ * (fp__shm_refuse). */
 FP__SHM_HIDDEN int fp__shm_obj_check(const void *o, int type);
+
+/* A refused Manager call: sets the thread's fp_last_error() from a printf
+ * format and returns rc. Only refusals (misuse, a full arena) call it;
+ * ordinary outcomes (FP_ENOENT, FP_ERANGE, FP_EEXIST, ...) do not, so a
+ * call that succeeds or finds nothing never formats a message. */
+FP__SHM_HIDDEN int fp__shm_refuse(int rc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The checks of a creating call's manager and out pointer: 0, or
+ * FP_EINVAL with the message. */
+FP__SHM_HIDDEN int fp__shm_check_new(const fp_manager *m, const void *out);
+
+/* "dict", "list", "counter", "lock", "array" ("object" otherwise). */
+FP__SHM_HIDDEN const char *fp__shm_type_name(int type);
 
 /* Returns 1 while o is alive and no destroy has begun. Structures call it
  * again after taking a lock: a destroy marks the object dying before it
@@ -647,6 +662,10 @@ FP__SHM_HIDDEN uint64_t fp__shm_obj_ref(const fp__shm_obj *o);
 /* Validates a value to be stored: exactly one well-formed encoded value.
  * Returns 0, FP_EINVAL (NULL), FP_EMSGSIZE (over 4 GiB) or FP_EPROTO. */
 FP__SHM_HIDDEN int fp__shm_check_value(const void *v, size_t vlen);
+
+/* fp__shm_check_value for a caller's argument: a refusal also sets the
+ * message (the checker's own uses of check_value must not). */
+FP__SHM_HIDDEN int fp__shm_check_arg(const void *v, size_t vlen);
 
 /* Little-endian int64 helpers. A little-endian host copies the bytes as
  * they stand: the byte loop, which gcc does not fold into one load, costs

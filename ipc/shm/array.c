@@ -35,10 +35,11 @@ int fp_array_new(fp_manager *m, size_t size, fp_array **out) {
 
   if (out != NULL)
     *out = NULL;
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   if (size > FP__SHM_MAX_SIZE)
-    return FP_EMSGSIZE;
+    return fp__shm_refuse(
+        FP_EMSGSIZE, "an array of %zu bytes: more than any arena holds", size);
   /* fp__shm_obj_new zero-fills the whole chunk. */
   rc = fp__shm_obj_new(m, FP__SHM_ARRAY, ARRAY_HDR + (uint64_t)size,
                        init_array, &want, &o);
@@ -69,7 +70,7 @@ uint64_t fp_array_ref(const fp_array *a) {
 int fp_array_from_ref(fp_manager *m, uint64_t ref, fp_array **out) {
   int err;
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = fp__shm_obj_from_ref(m, ref, FP__SHM_ARRAY, &err);
   return err;
 }

@@ -299,9 +299,12 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
   if (rc != 0)
     return rc;
   if (key == NULL && klen != 0)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL key with klen %zu", klen);
   if (klen > FP_DICT_KEY_MAX)
-    return FP_EMSGSIZE;
+    return fp__shm_refuse(FP_EMSGSIZE,
+                          "a key of %zu bytes: longer than FP_DICT_KEY_MAX "
+                          "(%d)",
+                          klen, FP_DICT_KEY_MAX);
   if ((*hp = fp__shm_heap_get(mgr(d))) == NULL)
     return FP_ENOMEM;
   *h = hash_key(key, klen);
@@ -329,7 +332,7 @@ static int lock_stripe(fp_dict *d, fp__shm_heap *h, stripe *s) {
   fp__shm_lock(mgr(d), h, &s->mu, FP__SHM_POLL_SOON);
   if (!fp__shm_obj_alive(&d->hdr)) {
     fp__shm_unlock(&s->mu);
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "the dict was destroyed");
   }
   return 0;
 }
@@ -354,8 +357,8 @@ int fp_dict_new(fp_manager *m, fp_dict **out) {
 
   if (out != NULL)
     *out = NULL;
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   rc = fp__shm_obj_new(m, FP__SHM_DICT, sizeof(fp_dict), init_dict, NULL, &o);
   if (rc == 0)
     *out = o;
@@ -633,7 +636,7 @@ out:
  * FP_EINVAL whatever the value). */
 static int check_call(fp_dict *d, const void *value, size_t vlen) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
-  return rc != 0 ? rc : fp__shm_check_value(value, vlen);
+  return rc != 0 ? rc : fp__shm_check_arg(value, vlen);
 }
 
 int fp_dict_set(fp_dict *d, const void *key, size_t klen, const void *value,
@@ -701,14 +704,14 @@ static int set_encoded(fp_dict *d, const void *key, size_t klen, int is_str,
 
 int fp_dict_set_str(fp_dict *d, const void *key, size_t klen, const char *s) {
   if (s == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL string");
   return set_encoded(d, key, klen, 1, s, strlen(s));
 }
 
 int fp_dict_set_bytes(fp_dict *d, const void *key, size_t klen, const void *p,
                       size_t n) {
   if (p == NULL && n != 0)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL bytes with n %zu", n);
   return set_encoded(d, key, klen, 0, p, n);
 }
 
@@ -747,7 +750,7 @@ static int dict_read(fp_dict *d, const void *key, size_t klen, int mode,
     return rc;
   if ((mode == R_GET && out == NULL) ||
       ((mode == R_INT || mode == R_FLOAT) && scalar == NULL))
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL output pointer");
   if ((rc = prepare(d, key, klen, &s, &hash, &h)) != 0)
     return rc;
   FP__SHM_CRASH_POINT(); /* the tests' reader killed while pinned */
@@ -968,7 +971,7 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
   if (rc != 0)
     return rc;
   if (cb == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL callback");
   m = mgr(d);
   gen = d->hdr.gen;
   if ((h = fp__shm_heap_get(m)) == NULL)
@@ -1006,7 +1009,7 @@ uint64_t fp_dict_ref(const fp_dict *d) {
 int fp_dict_from_ref(fp_manager *m, uint64_t ref, fp_dict **out) {
   int err;
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = fp__shm_obj_from_ref(m, ref, FP__SHM_DICT, &err);
   return err;
 }

@@ -137,8 +137,29 @@ static int refill_cache(fp_manager *m, fp__shm_heap *h, int c) {
   return fp__shm_refill(m, h, c, want) != 0;
 }
 
+static int alloc_any(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                     uint64_t size);
+
 int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                   uint64_t size) {
+  int rc = alloc_any(m, h, slot, size);
+  if (rc == FP_ENOMEM)
+    fp__shm_refuse(rc,
+                   "the manager's arena is full: no room for %llu bytes "
+                   "(arena_size %llu, %llu in use)",
+                   (unsigned long long)size, (unsigned long long)m->size,
+                   (unsigned long long)m->used);
+  else if (rc == FP_EMSGSIZE)
+    fp__shm_refuse(rc,
+                   "%llu bytes: more than the manager's arena holds "
+                   "(arena_size %llu)",
+                   (unsigned long long)size, (unsigned long long)m->size);
+  return rc;
+}
+
+/* fp__shm_alloc, without the message. */
+static int alloc_any(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                     uint64_t size) {
   int c, rc;
   uint64_t n, base;
 

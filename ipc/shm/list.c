@@ -63,8 +63,8 @@ int fp_list_new(fp_manager *m, fp_list **out) {
 
   if (out != NULL)
     *out = NULL;
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   rc = fp__shm_obj_new(m, FP__SHM_LIST, sizeof(fp_list), NULL, NULL, &o);
   if (rc == 0)
     *out = o;
@@ -101,7 +101,7 @@ static int lock_list(fp_list *l, fp__shm_heap *h) {
   fp__shm_lock(mgr(l), h, &l->mu, FP__SHM_POLL_LATE);
   if (!fp__shm_obj_alive(&l->hdr)) {
     fp__shm_unlock(&l->mu);
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "the list was destroyed");
   }
   return 0;
 }
@@ -181,7 +181,7 @@ int fp_list_append(fp_list *l, const void *val, size_t vlen) {
   int rc;
 
   if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0 ||
-      (rc = fp__shm_check_value(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
+      (rc = fp__shm_check_arg(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
     return rc;
   m = mgr(l);
   fp__shm_jbegin(h);
@@ -226,9 +226,10 @@ int fp_list_extend(fp_list *l, const void *data, size_t len) {
   if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
     return rc;
   if (data == NULL && len != 0)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL data with len %zu", len);
   if (len != 0 && fp_values_count(data, len, NULL) != 0)
-    return FP_EPROTO;
+    return fp__shm_refuse(FP_EPROTO, "the data are not well-formed encoded "
+                                     "values");
   if ((rc = enter(l, &h)) != 0)
     return rc;
   if ((rc = lock_list(l, h)) == 0) {
@@ -245,7 +246,7 @@ int fp_list_get(fp_list *l, int64_t index, fp_writer *out) {
   int rc;
 
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   if ((rc = enter(l, &h)) != 0)
     return rc;
   if ((rc = lock_list(l, h)) == 0) {
@@ -266,7 +267,7 @@ int fp_list_set(fp_list *l, int64_t index, const void *val, size_t vlen) {
   int rc;
 
   if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0 ||
-      (rc = fp__shm_check_value(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
+      (rc = fp__shm_check_arg(val, vlen)) != 0 || (rc = enter(l, &h)) != 0)
     return rc;
   m = mgr(l);
   fp__shm_jbegin(h);
@@ -393,7 +394,7 @@ int fp_list_snapshot(fp_list *l, fp_writer *out) {
   int rc;
 
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   if ((rc = enter(l, &h)) != 0)
     return rc;
   m = mgr(l); /* l is a checked handle now */
@@ -420,7 +421,7 @@ uint64_t fp_list_ref(const fp_list *l) {
 int fp_list_from_ref(fp_manager *m, uint64_t ref, fp_list **out) {
   int err;
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = fp__shm_obj_from_ref(m, ref, FP__SHM_LIST, &err);
   return err;
 }

@@ -38,21 +38,30 @@ int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
   void *p;
 
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = NULL;
   if (opts != NULL && opts->arena_size != 0)
     size = opts->arena_size;
   if (size < FP__SHM_MIN_SIZE || size > FP__SHM_MAX_SIZE)
-    return FP_EINVAL;
+    return fp__shm_refuse(
+        FP_EINVAL, "arena_size %llu is out of range (%llu to %llu)",
+        (unsigned long long)size, (unsigned long long)FP__SHM_MIN_SIZE,
+        (unsigned long long)FP__SHM_MAX_SIZE);
   size = (size + FP__SHM_PAGE - 1) & ~(FP__SHM_PAGE - 1);
   p = mmap(NULL, size, PROT_READ | PROT_WRITE,
            MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    return errno == ENOMEM ? FP_ENOMEM : -errno;
+  if (p == MAP_FAILED) {
+    int rc = errno == ENOMEM ? FP_ENOMEM : -errno;
+    return fp__shm_refuse(rc, "mmap of a %llu-byte arena: %s",
+                          (unsigned long long)size, strerror(errno));
+  }
   m = p;
   if (fp__shm_arena_init(m, size) != 0) {
     munmap(p, size);
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL,
+                          "arena_size %llu leaves no room for "
+                          "the arena's own tables",
+                          (unsigned long long)size);
   }
   m->id = new_identity(m);
   m->magic = FP__SHM_MAGIC;
@@ -71,8 +80,9 @@ void fp_manager_free(fp_manager *m) {
 int fp_manager_stats_get(fp_manager *m, fp_manager_stats *out) {
   fp__shm_heap *h;
 
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  int rc;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   if ((h = fp__shm_heap_get(m)) == NULL)
     return FP_ENOMEM;
   fp__shm_alock(m, h);

@@ -18,27 +18,31 @@
  * random identity with the object's creation number, and the offset.
  */
 #include "ipc/shm/arena.h"
-
 #include <string.h>
 
-/* Header checks shared by fp__shm_obj_check and begin_destroy. */
+/* Header checks shared by fp__shm_obj_check and begin_destroy; a refusal
+ * says what the handle was instead (fp_last_error). */
 static int obj_header_check(const fp__shm_obj *o, int type) {
   const fp_manager *m;
   uint32_t mg;
 
   if (o == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL %s handle", fp__shm_type_name(type));
   mg = o->magic;
-  if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u))
-    return FP_EINVAL;
-  if (o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
+  if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u) ||
+      o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
       mg != FP__SHM_OBJ_MAGIC(o->type))
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL,
+                          "not a live Manager %s: a destroyed object, or "
+                          "not a handle at all",
+                          fp__shm_type_name(type));
   m = fp__shm_of(o);
   if (m->magic != FP__SHM_MAGIC || m->base != (uint64_t)(uintptr_t)m)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "the %s's manager is not intact",
+                          fp__shm_type_name(type));
   if ((int)o->type != type)
-    return FP_ETYPE;
+    return fp__shm_refuse(FP_ETYPE, "the handle is a %s, not a %s",
+                          fp__shm_type_name(o->type), fp__shm_type_name(type));
   return 0;
 }
 
@@ -46,7 +50,8 @@ int fp__shm_obj_check(const void *p, int type) {
   const fp__shm_obj *o = p;
   int rc = obj_header_check(o, type);
   if (rc == 0 && !fp__shm_obj_alive(o))
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "the %s was destroyed",
+                          fp__shm_type_name(type));
   return rc;
 }
 
@@ -154,7 +159,11 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
   if (h == NULL)
     return FP_ENOMEM;
   if (size > m->size - m->heap)
-    return FP_EMSGSIZE;
+    return fp__shm_refuse(FP_EMSGSIZE,
+                          "a %s of %llu bytes: more than the manager's arena "
+                          "holds (arena_size %llu)",
+                          fp__shm_type_name(type), (unsigned long long)size,
+                          (unsigned long long)m->size);
   rc = obj_new_step(m, h, type, size, init, arg, out);
   if (rc == FP_ENOMEM) {
     /* Objects are the large requests (arrays) and need long runs of
@@ -166,6 +175,12 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
     fp__shm_trim(m, h);
     rc = obj_new_step(m, h, type, size, init, arg, out);
   }
+  if (rc == FP_ENOMEM)
+    fp__shm_refuse(rc,
+                   "the manager's arena is full: no room for a %s of %llu "
+                   "bytes (arena_size %llu, %llu in use)",
+                   fp__shm_type_name(type), (unsigned long long)size,
+                   (unsigned long long)m->size, (unsigned long long)m->used);
   return rc;
 }
 
@@ -180,7 +195,10 @@ int fp__shm_obj_free(fp_manager *m, fp__shm_obj *o, uint64_t gen) {
   if (o->magic != FP__SHM_OBJ_MAGIC(o->type) || o->gen != gen) {
     /* freed by a racing destroy (and maybe made again at the same place) */
     fp__shm_aunlock(m);
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL,
+                          "the %s was destroyed by another call "
+                          "meanwhile",
+                          fp__shm_type_name(o->type));
   }
   if (o->prev != 0)
     fp__shm_alog(m, &((fp__shm_obj *)fp__shm_ptr(m, o->prev))->next, o->next);
@@ -242,22 +260,42 @@ void *fp__shm_obj_from_ref(fp_manager *m, uint64_t ref, int type, int *err) {
                                      "fp_lock_from_ref", "fp_array_from_ref"};
   if (fp__shm_ref_refused(m, call[type >= 0 && type <= 5 ? type : 0], err))
     return NULL; /* on an MPI worker rank: see arena.h */
-  if (m == NULL || m->magic != FP__SHM_MAGIC)
+  if (m == NULL || m->magic != FP__SHM_MAGIC) {
+    fp__shm_refuse(FP_EINVAL, m == NULL ? "NULL manager"
+                                        : "not a live manager (freed, or "
+                                          "not a manager at all)");
     return NULL;
-  if (!fp__shm_carved(m, off, sizeof(*o)))
+  }
+  o = fp__shm_carved(m, off, sizeof(*o)) ? fp__shm_ptr(m, off) : NULL;
+  /* rtype != o->type: a ref naming a type its object has not, forged. */
+  if (o == NULL || o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
+      !fp__shm_obj_alive(o) || ref_tag(m, o) != tag || rtype != o->type) {
+    fp__shm_refuse(FP_EINVAL,
+                   "ref %#llx names no live object of this "
+                   "manager (destroyed, forged, or another "
+                   "manager's)",
+                   (unsigned long long)ref);
     return NULL;
-  o = fp__shm_ptr(m, off);
-  if (o->self != off || o->magic != FP__SHM_OBJ_MAGIC(o->type) ||
-      !fp__shm_obj_alive(o) || ref_tag(m, o) != tag)
-    return NULL;
-  if (rtype != o->type)
-    return NULL; /* a ref naming a type its object has not: forged */
+  }
   if ((int)o->type != type) {
-    *err = FP_ETYPE;
+    *err = fp__shm_refuse(FP_ETYPE, "the ref names a %s, not a %s",
+                          fp__shm_type_name(o->type), fp__shm_type_name(type));
     return NULL;
   }
   *err = 0;
   return o;
+}
+
+int fp__shm_check_arg(const void *v, size_t vlen) {
+  int rc = fp__shm_check_value(v, vlen);
+  if (rc == FP_EINVAL)
+    return fp__shm_refuse(rc, "NULL value");
+  if (rc == FP_EMSGSIZE)
+    return fp__shm_refuse(rc, "a value of %zu bytes: more than 4 GiB", vlen);
+  if (rc != 0)
+    return fp__shm_refuse(rc, "the value is not one well-formed encoded "
+                              "value");
+  return 0;
 }
 
 int fp__shm_check_value(const void *v, size_t vlen) {

@@ -82,8 +82,8 @@ int fp_counter_new(fp_manager *m, int64_t initial, fp_counter **out) {
 
   if (out != NULL)
     *out = NULL;
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   rc = fp__shm_obj_new(m, FP__SHM_COUNTER, sizeof(fp_counter), init_counter,
                        &initial, &o);
   if (rc == 0)
@@ -111,7 +111,7 @@ int fp_counter_get(fp_counter *c, int64_t *value) {
   if (rc != 0)
     return rc;
   if (value == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL value pointer");
   *value = atomic_load(&c->value);
   return 0;
 }
@@ -129,7 +129,7 @@ int fp_counter_cas(fp_counter *c, int64_t *expected, int64_t desired) {
   if (rc != 0)
     return rc;
   if (expected == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL expected pointer");
   return atomic_compare_exchange_strong(&c->value, expected, desired) ? 1 : 0;
 }
 
@@ -142,7 +142,7 @@ uint64_t fp_counter_ref(const fp_counter *c) {
 int fp_counter_from_ref(fp_manager *m, uint64_t ref, fp_counter **out) {
   int err;
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = fp__shm_obj_from_ref(m, ref, FP__SHM_COUNTER, &err);
   return err;
 }
@@ -175,8 +175,8 @@ int fp_lock_new(fp_manager *m, fp_lock **out) {
 
   if (out != NULL)
     *out = NULL;
-  if (m == NULL || out == NULL || m->magic != FP__SHM_MAGIC)
-    return FP_EINVAL;
+  if ((rc = fp__shm_check_new(m, out)) != 0)
+    return rc;
   rc = fp__shm_obj_new(m, FP__SHM_LOCK, sizeof(fp_lock), init_lock, NULL, &o);
   if (rc == 0)
     *out = o;
@@ -192,7 +192,7 @@ int fp_lock_acquire(fp_lock *l, double timeout) {
   if (rc != 0)
     return rc;
   if (isnan(timeout))
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "the timeout is not a number (NaN)");
   if (timeout < 0) {
     rc = pthread_mutex_lock(&l->mu);
   } else if (timeout == 0) {
@@ -224,6 +224,8 @@ int fp_lock_acquire(fp_lock *l, double timeout) {
     pthread_mutex_consistent(&l->mu);
     return FP_EOWNERDEAD;
   }
+  if (rc == EDEADLK)
+    return fp__shm_refuse(-rc, "this thread already holds the lock");
   return -rc;
 }
 
@@ -233,7 +235,8 @@ int fp_lock_release(fp_lock *l) {
     return rc;
   if (atomic_load_explicit(&l->holder, memory_order_relaxed) !=
       fp__shm_my_tid())
-    return FP_EPERM;
+    return fp__shm_refuse(FP_EPERM, "release of a lock this thread does "
+                                    "not hold");
   atomic_store_explicit(&l->holder, 0, memory_order_relaxed);
   rc = pthread_mutex_unlock(&l->mu);
   return rc == EPERM ? FP_EPERM : -rc;
@@ -248,7 +251,7 @@ uint64_t fp_lock_ref(const fp_lock *l) {
 int fp_lock_from_ref(fp_manager *m, uint64_t ref, fp_lock **out) {
   int err;
   if (out == NULL)
-    return FP_EINVAL;
+    return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   *out = fp__shm_obj_from_ref(m, ref, FP__SHM_LOCK, &err);
   return err;
 }

@@ -399,13 +399,18 @@ static fp__shm_heap *bind_slow(fp_manager *m) {
     bind_put_locked(spill[at], g, at);
   } else if (free_bind_locked(g) < 0 && spill_reserve_locked() != 0) {
     pthread_mutex_unlock(&mapped_mu);
+    fp__shm_refuse(FP_ENOMEM, "out of memory for this thread's binding to "
+                              "the manager");
     return NULL;
   }
   pthread_mutex_unlock(&mapped_mu);
   if (h != NULL)
     return h;
-  if ((h = claim(m)) == NULL)
+  if ((h = claim(m)) == NULL) {
+    fp__shm_refuse(FP_ENOMEM, "no free heap slot in the manager: every "
+                              "slot is held by a live thread");
     return NULL;
+  }
   /* Only this thread changes its entries, and the room reserved above is
    * still there: the put cannot fail. */
   pthread_mutex_lock(&mapped_mu);

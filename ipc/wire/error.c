@@ -71,6 +71,7 @@ const char *fp_err_name(int code) {
 /* ---- per-thread messages ------------------------------------------------- */
 
 static __thread char tl_msg[FP__ERR_NSRC][FP__ERRMSG_LEN];
+static __thread unsigned tl_sets[FP__ERR_NSRC]; /* messages set so far */
 
 static int src_ok(fp__errsrc src) {
   return (unsigned)src < FP__ERR_NSRC;
@@ -84,6 +85,11 @@ void fp__err_setf(fp__errsrc src, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(tl_msg[src], sizeof tl_msg[src], fmt, ap);
   va_end(ap);
+  tl_sets[src]++;
+}
+
+unsigned fp__err_sets(fp__errsrc src) {
+  return src_ok(src) ? tl_sets[src] : 0;
 }
 
 void fp__err_clear(fp__errsrc src) {
@@ -97,8 +103,10 @@ const char *fp__err_get(fp__errsrc src) {
 
 void fp__set_last_error(int code, const char *msg) {
   /* Re-setting the current message would be an overlapping copy. */
-  if (msg == tl_msg[FP__ERR_POOL])
+  if (msg == tl_msg[FP__ERR_POOL]) {
+    tl_sets[FP__ERR_POOL]++;
     return;
+  }
   fp__err_setf(FP__ERR_POOL, "%s",
                msg != NULL && msg[0] != '\0' ? msg : fp_strerror(code));
 }

@@ -37,6 +37,11 @@ typedef enum fp__errsrc {
  * A src outside the enum is ignored. */
 void fp__err_setf(fp__errsrc src, const char *fmt, ...) FP_PRINTF(2, 3);
 
+/* How many messages of source src the calling thread has set so far (it
+ * wraps): a caller compares two readings to learn whether a call it made
+ * set a message of its own, which a generic one must not overwrite. */
+unsigned fp__err_sets(fp__errsrc src);
+
 /* Clears the calling thread's message of source src (it becomes ""). */
 void fp__err_clear(fp__errsrc src);
 
