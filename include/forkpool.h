@@ -618,10 +618,12 @@ typedef enum fp_pin_policy {
  *   calls from them (those return FP_EINVAL there).
  *
  *   FORKS: in a process forked from the master after fp_pool_new(),
- *   submissions, blocking waits on the pool's pending results and
- *   iterators, fp_pool_close/terminate/join and fp_result_cancel return
- *   FP_EINVAL with a message saying so (the pool, its workers and its
- *   results are the parent's, and stay untouched), and
+ *   submissions, blocking waits on the pool's pending results,
+ *   fp_iter_next, fp_pool_close/terminate/join and fp_result_cancel
+ *   return FP_EINVAL with a message saying so (the pool, its workers, its
+ *   results and iterators are the parent's, and stay untouched; no call
+ *   takes a lock a thread of the parent may have held at the fork),
+ *   fp_result_free and fp_iter_free touch nothing of the parent's, and
  *   fp_pool_free() frees only that copy's memory -- all of it but the
  *   few hundred bytes libuv holds for the copy's loop, which closing
  *   would unregister the parent's descriptors from the epoll instance
@@ -671,7 +673,11 @@ typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
  * FP_EPROTO. Called on the thread that calls
  * fp_pool_imap_producer() / fp_iter_next(), or fp_pool_join() after
  * fp_pool_close() (which reads what is left of the input), never two calls
- * at once, and never after fp_iter_free() returned. */
+ * at once, and never after fp_iter_free() returned. It may make pool
+ * calls, but not those that would wait for its own input: fp_iter_next()
+ * on its own iterator and fp_pool_join() return FP_EINVAL there, and
+ * fp_iter_free() of its own iterator and fp_pool_free() free nothing and
+ * set fp_last_error(). */
 typedef int (*fp_producer_fn)(void *arg, fp_writer *item);
 
 typedef enum fp_crash_policy {
@@ -814,7 +820,8 @@ FP_EXTERN int fp_pool_terminate(fp_pool *pool);
 /* Waits until the workers, the fork server and the pool thread are gone.
  * Only after fp_pool_close() or fp_pool_terminate(): in state RUN it
  * returns FP_EINVAL (CPython raises ValueError), as for NULL, from a
- * callback or in a forked copy of the master. Returns 0 (and clears
+ * callback, from an imap producer (it would wait for the input being
+ * produced) or in a forked copy of the master. Returns 0 (and clears
  * fp_last_error()). After close,
  * queued work finishes first, and so does every producer-fed imap: join
  * reads what is left of its input, calling the producer on this thread
@@ -829,8 +836,10 @@ FP_EXTERN int fp_pool_join(fp_pool *pool);
  * fp_pool_close() and fp_pool_join() first. Results still held by the
  * caller stay valid (failed with FP_ECANCELED if unfinished) until
  * fp_result_free. NULL is ignored. After the call `pool` is invalid.
- * From a callback (the pool thread, which cannot join itself) it frees
- * nothing and sets fp_last_error(): free the pool from another thread. */
+ * From a callback (the pool thread, which cannot join itself) or an imap
+ * producer (whose caller still uses the pool) it frees nothing and sets
+ * fp_last_error(): free the pool from another thread, or after the
+ * producer returned. */
 FP_EXTERN void fp_pool_free(fp_pool *pool);
 
 /* Returns the number of worker processes, or FP_EINVAL for NULL. */
@@ -973,9 +982,10 @@ FP_EXTERN int fp_pool_imap_unordered_producer(fp_pool *pool, fp_task_fn fn,
  * with the next call, as Python's imap re-raises and continues; an item's
  * failure also sets fp_last_error(), a successful item clears it). A
  * producer's error ends the iteration with that code. FP_EINVAL for NULL
- * or a NaN timeout; inside a callback (the pool thread, which delivers
- * the items), or in a forked copy of the master, a call that would wait
- * returns FP_EINVAL too. */
+ * or a NaN timeout, from the iterator's own producer, in a forked copy of
+ * the master (whatever the timeout: the iterator is the parent's), and
+ * for a call that would wait inside a callback (the pool thread, which
+ * delivers the items). */
 FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 
 /* Input index of the item last returned by fp_iter_next (useful with
@@ -986,7 +996,10 @@ FP_EXTERN int64_t fp_iter_index(const fp_iter *it);
 /* Message of the last failed item, or "" . Never NULL. */
 FP_EXTERN const char *fp_iter_error(const fp_iter *it);
 
-/* Frees the iterator; unfinished work is canceled. NULL is ignored. */
+/* Frees the iterator; unfinished work is canceled. NULL is ignored. In a
+ * forked copy of the master it frees nothing (the iterator is the
+ * parent's); from the iterator's own producer it frees nothing and sets
+ * fp_last_error(). */
 FP_EXTERN void fp_iter_free(fp_iter *it);
 
 /* --- results (CPython's AsyncResult) ------------------------------------ */
@@ -1143,7 +1156,8 @@ FP_EXTERN int fp_manager_new(fp_manager **out, const fp_manager_opts *opts);
  * it becomes invalid in this process; other processes that inherited the
  * mapping keep it until they exit or call this too. NULL is ignored. Call
  * it after the pool's workers are gone, and not while another thread of
- * this process is inside a call on it. */
+ * this process is inside a call on it. From an fp_dict_foreach() callback
+ * on one of its dicts it frees nothing and sets fp_last_error(). */
 FP_EXTERN void fp_manager_free(fp_manager *m);
 
 /* Fills *out with the arena's usage. Returns 0 or FP_EINVAL. */

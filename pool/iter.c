@@ -16,6 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Whether this process is a forked copy of the one that made it: no
+ * thread of the parent exists here to release a lock it held at the fork
+ * (it->mu, it->pmu, the pool's), so a copy takes none of them. */
+static int iter_in_copy(const fp_iter *it) {
+  return it->fork_gen != fp__fork_gen_now();
+}
+
 fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
   fp_iter *it = calloc(1, sizeof(*it));
   if (it == NULL)
@@ -30,11 +37,28 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
   it->refs = 2;
   it->ordered = ordered;
   it->pool = pool;
+  it->fork_gen = pool->fork_gen; /* copies submit nothing: the same */
   it->last_index = -1;
   return it;
 }
 
 /* ---- the producer ------------------------------------------------------- */
+
+static __thread fp_iter *tl_in_producer;
+
+fp_iter *fp__iter_in_producer(void) {
+  return tl_in_producer;
+}
+
+/* Calls its producer, noting on this thread that it runs (a producer may
+ * read another iterator, whose producer then runs nested). */
+static int call_producer(fp_iter *it, fp_writer *w) {
+  fp_iter *outer = tl_in_producer;
+  tl_in_producer = it;
+  int rc = it->producer(it->parg, w);
+  tl_in_producer = outer;
+  return rc;
+}
 
 /* Reads up to `limit` items from the producer into w. Returns 0 (*count
  * items; the producer may have ended) or a negative error. */
@@ -43,7 +67,7 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
   *count = 0;
   while (*count < limit) {
     size_t before = w->len;
-    int rc = it->producer(it->parg, w);
+    int rc = call_producer(it, w);
     if (rc < 0)
       return rc;
     /* The writer holds the chunk's earlier items: a producer that cut it
@@ -358,6 +382,12 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
     return fp__refuse(it == NULL ? "NULL iterator" : "NULL item reader");
   if (!fp__timeout_ok(timeout))
     return fp__refuse("the timeout is not a number (NaN)");
+  if (iter_in_copy(it))
+    return fp__refuse("fp_iter_next in a forked copy of the master: the "
+                      "iterator and its results are the parent's");
+  if (tl_in_producer == it)
+    return fp__refuse("fp_iter_next from the iterator's own producer: it "
+                      "would wait for the item being produced");
   /* A producer error cancels the job; the iteration then hands out what
    * had completed and reports the error once, at its end. */
   if (it->producer && !it->producer_done)
@@ -438,8 +468,13 @@ static void drop_chunks(fp_iter *it) {
 }
 
 void fp_iter_free(fp_iter *it) {
-  if (it == NULL)
+  if (it == NULL || iter_in_copy(it))
+    return; /* a copy's iterator is the parent's: this copy leaves it */
+  if (tl_in_producer == it) {
+    fp__refuse("fp_iter_free from the iterator's own producer: nothing "
+               "freed (end the input by returning 0, then free it)");
     return;
+  }
   /* The pool is pinned under it->mu (see result.c stop_job): another
    * thread may be freeing it right now. */
   pthread_mutex_lock(&it->mu);

@@ -151,6 +151,7 @@ struct fp_result {
 struct fp_iter {
   pthread_mutex_t mu;
   pthread_cond_t cond;
+  unsigned fork_gen;    /* the process it was made in (forked.c) */
   int refs;             /* user + job */
   int ordered;
   fp_pool *pool;        /* NULL once the job finished; guarded by mu */
@@ -261,6 +262,10 @@ void fp__progress_call_deliver(const fp__progress_call *c);
 
 /* The result currently in its callback on this thread, or NULL. */
 fp_result *fp__result_in_callback(void);
+/* The iterator whose producer this thread is running, or NULL: the
+ * producer runs with the iterator's producer lock held, and calls that
+ * would take it again or wait for its input are refused (iter.c). */
+fp_iter *fp__iter_in_producer(void);
 /* Drops a reference, freeing r with the last; use_mu 0 only in a forked
  * copy of the master (result.c, res_lock). */
 void fp__result_unref(fp_result *r, int use_mu);

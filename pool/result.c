@@ -293,18 +293,20 @@ int64_t fp_result_error_index(fp_result *res) {
  * decides whether that is the user's error). */
 static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
                     const char **why) {
+  if (in_copy(res)) { /* res->mu may be held by a thread not here */
+    *why = "cancel in a forked copy of the master: the job belongs to the "
+           "parent's pool";
+    return FP_EINVAL;
+  }
   /* Pinned under res->mu, as pin_pool() does: another thread may be
    * freeing the pool right now, and join waits for the pin to go. */
   pthread_mutex_lock(&res->mu);
   fp_pool *pool = res->pool; /* NULL once the job finished */
-  int foreign = pool != NULL && fp__pool_foreign(pool);
-  if (pool != NULL && !foreign)
+  if (pool != NULL)
     atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&res->mu);
-  if (foreign || pool == NULL) {
-    *why = foreign ? "cancel in a forked copy of the master: the job "
-                     "belongs to the parent's pool"
-                   : "cancel of a result that is already ready";
+  if (pool == NULL) {
+    *why = "cancel of a result that is already ready";
     return FP_EINVAL;
   }
   fp__pool_lock(pool);

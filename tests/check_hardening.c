@@ -51,6 +51,7 @@
  * 18   last_error_cleared_by_pool_new             FAILS
  */
 #include "forkpool.h"
+#include "pool/job.h"   /* iterator and result locks, held over a fork */
 #include "pool/proto.h" /* the wire format, to forge a frame (item 5) */
 #include "testutil.h"
 
@@ -1361,6 +1362,94 @@ END_TEST
  * are delivered to the parent): a blocking wait on a pending result or
  * iterator there returns FP_EINVAL at once, instead of forever; a poll
  * (timeout 0) says "not yet". The parent's copies complete as usual. */
+/* A thread of the master may hold an iterator's or a result's lock at the
+ * moment the user forks (the pool thread delivering, a caller polling):
+ * the copy has no such thread to release it. Here the forking thread holds
+ * both locks itself; the copy's fp_iter_next (even with timeout 0),
+ * fp_iter_free and fp_result_cancel must still return at once, refused,
+ * instead of waiting for the lock for ever. */
+START_TEST(forked_copy_never_takes_locks_held_at_the_fork) {
+  fp_pool *p = pool_n(1);
+  fp_writer items;
+  fp_writer_init(&items);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(fp_write_int(&items, i), 0);
+  fp_iter *it;
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_imap(p, t_pid, &items, NULL, &it), 0);
+  ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, &r), 0);
+  g_sh->msg[0] = 0;
+  pthread_mutex_lock(&it->mu);
+  pthread_mutex_lock(&r->mu);
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    fp_reader rd;
+    child_step("fp_iter_next(0)");
+    if (fp_iter_next(it, &rd, 0) != FP_EINVAL)
+      child_fail("fp_iter_next in the copy was not refused");
+    child_step("fp_result_cancel");
+    if (fp_result_cancel(r) != FP_EINVAL)
+      child_fail("fp_result_cancel in the copy was not refused");
+    child_step("fp_iter_free");
+    fp_iter_free(it);
+    child_step("fp_result_free");
+    fp_result_free(r);
+    g_sh->msg[0] = 0;
+    _exit(0);
+  }
+  pthread_mutex_unlock(&r->mu);
+  pthread_mutex_unlock(&it->mu);
+  assert_child_ok(pid, 20, "calls on an iterator and a result in a copy");
+  fp_reader rd;
+  int n = 0;
+  while (fp_iter_next(it, &rd, 20) == 0)
+    n++;
+  ck_assert_int_eq(n, 4); /* the parent's iteration is whole */
+  ck_assert_int_eq(fp_result_get(r, 20), 0);
+  fp_result_free(r);
+  fp_iter_free(it);
+  fp_writer_free(&items);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A task of pool q frees its process's copy of pool p (inherited through
+ * q's fork server, which closed p's descriptors): the copy's descriptor
+ * numbers may belong to the task by then, and none of the task's own
+ * descriptors may be closed. */
+static fp_pool *g_other_pool;
+static int t_free_other_pool(fp_reader *args, fp_writer *out) {
+  (void)args;
+  int fds[64], n = 0, lost = 0;
+  while (n < 64 && (fds[n] = open("/dev/null", O_RDONLY)) >= 0)
+    n++;
+  fp_pool_free(g_other_pool);
+  for (int i = 0; i < n; i++)
+    lost += fcntl(fds[i], F_GETFD) < 0;
+  for (int i = 0; i < n; i++)
+    close(fds[i]);
+  return fp_write_int(out, lost);
+}
+
+START_TEST(freeing_an_inherited_pool_in_a_task_closes_none_of_its_fds) {
+  g_other_pool = pool_n(1);
+  fp_pool *q = pool_n(1);
+  fp_writer out;
+  fp_writer_init(&out);
+  ck_assert_int_eq(fp_pool_apply(q, t_free_other_pool, NULL, &out), 0);
+  fp_reader rd;
+  int64_t lost = -1;
+  fp_reader_init(&rd, out.data, out.len);
+  ck_assert_int_eq(fp_read_int(&rd, &lost), 0);
+  ck_assert_msg(lost == 0, "%lld of the task's descriptors were closed",
+                (long long)lost);
+  ck_assert_int_eq(apply_within(g_other_pool, t_pid, 10), 0); /* intact */
+  fp_writer_free(&out);
+  fp_pool_free(q);
+  fp_pool_free(g_other_pool);
+}
+END_TEST
+
 START_TEST(waits_in_forked_child_are_refused) {
   if (fp_test_under_valgrind())
     return; /* see cleanup_in_forked_child_returns_at_once */
@@ -2946,6 +3035,9 @@ Suite *hardening_suite(void) {
   add_case(s, "item03d", huge_restart_window_still_stops_storm, 60);
   add_case(s, "item04", cleanup_in_forked_child_returns_at_once, 60);
   add_case(s, "item04b", waits_in_forked_child_are_refused, 60);
+  add_case(s, "item04d", forked_copy_never_takes_locks_held_at_the_fork, 60);
+  add_case(s, "item04e",
+           freeing_an_inherited_pool_in_a_task_closes_none_of_its_fds, 60);
   add_case(s, "item04c", wait_in_forked_child_during_a_callback_is_refused,
            60);
   add_case(s, "item05", forged_retire_frame_gets_worker_replaced, 60);

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -364,6 +365,89 @@ START_TEST(forked_copy_cannot_stop_the_parents_pool) {
   fp_result_free(r);
   fp_writer_free(&a);
   fp_pool_free(p);
+}
+END_TEST
+
+/* An imap producer runs with its iterator's producer lock held, on the
+ * consumer's thread (or a joining one): calls from it that would take that
+ * lock again or wait for the input being produced are refused at once
+ * instead of deadlocking, and the iteration still completes. */
+static fp_pool *g_prod_pool;
+static fp_iter *g_prod_it;
+static int g_prod_n, g_prod_refusals;
+
+static int reentrant_producer(void *arg, fp_writer *item) {
+  (void)arg;
+  if (g_prod_n == 6)
+    return 0;
+  if (g_prod_n == 3) {
+    fp_reader rd;
+    g_prod_refusals += fp_iter_next(g_prod_it, &rd, 1.0) == FP_EINVAL;
+    fp_iter_free(g_prod_it); /* refused: nothing freed */
+    g_prod_refusals += strstr(fp_last_error(), "own producer") != NULL;
+    g_prod_refusals += fp_pool_join(g_prod_pool) == FP_EINVAL;
+    fp_pool_free(g_prod_pool); /* refused: nothing freed */
+    g_prod_refusals += strstr(fp_last_error(), "producer") != NULL;
+  }
+  return fp_write_int(item, g_prod_n++) == 0 ? 1 : -1;
+}
+
+START_TEST(producer_calls_into_its_own_iterator_are_refused) {
+  g_prod_pool = new_pool(2);
+  g_prod_n = g_prod_refusals = 0;
+  fp_call_opts co = {0};
+  co.readahead = 2;
+  ck_assert_int_eq(fp_pool_imap_producer(g_prod_pool, square,
+                                         reentrant_producer, NULL, &co,
+                                         &g_prod_it),
+                   0);
+  fp_reader rd;
+  int64_t v, sum = 0;
+  int got = 0, rc;
+  while ((rc = fp_iter_next(g_prod_it, &rd, 30)) == 0) {
+    ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+    sum += v;
+    got++;
+  }
+  ck_assert_int_eq(rc, FP_EOF);
+  ck_assert_int_eq(got, 6);
+  ck_assert_int_eq(sum, 0 + 1 + 4 + 9 + 16 + 25);
+  ck_assert_int_eq(g_prod_refusals, 4);
+  fp_iter_free(g_prod_it);
+  fp_pool_free(g_prod_pool);
+}
+END_TEST
+
+/* fp_manager_free from an fp_dict_foreach callback would unmap the arena
+ * the walk goes on in: it is refused (nothing freed) and the walk ends
+ * normally. */
+static fp_manager *g_walked;
+static int free_manager_cb(const void *k, size_t kl, const void *v, size_t vl,
+                           void *arg) {
+  (void)k;
+  (void)kl;
+  (void)v;
+  (void)vl;
+  if ((*(int *)arg)++ == 0)
+    fp_manager_free(g_walked);
+  return 0;
+}
+
+START_TEST(manager_free_inside_its_foreach_is_refused) {
+  fp_dict *d;
+  ck_assert_int_eq(fp_manager_new(&g_walked, NULL), 0);
+  ck_assert_int_eq(fp_dict_new(g_walked, &d), 0);
+  for (int i = 0; i < 1000; i++) {
+    char k[16];
+    int n = snprintf(k, sizeof(k), "%d", i);
+    ck_assert_int_eq(fp_dict_set_int(d, k, (size_t)n, i), 0);
+  }
+  int calls = 0;
+  ck_assert_int_eq(fp_dict_foreach(d, free_manager_cb, &calls), 0);
+  ck_assert_int_eq(calls, 1000);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "fp_dict_foreach"));
+  ck_assert_int_eq(fp_dict_len(d), 1000); /* still mapped */
+  fp_manager_free(g_walked);
 }
 END_TEST
 
@@ -801,6 +885,8 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, refusals_name_the_bad_argument);
   tcase_add_test(tc, waits_set_and_join_clears_the_last_error);
   tcase_add_test(tc, forked_copy_cannot_stop_the_parents_pool);
+  tcase_add_test(tc, producer_calls_into_its_own_iterator_are_refused);
+  tcase_add_test(tc, manager_free_inside_its_foreach_is_refused);
   tcase_add_test(tc, map_values_with_items_as_out);
   tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
   tcase_add_test(tc, join_reads_the_rest_of_a_producer_input);

@@ -595,6 +595,10 @@ FP__SHM_HIDDEN int fp__shm_refuse(int rc, const char *fmt, ...)
  * FP_EINVAL with the message. */
 FP__SHM_HIDDEN int fp__shm_check_new(const fp_manager *m, const void *out);
 
+/* Whether this thread is inside an fp_dict_foreach on a dict of m
+ * (dict.c): fp_manager_free of m from its callback is refused. */
+FP__SHM_HIDDEN int fp__shm_walking(const fp_manager *m);
+
 /* "dict", "list", "counter", "lock", "array" ("object" otherwise). */
 FP__SHM_HIDDEN const char *fp__shm_type_name(int type);
 

@@ -962,20 +962,26 @@ static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
 /* The dict is pinned only while a stripe is copied: between stripes, and
  * while cb runs, it may be destroyed and a new dict made at its place.
  * Its creation number, checked again at each stripe, tells them apart. */
-int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
-  fp__shm_heap *h;
-  fp_manager *m;
-  uint64_t gen;
-  int rc = fp__shm_obj_check(d, FP__SHM_DICT);
+/* The managers this thread is inside an fp_dict_foreach of: freeing one
+ * from a callback would unmap the arena the walk goes on in, so
+ * fp_manager_free refuses it (manager.c). Nesting deeper than
+ * FOREACH_DEPTH is not tracked. */
+#define FOREACH_DEPTH 8
+static __thread const fp_manager *tl_walking[FOREACH_DEPTH];
+static __thread int tl_nwalking;
 
-  if (rc != 0)
-    return rc;
-  if (cb == NULL)
-    return fp__shm_refuse(FP_EINVAL, "NULL callback");
-  m = mgr(d);
-  gen = d->hdr.gen;
-  if ((h = fp__shm_heap_get(m)) == NULL)
-    return FP_ENOMEM;
+int fp__shm_walking(const fp_manager *m) {
+  for (int i = 0; i < tl_nwalking && i < FOREACH_DEPTH; i++)
+    if (tl_walking[i] == m)
+      return 1;
+  return 0;
+}
+
+/* fp_dict_foreach's walk over the stripes, calling cb for each item. */
+static int walk_stripes(fp_dict *d, fp__shm_heap *h, uint64_t gen,
+                        fp_dict_item_cb cb, void *arg) {
+  fp_manager *m = mgr(d);
+  int rc = 0;
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
@@ -997,6 +1003,28 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
     }
     free(buf);
   }
+  return rc;
+}
+
+int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
+  fp__shm_heap *h;
+  fp_manager *m;
+  uint64_t gen;
+  int rc = fp__shm_obj_check(d, FP__SHM_DICT);
+
+  if (rc != 0)
+    return rc;
+  if (cb == NULL)
+    return fp__shm_refuse(FP_EINVAL, "NULL callback");
+  m = mgr(d);
+  gen = d->hdr.gen;
+  if ((h = fp__shm_heap_get(m)) == NULL)
+    return FP_ENOMEM;
+  int depth = tl_nwalking++;
+  if (depth < FOREACH_DEPTH)
+    tl_walking[depth] = m;
+  rc = walk_stripes(d, h, gen, cb, arg);
+  tl_nwalking--;
   return rc;
 }
 

@@ -73,6 +73,11 @@ int fp_manager_new(fp_manager **out, const fp_manager_opts *opts) {
 void fp_manager_free(fp_manager *m) {
   if (m == NULL || m->magic != FP__SHM_MAGIC)
     return;
+  if (fp__shm_walking(m)) {
+    fp__shm_refuse(FP_EINVAL, "fp_manager_free from an fp_dict_foreach "
+                              "callback on one of its dicts: nothing freed");
+    return;
+  }
   fp__shm_mapped_remove(m); /* gives this thread's heap back first */
   munmap(m, m->size);
 }

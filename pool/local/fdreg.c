@@ -89,13 +89,14 @@ void fp__fdreg_add_locked(int fd) {
     }
 }
 
-/* Unregisters fd (a no-op when it is not registered). */
-static void fdreg_del_locked(int fd) {
+/* Unregisters fd; 0 when it was not registered. */
+static int fdreg_del_locked(int fd) {
   for (int i = 0; i < FDREG_MAX; i++)
     if (fdreg[i] == fd + 1) {
       fdreg[i] = 0;
-      return;
+      return 1;
     }
+  return 0;
 }
 
 void fp__fdreg_close(int fd) {
@@ -105,6 +106,17 @@ void fp__fdreg_close(int fd) {
   fdreg_del_locked(fd);
   close(fd);
   fp__fdreg_unlock();
+}
+
+int fp__fdreg_close_if_registered(int fd) {
+  if (fd < 0)
+    return 0;
+  fp__fdreg_lock();
+  int ours = fdreg_del_locked(fd);
+  if (ours)
+    close(fd);
+  fp__fdreg_unlock();
+  return ours;
 }
 
 /* Closes every registered descriptor except keep, in a freshly forked

@@ -90,6 +90,7 @@ struct llink {
   size_t shm_len;
   lslot *slots;
   pid_t fs_pid;
+  pid_t opener;          /* the process that opened the link */
   int fs_fd;             /* master end of the control socket */
   int started;           /* loop handles initialised */
   int lost;              /* the fork server is gone */
@@ -846,6 +847,7 @@ static int local_open(fp__link **out, const fp__wconf *cfg,
   l->cfg = *cfg;
   l->fs_fd = -1;
   l->copy_pipe[0] = l->copy_pipe[1] = -1;
+  l->opener = getpid();
   l->slots = calloc((size_t)cfg->nworkers, sizeof(*l->slots));
   /* Without it, borrowed items simply all take the socket. */
   int rc = l->slots ? map_shared(l) : FP_ENOMEM;
@@ -1233,28 +1235,41 @@ static void local_close(fp__link *base) {
   shutdown(l->fs_fd, SHUT_RDWR);
 }
 
+/* Closes one of the link's descriptors. In a copy of the opener (the
+ * user's fork, or a worker of another pool, whose fork server closed
+ * them all and whose task may own the numbers now), only while the
+ * registry still says it is ours. */
+static void close_own_fd(int copy, int fd) {
+  if (copy)
+    fp__fdreg_close_if_registered(fd);
+  else
+    fp__fdreg_close(fd);
+}
+
 static void local_free(fp__link *base) {
   llink *l = (llink *)base;
+  int copy = getpid() != l->opener;
   /* After the loop ended, or in a forked copy of the master whose loop
    * never ran here: no libuv call, and no shutdown(), which would act on
    * the socket the parent still uses. */
   for (int i = 0; i < l->cfg.nworkers; i++) {
     conn *c = l->slots[i].c;
     if (c != NULL) { /* a forked copy: its handles were never closed */
-      fp__fdreg_close(c->fd);
+      close_own_fd(copy, c->fd);
       fp__free(c->in, c->in_cap);
       fp__free(c->out, c->out_cap);
       free(c);
     }
   }
   if (l->fs_fd >= 0) {
-    fp__fdreg_close(l->fs_fd);
-    while (waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
+    close_own_fd(copy, l->fs_fd);
+    /* A copy never owns the fork server: it is the opener's child. */
+    while (!copy && waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
     }
   }
   for (int k = 0; k < 2; k++)
     if (l->copy_pipe[k] >= 0)
-      fp__fdreg_close(l->copy_pipe[k]);
+      close_own_fd(copy, l->copy_pipe[k]);
   llink_release(l);
 }
 

@@ -330,6 +330,11 @@ void fp__fdreg_lock(void);
 void fp__fdreg_unlock(void);
 void fp__fdreg_add_locked(int fd);
 void fp__fdreg_close(int fd);
+/* fp__fdreg_close in a copy of the process that opened fd: closes it only
+ * while the registry still holds it. A fork server empties the registry
+ * it inherits (fp__fdreg_close_all), so in a worker the number may have
+ * been reused for a descriptor of the task's own. Returns 1 if closed. */
+int fp__fdreg_close_if_registered(int fd);
 int fp__fdreg_close_all(int keep);
 
 /* Moves fd above the standard descriptors (0-2) when it is one of them, so
