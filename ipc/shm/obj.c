@@ -20,14 +20,17 @@
 #include "ipc/shm/arena.h"
 #include <string.h>
 
-/* Header checks shared by fp__shm_obj_check and begin_destroy; a refusal
- * says what the handle was instead (fp_last_error). */
-static int obj_header_check(const fp__shm_obj *o, int type) {
+/* Why obj_header_check refused o: sets the message and returns the code.
+ * Out of line and cold, so that the check itself stays small enough to
+ * inline into every Manager call. */
+__attribute__((cold, noinline)) static int header_refuse(const fp__shm_obj *o,
+                                                         int type) {
   const fp_manager *m;
   uint32_t mg;
 
   if (o == NULL)
-    return fp__shm_refuse(FP_EINVAL, "NULL %s handle", fp__shm_type_name(type));
+    return fp__shm_refuse(FP_EINVAL, "NULL %s handle",
+                          fp__shm_type_name(type));
   mg = o->magic;
   if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u) ||
       o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
@@ -40,10 +43,21 @@ static int obj_header_check(const fp__shm_obj *o, int type) {
   if (m->magic != FP__SHM_MAGIC || m->base != (uint64_t)(uintptr_t)m)
     return fp__shm_refuse(FP_EINVAL, "the %s's manager is not intact",
                           fp__shm_type_name(type));
-  if ((int)o->type != type)
-    return fp__shm_refuse(FP_ETYPE, "the handle is a %s, not a %s",
-                          fp__shm_type_name(o->type), fp__shm_type_name(type));
-  return 0;
+  return fp__shm_refuse(FP_ETYPE, "the handle is a %s, not a %s",
+                        fp__shm_type_name(o->type), fp__shm_type_name(type));
+}
+
+/* Header checks shared by fp__shm_obj_check and begin_destroy: o is a
+ * live object of the given type in an intact arena, or header_refuse says
+ * what it is instead. */
+static inline int obj_header_check(const fp__shm_obj *o, int type) {
+  if (o != NULL && o->type == (uint32_t)type &&
+      o->magic == FP__SHM_OBJ_MAGIC(type)) {
+    const fp_manager *m = fp__shm_of(o);
+    if (m->magic == FP__SHM_MAGIC && m->base == (uint64_t)(uintptr_t)m)
+      return 0;
+  }
+  return header_refuse(o, type);
 }
 
 int fp__shm_obj_check(const void *p, int type) {
