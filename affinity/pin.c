@@ -90,11 +90,6 @@ static int allowed_set(fp_cpuset *out) {
   return 0;
 }
 
-/* Applies *set to the calling thread after validating it against the
- * allowed set. Returns 0, FP_EINVAL (empty set, a CPU not allowed, or the
- * kernel refused) or another -errno; the thread's affinity error says why.
- * A mask shorter than the kernel's is fine for sched_setaffinity: the
- * missing CPUs count as not set. */
 /* Cuts a formatted CPU list longer than LIST_SHOWN bytes after its last
  * whole entry that fits and marks the cut with ",...": two lists of up to
  * FP_CPULIST_MAX bytes would not fit in one message, and the end of a
@@ -109,6 +104,11 @@ static void shorten_list(char *list) {
   strcpy(cut, ",...");
 }
 
+/* Applies *set to the calling thread after validating it against the
+ * allowed set. Returns 0, FP_EINVAL (empty set, a CPU not allowed, or the
+ * kernel refused) or another -errno; the thread's affinity error says why.
+ * A mask shorter than the kernel's is fine for sched_setaffinity: the
+ * missing CPUs count as not set. */
 static int set_mask(const fp_cpuset *set) {
   fp_cpuset allowed, bad;
   char a[FP_CPULIST_MAX], b[FP_CPULIST_MAX];

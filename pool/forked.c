@@ -35,6 +35,11 @@ unsigned fp__fork_gen_now(void) {
 }
 
 int fp__pool_foreign(const fp_pool *pool) {
-  return pool->fork_gen !=
-         atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  return fp__made_elsewhere(pool->fork_gen);
+}
+
+/* No pthread_once: whatever recorded gen came after a pool was made in
+ * some process, which registered the fork handler. */
+int fp__made_elsewhere(unsigned gen) {
+  return gen != atomic_load_explicit(&fork_gen, memory_order_relaxed);
 }

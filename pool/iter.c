@@ -20,7 +20,7 @@
  * thread of the parent exists here to release a lock it held at the fork
  * (it->mu, it->pmu, the pool's), so a copy takes none of them. */
 static int iter_in_copy(const fp_iter *it) {
-  return it->fork_gen != fp__fork_gen_now();
+  return fp__made_elsewhere(it->fork_gen);
 }
 
 fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
@@ -37,6 +37,7 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
   it->refs = 2;
   it->ordered = ordered;
   it->pool = pool;
+  it->owner = pool;
   it->fork_gen = pool->fork_gen; /* copies submit nothing: the same */
   it->last_index = -1;
   return it;
@@ -44,19 +45,30 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
 
 /* ---- the producer ------------------------------------------------------- */
 
-static __thread fp_iter *tl_in_producer;
+/* The producers running on this thread, innermost first: a producer may
+ * read another iterator, whose producer then runs nested. Each frame
+ * lives on call_producer's stack. */
+typedef struct producer_frame {
+  const fp_iter *it;
+  const fp_pool *owner;
+  struct producer_frame *outer;
+} producer_frame;
 
-fp_iter *fp__iter_in_producer(void) {
-  return tl_in_producer;
+static __thread producer_frame *tl_producers;
+
+int fp__producer_running(const fp_pool *pool, const fp_iter *it) {
+  for (const producer_frame *f = tl_producers; f != NULL; f = f->outer)
+    if ((it != NULL && f->it == it) || (pool != NULL && f->owner == pool))
+      return 1;
+  return 0;
 }
 
-/* Calls its producer, noting on this thread that it runs (a producer may
- * read another iterator, whose producer then runs nested). */
+/* Calls its producer, noting on this thread that it runs. */
 static int call_producer(fp_iter *it, fp_writer *w) {
-  fp_iter *outer = tl_in_producer;
-  tl_in_producer = it;
+  producer_frame f = {it, it->owner, tl_producers};
+  tl_producers = &f;
   int rc = it->producer(it->parg, w);
-  tl_in_producer = outer;
+  tl_producers = f.outer;
   return rc;
 }
 
@@ -385,7 +397,7 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
   if (iter_in_copy(it))
     return fp__refuse("fp_iter_next in a forked copy of the master: the "
                       "iterator and its results are the parent's");
-  if (tl_in_producer == it)
+  if (fp__producer_running(NULL, it))
     return fp__refuse("fp_iter_next from the iterator's own producer: it "
                       "would wait for the item being produced");
   /* A producer error cancels the job; the iteration then hands out what
@@ -470,7 +482,7 @@ static void drop_chunks(fp_iter *it) {
 void fp_iter_free(fp_iter *it) {
   if (it == NULL || iter_in_copy(it))
     return; /* a copy's iterator is the parent's: this copy leaves it */
-  if (tl_in_producer == it) {
+  if (fp__producer_running(NULL, it)) {
     fp__refuse("fp_iter_free from the iterator's own producer: nothing "
                "freed (end the input by returning 0, then free it)");
     return;

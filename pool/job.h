@@ -154,6 +154,7 @@ struct fp_iter {
   unsigned fork_gen;    /* the process it was made in (forked.c) */
   int refs;             /* user + job */
   int ordered;
+  const fp_pool *owner; /* the pool that made it (never cleared) */
   fp_pool *pool;        /* NULL once the job finished; guarded by mu */
   fp__job *job;         /* guarded by pool->mu */
   /* delivery (guarded by mu) */
@@ -262,10 +263,11 @@ void fp__progress_call_deliver(const fp__progress_call *c);
 
 /* The result currently in its callback on this thread, or NULL. */
 fp_result *fp__result_in_callback(void);
-/* The iterator whose producer this thread is running, or NULL: the
- * producer runs with the iterator's producer lock held, and calls that
- * would take it again or wait for its input are refused (iter.c). */
-fp_iter *fp__iter_in_producer(void);
+/* Whether this thread is running, at any depth, the producer of iterator
+ * it or of an iterator of pool: a producer runs with its iterator's
+ * producer lock held, and calls that would take it again or wait for its
+ * input are refused (iter.c, pool.c). Either argument may be NULL. */
+int fp__producer_running(const fp_pool *pool, const fp_iter *it);
 /* Drops a reference, freeing r with the last; use_mu 0 only in a forked
  * copy of the master (result.c, res_lock). */
 void fp__result_unref(fp_result *r, int use_mu);

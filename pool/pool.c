@@ -629,9 +629,10 @@ static int join_pool(fp_pool *pool) {
   if (pool == NULL || fp__on_pool_thread(pool))
     return fp__refuse(pool == NULL ? "NULL pool"
                                : "fp_pool_join from a callback (pool thread)");
-  if (fp__iter_in_producer() != NULL)
-    return fp__refuse("fp_pool_join from an imap producer: it would wait "
-                      "for the input that producer is writing");
+  if (fp__producer_running(pool, NULL))
+    return fp__refuse("fp_pool_join from the producer of one of the pool's "
+                      "iterators: it would wait for the input that producer "
+                      "is writing");
   if (fp__pool_foreign(pool))
     return refuse_in_copy("fp_pool_join");
   fp__pool_lock(pool);
@@ -685,10 +686,11 @@ void fp_pool_free(fp_pool *pool) {
     fp__refuse("fp_pool_free from a callback (pool thread): nothing freed");
     return;
   }
-  if (fp__iter_in_producer() != NULL && !fp__pool_foreign(pool)) {
+  if (fp__producer_running(pool, NULL) && !fp__pool_foreign(pool)) {
     /* Its join would wait for the input being produced, and the caller
      * of the producer (an fp_iter_next, a join) still uses the pool. */
-    fp__refuse("fp_pool_free from an imap producer: nothing freed");
+    fp__refuse("fp_pool_free from the producer of one of the pool's "
+               "iterators: nothing freed");
     return;
   }
   if (fp__pool_foreign(pool)) {

@@ -191,6 +191,9 @@ static inline void fp__pool_wake(fp_pool *pool) {
 /* The fork generation of this process (registers the atfork handler on
  * first use); a pool remembers the one it was made in. */
 unsigned fp__fork_gen_now(void);
+/* Whether gen (an object's fp__fork_gen_now() at its making) is not this
+ * process's: the object belongs to the process this one was forked from. */
+int fp__made_elsewhere(unsigned gen);
 /* 1 when this process is a fork of the one that made the pool. */
 int fp__pool_foreign(const fp_pool *pool);
 /* 0 when the pool accepts work, else the code to fail a submission with. */

@@ -1358,10 +1358,6 @@ START_TEST(cleanup_in_forked_child_returns_at_once) {
 }
 END_TEST
 
-/* A forked copy of the master cannot wait for the parent's results (they
- * are delivered to the parent): a blocking wait on a pending result or
- * iterator there returns FP_EINVAL at once, instead of forever; a poll
- * (timeout 0) says "not yet". The parent's copies complete as usual. */
 /* A thread of the master may hold an iterator's or a result's lock at the
  * moment the user forks (the pool thread delivering, a caller polling):
  * the copy has no such thread to release it. Here the forking thread holds
@@ -1450,6 +1446,11 @@ START_TEST(freeing_an_inherited_pool_in_a_task_closes_none_of_its_fds) {
 }
 END_TEST
 
+/* A forked copy of the master cannot wait for the parent's results (they
+ * are delivered to the parent): a blocking wait on a pending result or
+ * iterator there returns FP_EINVAL at once, instead of forever; a poll
+ * (timeout 0) of a result says "not yet". The parent's copies complete as
+ * usual. */
 START_TEST(waits_in_forked_child_are_refused) {
   if (fp_test_under_valgrind())
     return; /* see cleanup_in_forked_child_returns_at_once */

@@ -962,17 +962,20 @@ static int snapshot_stripe(fp_dict *d, fp__shm_heap *h, stripe *s,
 /* The dict is pinned only while a stripe is copied: between stripes, and
  * while cb runs, it may be destroyed and a new dict made at its place.
  * Its creation number, checked again at each stripe, tells them apart. */
-/* The managers this thread is inside an fp_dict_foreach of: freeing one
- * from a callback would unmap the arena the walk goes on in, so
- * fp_manager_free refuses it (manager.c). Nesting deeper than
- * FOREACH_DEPTH is not tracked. */
-#define FOREACH_DEPTH 8
-static __thread const fp_manager *tl_walking[FOREACH_DEPTH];
-static __thread int tl_nwalking;
+/* The managers this thread is inside an fp_dict_foreach of, innermost
+ * first (each frame lives on fp_dict_foreach's stack): freeing one from a
+ * callback would unmap the arena the walk goes on in, so fp_manager_free
+ * refuses it (manager.c). */
+typedef struct walk_frame {
+  const fp_manager *m;
+  struct walk_frame *outer;
+} walk_frame;
+
+static __thread walk_frame *tl_walks;
 
 int fp__shm_walking(const fp_manager *m) {
-  for (int i = 0; i < tl_nwalking && i < FOREACH_DEPTH; i++)
-    if (tl_walking[i] == m)
+  for (const walk_frame *f = tl_walks; f != NULL; f = f->outer)
+    if (f->m == m)
       return 1;
   return 0;
 }
@@ -1020,11 +1023,10 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
   gen = d->hdr.gen;
   if ((h = fp__shm_heap_get(m)) == NULL)
     return FP_ENOMEM;
-  int depth = tl_nwalking++;
-  if (depth < FOREACH_DEPTH)
-    tl_walking[depth] = m;
+  walk_frame f = {m, tl_walks};
+  tl_walks = &f;
   rc = walk_stripes(d, h, gen, cb, arg);
-  tl_nwalking--;
+  tl_walks = f.outer;
   return rc;
 }
 
