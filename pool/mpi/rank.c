@@ -332,10 +332,19 @@ static void notify(void *arg) {
   uv_async_send(&((rserver *)arg)->in);
 }
 
-/* BYE: close the loop's handles; the loop ends and serve() tidies up. */
+/* BYE: close the loop's handles; the loop ends and serve() tidies up.
+ * Every live worker is told FINISH first: a FINISH of rank 0 that came in
+ * the same batch as the BYE would otherwise be lost with the closed link,
+ * and a worker asleep on its task ring would notice the closed socket
+ * only at its next periodic look (200 ms), which every join paid. */
 static void shut_down(rserver *sv) {
   if (uv_is_closing((uv_handle_t *)&sv->in))
     return;
+  for (int i = 0; i < sv->cfg.nworkers; i++) {
+    drop_queue(&sv->s[i]); /* their results would go nowhere */
+    if (sv->s[i].pid != 0)
+      sv->ops->finish(sv->link, i);
+  }
   sv->ops->close(sv->link);
   if (sv->prog.running)
     fp__mprog_mute(&sv->prog);
