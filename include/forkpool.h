@@ -674,10 +674,11 @@ typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
  * fp_pool_imap_producer() / fp_iter_next(), or fp_pool_join() after
  * fp_pool_close() (which reads what is left of the input), never two calls
  * at once, and never after fp_iter_free() returned. It may make pool
- * calls, but not those that would wait for its own input: fp_iter_next()
- * on its own iterator and fp_pool_join() return FP_EINVAL there, and
- * fp_iter_free() of its own iterator and fp_pool_free() free nothing and
- * set fp_last_error(). */
+ * calls, but not those that would wait for its own input (or that of a
+ * producer it runs inside, when it reads another iterator): there,
+ * fp_iter_next() of its iterator and fp_pool_join() of that iterator's
+ * pool return FP_EINVAL, and fp_iter_free() of the iterator and
+ * fp_pool_free() of its pool free nothing and set fp_last_error(). */
 typedef int (*fp_producer_fn)(void *arg, fp_writer *item);
 
 typedef enum fp_crash_policy {
@@ -820,8 +821,8 @@ FP_EXTERN int fp_pool_terminate(fp_pool *pool);
 /* Waits until the workers, the fork server and the pool thread are gone.
  * Only after fp_pool_close() or fp_pool_terminate(): in state RUN it
  * returns FP_EINVAL (CPython raises ValueError), as for NULL, from a
- * callback, from an imap producer (it would wait for the input being
- * produced) or in a forked copy of the master. Returns 0 (and clears
+ * callback, from the producer of one of the pool's iterators (it would
+ * wait for the input being produced) or in a forked copy of the master. Returns 0 (and clears
  * fp_last_error()). After close,
  * queued work finishes first, and so does every producer-fed imap: join
  * reads what is left of its input, calling the producer on this thread
@@ -836,10 +837,10 @@ FP_EXTERN int fp_pool_join(fp_pool *pool);
  * fp_pool_close() and fp_pool_join() first. Results still held by the
  * caller stay valid (failed with FP_ECANCELED if unfinished) until
  * fp_result_free. NULL is ignored. After the call `pool` is invalid.
- * From a callback (the pool thread, which cannot join itself) or an imap
- * producer (whose caller still uses the pool) it frees nothing and sets
- * fp_last_error(): free the pool from another thread, or after the
- * producer returned. */
+ * From a callback (the pool thread, which cannot join itself) or the
+ * producer of one of the pool's iterators (whose caller still uses the
+ * pool) it frees nothing and sets fp_last_error(): free the pool from
+ * another thread, or after the producer returned. */
 FP_EXTERN void fp_pool_free(fp_pool *pool);
 
 /* Returns the number of worker processes, or FP_EINVAL for NULL. */
@@ -1041,9 +1042,11 @@ FP_EXTERN int64_t fp_result_error_index(fp_result *res);
 /* Cancels the job: queued tasks never run (including those a worker holds
  * but has not started; over MPI those still run, their results dropped:
  * docs/faults.md); a running task has its worker killed and replaced.
- * The result becomes ready with FP_ECANCELED (its error_callback runs).
- * Returns 0, or FP_EINVAL for NULL, if already ready, or in a forked copy
- * of the master (the job is the parent's). */
+ * The result becomes ready with FP_ECANCELED (its error_callback runs on
+ * the pool thread): returns 0 once it is, so the caller finds it ready -
+ * except from a callback (a pool thread), where it returns at once and the
+ * result becomes ready after the callback. FP_EINVAL for NULL, if already
+ * ready, or in a forked copy of the master (the job is the parent's). */
 FP_EXTERN int fp_result_cancel(fp_result *res);
 
 /* Releases the caller's result. An unfinished job keeps running (its

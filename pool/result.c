@@ -53,7 +53,7 @@ static int usable(fp_result *res) {
 
 /* Whether this process is a forked copy of the one res was made in. */
 static int in_copy(const fp_result *res) {
-  return res->fork_gen != fp__fork_gen_now();
+  return fp__made_elsewhere(res->fork_gen);
 }
 
 /* Takes res->mu, except in a forked copy of the master: there the result
@@ -328,7 +328,15 @@ int fp_result_cancel(fp_result *res) {
     return fp__refuse("NULL result");
   const char *why;
   int rc = stop_job(res, FP_ECANCELED, "canceled by fp_result_cancel", 1, &why);
-  return rc != 0 ? fp__refuse(why) : 0;
+  if (rc != 0)
+    return fp__refuse(why);
+  /* The job failed at once; the result becomes ready once its callbacks
+   * ran on the pool thread. Wait for that, so that the caller finds it
+   * ready (a canceled future is done at once) - unless this is a pool
+   * thread, which may be the one to run them. */
+  if (fp__tl_loop_pool == NULL)
+    fp_result_wait(res, FP_FOREVER);
+  return 0;
 }
 
 void fp_result_free(fp_result *res) {

@@ -368,6 +368,37 @@ START_TEST(forked_copy_cannot_stop_the_parents_pool) {
 }
 END_TEST
 
+/* fp_result_cancel returns with the result ready (FP_ECANCELED, its
+ * error callback run), whether the job was queued or running: a canceled
+ * future is done at once. */
+static _Atomic int g_cancel_cbs;
+static void count_error_cb(fp_result *r, void *arg) {
+  (void)r;
+  (void)arg;
+  atomic_fetch_add(&g_cancel_cbs, 1);
+}
+
+START_TEST(canceled_result_is_ready_when_cancel_returns) {
+  fp_pool *p = new_pool(1);
+  fp_call_opts co = {0};
+  co.error_callback = count_error_cb;
+  fp_result *running, *queued;
+  atomic_store(&g_cancel_cbs, 0);
+  ck_assert_int_eq(fp_pool_apply_async(p, block_task, NULL, &co, &running), 0);
+  ck_assert_int_eq(fp_pool_apply_async(p, block_task, NULL, &co, &queued), 0);
+  ck_assert_int_eq(fp_result_cancel(queued), 0);
+  ck_assert_int_eq(fp_result_ready(queued), 1);
+  ck_assert_int_eq(fp_result_get(queued, 0), FP_ECANCELED);
+  ck_assert_int_eq(fp_result_cancel(running), 0);
+  ck_assert_int_eq(fp_result_ready(running), 1);
+  ck_assert_int_eq(fp_result_get(running, 0), FP_ECANCELED);
+  ck_assert_int_eq(atomic_load(&g_cancel_cbs), 2);
+  fp_result_free(queued);
+  fp_result_free(running);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* An imap producer runs with its iterator's producer lock held, on the
  * consumer's thread (or a joining one): calls from it that would take that
  * lock again or wait for the input being produced are refused at once
@@ -415,6 +446,81 @@ START_TEST(producer_calls_into_its_own_iterator_are_refused) {
   ck_assert_int_eq(g_prod_refusals, 4);
   fp_iter_free(g_prod_it);
   fp_pool_free(g_prod_pool);
+}
+END_TEST
+
+/* A producer may make, use, join and free a pool of its own: only the
+ * pool of the iterator it feeds (and of any producer it runs inside) is
+ * refused. The inner producer here runs nested inside the outer one (it
+ * feeds an iterator the outer producer reads), and its calls on the OUTER
+ * iterator and pool are refused too. */
+static fp_pool *g_outer_pool;
+static fp_iter *g_outer_it;
+static int g_inner_n, g_outer_n, g_nested_refusals, g_helper_ok;
+
+static int inner_producer(void *arg, fp_writer *item) {
+  (void)arg;
+  if (g_inner_n == 2)
+    return 0;
+  if (g_inner_n == 1) {
+    fp_reader rd;
+    g_nested_refusals += fp_iter_next(g_outer_it, &rd, 1.0) == FP_EINVAL;
+    g_nested_refusals += fp_pool_join(g_outer_pool) == FP_EINVAL;
+  }
+  return fp_write_int(item, g_inner_n++) == 0 ? 1 : -1;
+}
+
+static int outer_producer(void *arg, fp_writer *item) {
+  (void)arg;
+  if (g_outer_n == 3)
+    return 0;
+  if (g_outer_n == 1) {
+    /* a helper pool, made and ended here */
+    fp_pool *helper = new_pool(1);
+    fp_writer a, out;
+    fp_writer_init(&a);
+    fp_writer_init(&out);
+    g_helper_ok = fp_write_int(&a, 7) == 0 &&
+                  fp_pool_apply(helper, square, &a, &out) == 0 &&
+                  fp_pool_close(helper) == 0 && fp_pool_join(helper) == 0;
+    fp_pool_free(helper);
+    fp_writer_free(&a);
+    fp_writer_free(&out);
+    /* an iterator of the same pool, whose producer runs nested */
+    fp_iter *inner;
+    fp_call_opts co = {0};
+    co.readahead = 1;
+    fp_reader rd;
+    if (fp_pool_imap_producer(g_outer_pool, square, inner_producer, NULL, &co,
+                              &inner) == 0) {
+      while (fp_iter_next(inner, &rd, 30) == 0) {
+      }
+      fp_iter_free(inner);
+    }
+  }
+  return fp_write_int(item, g_outer_n++) == 0 ? 1 : -1;
+}
+
+START_TEST(producers_may_use_other_pools_but_not_their_own_input) {
+  g_outer_pool = new_pool(1);
+  g_inner_n = g_outer_n = g_nested_refusals = g_helper_ok = 0;
+  fp_call_opts co = {0};
+  co.readahead = 1;
+  ck_assert_int_eq(fp_pool_imap_producer(g_outer_pool, square, outer_producer,
+                                         NULL, &co, &g_outer_it),
+                   0);
+  fp_reader rd;
+  int got = 0, rc;
+  while ((rc = fp_iter_next(g_outer_it, &rd, 30)) == 0)
+    got++;
+  ck_assert_int_eq(rc, FP_EOF);
+  ck_assert_int_eq(got, 3);
+  ck_assert_int_eq(g_inner_n, 2);
+  ck_assert_msg(g_helper_ok, "the helper pool inside the producer failed");
+  ck_assert_int_eq(g_nested_refusals, 2);
+  fp_iter_free(g_outer_it);
+  fp_pool_free(g_outer_pool);
+  fp_test_no_children(); /* the helper pool's processes are gone too */
 }
 END_TEST
 
@@ -885,7 +991,9 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, refusals_name_the_bad_argument);
   tcase_add_test(tc, waits_set_and_join_clears_the_last_error);
   tcase_add_test(tc, forked_copy_cannot_stop_the_parents_pool);
+  tcase_add_test(tc, canceled_result_is_ready_when_cancel_returns);
   tcase_add_test(tc, producer_calls_into_its_own_iterator_are_refused);
+  tcase_add_test(tc, producers_may_use_other_pools_but_not_their_own_input);
   tcase_add_test(tc, manager_free_inside_its_foreach_is_refused);
   tcase_add_test(tc, map_values_with_items_as_out);
   tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
