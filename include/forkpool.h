@@ -1042,11 +1042,13 @@ FP_EXTERN int64_t fp_result_error_index(fp_result *res);
 /* Cancels the job: queued tasks never run (including those a worker holds
  * but has not started; over MPI those still run, their results dropped:
  * docs/faults.md); a running task has its worker killed and replaced.
- * The result becomes ready with FP_ECANCELED (its error_callback runs on
- * the pool thread): returns 0 once it is, so the caller finds it ready -
- * except from a callback (a pool thread), where it returns at once and the
- * result becomes ready after the callback. FP_EINVAL for NULL, if already
- * ready, or in a forked copy of the master (the job is the parent's). */
+ * The job fails at once; its result becomes ready with FP_ECANCELED once
+ * its error_callback has run on the pool thread (fp_result_get waits for
+ * that). Cancel itself never waits for the pool thread, so it may be called
+ * holding a lock that callbacks take. Returns 0; FP_EINVAL for NULL, when
+ * the job already finished (its result is ready, or will be once its
+ * callbacks ran), or in a forked copy of the master (the job is the
+ * parent's). */
 FP_EXTERN int fp_result_cancel(fp_result *res);
 
 /* Releases the caller's result. An unfinished job keeps running (its

@@ -12,6 +12,7 @@
 #include "pool/pool_int.h"
 #include "ipc/wire/error.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,10 +219,23 @@ int fp__iter_fill(fp_iter *it) {
   return rc;
 }
 
-void fp__iter_finish_input(fp_iter *it) {
-  pthread_mutex_lock(&it->pmu);
+int fp__iter_finish_input(fp_iter *it) {
+  /* From inside a producer, the lock is only tried: another thread's
+   * producer may hold it while it waits for a lock of this one (each
+   * joining the other's pool). */
+  if (tl_producers != NULL) {
+    if (pthread_mutex_trylock(&it->pmu) != 0)
+      return -EBUSY;
+  } else {
+    pthread_mutex_lock(&it->pmu);
+  }
   fill_locked(it, 0); /* an error ends the iteration with it, as always */
   pthread_mutex_unlock(&it->pmu);
+  fp__iter_drop_ref(it);
+  return 0;
+}
+
+void fp__iter_drop_ref(fp_iter *it) {
   pthread_mutex_lock(&it->mu);
   int left = --it->refs;
   pthread_mutex_unlock(&it->mu);

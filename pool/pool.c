@@ -603,7 +603,7 @@ int fp_pool_terminate(fp_pool *pool) {
  * would wait forever if the joining thread is the reader. As CPython's
  * task handler exhausts imap's generator, join reads what is left of each
  * such input itself (pool->mu held, released around the reading). */
-static void finish_producer_inputs_locked(fp_pool *pool) {
+static int finish_producer_inputs_locked(fp_pool *pool) {
   for (fp__job *job = pool->jobs.head; pool->state == FP__CLOSE && job;) {
     fp_iter *it = job->it;
     if (job->finished || it == NULL || it->producer == NULL ||
@@ -617,10 +617,23 @@ static void finish_producer_inputs_locked(fp_pool *pool) {
     it->refs++;
     pthread_mutex_unlock(&it->mu);
     fp__pool_unlock(pool);
-    fp__iter_finish_input(it);
+    int busy = fp__iter_finish_input(it) != 0;
     fp__pool_lock(pool);
+    if (busy) {
+      /* A producer joining this pool while another thread's producer,
+       * blocked in a join of its own, feeds this input: each would wait
+       * for the other. The join is refused instead. (job is alive while
+       * its iterator still names it.) */
+      if (it->job == job)
+        job->input_read_by_join = 0;
+      fp__pool_unlock(pool);
+      fp__iter_drop_ref(it);
+      fp__pool_lock(pool);
+      return -EBUSY;
+    }
     job = pool->jobs.head; /* the list may have changed meanwhile */
   }
+  return 0;
 }
 
 /* fp_pool_join without touching the thread's last error, which
@@ -641,7 +654,12 @@ static int join_pool(fp_pool *pool) {
     fp__set_last_error(FP_EINVAL, "join before close or terminate");
     return FP_EINVAL;
   }
-  finish_producer_inputs_locked(pool);
+  if (finish_producer_inputs_locked(pool) != 0) {
+    fp__pool_unlock(pool);
+    return fp__refuse("fp_pool_join from an imap producer while another "
+                      "thread produces the input of one of the pool's "
+                      "iterators: each could wait for the other");
+  }
   if (!pool->joined) /* a joined pool's loop is closed: nothing to wake */
     fp__pool_wake(pool);
   while (!pool->thread_done && !pool->joined)

@@ -223,8 +223,12 @@ int fp__iter_fill(fp_iter *it);
  * read-ahead bound (fp_pool_join after close: the pool must finish, and
  * the consumer may never read on), then drops the reference the caller
  * took on `it` (it->refs, under it->mu). Producer calls stay one at a time
- * (it->pmu), whichever thread makes them. */
-void fp__iter_finish_input(fp_iter *it);
+ * (it->pmu), whichever thread makes them. Returns 0, or -EBUSY (nothing
+ * read, the reference kept) when called from inside a producer while
+ * another thread runs this iterator's producer. */
+int fp__iter_finish_input(fp_iter *it);
+/* Drops a reference taken on it (it->refs), freeing it with the last. */
+void fp__iter_drop_ref(fp_iter *it);
 
 /* ---- sched.c: queue, dispatch, results --------------------------------- */
 

@@ -306,7 +306,8 @@ static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
     atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&res->mu);
   if (pool == NULL) {
-    *why = "cancel of a result that is already ready";
+    *why = "cancel of a job that already finished (its result is ready, or "
+           "will be once its callbacks ran)";
     return FP_EINVAL;
   }
   fp__pool_lock(pool);
@@ -319,7 +320,8 @@ static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
     fp__pool_wake(pool); /* its callbacks run on the pool thread */
   fp__pool_unlock(pool);
   atomic_fetch_sub(&pool->spinners, 1);
-  *why = "cancel of a result that is already ready";
+  *why = "cancel of a job that already finished (its result is ready, or "
+         "will be once its callbacks ran)";
   return rc;
 }
 
@@ -328,15 +330,10 @@ int fp_result_cancel(fp_result *res) {
     return fp__refuse("NULL result");
   const char *why;
   int rc = stop_job(res, FP_ECANCELED, "canceled by fp_result_cancel", 1, &why);
-  if (rc != 0)
-    return fp__refuse(why);
-  /* The job failed at once; the result becomes ready once its callbacks
-   * ran on the pool thread. Wait for that, so that the caller finds it
-   * ready (a canceled future is done at once) - unless this is a pool
-   * thread, which may be the one to run them. */
-  if (fp__tl_loop_pool == NULL)
-    fp_result_wait(res, FP_FOREVER);
-  return 0;
+  /* No wait for the result to become ready (its callbacks run on the pool
+   * thread first): a caller holding a lock that a callback takes, or an
+   * imap producer whose iterator a callback reads, would deadlock. */
+  return rc != 0 ? fp__refuse(why) : 0;
 }
 
 void fp_result_free(fp_result *res) {

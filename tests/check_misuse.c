@@ -12,6 +12,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -368,34 +369,83 @@ START_TEST(forked_copy_cannot_stop_the_parents_pool) {
 }
 END_TEST
 
-/* fp_result_cancel returns with the result ready (FP_ECANCELED, its
- * error callback run), whether the job was queued or running: a canceled
- * future is done at once. */
-static _Atomic int g_cancel_cbs;
-static void count_error_cb(fp_result *r, void *arg) {
+/* fp_result_cancel fails the job at once and returns without waiting for
+ * the pool thread: the result is ready once its error callback ran, which
+ * fp_result_get waits for. A caller may hold a lock that the callbacks
+ * take while it cancels (a table of outstanding calls): no deadlock. */
+static pthread_mutex_t g_table_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_outstanding;
+static void count_down_cb(fp_result *r, void *arg) {
   (void)r;
   (void)arg;
-  atomic_fetch_add(&g_cancel_cbs, 1);
+  pthread_mutex_lock(&g_table_mu);
+  g_outstanding--;
+  pthread_mutex_unlock(&g_table_mu);
 }
 
-START_TEST(canceled_result_is_ready_when_cancel_returns) {
+START_TEST(cancel_under_a_lock_the_callbacks_take) {
   fp_pool *p = new_pool(1);
   fp_call_opts co = {0};
-  co.error_callback = count_error_cb;
+  co.callback = co.error_callback = count_down_cb;
   fp_result *running, *queued;
-  atomic_store(&g_cancel_cbs, 0);
+  g_outstanding = 2;
   ck_assert_int_eq(fp_pool_apply_async(p, block_task, NULL, &co, &running), 0);
   ck_assert_int_eq(fp_pool_apply_async(p, block_task, NULL, &co, &queued), 0);
+  pthread_mutex_lock(&g_table_mu);
   ck_assert_int_eq(fp_result_cancel(queued), 0);
-  ck_assert_int_eq(fp_result_ready(queued), 1);
-  ck_assert_int_eq(fp_result_get(queued, 0), FP_ECANCELED);
   ck_assert_int_eq(fp_result_cancel(running), 0);
-  ck_assert_int_eq(fp_result_ready(running), 1);
-  ck_assert_int_eq(fp_result_get(running, 0), FP_ECANCELED);
-  ck_assert_int_eq(atomic_load(&g_cancel_cbs), 2);
+  pthread_mutex_unlock(&g_table_mu);
+  ck_assert_int_eq(fp_result_get(queued, 30), FP_ECANCELED);
+  ck_assert_int_eq(fp_result_get(running, 30), FP_ECANCELED);
+  ck_assert_int_eq(fp_result_cancel(running), FP_EINVAL); /* finished */
+  pthread_mutex_lock(&g_table_mu);
+  ck_assert_int_eq(g_outstanding, 0);
+  pthread_mutex_unlock(&g_table_mu);
   fp_result_free(queued);
   fp_result_free(running);
   fp_pool_free(p);
+}
+END_TEST
+
+/* A job that finished before the cancel is not ready until its callback
+ * returned: a cancel in that window returns FP_EINVAL at once, saying the
+ * job already finished (it is not ready yet), without waiting for the
+ * callback, which here blocks until the test releases it. */
+static int g_cb_gate[2], g_cb_entered[2];
+static void blocking_callback(fp_result *r, void *arg) {
+  (void)r;
+  (void)arg;
+  char c = 1;
+  ck_assert_int_eq(write(g_cb_entered[1], &c, 1), 1);
+  ck_assert_int_eq(read(g_cb_gate[0], &c, 1), 1);
+}
+
+START_TEST(cancel_of_a_finished_job_is_refused_at_once) {
+  fp_pool *p = new_pool(1);
+  fp_writer a;
+  fp_result *r;
+  fp_writer_init(&a);
+  ck_assert_int_eq(fp_write_int(&a, 2), 0);
+  ck_assert_int_eq(pipe(g_cb_gate), 0);
+  ck_assert_int_eq(pipe(g_cb_entered), 0);
+  fp_call_opts co = {0};
+  co.callback = blocking_callback;
+  ck_assert_int_eq(fp_pool_apply_async(p, square, &a, &co, &r), 0);
+  struct pollfd pf = {g_cb_entered[0], POLLIN, 0};
+  ck_assert_int_eq(poll(&pf, 1, 30000), 1); /* the callback runs */
+  ck_assert_int_eq(fp_result_cancel(r), FP_EINVAL);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "already finished"));
+  ck_assert_int_eq(fp_result_ready(r), 0); /* its callback still runs */
+  char x = 1;
+  ck_assert_int_eq(write(g_cb_gate[1], &x, 1), 1);
+  ck_assert_int_eq(fp_result_get(r, 30), 0);
+  fp_result_free(r);
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  for (int i = 0; i < 2; i++) {
+    close(g_cb_gate[i]);
+    close(g_cb_entered[i]);
+  }
 }
 END_TEST
 
@@ -521,6 +571,62 @@ START_TEST(producers_may_use_other_pools_but_not_their_own_input) {
   fp_iter_free(g_outer_it);
   fp_pool_free(g_outer_pool);
   fp_test_no_children(); /* the helper pool's processes are gone too */
+}
+END_TEST
+
+/* Two threads, each feeding an imap of its own pool, whose producers each
+ * close and join the OTHER pool: each join would read the other's input,
+ * whose producer lock the other thread holds while it waits in its own
+ * join. At least one join is refused; nothing deadlocks. */
+static pthread_barrier_t g_cross_barrier;
+typedef struct cross {
+  fp_pool *mine, *other;
+  int n, join_rc;
+} cross;
+
+static int cross_producer(void *arg, fp_writer *item) {
+  cross *c = arg;
+  if (c->n == 3)
+    return 0;
+  if (c->n == 1) {
+    pthread_barrier_wait(&g_cross_barrier);
+    fp_pool_close(c->other);
+    c->join_rc = fp_pool_join(c->other);
+  }
+  return fp_write_int(item, c->n++) == 0 ? 1 : -1;
+}
+
+static void *cross_thread(void *arg) {
+  cross *c = arg;
+  fp_call_opts co = {0};
+  co.readahead = 1;
+  fp_iter *it;
+  fp_reader rd;
+  if (fp_pool_imap_producer(c->mine, square, cross_producer, c, &co, &it) ==
+      0) {
+    while (fp_iter_next(it, &rd, 30) == 0) {
+    }
+    fp_iter_free(it);
+  }
+  return NULL;
+}
+
+START_TEST(producers_joining_each_others_pools_never_deadlock) {
+  cross c[2] = {{0}};
+  c[0].mine = c[1].other = new_pool(1);
+  c[1].mine = c[0].other = new_pool(1);
+  ck_assert_int_eq(pthread_barrier_init(&g_cross_barrier, NULL, 2), 0);
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(pthread_create(&t[i], NULL, cross_thread, &c[i]), 0);
+  for (int i = 0; i < 2; i++)
+    pthread_join(t[i], NULL);
+  ck_assert_msg(c[0].join_rc == FP_EINVAL || c[1].join_rc == FP_EINVAL,
+                "both joins returned %d and %d", c[0].join_rc, c[1].join_rc);
+  pthread_barrier_destroy(&g_cross_barrier);
+  fp_pool_free(c[0].mine);
+  fp_pool_free(c[1].mine);
+  fp_test_no_children();
 }
 END_TEST
 
@@ -991,9 +1097,11 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, refusals_name_the_bad_argument);
   tcase_add_test(tc, waits_set_and_join_clears_the_last_error);
   tcase_add_test(tc, forked_copy_cannot_stop_the_parents_pool);
-  tcase_add_test(tc, canceled_result_is_ready_when_cancel_returns);
+  tcase_add_test(tc, cancel_under_a_lock_the_callbacks_take);
+  tcase_add_test(tc, cancel_of_a_finished_job_is_refused_at_once);
   tcase_add_test(tc, producer_calls_into_its_own_iterator_are_refused);
   tcase_add_test(tc, producers_may_use_other_pools_but_not_their_own_input);
+  tcase_add_test(tc, producers_joining_each_others_pools_never_deadlock);
   tcase_add_test(tc, manager_free_inside_its_foreach_is_refused);
   tcase_add_test(tc, map_values_with_items_as_out);
   tcase_add_test(tc, pools_one_after_another_with_stdio_closed);
