@@ -71,8 +71,7 @@ static int job_alloc(fp_pool *pool, const void *fn, const fp_call_opts *o,
   /* A forked copy of the master must not even take the pool's mutex: a
    * thread that held it at the fork does not exist here to release it. */
   if (fp__pool_foreign(pool))
-    return fp__refuse("pool call in a forked copy of the master: the pool "
-                      "belongs to its parent");
+    return fp__pool_refuse_in_copy("a pool call");
   int rc = fp__job_new(fn, out);
   if (rc == FP_ENOMEM)
     fp__set_last_error(rc, "out of memory for the call's job");
@@ -129,6 +128,18 @@ static void track_items(fp__job *job, const fp_call_opts *o) {
     memset(job->item_status, 0, sizeof(int) * (size_t)job->n_items);
 }
 
+/* FP_EMSGSIZE, with the message: `what` (bytes long) is larger than what
+ * one frame of this pool carries. */
+static int refuse_too_big(const fp_pool *pool, const char *what, size_t bytes) {
+  char msg[160];
+  snprintf(msg, sizeof(msg),
+           "too large for a frame: %s of %zu bytes (max_frame %zu leaves "
+           "%zu bytes)",
+           what, bytes, pool->max_frame, pool->max_frame - FP__FRAME_OVERHEAD);
+  fp__set_last_error(FP_EMSGSIZE, msg);
+  return FP_EMSGSIZE;
+}
+
 /* What is wrong with a fixed-size map's arguments, or NULL. */
 static const char *bad_fixed_args(const fp_pool *pool, fp_elem_fn fn,
                                   const void *in, size_t n, size_t in_size,
@@ -157,15 +168,8 @@ static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
     return fp__refuse(bad);
   size_t room = pool->max_frame - FP__FRAME_OVERHEAD;
   size_t big = in_size > out_size ? in_size : out_size;
-  if (big > room) {
-    char msg[160];
-    snprintf(msg, sizeof(msg),
-             "an element of %zu bytes does not fit in a frame (max_frame "
-             "%zu leaves %zu bytes for items)",
-             big, pool->max_frame, room);
-    fp__set_last_error(FP_EMSGSIZE, msg);
-    return FP_EMSGSIZE;
-  }
+  if (big > room)
+    return refuse_too_big(pool, "an element", big);
   fp__job *job;
   int rc = job_alloc(pool, (const void *)fn, o, &job);
   if (rc != 0)
@@ -372,15 +376,8 @@ static int make_values(fp_pool *pool, int kind, fp_task_fn fn,
   const unsigned char *buf = items ? items->data : NULL;
   size_t len = items ? items->len : 0, dummy;
   int rc;
-  if (kind == FP__JOB_APPLY && len > pool->max_frame - FP__FRAME_OVERHEAD) {
-    char msg[160];
-    snprintf(msg, sizeof(msg),
-             "the arguments (%zu bytes) do not fit in a frame (max_frame "
-             "%zu leaves %zu bytes)",
-             len, pool->max_frame, pool->max_frame - FP__FRAME_OVERHEAD);
-    fp__set_last_error(FP_EMSGSIZE, msg);
-    return FP_EMSGSIZE;
-  }
+  if (kind == FP__JOB_APPLY && len > pool->max_frame - FP__FRAME_OVERHEAD)
+    return refuse_too_big(pool, "the arguments", len);
   if (kind == FP__JOB_APPLY && len > 0 &&
       (rc = fp_values_count(buf, len, &dummy)) != 0) {
     fp__set_last_error(rc, "the arguments are not well-formed codec values");

@@ -446,13 +446,6 @@ int fp_iter_next(fp_iter *it, fp_reader *item, double timeout) {
                                     "(pool thread): it would wait for itself");
       return FP_EINVAL;
     }
-    if (!expired && it->pool != NULL && fp__pool_foreign(it->pool)) {
-      pthread_mutex_unlock(&it->mu);
-      fp__set_last_error(FP_EINVAL, "fp_iter_next in a forked copy of the "
-                                    "process: the pool's results go to the "
-                                    "parent, nothing would come here");
-      return FP_EINVAL;
-    }
     if (!expired && !spun) {
       spun = 1;
       poll_for_next(it);

@@ -37,11 +37,8 @@ _Static_assert(FP__LINK_MAX_BATCH == 16, "bad_option() names the bound");
 
 int fp__pool_check_submit_locked(fp_pool *pool) {
   char msg[FP__MSG_LEN + 32];
-  if (fp__pool_foreign(pool)) {
-    fp__set_last_error(FP_EINVAL, "pool call in a forked copy of the "
-                                  "master: the pool belongs to its parent");
-    return FP_EINVAL;
-  }
+  /* A forked copy never gets here: job_alloc refuses it before any lock
+   * of the pool is taken. */
   if (pool->broken) {
     snprintf(msg, sizeof(msg), "the pool is broken: %s", pool->broken_msg);
     fp__set_last_error(pool->broken, msg);
@@ -535,9 +532,7 @@ int fp_pool_size(const fp_pool *pool) {
   return pool ? pool->nworkers : fp__refuse("NULL pool");
 }
 
-/* close, terminate and join in a forked copy of the master: the pool is
- * the parent's, and the copy must neither stop nor wait for its workers. */
-static int refuse_in_copy(const char *call) {
+int fp__pool_refuse_in_copy(const char *call) {
   char msg[128];
   snprintf(msg, sizeof(msg),
            "%s in a forked copy of the master: the pool belongs to its "
@@ -571,7 +566,7 @@ int fp_pool_close(fp_pool *pool) {
   if (pool == NULL)
     return fp__refuse("NULL pool");
   if (fp__pool_foreign(pool))
-    return refuse_in_copy("fp_pool_close");
+    return fp__pool_refuse_in_copy("fp_pool_close");
   fp__pool_lock(pool);
   if (pool->state == FP__RUN)
     pool->state = FP__CLOSE;
@@ -586,7 +581,7 @@ int fp_pool_terminate(fp_pool *pool) {
                                : "fp_pool_terminate from a callback (pool "
                                  "thread)");
   if (fp__pool_foreign(pool))
-    return refuse_in_copy("fp_pool_terminate");
+    return fp__pool_refuse_in_copy("fp_pool_terminate");
   fp__pool_lock(pool);
   pool->state = FP__TERMINATE;
   fp__pool_wake(pool);
@@ -647,7 +642,7 @@ static int join_pool(fp_pool *pool) {
                       "iterators: it would wait for the input that producer "
                       "is writing");
   if (fp__pool_foreign(pool))
-    return refuse_in_copy("fp_pool_join");
+    return fp__pool_refuse_in_copy("fp_pool_join");
   fp__pool_lock(pool);
   if (pool->state == FP__RUN) {
     fp__pool_unlock(pool);

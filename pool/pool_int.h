@@ -196,6 +196,10 @@ unsigned fp__fork_gen_now(void);
 int fp__made_elsewhere(unsigned gen);
 /* 1 when this process is a fork of the one that made the pool. */
 int fp__pool_foreign(const fp_pool *pool);
+/* A call refused in a forked copy of the master (the pool, its workers
+ * and results are the parent's): sets the message, naming call, and
+ * returns FP_EINVAL. */
+int fp__pool_refuse_in_copy(const char *call);
 /* 0 when the pool accepts work, else the code to fail a submission with. */
 int fp__pool_check_submit_locked(fp_pool *pool);
 

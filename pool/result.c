@@ -305,11 +305,10 @@ static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
   if (pool != NULL)
     atomic_fetch_add(&pool->spinners, 1);
   pthread_mutex_unlock(&res->mu);
-  if (pool == NULL) {
-    *why = "cancel of a job that already finished (its result is ready, or "
-           "will be once its callbacks ran)";
+  *why = "cancel of a job that already finished (its result is ready, or "
+         "will be once its callbacks ran)";
+  if (pool == NULL)
     return FP_EINVAL;
-  }
   fp__pool_lock(pool);
   int rc = FP_EINVAL;
   if (res->job != NULL) { /* res->job is guarded by pool->mu */
@@ -320,8 +319,6 @@ static int stop_job(fp_result *res, int code, const char *msg, int kill_running,
     fp__pool_wake(pool); /* its callbacks run on the pool thread */
   fp__pool_unlock(pool);
   atomic_fetch_sub(&pool->spinners, 1);
-  *why = "cancel of a job that already finished (its result is ready, or "
-         "will be once its callbacks ran)";
   return rc;
 }
 
