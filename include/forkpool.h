@@ -605,6 +605,12 @@ typedef enum fp_pin_policy {
  *   by another thread of your program. Each worker talks to the pool thread
  *   over its own socket; a worker that dies fails exactly the tasks it held.
  *
+ *   SIGNALS: workers start with every caught signal back at its default
+ *   (ignored ones stay ignored), so a Ctrl-C that reaches the process group
+ *   kills them and they are replaced. The fork server ignores SIGHUP,
+ *   SIGINT, SIGQUIT and SIGTERM and ends only with the master, so a program
+ *   that catches such a signal and carries on keeps a working pool.
+ *
  *   FORK INHERITANCE: every worker sees the program's memory as it was when
  *   fp_pool_new() was called. Globals and data loaded before fp_pool_new()
  *   are visible to tasks for free (copy-on-write, no serialisation); changes

@@ -2596,6 +2596,100 @@ START_TEST(submissions_after_fork_server_death_say_why) {
 }
 END_TEST
 
+/* A signal the whole process group gets (Ctrl-C, `kill -TERM -pgid`) and
+ * the program catches to carry on: the workers die and are replaced, the
+ * fork server lives on, and the pool keeps working. Run in a child with a
+ * process group of its own, so the signals reach nobody else. Returns 0,
+ * or the number of the step that failed. */
+static volatile sig_atomic_t g_group_sig;
+static void on_group_sig(int sig) {
+  g_group_sig = sig;
+}
+
+/* Waits until both workers of p run under pids other than old[] (they
+ * were replaced), at most 20 s. */
+static int workers_replaced(fp_pool *p, const pid_t old[2]) {
+  for (double end = now_s() + 20; now_s() < end;) {
+    fp_worker_info a, b;
+    if (fp_pool_worker_info(p, 0, &a) == 0 &&
+        fp_pool_worker_info(p, 1, &b) == 0 && a.pid > 0 && b.pid > 0 &&
+        a.pid != old[0] && a.pid != old[1] && b.pid != old[0] &&
+        b.pid != old[1])
+      return 1;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}
+
+static int map_plus1_ok(fp_pool *p) {
+  int64_t in[16], out[16];
+  for (int i = 0; i < 16; i++)
+    in[i] = i;
+  if (fp_pool_map(p, e_plus1, in, 16, 8, out, 8, NULL) != 0)
+    return 0;
+  for (int i = 0; i < 16; i++)
+    if (out[i] != i + 1)
+      return 0;
+  return 1;
+}
+
+static int group_signals_child(void) {
+  static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  fp_pool *p;
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  if (setpgid(0, 0) != 0 || fp_pool_new(&p, &o) != 0)
+    return 1;
+  for (int i = 0; i < 3; i++) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_group_sig;
+    sigaction(sigs[i], &sa, NULL);
+  }
+  for (int i = 0; i < 3; i++) {
+    fp_worker_info a, b;
+    if (!map_plus1_ok(p) || fp_pool_worker_info(p, 0, &a) != 0 ||
+        fp_pool_worker_info(p, 1, &b) != 0)
+      return 10 + i;
+    pid_t old[2] = {a.pid, b.pid}, fs = proc_ppid(a.pid);
+    g_group_sig = 0;
+    if (fs <= 1 || kill(0, sigs[i]) != 0 || g_group_sig != sigs[i])
+      return 20 + i;
+    if (!workers_replaced(p, old))
+      return 30 + i;
+    if (!proc_alive(fs) || !map_plus1_ok(p))
+      return 40 + i;
+  }
+  fp_pool_free(p);
+  return 0;
+}
+
+START_TEST(group_signals_the_program_catches_leave_the_pool_working) {
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(group_signals_child());
+  int st = 0;
+  pid_t got = 0;
+  for (double end = now_s() + 60; got == 0 && now_s() < end;) {
+    got = waitpid(pid, &st, WNOHANG);
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  if (got == 0) {
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    ck_abort_msg("the child did not finish within 60 s");
+  }
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "child failed at step %d (signal %d)",
+                WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+END_TEST
+
 START_TEST(external_kills_of_young_workers_no_storm) {
   int pp[2];
   ck_assert_int_eq(pipe(pp), 0);
@@ -3062,6 +3156,8 @@ Suite *hardening_suite(void) {
            stopped_fork_server_is_killed_and_nothing_waits_for_ever, 90);
   add_case(s, "item14c", submissions_after_fork_server_death_say_why, 60);
   add_case(s, "item14d", worker_closing_its_socket_does_not_break_the_pool, 60);
+  add_case(s, "item14e",
+           group_signals_the_program_catches_leave_the_pool_working, 90);
   add_case(s, "item15", external_kills_of_young_workers_no_storm, 60);
   add_case(s, "item16", dict_destroy_racing_insert_keeps_arena, 120);
   add_case(s, "item17", map_with_zero_out_size, 30);

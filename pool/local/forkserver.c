@@ -84,6 +84,7 @@ typedef struct fserver {
   int by_main_thread; /* the master's main thread forked us */
   pid_t self;
   sigset_t mask; /* the master's signal mask, for the workers */
+  sigset_t shielded; /* ignored here, back to default in the workers */
   child *kids;
   int nkids;
 } fserver;
@@ -178,6 +179,26 @@ static void reset_signals(void) {
   }
 }
 
+/* Signals that a terminal or a shell sends to a whole process group
+ * (Ctrl-C, Ctrl-backslash, a hang-up, `kill -TERM -pgid`). The fork server is
+ * in the user's group, and with the default action one of them would kill it
+ * and break the pool for good, even when the program catches the signal
+ * to carry on. It ignores those that are at their default after
+ * reset_signals(); the workers get the default back (become_worker), so
+ * they still die as documented and are replaced. The server needs none of
+ * them to end: it leaves when the master does (EOF, pidfd, PDEATHSIG). */
+static void shield_signals(fserver *fs) {
+  static const int group_sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+  sigemptyset(&fs->shielded);
+  for (size_t i = 0; i < sizeof(group_sigs) / sizeof(group_sigs[0]); i++) {
+    struct sigaction sa;
+    int sig = group_sigs[i];
+    if (sigaction(sig, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+        sa.sa_handler == SIG_DFL && signal(sig, SIG_IGN) != SIG_ERR)
+      sigaddset(&fs->shielded, sig);
+  }
+}
+
 /* Opens a pidfd of the master, or returns -1 when the kernel (or a seccomp
  * filter) has no pidfd_open: then EOF on the control socket and the
  * parent-death signal are the only ways to notice master death. */
@@ -224,6 +245,7 @@ static void fs_start(fserver *fs) {
   __fpurge(stdout);
   __fpurge(stderr);
   reset_signals();
+  shield_signals(fs);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
@@ -276,6 +298,9 @@ static void become_worker(const fserver *fs, int slot, const int sv[2]) {
   if (fs->pidfd >= 0)
     close(fs->pidfd);
   close(sv[0]);
+  for (int sig = 1; sig < NSIG; sig++)
+    if (sigismember(&fs->shielded, sig) == 1)
+      signal(sig, SIG_DFL);
   memset(&boot, 0, sizeof(boot));
   boot.slot = slot;
   boot.fd = sv[1];
