@@ -647,8 +647,10 @@ typedef struct fp_iter fp_iter;
 /* A task over codec values. `args` reads the task's arguments: for
  * fp_pool_apply the values packed into `args`; for fp_pool_starmap the
  * elements of one tuple (list); for fp_pool_map_values / imap the one item.
- * The task writes exactly one result value into `out` (writing nothing
- * yields nil; writing more than one fails the task with FP_EPROTO).
+ * The task writes exactly one result value into `out`, which is empty when
+ * it starts and is the task's alone (writing nothing yields nil; writing
+ * more than one, or bytes that are not a value, fails the item with
+ * FP_EPROTO; fp_writer_reset(out) is harmless).
  * Return 0 on success, or a negative code to fail the item, usually
  * through fp_task_fail(). Runs in a worker process. */
 typedef int (*fp_task_fn)(fp_reader *args, fp_writer *out);
@@ -733,6 +735,8 @@ typedef struct fp_pool_opts {
                                 0: unlimited */
   size_t max_frame;          /* largest message, item or result: 4096
                                 to 2^32 - 1; 0: FP_FRAME_MAX_DEFAULT.
+                                A frame's header takes a few dozen bytes
+                                of it (the refusal says what is left).
                                 A chunk's results
                                 together may pass it (several messages),
                                 up to 1 GiB or max_frame if larger */

@@ -239,6 +239,30 @@ static int span_add(span **sp, size_t *ns, size_t *cap, size_t off, size_t l,
  * at most `room` bytes. Returns 0 and the spans (caller frees *spans), or
  * FP_EPROTO / FP_ETYPE (starmap item not a list) / FP_EMSGSIZE (one item
  * larger than a frame) / FP_ENOMEM. */
+/* Refuses a call over item number `index` of its input (from 0): what is
+ * wrong with it, the code, and for a too-big item its size against the
+ * room a frame leaves. Returns code. */
+static int refuse_item(int code, int64_t index, size_t bytes, size_t room) {
+  char msg[200];
+  if (code == FP_EMSGSIZE)
+    snprintf(msg, sizeof(msg),
+             "too large for a frame: item %lld of %zu bytes (max_frame %zu "
+             "leaves %zu bytes)",
+             (long long)index, bytes, room + FP__FRAME_OVERHEAD, room);
+  else if (code == FP_ETYPE)
+    snprintf(msg, sizeof(msg),
+             "item %lld of a starmap is not a list: each item must be the "
+             "list of its task's arguments",
+             (long long)index);
+  else
+    snprintf(msg, sizeof(msg),
+             "item %lld of the input is not a well-formed "
+             "value (%s)",
+             (long long)index, fp_strerror(code));
+  fp__set_last_error(code, msg);
+  return code;
+}
+
 static int cut_items(const unsigned char *buf, size_t len, size_t cs,
                      size_t room, int need_list, span **spans, size_t *nspans,
                      int64_t *nitems) {
@@ -255,10 +279,12 @@ static int cut_items(const unsigned char *buf, size_t len, size_t cs,
     size_t l;
     int t = need_list ? fp_read_peek(&r) : FP_LIST;
     if (t != FP_LIST)
-      rc = t < 0 ? t : FP_ETYPE;
-    else if ((rc = fp_read_span(&r, &p, &l)) == 0 && l > room)
-      rc = FP_EMSGSIZE;
-    else if (rc == 0)
+      rc = refuse_item(t < 0 ? t : FP_ETYPE, n, 0, room);
+    else if ((rc = fp_read_span(&r, &p, &l)) != 0)
+      rc = refuse_item(rc, n, 0, room);
+    else if (l > room)
+      rc = refuse_item(FP_EMSGSIZE, n, l, room);
+    else
       rc = span_add(&sp, &ns, &cap,
                     (size_t)((const unsigned char *)p - buf), l, cs, room);
     n++;

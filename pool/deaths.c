@@ -72,12 +72,23 @@ static int want_workers(fp_pool *pool) {
                            (pool->state == FP__CLOSE && work_remains(pool)));
 }
 
-static void describe_status(int status, char *buf, size_t len) {
+/* Says how a worker ended. Under a memory_limit a SIGKILL is also how a
+ * worker ends that cannot allocate even the report of a failure (as the
+ * kernel's OOM killer would end it): the message names the limit. */
+static void describe_status(const fp_pool *pool, int status, char *buf,
+                            size_t len) {
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     const char *abbrev = sigabbrev_np(sig);
-    snprintf(buf, len, "killed by signal SIG%s (%s)", abbrev ? abbrev : "?",
-             sigdescr_np(sig) ? sigdescr_np(sig) : "unknown");
+    int n =
+        snprintf(buf, len, "killed by signal SIG%s (%s)", abbrev ? abbrev : "?",
+                 sigdescr_np(sig) ? sigdescr_np(sig) : "unknown");
+    if (sig == SIGKILL && pool->opts.memory_limit > 0 && n >= 0 &&
+        (size_t)n < len)
+      snprintf(buf + n, len - (size_t)n,
+               "; it may have run out of memory under memory_limit %zu "
+               "bytes",
+               pool->opts.memory_limit);
   } else if (WIFEXITED(status)) {
     switch (WEXITSTATUS(status)) {
     case FP__WEXIT_INIT:
@@ -281,7 +292,7 @@ void fp__deaths_on_exited(void *ctx, int slot, pid_t pid, int status) {
   pool->link->ops->running(pool->link, slot, &d.run);
   int was_ready = ws->ready;
   slot_reset(pool, ws, &d, status);
-  describe_status(status, d.how, sizeof(d.how));
+  describe_status(pool, status, d.how, sizeof(d.how));
   settle_chunks_locked(pool, ws, &d);
   /* A worker that died before READY failed to start - unless we killed
    * it (terminate, cancel) or someone else did with SIGKILL: a kill from

@@ -84,8 +84,9 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
     if (rc < 0)
       return rc;
     /* The writer holds the chunk's earlier items: a producer that cut it
-     * (fp_writer_reset) or wrote and then said "end" broke the chunk. */
-    if (w->len < before || (rc == 0 && w->len != before))
+     * (fp_writer_reset) or wrote and then said "end" broke the chunk, as
+     * did one that returned neither 0 nor 1. */
+    if (rc > 1 || w->len < before || (rc == 0 && w->len != before))
       return FP_EPROTO;
     if (rc == 0) {
       it->producer_done = 1;
@@ -109,8 +110,9 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
 static const char *producer_failure(int rc) {
   if (rc == FP_EPROTO)
     return "the imap producer broke the protocol: it must write exactly one "
-           "well-formed value and return 1, or write nothing and return 0, "
-           "and leave what the writer held before untouched";
+           "well-formed value and return 1, or write nothing and return 0 (or "
+           "return a negative code), and leave what the writer held before "
+           "untouched";
   if (rc == FP_EMSGSIZE)
     return "the imap producer wrote an item larger than max_frame allows";
   return "the imap producer failed (returned a negative code)";

@@ -891,6 +891,130 @@ static int e_ident(const void *in, void *out) {
   return 0;
 }
 
+/* A task may reset the writer it is given: with several items in a
+ * chunk, that must not wipe the chunk's earlier results. */
+static int t_reset_then_ten_x(fp_reader *args, fp_writer *out) {
+  int64_t x = 0;
+  int rc = fp_read_int(args, &x);
+  if (rc != 0)
+    return rc;
+  fp_writer_reset(out);
+  return fp_write_int(out, x * 10);
+}
+
+static int t_raw_garbage(fp_reader *args, fp_writer *out) {
+  (void)args;
+  static const unsigned char junk[3] = {9, 9, 9};
+  return fp_writer_append(out, junk, sizeof(junk));
+}
+
+static int t_bytes_of(fp_reader *args, fp_writer *out) {
+  int64_t n = 0;
+  void *d;
+  int rc = fp_read_int(args, &n);
+  if (rc == 0 && (rc = fp_write_bytes_begin(out, (size_t)n, &d)) == 0)
+    memset(d, 1, (size_t)n);
+  return rc;
+}
+
+static int t_sigkill_self(fp_reader *args, fp_writer *out) {
+  (void)args;
+  (void)out;
+  raise(SIGKILL);
+  return 0;
+}
+
+static int g_left;
+static int producer_returning_two(void *arg, fp_writer *item) {
+  (void)arg;
+  if (g_left == 0)
+    return 0;
+  fp_write_int(item, g_left--);
+  return 2;
+}
+
+START_TEST(task_writer_resets_keep_the_chunks_other_results) {
+  fp_pool *p = new_pool(1);
+  fp_writer items, out;
+  fp_writer_init(&items);
+  fp_writer_init(&out);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(fp_write_int(&items, i), 0);
+  for (size_t cs = 1; cs <= 4; cs *= 2) {
+    fp_call_opts co = {0};
+    co.chunksize = cs;
+    fp_writer_reset(&out);
+    ck_assert_int_eq(
+        fp_pool_map_values(p, t_reset_then_ten_x, &items, &out, &co), 0);
+    fp_reader r;
+    fp_reader_init(&r, out.data, out.len);
+    for (int64_t i = 0; i < 4; i++) {
+      int64_t v = -1;
+      ck_assert_int_eq(fp_read_int(&r, &v), 0);
+      ck_assert_int_eq(v, i * 10);
+    }
+    ck_assert(fp_reader_at_end(&r));
+  }
+  fp_writer_free(&items);
+  fp_writer_free(&out);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* Every refusal and item failure around values and frames says what was
+ * wrong, not just the code's generic text. */
+START_TEST(value_and_frame_failures_say_what) {
+  fp_pool_opts o = {0};
+  fp_pool *p = NULL;
+  fp_writer a, out;
+  fp_writer_init(&a);
+  fp_writer_init(&out);
+  o.processes = 1;
+  o.max_frame = 4096;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_assert_says(fp_pool_apply(p, t_raw_garbage, NULL, &out), FP_EPROTO,
+                 "not well-formed");
+  ck_assert_int_eq(fp_write_int(&a, 8000), 0);
+  fp_assert_says(fp_pool_apply(p, t_bytes_of, &a, &out), FP_EMSGSIZE, "leaves");
+  fp_writer_reset(&a);
+  static char big[5000];
+  ck_assert_int_eq(fp_write_int(&a, 1), 0);
+  ck_assert_int_eq(fp_write_bytes(&a, big, sizeof(big)), 0);
+  fp_assert_says(fp_pool_map_values(p, square, &a, &out, NULL), FP_EMSGSIZE,
+                 "item 1 of 5005 bytes");
+  fp_writer_reset(&a);
+  ck_assert_int_eq(fp_pack(&a, "[i] i", (int64_t)1, (int64_t)2), 0);
+  fp_assert_says(fp_pool_starmap(p, square, &a, &out, NULL), FP_ETYPE,
+                 "item 1 of a starmap is not a list");
+  fp_pool_free(p);
+
+  /* A producer that returns neither 0, 1 nor a negative code. */
+  fp_iter *it;
+  fp_reader rd;
+  int rc;
+  p = new_pool(1);
+  g_left = 3;
+  ck_assert_int_eq(
+      fp_pool_imap_producer(p, square, producer_returning_two, NULL, NULL, &it),
+      0);
+  while ((rc = fp_iter_next(it, &rd, 30)) == 0)
+    ;
+  ck_assert_int_eq(rc, FP_EPROTO);
+  fp_iter_free(it);
+  fp_pool_free(p);
+
+  /* Under a memory_limit, a SIGKILL may be the worker running out. */
+  o.max_frame = 0;
+  o.memory_limit = (size_t)1 << 40;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_assert_says(fp_pool_apply(p, t_sigkill_self, NULL, &out), FP_EWORKER,
+                 "memory_limit");
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  fp_writer_free(&out);
+}
+END_TEST
+
 START_TEST(calls_after_join_are_refused) {
   for (int terminate = 0; terminate < 2; terminate++) {
     fp_pool *p = new_pool(2);
@@ -1109,6 +1233,8 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, pool_free_in_a_callback_is_refused);
   tcase_add_test(tc, sub_nanosecond_time_limit_still_limits);
   tcase_add_test(tc, chunk_results_larger_than_max_frame);
+  tcase_add_test(tc, task_writer_resets_keep_the_chunks_other_results);
+  tcase_add_test(tc, value_and_frame_failures_say_what);
   tcase_add_test(tc, calls_after_join_are_refused);
   tcase_add_test(tc, canceled_chunk_queued_on_a_busy_worker_never_runs);
   tcase_add_loop_test(tc, kill_for_one_job_never_hits_the_next, 0, 2);

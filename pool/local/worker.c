@@ -108,6 +108,7 @@ typedef struct worker {
   fp_writer in;           /* raw bytes read from the socket */
   size_t off;             /* start of the next frame in `in` */
   fp_writer data;         /* the chunk's item results */
+  fp_writer item;         /* what a task after a chunk's first writes */
   fp_writer errs;         /* the chunk's error records */
   uint32_t nerr;          /* records in errs */
   int timed;              /* publish each item's start time */
@@ -343,24 +344,53 @@ static void run_fixed(worker *w, const chunk *ch, fp_elem_fn fn) {
   }
 }
 
-/* Checks what a task that returned 0 wrote after `before`: exactly one
- * well-formed value, or nothing (then nil is written for it). Returns 0,
+/* Checks what a task that returned 0 left in `out` (empty before the
+ * task ran): exactly one well-formed value, or nothing (then nil is
+ * written for it). Returns 0,
  * or the code to fail the item with (its message set by fp_task_fail). */
-static int check_value(fp_writer *data, size_t before) {
+static int check_value(fp_writer *out) {
   size_t nvals = 0;
-  if (data->err != 0 || data->depth != 0) {
+  if (out->err != 0 || out->depth != 0) {
     fp_task_fail("result value not well formed (%s)",
-                 data->err ? fp_strerror(data->err) : "unclosed list");
-    return data->err ? data->err : FP_EPROTO;
+                 out->err ? fp_strerror(out->err) : "unclosed list");
+    return out->err ? out->err : FP_EPROTO;
   }
-  if (data->len == before)
-    return fp_write_nil(data);
-  if (fp_values_count(data->data + before, data->len - before, &nvals) != 0 ||
-      nvals != 1) {
+  if (out->len == 0)
+    return fp_write_nil(out);
+  if (fp_values_count(out->data, out->len, &nvals) != 0) {
+    fp_task_fail("the %zu result bytes the task wrote are not well-formed "
+                 "values",
+                 out->len);
+    return FP_EPROTO;
+  }
+  if (nvals != 1) {
     fp_task_fail("task wrote %zu result values, expected one", nvals);
     return FP_EPROTO;
   }
   return 0;
+}
+
+/* Checks the value a task left in `out` (check_value) and its size, and
+ * moves it to the chunk's results when `out` is the item writer. Returns
+ * 0 or the code to fail the item with. */
+static int take_value(worker *w, fp_writer *out) {
+  size_t limit = w->cfg->max_frame - sizeof(fp__res_hdr);
+  int rc = check_value(out);
+  if (rc == 0 && out->len > limit) {
+    /* One result must fit a frame, as one item must: max_frame is the
+     * largest value either way. (A chunk's results together may take
+     * several frames: PART, proto.h.) */
+    snprintf(g_msg, sizeof(g_msg),
+             "result of %zu bytes too large for a frame (max_frame %zu "
+             "leaves %zu bytes)",
+             out->len, w->cfg->max_frame, limit);
+    g_msg_set = 1;
+    rc = FP_EMSGSIZE;
+  }
+  if (rc == 0 && out != &w->data &&
+      fp_writer_append(&w->data, out->data, out->len) != 0)
+    rc = FP_ENOMEM;
+  return rc;
 }
 
 /* Runs one codec item whose arguments are the values in (span, span_len)
@@ -370,27 +400,23 @@ static void run_value_item(worker *w, int wire, fp_task_fn fn, int64_t index,
                            const void *span, size_t span_len) {
   fp_writer *data = &w->data;
   size_t before = data->len;
+  /* A task may do anything to its writer, fp_writer_reset() included, so
+   * only a chunk's first item writes straight into the chunk's results;
+   * the others write into a writer of their own, copied over after. */
+  fp_writer *out = before == 0 ? data : &w->item;
   fp_reader args;
   int rc = 0;
+  if (out != data)
+    fp_writer_reset(out);
   fp_reader_init(&args, span, span_len);
   if (wire == FP__WIRE_STAR) {
     uint32_t n;
     rc = fp_read_list(&args, &n);
   }
   if (rc == 0)
-    rc = fn(&args, data);
+    rc = fn(&args, out);
   if (rc == 0)
-    rc = check_value(data, before);
-  if (rc == 0 &&
-      data->len - before > w->cfg->max_frame - sizeof(fp__res_hdr)) {
-    /* One result must fit a frame, as one item must: max_frame is the
-     * largest value either way. (A chunk's results together may take
-     * several frames: PART, proto.h.) */
-    snprintf(g_msg, sizeof(g_msg), "result of %zu bytes exceeds max_frame %zu",
-             data->len - before, w->cfg->max_frame);
-    g_msg_set = 1;
-    rc = FP_EMSGSIZE;
-  }
+    rc = take_value(w, out);
   if (rc != 0) {
     /* Drop whatever the failed item wrote, keep one value per item. */
     data->len = before;
@@ -741,6 +767,7 @@ static void worker_start(worker *w, const fp__wconf *cfg,
     _exit(FP__WEXIT_OK);
   fp_writer_init(&w->in);
   fp_writer_init(&w->data);
+  fp_writer_init(&w->item);
   fp_writer_init(&w->errs);
   fp__budget_join_slot(w->shm, w->slot); /* awake until the first sleep */
 }
