@@ -1270,7 +1270,10 @@ FP_EXTERN int fp_dict_setdefault(fp_dict *d, const void *key, size_t klen,
 
 /* Callback of fp_dict_foreach: key and the encoded value are private
  * copies valid during the call. Return 0 to continue, anything else to
- * stop (fp_dict_foreach then returns that value). */
+ * stop (fp_dict_foreach then returns that value). It must return: leaving
+ * it by longjmp() leaves the walk's bookkeeping behind, and a later
+ * fp_manager_free() then reads freed stack. It may fork: the child goes
+ * on with the walk as a process of its own. */
 typedef int (*fp_dict_item_cb)(const void *key, size_t klen,
                                const void *value, size_t vlen, void *arg);
 

@@ -554,6 +554,44 @@ START_TEST(crash_while_making_room_gives_before_or_after) {
 }
 END_TEST
 
+/* A callback that forks: the child goes on with the walk in its own
+ * name (a heap of its own), never pinning or locking as its parent. */
+static pid_t g_walk_parent, g_walk_child;
+static int g_walk_child_rc = -1;
+
+static int fork_on_first(const void *k, size_t kl, const void *v, size_t vl,
+                         void *arg) {
+  (void)k, (void)kl, (void)v, (void)vl, (void)arg;
+  if (g_walk_child != 0 || getpid() != g_walk_parent)
+    return 0;
+  g_walk_child = fork();
+  if (g_walk_child == 0)
+    return 0; /* the child: on with the walk */
+  ck_assert_int_gt(g_walk_child, 0);
+  g_walk_child_rc = reap(g_walk_child);
+  return 0;
+}
+
+START_TEST(walk_forked_in_a_callback_goes_on_in_the_childs_name) {
+  fp_manager *m = new_manager(1u << 20);
+  fp_dict *d;
+  char key[32];
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  for (int i = 0; i < 300; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    ck_assert_int_eq(fp_dict_set_int(d, key, strlen(key), i), 0);
+  }
+  g_walk_parent = getpid();
+  g_walk_child = 0;
+  int rc = fp_dict_foreach(d, fork_on_first, NULL);
+  if (getpid() != g_walk_parent) /* the child, at the end of its walk */
+    _exit(rc != 0 ? 1 : heaps_owned(m) != 2 ? 2 : 0);
+  ck_assert_int_eq(rc, 0);
+  ck_assert_int_eq(g_walk_child_rc, 0);
+  assert_consistent(m);
+}
+END_TEST
+
 Suite *arena_reuse_suite(void) {
   Suite *s = suite_create("arena_reuse");
   TCase *tc;
@@ -578,6 +616,7 @@ Suite *arena_reuse_suite(void) {
   tcase_add_checked_fixture(tc, NULL, teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, pinned_reader_keeps_what_it_may_see);
+  tcase_add_test(tc, walk_forked_in_a_callback_goes_on_in_the_childs_name);
   tcase_add_test(tc, crash_while_making_room_gives_before_or_after);
   suite_add_tcase(s, tc);
   return s;

@@ -22,11 +22,13 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define K(s) s, strlen(s)
@@ -100,6 +102,116 @@ START_TEST(manager_refusals_set_the_last_error) {
   ck_assert_int_eq(rc, FP_ENOMEM);
   ck_assert_msg(strstr(fp_last_error(), "arena is full") != NULL,
                 "message '%s'", fp_last_error());
+}
+END_TEST
+
+/* Refusals of a value's kind and size name them too. */
+START_TEST(dict_kind_and_size_refusals_say_what) {
+  fp_dict *d;
+  int64_t v;
+  double f;
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_dict_set_str(d, K("s"), "text"), 0);
+  fp_assert_says(fp_dict_get_int(d, K("s"), &v), FP_ETYPE,
+                 "holds a string, not an int");
+  fp_assert_says(fp_dict_get_float(d, K("s"), &f), FP_ETYPE,
+                 "holds a string, not a float");
+  fp_assert_says(fp_dict_add_int(d, K("s"), 1, &v), FP_ETYPE,
+                 "holds a string, not an int");
+  fp_assert_says(fp_dict_set_bytes(d, K("b"), "", (size_t)UINT32_MAX + 1),
+                 FP_EMSGSIZE, "at most");
+}
+END_TEST
+
+/* setdefault's error never comes with a stored value, and a failed store
+ * leaves the caller's writer as it was. */
+START_TEST(dict_setdefault_error_stores_nothing) {
+  fp_dict *d;
+  fp_writer val, out;
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  fp_writer_init(&val); /* [[]]: two levels of lists */
+  fp_writer_init(&out); /* 31 lists open: no room for two more levels */
+  ck_assert_int_eq(fp_write_list_begin(&val), 0);
+  ck_assert_int_eq(fp_write_list_begin(&val), 0);
+  ck_assert_int_eq(fp_write_list_end(&val), 0);
+  ck_assert_int_eq(fp_write_list_end(&val), 0);
+  for (int i = 0; i < FP_MAX_DEPTH - 1; i++)
+    ck_assert_int_eq(fp_write_list_begin(&out), 0);
+  ck_assert_int_eq(fp_dict_setdefault(d, K("k"), val.data, val.len, &out),
+                   FP_EDEPTH);
+  ck_assert_int_eq(fp_dict_contains(d, K("k")), 0);
+
+  /* A full arena: the insert fails after the value went out; it is taken
+   * back, and the writer's open list still counts no item. */
+  fp_lock *l;
+  int rc;
+  do
+    rc = fp_lock_new(mgr, &l);
+  while (rc == 0);
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  fp_writer_reset(&out);
+  ck_assert_int_eq(fp_write_list_begin(&out), 0);
+  size_t len0 = out.len;
+  encode_int(&val, 7);
+  ck_assert_int_eq(fp_dict_setdefault(d, K("new"), val.data, val.len, &out),
+                   FP_ENOMEM);
+  ck_assert_int_eq(fp_dict_contains(d, K("new")), 0);
+  ck_assert_uint_eq(out.len, len0);
+  ck_assert_int_eq(fp_write_list_end(&out), 0);
+  fp_reader r;
+  uint32_t n = 99;
+  fp_reader_init(&r, out.data, out.len);
+  ck_assert_int_eq(fp_read_list(&r, &n), 0);
+  ck_assert_uint_eq(n, 0);
+  fp_writer_free(&val);
+  fp_writer_free(&out);
+}
+END_TEST
+
+/* A handle whose object another thread destroys and makes again at the
+ * same place: each call answers for the new object or says the handle is
+ * stale (FP_EINVAL), never that it is of another kind. */
+static _Atomic int g_churn_stop;
+static fp_counter *g_churned;
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *churn_counter(void *arg) {
+  fp_counter *c = g_churned;
+  (void)arg;
+  while (!atomic_load(&g_churn_stop)) {
+    fp_counter_destroy(c);
+    if (fp_counter_new(mgr, 0, &c) != 0)
+      return (void *)1;
+  }
+  return NULL;
+}
+
+START_TEST(handle_remade_under_a_call_is_never_another_kind) {
+#if defined(__SANITIZE_THREAD__)
+  return; /* reading a header another thread rewrites is the point */
+#endif
+  pthread_t t;
+  void *ret;
+  long etype = 0;
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &g_churned), 0);
+  atomic_store(&g_churn_stop, 0);
+  ck_assert_int_eq(pthread_create(&t, NULL, churn_counter, NULL), 0);
+  for (double end = mono_s() + 1.5; mono_s() < end && etype == 0;)
+    for (int i = 0; i < 10000; i++) {
+      int64_t v;
+      int rc = fp_counter_get(g_churned, &v);
+      ck_assert_msg(rc == 0 || rc == FP_EINVAL || rc == FP_ETYPE, "rc %d", rc);
+      etype += rc == FP_ETYPE;
+    }
+  atomic_store(&g_churn_stop, 1);
+  ck_assert_int_eq(pthread_join(t, &ret), 0);
+  ck_assert_ptr_null(ret);
+  ck_assert_msg(etype == 0, "FP_ETYPE %ld times: '%s'", etype, fp_last_error());
 }
 END_TEST
 
@@ -856,6 +968,9 @@ Suite *errpaths_suite(void) {
   tcase_add_checked_fixture(tc, mgr_setup, mgr_teardown);
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, manager_refusals_set_the_last_error);
+  tcase_add_test(tc, dict_kind_and_size_refusals_say_what);
+  tcase_add_test(tc, dict_setdefault_error_stores_nothing);
+  tcase_add_test(tc, handle_remade_under_a_call_is_never_another_kind);
   tcase_add_test(tc, lock_destroy_ok_then_einval_and_etype_for_other_kinds);
   tcase_add_test(tc, counter_calls_give_etype_for_other_kinds);
   tcase_add_test(tc, lock_calls_give_etype_for_other_kinds);

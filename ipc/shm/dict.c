@@ -487,6 +487,18 @@ static int replace_node(fp_manager *m, fp__shm_heap *h, table *t, uint64_t i,
   return 0;
 }
 
+/* Refuses a call that needs a value of kind `want` ("an int", "a float")
+ * on a key whose node nd holds another kind. Nodes never change but for a
+ * scalar's payload, so this reads nd without the lock too. */
+static int refuse_kind(node *nd, const char *want) {
+  static const char *const kinds[] = {"nil",    "bool",  "int", "float",
+                                      "string", "bytes", "list"};
+  unsigned char buf[9];
+  uint8_t tag = nd->vlen != 0 ? node_value(nd, buf)[0] : 0xff;
+  return fp__shm_refuse(FP_ETYPE, "the key holds a %s, not %s",
+                        tag <= FP_LIST ? kinds[tag] : "value", want);
+}
+
 enum { W_SET, W_IF_ABSENT, W_SETDEFAULT, W_ADD };
 
 /* The locked write for a key present in bucket i of t. Returns as
@@ -508,7 +520,7 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
   }
   if (mode == W_ADD && nd->tag != FP_INT) {
     fp__shm_unlock(&s->mu);
-    return FP_ETYPE;
+    return refuse_kind(nd, "an int");
   }
   if (is_scalar(nd) && (mode == W_ADD || (is_scalar_value(val, vlen) &&
                                           *(const uint8_t *)val == nd->tag))) {
@@ -536,12 +548,16 @@ static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
                         const void *key, size_t klen, uint64_t hash,
                         const void *val, size_t vlen, int mode, fp_writer *out,
                         uint64_t ins) {
+  fp_writer *give = mode == W_SETDEFAULT ? out : NULL;
+  size_t len0 = give ? give->len : 0;
+  uint32_t count0 = give && give->depth > 0 ? give->counts[give->depth - 1] : 0;
   int rc;
 
-  /* setdefault writes the value out after the insert: make sure that
-   * cannot fail (a sticky error, no memory) before anything is stored. */
-  if (mode == W_SETDEFAULT && out != NULL &&
-      (rc = fp_writer_reserve(out, vlen)) != 0) {
+  /* setdefault hands the value out too: written first, since that can
+   * fail in ways no check foresees (a sticky error, no memory, the
+   * writer's list depth), and taken back if the insert fails, so that an
+   * error never comes with a stored value. */
+  if (give != NULL && (rc = fp_write_raw(give, val, vlen)) != 0) {
     fp__shm_unlock(&s->mu);
     return rc;
   }
@@ -549,11 +565,14 @@ static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
   if ((rc = insert_new(m, h, s, key, klen, hash, val, vlen, ins)) != 0) {
     fp__shm_jabort(m, h);
     fp__shm_unlock(&s->mu);
+    if (give != NULL) {
+      give->len = len0;
+      if (give->depth > 0)
+        give->counts[give->depth - 1] = count0;
+    }
     return rc;
   }
   commit_unlock(m, h, s);
-  if (mode == W_SETDEFAULT && out != NULL)
-    return fp_write_raw(out, val, vlen);
   return 0;
 }
 
@@ -571,7 +590,7 @@ static int write_lockfree(fp_manager *m, stripe *s, const void *key,
   if (i < 0)
     return 1; /* an insert: needs the lock */
   if (mode == W_ADD && nd->tag != FP_INT)
-    return FP_ETYPE;
+    return refuse_kind(nd, "an int");
   if (mode == W_SET && (!is_scalar(nd) || *(const uint8_t *)val != nd->tag))
     return 1;
   if (scalar_update(nd, mode == W_ADD,
@@ -696,6 +715,11 @@ static int set_encoded(fp_dict *d, const void *key, size_t klen, int is_str,
 
   fp_writer_init(&w);
   rc = is_str ? fp_write_strn(&w, p, n) : fp_write_bytes(&w, p, n);
+  if (rc == FP_EMSGSIZE)
+    fp__shm_refuse(rc, "a %s of %zu bytes: a value holds at most %u",
+                   is_str ? "string" : "bytes value", n, UINT32_MAX);
+  else if (rc != 0)
+    fp__shm_refuse(rc, "no memory to encode the value");
   if (rc == 0)
     rc = fp_dict_set(d, key, klen, w.data, w.len);
   fp_writer_free(&w);
@@ -729,7 +753,7 @@ static int read_node(node *nd, int mode, fp_writer *out, void *scalar) {
   case R_INT:
   case R_FLOAT:
     if (nd->tag != (mode == R_INT ? FP_INT : FP_FLOAT))
-      return FP_ETYPE;
+      return refuse_kind(nd, mode == R_INT ? "an int" : "a float");
     uint64_t x = atomic_load(&nd->payload);
     memcpy(scalar, &x, 8);
     return 0;
@@ -980,14 +1004,20 @@ int fp__shm_walking(const fp_manager *m) {
   return 0;
 }
 
-/* fp_dict_foreach's walk over the stripes, calling cb for each item. */
-static int walk_stripes(fp_dict *d, fp__shm_heap *h, uint64_t gen,
-                        fp_dict_item_cb cb, void *arg) {
+/* fp_dict_foreach's walk over the stripes, calling cb for each item. The
+ * caller's heap is looked up again for each stripe: a callback may fork,
+ * and a child that went on with its parent's heap would pin it and take
+ * locks in the parent's name (the two would then share lock ownership). */
+static int walk_stripes(fp_dict *d, uint64_t gen, fp_dict_item_cb cb,
+                        void *arg) {
   fp_manager *m = mgr(d);
   int rc = 0;
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
+    fp__shm_heap *h = fp__shm_heap_get(m);
+    if (h == NULL)
+      return FP_ENOMEM;
     fp__shm_pin(m, h);
     /* Checked again once pinned (see prepare). */
     if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0 && d->hdr.gen != gen)
@@ -1010,7 +1040,6 @@ static int walk_stripes(fp_dict *d, fp__shm_heap *h, uint64_t gen,
 }
 
 int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
-  fp__shm_heap *h;
   fp_manager *m;
   uint64_t gen;
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
@@ -1021,11 +1050,11 @@ int fp_dict_foreach(fp_dict *d, fp_dict_item_cb cb, void *arg) {
     return fp__shm_refuse(FP_EINVAL, "NULL callback");
   m = mgr(d);
   gen = d->hdr.gen;
-  if ((h = fp__shm_heap_get(m)) == NULL)
+  if (fp__shm_heap_get(m) == NULL)
     return FP_ENOMEM;
   walk_frame f = {m, tl_walks};
   tl_walks = &f;
-  rc = walk_stripes(d, h, gen, cb, arg);
+  rc = walk_stripes(d, gen, cb, arg);
   tl_walks = f.outer;
   return rc;
 }

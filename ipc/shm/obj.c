@@ -26,15 +26,17 @@
 __attribute__((cold, noinline)) static int header_refuse(const fp__shm_obj *o,
                                                          int type) {
   const fp_manager *m;
-  uint32_t mg;
+  uint32_t mg, t;
 
   if (o == NULL)
     return fp__shm_refuse(FP_EINVAL, "NULL %s handle",
                           fp__shm_type_name(type));
+  /* Each word read once: another thread may destroy the object, and make
+   * another at the same place, while we look. */
   mg = o->magic;
+  t = o->type;
   if ((mg & 0xffffff00u) != (FP__SHM_OBJ_MAGIC(0) & 0xffffff00u) ||
-      o->type < FP__SHM_DICT || o->type > FP__SHM_ARRAY ||
-      mg != FP__SHM_OBJ_MAGIC(o->type))
+      t < FP__SHM_DICT || t > FP__SHM_ARRAY || mg != FP__SHM_OBJ_MAGIC(t))
     return fp__shm_refuse(FP_EINVAL,
                           "not a live Manager %s: a destroyed object, or "
                           "not a handle at all",
@@ -43,8 +45,12 @@ __attribute__((cold, noinline)) static int header_refuse(const fp__shm_obj *o,
   if (m->magic != FP__SHM_MAGIC || m->base != (uint64_t)(uintptr_t)m)
     return fp__shm_refuse(FP_EINVAL, "the %s's manager is not intact",
                           fp__shm_type_name(type));
+  if (t == (uint32_t)type) /* it failed the fast check a moment ago */
+    return fp__shm_refuse(FP_EINVAL,
+                          "the %s was destroyed while the call began",
+                          fp__shm_type_name(type));
   return fp__shm_refuse(FP_ETYPE, "the handle is a %s, not a %s",
-                        fp__shm_type_name(o->type), fp__shm_type_name(type));
+                        fp__shm_type_name(t), fp__shm_type_name(type));
 }
 
 /* Header checks shared by fp__shm_obj_check and begin_destroy: o is a
@@ -174,8 +180,8 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
     return FP_ENOMEM;
   if (size > m->size - m->heap)
     return fp__shm_refuse(FP_EMSGSIZE,
-                          "a %s of %llu bytes: more than the manager's arena "
-                          "holds (arena_size %llu)",
+                          "a new %s of %llu bytes with its header: more than "
+                          "the manager's arena holds (arena_size %llu)",
                           fp__shm_type_name(type), (unsigned long long)size,
                           (unsigned long long)m->size);
   rc = obj_new_step(m, h, type, size, init, arg, out);
@@ -191,8 +197,8 @@ int fp__shm_obj_new(fp_manager *m, int type, uint64_t size,
   }
   if (rc == FP_ENOMEM)
     fp__shm_refuse(rc,
-                   "the manager's arena is full: no room for a %s of %llu "
-                   "bytes (arena_size %llu, %llu in use)",
+                   "the manager's arena is full: no room for a new %s of "
+                   "%llu bytes with its header (arena_size %llu, %llu in use)",
                    fp__shm_type_name(type), (unsigned long long)size,
                    (unsigned long long)m->size, (unsigned long long)m->used);
   return rc;
