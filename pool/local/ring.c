@@ -200,9 +200,15 @@ int fp__slot_claim_skip(fp__slot *s, uint64_t seq) {
 }
 
 void fp__slot_unskip(fp__slot *s, uint64_t seq) {
+  /* Called for every RESULT, and almost never with a mark to withdraw: a
+   * compare-and-swap, even one that fails, takes the line from the worker
+   * that reads these entries before each chunk, so each entry is only
+   * read first. A relaxed read suffices: marks are set (fp__slot_skip) and
+   * withdrawn here under the pool's lock, and the worker only clears. */
   for (int i = 0; seq != 0 && i < FP__SLOT_SKIPS; i++) {
     uint64_t e = seq;
-    atomic_compare_exchange_strong(&s->skip[i], &e, 0);
+    if (atomic_load_explicit(&s->skip[i], memory_order_relaxed) == seq)
+      atomic_compare_exchange_strong(&s->skip[i], &e, 0);
   }
 }
 
