@@ -235,10 +235,6 @@ static int span_add(span **sp, size_t *ns, size_t *cap, size_t off, size_t l,
   return 0;
 }
 
-/* Cuts a buffer of encoded items into chunk spans of at most cs items and
- * at most `room` bytes. Returns 0 and the spans (caller frees *spans), or
- * FP_EPROTO / FP_ETYPE (starmap item not a list) / FP_EMSGSIZE (one item
- * larger than a frame) / FP_ENOMEM. */
 /* Refuses a call over item number `index` of its input (from 0): what is
  * wrong with it, the code, and for a too-big item its size against the
  * room a frame leaves. Returns code. */
@@ -256,13 +252,16 @@ static int refuse_item(int code, int64_t index, size_t bytes, size_t room) {
              (long long)index);
   else
     snprintf(msg, sizeof(msg),
-             "item %lld of the input is not a well-formed "
-             "value (%s)",
+             "item %lld of the input is not a well-formed value (%s)",
              (long long)index, fp_strerror(code));
   fp__set_last_error(code, msg);
   return code;
 }
 
+/* Cuts a buffer of encoded items into chunk spans of at most cs items and
+ * at most `room` bytes. Returns 0 and the spans (caller frees *spans), or
+ * FP_EPROTO / FP_ETYPE (starmap item not a list) / FP_EMSGSIZE (one item
+ * larger than a frame) / FP_ENOMEM. */
 static int cut_items(const unsigned char *buf, size_t len, size_t cs,
                      size_t room, int need_list, span **spans, size_t *nspans,
                      int64_t *nitems) {

@@ -187,10 +187,12 @@ static void reset_signals(void) {
  * reset_signals(); the workers get the default back (become_worker), so
  * they still die as documented and are replaced. The server needs none of
  * them to end: it leaves when the master does (EOF, pidfd, PDEATHSIG). */
+static const int group_sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+#define N_GROUP_SIGS (sizeof(group_sigs) / sizeof(group_sigs[0]))
+
 static void shield_signals(fserver *fs) {
-  static const int group_sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
   sigemptyset(&fs->shielded);
-  for (size_t i = 0; i < sizeof(group_sigs) / sizeof(group_sigs[0]); i++) {
+  for (size_t i = 0; i < N_GROUP_SIGS; i++) {
     struct sigaction sa;
     int sig = group_sigs[i];
     if (sigaction(sig, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
@@ -298,9 +300,9 @@ static void become_worker(const fserver *fs, int slot, const int sv[2]) {
   if (fs->pidfd >= 0)
     close(fs->pidfd);
   close(sv[0]);
-  for (int sig = 1; sig < NSIG; sig++)
-    if (sigismember(&fs->shielded, sig) == 1)
-      signal(sig, SIG_DFL);
+  for (size_t i = 0; i < N_GROUP_SIGS; i++)
+    if (sigismember(&fs->shielded, group_sigs[i]) == 1)
+      signal(group_sigs[i], SIG_DFL);
   memset(&boot, 0, sizeof(boot));
   boot.slot = slot;
   boot.fd = sv[1];

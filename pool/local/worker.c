@@ -346,8 +346,8 @@ static void run_fixed(worker *w, const chunk *ch, fp_elem_fn fn) {
 
 /* Checks what a task that returned 0 left in `out` (empty before the
  * task ran): exactly one well-formed value, or nothing (then nil is
- * written for it). Returns 0,
- * or the code to fail the item with (its message set by fp_task_fail). */
+ * written for it). Returns 0, or the code to fail the item with (its
+ * message set by fp_task_fail). */
 static int check_value(fp_writer *out) {
   size_t nvals = 0;
   if (out->err != 0 || out->depth != 0) {
@@ -380,11 +380,9 @@ static int take_value(worker *w, fp_writer *out) {
     /* One result must fit a frame, as one item must: max_frame is the
      * largest value either way. (A chunk's results together may take
      * several frames: PART, proto.h.) */
-    snprintf(g_msg, sizeof(g_msg),
-             "result of %zu bytes too large for a frame (max_frame %zu "
-             "leaves %zu bytes)",
-             out->len, w->cfg->max_frame, limit);
-    g_msg_set = 1;
+    fp_task_fail("result of %zu bytes too large for a frame (max_frame %zu "
+                 "leaves %zu bytes)",
+                 out->len, w->cfg->max_frame, limit);
     rc = FP_EMSGSIZE;
   }
   if (rc == 0 && out != &w->data &&
