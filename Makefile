@@ -266,7 +266,8 @@ ifeq ($(strip $(VG_SUITES)),)
 	$(VG_RUN)
 else
 	@set -e; for s in $(VG_SUITES); do \
-	  echo "valgrind: suite $$s"; CK_RUN_SUITE=$$s $(VG_RUN); done
+	  echo "valgrind: suite $$s ($$(date +%T))"; CK_RUN_SUITE=$$s $(VG_RUN); \
+	done
 endif
 
 # A bounded random mix of the faults of issue 15 (tests/stress/stress.c):

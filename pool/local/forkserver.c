@@ -248,10 +248,21 @@ static void fs_start(fserver *fs) {
   __fpurge(stderr);
   reset_signals();
   shield_signals(fs);
-  sigset_t chld;
+  /* The shielded signals are blocked as well as ignored: a child forked
+   * here ignores them until become_worker() restores the default, and
+   * one sent to the group in that window would be lost, leaving that
+   * worker alive while its siblings die. Blocked, it stays pending in the
+   * child and strikes when worker_start() sets the task mask. */
+  sigset_t chld, held = fs->mask;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, &fs->mask);
+  for (size_t i = 0; i < N_GROUP_SIGS; i++)
+    if (sigismember(&fs->shielded, group_sigs[i]) == 1)
+      sigaddset(&held, group_sigs[i]);
+  sigaddset(&held, SIGCHLD);
+  /* Until here every signal was blocked (fork_server() in link_local.c):
+   * what arrived meanwhile is delivered now, with our dispositions. */
+  sigprocmask(SIG_SETMASK, &held, NULL);
   sigdelset(&fs->mask, SIGCHLD);
   int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sfd < 0)
@@ -451,8 +462,9 @@ static void fs_shutdown(fserver *fs) {
   _exit(FP__WEXIT_OK);
 }
 
-void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v,
-                         int ctl, pid_t master, int by_main_thread) {
+void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v, int ctl,
+                         pid_t master, int by_main_thread,
+                         const sigset_t *mask) {
   fserver fs;
   memset(&fs, 0, sizeof(fs));
   fs.cfg = cfg;
@@ -460,6 +472,7 @@ void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v,
   fs.ctl = ctl;
   fs.master = master;
   fs.by_main_thread = by_main_thread;
+  fs.mask = *mask;
   fs_start(&fs);
   /* Room for every slot's current process plus ones being killed. */
   int nkids = cfg->nworkers * 4 + 16;

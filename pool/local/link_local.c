@@ -822,15 +822,23 @@ static int fork_server(llink *l) {
   if (rc != 0)
     return rc;
   pid_t master = getpid();
+  /* Every signal waits while the child is being set up: until it resets
+   * its dispositions it would run the program's handlers, and a Ctrl-C
+   * before it ignores the group signals would kill it. It gets what
+   * arrived once its own dispositions are in place. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   int by_main = gettid() == master, pid = fork();
-  if (pid < 0) {
-    rc = -errno;
+  if (pid == 0) /* closes sv[0] with the other registered descriptors */
+    fp__forkserver_main(&l->cfg, &l->v, sv[1], master, by_main, &old);
+  rc = pid < 0 ? -errno : 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
     fp__fdreg_close(sv[0]);
     fp__fdreg_close(sv[1]);
     return rc;
   }
-  if (pid == 0) /* closes sv[0] with the other registered descriptors */
-    fp__forkserver_main(&l->cfg, &l->v, sv[1], master, by_main);
   fp__fdreg_close(sv[1]);
   l->fs_pid = pid;
   l->fs_fd = sv[0];

@@ -308,9 +308,11 @@ int fp__proc_stopped(pid_t pid);
 
 /* The fork server's main loop (forkserver.c); never returns. master is the
  * pid of the process that forked it; by_main_thread says whether the
- * forking thread was its main thread (PR_SET_PDEATHSIG is then safe). */
+ * forking thread was its main thread (PR_SET_PDEATHSIG is then safe).
+ * The fork server starts with every signal blocked; mask is the forking
+ * thread's own mask, which the server passes on to its workers. */
 void fp__forkserver_main(const fp__wconf *cfg, const fp__shm_view *v, int ctl,
-                         pid_t master, int by_main_thread)
+                         pid_t master, int by_main_thread, const sigset_t *mask)
     __attribute__((noreturn));
 
 /* A worker's main loop (worker.c); never returns. */
