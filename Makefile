@@ -256,8 +256,11 @@ check-install: lib
 VG_BUILD := build/valgrind
 # VG_SUITES="a b": only those suites, one valgrind run each (default: all).
 VG_SUITES ?=
+# valgrind runs one thread at a time; --fair-sched=yes hands the CPU round
+# in turn. Without it a thread that makes no system call (a test's churn
+# loop) kept it for minutes while the thread it raced waited.
 VG_RUN = CK_FORK=no FP_TEST_VALGRIND=1 valgrind --error-exitcode=3 \
-	  --leak-check=full --errors-for-leak-kinds=definite \
+	  --leak-check=full --errors-for-leak-kinds=definite --fair-sched=yes \
 	  --child-silent-after-fork=yes --track-fds=no $(VG_BUILD)/tests/runner
 valgrind:
 	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) \

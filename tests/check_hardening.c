@@ -2043,8 +2043,13 @@ START_TEST(map_zero_size_elements_never_skips_items) {
       {(size_t)1 << 36, 0, 3},
   };
   for (int k = 0; k < 3; k++) {
+    /* Under valgrind the 2^32 case never finishes in time: it waited 60 s
+     * for nothing. 3 s still runs it (and its cancel) under memcheck. */
+    double limit = cases[k].limit;
+    if (fp_test_under_valgrind() && limit > 3)
+      limit = 3;
     zero_reset();
-    int rc = zero_map(p, cases[k].n, cases[k].cs, cases[k].limit);
+    int rc = zero_map(p, cases[k].n, cases[k].cs, limit);
     uint64_t ran = zero_count();
     if (rc == FP_ETIMEDOUT)
       continue;

@@ -1100,7 +1100,8 @@ END_TEST
  * it and starts job B's chunk: the SIGTERM meant for A must not kill B,
  * and B must never run twice (it counts its starts in shared memory). The
  * race is timing-dependent: 300 rounds at random offsets hit it a dozen
- * times on a 2-CPU machine with the kill unaimed. */
+ * times on a 2-CPU machine with the kill unaimed. Under valgrind, which
+ * checks memory here rather than the race, 20 rounds. */
 static atomic_long *g_starts; /* one counter per round, shared */
 
 static int spin_arg_us(fp_reader *args, fp_writer *out) {
@@ -1120,6 +1121,7 @@ static int counts_start(fp_reader *args, fp_writer *out) {
 
 START_TEST(kill_for_one_job_never_hits_the_next) {
   enum { ROUNDS = 300 };
+  int rounds = fp_test_under_valgrind() ? 20 : ROUNDS;
   size_t bytes = ROUNDS * sizeof(*g_starts);
   g_starts = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1132,7 +1134,7 @@ START_TEST(kill_for_one_job_never_hits_the_next) {
   ck_assert_int_eq(fp_pool_new(&p, &o), 0);
   unsigned seed = 1;
   int timed = _i; /* loop test: 0 cancel, 1 time limit */
-  for (int64_t i = 0; i < ROUNDS; i++) {
+  for (int64_t i = 0; i < rounds; i++) {
     fp_writer a, b;
     fp_writer_init(&a);
     fp_writer_init(&b);
@@ -1169,7 +1171,8 @@ END_TEST
 /* A closed pool ends from its pool thread's loop. When a caller waiting
  * in fp_result_get took the last result in itself (the worker then sends
  * no kick), the pool thread slept on and fp_pool_join never returned
- * (about one round in 400 of this test's loop). */
+ * (about one round in 400 of this test's loop; 20 rounds under valgrind,
+ * where a round takes a third of a second). */
 static int busy_1ms(fp_reader *args, fp_writer *out) {
   (void)args;
   fp_test_spin_us(1000);
@@ -1184,7 +1187,8 @@ static void *join_and_flag(void *arg) {
 }
 
 START_TEST(join_returns_when_a_waiter_took_the_last_result) {
-  for (int round = 0; round < 300; round++) {
+  int rounds = fp_test_under_valgrind() ? 20 : 300;
+  for (int round = 0; round < rounds; round++) {
     fp_pool *p = new_pool(1);
     fp_result *r;
     pthread_t t;
