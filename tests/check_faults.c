@@ -858,6 +858,84 @@ START_TEST(user_signal_dispositions_untouched) {
 }
 END_TEST
 
+/* One signal-set line ("SigBlk", "SigIgn") of /proc/<pid>/status as a
+ * bit mask (bit sig-1 for signal sig), or -1 when it cannot be read. */
+static int64_t proc_sigset(pid_t pid, const char *field) {
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  int64_t set = -1;
+  size_t flen = strlen(field);
+  while (f != NULL && set < 0 && fgets(line, sizeof(line), f) != NULL)
+    if (strncmp(line, field, flen) == 0 && line[flen] == ':')
+      set = (int64_t)strtoull(line + flen + 1, NULL, 16);
+  if (f != NULL)
+    fclose(f);
+  return set;
+}
+
+/* The blocked and ignored signals of the worker and of its fork server. */
+static int t_signal_sets(fp_reader *args, fp_writer *out) {
+  (void)args;
+  return fp_pack(out, "[ i i i i ]", proc_sigset(getpid(), "SigBlk"),
+                 proc_sigset(getpid(), "SigIgn"),
+                 proc_sigset(getppid(), "SigBlk"),
+                 proc_sigset(getppid(), "SigIgn"));
+}
+
+static int64_t sigbit(int sig) {
+  return (int64_t)1 << (sig - 1);
+}
+
+/* The group signals (Ctrl-C and kin) are ignored and held blocked in the
+ * fork server, so that one sent while a worker is being forked waits in
+ * the new worker instead of being lost; the worker runs with the signal
+ * mask of the thread that made the pool (SIGUSR2 blocked here) and none of
+ * the four blocked or ignored (but those the program ignores). Making the
+ * pool leaves the caller's mask as it was. */
+START_TEST(group_signals_held_in_the_fork_server_not_in_workers) {
+  sigset_t usr2, before, after;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  ck_assert_int_eq(pthread_sigmask(SIG_BLOCK, &usr2, &before), 0);
+  ck_assert_int_eq(pthread_sigmask(SIG_SETMASK, NULL, &before), 0);
+  fp_pool *p = pool_with(1, FP_CRASH_DEFAULT, 0);
+  ck_assert_int_eq(pthread_sigmask(SIG_SETMASK, NULL, &after), 0);
+  for (int sig = 1; sig < NSIG; sig++)
+    ck_assert_int_eq(sigismember(&after, sig), sigismember(&before, sig));
+  fp_writer o;
+  fp_writer_init(&o);
+  ck_assert_int_eq(fp_pool_apply(p, t_signal_sets, NULL, &o), 0);
+  int64_t wblk, wign, sblk, sign;
+  fp_reader r;
+  fp_reader_init(&r, o.data, o.len);
+  ck_assert_int_eq(fp_unpack(&r, "[ i i i i ]", &wblk, &wign, &sblk, &sign), 0);
+  /* Those the program ignores (SIGHUP under nohup) stay ignored, and are
+   * not the library's to block. */
+  static const int group_sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+  int64_t group = 0;
+  for (int i = 0; i < 4; i++) {
+    struct sigaction sa;
+    ck_assert_int_eq(sigaction(group_sigs[i], NULL, &sa), 0);
+    if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_IGN)
+      group |= sigbit(group_sigs[i]);
+  }
+  ck_assert_int_ge(wblk, 0);
+  ck_assert_int_ge(sblk, 0);
+  ck_assert_msg((wblk & sigbit(SIGUSR2)) != 0, "worker SigBlk %llx",
+                (unsigned long long)wblk);
+  ck_assert_msg((wblk & group) == 0 && (wign & group) == 0,
+                "worker SigBlk %llx SigIgn %llx", (unsigned long long)wblk,
+                (unsigned long long)wign);
+  ck_assert_msg((sblk & group) == group && (sign & group) == group,
+                "fork server SigBlk %llx SigIgn %llx", (unsigned long long)sblk,
+                (unsigned long long)sign);
+  fp_writer_free(&o);
+  fp_pool_free(p);
+  ck_assert_int_eq(pthread_sigmask(SIG_UNBLOCK, &usr2, NULL), 0);
+}
+END_TEST
+
 /* A program whose SIGCHLD is SIG_DFL with SA_NOCLDWAIT (children reaped
  * by the kernel): the fork server inherits it and must still see its
  * workers' exit statuses -- a crash and a retirement each hung the pool
@@ -1029,6 +1107,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, master_sigkill_leaves_no_orphans);
   tcase_add_test(tc, replacement_worker_forked_while_user_thread_holds_lock);
   tcase_add_test(tc, user_signal_dispositions_untouched);
+  tcase_add_test(tc, group_signals_held_in_the_fork_server_not_in_workers);
   tcase_add_test(tc, sigchld_nocldwait_in_the_program_keeps_deaths_reported);
   tcase_add_test(tc, crashes_leak_no_descriptors);
   tcase_add_test(tc, cancel_spares_other_job_on_same_worker);
