@@ -2592,8 +2592,9 @@ START_TEST(submissions_after_fork_server_death_say_why) {
     rc = apply_within(p, t_pid, 10);
   ck_assert_int_eq(rc, FP_EWORKER);
   ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, NULL), FP_EWORKER);
-  ck_assert_msg(strstr(fp_last_error(), "fork server died") != NULL, "'%s'",
-                fp_last_error());
+  ck_assert_msg(strstr(fp_last_error(), "fork server died (killed by signal "
+                                        "9") != NULL,
+                "'%s'", fp_last_error());
   ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, &r), FP_EWORKER);
   ck_assert_msg(strstr(fp_last_error(), "fork server died") != NULL, "'%s'",
                 fp_last_error());

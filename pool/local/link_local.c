@@ -37,12 +37,14 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Frames at least this big that start the read buffer are handed to the
@@ -655,6 +657,33 @@ static void fs_message(llink *l, const fp__fs_msg *m, int fd) {
   }
 }
 
+/* Says how the fork server ended, for the pool's error message. Its wait
+ * status is read without reaping it (WNOWAIT: free() reaps it). The EOF
+ * that told us it died can come a moment before it is a zombie, so this
+ * looks for up to 100 ms; a program that reaps every child itself (a
+ * SIGCHLD handler calling waitpid(-1)) leaves nothing to read. */
+static void fs_death_message(const llink *l, char *buf, size_t len) {
+  static const char what[] = "the pool's fork server died";
+  for (int i = 0; i < 100; i++) {
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PID, l->fs_pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0)
+      break;
+    if (si.si_pid == l->fs_pid && si.si_code == CLD_EXITED) {
+      snprintf(buf, len, "%s (it exited with status %d)", what, si.si_status);
+      return;
+    }
+    if (si.si_pid == l->fs_pid) {
+      snprintf(buf, len, "%s (killed by signal %d, %s)", what, si.si_status,
+               strsignal(si.si_status));
+      return;
+    }
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  snprintf(buf, len, "%s", what);
+}
+
 /* The fork server is gone: so are its workers (PDEATHSIG). */
 static void fs_gone(llink *l) {
   if (l->lost)
@@ -670,7 +699,9 @@ static void fs_gone(llink *l) {
       EV(l, start_failed, i, FP_EWORKER);
     }
   }
-  l->ev.lost(l->ev.ctx, "the pool's fork server died");
+  char why[128];
+  fs_death_message(l, why, sizeof(why));
+  l->ev.lost(l->ev.ctx, why);
 }
 
 /* Takes the descriptor that came with a message (if any): above stdio and
