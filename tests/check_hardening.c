@@ -2593,7 +2593,7 @@ START_TEST(submissions_after_fork_server_death_say_why) {
   ck_assert_int_eq(rc, FP_EWORKER);
   ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, NULL), FP_EWORKER);
   ck_assert_msg(strstr(fp_last_error(), "fork server died (killed by signal "
-                                        "9") != NULL,
+                                        "SIGKILL (Killed))") != NULL,
                 "'%s'", fp_last_error());
   ck_assert_int_eq(fp_pool_apply_async(p, t_pid, NULL, NULL, &r), FP_EWORKER);
   ck_assert_msg(strstr(fp_last_error(), "fork server died") != NULL, "'%s'",

@@ -673,9 +673,11 @@ static void fs_death_message(const llink *l, char *buf, size_t len) {
       snprintf(buf, len, "%s (it exited with status %d)", what, si.si_status);
       return;
     }
-    if (si.si_pid == l->fs_pid) {
-      snprintf(buf, len, "%s (killed by signal %d, %s)", what, si.si_status,
-               strsignal(si.si_status));
+    if (si.si_pid == l->fs_pid) { /* worded as deaths.c words workers' */
+      const char *abbrev = sigabbrev_np(si.si_status);
+      const char *descr = sigdescr_np(si.si_status);
+      snprintf(buf, len, "%s (killed by signal SIG%s (%s))", what,
+               abbrev ? abbrev : "?", descr ? descr : "unknown");
       return;
     }
     struct timespec ms = {0, 1000000};
