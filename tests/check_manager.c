@@ -866,6 +866,46 @@ START_TEST(failing_calls_change_nothing_or_a_documented_prefix) {
 }
 END_TEST
 
+/* The checker's failure names both claimants of a chunk claimed twice: the
+ * second alone is often not the culprit (a chunk freed while retired shows
+ * up as a limbo running into a slab's free list). A cached chunk is forged
+ * into the same heap's limbo, then taken out again. */
+START_TEST(checker_names_both_claimants_of_a_chunk) {
+  fp_list *l;
+  char err[512], want[512];
+  int k = -1;
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_list_append(l, "\x02\1\0\0\0\0\0\0\0", 9), 0);
+  fp__shm_heap *h = fp__shm_heap_get(mgr);
+  for (int c = 0; c < FP__SHM_NCLASS && k < 0; c++)
+    if (h->ncache[c] != 0)
+      k = c;
+  ck_assert_int_ge(k, 0); /* a refill leaves the rest of a batch cached */
+  uint64_t slot = h->ncache[k] - 1;
+  uint64_t off = h->cache[fp__shm_cache_base(k) + slot];
+  uint64_t *link = fp__shm_ptr(mgr, off);
+  uint64_t saved_link = *link, saved_head = h->limbo[0];
+  *link = h->limbo[0];
+  h->limbo[0] = off;
+  h->nlimbo++;
+  ck_assert_int_eq(fp__shm_check(mgr, err, sizeof(err)), FP_EPROTO);
+  int idx = fp__shm_heap_idx(mgr, h);
+  unsigned size = fp__shm_class_size(k);
+  snprintf(want, sizeof(want),
+           "heap %d limbo 0: chunk %llu+%u overlaps another (granule %llu "
+           "first claimed: heap %d cache %d slot %llu %llu+%u)",
+           idx, (unsigned long long)off, size, (unsigned long long)off, idx, k,
+           (unsigned long long)slot, (unsigned long long)off, size);
+  ck_assert_str_eq(err, want);
+  h->nlimbo--;
+  h->limbo[0] = saved_head;
+  *link = saved_link;
+  assert_consistent();
+  ck_assert_int_eq(fp_list_destroy(l), 0);
+}
+END_TEST
+
 START_TEST(freed_small_chunks_merge_for_a_large_request) {
   fp_manager *m;
   fp_manager_opts o = {.arena_size = 1u << 20};
@@ -2111,6 +2151,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, small_arena_fills_before_it_fails);
   tcase_add_test(tc, failing_calls_change_nothing_or_a_documented_prefix);
   tcase_add_test(tc, freed_small_chunks_merge_for_a_large_request);
+  tcase_add_test(tc, checker_names_both_claimants_of_a_chunk);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("concurrency");

@@ -117,6 +117,38 @@ static int check_totals(fp__shm_checker *c) {
   return 0;
 }
 
+/* One walk over the whole arena with a fresh bitmap. */
+static int walk(fp__shm_checker *c) {
+  int rc;
+
+  c->bits = calloc(fp__shm_carved_bytes(c->m) / 16 / 64 + 1, 8);
+  if (c->bits == NULL)
+    return FP_ENOMEM;
+  rc = fp__shm_arena_check(c);
+  if (rc == 0)
+    rc = check_heaps(c);
+  if (rc == 0)
+    rc = check_objects(c);
+  if (rc == 0)
+    rc = check_totals(c);
+  free(c->bits);
+  return rc;
+}
+
+/* After a granule was claimed twice: walks again to find what claimed it
+ * first, and appends that to the message (the message alone names only
+ * the second claimant, which is often not the culprit: a chunk freed while
+ * still retired shows up as a limbo overlapping the slab's free list). */
+static void name_first_claimant(fp__shm_checker *c) {
+  fp__shm_checker again = {.m = c->m, .probe = c->twice};
+  size_t len = c->err != NULL ? strlen(c->err) : 0;
+
+  if (walk(&again) == FP_ENOMEM || again.first[0] == '\0' || len == 0)
+    return;
+  snprintf(c->err + len, c->errlen - len, " (granule %llu first claimed: %s)",
+           (unsigned long long)(c->twice - 1), again.first);
+}
+
 int fp__shm_check(fp_manager *m, char *err, size_t errlen) {
   fp__shm_checker c;
   int rc;
@@ -135,16 +167,8 @@ int fp__shm_check(fp_manager *m, char *err, size_t errlen) {
       m->brk % FP__SHM_PAGE != 0 || m->top % FP__SHM_PAGE != 0)
     return fp__shm_fail(&c, "brk %llu or top %llu out of range",
                         (unsigned long long)m->brk, (unsigned long long)m->top);
-  c.bits = calloc(fp__shm_carved_bytes(m) / 16 / 64 + 1, 8);
-  if (c.bits == NULL)
-    return FP_ENOMEM;
-  rc = fp__shm_arena_check(&c);
-  if (rc == 0)
-    rc = check_heaps(&c);
-  if (rc == 0)
-    rc = check_objects(&c);
-  if (rc == 0)
-    rc = check_totals(&c);
-  free(c.bits);
+  rc = walk(&c);
+  if (rc == FP_EPROTO && c.twice != 0)
+    name_first_claimant(&c);
   return rc;
 }

@@ -28,6 +28,11 @@ typedef struct fp__shm_checker {
   uint64_t out_bytes;  /* chunks handed out */
   char *err;
   size_t errlen;
+  /* A granule claimed twice, and then, in a second walk that looks for
+   * it, what claimed it first: the failure names both claimants. */
+  uint64_t twice; /* its offset + 1, 0 when none */
+  uint64_t probe; /* the granule the second walk looks for + 1 */
+  char first[96]; /* what claimed it first, then where */
 } fp__shm_checker;
 
 /* Records the first failure's message; returns FP_EPROTO. */
@@ -60,11 +65,16 @@ static inline int fp__shm_claim_bytes(fp__shm_checker *c, uint64_t off,
                         (unsigned long long)bytes, (unsigned long long)m->heap,
                         (unsigned long long)m->brk, (unsigned long long)m->top,
                         (unsigned long long)m->size);
+  if (c->probe > off && c->probe <= off + bytes && c->first[0] == '\0')
+    snprintf(c->first, sizeof(c->first), "%s %llu+%llu", what,
+             (unsigned long long)off, (unsigned long long)bytes);
   uint64_t g0 = off < m->brk ? off - m->heap : m->brk - m->heap + off - m->top;
   for (uint64_t g = g0 / 16, n = bytes / 16; n > 0; g++, n--) {
-    if (c->bits[g / 64] & ((uint64_t)1 << (g % 64)))
-      return fp__shm_fail(c, "%s: chunk %llu overlaps another", what,
-                          (unsigned long long)off);
+    if (c->bits[g / 64] & ((uint64_t)1 << (g % 64))) {
+      c->twice = off + (g - g0 / 16) * 16 + 1;
+      return fp__shm_fail(c, "%s: chunk %llu+%llu overlaps another", what,
+                          (unsigned long long)off, (unsigned long long)bytes);
+    }
     c->bits[g / 64] |= (uint64_t)1 << (g % 64);
   }
   return 0;

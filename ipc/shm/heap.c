@@ -519,17 +519,16 @@ void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
 
 int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
   uint64_t n, total = 0;
-  int rc = 0;
+  int rc = 0, idx = fp__shm_heap_idx(c->m, h);
+  char what[48];
 
   if (h->nlog != 0 || h->j.state != FP__J_IDLE || h->j.nundo != 0 ||
       h->j.alloc[0] || h->j.alloc[1] || h->j.release[0] || h->j.release[1] ||
       h->j.deep_n)
-    return fp__shm_fail(c, "heap %d: log or journal not idle",
-                        fp__shm_heap_idx(c->m, h));
+    return fp__shm_fail(c, "heap %d: log or journal not idle", idx);
   for (int k = 0; k < FP__SHM_NCLASS && rc == 0; k++) {
     if (h->ncache[k] > fp__shm_cache_cap(k))
-      return fp__shm_fail(c, "heap %d: cache %d overfull",
-                          fp__shm_heap_idx(c->m, h), k);
+      return fp__shm_fail(c, "heap %d: cache %d overfull", idx, k);
     for (uint64_t i = 0; i < h->ncache[k] && rc == 0; i++) {
       uint64_t off = h->cache[fp__shm_cache_base(k) + i];
       /* A span of pages (a big class's fallback) never goes in a cache:
@@ -537,20 +536,22 @@ int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
        * corrupt the arena. */
       if (fp__shm_chunk_bytes(c->m, off) != fp__shm_class_size(k) ||
           fp__shm_large_pages(c->m, off) != 0)
-        return fp__shm_fail(c, "heap %d: cached chunk of another class",
-                            fp__shm_heap_idx(c->m, h));
-      rc = fp__shm_claim(c, off, "cached chunk");
+        return fp__shm_fail(c, "heap %d: cached chunk of another class", idx);
+      snprintf(what, sizeof(what), "heap %d cache %d slot %llu", idx, k,
+               (unsigned long long)i);
+      rc = fp__shm_claim(c, off, what);
     }
   }
   for (int b = 0; b < 3 && rc == 0; b++) {
-    rc = fp__shm_claim_list(c, h->limbo[b], &n, "heap limbo");
+    snprintf(what, sizeof(what), "heap %d limbo %d", idx, b);
+    rc = fp__shm_claim_list(c, h->limbo[b], &n, what);
     for (uint64_t off = h->limbo[b]; rc == 0 && off != 0;
          off = *(uint64_t *)fp__shm_ptr(c->m, off))
       total += limbo_weight(c->m, off);
   }
   if (rc == 0 && total != h->nlimbo)
     rc = fp__shm_fail(c, "heap %d: retired chunks weigh %llu, heap says %llu",
-                      fp__shm_heap_idx(c->m, h), (unsigned long long)total,
+                      idx, (unsigned long long)total,
                       (unsigned long long)h->nlimbo);
   return rc;
 }
