@@ -1714,6 +1714,52 @@ START_TEST(child_killed_mid_update_leaves_valid_state) {
 }
 END_TEST
 
+/* Three children update the same structures at once and are killed one
+ * after the other: each death is repaired by a sibling that is still
+ * running (a lock taken over, a dead heap reclaimed mid-race) or by the
+ * parent, and the arena stays whole. */
+START_TEST(children_killed_while_racing_leave_valid_state) {
+  enum { KIDS = 3 };
+  int rounds = fp_test_under_valgrind() ? 4 : 40;
+  fp_dict *d;
+  fp_list *l;
+  fp_counter *c;
+  volatile unsigned sink __attribute__((unused)) = 0; /* spin only */
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  ck_assert_int_eq(fp_counter_new(mgr, 0, &c), 0);
+  srand(54321);
+  for (int round = 0; round < rounds; round++) {
+    pid_t pid[KIDS];
+    for (int k = 0; k < KIDS; k++) {
+      int p[2];
+      char b;
+      ck_assert_int_eq(pipe(p), 0);
+      pid[k] = fork();
+      if (pid[k] == 0) {
+        close(p[0]);
+        crash_loop(d, l, c, 1000 + round * KIDS + k, p[1]);
+      }
+      close(p[1]);
+      ck_assert_int_eq(read(p[0], &b, 1), 1);
+      close(p[0]);
+    }
+    /* The others keep running (and repairing) while each one dies. */
+    for (int k = 0; k < KIDS; k++) {
+      for (long j = 0, n = rand() % 400000; j < n; j++)
+        sink += (unsigned)j;
+      kill(pid[k], SIGKILL);
+      ck_assert_int_eq(reap(pid[k]), -SIGKILL);
+    }
+    ck_assert_int_eq(fp_dict_set_int(d, K("k1"), 1), 0);
+    ck_assert_int_eq(fp_counter_add(c, 1, NULL), 0);
+    if (round % 5 == 4 || round == rounds - 1)
+      assert_consistent();
+  }
+}
+END_TEST
+
 /* --- deterministic crash points --------------------------------------- */
 
 /* The state used by the crash-point tests: built the same way every time. */
@@ -2184,6 +2230,7 @@ Suite *manager_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, child_killed_mid_update_leaves_valid_state);
+  tcase_add_test(tc, children_killed_while_racing_leave_valid_state);
   tcase_add_test(tc, crash_at_every_point_gives_before_or_after);
   tcase_add_test(tc, update_seen_by_lockfree_readers_is_never_rolled_back);
   tcase_add_test(tc, repairer_killed_while_repairing_is_repaired);
