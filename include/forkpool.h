@@ -1239,8 +1239,13 @@ FP_EXTERN int fp_dict_delete(fp_dict *d, const void *key, size_t klen,
 FP_EXTERN int fp_dict_contains(fp_dict *d, const void *key, size_t klen);
 
 /* Returns the number of keys (>= 0) or a negative error. The count is the
- * sum of per-stripe counts read one stripe at a time: exact when nobody
- * writes concurrently. */
+ * sum of per-stripe counts read one stripe at a time, without a lock: exact
+ * when nobody writes concurrently. A stripe whose lock is held is waited
+ * for first (a writer holds it for a few stores), and one whose holder
+ * died is taken over and repaired, so the count also agrees with the keys
+ * after a process was killed mid-update. FP_EINVAL for a destroyed dict;
+ * FP_ENOMEM only when a stripe is locked and the calling thread cannot get
+ * a slot in the manager's heap table. */
 FP_EXTERN int64_t fp_dict_len(fp_dict *d);
 
 /* Removes every key. Each stripe is cleared atomically; keys inserted

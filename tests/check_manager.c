@@ -2089,6 +2089,16 @@ START_TEST(update_seen_by_lockfree_readers_is_never_rolled_back) {
                                   lpost.dict_len) ||
                      shows_effect(seen.list_len, lpre.list_len,
                                   lpost.list_len);
+        /* fp_dict_len settles a stripe whose holder died: it counts a
+         * key that readers already find (an insert killed between the
+         * bucket's store and the count's), and not one they no longer do. */
+        ck_assert_msg(!shows_effect(seen.key, lpre.key, lpost.key) ||
+                          seen.dict_len == lpost.dict_len,
+                      "op %d crash point %ld: the key shows the update, "
+                      "fp_dict_len says %llu (before %llu, after %llu)",
+                      op, k, (unsigned long long)seen.dict_len,
+                      (unsigned long long)lpre.dict_len,
+                      (unsigned long long)lpost.dict_len);
         uint64_t h = cstate_digest(&st); /* takes every lock: repairs */
         seen_effect += effect;
         ck_assert_msg(!effect || h == post,

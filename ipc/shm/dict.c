@@ -856,14 +856,41 @@ int fp_dict_delete(fp_dict *d, const void *key, size_t klen, fp_writer *out) {
   return rc;
 }
 
+/* Waits for a stripe's lock holder by taking the lock and giving it back.
+ * A holder that died is taken over, which repairs what it left: an insert
+ * or a delete it published half-way (the bucket stored, the count not) is
+ * completed, so that a count read afterwards agrees with the buckets. */
+static int settle_stripe(fp_dict *d, stripe *s) {
+  fp_manager *m = mgr(d);
+  fp__shm_heap *h = fp__shm_heap_get(m);
+  int rc;
+
+  if (h == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(m, h);
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0 &&
+      (rc = lock_stripe(d, h, s)) == 0)
+    fp__shm_unlock(&s->mu);
+  done(m, h);
+  return rc;
+}
+
 int64_t fp_dict_len(fp_dict *d) {
   int64_t n = 0;
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
 
   if (rc != 0)
     return rc;
-  for (int i = 0; i < NSTRIPE; i++)
-    n += (int64_t)atomic_load_explicit(&d->s[i].count, memory_order_relaxed);
+  for (int i = 0; i < NSTRIPE; i++) {
+    stripe *s = &d->s[i];
+    /* The lock word shares the count's cache line: a free stripe costs
+     * nothing more. A held one is settled first: its holder may be a
+     * process that died between the two stores of its publication. */
+    if (atomic_load_explicit(&s->mu, memory_order_relaxed) != 0 &&
+        (rc = settle_stripe(d, s)) != 0)
+      return rc;
+    n += (int64_t)atomic_load_explicit(&s->count, memory_order_relaxed);
+  }
   return n;
 }
 
