@@ -520,7 +520,7 @@ void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
 int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
   uint64_t n, total = 0;
   int rc = 0, idx = fp__shm_heap_idx(c->m, h);
-  char what[48];
+  char what[64]; /* "heap %d cache %d slot %llu" fits */
 
   if (h->nlog != 0 || h->j.state != FP__J_IDLE || h->j.nundo != 0 ||
       h->j.alloc[0] || h->j.alloc[1] || h->j.release[0] || h->j.release[1] ||
