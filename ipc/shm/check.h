@@ -32,7 +32,7 @@ typedef struct fp__shm_checker {
    * it, what claimed it first: the failure names both claimants. */
   uint64_t twice; /* its offset + 1, 0 when none */
   uint64_t probe; /* the granule the second walk looks for + 1 */
-  char first[128]; /* what claimed it first (64), then where */
+  char first[128]; /* what claimed it first, and where */
 } fp__shm_checker;
 
 /* Records the first failure's message; returns FP_EPROTO. */

@@ -293,6 +293,20 @@ static uint64_t seal(fp_manager *m, fp__shm_heap *h, node *nd) {
 
 /* Common argument checks; finds the key's stripe and the caller's heap,
  * and pins the heap. */
+/* Pins the calling thread's heap, then checks the dict again: a destroy
+ * that had not begun then cannot have the dict's memory reused before the
+ * caller unpins (heap.c). Nothing stays pinned on failure. */
+static int pin_dict(fp_dict *d, fp__shm_heap **hp) {
+  int rc;
+
+  if ((*hp = fp__shm_heap_get(mgr(d))) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(mgr(d), *hp);
+  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
+    fp__shm_unpin(*hp);
+  return rc;
+}
+
 static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
                    uint64_t *h, fp__shm_heap **hp) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);
@@ -305,16 +319,9 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
                           "a key of %zu bytes: longer than FP_DICT_KEY_MAX "
                           "(%d)",
                           klen, FP_DICT_KEY_MAX);
-  if ((*hp = fp__shm_heap_get(mgr(d))) == NULL)
-    return FP_ENOMEM;
   *h = hash_key(key, klen);
   *s = &d->s[*h >> STRIPE_SHIFT];
-  fp__shm_pin(mgr(d), *hp);
-  /* Checked again once pinned: a destroy that had not begun then cannot
-   * have the dict's memory reused before we unpin (heap.c). */
-  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
-    fp__shm_unpin(*hp);
-  return rc;
+  return pin_dict(d, hp);
 }
 
 /* Ends a call: unpins, and lets the heap reuse what it retired. */
@@ -861,17 +868,14 @@ int fp_dict_delete(fp_dict *d, const void *key, size_t klen, fp_writer *out) {
  * or a delete it published half-way (the bucket stored, the count not) is
  * completed, so that a count read afterwards agrees with the buckets. */
 static int settle_stripe(fp_dict *d, stripe *s) {
-  fp_manager *m = mgr(d);
-  fp__shm_heap *h = fp__shm_heap_get(m);
-  int rc;
+  fp__shm_heap *h;
+  int rc = pin_dict(d, &h);
 
-  if (h == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(m, h);
-  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0 &&
-      (rc = lock_stripe(d, h, s)) == 0)
+  if (rc != 0)
+    return rc;
+  if ((rc = lock_stripe(d, h, s)) == 0)
     fp__shm_unlock(&s->mu);
-  done(m, h);
+  done(mgr(d), h);
   return rc;
 }
 
@@ -940,11 +944,9 @@ int fp_dict_clear(fp_dict *d) {
   if (rc != 0)
     return rc;
   m = mgr(d);
-  if ((h = fp__shm_heap_get(m)) == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(m, h);
-  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0) /* as prepare() */
-    rc = clear_pinned(d, h, 0);
+  if ((rc = pin_dict(d, &h)) != 0)
+    return rc;
+  rc = clear_pinned(d, h, 0);
   fp__shm_unpin(h);
   fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
   return rc;
@@ -1037,19 +1039,16 @@ int fp__shm_walking(const fp_manager *m) {
  * locks in the parent's name (the two would then share lock ownership). */
 static int walk_stripes(fp_dict *d, uint64_t gen, fp_dict_item_cb cb,
                         void *arg) {
-  fp_manager *m = mgr(d);
   int rc = 0;
   for (int i = 0; i < NSTRIPE && rc == 0; i++) {
     unsigned char *buf;
     size_t len, pos = 0;
-    fp__shm_heap *h = fp__shm_heap_get(m);
-    if (h == NULL)
-      return FP_ENOMEM;
-    fp__shm_pin(m, h);
-    /* Checked again once pinned (see prepare). */
-    if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) == 0 && d->hdr.gen != gen)
+    fp__shm_heap *h;
+    if ((rc = pin_dict(d, &h)) != 0)
+      break;
+    if (d->hdr.gen != gen)
       rc = FP_EINVAL; /* destroyed, and another dict made in its place */
-    if (rc == 0)
+    else
       rc = snapshot_stripe(d, h, &d->s[i], &buf, &len);
     fp__shm_unpin(h);
     if (rc != 0)
