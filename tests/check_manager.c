@@ -1380,6 +1380,46 @@ START_TEST(churn_keeps_the_footprint_bounded) {
 }
 END_TEST
 
+/* Processes that append to a list and _exit without fp_manager_free leave
+ * their heaps behind: the chunks they cached and the tables they retired
+ * as the list grew. The next processes' growth makes room before it
+ * carves fresh pages, which reclaims those heaps: round after round, the
+ * footprint stays where the first rounds left it instead of growing by
+ * what each process left (it grew until the arena was full before). */
+START_TEST(exited_processes_leave_no_growing_footprint) {
+  int n = iters(100000), rounds = 12;
+  unsigned char v[9] = {FP_INT};
+  uint64_t fp2 = 0;
+  fp_manager_stats st;
+  fp_list *l;
+
+  for (int r = 0; r < rounds; r++) {
+    ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+      for (int i = 0; i < n; i++) {
+        v[1] = (unsigned char)i;
+        if (fp_list_append(l, v, sizeof v) != 0)
+          _exit(1);
+      }
+      _exit(0);
+    }
+    ck_assert_int_eq(reap(pid), 0);
+    ck_assert_int_eq(fp_list_len(l), n);
+    ck_assert_int_eq(fp_list_destroy(l), 0);
+    ck_assert_int_eq(fp_manager_stats_get(mgr, &st), 0);
+    if (r == 2)
+      fp2 = st.footprint;
+  }
+  /* Each process retired about a table's worth (a quarter of what it
+   * carved); room is made once per 64th of the arena carved. */
+  ck_assert_msg(st.footprint <= fp2 + fp2 / 2,
+                "footprint %zu after %d rounds, %llu after 3", st.footprint,
+                rounds, (unsigned long long)fp2);
+  assert_consistent();
+}
+END_TEST
+
 /* One thread using many managers in turn keeps one heap in each. */
 START_TEST(one_thread_many_managers) {
   enum { NM = 12 };
@@ -2233,6 +2273,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, no_heap_slot_left_fails_cleanly);
   tcase_add_test(tc, epoch_advances_past_a_reader_killed_while_pinned);
   tcase_add_test(tc, churn_keeps_the_footprint_bounded);
+  tcase_add_test(tc, exited_processes_leave_no_growing_footprint);
   tcase_add_test(tc, large_replacements_never_run_out_spuriously);
   suite_add_tcase(s, tc);
 

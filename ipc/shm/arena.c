@@ -329,11 +329,25 @@ static uint64_t bin_take(fp_manager *m, uint64_t n, int low_only) {
  * offset, or 0 when the arena is full. The caller marks the page map. A
  * slab takes a free span of the top part only as a last resort: sitting
  * between big spans, it would keep their pages from merging back into
- * one run when they are freed. */
+ * one run when they are freed.
+ *
+ * Fresh pages cost memory for as long as the arena lives, so once the
+ * carved area has grown a step (room_step) since the last time room was
+ * made, a request that finds no free span returns 0 here, and its caller
+ * takes the path of a full arena: fp__shm_make_room (heap.c), which
+ * reclaims the heaps of threads that exited (a forked process that
+ * returns from its function and _exits leaves the chunks it cached and
+ * retired there) and collects retired chunks, then moves the mark
+ * (fp__shm_room_made) and tries again. Without it, what exited processes
+ * left behind came back only when the arena was full: the footprint grew
+ * to the arena's size first. */
 static uint64_t span_alloc(fp_manager *m, uint64_t n, int from_top) {
   uint64_t off = bin_take(m, n, !from_top);
-  if (off == 0)
-    off = span_carve(m, n, from_top);
+  if (off != 0)
+    return off;
+  if (fp__shm_carved_bytes(m) >= m->room_mark)
+    return 0;
+  off = span_carve(m, n, from_top);
   if (off == 0 && !from_top)
     off = bin_take(m, n, 0);
   return off;
@@ -556,6 +570,21 @@ void fp__shm_trim(fp_manager *m, const fp__shm_heap *h) {
   fp__shm_aunlock(m);
 }
 
+/* Carved bytes between two makings of room: a sixty-fourth of the heap
+ * area (16 MiB of the default 1 GiB), at least 16 pages. Room is made at
+ * most once per step, which costs a scan of the heap table (heap.c). */
+static uint64_t room_step(const fp_manager *m) {
+  uint64_t step = (m->size - m->heap) / 64;
+  return step < 16 * FP__SHM_PAGE ? 16 * FP__SHM_PAGE : step;
+}
+
+void fp__shm_room_made(fp_manager *m, const fp__shm_heap *h) {
+  fp__shm_alock(m, h);
+  fp__shm_alog(m, &m->room_mark, fp__shm_carved_bytes(m) + room_step(m));
+  fp__shm_acommit(m);
+  fp__shm_aunlock(m);
+}
+
 /* --- single chunks under the lock ----------------------------------------- */
 
 /* The smallest class of at least size bytes whose chunks are 64-aligned
@@ -635,6 +664,7 @@ int fp__shm_arena_init(fp_manager *m, uint64_t size) {
   m->brk = m->heap;
   m->top = size;
   m->carved_high = 0;
+  m->room_mark = room_step(m);
   return 0;
 }
 

@@ -224,6 +224,8 @@ struct fp_manager {
   uint64_t carved_high; /* the most bytes carved at once (span_free may
                            give pages back): the footprint of
                            fp_manager_stats */
+  uint64_t room_mark;   /* carved bytes from which carving waits for a
+                           fp__shm_make_room first (arena.c, span_alloc) */
   uint64_t used;     /* bytes handed out: live, cached, retired */
   uint64_t objects;  /* registry head (offset of an fp__shm_obj, 0 = none) */
   uint64_t nobjects; /* registry length */
@@ -375,6 +377,11 @@ FP__SHM_HIDDEN void fp__shm_flush(fp_manager *m, const fp__shm_heap *h,
 /* Returns every empty slab to the spans, including the one a class keeps
  * for its next refill (the global lock taken as heap h). */
 FP__SHM_HIDDEN void fp__shm_trim(fp_manager *m, const fp__shm_heap *h);
+/* Moves the room mark one step past the carved area (one step under the
+ * global lock, taken as heap h): fp__shm_make_room calls it once it has
+ * made what room it could, so that the allocation that sent it there may
+ * carve fresh pages. */
+FP__SHM_HIDDEN void fp__shm_room_made(fp_manager *m, const fp__shm_heap *h);
 
 /* Allocates a chunk of `size` bytes outside any cache, aligned to 64
  * (objects, heap-less callers) and stores its offset in *slot, in one step

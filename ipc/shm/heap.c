@@ -40,7 +40,9 @@
  * pins allow, and hands the heap's cached chunks back to their slabs (a
  * slab that empties returns its pages to the spans), so that FP_ENOMEM
  * means the live data (and other live threads' caches and limbo) leave
- * no room.
+ * no room. The allocator also sends an allocation here before it carves
+ * fresh pages, once per step of growth (arena.c, span_alloc): heaps left
+ * by processes that exited come back then, not only in a full arena.
  */
 #include "ipc/shm/check.h"
 
@@ -513,6 +515,7 @@ void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
   for (int c = 0; c < FP__SHM_NCLASS; c++)
     while (h->ncache[c] != 0)
       fp__shm_flush(m, h, h, c, (int)h->ncache[c]);
+  fp__shm_room_made(m, h);
 }
 
 /* --- consistency check ---------------------------------------------------- */
