@@ -591,6 +591,13 @@ FP__SHM_HIDDEN int fp__shm_reclaim_dead(fp_manager *m);
  * (fp__shm_refuse). */
 FP__SHM_HIDDEN int fp__shm_obj_check(const void *o, int type);
 
+/* For a call on o, which the caller has checked: pins the calling thread's
+ * heap (into *h), then checks o again, so that a destroy that had not
+ * begun by then cannot have o's memory reused before the caller unpins
+ * (heap.c). Returns 0 with *h pinned, or FP_ENOMEM (no heap slot) or
+ * fp__shm_obj_check's error with nothing pinned. */
+FP__SHM_HIDDEN int fp__shm_obj_pin(void *o, int type, fp__shm_heap **h);
+
 /* A refused Manager call: sets the thread's fp_last_error() from a printf
  * format and returns rc. Only refusals (misuse, a full arena) call it;
  * ordinary outcomes (FP_ENOENT, FP_ERANGE, FP_EEXIST, ...) do not, so a

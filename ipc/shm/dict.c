@@ -291,22 +291,13 @@ static uint64_t seal(fp_manager *m, fp__shm_heap *h, node *nd) {
 
 /* --- handles, locks ------------------------------------------------------- */
 
-/* Common argument checks; finds the key's stripe and the caller's heap,
- * and pins the heap. */
-/* Pins the calling thread's heap, then checks the dict again: a destroy
- * that had not begun then cannot have the dict's memory reused before the
- * caller unpins (heap.c). Nothing stays pinned on failure. */
+/* Pins the calling thread's heap for a call on d (fp__shm_obj_pin). */
 static int pin_dict(fp_dict *d, fp__shm_heap **hp) {
-  int rc;
-
-  if ((*hp = fp__shm_heap_get(mgr(d))) == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(mgr(d), *hp);
-  if ((rc = fp__shm_obj_check(d, FP__SHM_DICT)) != 0)
-    fp__shm_unpin(*hp);
-  return rc;
+  return fp__shm_obj_pin(d, FP__SHM_DICT, hp);
 }
 
+/* Common argument checks; finds the key's stripe and the caller's heap,
+ * and pins the heap. */
 static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
                    uint64_t *h, fp__shm_heap **hp) {
   int rc = fp__shm_obj_check(d, FP__SHM_DICT);

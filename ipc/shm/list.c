@@ -71,19 +71,10 @@ int fp_list_new(fp_manager *m, fp_list **out) {
   return rc;
 }
 
-/* Checks the list and pins the caller's heap; checks again once pinned:
- * a destroy that had not begun then cannot have the list's memory reused
- * before we unpin (heap.c). */
+/* Checks the list and pins the caller's heap (fp__shm_obj_pin). */
 static int enter(fp_list *l, fp__shm_heap **h) {
   int rc = fp__shm_obj_check(l, FP__SHM_LIST);
-  if (rc != 0)
-    return rc;
-  if ((*h = fp__shm_heap_get(mgr(l))) == NULL)
-    return FP_ENOMEM;
-  fp__shm_pin(mgr(l), *h);
-  if ((rc = fp__shm_obj_check(l, FP__SHM_LIST)) != 0)
-    fp__shm_unpin(*h);
-  return rc;
+  return rc != 0 ? rc : fp__shm_obj_pin(l, FP__SHM_LIST, h);
 }
 
 /* Unpins; the list may be freed from then on, so its manager is read

@@ -97,6 +97,18 @@ int fp__shm_obj_begin_destroy(void *p, int type, uint64_t *gen) {
   return rc;
 }
 
+int fp__shm_obj_pin(void *o, int type, fp__shm_heap **h) {
+  fp_manager *m = fp__shm_of(o);
+  int rc;
+
+  if ((*h = fp__shm_heap_get(m)) == NULL)
+    return FP_ENOMEM;
+  fp__shm_pin(m, *h);
+  if ((rc = fp__shm_obj_check(o, type)) != 0)
+    fp__shm_unpin(*h);
+  return rc;
+}
+
 int fp__shm_obj_begin_clearing_destroy(void *p, int type, fp_manager **m,
                                        fp__shm_heap **h, uint64_t *gen) {
   int rc = obj_header_check(p, type);
