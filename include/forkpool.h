@@ -1350,7 +1350,8 @@ FP_EXTERN int fp_list_clear(fp_list *l);
 /* Appends one LIST value holding a snapshot of every item to out (Python's
  * list(shared_list)). The snapshot adds one level of nesting: with an item
  * nested FP_MAX_DEPTH lists deep, it fails with FP_EDEPTH, the writer's
- * sticky error -- read such an item with fp_list_get. */
+ * sticky error -- read such an item with fp_list_get. A failed snapshot
+ * leaves out's bytes as they were (as a failed fp_pack does). */
 FP_EXTERN int fp_list_snapshot(fp_list *l, fp_writer *out);
 
 /* Refs as fp_dict_ref / fp_dict_from_ref. */

@@ -935,6 +935,87 @@ START_TEST(freed_small_chunks_merge_for_a_large_request) {
 }
 END_TEST
 
+/* A read whose output writer refuses the value (its lists would nest
+ * too deep, or it carries a sticky error) says so in fp_last_error(),
+ * instead of leaving an older, unrelated message there. */
+START_TEST(output_writer_refusals_say_why) {
+  fp_writer v, deep, sticky;
+  fp_dict *d;
+  fp_list *l;
+
+  ck_assert_int_eq(fp_dict_new(mgr, &d), 0);
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  fp_writer_init(&v);
+  ck_assert_int_eq(fp_pack(&v, "[ i ]", (int64_t)1), 0);
+  ck_assert_int_eq(fp_dict_set(d, K("k"), v.data, v.len), 0);
+  ck_assert_int_eq(fp_list_append(l, v.data, v.len), 0);
+  fp_writer_init(&deep);
+  fp_writer_init(&sticky);
+  ck_assert_int_ne(fp_write_list_end(&sticky), 0); /* nothing open */
+
+  /* Each call gets a writer with every list open: a refusal leaves the
+   * writer's error sticky, and the next call would see that instead. */
+#define REFUSED(call, code, words)                                             \
+  do {                                                                         \
+    fp_writer_free(&deep);                                                     \
+    fp_writer_init(&deep);                                                     \
+    for (int i = 0; i < FP_MAX_DEPTH; i++)                                     \
+      ck_assert_int_eq(fp_write_list_begin(&deep), 0);                         \
+    fp_dict_get(NULL, K("x"), NULL); /* an older message */                    \
+    ck_assert_int_eq((call), (code));                                          \
+    ck_assert_msg(strstr(fp_last_error(), (words)) != NULL, "%s: %s", #call,   \
+                  fp_last_error());                                            \
+  } while (0)
+  REFUSED(fp_dict_get(d, K("k"), &deep), FP_EDEPTH, "FP_MAX_DEPTH");
+  REFUSED(fp_list_get(l, 0, &deep), FP_EDEPTH, "FP_MAX_DEPTH");
+  REFUSED(fp_list_snapshot(l, &deep), FP_EDEPTH, "FP_MAX_DEPTH");
+  REFUSED(fp_dict_delete(d, K("k"), &deep), FP_EDEPTH, "FP_MAX_DEPTH");
+  REFUSED(fp_dict_setdefault(d, K("k"), v.data, v.len, &deep), FP_EDEPTH,
+          "FP_MAX_DEPTH");
+  REFUSED(fp_dict_get(d, K("k"), &sticky), FP_EINVAL, "error state");
+  REFUSED(fp_list_pop(l, 0, &sticky), FP_EINVAL, "error state");
+#undef REFUSED
+  /* Refused reads took nothing away. */
+  ck_assert_int_eq(fp_dict_contains(d, K("k")), 1);
+  ck_assert_int_eq(fp_list_len(l), 1);
+  fp_writer_free(&v);
+  fp_writer_free(&deep);
+  fp_writer_free(&sticky);
+}
+END_TEST
+
+/* A snapshot that fails half-way (the second item nests too deep for
+ * the writer) leaves the writer's bytes, depth and count as they were,
+ * as a failed fp_pack does: no half-written list that still parses. */
+START_TEST(failed_snapshot_leaves_the_writer_as_it_was) {
+  fp_writer v, out;
+  fp_list *l;
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  fp_writer_init(&v);
+  ck_assert_int_eq(fp_write_int(&v, 1), 0);
+  ck_assert_int_eq(fp_list_append(l, v.data, v.len), 0);
+  fp_writer_reset(&v);
+  for (int i = 0; i < FP_MAX_DEPTH; i++)
+    ck_assert_int_eq(fp_write_list_begin(&v), 0);
+  for (int i = 0; i < FP_MAX_DEPTH; i++)
+    ck_assert_int_eq(fp_write_list_end(&v), 0);
+  ck_assert_int_eq(fp_list_append(l, v.data, v.len), 0);
+
+  fp_writer_init(&out);
+  ck_assert_int_eq(fp_write_list_begin(&out), 0);
+  ck_assert_int_eq(fp_write_str(&out, "prefix"), 0);
+  size_t len0 = out.len;
+  ck_assert_int_eq(fp_list_snapshot(l, &out), FP_EDEPTH);
+  ck_assert_uint_eq(out.len, len0);
+  ck_assert_int_eq(out.depth, 1);
+  ck_assert_uint_eq(out.counts[0], 1);
+  ck_assert_ptr_nonnull(strstr(fp_last_error(), "FP_MAX_DEPTH"));
+  fp_writer_free(&v);
+  fp_writer_free(&out);
+}
+END_TEST
+
 /* --- concurrency -------------------------------------------------------- */
 
 static int iters(int n) {
@@ -2228,6 +2309,8 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, list_append_get_set_pop);
   tcase_add_test(tc, list_bad_input_fails);
+  tcase_add_test(tc, output_writer_refusals_say_why);
+  tcase_add_test(tc, failed_snapshot_leaves_the_writer_as_it_was);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("sync");

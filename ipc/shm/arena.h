@@ -605,6 +605,14 @@ FP__SHM_HIDDEN int fp__shm_obj_pin(void *o, int type, fp__shm_heap **h);
 FP__SHM_HIDDEN int fp__shm_refuse(int rc, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A read's output writer refused what the call copies into it (rc from
+ * the fp_write_* call; err_before: the writer's sticky error before the
+ * call): sets the message saying why and returns rc. */
+FP__SHM_HIDDEN int fp__shm_out_refused(int rc, int err_before);
+/* fp_write_raw(out, enc, n), with fp__shm_out_refused's message when the
+ * writer refuses the value. */
+FP__SHM_HIDDEN int fp__shm_write_out(fp_writer *out, const void *enc, size_t n);
+
 /* The checks of a creating call's manager and out pointer: 0, or
  * FP_EINVAL with the message. */
 FP__SHM_HIDDEN int fp__shm_check_new(const fp_manager *m, const void *out);

@@ -512,7 +512,7 @@ static int write_present(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
 
   if (mode == W_IF_ABSENT || mode == W_SETDEFAULT) {
     if (mode == W_SETDEFAULT && out != NULL)
-      rc = fp_write_raw(out, node_value(nd, buf), nd->vlen);
+      rc = fp__shm_write_out(out, node_value(nd, buf), nd->vlen);
     fp__shm_unlock(&s->mu);
     return rc != 0 ? rc : mode == W_IF_ABSENT ? FP_EEXIST : 1;
   }
@@ -555,7 +555,7 @@ static int write_absent(fp_manager *m, fp__shm_heap *h, stripe *s,
    * fail in ways no check foresees (a sticky error, no memory, the
    * writer's list depth), and taken back if the insert fails, so that an
    * error never comes with a stored value. */
-  if (give != NULL && (rc = fp_write_raw(give, val, vlen)) != 0) {
+  if (give != NULL && (rc = fp__shm_write_out(give, val, vlen)) != 0) {
     fp__shm_unlock(&s->mu);
     return rc;
   }
@@ -747,7 +747,7 @@ static int read_node(node *nd, int mode, fp_writer *out, void *scalar) {
 
   switch (mode) {
   case R_GET:
-    return fp_write_raw(out, node_value(nd, buf), nd->vlen);
+    return fp__shm_write_out(out, node_value(nd, buf), nd->vlen);
   case R_INT:
   case R_FLOAT:
     if (nd->tag != (mode == R_INT ? FP_INT : FP_FLOAT))
@@ -816,8 +816,8 @@ static int delete_locked(fp_manager *m, fp__shm_heap *h, stripe *s, table *t,
     fp__shm_put_le64(buf + 1, (int64_t)seal(m, h, nd));
   }
   if (out != NULL &&
-      (rc = fp_write_raw(out, is_scalar(nd) ? buf : nd->data + nd->klen,
-                         nd->vlen)) != 0) {
+      (rc = fp__shm_write_out(out, is_scalar(nd) ? buf : nd->data + nd->klen,
+                              nd->vlen)) != 0) {
     fp__shm_jabort(m, h); /* unseals */
     fp__shm_unlock(&s->mu);
     return rc;

@@ -243,7 +243,7 @@ int fp_list_get(fp_list *l, int64_t index, fp_writer *out) {
   if ((rc = lock_list(l, h)) == 0) {
     if ((rc = resolve(l, index, &i)) == 0) {
       value *v = item(mgr(l), l, i);
-      rc = fp_write_raw(out, v->data, v->vlen);
+      rc = fp__shm_write_out(out, v->data, v->vlen);
     }
     fp__shm_unlock(&l->mu);
   }
@@ -292,7 +292,7 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
   if (i + 1 < l->len &&
       (rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) != 0)
     goto fail;
-  if (out != NULL && (rc = fp_write_raw(out, v->data, v->vlen)) != 0)
+  if (out != NULL && (rc = fp__shm_write_out(out, v->data, v->vlen)) != 0)
     goto fail;
   if (i + 1 < l->len) {
     uint64_t *nb = (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2;
@@ -379,24 +379,40 @@ int fp_list_destroy(fp_list *l) {
   return fp__shm_obj_free(m, &l->hdr, gen);
 }
 
+/* Writes the items of a locked list into out as one list value. On
+ * failure out's bytes, depth and count are as they were (as fp_pack
+ * leaves them), its sticky error set, and the message says why. */
+static int snapshot_locked(fp_manager *m, fp_list *l, fp_writer *out) {
+  size_t len0 = out->len;
+  int depth0 = out->depth, err0 = out->err;
+  uint32_t count0 = depth0 > 0 ? out->counts[depth0 - 1] : 0;
+  int rc = fp_write_list_begin(out);
+
+  for (uint64_t i = 0; rc == 0 && i < l->len; i++) {
+    value *v = item(m, l, i);
+    rc = fp_write_raw(out, v->data, v->vlen);
+  }
+  if (rc == 0)
+    rc = fp_write_list_end(out);
+  if (rc == 0)
+    return 0;
+  out->len = len0;
+  out->depth = depth0;
+  if (depth0 > 0)
+    out->counts[depth0 - 1] = count0;
+  return fp__shm_out_refused(rc, err0);
+}
+
 int fp_list_snapshot(fp_list *l, fp_writer *out) {
   fp__shm_heap *h;
-  fp_manager *m;
   int rc;
 
   if (out == NULL)
     return fp__shm_refuse(FP_EINVAL, "NULL out pointer");
   if ((rc = enter(l, &h)) != 0)
     return rc;
-  m = mgr(l); /* l is a checked handle now */
   if ((rc = lock_list(l, h)) == 0) {
-    rc = fp_write_list_begin(out);
-    for (uint64_t i = 0; rc == 0 && i < l->len; i++) {
-      value *v = item(m, l, i);
-      rc = fp_write_raw(out, v->data, v->vlen);
-    }
-    if (rc == 0)
-      rc = fp_write_list_end(out);
+    rc = snapshot_locked(mgr(l), l, out);
     fp__shm_unlock(&l->mu);
   }
   leave(l, h);

@@ -24,6 +24,30 @@ int fp__shm_refuse(int rc, const char *fmt, ...) {
   return rc;
 }
 
+int fp__shm_out_refused(int rc, int err_before) {
+  if (err_before != 0)
+    return fp__shm_refuse(rc,
+                          "the output writer is in an error state (%s): "
+                          "reset it first",
+                          fp_err_name(err_before));
+  if (rc == FP_EDEPTH)
+    return fp__shm_refuse(rc,
+                          "the value does not fit in the output writer: "
+                          "its lists would nest more than FP_MAX_DEPTH "
+                          "(%d) deep",
+                          FP_MAX_DEPTH);
+  if (rc == FP_ENOMEM)
+    return fp__shm_refuse(rc, "out of memory for the output writer");
+  return fp__shm_refuse(rc, "the output writer refused the value (%s)",
+                        fp_err_name(rc));
+}
+
+int fp__shm_write_out(fp_writer *out, const void *enc, size_t n) {
+  int err_before = out->err;
+  int rc = fp_write_raw(out, enc, n);
+  return rc == 0 ? 0 : fp__shm_out_refused(rc, err_before);
+}
+
 int fp__shm_check_new(const fp_manager *m, const void *out) {
   if (m == NULL)
     return fp__shm_refuse(FP_EINVAL, "NULL manager");
