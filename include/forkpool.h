@@ -1337,8 +1337,10 @@ FP_EXTERN int fp_list_set(fp_list *l, int64_t index, const void *value,
                           size_t vlen);
 
 /* l.pop(index): removes l[index], appending its value to out if out is not
- * NULL. fp_list_pop(l, -1, out) pops the last item in O(1); other indexes
- * copy the item table (O(n)). FP_ERANGE on an empty list. */
+ * NULL. The last item (index -1) and the first (index 0: a queue) pop in
+ * O(1) and need no memory, so a full arena still drains; other indexes
+ * copy the item table (O(n)) and may fail with FP_ENOMEM in a full arena,
+ * popping nothing. FP_ERANGE on an empty list or an index outside it. */
 FP_EXTERN int fp_list_pop(fp_list *l, int64_t index, fp_writer *out);
 
 /* Returns the number of items (>= 0) or a negative error. */

@@ -839,13 +839,16 @@ START_TEST(failing_calls_change_nothing_or_a_documented_prefix) {
   ck_assert_int_eq(rc, FP_ENOMEM);
   int64_t n = fp_list_len(l);
   fp_writer_init(&w);
-  ck_assert_int_eq(fp_list_pop(l, 0, &w), FP_ENOMEM);
+  ck_assert_int_eq(fp_list_pop(l, 1, &w), FP_ENOMEM);
   ck_assert_uint_eq(w.len, 0);
   ck_assert_int_eq(fp_writer_error(&w), 0);
   ck_assert_int_eq(fp_list_len(l), n);
-  /* popping the last item needs no memory, and gives it back */
-  ck_assert_int_eq(fp_list_pop(l, -1, &w), 0);
+  /* popping the first or the last item needs no memory, and gives it
+   * back: a queue drains in a full arena */
+  ck_assert_int_eq(fp_list_pop(l, 0, &w), 0);
   ck_assert_uint_eq(w.len, 9);
+  ck_assert_int_eq(fp_list_pop(l, -1, &w), 0);
+  ck_assert_uint_eq(w.len, 18);
   assert_consistent();
   /* an extend that fills the arena: FP_ENOMEM and a prefix appended */
   ck_assert_int_eq(fp_list_clear(l), 0);
@@ -930,6 +933,50 @@ START_TEST(freed_small_chunks_merge_for_a_large_request) {
   ck_assert_int_eq(fp_list_clear(l), 0);
   ck_assert_int_eq(fp_array_new(m, 256u << 10, &a), 0);
   ck_assert_int_eq(fp_array_destroy(a), 0);
+  fp_writer_free(&w);
+  assert_consistent();
+}
+END_TEST
+
+/* A list used as a queue (append at the end, pop(0) at the front)
+ * hands items out in order, indexes from its first live item, and keeps
+ * its table bounded: the slots the pops freed are reused when the table
+ * is moved, instead of the table doubling forever. */
+START_TEST(list_as_a_queue_stays_in_order_and_bounded) {
+  int rounds = fp_test_under_valgrind() ? 10000 : 200000, live = 100;
+  fp_manager_stats st;
+  size_t used1 = 0;
+  int64_t next_in = 0, next_out = 0, v;
+  fp_writer w;
+  fp_list *l;
+
+  ck_assert_int_eq(fp_list_new(mgr, &l), 0);
+  fp_writer_init(&w);
+  for (; next_in < live; next_in++)
+    push_int(l, next_in);
+  for (int r = 0; r < rounds; r++) {
+    push_int(l, next_in++);
+    fp_writer_reset(&w);
+    ck_assert_int_eq(fp_list_pop(l, 0, &w), 0);
+    fp_reader rd;
+    fp_reader_init(&rd, w.data, w.len);
+    ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+    ck_assert_int_eq(v, next_out++);
+    if (r == 1000) {
+      ck_assert_int_eq(fp_manager_stats_get(mgr, &st), 0);
+      used1 = st.used;
+    }
+  }
+  ck_assert_int_eq(fp_list_len(l), live);
+  fp_writer_reset(&w);
+  ck_assert_int_eq(fp_list_get(l, 0, &w), 0); /* item 0: the oldest */
+  fp_reader rd;
+  fp_reader_init(&rd, w.data, w.len);
+  ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+  ck_assert_int_eq(v, next_out);
+  ck_assert_int_eq(fp_manager_stats_get(mgr, &st), 0);
+  ck_assert_msg(st.used <= used1 + 64 * 1024, "used %zu, %zu at round 1000",
+                st.used, used1);
   fp_writer_free(&w);
   assert_consistent();
 }
@@ -1987,9 +2034,12 @@ static uint64_t cstate_digest(cstate *st) {
 }
 
 /* Work an op needs done before it, outside the crash window: op 17
- * leaves 200 retired nodes in the caller's heap. */
+ * leaves 200 retired nodes in the caller's heap; ops 22 and 23 pop from
+ * the front of the list first (its items no longer start at slot 0). */
 static void cstate_warm(cstate *st, int op) {
   char key[16];
+  for (int i = 0; i < (op == 22 ? 5 : op == 23 ? 2 : 0); i++)
+    ck_assert_int_eq(fp_list_pop(st->l, 0, NULL), 0);
   if (op != 17)
     return;
   for (int i = 0; i < 200; i++) {
@@ -2060,11 +2110,17 @@ static int cstate_op(cstate *st, int op) {
       return rc;
     fp__shm_collect(st->m, fp__shm_heap_get(st->m), 0);
     return st->m->top > top ? 0 : -1;
+  case 21: /* a pop from the middle: a copy of the table */
+    return fp_list_pop(st->l, 3, NULL);
+  case 22: /* 3 items in the last slots of 8: moved to a new table of 8 */
+    return fp_list_append(st->l, v9, 9);
+  case 23: /* a clear of items that start at slot 2 */
+    return fp_list_clear(st->l);
   default:
     return -1;
   }
 }
-#define NOPS 21
+#define NOPS 24
 
 /* Whether op may be run again after a crash with result rc (state h). */
 static int rerun_ok(int op, int rc, uint64_t h, uint64_t post) {
@@ -2309,6 +2365,7 @@ Suite *manager_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, list_append_get_set_pop);
   tcase_add_test(tc, list_bad_input_fails);
+  tcase_add_test(tc, list_as_a_queue_stays_in_order_and_bounded);
   tcase_add_test(tc, output_writer_refusals_say_why);
   tcase_add_test(tc, failed_snapshot_leaves_the_writer_as_it_was);
   suite_add_tcase(s, tc);

@@ -2,25 +2,32 @@
 /* list.c - the manager's shared list of codec values.
  *
  * A list is one arena object with one lock and a table of item chunks:
- *   list.items -> table: u64 link | u64 unused | u64 item[cap] (crefs)
+ *   list.items -> table: u64 link | u64 unused | u64 slot[cap] (crefs)
  *   item chunk: u64 link | u64 vlen | the encoded value
+ * Item i is in slot[head + i]: popping the first item moves head on, so
+ * a queue (append, pop(0)) costs O(1) and needs no memory to drain.
  *
- * Invariants while the lock is free: len <= cap; cap is 0 (items 0) or the
- * table's size; every item[i], i < len, names a distinct live item chunk
- * holding exactly one encoded value; slots at and past len are garbage.
+ * Invariants while the lock is free: head + len <= cap; cap is 0 (items 0,
+ * head 0) or the table's size; every slot[head + i], i < len, names a
+ * distinct live item chunk holding exactly one encoded value; other slots
+ * are garbage.
  *
  * Mutations follow the journal protocol (journal.c). An append builds its
  * item chunk before it takes the lock (the journal's alloc slot keeps it
  * accounted for if the process dies while waiting), then, under the lock,
- * writes the slot past len (unreachable) and publishes it with one logged
- * store of len, growing the table first if needed (a bigger copy,
- * published with the items and cap words). The lock is held for a few
- * stores, which is what lets two processes appending at once keep up with
- * one. set publishes a new chunk with one logged store into item[i]. pop
- * of the last item is one logged store of len; pop of any other index
- * publishes a copy of the table without that slot (a shift in place could
- * not be undone from a small log). clear detaches the table and releases
- * it deep. Unlinked chunks are retired after the commit, outside the lock.
+ * writes the slot past the last item (unreachable) and publishes it with
+ * one logged store of len, first moving the items to a new table if the
+ * last slot is taken (twice the size, or the same size when at most half
+ * of it holds items: the pops from the front made the room; published
+ * with the items, cap and head words). The lock is held for a few stores,
+ * which is what lets two processes appending at once keep up with one.
+ * set publishes a new chunk with one logged store into its slot. pop of
+ * the last item is one logged store of len, of the first one of head and
+ * len; pop of any other index publishes a copy of the table without that
+ * slot (a shift in place could not be undone from a small log), so only
+ * it needs memory. clear detaches the table and releases it deep (its
+ * slots from head on). Unlinked chunks are retired after the commit,
+ * outside the lock.
  */
 #include "ipc/shm/check.h"
 
@@ -37,6 +44,7 @@ struct fp_list {
   _Atomic uint64_t items; /* offset of the table, 0 when cap is 0 */
   _Atomic uint64_t len;
   _Atomic uint64_t cap;
+  uint64_t head; /* slot of item 0 (read under the lock only) */
 };
 
 typedef struct value {
@@ -53,8 +61,13 @@ static uint64_t *table(fp_manager *m, fp_list *l) {
   return (uint64_t *)fp__shm_ptr(m, l->items) + 2;
 }
 
+/* The slot of item i. */
+static uint64_t *slot_of(fp_manager *m, fp_list *l, uint64_t i) {
+  return &table(m, l)[l->head + i];
+}
+
 static value *item(fp_manager *m, fp_list *l, uint64_t i) {
-  return fp__shm_ptr(m, fp__shm_cref_off(table(m, l)[i]));
+  return fp__shm_ptr(m, fp__shm_cref_off(*slot_of(m, l, i)));
 }
 
 int fp_list_new(fp_manager *m, fp_list **out) {
@@ -137,21 +150,27 @@ static int make_value(fp_manager *m, fp__shm_heap *h, const void *val,
   return 0;
 }
 
-/* Grows a full table (journal open, lock held): a copy twice as big in
- * alloc slot 1, published with the items and cap words. */
+/* Moves the items of a table whose last slot is taken to a new one in
+ * alloc slot 1 (journal open, lock held), from slot 0 on: twice as big,
+ * or as big when at most half of it holds items (pops from the front
+ * freed the rest, and at least cap / 2 of them happened since the last
+ * move: O(1) amortized). Published with the items, cap and head words. */
 static int grow(fp_manager *m, fp__shm_heap *h, fp_list *l) {
-  uint64_t ncap = l->cap ? l->cap * 2 : 8;
+  uint64_t ncap = l->cap == 0 ? 8 : l->len < l->cap / 2 ? l->cap : l->cap * 2;
   int rc;
 
   if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + ncap * 8)) != 0)
     return rc;
   if (l->len)
-    memcpy((uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, table(m, l),
+    memcpy((uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, slot_of(m, l, 0),
            l->len * 8);
   if (l->cap)
     h->j.release[1] = l->items;
   fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
-  fp__shm_jset(m, h, (uint64_t *)&l->cap, ncap);
+  if (ncap != l->cap)
+    fp__shm_jset(m, h, (uint64_t *)&l->cap, ncap);
+  if (l->head != 0)
+    fp__shm_jset(m, h, &l->head, 0);
   return 0;
 }
 
@@ -159,9 +178,9 @@ static int grow(fp_manager *m, fp__shm_heap *h, fp_list *l) {
 static int append_locked(fp_manager *m, fp__shm_heap *h, fp_list *l) {
   int rc;
 
-  if (l->len == l->cap && (rc = grow(m, h, l)) != 0)
+  if (l->head + l->len == l->cap && (rc = grow(m, h, l)) != 0)
     return rc;
-  table(m, l)[l->len] = fp__shm_cref(h->j.alloc[0]); /* past len */
+  *slot_of(m, l, l->len) = fp__shm_cref(h->j.alloc[0]); /* past len */
   publish_len(m, h, l, l->len + 1);
   return 0;
 }
@@ -268,7 +287,7 @@ int fp_list_set(fp_list *l, int64_t index, const void *val, size_t vlen) {
     fp__shm_jabort(m, h);
     fp__shm_unlock(&l->mu);
   } else {
-    uint64_t *slot = &table(m, l)[i];
+    uint64_t *slot = slot_of(m, l, i);
     h->j.release[0] = fp__shm_cref_off(*slot);
     fp__shm_jset(m, h, slot, fp__shm_cref(h->j.alloc[0]));
     commit_unlock(l, h);
@@ -280,26 +299,29 @@ int fp_list_set(fp_list *l, int64_t index, const void *val, size_t vlen) {
 /* Pops item i (lock held, journal not begun); unlocks. */
 static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
                       fp_writer *out) {
-  uint64_t *b = table(m, l);
+  uint64_t *b = slot_of(m, l, 0);
   value *v = item(m, l, i);
-  int rc;
+  int middle = i != 0 && i + 1 < l->len, rc;
 
   fp__shm_jbegin(h);
   h->j.release[0] = fp__shm_cref_off(b[i]);
-  /* Not the last item: a copy of the table without slot i. Allocated
-   * before the value is written out, so that a full arena fails the call
-   * with nothing popped and nothing written. */
-  if (i + 1 < l->len &&
+  /* Neither the first nor the last item: a copy of the table without its
+   * slot. Allocated before the value is written out, so that a full
+   * arena fails the call with nothing popped and nothing written. */
+  if (middle &&
       (rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + l->cap * 8)) != 0)
     goto fail;
   if (out != NULL && (rc = fp__shm_write_out(out, v->data, v->vlen)) != 0)
     goto fail;
-  if (i + 1 < l->len) {
+  if (middle) {
     uint64_t *nb = (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2;
     memcpy(nb, b, i * 8);
     memcpy(nb + i, b + i + 1, (l->len - i - 1) * 8);
     h->j.release[1] = l->items;
     fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
+    fp__shm_jset(m, h, &l->head, 0);
+  } else if (i == 0 && l->len > 1) {
+    fp__shm_jset(m, h, &l->head, l->head + 1);
   }
   publish_len(m, h, l, l->len - 1);
   commit_unlock(l, h);
@@ -344,9 +366,12 @@ static void clear_locked(fp_list *l, fp__shm_heap *h) {
   }
   fp__shm_jbegin(h);
   h->j.release[0] = l->items;
-  h->j.deep_n = l->len; /* only item[0..len) are live chunks */
+  h->j.deep_from = l->head; /* only slot[head, head + len) are live */
+  h->j.deep_n = l->len;
   fp__shm_jset(m, h, (uint64_t *)&l->items, 0);
   fp__shm_jset(m, h, (uint64_t *)&l->cap, 0);
+  if (l->head != 0)
+    fp__shm_jset(m, h, &l->head, 0);
   publish_len(m, h, l, 0);
   commit_unlock(l, h);
 }
@@ -453,10 +478,12 @@ int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o) {
   if (o->size != sizeof(fp_list))
     return fp__shm_fail(c, "list: object size %llu",
                         (unsigned long long)o->size);
-  if (l->mu != 0 || l->len > l->cap || (l->cap == 0) != (l->items == 0))
-    return fp__shm_fail(c, "list: lock %u len %llu cap %llu items %llu",
-                        (unsigned)l->mu, (unsigned long long)l->len,
-                        (unsigned long long)l->cap,
+  if (l->mu != 0 || l->head > l->cap || l->len > l->cap - l->head ||
+      (l->cap == 0) != (l->items == 0))
+    return fp__shm_fail(c,
+                        "list: lock %u head %llu len %llu cap %llu items %llu",
+                        (unsigned)l->mu, (unsigned long long)l->head,
+                        (unsigned long long)l->len, (unsigned long long)l->cap,
                         (unsigned long long)l->items);
   if (l->cap == 0)
     return 0;
@@ -465,7 +492,7 @@ int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o) {
   if (TBL_HDR + l->cap * 8 > fp__shm_chunk_bytes(m, l->items))
     return fp__shm_fail(c, "list: table smaller than cap");
   for (uint64_t i = 0; i < l->len; i++) {
-    uint64_t off = fp__shm_cref_off(table(m, l)[i]);
+    uint64_t off = fp__shm_cref_off(*slot_of(m, l, i));
     if ((rc = fp__shm_claim(c, off, "list item")) != 0)
       return rc;
     value *v = fp__shm_ptr(m, off);
