@@ -679,6 +679,49 @@ START_TEST(unreadable_input_leaves_other_jobs_alone) {
 }
 END_TEST
 
+/* Input the kernel cannot read fails its items with -EFAULT even when no
+ * descriptor is left for the pipe the link falls back to (it said
+ * -EMFILE, hiding the fault behind an unrelated shortage). In a child:
+ * the descriptors are used up on purpose. */
+START_TEST(unreadable_input_is_efault_without_descriptors) {
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    int64_t *bad =
+                mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            out[8];
+    int st[8], fds[256], nfds = 0;
+    fp_pool *p = pool_n(2);
+    fp_call_opts co = {0};
+    struct rlimit old, low;
+    co.item_status = st;
+    getrlimit(RLIMIT_NOFILE, &old);
+    low = old;
+    low.rlim_cur = (rlim_t)fp_test_count_fds() + 200;
+    if (bad == MAP_FAILED || setrlimit(RLIMIT_NOFILE, &low) != 0)
+      child_fail("mmap or setrlimit: %s", strerror(errno));
+    while (nfds < 256 && (fds[nfds] = open("/dev/null", O_RDONLY)) >= 0)
+      nfds++;
+    if (nfds == 256 || errno != EMFILE)
+      child_fail("descriptors not used up: %d, %s", nfds, strerror(errno));
+    int rc = fp_pool_map(p, e_plus1, bad, 8, 8, out, 8, NULL);
+    if (rc != -EFAULT)
+      child_fail("map: %s, '%s'", fp_err_name(rc), fp_last_error());
+    rc = fp_pool_map(p, e_plus1, bad, 8, 8, out, 8, &co);
+    if (rc != 0 || st[0] != -EFAULT || st[7] != -EFAULT) /* item_status */
+      child_fail("map: %s, item 0 %d, item 7 %d, '%s'", fp_err_name(rc), st[0],
+                 st[7], fp_last_error());
+    while (nfds > 0)
+      close(fds[--nfds]);
+    setrlimit(RLIMIT_NOFILE, &old);
+    if (apply_within(p, t_pid, 10) != 0)
+      child_fail("the pool does not serve afterwards");
+    fp_pool_free(p);
+    _exit(0);
+  }
+  assert_child_ok(pid, 30, "unreadable input without descriptors");
+}
+END_TEST
+
 /* Every chunk of a map unreadable, sent one at a time to one worker: each
  * fails in turn, and the map ends (the worker, never given a chunk, sends
  * no result that would dispatch the next one: the dispatch must). */
@@ -2547,6 +2590,44 @@ START_TEST(stopped_fork_server_is_killed_and_nothing_waits_for_ever) {
 }
 END_TEST
 
+/* The orderly shutdown with a stopped fork server: close then join, and
+ * close then free once the workers have exited on their own (zombies of
+ * the stopped server), return within a bound instead of waiting for ever
+ * for the fork server to exit, and leave no process behind. */
+START_TEST(close_with_a_stopped_fork_server_returns) {
+  for (int mode = 0; mode < 2; mode++) {
+    fp_pool *p = pool_n(2);
+    fp_worker_info wi[2];
+    fp_writer args, out;
+    for (int i = 0; i < 2; i++)
+      ck_assert_int_eq(fp_pool_worker_info(p, i, &wi[i]), 0);
+    pid_t fs = proc_ppid(wi[0].pid);
+    ck_assert_int_gt(fs, 1);
+    fp_writer_init(&args);
+    fp_writer_init(&out);
+    fp_write_int(&args, 0);
+    ck_assert_int_eq(fp_pool_apply(p, t_stop_fork_server, &args, &out), 0);
+    double t0 = now_s();
+    ck_assert_int_eq(fp_pool_close(p), 0);
+    if (mode == 0) {
+      ck_assert_int_eq(fp_pool_join(p), 0);
+    } else {
+      for (int i = 0; i < 2; i++)
+        while (proc_state(wi[i].pid) != 'Z' && now_s() - t0 < 20)
+          sched_yield();
+    }
+    fp_pool_free(p);
+    ck_assert_msg(now_s() - t0 < 10, "mode %d: %.1f s", mode, now_s() - t0);
+    ck_assert_int_eq(kill(fs, 0), -1); /* reaped */
+    /* The workers ended: gone, or zombies now of whoever reaps orphans. */
+    for (int i = 0; i < 2; i++)
+      ck_assert(kill(wi[i].pid, 0) == -1 || proc_state(wi[i].pid) == 'Z');
+    fp_writer_free(&args);
+    fp_writer_free(&out);
+  }
+}
+END_TEST
+
 /* Closes every descriptor of its worker (its socket to the master among
  * them), then works on for 3 s. */
 static int t_close_fds_and_work_on(fp_reader *args, fp_writer *out) {
@@ -3164,6 +3245,8 @@ Suite *hardening_suite(void) {
   add_case(s, "item14b",
            stopped_fork_server_is_killed_and_nothing_waits_for_ever, 90);
   add_case(s, "item14c", submissions_after_fork_server_death_say_why, 60);
+  add_case(s, "item14f", close_with_a_stopped_fork_server_returns, 60);
+  add_case(s, "item4e", unreadable_input_is_efault_without_descriptors, 60);
   add_case(s, "item14d", worker_closing_its_socket_does_not_break_the_pool, 60);
   add_case(s, "item14e",
            group_signals_the_program_catches_leave_the_pool_working, 90);

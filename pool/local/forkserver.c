@@ -62,7 +62,6 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -205,8 +204,7 @@ static void shield_signals(fserver *fs) {
  * filter) has no pidfd_open: then EOF on the control socket and the
  * parent-death signal are the only ways to notice master death. */
 static int open_master_pidfd(pid_t master) {
-#ifdef SYS_pidfd_open
-  int fd = (int)syscall(SYS_pidfd_open, master, 0);
+  int fd = fp__pidfd_open(master);
   if (fd < 0)
     return -1;
   int above = fp__fd_above_stdio(fd);
@@ -215,10 +213,6 @@ static int open_master_pidfd(pid_t master) {
     return -1;
   }
   return above;
-#else
-  (void)master;
-  return -1;
-#endif
 }
 
 /* Everything before the loop: parent-death signal, the check that the

@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -987,13 +988,18 @@ static int copy_pipe_open(llink *l) {
 
 /* Copies n bytes that may lie in memory the caller unmapped, through the
  * kernel (usermem.h): process_vm_readv, else the link's pipe. Returns 0,
- * or -EFAULT (or another -errno) instead of crashing. */
+ * or -EFAULT (or another -errno) instead of crashing. Without a pipe (no
+ * descriptor left) the first answer stands: -EFAULT means the memory
+ * cannot be read; only a refused process_vm_readv (a seccomp filter)
+ * gives the pipe's error, the one reason left. */
 static int safe_copy(llink *l, void *dst, const void *src, size_t n) {
   struct iovec to = {dst, n}, from = {(void *)src, n};
-  int rc = fp__mem_readv_direct(&to, &from, 1);
-  if (rc != 0 && (rc = copy_pipe_open(l)) == 0)
-    rc = fp__mem_read_piped(dst, src, n, l->copy_pipe);
-  return rc;
+  int rc = fp__mem_readv_direct(&to, &from, 1), prc;
+  if (rc == 0)
+    return 0;
+  if ((prc = copy_pipe_open(l)) != 0)
+    return rc == -EFAULT ? rc : prc;
+  return fp__mem_read_piped(dst, src, n, l->copy_pipe);
 }
 
 /* Keeps the unsent tail (skip bytes of iov already written) for the pool
@@ -1287,6 +1293,40 @@ static void close_own_fd(int copy, int fd) {
     fp__fdreg_close(fd);
 }
 
+/* Reaps the fork server after the EOF on its socket, which it answers
+ * within milliseconds: it SIGKILLs what is left of its workers, reaps
+ * them and exits. One that is stopped (SIGSTOP, a debugger, a freezer)
+ * never would, and join or free would wait for ever: as fs_watch does
+ * while the pool runs, a stopped one is SIGKILLed, and so is one that has
+ * not exited after FS_STUCK_NS. It is waited for on a pidfd, which wakes
+ * the caller the moment it exits; without one, by polls that back off
+ * from 20 us to 10 ms. */
+static void reap_fork_server(pid_t pid) {
+  int64_t deadline = fp__now_ns() + FS_STUCK_NS;
+  int pfd = fp__pidfd_open(pid);
+  long pause_ns = 20000;
+  pid_t r;
+
+  while ((r = waitpid(pid, NULL, WNOHANG)) == 0 || (r < 0 && errno == EINTR)) {
+    if (r == 0 && pfd >= 0) {
+      struct pollfd p = {.fd = pfd, .events = POLLIN};
+      if (poll(&p, 1, 10) == 1)
+        continue; /* it exited: reap it */
+    } else if (r == 0) {
+      nanosleep(&(struct timespec){0, pause_ns}, NULL);
+      pause_ns = pause_ns < 10000000 ? pause_ns * 2 : pause_ns;
+    }
+    if (r == 0 && (fp__proc_stopped(pid) || fp__now_ns() >= deadline)) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+  }
+  if (pfd >= 0)
+    close(pfd);
+}
+
 static void local_free(fp__link *base) {
   llink *l = (llink *)base;
   int copy = getpid() != l->opener;
@@ -1305,8 +1345,8 @@ static void local_free(fp__link *base) {
   if (l->fs_fd >= 0) {
     close_own_fd(copy, l->fs_fd);
     /* A copy never owns the fork server: it is the opener's child. */
-    while (!copy && waitpid(l->fs_pid, NULL, 0) < 0 && errno == EINTR) {
-    }
+    if (!copy)
+      reap_fork_server(l->fs_pid);
   }
   for (int k = 0; k < 2; k++)
     if (l->copy_pipe[k] >= 0)

@@ -305,6 +305,10 @@ ssize_t fp__proc_read(const char *path, char *buf, size_t cap);
 /* 1 when process pid is stopped or traced-stopped (state T or t); 0 when
  * it runs, or when procfs cannot tell. */
 int fp__proc_stopped(pid_t pid);
+/* A pidfd of process pid (readable once it exited; close-on-exec), or -1
+ * when the kernel (or a seccomp filter) has no pidfd_open, or no
+ * descriptor is left. */
+int fp__pidfd_open(pid_t pid);
 
 /* The fork server's main loop (forkserver.c); never returns. master is the
  * pid of the process that forked it; by_main_thread says whether the

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* procfs.c - the few facts the local link reads from /proc: a small file
- * read whole, and whether a process is stopped. Every reader treats "no
- * procfs" (a container without it) as "cannot tell", never as an error. */
+/* procfs.c - the few facts the local link learns about other processes:
+ * from /proc, a small file read whole and whether a process is stopped;
+ * a pidfd to wait for one to end. Every reader treats "no procfs" (a
+ * container without it) or no pidfd as "cannot tell", never as an error. */
 #include "pool/local/local.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 ssize_t fp__proc_read(const char *path, char *buf, size_t cap) {
@@ -29,4 +31,13 @@ int fp__proc_stopped(pid_t pid) {
   /* "pid (comm) S ...": comm may hold spaces and parentheses. */
   const char *p = strrchr(buf, ')');
   return p != NULL && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
+int fp__pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  (void)pid;
+  return -1;
+#endif
 }
