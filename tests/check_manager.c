@@ -977,8 +977,50 @@ START_TEST(list_as_a_queue_stays_in_order_and_bounded) {
   ck_assert_int_eq(fp_manager_stats_get(mgr, &st), 0);
   ck_assert_msg(st.used <= used1 + 64 * 1024, "used %zu, %zu at round 1000",
                 st.used, used1);
+  /* A pop from the middle of the ring keeps the order of the rest. */
+  ck_assert_int_eq(fp_list_pop(l, 50, NULL), 0);
+  for (int64_t i = 0; i < live - 1; i++) {
+    fp_writer_reset(&w);
+    ck_assert_int_eq(fp_list_get(l, i, &w), 0);
+    fp_reader_init(&rd, w.data, w.len);
+    ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+    ck_assert_int_eq(v, next_out + i + (i >= 50));
+  }
   fp_writer_free(&w);
   assert_consistent();
+}
+END_TEST
+
+/* A queue keeps going in a full arena: each pop(0) gives an item back
+ * and needs no memory, and the append after it takes the slot the pop
+ * freed (the table is a ring) rather than a bigger table. */
+START_TEST(queue_cycles_in_a_full_arena) {
+  fp_manager_opts o = {.arena_size = 1u << 20};
+  unsigned char v[9] = {FP_INT};
+  fp_manager *m;
+  fp_counter *c;
+  fp_list *l;
+  int rc;
+
+  ck_assert_int_eq(fp_manager_new(&m, &o), 0);
+  ck_assert_int_eq(fp_list_new(m, &l), 0);
+  while ((rc = fp_list_append(l, v, sizeof v)) == 0)
+    ;
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  while ((rc = fp_counter_new(m, 0, &c)) == 0) /* the last small chunks */
+    ;
+  ck_assert_int_eq(rc, FP_ENOMEM);
+  int64_t n = fp_list_len(l);
+  for (int64_t i = 0; i < 3 * n; i++) {
+    ck_assert_int_eq(fp_list_pop(l, 0, NULL), 0);
+    ck_assert_msg((rc = fp_list_append(l, v, sizeof v)) == 0,
+                  "cycle %lld of a queue of %lld: %s", (long long)i,
+                  (long long)n, fp_err_name(rc));
+  }
+  ck_assert_int_eq(fp_list_len(l), n);
+  char err[256];
+  ck_assert_msg(fp__shm_check(m, err, sizeof(err)) == 0, "%s", err);
+  fp_manager_free(m);
 }
 END_TEST
 
@@ -2035,11 +2077,14 @@ static uint64_t cstate_digest(cstate *st) {
 
 /* Work an op needs done before it, outside the crash window: op 17
  * leaves 200 retired nodes in the caller's heap; ops 22 and 23 pop from
- * the front of the list first (its items no longer start at slot 0). */
+ * the front of the list first (its items no longer start at slot 0), and
+ * 23 appends after that (they wrap round the end of the table). */
 static void cstate_warm(cstate *st, int op) {
   char key[16];
   for (int i = 0; i < (op == 22 ? 5 : op == 23 ? 2 : 0); i++)
     ck_assert_int_eq(fp_list_pop(st->l, 0, NULL), 0);
+  for (int i = 0; i < (op == 23 ? 2 : 0); i++)
+    push_int(st->l, 100 + i);
   if (op != 17)
     return;
   for (int i = 0; i < 200; i++) {
@@ -2112,9 +2157,9 @@ static int cstate_op(cstate *st, int op) {
     return st->m->top > top ? 0 : -1;
   case 21: /* a pop from the middle: a copy of the table */
     return fp_list_pop(st->l, 3, NULL);
-  case 22: /* 3 items in the last slots of 8: moved to a new table of 8 */
+  case 22: /* 3 items in the last slots of 8: the new one in slot 0 */
     return fp_list_append(st->l, v9, 9);
-  case 23: /* a clear of items that start at slot 2 */
+  case 23: /* a clear of 8 items in slots 2..7, then 0..1 */
     return fp_list_clear(st->l);
   default:
     return -1;
@@ -2366,6 +2411,7 @@ Suite *manager_suite(void) {
   tcase_add_test(tc, list_append_get_set_pop);
   tcase_add_test(tc, list_bad_input_fails);
   tcase_add_test(tc, list_as_a_queue_stays_in_order_and_bounded);
+  tcase_add_test(tc, queue_cycles_in_a_full_arena);
   tcase_add_test(tc, output_writer_refusals_say_why);
   tcase_add_test(tc, failed_snapshot_leaves_the_writer_as_it_was);
   suite_add_tcase(s, tc);

@@ -139,7 +139,9 @@ typedef struct fp__shm_journal {
   uint64_t release[2]; /* chunks to retire once committed */
   uint64_t deep_n;     /* if nonzero, release[0] is a table whose deep_n
                           entries (crefs, from byte 16 on) are retired first */
-  uint64_t deep_from;  /* ... from its entry deep_from on */
+  uint64_t deep_from;  /* ... from its entry deep_from on, */
+  uint64_t deep_ring;  /* round a ring of that many entries (a power of
+                          two), or straight on when 0 */
   uint32_t npub;       /* words of the publication once it is logged, else 0 */
   uint32_t pub_first;  /* its undo entries: undo[pub_first .. +npub) */
   uint64_t pub_new[FP__SHM_PUB_MAX]; /* the values those words take */

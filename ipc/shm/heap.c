@@ -527,7 +527,7 @@ int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {
 
   if (h->nlog != 0 || h->j.state != FP__J_IDLE || h->j.nundo != 0 ||
       h->j.alloc[0] || h->j.alloc[1] || h->j.release[0] || h->j.release[1] ||
-      h->j.deep_n || h->j.deep_from)
+      h->j.deep_n || h->j.deep_from || h->j.deep_ring)
     return fp__shm_fail(c, "heap %d: log or journal not idle", idx);
   for (int k = 0; k < FP__SHM_NCLASS && rc == 0; k++) {
     if (h->ncache[k] > fp__shm_cache_cap(k))

@@ -133,7 +133,7 @@ static void rollback(fp_manager *m, fp__shm_heap *d) {
   j->nundo = 0;
   j->npub = 0;
   j->deep_n = 0;
-  j->deep_from = 0;
+  j->deep_from = j->deep_ring = 0;
   j->release[0] = j->release[1] = 0;
   atomic_thread_fence(memory_order_seq_cst); /* the restores, then retire */
   for (int k = 0; k < 2; k++)
@@ -156,14 +156,16 @@ static void forward(fp_manager *m, fp__shm_heap *d, int fenced) {
   j->nundo = 0;
   j->npub = 0;
   if (j->deep_n != 0 && j->release[0] != 0) {
-    uint64_t *e = (uint64_t *)fp__shm_ptr(m, j->release[0]) + 2 + j->deep_from;
+    uint64_t *e = (uint64_t *)fp__shm_ptr(m, j->release[0]) + 2;
+    uint64_t mask = j->deep_ring ? j->deep_ring - 1 : UINT64_MAX;
     for (uint64_t i = 0; i < j->deep_n; i++)
-      fp__shm_retire(m, d, &e[i], 1);
+      fp__shm_retire(m, d, &e[(j->deep_from + i) & mask], 1);
   }
   FP__SHM_BARRIER();
   j->deep_n = 0;
   FP__SHM_BARRIER();
-  j->deep_from = 0; /* meaningless with deep_n 0: a crash before is fine */
+  /* Meaningless with deep_n 0: a crash before this is fine. */
+  j->deep_from = j->deep_ring = 0;
   FP__SHM_BARRIER();
   FP__SHM_CRASH_POINT();
   for (int k = 0; k < 2; k++)

@@ -4,30 +4,30 @@
  * A list is one arena object with one lock and a table of item chunks:
  *   list.items -> table: u64 link | u64 unused | u64 slot[cap] (crefs)
  *   item chunk: u64 link | u64 vlen | the encoded value
- * Item i is in slot[head + i]: popping the first item moves head on, so
- * a queue (append, pop(0)) costs O(1) and needs no memory to drain.
+ * The table is a ring: item i is in slot[(head + i) mod cap], cap a power
+ * of two. Popping the first item moves head on, so a queue (append,
+ * pop(0)) costs O(1) and its table needs no memory once it is big enough.
  *
- * Invariants while the lock is free: head + len <= cap; cap is 0 (items 0,
- * head 0) or the table's size; every slot[head + i], i < len, names a
- * distinct live item chunk holding exactly one encoded value; other slots
- * are garbage.
+ * Invariants while the lock is free: len <= cap; cap is 0 (items 0, head
+ * 0) or a power of two, the table's size, and head < cap; every item
+ * slot names a distinct live item chunk holding exactly one encoded
+ * value; the other slots are garbage.
  *
  * Mutations follow the journal protocol (journal.c). An append builds its
  * item chunk before it takes the lock (the journal's alloc slot keeps it
  * accounted for if the process dies while waiting), then, under the lock,
- * writes the slot past the last item (unreachable) and publishes it with
- * one logged store of len, first moving the items to a new table if the
- * last slot is taken (twice the size, or the same size when at most half
- * of it holds items: the pops from the front made the room; published
- * with the items, cap and head words). The lock is held for a few stores,
- * which is what lets two processes appending at once keep up with one.
+ * writes the slot after the last item (unreachable) and publishes it with
+ * one logged store of len, first moving the items to a table twice as big
+ * if every slot is taken (published with the items, cap and head words).
+ * The lock is held for a few stores, which is what lets two processes
+ * appending at once keep up with one.
  * set publishes a new chunk with one logged store into its slot. pop of
  * the last item is one logged store of len, of the first one of head and
  * len; pop of any other index publishes a copy of the table without that
  * slot (a shift in place could not be undone from a small log), so only
  * it needs memory. clear detaches the table and releases it deep (its
- * slots from head on). Unlinked chunks are retired after the commit,
- * outside the lock.
+ * item slots, from head round the ring). Unlinked chunks are retired
+ * after the commit, outside the lock.
  */
 #include "ipc/shm/check.h"
 
@@ -61,9 +61,18 @@ static uint64_t *table(fp_manager *m, fp_list *l) {
   return (uint64_t *)fp__shm_ptr(m, l->items) + 2;
 }
 
-/* The slot of item i. */
+/* The slot of item i (i <= len < cap, or i < len). */
 static uint64_t *slot_of(fp_manager *m, fp_list *l, uint64_t i) {
-  return &table(m, l)[l->head + i];
+  return &table(m, l)[(l->head + i) & (l->cap - 1)];
+}
+
+/* Copies the item slots, in order and without slot `skip` (len or more:
+ * none), to dst. */
+static void copy_items(fp_manager *m, fp_list *l, uint64_t *dst,
+                       uint64_t skip) {
+  for (uint64_t i = 0, k = 0; i < l->len; i++)
+    if (i != skip)
+      dst[k++] = *slot_of(m, l, i);
 }
 
 static value *item(fp_manager *m, fp_list *l, uint64_t i) {
@@ -150,25 +159,20 @@ static int make_value(fp_manager *m, fp__shm_heap *h, const void *val,
   return 0;
 }
 
-/* Moves the items of a table whose last slot is taken to a new one in
- * alloc slot 1 (journal open, lock held), from slot 0 on: twice as big,
- * or as big when at most half of it holds items (pops from the front
- * freed the rest, and at least cap / 2 of them happened since the last
- * move: O(1) amortized). Published with the items, cap and head words. */
+/* Grows a full table (journal open, lock held): its items, in order from
+ * slot 0, in a table twice as big in alloc slot 1, published with the
+ * items, cap and head words. */
 static int grow(fp_manager *m, fp__shm_heap *h, fp_list *l) {
-  uint64_t ncap = l->cap == 0 ? 8 : l->len < l->cap / 2 ? l->cap : l->cap * 2;
+  uint64_t ncap = l->cap == 0 ? 8 : l->cap * 2;
   int rc;
 
   if ((rc = fp__shm_alloc(m, h, &h->j.alloc[1], TBL_HDR + ncap * 8)) != 0)
     return rc;
-  if (l->len)
-    memcpy((uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, slot_of(m, l, 0),
-           l->len * 8);
+  copy_items(m, l, (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, l->len);
   if (l->cap)
     h->j.release[1] = l->items;
   fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
-  if (ncap != l->cap)
-    fp__shm_jset(m, h, (uint64_t *)&l->cap, ncap);
+  fp__shm_jset(m, h, (uint64_t *)&l->cap, ncap);
   if (l->head != 0)
     fp__shm_jset(m, h, &l->head, 0);
   return 0;
@@ -178,7 +182,7 @@ static int grow(fp_manager *m, fp__shm_heap *h, fp_list *l) {
 static int append_locked(fp_manager *m, fp__shm_heap *h, fp_list *l) {
   int rc;
 
-  if (l->head + l->len == l->cap && (rc = grow(m, h, l)) != 0)
+  if (l->len == l->cap && (rc = grow(m, h, l)) != 0)
     return rc;
   *slot_of(m, l, l->len) = fp__shm_cref(h->j.alloc[0]); /* past len */
   publish_len(m, h, l, l->len + 1);
@@ -299,12 +303,11 @@ int fp_list_set(fp_list *l, int64_t index, const void *val, size_t vlen) {
 /* Pops item i (lock held, journal not begun); unlocks. */
 static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
                       fp_writer *out) {
-  uint64_t *b = slot_of(m, l, 0);
   value *v = item(m, l, i);
   int middle = i != 0 && i + 1 < l->len, rc;
 
   fp__shm_jbegin(h);
-  h->j.release[0] = fp__shm_cref_off(b[i]);
+  h->j.release[0] = fp__shm_cref_off(*slot_of(m, l, i));
   /* Neither the first nor the last item: a copy of the table without its
    * slot. Allocated before the value is written out, so that a full
    * arena fails the call with nothing popped and nothing written. */
@@ -314,14 +317,13 @@ static int pop_locked(fp_manager *m, fp__shm_heap *h, fp_list *l, uint64_t i,
   if (out != NULL && (rc = fp__shm_write_out(out, v->data, v->vlen)) != 0)
     goto fail;
   if (middle) {
-    uint64_t *nb = (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2;
-    memcpy(nb, b, i * 8);
-    memcpy(nb + i, b + i + 1, (l->len - i - 1) * 8);
+    copy_items(m, l, (uint64_t *)fp__shm_ptr(m, h->j.alloc[1]) + 2, i);
     h->j.release[1] = l->items;
     fp__shm_jset(m, h, (uint64_t *)&l->items, h->j.alloc[1]);
-    fp__shm_jset(m, h, &l->head, 0);
+    if (l->head != 0)
+      fp__shm_jset(m, h, &l->head, 0);
   } else if (i == 0 && l->len > 1) {
-    fp__shm_jset(m, h, &l->head, l->head + 1);
+    fp__shm_jset(m, h, &l->head, (l->head + 1) & (l->cap - 1));
   }
   publish_len(m, h, l, l->len - 1);
   commit_unlock(l, h);
@@ -366,7 +368,8 @@ static void clear_locked(fp_list *l, fp__shm_heap *h) {
   }
   fp__shm_jbegin(h);
   h->j.release[0] = l->items;
-  h->j.deep_from = l->head; /* only slot[head, head + len) are live */
+  h->j.deep_from = l->head; /* only the item slots are live */
+  h->j.deep_ring = l->cap;
   h->j.deep_n = l->len;
   fp__shm_jset(m, h, (uint64_t *)&l->items, 0);
   fp__shm_jset(m, h, (uint64_t *)&l->cap, 0);
@@ -478,7 +481,8 @@ int fp__shm_list_check(fp__shm_checker *c, fp__shm_obj *o) {
   if (o->size != sizeof(fp_list))
     return fp__shm_fail(c, "list: object size %llu",
                         (unsigned long long)o->size);
-  if (l->mu != 0 || l->head > l->cap || l->len > l->cap - l->head ||
+  if (l->mu != 0 || l->len > l->cap || (l->cap & (l->cap - 1)) != 0 ||
+      (l->cap == 0 ? l->head != 0 : l->head >= l->cap) ||
       (l->cap == 0) != (l->items == 0))
     return fp__shm_fail(c,
                         "list: lock %u head %llu len %llu cap %llu items %llu",
