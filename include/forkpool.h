@@ -676,9 +676,10 @@ typedef void (*fp_progress_fn)(int64_t done, int64_t total, double elapsed,
 
 /* A producer for streaming imap: write the next input item (one value)
  * into `item` and return 1, return 0 at the end of the input (writing
- * nothing), or a negative code to stop with that error. `item` may already
- * hold earlier items: append only. Anything else ends the iteration with
- * FP_EPROTO. Called on the thread that calls
+ * nothing), or a negative code to stop with that error. `item` is empty
+ * at each call (a writer of the library's: write into it, do not free
+ * it). Anything else -- no value or several, or a value and 0 -- ends the
+ * iteration with FP_EPROTO. Called on the thread that calls
  * fp_pool_imap_producer() / fp_iter_next(), or fp_pool_join() after
  * fp_pool_close() (which reads what is left of the input), never two calls
  * at once, and never after fp_iter_free() returned. It may make pool

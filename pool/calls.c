@@ -19,6 +19,7 @@
 #include "ipc/wire/error.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -159,6 +160,27 @@ static const char *bad_fixed_args(const fp_pool *pool, fp_elem_fn fn,
   return NULL;
 }
 
+/* A map's chunks are made up front, one record each: a count of them
+ * that could not fit in half the machine's memory gives FP_ENOMEM with a
+ * message at once, before an allocation that the kernel's overcommit
+ * might grant and the record writes would turn into the OOM killer's
+ * visit (n = INT64_MAX makes 2^31 chunks of 2^32 items). */
+static int chunk_table_fits(size_t nchunks, size_t n, size_t cs) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  size_t half =
+      pages > 0 && page > 0 ? (size_t)pages / 2 * (size_t)page : SIZE_MAX;
+  char msg[200];
+  if (nchunks <= half / sizeof(fp__chunk))
+    return 0;
+  snprintf(msg, sizeof(msg),
+           "a map of %zu items in chunks of %zu needs %zu chunk records, "
+           "more than half this machine's memory holds: use a larger "
+           "chunksize, or map in parts",
+           n, cs, nchunks);
+  fp__set_last_error(FP_ENOMEM, msg);
+  return FP_ENOMEM;
+}
+
 /* Creates a result job over fixed-size elements. */
 static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
                       size_t in_size, void *out, size_t out_size,
@@ -184,8 +206,12 @@ static int make_fixed(fp_pool *pool, fp_elem_fn fn, const void *in, size_t n,
   size_t cs = fixed_chunksize(pool, n, big, room, o);
   job->chunksize = cs;
   job->nchunks = n / cs + (n % cs != 0);
-  if (job->nchunks && !(job->carr = calloc(job->nchunks, sizeof(fp__chunk)))) {
+  if ((rc = chunk_table_fits(job->nchunks, n, cs)) != 0 ||
+      (job->nchunks &&
+       !(job->carr = calloc(job->nchunks, sizeof(fp__chunk))))) {
     fp__job_free(job);
+    if (rc == 0)
+      fp__set_last_error(FP_ENOMEM, "out of memory for the map's chunks");
     return FP_ENOMEM;
   }
   for (size_t i = 0; i < job->nchunks; i++) {
@@ -697,7 +723,7 @@ static int start_iter(fp_pool *pool, fp__job *job, fp__chunk **heap,
     it->job = job;
     fp__pool_lock(pool);
     rc = submit_locked(pool, job, heap);
-    fp__pool_unlock(pool);
+    fp__pool_unlock_waking(pool); /* an empty input ended the job */
   }
   if (rc != 0) {
     for (size_t i = 0; heap && i < job->nchunks; i++)

@@ -40,6 +40,7 @@ fp_iter *fp__iter_new(fp_pool *pool, int ordered) {
   it->pool = pool;
   it->owner = pool;
   it->fork_gen = pool->fork_gen; /* copies submit nothing: the same */
+  fp_writer_init(&it->pitem);
   it->last_index = -1;
   return it;
 }
@@ -74,31 +75,36 @@ static int call_producer(fp_iter *it, fp_writer *w) {
 }
 
 /* Reads up to `limit` items from the producer into w. Returns 0 (*count
- * items; the producer may have ended) or a negative error. */
+ * items; the producer may have ended) or a negative error. The producer
+ * writes each item into a writer of the iterator's, empty at each call,
+ * which is then appended to w: whatever it does to that writer, it cannot
+ * change the chunk's earlier items (with w itself, a reset followed by a
+ * longer write, or bytes overwritten in place, went unnoticed). */
 static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
                          uint32_t *count) {
+  fp_writer *item = &it->pitem;
   *count = 0;
   while (*count < limit) {
-    size_t before = w->len;
-    int rc = call_producer(it, w);
+    fp_writer_reset(item);
+    int rc = call_producer(it, item);
     if (rc < 0)
       return rc;
-    /* The writer holds the chunk's earlier items: a producer that cut it
-     * (fp_writer_reset) or wrote and then said "end" broke the chunk, as
-     * did one that returned neither 0 nor 1. */
-    if (rc > 1 || w->len < before || (rc == 0 && w->len != before))
+    /* Writing and then saying "end", or returning neither 0 nor 1, breaks
+     * the protocol, as does writing anything but one value. */
+    if (rc > 1 || (rc == 0 && item->len != 0))
       return FP_EPROTO;
     if (rc == 0) {
       it->producer_done = 1;
       return 0;
     }
     size_t nv = 0;
-    if (w->err || w->depth ||
-        fp_values_count(w->data + before, w->len - before, &nv) != 0 ||
-        nv != 1)
+    if (item->err || item->depth ||
+        fp_values_count(item->data, item->len, &nv) != 0 || nv != 1)
       return FP_EPROTO;
-    if (w->len - before > room)
+    if (item->len > room)
       return FP_EMSGSIZE;
+    if ((rc = fp_write_raw(w, item->data, item->len)) != 0)
+      return rc;
     (*count)++;
     if (w->len > room / 2)
       return 0;
@@ -183,7 +189,7 @@ static int fill_one(fp_iter *it, size_t room_bytes, size_t limit) {
    * have been freed with its last chunk, so job is only looked at while
    * the producer goes on. */
   int more = !it->producer_done && job != NULL && !job->finished;
-  fp__pool_unlock(pool);
+  fp__pool_unlock_waking(pool);
   atomic_fetch_sub(&pool->spinners, 1);
   return rc < 0 ? rc : more;
 }

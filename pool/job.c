@@ -356,6 +356,7 @@ void fp__result_unref(fp_result *r, int use_mu) {
 }
 
 void fp__iter_destroy(fp_iter *it) {
+  fp_writer_free(&it->pitem);
   free(it->final_msg);
   free(it->done_by_num);
   pthread_mutex_destroy(&it->mu);

@@ -180,6 +180,7 @@ struct fp_iter {
                            once, and none after fp_iter_free */
   fp_producer_fn producer;
   void *parg;
+  fp_writer pitem;           /* where the producer writes its next item (pmu) */
   _Atomic int producer_done; /* read unlocked by the consumer */
   size_t readahead;
   size_t chunksize;

@@ -186,6 +186,17 @@ static inline void fp__pool_wake(fp_pool *pool) {
     uv_async_send(&pool->wake);
 }
 
+/* Unlocks pool->mu, first waking the pool thread when progress calls
+ * came due under it on another thread: they run on the pool thread, and
+ * nothing else would wake it for a job that ended off it (an empty imap
+ * finished at submission, a producer's end, a producer's error). */
+static inline void fp__pool_unlock_waking(fp_pool *pool) {
+  if (!fp__on_pool_thread(pool) &&
+      atomic_load_explicit(&pool->jobs.pq.pending, memory_order_relaxed))
+    fp__pool_wake(pool);
+  fp__pool_unlock(pool);
+}
+
 /* ---- forked.c, pool.c -------------------------------------------------- */
 
 /* The fork generation of this process (registers the atfork handler on

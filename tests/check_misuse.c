@@ -55,6 +55,41 @@ static fp_pool *new_pool(int n) {
   return p;
 }
 
+static int e_nothing(const void *in, void *out) {
+  (void)in;
+  (void)out;
+  return 0;
+}
+
+/* A map of more items than chunk records fit in memory (n up to
+ * INT64_MAX is allowed, and zero-size elements need no array) fails at
+ * once with FP_ENOMEM and says why, instead of allocating the records and
+ * meeting the OOM killer; the pool serves on. */
+START_TEST(map_of_too_many_chunks_fails_with_enomem) {
+  fp_pool *p = new_pool(1);
+  fp_call_opts co = {0};
+  fp_result *r = NULL;
+  co.chunksize = 1;
+  const struct {
+    size_t n;
+    const fp_call_opts *o;
+  } cases[] = {{(size_t)INT64_MAX, NULL}, {(size_t)1 << 40, &co}};
+  for (int k = 0; k < 2; k++) {
+    ck_assert_int_eq(fp_pool_map_async(p, e_nothing, NULL, cases[k].n, 0, NULL,
+                                       0, cases[k].o, &r),
+                     FP_ENOMEM);
+    ck_assert_ptr_null(r);
+    ck_assert_msg(strstr(fp_last_error(), "chunk records") != NULL, "'%s'",
+                  fp_last_error());
+    ck_assert_int_eq(
+        fp_pool_map(p, e_nothing, NULL, cases[k].n, 0, NULL, 0, cases[k].o),
+        FP_ENOMEM);
+  }
+  ck_assert_int_eq(fp_pool_map(p, e_nothing, NULL, 1000, 0, NULL, 0, &co), 0);
+  fp_pool_free(p);
+}
+END_TEST
+
 START_TEST(worker_info_after_join_is_safe) {
   fp_pool *p = new_pool(2);
   fp_writer a, out;
@@ -1218,6 +1253,7 @@ Suite *misuse_suite(void) {
   TCase *tc = tcase_create("pool");
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, worker_info_after_join_is_safe);
+  tcase_add_test(tc, map_of_too_many_chunks_fails_with_enomem);
   tcase_add_test(tc, joins_from_several_threads_return_together);
   tcase_add_test(tc, iter_next_in_a_callback_is_refused);
   tcase_add_test(tc, readahead_bounds_a_producer_with_big_chunks);

@@ -1137,14 +1137,23 @@ START_TEST(imap_producer_consumed_while_join_reads_the_rest) {
 }
 END_TEST
 
-/* A producer that writes a value and then says "end", or cuts what the
- * writer held (the chunk's earlier items), breaks the chunk: the iteration
- * ends with FP_EPROTO, and no worker ever sees the broken chunk (sent, it
- * killed worker after worker). */
+/* A producer that writes a value and then says "end", or writes two
+ * values, breaks the chunk: the iteration ends with FP_EPROTO, and no
+ * worker ever sees the broken chunk (sent, it killed worker after
+ * worker). One that resets its writer first is fine: `item` is its own,
+ * empty at each call, so nothing it does reaches the chunk's earlier
+ * items (before, a reset and a longer write replaced one unnoticed). */
 static int produce_then_end(void *arg, fp_writer *w) {
   counter_src *s = arg;
   fp_write_int(w, s->next++);
   return s->next <= s->end;
+}
+
+static int produce_two(void *arg, fp_writer *w) {
+  counter_src *s = arg;
+  fp_write_int(w, s->next++);
+  fp_write_int(w, s->next++);
+  return 1;
 }
 
 static int produce_and_reset(void *arg, fp_writer *w) {
@@ -1152,13 +1161,15 @@ static int produce_and_reset(void *arg, fp_writer *w) {
   if (s->next >= s->end)
     return 0;
   fp_writer_reset(w);
+  fp_write_int(w, 10000); /* "overwrites" an earlier item, if it could */
+  fp_writer_reset(w);
   fp_write_int(w, s->next++);
   return 1;
 }
 
 START_TEST(imap_producer_protocol_breaches_end_with_eproto) {
   fp_pool *p = new_pool(2);
-  fp_producer_fn bad[] = {produce_then_end, produce_and_reset};
+  fp_producer_fn bad[] = {produce_then_end, produce_two};
   for (int k = 0; k < 2; k++) {
     counter_src src = {0, 5};
     fp_call_opts co = {0};
@@ -1179,6 +1190,25 @@ START_TEST(imap_producer_protocol_breaches_end_with_eproto) {
     fp_worker_info wi;
     ck_assert_int_eq(fp_pool_worker_info(p, w, &wi), 0);
     ck_assert_uint_eq(wi.restarts, 0);
+  }
+  /* Resets of its own item change nothing else: items in order. */
+  {
+    counter_src src = {0, 20};
+    fp_call_opts co = {0};
+    co.chunksize = 8;
+    fp_iter *it;
+    fp_reader rd;
+    int64_t v;
+    ck_assert_int_eq(
+        fp_pool_imap_producer(p, t_ident, produce_and_reset, &src, &co, &it),
+        0);
+    for (int64_t i = 0; i < 20; i++) {
+      ck_assert_int_eq(fp_iter_next(it, &rd, 30), 0);
+      ck_assert_int_eq(fp_read_int(&rd, &v), 0);
+      ck_assert_int_eq(v, i);
+    }
+    ck_assert_int_eq(fp_iter_next(it, &rd, 30), FP_EOF);
+    fp_iter_free(it);
   }
   /* SIZE_MAX read-ahead is no bound (it was a negative one). */
   counter_src src = {0, 100};
@@ -1279,6 +1309,77 @@ START_TEST(progress_callback_runs_on_the_pool_thread_and_may_call_it) {
 }
 END_TEST
 
+/* Final progress calls of jobs that end off the pool thread without a
+ * result: an empty imap (done at submission) and a producer-fed imap
+ * whose producer ends at once. */
+static pthread_mutex_t final_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t final_cv = PTHREAD_COND_INITIALIZER;
+static int final_calls;
+
+static void count_final(int64_t done, int64_t total, double elapsed,
+                        void *arg) {
+  (void)done, (void)total, (void)elapsed, (void)arg;
+  pthread_mutex_lock(&final_mu);
+  final_calls++;
+  pthread_cond_broadcast(&final_cv);
+  pthread_mutex_unlock(&final_mu);
+}
+
+/* Waits up to 10 s for the final_calls-th call. */
+static int final_call_came(int want) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 10;
+  pthread_mutex_lock(&final_mu);
+  while (final_calls < want &&
+         pthread_cond_timedwait(&final_cv, &final_mu, &until) == 0)
+    ;
+  int came = final_calls >= want;
+  pthread_mutex_unlock(&final_mu);
+  return came;
+}
+
+static int no_items(void *arg, fp_writer *item) {
+  (void)arg, (void)item;
+  return 0;
+}
+
+/* An imap that ends before any item (empty input, or a producer that
+ * ends at once) still gets its final progress call, on the pool thread,
+ * while the pool goes on idle: nothing else was due to wake that thread,
+ * and the call waited for the next job or for close + join. */
+/* A pool of one worker whose jobs report progress as `mode` says, to cb. */
+static fp_pool *progress_pool(fp_progress_mode mode, fp_progress_fn cb) {
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.progress = mode;
+  o.progress_cb = cb;
+  fp_pool *p;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  return p;
+}
+
+START_TEST(empty_imap_gets_its_final_progress_call_promptly) {
+  fp_pool *p = progress_pool(FP_PROGRESS_CALLBACK, count_final);
+  fp_writer none;
+  fp_writer_init(&none);
+  fp_reader rd;
+  for (int k = 0; k < 2; k++) {
+    fp_iter *it;
+    if (k == 0)
+      ck_assert_int_eq(fp_pool_imap(p, t_ident, &none, NULL, &it), 0);
+    else
+      ck_assert_int_eq(
+          fp_pool_imap_producer(p, t_ident, no_items, NULL, NULL, &it), 0);
+    ck_assert_int_eq(fp_iter_next(it, &rd, 10), FP_EOF);
+    ck_assert_msg(final_call_came(k + 1), "imap %d: no final progress call", k);
+    fp_iter_free(it);
+  }
+  fp_writer_free(&none);
+  fp_pool_free(p);
+}
+END_TEST
+
 /* A refused call has no job: no progress line, no progress callback
  * (which ran on the caller's thread before, and recursed until the stack
  * overflowed when it submitted again). */
@@ -1290,12 +1391,7 @@ static void count_progress(int64_t done, int64_t total, double elapsed,
 }
 
 START_TEST(refused_calls_report_no_progress) {
-  fp_pool_opts o = {0};
-  o.processes = 1;
-  o.progress = FP_PROGRESS_LINES;
-  o.progress_cb = count_progress;
-  fp_pool *p;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
+  fp_pool *p = progress_pool(FP_PROGRESS_LINES, count_progress);
   ck_assert_int_eq(fp_pool_close(p), 0);
   int fds[2];
   ck_assert_int_eq(pipe(fds), 0);
@@ -1924,6 +2020,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, progress_callback_runs_on_the_pool_thread_and_may_call_it);
   tcase_add_test(tc, progress_lines_to_a_broken_pipe_do_not_kill);
   tcase_add_test(tc, refused_calls_report_no_progress);
+  tcase_add_test(tc, empty_imap_gets_its_final_progress_call_promptly);
   tcase_add_test(tc, progress_lines_to_a_full_pipe_never_block);
   tcase_add_test(tc, progress_lines_to_a_terminal_of_another_user_never_block);
   tcase_add_test(tc, progress_lines_to_an_unread_terminal_never_block);
