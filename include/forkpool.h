@@ -740,7 +740,9 @@ typedef struct fp_pool_opts {
                                 of it (the refusal says what is left).
                                 A chunk's results
                                 together may pass it (several messages),
-                                up to 1 GiB or max_frame if larger */
+                                up to 1 GiB or max_frame if larger. An
+                                MPI pool caps it under 2 GiB (what one
+                                MPI message carries, docs/mpi.md) */
   double task_timeout;       /* seconds one item may run; 0 or negative
                                 (FP_FOREVER): no limit.
                                 Every timeout in the API: a century or

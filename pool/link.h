@@ -158,6 +158,10 @@ typedef struct fp__link_ops {
   /* 1 when kill() honours aim; 0 when an aimed SIGTERM may still hit
    * whatever the worker runs by the time it arrives. */
   int kill_aims;
+  /* The largest frame the link carries, 0: any the options allow. A
+   * pool's max_frame is capped to it, so that a task too big for the
+   * link is refused at submission, naming its size. */
+  size_t max_frame;
   /* Fills *out with what slot's worker runs. Returns 0, or FP_EINVAL
    * when the slot has no process. */
   int (*running)(fp__link *l, int slot, fp__running *out);

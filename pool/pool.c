@@ -355,6 +355,8 @@ static int open_link(fp_pool *pool, const fp__link_events *ev) {
     rc = fp__transport_mpi(&pool->opts, &ops, &pool->nworkers);
   else if (pool->opts.transport != FP_TRANSPORT_LOCAL)
     fp__set_last_error(rc = FP_EINVAL, "unknown fp_pool_opts.transport");
+  if (ops->max_frame != 0 && pool->max_frame > ops->max_frame)
+    pool->max_frame = ops->max_frame;
   if (rc == 0)
     rc = plan_workers(pool);
   if (rc == 0) {

@@ -87,6 +87,17 @@ static void forget_run(mslot *s) {
   s->run.cpu = -1;
 }
 
+/* A worker rank's VIOLATION, with the rank's words (text, bounded). */
+static void report_violation(mlink *l, int g, const fp__mbuf *m) {
+  char what[160];
+  size_t n = FP__MPAYLOAD_LEN(m);
+  if (n > 100)
+    n = 100;
+  snprintf(what, sizeof(what), "protocol violation on a worker rank: %.*s",
+           (int)n, (const char *)FP__MPAYLOAD(m));
+  EV(l, violation, g, what);
+}
+
 /* Replays one message of a worker rank as link events. */
 static void handle(mlink *l, const fp__mbuf *m) {
   const fp__mhdr *h = FP__MHDR(m);
@@ -120,7 +131,10 @@ static void handle(mlink *l, const fp__mbuf *m) {
     EV(l, retired, g);
     break;
   case FP__M_VIOLATION:
-    EV(l, violation, g, "protocol violation on a worker rank");
+    report_violation(l, g, m);
+    break;
+  case FP__M_NO_MEMORY:
+    EV(l, no_memory, g);
     break;
   case FP__M_RUNNING:
     if (s->alive && s->pid == h->pid)
@@ -362,47 +376,75 @@ static int copy_items(mlink *l, void *dst, const fp__task_out *t) {
   return 0;
 }
 
-static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
-                    int *sent) {
+/* Bytes of frame t in a TASK message: length word, header, items. */
+static size_t frame_bytes(const fp__task_out *t) {
+  return 4 + sizeof(t->hdr) + FP__HDR_PAD + t->items_len +
+         FP__ITEMS_PAD(t->items_len);
+}
+
+/* Writes frames t[0..n) at p. Returns n, or the index of the first frame
+ * whose borrowed items could not be read. */
+static int put_frames(mlink *l, unsigned char *p, const fp__task_out *t,
+                      int n) {
   static const unsigned char zeros[FP__FRAME_ALIGN];
-  mlink *l = (mlink *)base;
-  size_t total = 0;
-  *sent = -1;
-  for (int i = 0; i < n; i++)
-    total += 4 + sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len +
-             FP__ITEMS_PAD(t[i].items_len);
-  fp__mbuf *m = total <= FP__MPI_PAYLOAD_MAX
-                    ? fp__mbuf_new(l->s[g].rank, FP__M_TASK, l->s[g].lslot,
-                                   l->s[g].pid, n, total)
-                    : NULL;
-  if (m == NULL) {
-    mpi_kill(base, g, SIGKILL, 0); /* its exited() hands the chunks back */
-    return total <= FP__MPI_PAYLOAD_MAX ? FP_ENOMEM : FP_EMSGSIZE;
-  }
-  unsigned char *p = FP__MPAYLOAD(m);
   for (int i = 0; i < n; i++) {
     size_t pad = FP__ITEMS_PAD(t[i].items_len);
     size_t flen = sizeof(t[i].hdr) + FP__HDR_PAD + t[i].items_len + pad;
-    l->w->core->frame_put_hdr(p, flen); /* fits: total < INT32_MAX */
+    l->w->core->frame_put_hdr(p, flen); /* fits: a message < INT32_MAX */
     p += 4;
     memcpy(p, &t[i].hdr, sizeof(t[i].hdr));
     p += sizeof(t[i].hdr);
     memcpy(p, zeros, FP__HDR_PAD);
     p += FP__HDR_PAD;
-    if (copy_items(l, p, &t[i]) != 0) {
-      /* Unreadable: send the frames before it alone (link.h, send). */
-      fp__mbuf_free(m);
-      int rc = i > 0 ? mpi_send(base, g, t, i, sent) : 0;
-      if (rc != 0)
-        return rc;
-      *sent = i;
-      return -EFAULT;
-    }
+    if (copy_items(l, p, &t[i]) != 0)
+      return i;
     p += t[i].items_len;
     memcpy(p, zeros, pad);
     p += pad;
   }
-  fp__mprog_post(&l->prog, m);
+  return n;
+}
+
+/* The frames travel in as few TASK messages as MPI's int counts allow:
+ * a batch of chunks whose total passes FP__MPI_PAYLOAD_MAX is cut into
+ * several messages, posted in order (one frame always fits: the link's
+ * max_frame caps the pool's). Every message is built before any is
+ * posted, so the frames go all together or not at all. */
+static int mpi_send(fp__link *base, int g, const fp__task_out *t, int n,
+                    int *sent) {
+  mlink *l = (mlink *)base;
+  fp__mbuf *ms[FP__LINK_MAX_BATCH];
+  int nm = 0, bad = n;
+  *sent = -1;
+  for (int i = 0; i < n && bad == n;) {
+    size_t total = frame_bytes(&t[i]);
+    int k = 1;
+    while (i + k < n && total + frame_bytes(&t[i + k]) <= FP__MPI_PAYLOAD_MAX)
+      total += frame_bytes(&t[i + k++]);
+    fp__mbuf *m = fp__mbuf_new(l->s[g].rank, FP__M_TASK, l->s[g].lslot,
+                               l->s[g].pid, k, total);
+    if (m == NULL) {
+      while (nm > 0)
+        fp__mbuf_free(ms[--nm]);
+      mpi_kill(base, g, SIGKILL, 0); /* its exited() hands the chunks back */
+      return FP_ENOMEM;
+    }
+    ms[nm++] = m;
+    int j = put_frames(l, FP__MPAYLOAD(m), t + i, k);
+    bad = j < k ? i + j : n;
+    i += k;
+  }
+  if (bad < n) { /* unreadable: send the frames before it alone (link.h) */
+    while (nm > 0)
+      fp__mbuf_free(ms[--nm]);
+    int rc = bad > 0 ? mpi_send(base, g, t, bad, sent) : 0;
+    if (rc != 0)
+      return rc;
+    *sent = bad;
+    return -EFAULT;
+  }
+  for (int k = 0; k < nm; k++)
+    fp__mprog_post(&l->prog, ms[k]);
   *sent = n;
   return 0;
 }
@@ -485,6 +527,8 @@ const fp__link_ops fp__link_mpi = {
     .can_send = mpi_can_send,
     .send = mpi_send,
     .kill = mpi_kill,
+    /* A frame and its length word in one message (MPI counts are int). */
+    .max_frame = FP__MPI_PAYLOAD_MAX - 64,
     .running = mpi_running,
     .finish = mpi_finish,
     .close = mpi_close,

@@ -42,24 +42,25 @@
 
 enum {
   /* worker rank -> rank 0 */
-  FP__M_HELLO = 1, /* arg: slots offered (or a negative code); payload:
-                      fp__mhello */
-  FP__M_STARTED,   /* slot, pid */
-  FP__M_READY,     /* slot */
-  FP__M_RESULT,    /* slot; payload: a RESULT payload */
-  FP__M_RETIRED,   /* slot */
-  FP__M_VIOLATION, /* slot; payload: what (text) */
-  FP__M_EXITED,    /* slot, pid, arg: wait status; payload: fp__mrun */
+  FP__M_HELLO = 1,    /* arg: slots offered (or a negative code); payload:
+                         fp__mhello */
+  FP__M_STARTED,      /* slot, pid */
+  FP__M_READY,        /* slot */
+  FP__M_RESULT,       /* slot; payload: a RESULT payload */
+  FP__M_RETIRED,      /* slot */
+  FP__M_VIOLATION,    /* slot; payload: what (text) */
+  FP__M_EXITED,       /* slot, pid, arg: wait status; payload: fp__mrun */
   FP__M_START_FAILED, /* slot, arg: error */
-  FP__M_RUNNING,   /* slot, pid; payload: fp__mrun */
-  FP__M_LOST,      /* the rank's fork server died */
-  FP__M_BYE_ACK,   /* the rank ended its workers and leaves */
+  FP__M_RUNNING,      /* slot, pid; payload: fp__mrun */
+  FP__M_LOST,         /* the rank's fork server died */
+  FP__M_BYE_ACK,      /* the rank ended its workers and leaves */
+  FP__M_NO_MEMORY,    /* slot: the rank had no memory for a worker's results */
   /* rank 0 -> worker rank */
-  FP__M_SPAWN,     /* slot */
-  FP__M_TASK,      /* slot, arg: frames; payload: the frames */
-  FP__M_KILL,      /* slot, pid, arg: signal */
-  FP__M_FINISH,    /* slot */
-  FP__M_BYE        /* end every worker and leave */
+  FP__M_SPAWN,  /* slot */
+  FP__M_TASK,   /* slot, arg: frames; payload: the frames */
+  FP__M_KILL,   /* slot, pid, arg: signal */
+  FP__M_FINISH, /* slot */
+  FP__M_BYE     /* end every worker and leave */
 };
 
 typedef struct fp__mhdr {

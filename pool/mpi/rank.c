@@ -22,6 +22,7 @@
  */
 #include "pool/mpi/mpi_int.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,14 +69,32 @@ typedef struct rserver {
 
 /* ---- to rank 0 ---------------------------------------------------------- */
 
-static void post(rserver *sv, int op, int slot, int pid, int arg,
-                 const void *payload, size_t len) {
+/* Posts a message to rank 0. Returns 0, or FP_ENOMEM (nothing posted). */
+static int post(rserver *sv, int op, int slot, int pid, int arg,
+                const void *payload, size_t len) {
   fp__mbuf *m = fp__mbuf_new(0, op, slot, pid, arg, len);
   if (m == NULL)
-    return; /* rank 0 then sees the worker's death, not this event */
+    return FP_ENOMEM;
   if (len)
     memcpy(FP__MPAYLOAD(m), payload, len);
   fp__mprog_post(&sv->prog, m);
+  return 0;
+}
+
+/* Posts an event of slot's worker. Without memory for it, rank 0 must
+ * still learn what became of the worker, or its chunks would wait for
+ * ever: a result becomes a NO_MEMORY report (rank 0 fails the worker's
+ * chunks with FP_ENOMEM and has it killed, as when the local link's master
+ * cannot buffer a frame); any other event, or a report that finds no
+ * memory either, kills the worker here, whose EXITED then tells rank 0. */
+static void post_slot(rserver *sv, int op, int slot, const void *payload,
+                      size_t len) {
+  if (post(sv, op, slot, 0, 0, payload, len) == 0)
+    return;
+  if (op == FP__M_RESULT && post(sv, FP__M_NO_MEMORY, slot, 0, 0, NULL, 0) == 0)
+    return;
+  if (sv->s[slot].pid != 0)
+    sv->ops->kill(sv->link, slot, SIGKILL, 0);
 }
 
 static fp__mrun mrun_of(rserver *sv, const fp__running *r) {
@@ -139,7 +158,7 @@ static void ev_started(void *ctx, int slot, pid_t pid) {
 }
 
 static void ev_ready(void *ctx, int slot) {
-  post(ctx, FP__M_READY, slot, 0, 0, NULL, 0);
+  post_slot(ctx, FP__M_READY, slot, NULL, 0);
 }
 
 static void ev_result(void *ctx, int slot, const unsigned char *payload,
@@ -153,27 +172,25 @@ static void ev_result(void *ctx, int slot, const unsigned char *payload,
              "a chunk's results of %zu bytes, more than one MPI message "
              "carries",
              len);
-    post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
+    post_slot(ctx, FP__M_VIOLATION, slot, what, strlen(what));
     return;
   }
-  post(ctx, FP__M_RESULT, slot, 0, 0, payload, len);
+  post_slot(ctx, FP__M_RESULT, slot, payload, len);
 }
 
 static void ev_retired(void *ctx, int slot) {
-  post(ctx, FP__M_RETIRED, slot, 0, 0, NULL, 0);
+  post_slot(ctx, FP__M_RETIRED, slot, NULL, 0);
 }
 
 static void ev_violation(void *ctx, int slot, const char *what) {
-  post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
+  post_slot(ctx, FP__M_VIOLATION, slot, what, strlen(what));
 }
 
-/* This rank had no memory for a worker's results: rank 0 kills the worker
- * as for a violation (its chunks fail with FP_EPROTO, and the message
- * says why). */
+/* This rank had no memory for a worker's results: rank 0 handles it as
+ * its own local link's no_memory (the worker killed, its chunks failed
+ * with FP_ENOMEM). */
 static void ev_no_memory(void *ctx, int slot) {
-  static const char what[] = "out of memory on a worker rank to receive a "
-                             "worker's results";
-  post(ctx, FP__M_VIOLATION, slot, 0, 0, what, strlen(what));
+  post_slot(ctx, FP__M_NO_MEMORY, slot, NULL, 0);
 }
 
 static void ev_exited(void *ctx, int slot, pid_t pid, int status) {
