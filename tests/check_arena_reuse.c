@@ -327,8 +327,11 @@ END_TEST
 
 /* Children that each overwrite 50 keys (fewer retired chunks than the
  * trigger, so each leaves ~300 KiB in its limbo, plus its cache) and exit:
- * their heaps hold most of a 2 MiB arena. The parent, which retired
- * nothing itself, must still be able to insert as much as they left. */
+ * their heaps hold most of a 2 MiB arena, except what a later child took
+ * back when it made room before carving fresh pages (the last one's heap
+ * at least is still held: nothing allocated after it). The parent, which
+ * retired nothing itself, must still be able to insert as much as they
+ * left. */
 START_TEST(heaps_of_exited_processes_are_reclaimed_when_full) {
   fp_manager *m = new_manager(2u << 20);
   char key[32];
@@ -349,7 +352,8 @@ START_TEST(heaps_of_exited_processes_are_reclaimed_when_full) {
     }
     ck_assert_msg(reap(pid) == 0, "child %d: a set failed", c);
   }
-  ck_assert_int_eq(heaps_owned(m), 6); /* ours and five dead ones */
+  ck_assert_int_le(heaps_owned(m), 6); /* ours and up to five dead ones */
+  ck_assert_int_ge(heaps_owned(m), 2);
   for (int i = 0; i < 200; i++) {
     snprintf(key, sizeof(key), "b%d", i);
     ck_assert_msg(fp_dict_set(d, K(key), w.data, w.len) == 0, "insert %d", i);
