@@ -166,6 +166,8 @@ static const char *bad_fixed_args(const fp_pool *pool, fp_elem_fn fn,
  * might grant and the record writes would turn into the OOM killer's
  * visit (n = INT64_MAX makes 2^31 chunks of 2^32 items). */
 static int chunk_table_fits(size_t nchunks, size_t n, size_t cs) {
+  if (nchunks <= ((size_t)64 << 20) / sizeof(fp__chunk))
+    return 0; /* 64 MiB of records at most: no need to ask the kernel */
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   size_t half =
       pages > 0 && page > 0 ? (size_t)pages / 2 * (size_t)page : SIZE_MAX;

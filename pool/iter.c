@@ -97,14 +97,13 @@ static int produce_chunk(fp_iter *it, fp_writer *w, size_t room, size_t limit,
       it->producer_done = 1;
       return 0;
     }
-    size_t nv = 0;
-    if (item->err || item->depth ||
-        fp_values_count(item->data, item->len, &nv) != 0 || nv != 1)
+    if (item->err || item->depth)
       return FP_EPROTO;
     if (item->len > room)
       return FP_EMSGSIZE;
+    /* fp_write_raw takes exactly one well-formed value, and checks it. */
     if ((rc = fp_write_raw(w, item->data, item->len)) != 0)
-      return rc;
+      return rc == FP_ENOMEM ? rc : FP_EPROTO;
     (*count)++;
     if (w->len > room / 2)
       return 0;

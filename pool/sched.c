@@ -373,10 +373,9 @@ int fp__sched_poll_leave(fp_pool *pool) {
    * thread. And a closed pool ends from the pool thread's loop (pool.c,
    * maybe_shutdown_locked): when the last results came in here, the
    * worker sent no kick, so wake it to see. */
-  if (rest || (got > 0 && pool->state != FP__RUN) ||
-      atomic_load_explicit(&pool->jobs.pq.pending, memory_order_relaxed))
+  if (rest || (got > 0 && pool->state != FP__RUN))
     fp__pool_wake(pool);
-  fp__pool_unlock(pool);
+  fp__pool_unlock_waking(pool);
   fp__results_deliver(plain); /* no callbacks: any thread, no lock */
   return got;
 }

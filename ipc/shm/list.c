@@ -61,7 +61,7 @@ static uint64_t *table(fp_manager *m, fp_list *l) {
   return (uint64_t *)fp__shm_ptr(m, l->items) + 2;
 }
 
-/* The slot of item i (i <= len < cap, or i < len). */
+/* The slot of item i (i < cap: an item, or the free slot after them). */
 static uint64_t *slot_of(fp_manager *m, fp_list *l, uint64_t i) {
   return &table(m, l)[(l->head + i) & (l->cap - 1)];
 }
