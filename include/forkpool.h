@@ -173,7 +173,8 @@ typedef struct fp_reader {
 
 /* --- writer ----------------------------------------------------------- */
 
-/* Initialises an empty writer. Allocates nothing, cannot fail. */
+/* Initialises an empty writer. Allocates nothing, cannot fail; NULL is
+ * ignored. */
 FP_EXTERN void fp_writer_init(fp_writer *w);
 
 /* Frees the writer's buffer and re-initialises it (empty, no error), so the
@@ -182,7 +183,7 @@ FP_EXTERN void fp_writer_init(fp_writer *w);
 FP_EXTERN void fp_writer_free(fp_writer *w);
 
 /* Empties the writer (len = 0), clears its sticky error and closes any open
- * list, but keeps the allocated memory for reuse. */
+ * list, but keeps the allocated memory for reuse. NULL is ignored. */
 FP_EXTERN void fp_writer_reset(fp_writer *w);
 
 /* Returns the writer's sticky error: 0, or the first failure of any write
@@ -257,7 +258,8 @@ FP_EXTERN int fp_write_raw(fp_writer *w, const void *enc, size_t n);
 
 /* Points r at the len encoded bytes at data (borrowed, not copied: the
  * buffer must outlive the reader and the views it returns). data may be
- * NULL only when len is 0. Allocates nothing, cannot fail. Every reader
+ * NULL only when len is 0 (NULL data reads as empty). Allocates nothing,
+ * cannot fail; a NULL r is ignored. Every reader
  * call below, and fp_copy_value / fp_values_count, returns FP_EINVAL for a
  * NULL reader or argument (besides the codes it lists). */
 FP_EXTERN void fp_reader_init(fp_reader *r, const void *data, size_t len);
@@ -362,8 +364,11 @@ FP_EXTERN int fp_values_count(const void *data, size_t len, size_t *count);
  * fewer items than the format names, and with FP_EOF when the format names
  * more values than the current level holds. */
 FP_EXTERN int fp_pack(fp_writer *w, const char *fmt, ...);
-FP_EXTERN int fp_vpack(fp_writer *w, const char *fmt, va_list ap);
 FP_EXTERN int fp_unpack(fp_reader *r, const char *fmt, ...);
+/* fp_pack and fp_unpack taking a va_list (as vprintf), for wrappers of
+ * your own: same formats, returns and failures. ap is used up (va_end is
+ * the caller's). */
+FP_EXTERN int fp_vpack(fp_writer *w, const char *fmt, va_list ap);
 FP_EXTERN int fp_vunpack(fp_reader *r, const char *fmt, va_list ap);
 
 /* CODEC_API_END */
@@ -935,6 +940,17 @@ FP_EXTERN int fp_pool_starmap(fp_pool *pool, fp_task_fn fn,
 /* Each returns 0 and a new result in *res (free it with fp_result_free),
  * or an error and then no result exists and no callback ever runs. */
 
+/* Python's pool.apply_async(f, args): queues fn(args) and returns at
+ * once. `args` (may be NULL: no arguments) is copied at the call, so the
+ * caller may reuse or free it right away. The task's one result value is
+ * read with fp_result_value() once ready; its failure (as fp_pool_apply's)
+ * with fp_result_get() and fp_result_error(). opts may be NULL; its
+ * callback / error_callback run on the pool thread before the result is
+ * marked ready. Refused at once with FP_EINVAL (NULL pool, fn or res,
+ * args in an error state or with an open list, bad opts, a forked copy),
+ * FP_EPROTO or FP_EDEPTH (args are not well-formed values), FP_EMSGSIZE
+ * (args above the pool's max_frame), FP_ECLOSED (after fp_pool_close or
+ * fp_pool_terminate) or FP_ENOMEM. */
 FP_EXTERN int fp_pool_apply_async(fp_pool *pool, fp_task_fn fn,
                                   const fp_writer *args,
                                   const fp_call_opts *opts, fp_result **res);
@@ -1004,10 +1020,10 @@ FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
 
 /* Input index of the item last returned by fp_iter_next (useful with
  * imap_unordered), or -1 before the first. After a job-level failure: the
- * crashing item's index under FP_CRASH_ABORT, else -1. */
+ * crashing item's index under FP_CRASH_ABORT, else -1. -1 for NULL. */
 FP_EXTERN int64_t fp_iter_index(const fp_iter *it);
 
-/* Message of the last failed item, or "" . Never NULL. */
+/* Message of the last failed item, or "" (also for NULL). Never NULL. */
 FP_EXTERN const char *fp_iter_error(const fp_iter *it);
 
 /* Frees the iterator; unfinished work is canceled. NULL is ignored. In a
@@ -1046,10 +1062,12 @@ FP_EXTERN int fp_result_value(fp_result *res, fp_reader *rd);
 
 /* The failure message ("item 17: worker 1 (pid 4242) killed by signal
  * SIGSEGV (Segmentation fault) while running it"), or NULL when not ready
- * or successful. Owned by the result. */
+ * or successful, and for NULL. Owned by the result. */
 FP_EXTERN const char *fp_result_error(fp_result *res);
 
-/* Input index of the failing item, or -1. */
+/* Input index of the failing item (the lowest one for maps), or -1: for
+ * success, a result not ready yet, a job-level failure (cancel,
+ * terminate, a storm) and NULL. */
 FP_EXTERN int64_t fp_result_error_index(fp_result *res);
 
 /* Cancels the job: queued tasks never run (including those a worker holds
@@ -1111,8 +1129,11 @@ FP_EXTERN int fp_task_fail(const char *fmt, ...) FP_PRINTF(1, 2);
  * numbers take no lock, other dict writes lock one stripe of 256, a list
  * has one lock; each thread allocates from its own cache, so processes
  * working on different keys scale (docs/manager.md). Each thread that
- * uses a manager takes one of its heap slots (one per 256 KiB of arena,
- * 8 to 1024): a call from one more live thread fails with FP_ENOMEM.
+ * calls a dict or list function, or creates or destroys an object, takes
+ * one of the manager's heap slots (one per 256 KiB of arena, 8 to 1024)
+ * and keeps it while it lives: such a call from one more live thread
+ * fails with FP_ENOMEM. Counter and lock operations and array access take
+ * no slot.
  * A process killed in the middle of any call leaves every structure valid:
  * the interrupted call took effect entirely or not at all, and the next
  * process to touch the structure repairs it (see docs/manager.md).
