@@ -251,6 +251,49 @@ START_TEST(inflight_accepts_1_to_16) {
 }
 END_TEST
 
+/* Hundreds of workers: the fork server answers each SPAWN with a message
+ * carrying a socket, and before the pool's loop reads any of them both
+ * directions of the control socket fill up (about 280 workers here). The
+ * requests that do not fit wait in order and go out as the loop drains
+ * the answers; terminate's many KILLs take the same path. */
+START_TEST(hundreds_of_workers_start_work_and_terminate) {
+  enum { MAXW = 512 };
+  int n = fp_test_under_valgrind() ? 16 : MAXW;
+  fp_pool_free(new_pool(1)); /* libuv's process-wide pipe, see above */
+  int fds = fp_test_count_fds();
+  fp_pool_opts o = {0};
+  o.processes = n;
+  fp_pool *p = NULL;
+  ck_assert_msg(fp_pool_new(&p, &o) == 0, "%d workers: %s", n, fp_last_error());
+  ck_assert_int_eq(fp_pool_size(p), n);
+  static int64_t in[4 * MAXW], out[4 * MAXW];
+  for (int i = 0; i < 4 * n; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  ck_assert_int_eq(
+      fp_pool_map(p, t_square, in, (size_t)(4 * n), 8, out, 8, &co), 0);
+  for (int i = 0; i < 4 * n; i++)
+    ck_assert_int_eq(out[i], (int64_t)i * i);
+  static fp_result *rs[MAXW];
+  fp_writer a;
+  fp_writer_init(&a);
+  ck_assert_int_eq(fp_pack(&a, "i", (int64_t)60000), 0);
+  for (int i = 0; i < n; i++)
+    ck_assert_int_eq(fp_pool_apply_async(p, t_sleep_ms, &a, NULL, &rs[i]), 0);
+  fp_writer_free(&a);
+  ck_assert_int_eq(fp_pool_terminate(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  for (int i = 0; i < n; i++) {
+    ck_assert_int_eq(fp_result_get(rs[i], 0), FP_ECANCELED);
+    fp_result_free(rs[i]);
+  }
+  fp_pool_free(p);
+  fp_test_no_children();
+  ck_assert_int_eq(fp_test_count_fds(), fds);
+}
+END_TEST
+
 START_TEST(pool_default_processes_is_cpu_count) {
   fp_pool *p = NULL;
   ck_assert_int_eq(fp_pool_new(&p, NULL), 0);
@@ -1968,6 +2011,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, pool_new_rejects_bad_options);
   tcase_add_test(tc, pool_new_names_the_bad_option);
   tcase_add_test(tc, inflight_accepts_1_to_16);
+  tcase_add_test(tc, hundreds_of_workers_start_work_and_terminate);
   tcase_add_test(tc, pool_default_processes_is_cpu_count);
   tcase_add_test(tc, join_before_close_fails);
   tcase_add_test(tc, apply_after_close_fails);

@@ -109,6 +109,9 @@ struct llink {
   int counted;           /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
   int copy_pipe[2];       /* safe_copy's fallback, made on first use */
+  /* Control messages the socket had no room for, in order (fs_send). */
+  fp__fs_msg *ctl_q;
+  size_t ctl_len, ctl_cap;
 };
 
 /* The space bound of local.h: every chunk a worker may hold, one wrap's
@@ -140,24 +143,74 @@ static void result_in(llink *l, int slot, const unsigned char *p, size_t len,
 }
 
 static void conn_on_io(uv_poll_t *h, int status, int events);
+static void fs_on_io(uv_poll_t *h, int status, int events);
 static void expect_exit(llink *l, int slot);
 static void fs_watch(uv_timer_t *t);
 
 /* ---- the control socket ---------------------------------------------------- */
 
-static int fs_send(llink *l, int op, int slot, int pid, int arg,
-                   uint64_t aim) {
-  fp__fs_msg m = {op, slot, pid, arg, aim};
-  if (l->fs_fd < 0 || l->lost)
-    return FP_EPIPE;
+/* Sends one message; 0, -EAGAIN when the socket is full, or -errno. */
+static int fs_send_now(llink *l, const fp__fs_msg *m) {
   for (;;) {
-    ssize_t n = send(l->fs_fd, &m, sizeof(m), MSG_NOSIGNAL);
-    if (n == (ssize_t)sizeof(m))
+    ssize_t n = send(l->fs_fd, m, sizeof(*m), MSG_NOSIGNAL);
+    if (n == (ssize_t)sizeof(*m))
       return 0;
     if (n < 0 && errno == EINTR)
       continue;
+    if (n < 0 && errno == EWOULDBLOCK)
+      return -EAGAIN;
     return n < 0 ? -errno : FP_EPROTO;
   }
+}
+
+/* Sends what waits in the queue, in order, until the socket is full.
+ * Returns 0 or -errno (not -EAGAIN). */
+static int fs_flush_queue(llink *l) {
+  size_t i = 0;
+  int rc = 0;
+  while (i < l->ctl_len && (rc = fs_send_now(l, &l->ctl_q[i])) == 0)
+    i++;
+  memmove(l->ctl_q, l->ctl_q + i, (l->ctl_len - i) * sizeof(*l->ctl_q));
+  l->ctl_len -= i;
+  return rc == -EAGAIN ? 0 : rc;
+}
+
+/* The events the loop watches on the control socket: writable only while
+ * messages wait. Loop thread only. */
+static void fs_poll_events(llink *l) {
+  int ev = UV_READABLE | UV_DISCONNECT;
+  if (l->ctl_len > 0)
+    ev |= UV_WRITABLE;
+  uv_poll_start(&l->fs_poll, ev, fs_on_io);
+}
+
+/* Sends a request to the fork server (the owner's lock held). The master's
+ * end is non-blocking, and the server answers every SPAWN with a message
+ * carrying a descriptor: a pool asking for hundreds of workers before its
+ * loop reads any answer fills both directions, and a server blocked on
+ * its answer reads no more requests. So what does not fit waits here, in
+ * order, and the loop sends it when the socket drains (fs_on_io): a
+ * request is never refused for a full socket. 0, FP_EPIPE (the server is
+ * gone), FP_ENOMEM or -errno. */
+static int fs_send(llink *l, int op, int slot, int pid, int arg, uint64_t aim) {
+  fp__fs_msg m = {op, slot, pid, arg, aim};
+  if (l->fs_fd < 0 || l->lost)
+    return FP_EPIPE;
+  int rc = l->ctl_len > 0 ? -EAGAIN : fs_send_now(l, &m);
+  if (rc != -EAGAIN)
+    return rc;
+  if (l->ctl_len == l->ctl_cap) {
+    size_t cap = l->ctl_cap ? 2 * l->ctl_cap : 64;
+    fp__fs_msg *q = realloc(l->ctl_q, cap * sizeof(*q));
+    if (q == NULL)
+      return FP_ENOMEM;
+    l->ctl_q = q;
+    l->ctl_cap = cap;
+  }
+  l->ctl_q[l->ctl_len++] = m;
+  if (l->started)
+    uv_async_send(&l->flush); /* on_flush watches for room */
+  return 0;
 }
 
 /* ---- worker sockets ---------------------------------------------------------- */
@@ -537,6 +590,8 @@ static void on_flush(uv_async_t *a) {
     if (c && !c->eof && c->out_len > 0)
       conn_set_events(c, UV_READABLE | UV_WRITABLE | UV_DISCONNECT);
   }
+  if (l->ctl_len > 0 && !l->lost)
+    fs_poll_events(l); /* requests wait for room */
   if (l->watch_wanted && !l->watching && !l->lost) {
     uv_timer_start(&l->watch, fs_watch, 250, 250);
     l->watching = 1;
@@ -764,13 +819,25 @@ static void fs_on_io(uv_poll_t *h, int status, int events) {
   fp__fs_msg m;
   int fd, rc;
   (void)status;
-  (void)events;
   l->ev.enter(l->ev.ctx);
+  /* Answers first: reading them is what lets a server blocked on one
+   * read our requests again. */
   while (!l->lost && (rc = fs_recv(l, &m, &fd)) != 1) {
     if (rc < 0)
       fs_gone(l);
     else
       fs_message(l, &m, fd);
+  }
+  if (!l->lost && (events & UV_WRITABLE)) {
+    if (fs_flush_queue(l) != 0) {
+      /* The socket failed with requests the caller was told were sent:
+       * the server must not serve on without them. It ends, its workers
+       * with it, and the pool learns why (fs_gone). */
+      kill(l->fs_pid, SIGKILL);
+      fs_gone(l);
+    } else if (l->ctl_len == 0) {
+      fs_poll_events(l);
+    }
   }
   l->ev.leave(l->ev.ctx);
 }
@@ -780,6 +847,7 @@ static void fs_on_io(uv_poll_t *h, int status, int events) {
 static void llink_release(llink *l) {
   if (l->shm != NULL)
     munmap(l->shm, l->shm_len);
+  free(l->ctl_q);
   free(l->slots);
   free(l);
 }
@@ -910,7 +978,7 @@ static int local_start(fp__link *base, uv_loop_t *loop) {
   if (rc != 0)
     return rc;
   l->fs_poll.data = l;
-  uv_poll_start(&l->fs_poll, UV_READABLE | UV_DISCONNECT, fs_on_io);
+  fs_poll_events(l); /* with what spawn queued before the loop ran */
   uv_prepare_init(loop, &l->prep);
   uv_check_init(loop, &l->chk);
   uv_idle_init(loop, &l->spin);
