@@ -169,16 +169,21 @@ static void chunk_died_locked(fp_pool *pool, fp__chunk *ch, const death *d) {
   }
 }
 
+/* 1 when a dead worker named, among the chunks it held, one it ran. */
+static int named_running(fp__chunk *const *held, int n, const death *d) {
+  for (int k = 0; k < n; k++)
+    if (held[k]->seq == d->run.seq)
+      return 1;
+  return 0;
+}
+
 /* A worker that rejected a task frame as malformed ran none of its
  * chunks: it was reading the oldest one it held (its results up to there
  * were delivered before its death). Requeued, that chunk would kill every
  * next worker the same way, so it fails instead. Returns its seq, or 0. */
 static uint64_t rejected_chunk(fp__chunk *const *held, int n, const death *d) {
-  if (!d->proto || n == 0)
-    return 0;
-  for (int k = 0; k < n; k++)
-    if (held[k]->seq == d->run.seq)
-      return 0; /* it was running one: that one is to blame */
+  if (!d->proto || n == 0 || named_running(held, n, d))
+    return 0; /* it was running one: that one is to blame */
   return held[0]->seq;
 }
 
@@ -223,6 +228,29 @@ static void unreadable_results_locked(fp_pool *pool, fp__chunk *ch,
   fp__chunk_crashed_locked(&pool->jobs, ch, FP_ENOMEM, -1, msg);
 }
 
+/* How many times a chunk may be requeued as "not started" after its
+ * worker died uncleanly while holding it without naming any chunk as
+ * running. A worker publishes the chunk it runs before it starts it, so a
+ * crash names one; a death between chunks (a kill from outside, the OOM
+ * killer) names none, and its chunks are innocent and requeued. But the
+ * name lives in shared memory, which a task can overwrite: a task that
+ * erases it and then crashes its worker would otherwise be run again, and
+ * kill again, forever. */
+#define UNBLAMED_MAX 3
+
+static void unblamed_too_often_locked(fp_pool *pool, fp__chunk *ch,
+                                      const death *d) {
+  char msg[FP__MSG_LEN], who[160];
+  name_worker(pool, d, who, sizeof(who));
+  snprintf(msg, sizeof(msg),
+           "item %lld: %s %s; %d workers died while holding this chunk, "
+           "none saying which chunk it ran (a task overwriting the pool's "
+           "shared memory?): the chunk may have run, and fails rather than "
+           "run again",
+           (long long)ch->start, who, d->how, ch->unblamed);
+  fp__chunk_crashed_locked(&pool->jobs, ch, FP_EWORKER, -1, msg);
+}
+
 /* Accounts for every chunk a dead worker held. */
 static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
                                  const death *d) {
@@ -231,6 +259,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
   memcpy(held, ws->inflight, sizeof(held[0]) * (size_t)n);
   ws->ninflight = 0;
   uint64_t rejected = rejected_chunk(held, n, d);
+  int unblamed =
+      !d->clean && d->reason == FP_EWORKER && !named_running(held, n, d);
   /* Requeue in reverse so the queue keeps the original order. */
   for (int k = n - 1; k >= 0; k--) {
     fp__chunk *ch = held[k];
@@ -252,6 +282,8 @@ static void settle_chunks_locked(fp_pool *pool, fp__wslot *ws,
       reject_chunk_locked(pool, ch, d);
     else if (innocent && ch->seq == d->run.seq)
       innocent_died_locked(pool, ch, d);
+    else if (unblamed && ++ch->unblamed > UNBLAMED_MAX)
+      unblamed_too_often_locked(pool, ch, d);
     else if (d->clean || innocent || ch->seq != d->run.seq)
       fp__sched_requeue_front_locked(pool, ch);
     else

@@ -427,13 +427,20 @@ void fp__chunk_orphan_locked(fp__chunk *ch) {
     fp__job_free(job);
 }
 
-int fp__chunk_check_results(const fp__chunk *ch, size_t len,
-                            const unsigned char *errs, size_t errs_len,
-                            uint32_t nerr) {
+int fp__chunk_check_results(const fp__chunk *ch, const unsigned char *data,
+                            size_t len, const unsigned char *errs,
+                            size_t errs_len, uint32_t nerr) {
   const fp__job *job = ch->job;
+  size_t nvalues;
   if (nerr > ch->count)
     return FP_EPROTO;
   if (job->wire == FP__WIRE_FIXED && len < (size_t)ch->count * job->out_size)
+    return FP_EPROTO;
+  /* Values wires: one well-formed value per item (nil for a failed one).
+   * Anything else would shift every later item's result, or hand the
+   * caller bytes its reader cannot read, and be reported as success. */
+  if (job->wire != FP__WIRE_FIXED &&
+      (fp_values_count(data, len, &nvalues) != 0 || nvalues != ch->count))
     return FP_EPROTO;
   size_t off = 0;
   for (uint32_t i = 0; i < nerr; i++) {

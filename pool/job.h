@@ -52,6 +52,8 @@ struct fp__chunk {
   uint32_t count;           /* items */
   int state;
   int attempts;             /* crashes survived under the retry policy */
+  int unblamed;             /* deaths of its worker, while it held it,
+                               that named no chunk running (deaths.c) */
   int heap;                 /* allocated alone (iterator chunks) */
   const unsigned char *items; /* payload to send (borrowed from the job) */
   size_t items_len;
@@ -206,11 +208,13 @@ void fp__chunk_free(fp__chunk *ch);
 void fp__job_add_locked(fp__jobset *js, fp__job *job);
 
 /* Checks a returned chunk's results before anything is taken: `len`
- * bytes of values, `nerr` error records in errs_len bytes. Returns 0 or
- * FP_EPROTO (the worker broke the protocol). */
-int fp__chunk_check_results(const fp__chunk *ch, size_t len,
-                            const unsigned char *errs, size_t errs_len,
-                            uint32_t nerr);
+ * bytes of values at data, `nerr` error records in errs_len bytes.
+ * Returns 0 or FP_EPROTO (the worker broke the protocol). What it checks
+ * must be the master's own copy, the very bytes then taken: a worker may
+ * rewrite shared memory between a check and a use. */
+int fp__chunk_check_results(const fp__chunk *ch, const unsigned char *data,
+                            size_t len, const unsigned char *errs,
+                            size_t errs_len, uint32_t nerr);
 
 /* Takes a finished chunk's (checked) results: `data` (len bytes) for
  * values wires (copied, or taken from *keep when not NULL, see link.h),

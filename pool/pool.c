@@ -7,7 +7,8 @@
  * one worker per slot, and starts the pool thread, which runs a libuv loop
  * over the link's handles, an async handle that user threads poke, and a
  * tick timer (time limits, SIGTERM -> SIGKILL escalation, delayed
- * respawns; deaths.c).
+ * respawns; deaths.c), and a poke timer while workers hold chunks (see
+ * POKE_MS).
  *
  * The link reports events between enter() and leave(): enter takes
  * pool->mu; leave dispatches queued work, releases the mutex, runs the
@@ -30,6 +31,14 @@
 #include <unistd.h>
 
 #define TICK_MS 2
+/* While workers hold chunks, the pool thread looks at the link at least
+ * this often, whatever the workers say. Results normally come with a
+ * worker's kick, or to a caller that polls; but whether a worker kicks
+ * depends on words in shared memory (master_idle, pollers) that any
+ * worker's task can overwrite, and a result with callbacks and no waiter
+ * would then never be taken in. Ten looks a second while busy; none when
+ * idle. */
+#define POKE_MS 100
 /* Longest accepted SIGTERM -> SIGKILL delay: fp_pool_terminate() must
  * return, so "never escalate" is refused rather than honoured. */
 #define MAX_KILL_GRACE_S 3600.0
@@ -61,6 +70,15 @@ static void closed_noop(uv_handle_t *h) {
 }
 
 static void on_tick(uv_timer_t *t);
+static void on_poke(uv_timer_t *t);
+
+/* 1 when a worker holds chunks. */
+static int chunks_travel_locked(const fp_pool *pool) {
+  for (int i = 0; i < pool->nworkers; i++)
+    if (pool->ws[i].ninflight > 0)
+      return 1;
+  return 0;
+}
 
 /* Fails the work and kills the workers (state TERMINATE). */
 static void terminate_locked(fp_pool *pool) {
@@ -102,6 +120,8 @@ static void maybe_shutdown_locked(fp_pool *pool) {
   uv_close((uv_handle_t *)&pool->wake, closed_noop);
   uv_timer_stop(&pool->tick);
   uv_close((uv_handle_t *)&pool->tick, closed_noop);
+  uv_timer_stop(&pool->poke);
+  uv_close((uv_handle_t *)&pool->poke, closed_noop);
 }
 
 /* Link events arrive between these two (see link.h). */
@@ -137,6 +157,11 @@ static void loop_leave(void *ctx) {
         uv_timer_start(&pool->tick, on_tick, TICK_MS, TICK_MS);
         pool->tick_on = 1;
       }
+      if (!pool->poke_on && chunks_travel_locked(pool)) {
+        uv_timer_start(&pool->poke, on_poke, POKE_MS, POKE_MS);
+        pool->poke_on = 1;
+      }
+      pool->poke_asked = 0;
       maybe_shutdown_locked(pool);
     }
     fp__pool_unlock(pool);
@@ -154,6 +179,19 @@ static void on_tick(uv_timer_t *t) {
   if (!fp__deaths_tick_locked(pool)) {
     uv_timer_stop(&pool->tick);
     pool->tick_on = 0;
+  }
+  loop_leave(pool);
+}
+
+/* The loop iteration this timer causes is the look: the link takes in
+ * what the workers published (local link: its check handle drains the
+ * result rings after every poll). */
+static void on_poke(uv_timer_t *t) {
+  fp_pool *pool = t->data;
+  loop_enter(pool);
+  if (!chunks_travel_locked(pool)) {
+    uv_timer_stop(&pool->poke);
+    pool->poke_on = 0;
   }
   loop_leave(pool);
 }
@@ -425,6 +463,8 @@ static int loop_init(fp_pool *pool) {
   pool->wake.data = pool;
   uv_timer_init(&pool->loop, &pool->tick); /* cannot fail */
   pool->tick.data = pool;
+  uv_timer_init(&pool->loop, &pool->poke);
+  pool->poke.data = pool;
   return 0;
 }
 
@@ -460,6 +500,7 @@ static int start_loop(fp_pool *pool) {
   pool->link->ops->close(pool->link);
   uv_close((uv_handle_t *)&pool->wake, NULL);
   uv_close((uv_handle_t *)&pool->tick, NULL);
+  uv_close((uv_handle_t *)&pool->poke, NULL);
   uv_run(&pool->loop, UV_RUN_DEFAULT);
   uv_loop_close(&pool->loop);
   return rc;

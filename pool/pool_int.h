@@ -95,6 +95,9 @@ struct fp_pool {
   uv_async_t wake;
   uv_timer_t tick;
   int tick_on;
+  uv_timer_t poke; /* a slow look at the link while chunks travel */
+  int poke_on;
+  int poke_asked; /* another thread woke the loop to arm it */
   pthread_t thread;
   int thread_started;
   int thread_done;
@@ -184,6 +187,21 @@ void fp__pool_nudge(fp_pool *pool, pthread_mutex_t *held);
 static inline void fp__pool_wake(fp_pool *pool) {
   if (pool->thread_started && !pool->thread_done)
     uv_async_send(&pool->wake);
+}
+
+/* pool.c's poke timer runs while workers hold chunks. The pool thread
+ * arms it (loop_leave); a thread that sent chunks while it is off wakes
+ * the pool thread to arm it: once per busy spell, not per send. */
+static inline void fp__pool_need_poke_locked(fp_pool *pool) {
+  if (pool->poke_on || pool->poke_asked || pool->stopping ||
+      fp__on_pool_thread(pool))
+    return;
+  for (int i = 0; i < pool->nworkers; i++)
+    if (pool->ws[i].ninflight > 0) {
+      pool->poke_asked = 1;
+      fp__pool_wake(pool);
+      return;
+    }
 }
 
 /* Unlocks pool->mu, first waking the pool thread when progress calls

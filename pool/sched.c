@@ -16,10 +16,13 @@
  */
 #include "pool/pool_int.h"
 #include "pool/spin.h"
+#include "ipc/wire/alloc.h"
 
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define EWMA_PREFETCH_NS 20000000 /* queue ahead below 20 ms per chunk */
@@ -257,6 +260,7 @@ void fp__sched_dispatch_locked(fp_pool *pool) {
   fp__assert_locked(pool);
   while (dispatch_once_locked(pool)) {
   }
+  fp__pool_need_poke_locked(pool);
 }
 
 /* One round of assignments and sends; 1 when a send left chunks unsent. */
@@ -493,11 +497,60 @@ static void disarm_locked(fp__wslot *ws, const fp__chunk *ch) {
   }
 }
 
+/* A result's parts as the scheduler checks and takes them: in the
+ * master's own memory (see own_result). */
+typedef struct result_parts {
+  const unsigned char *errs, *data;
+  size_t errs_len, len;
+  unsigned char *errs_copy; /* malloc'd, or NULL */
+  fp__rbuf data_copy;       /* fp__alloc'd values, or {NULL, 0} */
+  unsigned char small[FP__INLINE_BYTES];
+} result_parts;
+
+/* Points rp at the error records and values of a RESULT payload, copying
+ * them first when they may lie in shared memory (no `keep`: a result
+ * ring), where a thread of the worker could change them after the
+ * checks. Fixed-size values are not copied: any bytes are valid values
+ * there, and they go straight to the caller's array. Returns 0 or
+ * FP_ENOMEM. */
+static int own_result(const fp__chunk *ch, const unsigned char *body,
+                      size_t errs_len, size_t len, int shared,
+                      result_parts *rp) {
+  memset(rp, 0, offsetof(result_parts, small));
+  rp->errs = body;
+  rp->errs_len = errs_len;
+  rp->data = body + errs_len;
+  rp->len = len;
+  if (!shared)
+    return 0;
+  if (errs_len > 0) {
+    if ((rp->errs_copy = malloc(errs_len)) == NULL)
+      return FP_ENOMEM;
+    rp->errs = memcpy(rp->errs_copy, body, errs_len);
+  }
+  if (ch->job->wire == FP__WIRE_FIXED || len == 0)
+    return 0;
+  unsigned char *d = rp->small;
+  if (len > sizeof(rp->small)) {
+    if ((d = fp__alloc(len)) == NULL)
+      return FP_ENOMEM;
+    rp->data_copy = (fp__rbuf){d, len}; /* take_values keeps it */
+  }
+  rp->data = memcpy(d, body + errs_len, len);
+  return 0;
+}
+
+static void release_result(result_parts *rp) {
+  free(rp->errs_copy);
+  fp__free(rp->data_copy.base, rp->data_copy.cap); /* NULL when kept */
+}
+
 void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
                          size_t len, fp__rbuf *keep) {
   fp_pool *pool = ctx;
   fp__wslot *ws = &pool->ws[slot];
   fp__res_hdr rh;
+  result_parts rp;
   int k;
   if (len < sizeof(rh))
     goto bad;
@@ -505,7 +558,6 @@ void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
   if ((k = find_inflight(ws, rh.seq)) < 0)
     goto bad;
   fp__chunk *ch = ws->inflight[k];
-  const unsigned char *errs = payload + sizeof(rh);
   size_t rest = len - sizeof(rh);
   disarm_locked(ws, ch);
   if (ch->job->finished) {
@@ -513,13 +565,29 @@ void fp__sched_on_result(void *ctx, int slot, const unsigned char *payload,
     fp__chunk_orphan_locked(take_inflight(pool, ws, k));
     return;
   }
-  if (rh.count != ch->count || rh.errs_len > rest ||
-      fp__chunk_check_results(ch, rest - rh.errs_len, errs, rh.errs_len,
-                              rh.nerr) != 0)
+  if (rh.count != ch->count || rh.errs_len > rest)
     goto bad;
+  if (own_result(ch, payload + sizeof(rh), rh.errs_len, rest - rh.errs_len,
+                 keep == NULL, &rp) != 0) {
+    release_result(&rp);
+    take_inflight(pool, ws, k);
+    char msg[FP__MSG_LEN];
+    snprintf(msg, sizeof(msg),
+             "item %lld: out of memory in the master to receive its chunk's "
+             "results; the chunk ran",
+             (long long)ch->start);
+    fp__chunk_crashed_locked(&pool->jobs, ch, FP_ENOMEM, -1, msg);
+    return;
+  }
+  if (fp__chunk_check_results(ch, rp.data, rp.len, rp.errs, rp.errs_len,
+                              rh.nerr) != 0) {
+    release_result(&rp);
+    goto bad;
+  }
   take_inflight(pool, ws, k);
-  fp__chunk_results_locked(&pool->jobs, ch, errs + rh.errs_len,
-                           rest - rh.errs_len, errs, rh.nerr, keep);
+  fp__chunk_results_locked(&pool->jobs, ch, rp.data, rp.len, rp.errs, rh.nerr,
+                           rp.data_copy.base != NULL ? &rp.data_copy : keep);
+  release_result(&rp);
   return;
 bad:
   /* A worker that speaks nonsense is killed; its death fails its chunks. */

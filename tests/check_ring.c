@@ -144,6 +144,35 @@ START_TEST(tring_forged_positions_and_headers_are_corrupt) {
 }
 END_TEST
 
+/* A tail that is not a position the producer could have reached
+ * (unaligned, as a task can forge in shared memory) is refused and nothing
+ * is written: at size - 1 the wrap marker went 3 bytes past the data. The
+ * ring lies at the end of a mapping followed by a PROT_NONE page, so a
+ * byte written past it is a crash (and an ASan report). */
+START_TEST(put_refuses_unaligned_tail) {
+  long page = sysconf(_SC_PAGESIZE);
+  size_t len = (sizeof(fp__tring) + (size_t)page - 1) & ~((size_t)page - 1);
+  unsigned char *m = mmap(NULL, len + (size_t)page, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(m, MAP_FAILED);
+  ck_assert_int_eq(mprotect(m + len, (size_t)page, PROT_NONE), 0);
+  fp__tring *r = (fp__tring *)(m + len - sizeof(fp__tring));
+  unsigned char msg[100] = {7};
+  struct iovec iov = {msg, sizeof(msg)};
+  uint64_t odd[] = {FP__TRING_SIZE - 1, FP__TRING_SIZE - 3, 5,
+                    2 * FP__TRING_SIZE - 1};
+  for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+    uint64_t tail = odd[i];
+    atomic_store(&r->head, odd[i] & ~(uint64_t)(FP__FRAME_ALIGN - 1));
+    ck_assert_int_eq(fp__tring_put(r, &tail, &iov, 1, sizeof(msg), NULL), -1);
+    ck_assert_uint_eq(tail, odd[i]);
+  }
+  for (size_t i = 0; i < FP__TRING_SIZE; i++)
+    ck_assert_uint_eq(r->data[i], 0);
+  munmap(m, len + (size_t)page);
+}
+END_TEST
+
 START_TEST(ring_forged_result_header_is_corrupt) {
   fp__ring *r = shared(sizeof(*r));
   uint64_t pos = 0;
@@ -364,6 +393,7 @@ Suite *ring_suite(void) {
   tcase_add_test(tc, tring_full_refuses_until_released);
   tcase_add_test(tc, tring_forged_positions_and_headers_are_corrupt);
   tcase_add_test(tc, ring_forged_result_header_is_corrupt);
+  tcase_add_test(tc, put_refuses_unaligned_tail);
   tcase_add_test(tc, tring_producer_killed_mid_message_publishes_nothing);
   tcase_add_test(tc, tring_consumer_killed_asleep_leaves_producer_free);
   tcase_add_test(tc, tring_stress_two_processes);

@@ -79,6 +79,9 @@ typedef struct lslot {
   int spawning;          /* SPAWN sent, no answer yet */
   int ready;
   int finished;          /* FINISH is in the task ring */
+  uint64_t ttail;        /* the task ring's tail: the master's own copy,
+                            never read back from the ring, where any
+                            worker's task could have rewritten it */
   int64_t exit_due_ns;   /* its EXITED is due by then (SIGKILL sent, or
                             its socket closed); 0: none expected */
 } lslot;
@@ -863,22 +866,28 @@ static int usable_cpus(void) {
 
 /* Maps the slots and rings. Rings are reserved, not touched: a page costs
  * memory once used. */
-static int map_shared(llink *l) {
-  size_t n = (size_t)l->cfg.nworkers;
+fp__shm_view fp__local_layout(void *base, int nslots, size_t *len) {
+  size_t n = (size_t)nslots;
   size_t hdr = (sizeof(fp__local_shm) + 63) & ~(size_t)63;
-  size_t rings_off = hdr + ((sizeof(fp__slot) * n + 4095) & ~(size_t)4095);
+  size_t rings_off = (hdr + sizeof(fp__slot) * n + FP__RING_ALIGN - 1) &
+                     ~(size_t)(FP__RING_ALIGN - 1);
   size_t trings_off = rings_off + sizeof(fp__ring) * n;
-  l->shm_len = trings_off + sizeof(fp__tring) * n;
+  *len = trings_off + sizeof(fp__tring) * n;
+  return (fp__shm_view){.hdr = base,
+                        .slots = (fp__slot *)((char *)base + hdr),
+                        .rings = (fp__ring *)((char *)base + rings_off),
+                        .trings = (fp__tring *)((char *)base + trings_off),
+                        .nslots = nslots};
+}
+
+static int map_shared(llink *l) {
+  fp__local_layout(NULL, l->cfg.nworkers, &l->shm_len);
   void *p = mmap(NULL, l->shm_len, PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED)
     return -errno;
   l->shm = p;
-  l->v = (fp__shm_view){.hdr = p,
-                        .slots = (fp__slot *)((char *)p + hdr),
-                        .rings = (fp__ring *)((char *)p + rings_off),
-                        .trings = (fp__tring *)((char *)p + trings_off),
-                        .nslots = (int)n};
+  l->v = fp__local_layout(p, l->cfg.nworkers, &l->shm_len);
   l->shm->ncpu = usable_cpus();
   return 0;
 }
@@ -1013,6 +1022,7 @@ static int local_spawn(fp__link *base, int slot) {
   fp__tring *tr = &l->v.trings[slot];
   atomic_store(&tr->head, 0);
   atomic_store(&tr->tail, 0);
+  s->ttail = 0;
   atomic_store(&tr->sleeping, 0);
   atomic_store(&tr->feeder_cpu, -1); /* nobody fed it yet */
   int rc = fs_send(l, FP__FS_SPAWN, slot, 0, 0, 0);
@@ -1195,7 +1205,7 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
   llink *l = (llink *)base;
   conn *c = l->slots[slot].c;
   fp__tring *tr = &l->v.trings[slot];
-  uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
+  uint64_t tail = l->slots[slot].ttail;
   unsigned char hdr[FP__LINK_MAX_BATCH][FP__FRAME_HDR];
   struct iovec iov[5 * FP__LINK_MAX_BATCH];
   uint64_t tail_at[FP__LINK_MAX_BATCH]; /* where frame i begins */
@@ -1238,6 +1248,7 @@ static int local_send(fp__link *base, int slot, const fp__task_out *t,
     rc = sock_send(l, c, iov, nio, total);
   if (rc == 0) {
     atomic_store_explicit(&l->last_work, fp__now_ns(), memory_order_relaxed);
+    l->slots[slot].ttail = tail;
     if (fp__tring_publish(tr, tail))
       fp__tring_wake(tr);
     *sent = bad;
@@ -1318,10 +1329,12 @@ static void local_finish(fp__link *base, int slot) {
     return;
   l->slots[slot].finished = 1;
   fp__tring *tr = &l->v.trings[slot];
-  uint64_t tail = atomic_load_explicit(&tr->tail, memory_order_relaxed);
-  if (put_marker(tr, &tail, FP__TRING_FINISH) == 0 &&
-      fp__tring_publish(tr, tail))
-    fp__tring_wake(tr);
+  uint64_t tail = l->slots[slot].ttail;
+  if (put_marker(tr, &tail, FP__TRING_FINISH) == 0) {
+    l->slots[slot].ttail = tail;
+    if (fp__tring_publish(tr, tail))
+      fp__tring_wake(tr);
+  }
   shutdown(c->fd, SHUT_WR); /* EOF: the worker exits */
 }
 

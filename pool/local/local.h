@@ -85,8 +85,13 @@ void fp__slot_unskip(fp__slot *s, uint64_t seq);
 #define FP__RING_MAX (FP__RING_SIZE / 2)
 #define FP__RING_WRAP 0xFFFFFFFFu
 
+/* Rings are page-aligned and a whole number of (4 KiB) pages long, so
+ * that a worker can unmap every ring but its own (worker.c). */
+#define FP__RING_ALIGN 4096
+
 typedef struct fp__ring {
-  _Atomic uint64_t head; /* consumer (master) position in bytes */
+  _Alignas(FP__RING_ALIGN) _Atomic uint64_t head; /* consumer (master)
+                                                     position in bytes */
   char pad1[56];
   _Atomic uint64_t tail; /* producer (worker) position in bytes */
   char pad2[56];
@@ -158,7 +163,8 @@ typedef struct fp__ring {
 #define FP__IDLE_POLL_MS 200      /* a sleeping worker's look at its socket */
 
 typedef struct fp__tring {
-  _Atomic uint64_t head;     /* consumer (worker) position in bytes */
+  _Alignas(FP__RING_ALIGN) _Atomic uint64_t head; /* consumer (worker)
+                                                     position in bytes */
   char pad1[56];
   _Atomic uint64_t tail;     /* producer (master) position in bytes */
   _Atomic int32_t feeder_cpu; /* the CPU of the master thread that last
@@ -196,6 +202,12 @@ typedef struct fp__shm_view {
   fp__tring *trings; /* nslots */
   int nslots;
 } fp__shm_view;
+
+/* Where the parts of a pool's shared mapping of nslots workers lie when it
+ * starts at base, and its length in *len (base may be NULL for the length
+ * alone): hdr, the slots, then each worker's result ring, then each
+ * worker's task ring, rings page-aligned (link_local.c). */
+fp__shm_view fp__local_layout(void *base, int nslots, size_t *len);
 
 /* Master side: writes one frame (payload of `total` bytes in the iov
  * parts, padded to FP__FRAME_ALIGN) at *tail, a private copy of the tail,

@@ -58,7 +58,10 @@ static int put(rview v, uint64_t *tail, const struct iovec *iov, int n,
   size_t need = ALIGN(FP__FRAME_HDR + total, v.align);
   size_t pos = (size_t)(t % v.size);
   size_t waste = pos + need > v.size ? v.size - pos : 0;
-  if (total > v.max || h > t || t - h > v.size ||
+  /* An unaligned tail (the result ring's is the worker's to keep, and
+   * anything in shared memory may be forged) would put the wrap marker
+   * past the end of the data. */
+  if (total > v.max || t % v.align != 0 || h > t || t - h > v.size ||
       v.size - (t - h) < waste + need)
     return -1;
   if (waste > 0) { /* aligned positions: waste >= 8, room for a marker */

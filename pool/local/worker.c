@@ -51,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -723,6 +724,29 @@ static void aim_sigterm(_Atomic uint64_t *running_seq) {
  * mask, the slot, pinning, the memory limit, the initializer, READY.
  * Exits on failure (FP__WEXIT_PIN, FP__WEXIT_INIT, or FP__WEXIT_OK when
  * the parent or the master is already gone). */
+/* Unmaps n elements of `size` bytes at p (n may be 0). */
+static void unmap_elems(void *p, size_t n, size_t size) {
+  if (n > 0)
+    munmap(p, n * size);
+}
+
+/* Unmaps every other worker's rings. All rings are in the one mapping
+ * each process of the pool inherits, so a task could otherwise rewrite
+ * another worker's task ring (erasing a chunk sent to it: its caller
+ * would wait for ever) or its results while the master reads them.
+ * Unmapped, such a write is this worker's own crash. Needs rings of whole
+ * pages (local.h): on a machine with larger pages they stay mapped. */
+static void unmap_other_rings(const fp__shm_view *v, int slot) {
+  long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0 || FP__RING_ALIGN % page != 0)
+    return;
+  size_t after = (size_t)(v->nslots - slot - 1);
+  unmap_elems(v->rings, (size_t)slot, sizeof(fp__ring));
+  unmap_elems(v->rings + slot + 1, after, sizeof(fp__ring));
+  unmap_elems(v->trings, (size_t)slot, sizeof(fp__tring));
+  unmap_elems(v->trings + slot + 1, after, sizeof(fp__tring));
+}
+
 static void worker_start(worker *w, const fp__wconf *cfg,
                          const fp__wboot *boot) {
   memset(w, 0, sizeof(*w));
@@ -734,6 +758,7 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   w->tpos = atomic_load(&w->tring->head);
   w->shm = boot->v->hdr;
   w->master_idle = &boot->v->hdr->master_idle;
+  unmap_other_rings(boot->v, boot->slot);
   g_worker_id = boot->slot;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != boot->parent)
