@@ -12,6 +12,7 @@
  *   another worker's rings (now unmapped in every other worker: a worker's
  *     task rewrote the error records another worker published while the
  *     master checked them, and the master then wrote out of bounds)
+ *   another pool's memory (now unmapped by every later pool's fork server)
  *   a slot's "running" word erased before the worker crashes
  *   the budget's "callers are polling" word, which stops workers' kicks
  *
@@ -208,6 +209,41 @@ START_TEST(other_workers_rings_are_out_of_reach) {
 }
 END_TEST
 
+/* Writes the task-ring tail of worker 0 of another pool, whose mapping's
+ * address (and size) are its arguments. */
+static int t_write_other_pool(fp_reader *args, fp_writer *out) {
+  fp__shm_view v;
+  if (task_view(args, &v) != 0)
+    return fp_task_fail("bad args");
+  atomic_store(&v.trings[0].tail, 0);
+  atomic_store(&v.hdr->pollers, 1000000);
+  return fp_write_int(out, 1);
+}
+
+/* A pool's fork server unmaps the shared memory of every other pool the
+ * program had when it was forked, so a task cannot reach another pool's
+ * rings or words either: the write is its own worker's crash. It used to
+ * succeed. */
+START_TEST(other_pools_memory_is_out_of_reach) {
+  fp_pool *a = pool_n(1);
+  uintptr_t base_a = pool_mapping(1);
+  fp_pool *b = pool_n(2);
+  fp_writer args;
+  pack_view(&args, base_a, 1);
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(b, t_write_other_pool, &args, NULL, &r),
+                   0);
+  ck_assert_int_eq(fp_result_get(r, 30), FP_EWORKER);
+  ck_assert_ptr_nonnull(strstr(fp_result_error(r), "SIGSEGV"));
+  fp_result_free(r);
+  ck_assert_int_eq(fp_pool_apply(a, t_one, NULL, NULL), 0);
+  ck_assert_int_eq(fp_pool_apply(b, t_one, NULL, NULL), 0);
+  fp_writer_free(&args);
+  fp_pool_free(b);
+  fp_pool_free(a);
+}
+END_TEST
+
 /* ---- a crash that names no chunk --------------------------------------- */
 
 /* Erases its slot's "running chunk" word, then crashes. */
@@ -313,6 +349,7 @@ Suite *forged_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, result_with_wrong_values_is_a_violation);
   tcase_add_test(tc, other_workers_rings_are_out_of_reach);
+  tcase_add_test(tc, other_pools_memory_is_out_of_reach);
   tcase_add_test(tc, crash_that_names_no_chunk_is_not_rerun_for_ever);
   tcase_add_test(tc, callbacks_come_while_a_task_forges_the_pollers_word);
   suite_add_tcase(s, tc);

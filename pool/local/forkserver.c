@@ -229,6 +229,7 @@ static void fs_start(fserver *fs) {
   /* Before this process opens anything: every registered number is then
    * one of the master's library descriptors, never one of ours. */
   fp__fdreg_close_all(fs->ctl);
+  fp__mapreg_unmap_others(fs->v->hdr); /* other pools' memory */
   /* The pidfd is opened before the parent check: if the master is still
    * our parent after the pidfd exists, the pidfd is the master's (a dead
    * parent's pid is never ours again, so the check cannot pass late). */

@@ -848,8 +848,10 @@ static void fs_on_io(uv_poll_t *h, int status, int events) {
 /* ---- operations ---------------------------------------------------------- */
 
 static void llink_release(llink *l) {
-  if (l->shm != NULL)
+  if (l->shm != NULL) {
+    fp__mapreg_remove(l->shm);
     munmap(l->shm, l->shm_len);
+  }
   free(l->ctl_q);
   free(l->slots);
   free(l);
@@ -888,6 +890,7 @@ static int map_shared(llink *l) {
     return -errno;
   l->shm = p;
   l->v = fp__local_layout(p, l->cfg.nworkers, &l->shm_len);
+  fp__mapreg_add(p, l->shm_len);
   l->shm->ncpu = usable_cpus();
   return 0;
 }

@@ -355,6 +355,15 @@ void fp__fdreg_close(int fd);
 int fp__fdreg_close_if_registered(int fd);
 int fp__fdreg_close_all(int keep);
 
+/* ---- shared mappings (mapreg.c) -------------------------------------------
+ *
+ * Every pool's shared mapping is registered (after mmap; unregistered
+ * before munmap) so that a fork server unmaps the other pools' ones when
+ * it starts (fp__mapreg_unmap_others, single-threaded: no lock). */
+void fp__mapreg_add(void *base, size_t len);
+void fp__mapreg_remove(void *base);
+void fp__mapreg_unmap_others(const void *keep);
+
 /* Moves fd above the standard descriptors (0-2) when it is one of them, so
  * a daemon that closed stdin/stdout/stderr never has a library socket
  * mistaken for a standard stream (libuv refuses to close fds 0-2).

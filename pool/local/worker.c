@@ -759,6 +759,7 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   w->shm = boot->v->hdr;
   w->master_idle = &boot->v->hdr->master_idle;
   unmap_other_rings(boot->v, boot->slot);
+  fp__mapreg_remove(boot->v->hdr); /* now with holes: see mapreg.c */
   g_worker_id = boot->slot;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != boot->parent)
