@@ -100,6 +100,11 @@ static void describe_status(const fp_pool *pool, int status, char *buf,
     case FP__WEXIT_PROTO:
       snprintf(buf, len, "received a malformed task frame");
       break;
+    case FP__WEXIT_SEND:
+      snprintf(buf, len,
+               "could not send its result and exited (a task that closed "
+               "or replaced the worker's descriptors?)");
+      break;
     default:
       snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
     }

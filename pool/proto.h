@@ -140,11 +140,12 @@ typedef struct fp__err_rec {
 /* Exit statuses with a meaning; any other status is the task's own exit()
  * (or a signal). */
 typedef enum fp__wexit {
-  FP__WEXIT_OK = 0,       /* EOF from the master, or retired */
-  FP__WEXIT_PROTO = 124,  /* the master's frame made no sense */
-  FP__WEXIT_INIT = 125,   /* the user's initializer returned non-zero */
-  FP__WEXIT_PIN = 126,    /* pinning to the planned CPU failed */
-  FP__WEXIT_SETUP = 127   /* the fork server could not set itself up */
+  FP__WEXIT_OK = 0,      /* EOF from the master, or retired */
+  FP__WEXIT_SEND = 123,  /* a result could not be sent */
+  FP__WEXIT_PROTO = 124, /* the master's frame made no sense */
+  FP__WEXIT_INIT = 125,  /* the user's initializer returned non-zero */
+  FP__WEXIT_PIN = 126,   /* pinning to the planned CPU failed */
+  FP__WEXIT_SETUP = 127  /* the fork server could not set itself up */
 } fp__wexit;
 
 /* ---- what a worker is told ---------------------------------------------- */

@@ -14,6 +14,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -143,6 +144,153 @@ END_TEST
 
 START_TEST(apply_exit0_mid_task_is_a_failure) {
   apply_dies(CRASH_EXIT0, "exited with status 0");
+}
+END_TEST
+
+/* Counts runs in shared memory, then breaks its worker's descriptors
+ * (mode 0: closes every one from 3 up, the worker's socket among them;
+ * mode 1: sets O_NONBLOCK on each) and returns a 1 MiB result, which
+ * only the socket carries. */
+static _Atomic int *g_runs;
+
+static int t_break_fds_big_result(fp_reader *args, fp_writer *out) {
+  int64_t mode;
+  if (fp_unpack(args, "i", &mode) != 0)
+    return fp_task_fail("bad args");
+  atomic_fetch_add(g_runs, 1);
+  for (int fd = 3; fd < 1024; fd++)
+    if (mode == 0)
+      close(fd);
+    else if (fcntl(fd, F_GETFL) >= 0)
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  static unsigned char big[1 << 20];
+  memset(big, 7, sizeof(big));
+  return fp_write_bytes(out, big, sizeof(big));
+}
+
+/* A task whose result cannot be sent ran once and fails as such: the
+ * worker used to clear its "running" word before the send failed, and
+ * the master, taking the chunk for one never started, ran it again
+ * (returning success). A non-blocking socket no longer fails the send. */
+START_TEST(result_the_worker_cannot_send_never_reruns) {
+  g_runs = mmap(NULL, sizeof(*g_runs), PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(g_runs, MAP_FAILED);
+  fp_pool *p = pool_with(1, FP_CRASH_DEFAULT, 0);
+  for (int64_t mode = 0; mode < 2; mode++) {
+    fp_writer a, o;
+    fp_writer_init(&a);
+    fp_writer_init(&o);
+    atomic_store(g_runs, 0);
+    ck_assert_int_eq(fp_pack(&a, "i", mode), 0);
+    int rc = fp_pool_apply(p, t_break_fds_big_result, &a, &o);
+    if (mode == 0) {
+      ck_assert_int_eq(rc, FP_EWORKER);
+      ck_assert_msg(strstr(fp_last_error(), "could not send its result"),
+                    "message: %s", fp_last_error());
+    } else {
+      ck_assert_msg(rc == 0, "non-blocking socket: %s", fp_last_error());
+      ck_assert_uint_eq(o.len, 5 + (1u << 20));
+    }
+    ck_assert_int_eq(atomic_load(g_runs), 1);
+    fp_writer_free(&a);
+    fp_writer_free(&o);
+    assert_serving(p);
+  }
+  fp_pool_free(p);
+  munmap(g_runs, sizeof(*g_runs));
+}
+END_TEST
+
+static int e_ident(const void *in, void *out) {
+  memcpy(out, in, 8);
+  return 0;
+}
+
+/* Forks; the child returns from the task (into the worker's loop), the
+ * parent waits for it and returns its exit status. */
+static int t_fork_child_returns(fp_reader *args, fp_writer *out) {
+  (void)args;
+  pid_t pid = fork();
+  if (pid < 0)
+    return fp_task_fail("fork failed");
+  if (pid == 0)
+    return fp_write_int(out, -1); /* the child returns, as the parent */
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return fp_write_int(out, WIFEXITED(st) ? WEXITSTATUS(st) : 1000);
+}
+
+/* A child a task forked that returns from the task leaves at once (exit
+ * status 0) instead of running on as a second copy of the worker, which
+ * took ring entries and the socket from the real worker (an audit saw a
+ * daemon()ing task break the next map). */
+START_TEST(child_forked_by_a_task_does_not_become_a_worker) {
+  fp_pool *p = pool_with(1, FP_CRASH_DEFAULT, 0);
+  for (int i = 0; i < 3; i++) {
+    fp_writer o;
+    fp_writer_init(&o);
+    ck_assert_int_eq(fp_pool_apply(p, t_fork_child_returns, NULL, &o), 0);
+    fp_reader r;
+    int64_t v;
+    fp_reader_init(&r, o.data, o.len);
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, 0);
+    fp_writer_free(&o);
+  }
+  enum { N = 1000 };
+  static int64_t in[N], out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 3;
+  ck_assert_int_eq(fp_pool_map(p, e_ident, in, N, 8, out, 8, &co), 0);
+  for (int i = 0; i < N; i++)
+    ck_assert_int_eq(out[i], i);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* Runs a pool of its own (2 workers) over 100 items; returns their sum. */
+static int t_nested_pool(fp_reader *args, fp_writer *out) {
+  (void)args;
+  fp_pool *q = NULL;
+  fp_pool_opts o = {0};
+  o.processes = 2;
+  if (fp_pool_new(&q, &o) != 0)
+    return fp_task_fail("nested fp_pool_new: %s", fp_last_error());
+  int64_t in[100], res[100], sum = 0;
+  for (int i = 0; i < 100; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  int rc = fp_pool_map(q, e_ident, in, 100, 8, res, 8, &co);
+  fp_pool_free(q);
+  if (rc != 0)
+    return fp_task_fail("nested map: %s", fp_err_name(rc));
+  for (int i = 0; i < 100; i++)
+    sum += res[i];
+  return fp_write_int(out, sum);
+}
+
+/* A task may start a pool of its own: its fork server is a child the task
+ * forked, and its workers must not take themselves for such children. */
+START_TEST(task_runs_a_pool_of_its_own) {
+  fp_pool *p = pool_with(1, FP_CRASH_DEFAULT, 0);
+  for (int i = 0; i < 2; i++) {
+    fp_writer o;
+    fp_writer_init(&o);
+    ck_assert_msg(fp_pool_apply(p, t_nested_pool, NULL, &o) == 0, "%s",
+                  fp_last_error());
+    fp_reader r;
+    int64_t v;
+    fp_reader_init(&r, o.data, o.len);
+    ck_assert_int_eq(fp_read_int(&r, &v), 0);
+    ck_assert_int_eq(v, 4950);
+    fp_writer_free(&o);
+  }
+  fp_pool_free(p);
 }
 END_TEST
 
@@ -1081,6 +1229,9 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, apply_abort_fails_with_eworker);
   tcase_add_test(tc, apply_exit3_fails_with_eworker);
   tcase_add_test(tc, apply_exit0_mid_task_is_a_failure);
+  tcase_add_test(tc, result_the_worker_cannot_send_never_reruns);
+  tcase_add_test(tc, child_forked_by_a_task_does_not_become_a_worker);
+  tcase_add_test(tc, task_runs_a_pool_of_its_own);
   tcase_add_test(tc, map_crash_names_item_others_complete);
   tcase_add_test(tc, imap_crash_item_reports_and_continues);
   tcase_add_test(tc, apply_async_crash_calls_error_callback_once);

@@ -45,6 +45,8 @@
 #include "pool/clock.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -143,6 +145,14 @@ static int send_all(int fd, struct iovec *iov, int n) {
     mh.msg_iov = iov;
     mh.msg_iovlen = (size_t)n;
     ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    if (w < 0 && errno == EAGAIN) {
+      /* A task set O_NONBLOCK on the descriptor (it is shared with
+       * every copy of it the task made): wait for room as a blocking
+       * send would. */
+      struct pollfd pf = {fd, POLLOUT, 0};
+      if (poll(&pf, 1, -1) >= 0 || errno == EINTR)
+        continue;
+    }
     if (w < 0) {
       if (errno == EINTR)
         continue;
@@ -322,6 +332,22 @@ static int parse_task(const unsigned char *p, size_t len, size_t max_frame,
  * element i of the zero-filled outputs. When the outputs cannot be
  * allocated no item runs, and the sticky FP_ENOMEM in w->data makes
  * fit_result() fail the chunk. */
+/* Set in a child that a task forked (pthread_atfork, worker_start). */
+static volatile sig_atomic_t g_clone;
+
+static void note_clone(void) {
+  g_clone = 1;
+}
+
+/* A child the task forked that returns from the task into this loop
+ * would take the worker's ring entries, socket and slot from under the
+ * real worker (and its replacement): it leaves instead, as if it had
+ * called _exit(0) at the end of the task. */
+static void leave_if_clone(void) {
+  if (g_clone)
+    _exit(0);
+}
+
 static void run_fixed(worker *w, const chunk *ch, fp_elem_fn fn) {
   /* Outputs of zero bytes still need a valid pointer for the task: no
    * memset or pointer arithmetic ever touches a NULL w->data.data. */
@@ -340,6 +366,7 @@ static void run_fixed(worker *w, const chunk *ch, fp_elem_fn fn) {
     publish_item(w, index);
     int rc = fn(ch->items + (size_t)i * ch->th.in_size,
                 out + (size_t)i * ch->th.out_size);
+    leave_if_clone();
     if (rc != 0)
       item_failed(w, index, rc);
   }
@@ -412,8 +439,10 @@ static void run_value_item(worker *w, int wire, fp_task_fn fn, int64_t index,
     uint32_t n;
     rc = fp_read_list(&args, &n);
   }
-  if (rc == 0)
+  if (rc == 0) {
     rc = fn(&args, out);
+    leave_if_clone();
+  }
   if (rc == 0)
     rc = take_value(w, out);
   if (rc != 0) {
@@ -629,8 +658,13 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
   fp__tring_release(w->tring, w->tpos);
   fit_result(w, ch);
   int rc = publish_result(w, ch, may_defer);
-  /* Only now is the chunk no longer this worker's to answer for. */
-  atomic_store_explicit(&w->slot->seq, 0, memory_order_release);
+  /* Only now is the chunk no longer this worker's to answer for. A
+   * result that could not be sent leaves the chunk named: the worker
+   * ends (FP__WEXIT_SEND), and the master charges its death to this chunk,
+   * which ran, instead of taking it for one never started and running it
+   * again. */
+  if (rc == 0)
+    atomic_store_explicit(&w->slot->seq, 0, memory_order_release);
   return rc;
 }
 
@@ -758,6 +792,10 @@ static void worker_start(worker *w, const fp__wconf *cfg,
   w->tpos = atomic_load(&w->tring->head);
   w->shm = boot->v->hdr;
   w->master_idle = &boot->v->hdr->master_idle;
+  /* A worker of a pool that a task started inherits the flag of the
+   * fork server the task forked: it is no clone. */
+  g_clone = 0;
+  pthread_atfork(NULL, NULL, note_clone);
   unmap_other_rings(boot->v, boot->slot);
   fp__mapreg_remove(boot->v->hdr); /* now with holes: see mapreg.c */
   g_worker_id = boot->slot;
@@ -898,8 +936,8 @@ void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot) {
     int rc = run_chunk(&w, &ch, frames_buffered(&w) >= 2);
     fflush(stdout);
     fflush(stderr);
-    if (rc != 0)
-      _exit(FP__WEXIT_OK); /* the master is gone */
+    if (rc != 0) /* the master is gone, or a task broke the socket */
+      _exit(FP__WEXIT_SEND);
     done++;
     if (cfg->maxtasksperchild && done >= cfg->maxtasksperchild) {
       send_simple(w.fd, FP__MSG_RETIRE);
