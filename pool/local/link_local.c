@@ -79,6 +79,7 @@ typedef struct lslot {
   int spawning;          /* SPAWN sent, no answer yet */
   int ready;
   int finished;          /* FINISH is in the task ring */
+  uint64_t start_time;   /* the worker's, from /proc (0: unknown) */
   uint64_t ttail;        /* the task ring's tail: the master's own copy,
                             never read back from the ring, where any
                             worker's task could have rewritten it */
@@ -694,6 +695,7 @@ static void worker_spawned(llink *l, int slot, pid_t pid, int fd) {
   c->fd = fd;
   s->c = c;
   s->pid = pid;
+  s->start_time = fp__proc_start_time(pid);
   conn_set_events(c, UV_READABLE | UV_DISCONNECT);
   EV(l, started, slot, pid);
 }
@@ -745,12 +747,34 @@ static void fs_death_message(const llink *l, char *buf, size_t len) {
   snprintf(buf, len, "%s", what);
 }
 
-/* The fork server is gone: so are its workers (PDEATHSIG). */
+/* Workers die with their fork server (PDEATHSIG), except those whose
+ * credentials a task changed (setuid, setgid ...): the kernel clears the
+ * parent-death signal then. Those that still run are SIGKILLed here (no
+ * reused pid is hit: fp__proc_kill_same), and awaited for up to a second
+ * in all, so that "every worker is dead" holds when terminate returns. */
+static void kill_orphans(llink *l) {
+  int64_t end = fp__now_ns() + 1000000000LL;
+  for (int i = 0; i < l->cfg.nworkers; i++) {
+    lslot *s = &l->slots[i];
+    int fd = s->pid != 0 ? fp__proc_kill_same(s->pid, s->start_time) : -1;
+    if (fd < 0)
+      continue;
+    int64_t left = (end - fp__now_ns()) / 1000000;
+    struct pollfd pf = {fd, POLLIN, 0};
+    while (left > 0 && poll(&pf, 1, (int)left) < 0 && errno == EINTR)
+      left = (end - fp__now_ns()) / 1000000;
+    close(fd);
+  }
+}
+
+/* The fork server is gone: so are its workers (PDEATHSIG, or
+ * kill_orphans). */
 static void fs_gone(llink *l) {
   if (l->lost)
     return;
   l->lost = 1;
   uv_poll_stop(&l->fs_poll);
+  kill_orphans(l);
   for (int i = 0; i < l->cfg.nworkers; i++) {
     lslot *s = &l->slots[i];
     if (s->pid != 0)

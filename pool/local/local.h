@@ -317,6 +317,12 @@ ssize_t fp__proc_read(const char *path, char *buf, size_t cap);
 /* 1 when process pid is stopped or traced-stopped (state T or t); 0 when
  * it runs, or when procfs cannot tell. */
 int fp__proc_stopped(pid_t pid);
+/* procfs.c: pid's start time (clock ticks since boot), 0 when unknown. */
+uint64_t fp__proc_start_time(pid_t pid);
+/* procfs.c: SIGKILLs pid if it is still the process that started at
+ * `start`; returns a pidfd of it (poll it to see it end; close it), or -1
+ * when nothing was sent (another process, gone, or no pidfd). */
+int fp__proc_kill_same(pid_t pid, uint64_t start);
 /* A pidfd of process pid (readable once it exited; close-on-exec), or -1
  * when the kernel (or a seccomp filter) has no pidfd_open, or no
  * descriptor is left. */
