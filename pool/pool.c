@@ -72,14 +72,6 @@ static void closed_noop(uv_handle_t *h) {
 static void on_tick(uv_timer_t *t);
 static void on_poke(uv_timer_t *t);
 
-/* 1 when a worker holds chunks. */
-static int chunks_travel_locked(const fp_pool *pool) {
-  for (int i = 0; i < pool->nworkers; i++)
-    if (pool->ws[i].ninflight > 0)
-      return 1;
-  return 0;
-}
-
 /* Fails the work and kills the workers (state TERMINATE). */
 static void terminate_locked(fp_pool *pool) {
   while (pool->jobs.head)
@@ -157,7 +149,7 @@ static void loop_leave(void *ctx) {
         uv_timer_start(&pool->tick, on_tick, TICK_MS, TICK_MS);
         pool->tick_on = 1;
       }
-      if (!pool->poke_on && chunks_travel_locked(pool)) {
+      if (!pool->poke_on && fp__chunks_travel_locked(pool)) {
         uv_timer_start(&pool->poke, on_poke, POKE_MS, POKE_MS);
         pool->poke_on = 1;
       }
@@ -189,7 +181,7 @@ static void on_tick(uv_timer_t *t) {
 static void on_poke(uv_timer_t *t) {
   fp_pool *pool = t->data;
   loop_enter(pool);
-  if (!chunks_travel_locked(pool)) {
+  if (!fp__chunks_travel_locked(pool)) {
     uv_timer_stop(&pool->poke);
     pool->poke_on = 0;
   }

@@ -189,19 +189,23 @@ static inline void fp__pool_wake(fp_pool *pool) {
     uv_async_send(&pool->wake);
 }
 
+/* 1 when a worker holds chunks. */
+static inline int fp__chunks_travel_locked(const fp_pool *pool) {
+  for (int i = 0; i < pool->nworkers; i++)
+    if (pool->ws[i].ninflight > 0)
+      return 1;
+  return 0;
+}
+
 /* pool.c's poke timer runs while workers hold chunks. The pool thread
  * arms it (loop_leave); a thread that sent chunks while it is off wakes
  * the pool thread to arm it: once per busy spell, not per send. */
 static inline void fp__pool_need_poke_locked(fp_pool *pool) {
   if (pool->poke_on || pool->poke_asked || pool->stopping ||
-      fp__on_pool_thread(pool))
+      fp__on_pool_thread(pool) || !fp__chunks_travel_locked(pool))
     return;
-  for (int i = 0; i < pool->nworkers; i++)
-    if (pool->ws[i].ninflight > 0) {
-      pool->poke_asked = 1;
-      fp__pool_wake(pool);
-      return;
-    }
+  pool->poke_asked = 1;
+  fp__pool_wake(pool);
 }
 
 /* Unlocks pool->mu, first waking the pool thread when progress calls

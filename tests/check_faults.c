@@ -294,72 +294,6 @@ START_TEST(task_runs_a_pool_of_its_own) {
 }
 END_TEST
 
-/* Becomes user nobody (which clears the parent-death signal), then holds
- * its worker for a minute at most. */
-static int t_setuid_and_hold(fp_reader *args, fp_writer *out) {
-  (void)args;
-  if (setgid(65534) != 0 || setuid(65534) != 0)
-    return fp_task_fail("setuid: %s", strerror(errno));
-  struct timespec ts = {60, 0};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-  return fp_write_int(out, 1);
-}
-
-static int t_parent(fp_reader *args, fp_writer *out) {
-  (void)args;
-  return fp_write_int(out, (int64_t)getppid());
-}
-
-/* 1 when process pid no longer runs (gone, or a zombie). */
-static int process_ended(pid_t pid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 1;
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  const char *p = strrchr(buf, ')');
-  return p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
-}
-
-/* A worker whose task changed its credentials has no parent-death signal
- * any more: when the fork server dies, the master kills it itself. It
- * used to live on (as nobody, reparented to init) after fp_pool_free and
- * the master's exit. Needs root, to setuid. */
-START_TEST(setuid_worker_dies_with_its_fork_server) {
-  if (geteuid() != 0 || fp_test_under_valgrind())
-    return;
-  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
-  fp_result *held;
-  ck_assert_int_eq(fp_pool_apply_async(p, t_setuid_and_hold, NULL, NULL, &held),
-                   0);
-  fp_writer o;
-  fp_writer_init(&o);
-  ck_assert_int_eq(fp_pool_apply(p, t_parent, NULL, &o), 0);
-  fp_reader r;
-  int64_t fs;
-  fp_reader_init(&r, o.data, o.len);
-  ck_assert_int_eq(fp_read_int(&r, &fs), 0);
-  fp_writer_free(&o);
-  pid_t pids[2];
-  for (int i = 0; i < 2; i++) {
-    fp_worker_info wi;
-    ck_assert_int_eq(fp_pool_worker_info(p, i, &wi), 0);
-    pids[i] = wi.pid;
-  }
-  ck_assert_int_eq(kill((pid_t)fs, SIGKILL), 0);
-  ck_assert_int_eq(fp_result_get(held, 30), FP_EWORKER);
-  fp_result_free(held);
-  fp_pool_free(p);
-  for (int i = 0; i < 2; i++)
-    ck_assert_msg(process_ended(pids[i]), "worker %d (pid %d) still runs", i,
-                  (int)pids[i]);
-}
-END_TEST
-
 START_TEST(map_crash_names_item_others_complete) {
   enum { N = 100 };
   int64_t in[N], out[N];
@@ -927,6 +861,58 @@ static int proc_alive(pid_t pid) {
   char *rp = strrchr(buf, ')');
   return rp != NULL && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
 }
+
+/* Becomes user nobody (which clears the parent-death signal), then holds
+ * its worker for a minute at most. */
+static int t_setuid_and_hold(fp_reader *args, fp_writer *out) {
+  (void)args;
+  if (setgid(65534) != 0 || setuid(65534) != 0)
+    return fp_task_fail("setuid: %s", strerror(errno));
+  struct timespec ts = {60, 0};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return fp_write_int(out, 1);
+}
+
+static int t_parent(fp_reader *args, fp_writer *out) {
+  (void)args;
+  return fp_write_int(out, (int64_t)getppid());
+}
+
+/* A worker whose task changed its credentials has no parent-death signal
+ * any more: when the fork server dies, the master kills it itself. It
+ * used to live on (as nobody, reparented to init) after fp_pool_free and
+ * the master's exit. Needs root, to setuid. */
+START_TEST(setuid_worker_dies_with_its_fork_server) {
+  if (geteuid() != 0 || fp_test_under_valgrind())
+    return;
+  fp_pool *p = pool_with(2, FP_CRASH_DEFAULT, 0);
+  fp_result *held;
+  ck_assert_int_eq(fp_pool_apply_async(p, t_setuid_and_hold, NULL, NULL, &held),
+                   0);
+  fp_writer o;
+  fp_writer_init(&o);
+  ck_assert_int_eq(fp_pool_apply(p, t_parent, NULL, &o), 0);
+  fp_reader r;
+  int64_t fs;
+  fp_reader_init(&r, o.data, o.len);
+  ck_assert_int_eq(fp_read_int(&r, &fs), 0);
+  fp_writer_free(&o);
+  pid_t pids[2];
+  for (int i = 0; i < 2; i++) {
+    fp_worker_info wi;
+    ck_assert_int_eq(fp_pool_worker_info(p, i, &wi), 0);
+    pids[i] = wi.pid;
+  }
+  ck_assert_int_eq(kill((pid_t)fs, SIGKILL), 0);
+  ck_assert_int_eq(fp_result_get(held, 30), FP_EWORKER);
+  fp_result_free(held);
+  fp_pool_free(p);
+  for (int i = 0; i < 2; i++)
+    ck_assert_msg(!proc_alive(pids[i]), "worker %d (pid %d) still runs", i,
+                  (int)pids[i]);
+}
+END_TEST
 
 START_TEST(master_sigkill_leaves_no_orphans) {
   int pf[2];
