@@ -109,13 +109,14 @@ FP_EXTERN const char *fp_err_name(int code);
  * calling thread (a blocking call's task failure: the task's own message,
  * the worker's death, the item index; or why a call or fp_pool_new was
  * refused, naming the argument or option at fault). Pool calls are the
- * fp_pool_*, fp_result_* and fp_iter_* functions; fp_result_get and
+ * fp_pool_*, fp_result_* and fp_iter_* functions (a refused Manager call
+ * sets it too: see the Manager section); fp_result_get and
  * fp_iter_next count as blocking calls: a failed result or item sets its
  * message, a successful one clears it. Like dlerror(), it is per thread
  * and overwritten by the thread's next failing pool call; a successful
  * blocking call (and a successful fp_pool_join) clears it; fp_pool_free
- * leaves it as it was. Returns an empty string when there is none. Never
- * NULL. */
+ * leaves it as it was, a successful fp_pool_new clears it. Returns an
+ * empty string when there is none. Never NULL. */
 FP_EXTERN const char *fp_last_error(void);
 
 #define FP_FOREVER (-1.0)
@@ -741,8 +742,9 @@ typedef struct fp_pool_opts {
                                 0: unlimited */
   size_t max_frame;          /* largest message, item or result: 4096
                                 to 2^32 - 1; 0: FP_FRAME_MAX_DEFAULT.
-                                A frame's header takes a few dozen bytes
-                                of it (the refusal says what is left).
+                                A task frame's header takes 256 bytes
+                                of it (FP_EMSGSIZE's message says what
+                                is left).
                                 A chunk's results
                                 together may pass it (several messages),
                                 up to 1 GiB or max_frame if larger. An
@@ -880,7 +882,8 @@ typedef struct fp_worker_info {
 } fp_worker_info;
 
 /* Fills *info for worker slot i (0 <= i < fp_pool_size). FP_EINVAL for a
- * bad slot or NULL. */
+ * bad slot or NULL, and in a forked copy of the master (the pool is the
+ * parent's). */
 FP_EXTERN int fp_pool_worker_info(fp_pool *pool, int i, fp_worker_info *info);
 
 /* --- blocking calls ---------------------------------------------------- */
@@ -1036,7 +1039,10 @@ FP_EXTERN void fp_iter_free(fp_iter *it);
 
 /* Waits up to `timeout` seconds and returns the job's outcome: 0 on
  * success, its error code on failure, FP_ETIMEDOUT if not ready yet (a
- * later call may succeed). FP_EINVAL for NULL or a NaN timeout, and for a
+ * later call may succeed). A job that failed because a task hit its time
+ * limit is ready and returns FP_ETIMEDOUT too, for good: to wait for a
+ * result to be ready, loop on fp_result_wait (0 once ready) or test
+ * fp_result_ready(). FP_EINVAL for NULL or a NaN timeout, and for a
  * wait that could never end: another result's, inside a callback; one in
  * a forked copy of the master. Once the result is ready, its outcome is
  * the call's: fp_last_error() gets the job's message when it failed and

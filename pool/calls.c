@@ -343,18 +343,17 @@ static int take_items(fp__job *job, const unsigned char *buf, size_t len,
   return 0;
 }
 
-/* The chunk size of a values job. */
-static int values_chunksize(fp_pool *pool, fp__job *job, size_t len,
-                            const fp_call_opts *o, size_t *cs) {
+/* The chunk size of a values job. Malformed input gets the default of a
+ * count of 0: cut_items then walks it and names the item at fault. */
+static size_t values_chunksize(fp_pool *pool, const fp__job *job, size_t len,
+                               const fp_call_opts *o) {
   size_t cnt = 0;
-  int rc = 0;
   if (o && o->chunksize)
-    *cs = o->chunksize;
-  else if (job->kind == FP__JOB_IMAP || job->kind == FP__JOB_IMAP_UNORDERED)
-    *cs = 1;
-  else if ((rc = fp_values_count(job->input, len, &cnt)) == 0)
-    *cs = default_chunksize(pool, cnt, o);
-  return rc;
+    return o->chunksize;
+  if (job->kind == FP__JOB_IMAP || job->kind == FP__JOB_IMAP_UNORDERED)
+    return 1;
+  (void)fp_values_count(job->input, len, &cnt);
+  return default_chunksize(pool, cnt, o);
 }
 
 /* Makes the job's chunks from spans: heap chunks for iterators (they move
@@ -399,12 +398,13 @@ static int cut_values(fp_pool *pool, fp__job *job, size_t len,
   size_t nspans = 1;
   int64_t nitems = 1;
   int rc = 0;
-  if (job->kind != FP__JOB_APPLY &&
-      ((rc = values_chunksize(pool, job, len, o, &cs)) != 0 ||
-       (rc = cut_items(job->input, len, cs, room,
-                       job->kind == FP__JOB_STARMAP, &spans, &nspans,
-                       &nitems)) != 0))
-    return rc;
+  if (job->kind != FP__JOB_APPLY) {
+    cs = values_chunksize(pool, job, len, o);
+    rc = cut_items(job->input, len, cs, room, job->kind == FP__JOB_STARMAP,
+                   &spans, &nspans, &nitems);
+    if (rc != 0)
+      return rc;
+  }
   job->chunksize = cs;
   job->n_items = nitems;
   rc = make_chunks(job, spans, nspans, heap);
@@ -593,6 +593,10 @@ static int values_blocking(fp_pool *pool, int kind, fp_task_fn fn,
     return fp__refuse("NULL pool");
   if (!blocking_allowed(pool))
     return FP_EINVAL; /* its message is set */
+  /* Refused before any task runs: its results could not be kept. */
+  if (out != NULL && out->err != 0)
+    return fp__refuse("the output writer is in an error state: reset it "
+                      "first");
   /* Items are borrowed for the call, unless they are out's own bytes:
    * the results streaming into out would move them. */
   unsigned sets0 = fp__err_sets(FP__ERR_POOL);

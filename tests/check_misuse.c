@@ -1131,6 +1131,55 @@ START_TEST(canceled_chunk_queued_on_a_busy_worker_never_runs) {
 }
 END_TEST
 
+/* A blocking call whose output writer already failed is refused before
+ * any task runs (its results could not be kept), and malformed items are
+ * named by index whether or not the call gives a chunksize. */
+START_TEST(refusals_come_before_any_task_runs) {
+  void *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(shm, MAP_FAILED);
+  g_ran = shm;
+  fp_pool *p = new_pool(2);
+  fp_writer items, bad_out, out;
+  fp_writer_init(&items);
+  fp_writer_init(&bad_out);
+  fp_writer_init(&out);
+  ck_assert_int_eq(fp_pack(&items, "i i i", (int64_t)1, (int64_t)2, (int64_t)3),
+                   0);
+  ck_assert_int_ne(fp_write_str(&bad_out, NULL), 0);
+  fp_assert_says(fp_pool_apply(p, counts_runs, NULL, &bad_out), FP_EINVAL,
+                 "output writer is in an error state");
+  fp_assert_says(fp_pool_map_values(p, counts_runs, &items, &bad_out, NULL),
+                 FP_EINVAL, "output writer is in an error state");
+  fp_assert_says(fp_pool_starmap(p, counts_runs, &items, &bad_out, NULL),
+                 FP_EINVAL, "output writer is in an error state");
+  ck_assert_int_eq(atomic_load(g_ran), 0);
+
+  /* Item 2 loses its last byte. */
+  fp_writer_reset(&items);
+  ck_assert_int_eq(fp_pack(&items, "i i i", (int64_t)1, (int64_t)2, (int64_t)3),
+                   0);
+  items.len--;
+  fp_call_opts co = {.chunksize = 1};
+  fp_assert_says(fp_pool_map_values(p, counts_runs, &items, &out, NULL),
+                 FP_EPROTO, "item 2 of the input");
+  fp_assert_says(fp_pool_map_values(p, counts_runs, &items, &out, &co),
+                 FP_EPROTO, "item 2 of the input");
+  fp_result *r = NULL;
+  fp_assert_says(fp_pool_map_values_async(p, counts_runs, &items, NULL, &r),
+                 FP_EPROTO, "item 2 of the input");
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(atomic_load(g_ran), 0);
+  ck_assert_int_eq(out.len, 0);
+  fp_writer_free(&items);
+  fp_writer_free(&bad_out);
+  fp_writer_free(&out);
+  fp_pool_free(p);
+  munmap(shm, 4096);
+  fp_test_no_children();
+}
+END_TEST
+
 /* Job A is canceled (or hits its time limit) while its worker finishes
  * it and starts job B's chunk: the SIGTERM meant for A must not kill B,
  * and B must never run twice (it counts its starts in shared memory). The
@@ -1277,6 +1326,7 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, value_and_frame_failures_say_what);
   tcase_add_test(tc, calls_after_join_are_refused);
   tcase_add_test(tc, canceled_chunk_queued_on_a_busy_worker_never_runs);
+  tcase_add_test(tc, refusals_come_before_any_task_runs);
   tcase_add_loop_test(tc, kill_for_one_job_never_hits_the_next, 0, 2);
   tcase_add_test(tc, join_returns_when_a_waiter_took_the_last_result);
   suite_add_tcase(s, tc);
