@@ -639,7 +639,11 @@ typedef enum fp_pin_policy {
  *   fp_pool_free() frees only that copy's memory -- all of it but the
  *   few hundred bytes libuv holds for the copy's loop, which closing
  *   would unregister the parent's descriptors from the epoll instance
- *   the two share.
+ *   the two share, and the copy of the work pending at the fork (jobs
+ *   and their chunks, which the copy's results may still point to). A
+ *   child made by _Fork() or a raw fork system call, which skips
+ *   pthread_atfork handlers, is recognised as a copy too (on Linux 4.14
+ *   and later: MADV_WIPEONFORK).
  *
  *   FUNCTIONS are named by reference (module + offset, resolved again in the
  *   worker), never sent as raw pointers; pass functions of your program or

@@ -22,6 +22,7 @@
  */
 #include "pool/job.h"
 #include "ipc/wire/alloc.h"
+#include "ipc/wire/forkgen.h"
 #include "pool/usermem.h"
 
 #include <errno.h>
@@ -30,9 +31,23 @@
 #include <string.h>
 
 static __thread fp_result *tl_in_callback;
+/* The process tl_in_callback was set in: a child forked inside a
+ * callback runs none (and may block on pools of its own). */
+static __thread uint64_t tl_callback_gen;
 
 fp_result *fp__result_in_callback(void) {
+  if (tl_in_callback != NULL && tl_callback_gen != fp__fork_gen())
+    tl_in_callback = NULL;
   return tl_in_callback;
+}
+
+/* Marks this thread as running callback r (NULL: none); returns the mark
+ * it replaces, to put back after. */
+static fp_result *enter_callback(fp_result *r) {
+  fp_result *saved = fp__result_in_callback();
+  tl_in_callback = r;
+  tl_callback_gen = fp__fork_gen();
+  return saved;
 }
 
 /* ---- chunks and jobs ------------------------------------------------------ */
@@ -314,8 +329,7 @@ void fp__progress_call_deliver(const fp__progress_call *c) {
   /* The calls refused in a result's callback are refused in this one
    * (blocking ones): a marker no result can be. */
   static fp_result progress_marker;
-  fp_result *saved = tl_in_callback;
-  tl_in_callback = &progress_marker;
+  fp_result *saved = enter_callback(&progress_marker);
   fp__progress_call_run(c);
   tl_in_callback = saved;
 }
@@ -326,8 +340,7 @@ void fp__results_deliver(fp_result *list) {
     list = res->done_next;
     fp_callback cb = res->code == 0 ? res->cb : res->ecb;
     if (cb != NULL) {
-      fp_result *saved = tl_in_callback;
-      tl_in_callback = res;
+      fp_result *saved = enter_callback(res);
       cb(res, res->arg);
       tl_in_callback = saved;
     }

@@ -146,14 +146,14 @@ struct fp_result {
    * result checks chunks against them without a system call (job.c). */
   _Atomic uintptr_t out_pre_lo, out_pre_hi;
   fp_result *done_next; /* the jobset's list of callbacks to run */
-  unsigned fork_gen;     /* the process it was made in (forked.c) */
+  uint64_t fork_gen;    /* the process it was made in (forked.c) */
   unsigned char value_small[FP__INLINE_BYTES]; /* a small value */
 };
 
 struct fp_iter {
   pthread_mutex_t mu;
   pthread_cond_t cond;
-  unsigned fork_gen;    /* the process it was made in (forked.c) */
+  uint64_t fork_gen;    /* the process it was made in (forked.c) */
   int refs;             /* user + job */
   int ordered;
   const fp_pool *owner; /* the pool that made it (never cleared) */

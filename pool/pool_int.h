@@ -76,7 +76,7 @@ struct fp_pool {
   int *cpu_of_worker;
   size_t max_frame;
   int inflight;          /* opts.inflight: 0 adaptive */
-  unsigned fork_gen;     /* fp__fork_gen when the pool was made */
+  uint64_t fork_gen;     /* fp__fork_gen when the pool was made */
   fp__wconf wconf;       /* what crosses fork() */
   fp__link *link;
   fp__wslot *ws;
@@ -223,10 +223,10 @@ static inline void fp__pool_unlock_waking(fp_pool *pool) {
 
 /* The fork generation of this process (registers the atfork handler on
  * first use); a pool remembers the one it was made in. */
-unsigned fp__fork_gen_now(void);
+uint64_t fp__fork_gen_now(void);
 /* Whether gen (an object's fp__fork_gen_now() at its making) is not this
  * process's: the object belongs to the process this one was forked from. */
-int fp__made_elsewhere(unsigned gen);
+int fp__made_elsewhere(uint64_t gen);
 /* 1 when this process is a fork of the one that made the pool. */
 int fp__pool_foreign(const fp_pool *pool);
 /* A call refused in a forked copy of the master (the pool, its workers

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -400,6 +401,88 @@ START_TEST(forked_copy_cannot_stop_the_parents_pool) {
   ck_assert_int_eq(fp_result_get(r, 60), FP_ECANCELED);
   fp_result_free(r);
   fp_writer_free(&a);
+  fp_pool_free(p);
+}
+END_TEST
+
+/* A child made without the atfork handlers (_Fork(), the async-signal-safe
+ * fork of crash handlers, or a raw fork system call) is a copy too: its
+ * submissions and close are refused, its fp_pool_free returns (it used to
+ * wait for a pool thread the child does not have), its Manager calls use
+ * a heap of its own, and the parent's pool and dict serve on. */
+static int copy_without_atfork_child(fp_pool *p, fp_dict *d) {
+  int bad = 0;
+  fp_result *r = NULL;
+  bad |= fp_pool_apply_async(p, square, NULL, NULL, &r) != FP_EINVAL;
+  bad |= (strstr(fp_last_error(), "forked copy") == NULL) << 1;
+  bad |= (fp_pool_close(p) != FP_EINVAL) << 2;
+  bad |= (fp_dict_add_int(d, "k", 1, 1, NULL) != 0) << 3;
+  fp_pool_free(p);
+  return bad;
+}
+
+START_TEST(copies_made_without_atfork_handlers_are_copies) {
+  fp_manager *m;
+  fp_dict *d;
+  ck_assert_int_eq(fp_manager_new(&m, NULL), 0);
+  ck_assert_int_eq(fp_dict_new(m, &d), 0);
+  ck_assert_int_eq(fp_dict_set_int(d, "k", 1, 0), 0);
+  fp_pool *p = new_pool(2);
+  for (int how = 0; how < 2; how++) {
+    pid_t child = how == 0 ? _Fork() : (pid_t)syscall(SYS_fork);
+    ck_assert_int_ne(child, -1);
+    if (child == 0)
+      _exit(copy_without_atfork_child(p, d));
+    int status;
+    ck_assert_int_eq(fp_test_wait_child(child, 60, &status), 0);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "child made by %s: status %#x", how ? "SYS_fork" : "_Fork",
+                  status);
+    for (int i = 0; i < 50; i++)
+      ck_assert_int_eq(fp_pool_apply(p, square, NULL, NULL), 0);
+    ck_assert_int_eq(fp_dict_add_int(d, "k", 1, 1, NULL), 0);
+  }
+  int64_t v = -1;
+  ck_assert_int_eq(fp_dict_get_int(d, "k", 1, &v), 0);
+  ck_assert_int_eq(v, 4);
+  fp_pool_free(p);
+  fp_manager_free(m);
+}
+END_TEST
+
+/* A child forked inside a result callback is not in a callback: it may
+ * block on a pool of its own. */
+static _Atomic pid_t g_cb_child;
+static void fork_and_use_own_pool_cb(fp_result *res, void *arg) {
+  (void)res;
+  (void)arg;
+  pid_t c = fork();
+  if (c == 0) {
+    fp_pool *own = NULL;
+    fp_pool_opts o = {.processes = 1};
+    int rc = fp_pool_new(&own, &o);
+    if (rc == 0)
+      rc = fp_pool_apply(own, square, NULL, NULL);
+    if (rc == 0)
+      fp_pool_free(own);
+    _exit(rc == 0 ? 0 : 1);
+  }
+  atomic_store(&g_cb_child, c);
+}
+
+START_TEST(child_forked_in_a_callback_may_block_on_its_own_pool) {
+  fp_pool *p = new_pool(1);
+  fp_call_opts co = {.callback = fork_and_use_own_pool_cb};
+  fp_result *r;
+  ck_assert_int_eq(fp_pool_apply_async(p, square, NULL, &co, &r), 0);
+  ck_assert_int_eq(fp_result_get(r, 60), 0);
+  fp_result_free(r);
+  pid_t c = atomic_load(&g_cb_child);
+  ck_assert_int_gt(c, 0);
+  int status;
+  ck_assert_int_eq(fp_test_wait_child(c, 60, &status), 0);
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "child: status %#x", status);
   fp_pool_free(p);
 }
 END_TEST
@@ -1310,6 +1393,8 @@ Suite *misuse_suite(void) {
   tcase_add_test(tc, refusals_name_the_bad_argument);
   tcase_add_test(tc, waits_set_and_join_clears_the_last_error);
   tcase_add_test(tc, forked_copy_cannot_stop_the_parents_pool);
+  tcase_add_test(tc, copies_made_without_atfork_handlers_are_copies);
+  tcase_add_test(tc, child_forked_in_a_callback_may_block_on_its_own_pool);
   tcase_add_test(tc, cancel_under_a_lock_the_callbacks_take);
   tcase_add_test(tc, cancel_of_a_finished_job_is_refused_at_once);
   tcase_add_test(tc, producer_calls_into_its_own_iterator_are_refused);

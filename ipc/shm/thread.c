@@ -9,9 +9,10 @@
  * entries spill to a list on the side: a binding is never dropped to make
  * room, as a call up the stack -- a foreach whose callback uses other
  * managers -- may be using its heap). A forked child has new
- * thread ids and must not use its parent's heaps: a pthread_atfork child
- * handler bumps a process-wide fork generation that the thread-local
- * entries carry. A thread that exits releases its heaps (a pthread key
+ * thread ids and must not use its parent's heaps: the thread-local
+ * entries carry the process's fork generation (ipc/wire/forkgen.c, which
+ * changes in every child, made by fork(), _Fork() or a raw system call).
+ * A thread that exits releases its heaps (a pthread key
  * destructor returns their cached chunks and frees the slots), in the
  * managers still mapped in the process (fp__shm_mapped_add/remove).
  *
@@ -29,6 +30,7 @@
  */
 #include "ipc/shm/arena.h"
 #include "ipc/wire/error.h"
+#include "ipc/wire/forkgen.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -40,7 +42,8 @@
 
 #define NBIND 8
 
-/* One thread's heap in one manager. Valid while fgen == fork_gen. */
+/* One thread's heap in one manager. Valid while fgen is this process's
+ * fork generation (ipc/wire/forkgen.h). */
 typedef struct bind {
   fp_manager *m;
   uint64_t id;
@@ -48,7 +51,6 @@ typedef struct bind {
   fp__shm_heap *h;
 } bind;
 
-static _Atomic uint64_t fork_gen = 1;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key;
 static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -76,7 +78,7 @@ static __thread struct {
 /* --- who am I ------------------------------------------------------------- */
 
 static uint32_t my_tid(void) {
-  uint64_t g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  uint64_t g = fp__fork_gen();
   if (me_cache.fgen != g) {
     me_cache.tid = (uint32_t)syscall(SYS_gettid);
     me_cache.start = fp__shm_start_time(me_cache.tid);
@@ -103,7 +105,6 @@ static void atfork_parent(void) {
   pthread_mutex_unlock(&mapped_mu);
 }
 static void atfork_child(void) {
-  atomic_fetch_add(&fork_gen, 1);
   pthread_mutex_unlock(&mapped_mu);
 }
 
@@ -175,7 +176,7 @@ int fp__shm_ref_refused(const fp_manager *m, const char *call, int *err) {
 static void release(fp_manager *m, fp__shm_heap *h);
 
 void fp__shm_mapped_remove(fp_manager *m) {
-  uint64_t g = atomic_load(&fork_gen);
+  uint64_t g = fp__fork_gen();
 
   pthread_mutex_lock(&mapped_mu);
   /* The caller's own heap goes back now; other threads' heaps stay owned
@@ -200,7 +201,7 @@ void fp__shm_mapped_remove(fp_manager *m) {
 
 /* The pthread key destructor: the thread exits between calls. */
 static void on_thread_exit(void *arg) {
-  uint64_t g = atomic_load(&fork_gen);
+  uint64_t g = fp__fork_gen();
 
   pthread_mutex_lock(&mapped_mu);
   for (int i = 0; i < NBIND; i++)
@@ -392,7 +393,7 @@ static fp__shm_heap *bind_slow(fp_manager *m) {
   long at;
 
   pthread_once(&once, init_once);
-  g = atomic_load(&fork_gen);
+  g = fp__fork_gen();
   pthread_mutex_lock(&mapped_mu);
   if ((at = find_spilled_locked(m, g)) >= 0) {
     h = spill[at].h;
@@ -421,7 +422,7 @@ static fp__shm_heap *bind_slow(fp_manager *m) {
 }
 
 fp__shm_heap *fp__shm_heap_get(fp_manager *m) {
-  uint64_t g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  uint64_t g = fp__fork_gen();
   for (int i = 0; i < NBIND; i++)
     if (binds[i].m == m && binds[i].fgen == g && binds[i].id == m->id)
       return binds[i].h;
