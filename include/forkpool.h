@@ -1172,7 +1172,9 @@ typedef struct fp_array fp_array;
 typedef struct fp_manager_opts {
   /* Bytes of address space to reserve for the arena (MAP_NORESERVE: pages
    * cost memory only once touched). 0 = 1 GiB. At least 256 KiB, at most
-   * 1 TiB. Rounded up to the page size. */
+   * 1 TiB. Rounded up to the page size. Each live thread that writes
+   * keeps up to ~300 KiB of free chunks cached for itself until it exits
+   * (docs/manager.md, "The arena"): allow 1 MiB or more per writer. */
   size_t arena_size;
 } fp_manager_opts;
 
