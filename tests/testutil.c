@@ -39,6 +39,22 @@ int fp_test_under_sanitizer(void) {
 #endif
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define FP_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FP_TEST_TSAN 1
+#endif
+#endif
+
+int fp_test_under_tsan(void) {
+#ifdef FP_TEST_TSAN
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 void fp_test_spin_us(long us) {
   struct timespec t0, t;
   clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -28,6 +28,11 @@ int fp_test_under_valgrind(void);
  * shadow memory and quarantine make meaningless. */
 int fp_test_under_sanitizer(void);
 
+/* Returns 1 in the ThreadSanitizer build, which cannot start threads in a
+ * child forked from a multi-threaded process (it exits with 66): tests
+ * whose forked child makes a pool skip that part there. */
+int fp_test_under_tsan(void);
+
 /* Busy for `us` microseconds of the monotonic clock: a task's stand-in for
  * work (never a way to wait for another thread or process). */
 void fp_test_spin_us(long us);
