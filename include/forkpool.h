@@ -929,7 +929,10 @@ FP_EXTERN int fp_pool_map(fp_pool *pool, fp_elem_fn fn, const void *in,
  * (one per item, written with fp_write_* / fp_pack); fn receives each item
  * as its args. The results, one value per item in input order, are
  * appended to `out`. NULL items, like an empty writer, is no items (no
- * work, 0). Errors as fp_pool_map. */
+ * work, 0). Errors as fp_pool_map, and before any work is sent:
+ * FP_EPROTO when an item is not a well-formed value, FP_EMSGSIZE when one
+ * is larger than max_frame leaves (fp_last_error() names the item),
+ * FP_EINVAL when `items` or `out` is a writer in an error state. */
 FP_EXTERN int fp_pool_map_values(fp_pool *pool, fp_task_fn fn,
                                  const fp_writer *items, fp_writer *out,
                                  const fp_call_opts *opts);
