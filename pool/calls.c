@@ -160,7 +160,8 @@ static const char *bad_fixed_args(const fp_pool *pool, fp_elem_fn fn,
   return NULL;
 }
 
-/* A map's chunks are made up front, one record each: a count of them
+/* A map's chunks are made up front, one record each (an imap's over a
+ * buffer too, ~250 bytes a chunk with its span and pointer): a count of them
  * that could not fit in half the machine's memory gives FP_ENOMEM with a
  * message at once, before an allocation that the kernel's overcommit
  * might grant and the record writes would turn into the OOM killer's
@@ -402,6 +403,8 @@ static int cut_values(fp_pool *pool, fp__job *job, size_t len,
     cs = values_chunksize(pool, job, len, o);
     rc = cut_items(job->input, len, cs, room, job->kind == FP__JOB_STARMAP,
                    &spans, &nspans, &nitems);
+    if (rc == 0 && (rc = chunk_table_fits(nspans, (size_t)nitems, cs)) != 0)
+      free(spans);
     if (rc != 0)
       return rc;
   }

@@ -470,12 +470,16 @@ int fp__chunk_check_results(const fp__chunk *ch, const unsigned char *data,
   return 0;
 }
 
-/* Reads the (checked) error records of a chunk into ch->errs, and into
- * the job's first error unless the job is an iterator's. */
+/* Reads the (checked) error records of a chunk: an iterator's into
+ * ch->errs (each item's message is read with the item), any other job's
+ * into its first error or item_status. Only an iterator keeps them all:
+ * a map whose every item fails would otherwise hold a copy of each
+ * message until it ends (~95 bytes an item for short ones, gigabytes for
+ * 10^7 items) to report one. */
 static void take_errors(fp__chunk *ch, const unsigned char *errs,
                         uint32_t nerr) {
   fp__job *job = ch->job;
-  if (nerr > 0)
+  if (nerr > 0 && job->it != NULL)
     ch->errs = calloc(nerr, sizeof(*ch->errs)); /* NULL: job error only */
   size_t off = 0;
   for (uint32_t i = 0; i < nerr; i++) {
