@@ -307,7 +307,13 @@ static int take_item(fp_iter *it, fp_reader *item) {
     it->cur_err++;
   if (it->cur_err < cur->nerr && cur->errs[it->cur_err].index == idx) {
     fp__item_err *e = &cur->errs[it->cur_err];
-    snprintf(it->msg, sizeof(it->msg), "%s", e->msg ? e->msg : "");
+    if (e->msg != NULL && e->msg[0] != 0)
+      snprintf(it->msg, sizeof(it->msg), "%s", e->msg);
+    else /* dropped to fit the chunk's results (worker.c) */
+      snprintf(it->msg, sizeof(it->msg),
+               "item %lld: %s (its message did "
+               "not fit its chunk's results)",
+               (long long)idx, fp_strerror(e->code));
     fp_reader_init(item, NULL, 0);
     return e->code;
   }

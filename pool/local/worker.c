@@ -527,10 +527,33 @@ static void replace_results(worker *w, const chunk *ch, int code,
   _exit(FP__WEXIT_PROTO);
 }
 
+/* Keeps every error record's index and code but only the first one's
+ * message, in place (out <= in: a record is rewritten only after it was
+ * read). A map reports the first failed item's message alone, so a
+ * chunk whose outputs fit but whose messages do not keeps its good
+ * results and every item's code; an iterator's later failed items then
+ * come with their code and an empty message. */
+static void keep_first_message(worker *w) {
+  unsigned char *p = w->errs.data;
+  size_t in = 0, out = 0;
+  for (uint32_t i = 0; i < w->nerr; i++) {
+    fp__err_rec rec;
+    memcpy(&rec, p + in, sizeof(rec));
+    uint32_t keep = i == 0 ? rec.msg_len : 0;
+    in += sizeof(rec) + rec.msg_len;
+    rec.msg_len = keep;
+    memcpy(p + out, &rec, sizeof(rec));
+    out += sizeof(rec) + keep;
+  }
+  w->errs.len = out;
+}
+
 /* Makes the chunk's results sendable: when a writer failed (out of
  * memory), every item fails with that error; when the payload exceeds
- * fp__wconf_result_limit(), every item fails with FP_EMSGSIZE instead of the
- * payload being sent (the master would take it for a broken worker). */
+ * fp__wconf_result_limit(), the messages of failed items after the first
+ * go, and if it still does, every item fails with FP_EMSGSIZE instead of
+ * the payload being sent (the master would take it for a broken
+ * worker). */
 static void fit_result(worker *w, const chunk *ch) {
   char what[160];
   int err = w->errs.err != 0 ? w->errs.err : w->data.err;
@@ -541,6 +564,10 @@ static void fit_result(worker *w, const chunk *ch) {
     replace_results(w, ch, err, what);
   }
   size_t total = result_len(w), limit = fp__wconf_result_limit(w->cfg);
+  if (total > limit && w->nerr > 1) {
+    keep_first_message(w);
+    total = result_len(w);
+  }
   if (total > limit) {
     snprintf(what, sizeof(what),
              "the results of a chunk of %u items, %zu bytes, exceed "
