@@ -1175,9 +1175,10 @@ typedef struct fp_array fp_array;
 typedef struct fp_manager_opts {
   /* Bytes of address space to reserve for the arena (MAP_NORESERVE: pages
    * cost memory only once touched). 0 = 1 GiB. At least 256 KiB, at most
-   * 1 TiB. Rounded up to the page size. Each live thread that writes
-   * keeps up to ~300 KiB of free chunks cached for itself until it exits
-   * (docs/manager.md, "The arena"): allow 1 MiB or more per writer. */
+   * 1 TiB. Rounded up to the page size. A live thread that writes keeps
+   * up to ~300 KiB of free chunks cached for itself while it runs (pool
+   * workers give theirs back whenever they go idle; docs/manager.md, "The
+   * arena"): allow 1 MiB or more per writer of your own. */
   size_t arena_size;
 } fp_manager_opts;
 

@@ -473,6 +473,12 @@ FP__SHM_HIDDEN void fp__shm_collect(fp_manager *m, fp__shm_heap *h,
 FP__SHM_HIDDEN void fp__shm_heap_drain(fp_manager *m, fp__shm_heap *h,
                                        fp__shm_heap *d);
 
+/* Frees what h retired that is safe to reuse (fp__shm_collect) and
+ * returns h's cached chunks to their slabs; h stays its owner's. Returns
+ * 1 when h still holds retired chunks (a call of another thread held the
+ * epoch back), 0 when it holds nothing. */
+FP__SHM_HIDDEN int fp__shm_give_back(fp_manager *m, fp__shm_heap *h);
+
 /* The last resort of an allocation that found no room, for the calling
  * thread's heap h, pinned or not, with or without a structure lock: reclaims
  * the heaps of dead threads, advances the epoch as far as the pins allow,
@@ -563,6 +569,17 @@ FP__SHM_HIDDEN void fp__shm_reclaim(fp_manager *m, fp__shm_heap *h,
 /* Process-wide list of the managers mapped in this process, so that a
  * thread's exit releases its heaps only in managers still mapped. */
 FP__SHM_HIDDEN void fp__shm_mapped_add(fp_manager *m);
+
+/* Gives back what the calling thread's heaps keep for later in every
+ * manager it uses and that is still mapped: cached free chunks go back to
+ * their slabs, retired ones whose grace period is over are freed. Only a
+ * heap's owner can do this, so an idle thread that never calls it holds
+ * them until it exits; a pool worker runs it before it sleeps (the idle
+ * hook, ipc/wire/idle.h), so that idle workers do not hold a small arena
+ * (docs/manager.md, "The arena"). Returns 1 when some heap still holds
+ * retired chunks a call of another thread keeps for now (try again
+ * later), 0 when nothing is left. Cheap when the caches are empty. */
+FP__SHM_HIDDEN int fp__shm_thread_idle(void);
 FP__SHM_HIDDEN void fp__shm_mapped_remove(fp_manager *m);
 
 /* MPI worker ranks (FP_TRANSPORT_MPI). A worker rank's process is not a

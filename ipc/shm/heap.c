@@ -518,6 +518,14 @@ void fp__shm_make_room(fp_manager *m, fp__shm_heap *h) {
   fp__shm_room_made(m, h);
 }
 
+int fp__shm_give_back(fp_manager *m, fp__shm_heap *h) {
+  fp__shm_collect(m, h, 0);
+  for (int c = 0; c < FP__SHM_NCLASS; c++)
+    while (h->ncache[c] != 0)
+      fp__shm_flush(m, h, h, c, (int)h->ncache[c]);
+  return h->nlimbo != 0;
+}
+
 /* --- consistency check ---------------------------------------------------- */
 
 int fp__shm_heap_check(fp__shm_checker *c, fp__shm_heap *h) {

@@ -31,6 +31,7 @@
 #include "ipc/shm/arena.h"
 #include "ipc/wire/error.h"
 #include "ipc/wire/forkgen.h"
+#include "ipc/wire/idle.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -173,7 +174,7 @@ int fp__shm_ref_refused(const fp_manager *m, const char *call, int *err) {
   return 1;
 }
 
-static void release(fp_manager *m, fp__shm_heap *h);
+static int release(fp_manager *m, fp__shm_heap *h);
 
 void fp__shm_mapped_remove(fp_manager *m) {
   uint64_t g = fp__fork_gen();
@@ -199,18 +200,34 @@ void fp__shm_mapped_remove(fp_manager *m) {
   pthread_mutex_unlock(&mapped_mu);
 }
 
-/* The pthread key destructor: the thread exits between calls. */
-static void on_thread_exit(void *arg) {
+/* Calls fn on each of the calling thread's heaps of this process, in the
+ * managers still mapped (mapped_mu held); returns how many returned
+ * non-zero. */
+static int each_heap_locked(int (*fn)(fp_manager *, fp__shm_heap *)) {
   uint64_t g = fp__fork_gen();
+  int n = 0;
 
-  pthread_mutex_lock(&mapped_mu);
   for (int i = 0; i < NBIND; i++)
     if (binds[i].h != NULL && binds[i].fgen == g &&
         is_mapped_locked(binds[i].m, binds[i].id))
-      release(binds[i].m, binds[i].h);
+      n += fn(binds[i].m, binds[i].h) != 0;
   for (size_t i = 0; i < nspill; i++)
     if (spill[i].fgen == g && is_mapped_locked(spill[i].m, spill[i].id))
-      release(spill[i].m, spill[i].h);
+      n += fn(spill[i].m, spill[i].h) != 0;
+  return n;
+}
+
+int fp__shm_thread_idle(void) {
+  pthread_mutex_lock(&mapped_mu);
+  int left = each_heap_locked(fp__shm_give_back);
+  pthread_mutex_unlock(&mapped_mu);
+  return left != 0;
+}
+
+/* The pthread key destructor: the thread exits between calls. */
+static void on_thread_exit(void *arg) {
+  pthread_mutex_lock(&mapped_mu);
+  each_heap_locked(release);
   memset(binds, 0, sizeof(binds));
   free(spill);
   spill = NULL;
@@ -222,6 +239,7 @@ static void init_once(void) {
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
   pthread_key_create(&exit_key, on_thread_exit);
   fp__shm_set_reclaimer(fp__shm_reclaim_dead);
+  fp__idle_hook_set(fp__shm_thread_idle);
 }
 
 /* --- claiming, releasing, reclaiming -------------------------------------- */
@@ -240,10 +258,12 @@ static void free_slot(fp__shm_heap *h, uint64_t s) {
 }
 
 /* Releases the caller's own heap (between calls). */
-static void release(fp_manager *m, fp__shm_heap *h) {
+/* Returns 0 (each_heap_locked's shape): nothing is left to the heap. */
+static int release(fp_manager *m, fp__shm_heap *h) {
   fp__shm_collect(m, h, 0);
   fp__shm_heap_drain(m, h, h);
   free_slot(h, atomic_load(&h->state));
+  return 0;
 }
 
 /* Puts dead heap d, marked as being reclaimed by us, back in order: the

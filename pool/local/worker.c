@@ -39,6 +39,7 @@
  * handlers belong to the master.
  */
 #include "pool/local/local.h"
+#include "ipc/wire/idle.h"
 #include "ipc/wire/frame.h"
 #include "forkpool.h"
 #include "affinity/affinity.h"
@@ -116,6 +117,8 @@ typedef struct worker {
   uint32_t nerr;          /* records in errs */
   int timed;              /* publish each item's start time */
   int64_t deferred_since; /* first result not kicked yet, 0: none */
+  int gave_back;          /* Manager heaps given back since the last task
+                             (all of it: nothing left to retry) */
 } worker;
 
 /* A TASK frame that passed parse_task(). */
@@ -899,6 +902,7 @@ static void move_off_cpu(worker *w, int64_t now) {
  * FP__WEXIT_PROTO on a corrupt ring, FP__WEXIT_OK on socket EOF. */
 static void next_entry(worker *w, const unsigned char **p, size_t *len) {
   int64_t until = 0;
+  int tried = 0; /* the idle hook, since the last sleep */
   fp__spinner sp;
   for (;;) {
     for (int i = 0; i < 64; i++) {
@@ -908,6 +912,7 @@ static void next_entry(worker *w, const unsigned char **p, size_t *len) {
         _exit(FP__WEXIT_PROTO);
       if (rc == 1) {
         w->tpos = pos;
+        w->gave_back = 0;
         return;
       }
       fp__cpu_relax();
@@ -923,12 +928,23 @@ static void next_entry(worker *w, const unsigned char **p, size_t *len) {
       fp__spinner_tick(&sp, now);
       continue;
     }
+    if (!w->gave_back && !tried) {
+      /* Before a sleep that may last: what the tasks' Manager calls left
+       * in this process's heaps goes back to the arena, where the other
+       * processes can use it (only the owner can give it back). What a
+       * call of another process keeps for now is tried again after the
+       * sleep, which lasts at most FP__IDLE_POLL_MS. */
+      tried = 1;
+      w->gave_back = fp__idle_run() == 0;
+      continue; /* a task may have come meanwhile */
+    }
     fp__budget_leave_slot(w->shm, w->slot);
     fp__tring_sleep(w->tring, w->tpos);
     fp__budget_join_slot(w->shm, w->slot);
     if (atomic_load(&w->tring->tail) == w->tpos && socket_eof(w->fd))
       _exit(FP__WEXIT_OK);
     until = 0;
+    tried = 0;
   }
 }
 
