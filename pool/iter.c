@@ -311,8 +311,8 @@ static int take_item(fp_iter *it, fp_reader *item) {
       snprintf(it->msg, sizeof(it->msg), "%s", e->msg);
     else /* dropped to fit the chunk's results (worker.c) */
       snprintf(it->msg, sizeof(it->msg),
-               "item %lld: %s (its message did "
-               "not fit its chunk's results)",
+               "item %lld: %s (its message did not fit its chunk's "
+               "results)",
                (long long)idx, fp_strerror(e->code));
     fp_reader_init(item, NULL, 0);
     return e->code;

@@ -569,6 +569,7 @@ FP__SHM_HIDDEN void fp__shm_reclaim(fp_manager *m, fp__shm_heap *h,
 /* Process-wide list of the managers mapped in this process, so that a
  * thread's exit releases its heaps only in managers still mapped. */
 FP__SHM_HIDDEN void fp__shm_mapped_add(fp_manager *m);
+FP__SHM_HIDDEN void fp__shm_mapped_remove(fp_manager *m);
 
 /* Gives back what the calling thread's heaps keep for later in every
  * manager it uses and that is still mapped: cached free chunks go back to
@@ -580,7 +581,6 @@ FP__SHM_HIDDEN void fp__shm_mapped_add(fp_manager *m);
  * retired chunks a call of another thread keeps for now (try again
  * later), 0 when nothing is left. Cheap when the caches are empty. */
 FP__SHM_HIDDEN int fp__shm_thread_idle(void);
-FP__SHM_HIDDEN void fp__shm_mapped_remove(fp_manager *m);
 
 /* MPI worker ranks (FP_TRANSPORT_MPI). A worker rank's process is not a
  * fork of rank 0: no manager of rank 0 is mapped in it, and a manager it

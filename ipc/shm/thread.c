@@ -257,8 +257,8 @@ static void free_slot(fp__shm_heap *h, uint64_t s) {
   atomic_store(&h->state, FP__HS_MAKE(FP__HS_GEN(s), 0));
 }
 
-/* Releases the caller's own heap (between calls). */
-/* Returns 0 (each_heap_locked's shape): nothing is left to the heap. */
+/* Releases the caller's own heap (between calls). Returns 0, in
+ * each_heap_locked's shape: nothing is left to the heap. */
 static int release(fp_manager *m, fp__shm_heap *h) {
   fp__shm_collect(m, h, 0);
   fp__shm_heap_drain(m, h, h);

@@ -535,7 +535,8 @@ static void replace_results(worker *w, const chunk *ch, int code,
  * read). A map reports the first failed item's message alone, so a
  * chunk whose outputs fit but whose messages do not keeps its good
  * results and every item's code; an iterator's later failed items then
- * come with their code and an empty message. */
+ * come with their code and a message saying theirs did not fit
+ * (iter.c). */
 static void keep_first_message(worker *w) {
   unsigned char *p = w->errs.data;
   size_t in = 0, out = 0;
