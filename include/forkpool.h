@@ -778,7 +778,9 @@ typedef struct fp_pool_opts {
   int inflight;              /* chunks queued per worker when chunks
                                 take under 20 ms (1 when longer); 0:
                                 adaptive, about 1 ms of work, 2 to 16;
-                                at most 16 */
+                                at most 16. Chunks queued behind one that
+                                runs long go to an idle worker (local
+                                workers; docs/pool.md section 7) */
   fp_transport transport;    /* how workers are reached; 0: local */
 } fp_pool_opts;
 

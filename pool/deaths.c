@@ -427,7 +427,7 @@ int fp__deaths_need_tick_locked(fp_pool *pool) {
       if (ws->inflight[k]->job->timeout > 0)
         return 1;
   }
-  return 0;
+  return fp__sched_steal_pending_locked(pool); /* its dispatch steals */
 }
 
 /* SIGTERM to a worker whose running item is over its time limit. */

@@ -47,6 +47,8 @@ struct fp__chunk {
   fp__chunk *qprev, *qnext; /* pending queue links (sched.c) */
   fp__chunk *dnext;         /* iterator's completion queue */
   uint64_t seq;             /* unique per pool, names it on the wire */
+  uint64_t nth;             /* sent as the nth frame to its worker's
+                               process (sched.c; steal.c takes it back) */
   size_t number;            /* position in the job */
   int64_t start;            /* input index of the first item */
   uint32_t count;           /* items */

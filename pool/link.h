@@ -172,6 +172,15 @@ typedef struct fp__link_ops {
    * 1 when the worker has started it already (the owner kills it, as for
    * any running chunk of a canceled job). Owner's lock held. */
   int (*skip)(fp__link *l, int slot, uint64_t seq);
+  /* Optional (NULL: a sent chunk stays with its worker). Takes back the
+   * chunk `seq`, the nth frame (1 = first) sent to slot's current process,
+   * so that the owner can give it to an idle worker: returns 0 when it is
+   * certain the worker will not run it (it answers seq with a RESULT of no
+   * items, as for skip), 1 when the worker may have begun it, finished it
+   * or holds it unrecallable (then nothing changed: it runs there). Unlike
+   * skip, 0 must never be said of a chunk the worker already ran, or it
+   * would run twice. Owner's lock held. */
+  int (*recall)(fp__link *l, int slot, uint64_t seq, uint64_t nth);
   /* No more work for slot: its worker may leave once it finished what it
    * holds (the local link closes the write side of its socket). */
   void (*finish)(fp__link *l, int slot);

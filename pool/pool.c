@@ -309,6 +309,8 @@ static fp_pool *pool_alloc(void) {
   pthread_cond_init(&pool->cond, &ca);
   pthread_condattr_destroy(&ca);
   pool->fork_gen = fp__fork_gen_now();
+  pool->recalled.finished = 1;
+  pool->recalled.travelling = 1; /* never reaches 0: never freed */
   return pool;
 }
 

@@ -90,6 +90,10 @@ struct fp_pool {
   uint64_t next_seq;
   int64_t ewma_ns;       /* smoothed chunk service time; 0 unknown */
   int rr;                /* round-robin start */
+  /* The job of every placeholder a worker holds for a chunk taken back
+   * from it (steal.c): finished from the start, so its placeholders are
+   * dropped wherever they come back, and never freed (travelling >= 1). */
+  fp__job recalled;
   /* loop */
   uv_loop_t loop;
   uv_async_t wake;
@@ -287,6 +291,24 @@ void fp__sched_drop_all_locked(fp_pool *pool);
  * SIGKILL after kill_grace, see deaths.c). */
 void fp__sched_kill_locked(fp_pool *pool, fp__wslot *ws, int reason,
                            uint64_t seq, int sig);
+/* 1 when a worker could take a chunk now (at queue depth `depth`). */
+int fp__sched_can_take(fp_pool *pool, fp__wslot *ws, int depth);
+/* 1 while a worker idles and another holds chunks it may not have begun
+ * (steal.c): the tick (deaths.c) looks again until they move or run. */
+int fp__sched_steal_pending_locked(fp_pool *pool);
+
+/* ---- steal.c: chunks queued behind a long one ------------------------ */
+
+/* The worker whose queued chunks could be taken back and have waited
+ * longest; with stuck_only, only one whose head chunk has been held past
+ * the threshold. NULL if none (or the link cannot take chunks back). */
+fp__wslot *fp__steal_victim_locked(fp_pool *pool, int stuck_only);
+/* Takes back what ws holds behind its head and has provably not begun,
+ * leaving placeholders; fills out[] (room for FP__LINK_MAX_BATCH) from
+ * the tail towards the head, each with a new seq, no longer travelling
+ * and not yet queued. Returns how many. */
+int fp__steal_recall_locked(fp_pool *pool, fp__wslot *ws, fp__chunk **out);
+
 /* A caller's poll (pool->mu held; released on return): delivers what the
  * link's workers published (link.h, poll), dispatches, and marks ready the
  * finished results that have no callbacks - on this thread, exactly once;

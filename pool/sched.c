@@ -191,7 +191,7 @@ static int send_new_locked(fp_pool *pool, fp__wslot *ws, int first) {
   return 0;
 }
 
-static int ws_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
+int fp__sched_can_take(fp_pool *pool, fp__wslot *ws, int depth) {
   if (!ws->alive || !ws->ready || ws->retiring || ws->kill_reason ||
       ws->ninflight > depth)
     return 0;
@@ -253,13 +253,16 @@ static int first_depth(const fp_pool *pool) {
 }
 
 static int dispatch_once_locked(fp_pool *pool);
+static int steal_locked(fp_pool *pool);
 
 /* Dispatches until no send left chunks unsent (send_new_locked): each
  * round that does fails at least one chunk, so this ends. */
 void fp__sched_dispatch_locked(fp_pool *pool) {
   fp__assert_locked(pool);
-  while (dispatch_once_locked(pool)) {
-  }
+  do {
+    while (dispatch_once_locked(pool)) {
+    }
+  } while (pool->qhead == NULL && steal_locked(pool));
   fp__pool_need_poke_locked(pool);
 }
 
@@ -278,14 +281,14 @@ static int dispatch_once_locked(fp_pool *pool) {
     for (int k = 0, i = start; k < pool->nworkers && pool->qhead;
          k++, i = i + 1 == pool->nworkers ? 0 : i + 1) {
       fp__wslot *ws = &pool->ws[i];
-      if (!ws_can_take(pool, ws, depth))
+      if (!fp__sched_can_take(pool, ws, depth))
         continue;
       fp__chunk *ch = pool->qhead;
       dequeue_locked(pool, ch);
       ch->state = FP__CH_SENT;
       ch->job->travelling++;
       ws->inflight[ws->ninflight++] = ch;
-      ws->sent++;
+      ch->nth = ++ws->sent;
       sent_timed |= ch->job->timeout > 0;
       if (ws->ninflight == 1)
         ws->last_done_ns = fp__now_ns();
@@ -299,6 +302,34 @@ static int dispatch_once_locked(fp_pool *pool) {
   if (sent_timed && !pool->tick_on && !fp__on_pool_thread(pool))
     fp__pool_wake(pool); /* let the loop arm the tick for time limits */
   return unsent;
+}
+
+/* ---- taking chunks back (steal.c) --------------------------------------- */
+
+static int any_idle(fp_pool *pool) {
+  for (int i = 0; i < pool->nworkers; i++)
+    if (pool->ws[i].ninflight == 0 && fp__sched_can_take(pool, &pool->ws[i], 0))
+      return 1;
+  return 0;
+}
+
+int fp__sched_steal_pending_locked(fp_pool *pool) {
+  return pool->qhead == NULL && pool->state != FP__TERMINATE &&
+         any_idle(pool) && fp__steal_victim_locked(pool, 0) != NULL;
+}
+
+/* With nothing pending and a worker idle, takes back the chunks queued
+ * behind a stuck head chunk and queues them at the front, in order, for
+ * the next dispatch round. Returns 1 when it queued any. */
+static int steal_locked(fp_pool *pool) {
+  fp__chunk *got[FP__LINK_MAX_BATCH];
+  if (!fp__sched_steal_pending_locked(pool))
+    return 0;
+  fp__wslot *ws = fp__steal_victim_locked(pool, 1);
+  int n = ws != NULL ? fp__steal_recall_locked(pool, ws, got) : 0;
+  for (int k = 0; k < n; k++) /* tail first: the front keeps the order */
+    fp__sched_requeue_front_locked(pool, got[k]);
+  return n > 0;
 }
 
 /* ---- the end ------------------------------------------------------------- */
@@ -480,6 +511,8 @@ static fp__chunk *take_inflight(fp_pool *pool, fp__wslot *ws, int k) {
   int64_t now = fp__now_ns();
   int64_t took = now - ws->last_done_ns;
   ws->last_done_ns = now;
+  if (ch->job == &pool->recalled)
+    return ch; /* a placeholder (steal.c): nothing ran */
   pool->ewma_ns = pool->ewma_ns ? (pool->ewma_ns * 7 + took) / 8 : took;
   ws->tasks++;
   return ch;

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -621,6 +622,88 @@ START_TEST(cancel_running_task_replaces_worker) {
   fp_pool_free(p);
   fp_writer_free(&a);
   fp_writer_free(&o);
+}
+END_TEST
+
+/* Tasks that run until the test opens the gate: a pipe made before the
+ * pool, which every worker inherits; each gated task takes one byte. */
+static int g_gate[2] = {-1, -1};
+
+static int t_gated(fp_reader *args, fp_writer *out) {
+  (void)args;
+  struct pollfd pfd = {g_gate[0], POLLIN, 0};
+  char c;
+  if (poll(&pfd, 1, 60000) != 1 || read(g_gate[0], &c, 1) != 1)
+    return fp_task_fail("the gate never opened");
+  return fp_write_int(out, 1);
+}
+
+/* Counts its runs in memory shared with the test (item i: runs[i]). */
+static _Atomic int *g_runs;
+
+static int t_count_run(fp_reader *args, fp_writer *out) {
+  int64_t i;
+  int rc = fp_read_int(args, &i);
+  if (rc != 0)
+    return rc;
+  atomic_fetch_add(&g_runs[i], 1);
+  return fp_write_int(out, i);
+}
+
+/* Three workers, two tasks that last until the end of the test, then
+ * short calls: the adaptive queue depth spreads those over every worker,
+ * behind the long ones too. They must all finish while the long ones
+ * still run - the idle worker takes back what waits behind them - and
+ * none may run twice, neither then nor when the long ones end and their
+ * workers reach the frames they no longer own. */
+START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
+  enum { SHORT = 12 };
+  ck_assert_int_eq(pipe(g_gate), 0);
+  g_runs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                -1, 0);
+  ck_assert_ptr_ne(g_runs, MAP_FAILED);
+  fp_pool *p = new_pool(3);
+  /* Short chunks measured: queues run deep. */
+  int64_t in[3000], out[3000];
+  for (int i = 0; i < 3000; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  ck_assert_int_eq(fp_pool_map(p, t_square, in, 3000, 8, out, 8, &co), 0);
+
+  fp_result *longs[2], *shorts[SHORT];
+  for (int k = 0; k < 2; k++)
+    ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, NULL, &longs[k]), 0);
+  fp_writer a;
+  fp_writer_init(&a);
+  for (int i = 0; i < SHORT; i++) {
+    fp_writer_reset(&a);
+    fp_write_int(&a, i);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_count_run, &a, NULL, &shorts[i]),
+                     0);
+  }
+  for (int i = 0; i < SHORT; i++) {
+    int rc = fp_result_get(shorts[i], 20);
+    ck_assert_msg(rc == 0, "call %d: %s (%s): still queued behind a long task",
+                  i, fp_err_name(rc), fp_result_error(shorts[i]));
+  }
+  ck_assert_int_eq(fp_result_ready(longs[0]) + fp_result_ready(longs[1]), 0);
+  ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
+  for (int k = 0; k < 2; k++) {
+    ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
+    fp_result_free(longs[k]);
+  }
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  for (int i = 0; i < SHORT; i++) {
+    ck_assert_int_eq(atomic_load(&g_runs[i]), 1);
+    fp_result_free(shorts[i]);
+  }
+  fp_pool_free(p);
+  fp_writer_free(&a);
+  munmap(g_runs, 4096);
+  close(g_gate[0]);
+  close(g_gate[1]);
 }
 END_TEST
 
@@ -2072,6 +2155,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, result_get_timeout_then_success);
   tcase_add_test(tc, cancel_queued_task);
   tcase_add_test(tc, cancel_running_task_replaces_worker);
+  tcase_add_test(tc, calls_queued_behind_long_tasks_move_to_an_idle_worker);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("map");

@@ -384,6 +384,82 @@ START_TEST(skip_marks_of_finished_chunks_are_withdrawn) {
 }
 END_TEST
 
+/* Taking a chunk back (local.h, fp__slot_recall) must tell a chunk the
+ * worker has not reached from one it has already finished, which a skip
+ * mark alone cannot: slot->seq has moved past both. */
+START_TEST(recall_tells_a_finished_chunk_from_a_queued_one) {
+  fp__slot slot;
+  memset(&slot, 0, sizeof slot);
+  atomic_store(&slot.taken, 2); /* frames 1 and 2 done, the worker idle */
+  ck_assert_int_eq(fp__slot_recall(&slot, 20, 2), 1); /* ran: keep it */
+  ck_assert_int_eq(fp__slot_skip(&slot, 20), 0);      /* skip cannot tell */
+  fp__slot_unskip(&slot, 20);
+  ck_assert_int_eq(fp__slot_recall(&slot, 30, 3), 0); /* not reached */
+  atomic_store(&slot.taken, 3);
+  atomic_store(&slot.seq, 30);
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 30), 1); /* so not run */
+  atomic_store(&slot.seq, 40);
+  atomic_store(&slot.taken, 4);
+  ck_assert_int_eq(fp__slot_recall(&slot, 40, 4), 1); /* running */
+  ck_assert_int_eq(fp__slot_claim_skip(&slot, 40), 0);
+  for (int i = 0; i < FP__SLOT_SKIPS; i++)
+    ck_assert_uint_eq(atomic_load(&slot.skip[i]), 0);
+  /* No free entry: not taken back, it runs where it is. */
+  for (uint64_t q = 100; q < 100 + FP__SLOT_SKIPS; q++)
+    ck_assert_int_eq(fp__slot_recall(&slot, q, 5 + q), 0);
+  ck_assert_int_eq(fp__slot_recall(&slot, 500, 500), 1);
+}
+END_TEST
+
+/* A worker thread begins frames 1..N in order while the master takes
+ * frames back as fast as it can: every frame the master was told it got
+ * back is skipped by the worker, and every other frame runs, exactly. */
+enum { RECALL_FRAMES = 200000 };
+
+typedef struct recall_race {
+  fp__slot slot;
+  unsigned char *skipped, *recalled;
+} recall_race;
+
+static uint64_t frame_seq(uint64_t nth) {
+  return nth * 7 + 1;
+}
+
+static void *recall_worker(void *arg) {
+  recall_race *rr = arg;
+  for (uint64_t k = 1; k <= RECALL_FRAMES; k++) {
+    atomic_store(&rr->slot.taken, k);
+    atomic_store(&rr->slot.seq, frame_seq(k));
+    rr->skipped[k] =
+        (unsigned char)fp__slot_claim_skip(&rr->slot, frame_seq(k));
+    for (volatile int spin = 0; spin < (int)(k % 64); spin++) {
+    }
+  }
+  return NULL;
+}
+
+START_TEST(recall_never_lets_a_frame_run_twice_or_vanish) {
+  recall_race *rr = calloc(1, sizeof(*rr));
+  rr->skipped = calloc(RECALL_FRAMES + 1, 1);
+  rr->recalled = calloc(RECALL_FRAMES + 1, 1);
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, recall_worker, rr), 0);
+  for (uint64_t k = 1; k <= RECALL_FRAMES; k++) {
+    rr->recalled[k] = fp__slot_recall(&rr->slot, frame_seq(k), k) == 0;
+  }
+  pthread_join(t, NULL);
+  for (uint64_t k = 1; k <= RECALL_FRAMES; k++)
+    ck_assert_msg(rr->recalled[k] == rr->skipped[k],
+                  "frame %llu: taken back %d, skipped by the worker %d",
+                  (unsigned long long)k, rr->recalled[k], rr->skipped[k]);
+  for (int i = 0; i < FP__SLOT_SKIPS; i++)
+    ck_assert_uint_eq(atomic_load(&rr->slot.skip[i]), 0);
+  free(rr->skipped);
+  free(rr->recalled);
+  free(rr);
+}
+END_TEST
+
 Suite *ring_suite(void) {
   Suite *s = suite_create("ring");
   TCase *tc = tcase_create("core");
@@ -401,6 +477,8 @@ Suite *ring_suite(void) {
   tcase_add_test(tc, budget_drops_a_worker_that_died_counted_once);
   tcase_add_test(tc, skip_marks_are_claimed_or_withdrawn_once);
   tcase_add_test(tc, skip_marks_of_finished_chunks_are_withdrawn);
+  tcase_add_test(tc, recall_tells_a_finished_chunk_from_a_queued_one);
+  tcase_add_test(tc, recall_never_lets_a_frame_run_twice_or_vanish);
   suite_add_tcase(s, tc);
   return s;
 }

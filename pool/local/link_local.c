@@ -1038,6 +1038,7 @@ static int local_spawn(fp__link *base, int slot) {
   fp__slot *pub = &l->v.slots[slot];
   atomic_store(&pub->pid, 0);
   atomic_store(&pub->seq, 0);
+  atomic_store(&pub->taken, 0);
   atomic_store(&pub->started_ns, 0);
   atomic_store(&pub->item, -1);
   fp__budget_drop_slot(l->shm, pub); /* if worker_gone did not */
@@ -1336,6 +1337,13 @@ static int local_skip(fp__link *base, int slot, uint64_t seq) {
   return fp__slot_skip(&l->v.slots[slot], seq);
 }
 
+static int local_recall(fp__link *base, int slot, uint64_t seq, uint64_t nth) {
+  llink *l = (llink *)base;
+  if (l->slots[slot].pid == 0)
+    return 1;
+  return fp__slot_recall(&l->v.slots[slot], seq, nth);
+}
+
 static int local_running(fp__link *base, int slot, fp__running *out) {
   llink *l = (llink *)base;
   fp__slot *pub = &l->v.slots[slot];
@@ -1473,6 +1481,7 @@ const fp__link_ops fp__link_local = {
     .kill_aims = 1,
     .running = local_running,
     .skip = local_skip,
+    .recall = local_recall,
     .finish = local_finish,
     .close = local_close,
     .free = local_free,

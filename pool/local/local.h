@@ -34,7 +34,9 @@ typedef struct fp__slot {
   _Atomic int64_t item;       /* item index running */
   _Atomic int64_t started_ns; /* start of that item; 0: clock stopped */
   _Atomic int32_t counted;    /* the worker is counted in shm->active */
-  char pad[64 - 36];
+  _Atomic uint64_t taken;     /* task frames this process has begun (run
+                                 or skipped), in the order sent */
+  char pad[64 - 48];
   /* Chunks the worker holds that it must not run (their job was
    * canceled): the master sets an entry, the worker looks before it starts
    * a chunk, the master clears the entry when the chunk's RESULT comes.
@@ -59,6 +61,15 @@ int fp__slot_claim_skip(fp__slot *s, uint64_t seq);
  * will not run it (or no entry was free: then it runs, and its results
  * are dropped), 1 when it runs it. */
 int fp__slot_skip(fp__slot *s, uint64_t seq);
+
+/* Master side: takes back seq, the nth task frame sent to the slot's
+ * current process, so that another worker can run it. The same Dekker
+ * pair as fp__slot_skip, but on slot->taken, which only grows: a skip
+ * mark alone cannot tell a chunk not reached from one already finished
+ * (slot->seq has moved past both), and a finished chunk taken back would
+ * run twice. Returns 0 when the worker will not run seq (it answers it
+ * with an empty RESULT), 1 when it has begun it or no entry was free. */
+int fp__slot_recall(fp__slot *s, uint64_t seq, uint64_t nth);
 
 /* Master side, when seq's RESULT comes: withdraws a mark for seq that the
  * worker will never claim (it had finished seq when the mark was set). */

@@ -228,6 +228,20 @@ int fp__slot_skip(fp__slot *s, uint64_t seq) {
   return 0;
 }
 
+int fp__slot_recall(fp__slot *s, uint64_t seq, uint64_t nth) {
+  for (int i = 0; i < FP__SLOT_SKIPS; i++) {
+    uint64_t e = 0;
+    if (!atomic_compare_exchange_strong(&s->skip[i], &e, seq))
+      continue;
+    if (atomic_load_explicit(&s->taken, memory_order_seq_cst) < nth)
+      return 0; /* not begun: the worker will claim the entry first */
+    e = seq;
+    /* Begun: withdrawn, it runs; already claimed, it will not. */
+    return atomic_compare_exchange_strong(&s->skip[i], &e, 0);
+  }
+  return 1;
+}
+
 /* ---- the CPU budget ------------------------------------------------------ */
 
 void fp__budget_join(fp__local_shm *shm) {

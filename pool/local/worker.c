@@ -106,6 +106,7 @@ typedef struct worker {
   fp__ring *ring; /* its result ring */
   fp__tring *tring;       /* its task ring */
   uint64_t tpos;          /* task ring: just past the entry being run */
+  uint64_t taken;         /* task frames begun (slot->taken) */
   int64_t moved_ns;       /* last move_off_cpu() */
   fp__local_shm *shm;     /* master_idle and the CPU budget */
   _Atomic int *master_idle;
@@ -661,6 +662,8 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
   fp_writer_reset(&w->errs);
   w->nerr = 0;
   w->timed = (ch->th.flags & FP__TASK_TIMED) != 0;
+  /* Both before the skip marks are read (local.h, fp__slot_recall). */
+  atomic_store_explicit(&w->slot->taken, ++w->taken, memory_order_seq_cst);
   atomic_store_explicit(&w->slot->seq, ch->th.seq, memory_order_seq_cst);
   if (fp__slot_claim_skip(w->slot, ch->th.seq)) {
     /* Its job was canceled before it started (local.h): a RESULT with no
