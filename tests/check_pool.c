@@ -630,11 +630,12 @@ END_TEST
 static int g_gate[2] = {-1, -1};
 
 static int t_gated(fp_reader *args, fp_writer *out) {
-  (void)args;
   struct pollfd pfd = {g_gate[0], POLLIN, 0};
   char c;
   if (poll(&pfd, 1, 60000) != 1 || read(g_gate[0], &c, 1) != 1)
     return fp_task_fail("the gate never opened");
+  if (c == 'k')
+    abort(); /* its worker dies with placeholders in its queue */
   return fp_write_int(out, 1);
 }
 
@@ -656,8 +657,9 @@ static int t_count_run(fp_reader *args, fp_writer *out) {
  * still run - the idle worker takes back what waits behind them - and
  * none may run twice, neither then nor when the long ones end and their
  * workers reach the frames they no longer own. */
-START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
-  enum { SHORT = 12 };
+/* Runs the scenario: returns the pool, the long calls still running. */
+static fp_pool *queue_behind_long_tasks(fp_result **longs, int nshort,
+                                        fp_result **shorts) {
   ck_assert_int_eq(pipe(g_gate), 0);
   g_runs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                 -1, 0);
@@ -670,40 +672,77 @@ START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
   fp_call_opts co = {0};
   co.chunksize = 1;
   ck_assert_int_eq(fp_pool_map(p, t_square, in, 3000, 8, out, 8, &co), 0);
-
-  fp_result *longs[2], *shorts[SHORT];
   for (int k = 0; k < 2; k++)
     ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, NULL, &longs[k]), 0);
   fp_writer a;
   fp_writer_init(&a);
-  for (int i = 0; i < SHORT; i++) {
+  for (int i = 0; i < nshort; i++) {
     fp_writer_reset(&a);
     fp_write_int(&a, i);
     ck_assert_int_eq(fp_pool_apply_async(p, t_count_run, &a, NULL, &shorts[i]),
                      0);
   }
-  for (int i = 0; i < SHORT; i++) {
+  fp_writer_free(&a);
+  for (int i = 0; i < nshort; i++) {
     int rc = fp_result_get(shorts[i], 20);
     ck_assert_msg(rc == 0, "call %d: %s (%s): still queued behind a long task",
                   i, fp_err_name(rc), fp_result_error(shorts[i]));
   }
   ck_assert_int_eq(fp_result_ready(longs[0]) + fp_result_ready(longs[1]), 0);
+  return p;
+}
+
+/* Ends the scenario: every short call ran exactly once. */
+static void check_ran_once_and_free(fp_pool *p, int nshort,
+                                    fp_result **shorts) {
+  ck_assert_int_eq(fp_pool_close(p), 0);
+  ck_assert_int_eq(fp_pool_join(p), 0);
+  for (int i = 0; i < nshort; i++) {
+    ck_assert_int_eq(atomic_load(&g_runs[i]), 1);
+    fp_result_free(shorts[i]);
+  }
+  fp_pool_free(p);
+  munmap(g_runs, 4096);
+  close(g_gate[0]);
+  close(g_gate[1]);
+}
+
+/* Three workers, two tasks that last until the test lets them end, then
+ * short calls: the adaptive queue depth spreads those over every worker,
+ * behind the long ones too. They must all finish while the long ones
+ * still run - the idle worker takes back what waits behind them - and
+ * none may run twice, neither then nor when the long ones end and their
+ * workers reach the frames they no longer own. */
+START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
+  enum { SHORT = 12 };
+  fp_result *longs[2], *shorts[SHORT];
+  fp_pool *p = queue_behind_long_tasks(longs, SHORT, shorts);
   ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
   for (int k = 0; k < 2; k++) {
     ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
     fp_result_free(longs[k]);
   }
-  ck_assert_int_eq(fp_pool_close(p), 0);
-  ck_assert_int_eq(fp_pool_join(p), 0);
-  for (int i = 0; i < SHORT; i++) {
-    ck_assert_int_eq(atomic_load(&g_runs[i]), 1);
-    fp_result_free(shorts[i]);
+  check_ran_once_and_free(p, SHORT, shorts);
+}
+END_TEST
+
+/* The same, and then the workers that held the moved calls die instead
+ * of reaching them: the long calls fail with FP_EWORKER, the moved ones
+ * have run once and only once, and the pool still serves. */
+START_TEST(moved_calls_run_once_when_the_workers_they_left_die) {
+  enum { SHORT = 12 };
+  fp_result *longs[2], *shorts[SHORT];
+  fp_pool *p = queue_behind_long_tasks(longs, SHORT, shorts);
+  ck_assert_int_eq(write(g_gate[1], "kk", 2), 2);
+  for (int k = 0; k < 2; k++) {
+    ck_assert_int_eq(fp_result_get(longs[k], 60), FP_EWORKER);
+    fp_result_free(longs[k]);
   }
-  fp_pool_free(p);
-  fp_writer_free(&a);
-  munmap(g_runs, 4096);
-  close(g_gate[0]);
-  close(g_gate[1]);
+  fp_writer o;
+  fp_writer_init(&o);
+  ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, &o), 0);
+  fp_writer_free(&o);
+  check_ran_once_and_free(p, SHORT, shorts);
 }
 END_TEST
 
@@ -2156,6 +2195,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, cancel_queued_task);
   tcase_add_test(tc, cancel_running_task_replaces_worker);
   tcase_add_test(tc, calls_queued_behind_long_tasks_move_to_an_idle_worker);
+  tcase_add_test(tc, moved_calls_run_once_when_the_workers_they_left_die);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("map");
