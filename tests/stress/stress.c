@@ -21,6 +21,12 @@
  *   forks     the user forks while a map runs; the child's submission is
  *             refused and its cleanup calls return at once; the parent's
  *             map completes exactly, with the same workers
+ *   uneven    apply_async calls of very uneven cost (most instant, some
+ *             tens of milliseconds), so that quick ones land behind slow
+ *             ones and idle workers take them back; half the time under
+ *             random kills with FP_CRASH_FAIL. Each task counts its runs in
+ *             shared memory: a call that succeeded ran exactly once, a
+ *             failed one (only under kills: FP_EWORKER) at most once
  *   cancels   fp_result_cancel on running applies and maps, fp_iter_free
  *             on half-read iterators, fp_result_free on a running
  *             map_async (then its `in` and `out` are reused: no task may
@@ -91,6 +97,7 @@
 #define HANG_S 90        /* longest an iteration may take */
 #define CHILD_LIMIT_S 15 /* longest a forked child may take */
 #define MAX_REPORTED 30  /* failure lines printed; the rest are counted */
+#define UNEVEN_MAX 400   /* most calls of one "uneven" iteration */
 
 /* ---- run state ----------------------------------------------------------- */
 
@@ -101,10 +108,11 @@ enum {
   SC_THREADS,
   SC_FORKS,
   SC_CANCELS,
+  SC_UNEVEN,
   SC_COUNT
 };
 static const char *const k_scenario[SC_COUNT] = {
-    "kills", "fds", "timeouts", "threads", "forks", "cancels"};
+    "kills", "fds", "timeouts", "threads", "forks", "cancels", "uneven"};
 
 static struct {
   _Atomic int failures;
@@ -126,6 +134,7 @@ typedef struct shared {
   _Atomic int never;        /* never set: a bounded block */
   _Atomic long poison_seen; /* items that read memory freed by the caller */
   char msg[512];     /* a forked child's failure message */
+  _Atomic int runs[UNEVEN_MAX]; /* scenario uneven: runs of each call */
 } shared;
 static shared *g_sh;
 
@@ -350,6 +359,20 @@ static int t_busy(fp_reader *args, fp_writer *out) {
   while (now_s() < end)
     x++;
   return fp_write_int(out, ms);
+}
+
+/* Scenario uneven: counts its run of call i, then works ms milliseconds
+ * (arguments i, ms). */
+static int t_uneven(fp_reader *args, fp_writer *out) {
+  int64_t i = -1, ms = 0;
+  if (fp_unpack(args, "ii", &i, &ms) != 0 || i < 0 || i >= UNEVEN_MAX)
+    return fp_task_fail("bad arguments");
+  atomic_fetch_add(&g_sh->runs[i], 1);
+  double end = now_s() + (double)ms / 1000;
+  volatile uint64_t x = 0;
+  while (ms > 0 && now_s() < end)
+    x++;
+  return fp_write_int(out, expect_of(i));
 }
 
 /* Holds its worker until killed (bounded: 10 s). */
@@ -1008,6 +1031,65 @@ static pthread_mutex_t g_wd_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wd_cond;
 static int g_wd_stop;
 static _Atomic int64_t g_iter_start_ms;
+/* ---- scenario: uneven costs -------------------------------------------------
+ */
+
+/* Checks call i's outcome and its count of runs (see the file header). */
+static void uneven_check(const char *sc, fp_result *r, int i, int killed) {
+  int rc = fp_result_get(r, 60);
+  int runs = atomic_load(&g_sh->runs[i]);
+  fp_reader rd;
+  int64_t v = 0;
+  if (rc == 0 && (fp_result_value(r, &rd) != 0 || fp_read_int(&rd, &v) != 0 ||
+                  v != expect_of(i)))
+    fail(sc, "call %d: wrong value", i);
+  else if (rc == 0 && runs != 1)
+    fail(sc, "call %d succeeded and ran %d times", i, runs);
+  else if (rc != 0 && !(killed && rc == FP_EWORKER))
+    fail(sc, "call %d: %s: %s", i, fp_err_name(rc), fp_result_error(r));
+  else if (runs > 1)
+    fail(sc, "call %d failed and ran %d times", i, runs);
+}
+
+static void sc_uneven(void) {
+  const char *sc = "uneven";
+  int n = 2 + rnd(3), calls = 50 + rnd(UNEVEN_MAX - 50);
+  int killing = rnd(2);
+  fp_pool *p = new_pool(sc, n, FP_CRASH_FAIL, 0);
+  if (p == NULL)
+    return;
+  for (int i = 0; i < calls; i++)
+    atomic_store(&g_sh->runs[i], 0);
+  killer k = {p, fork_server_of(p), 1 + rnd(4), rnd_next(&g_rnd), 0};
+  pthread_t th;
+  if (killing)
+    pthread_create(&th, NULL, killer_main, &k);
+  fp_result *r[UNEVEN_MAX];
+  fp_writer a;
+  fp_writer_init(&a);
+  for (int i = 0; i < calls; i++) {
+    fp_writer_reset(&a);
+    fp_pack(&a, "ii", (int64_t)i, (int64_t)(rnd(10) == 0 ? 5 + rnd(40) : 0));
+    if (fp_pool_apply_async(p, t_uneven, &a, NULL, &r[i]) != 0) {
+      fail(sc, "apply_async %d: %s", i, fp_last_error());
+      calls = i;
+    }
+  }
+  fp_writer_free(&a);
+  /* Every placeholder answered or its worker gone: no run can follow. */
+  if (fp_pool_close(p) != 0 || fp_pool_join(p) != 0)
+    fail(sc, "close/join: %s", fp_last_error());
+  if (killing) {
+    atomic_store(&k.stop, 1);
+    pthread_join(th, NULL);
+  }
+  for (int i = 0; i < calls; i++) {
+    uneven_check(sc, r[i], i, killing);
+    fp_result_free(r[i]);
+  }
+  fp_pool_free(p);
+}
+
 static _Atomic int g_iter_scenario = -1;
 
 static void *watchdog_main(void *arg) {
@@ -1083,7 +1165,7 @@ int main(int argc, char **argv) {
            "left out (its allocator is not fork-safe)\n");
   if (nenabled == 0) {
     fprintf(stderr, "stress: STRESS_SCENARIOS names none of kills, fds, "
-                    "timeouts, threads, forks, cancels\n");
+                    "timeouts, threads, forks, cancels, uneven\n");
     return 2;
   }
   printf("stress: running for %.0fs, seed %u\n", seconds, g_seed);
@@ -1112,6 +1194,9 @@ int main(int argc, char **argv) {
       break;
     case SC_CANCELS:
       sc_cancels();
+      break;
+    case SC_UNEVEN:
+      sc_uneven();
       break;
     }
     g_st.runs[sc]++;
