@@ -139,7 +139,10 @@ typedef enum fp_type {
 } fp_type;
 
 /* A growable output buffer of encoded values. Stack-allocate it, call
- * fp_writer_init(), write, then fp_writer_free(). The fields are readable
+ * fp_writer_init(), write, then fp_writer_free(). Its bytes come from a
+ * private jemalloc arena, which leak checkers do not track: start the
+ * program with FORKPOOL_ALLOC=libc to have them from malloc instead
+ * (docs/codec.md, section 4). The fields are readable
  * (data/len are the encoded bytes) but only the fp_write* calls change them.
  * Errors are sticky: after the first failure every write returns the same
  * code and fp_writer_error() reports it. */
@@ -1178,7 +1181,7 @@ typedef struct fp_manager_opts {
   /* Bytes of address space to reserve for the arena (MAP_NORESERVE: pages
    * cost memory only once touched). 0 = 1 GiB. At least 256 KiB, at most
    * 1 TiB. Rounded up to the page size. A live thread that writes keeps
-   * up to ~300 KiB of free chunks cached for itself while it runs (pool
+   * up to ~270 KiB of free chunks cached for itself while it runs (pool
    * workers give theirs back whenever they go idle; docs/manager.md, "The
    * arena"): allow 1 MiB or more per writer of your own. */
   size_t arena_size;

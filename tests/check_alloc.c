@@ -10,7 +10,9 @@
 #include "testutil.h"
 
 #include <jemalloc/jemalloc.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,12 +21,44 @@ static void teardown(void) {
   fp_test_no_children();
 }
 
+static int libc_asked(void) {
+  const char *env = getenv("FORKPOOL_ALLOC");
+  return env != NULL && strcmp(env, "libc") == 0;
+}
+
 START_TEST(uses_arena_unless_libc_build) {
 #ifdef FP_ALLOC_LIBC
   ck_assert_int_eq(fp__alloc_uses_arena(), 0);
 #else
-  ck_assert_int_eq(fp__alloc_uses_arena(), 1);
+  ck_assert_int_eq(fp__alloc_uses_arena(), !libc_asked());
 #endif
+}
+END_TEST
+
+/* FORKPOOL_ALLOC=libc, for users' leak checkers: this test runs the
+ * suite again in a new process started with it, where every buffer must
+ * come from malloc (uses_arena_unless_libc_build checks it there) and
+ * everything else work as before. */
+START_TEST(environment_hands_buffers_to_libc) {
+  if (libc_asked())
+    return; /* the run started below */
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    setenv("FORKPOOL_ALLOC", "libc", 1);
+    setenv("CK_RUN_SUITE", "alloc", 1);
+    setenv("CK_RUN_CASE", "core", 1);
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    execl("/proc/self/exe", "runner", (char *)NULL);
+    _exit(127);
+  }
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "the alloc suite under FORKPOOL_ALLOC=libc failed (status "
+                "%d)",
+                st);
 }
 END_TEST
 
@@ -156,6 +190,7 @@ Suite *alloc_suite(void) {
   tcase_set_timeout(tc, 20);
   tcase_add_checked_fixture(tc, NULL, teardown);
   tcase_add_test(tc, uses_arena_unless_libc_build);
+  tcase_add_test(tc, environment_hands_buffers_to_libc);
   tcase_add_test(tc, alloc_returns_arena_buffer);
   tcase_add_test(tc, alloc_zero_size_is_freeable);
   tcase_add_test(tc, realloc_growth_keeps_contents_in_arena);

@@ -28,6 +28,14 @@
  * usable in forked children, and arenas carry their own locks, so every call
  * here is thread-safe.
  *
+ * FORKPOOL_ALLOC=libc in the environment when the library loads hands
+ * every buffer to plain malloc instead, for the whole life of the process
+ * and of the processes it forks (read once, in the constructor, so a
+ * buffer is always freed by the allocator that made it). That is for
+ * users hunting leaks in their own programs: valgrind and ASan do not
+ * track a private jemalloc arena, so a writer never freed would go
+ * unreported.
+ *
  * jemalloc requires a nonzero size, so size 0 is mapped to 1 both when
  * allocating and when freeing (sized deallocation must see the same size
  * class it allocated).
@@ -40,18 +48,26 @@
 
 #include <jemalloc/jemalloc.h>
 #include <pthread.h>
+#include <string.h>
 
 static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
 static unsigned arena_index;
 static int arena_flags = MALLOCX_TCACHE_NONE; /* default arena until made */
 static int arena_ok;
+static int use_libc; /* FORKPOOL_ALLOC=libc */
 
-/* Creates the private arena. On failure the flags keep pointing at
- * jemalloc's default arenas: degraded, never broken. */
+/* Creates the private arena, unless FORKPOOL_ALLOC=libc. On failure the
+ * flags keep pointing at jemalloc's default arenas: degraded, never
+ * broken. */
 static void arena_create(void) {
   unsigned ind;
   size_t sz = sizeof(ind);
+  const char *env = getenv("FORKPOOL_ALLOC");
 
+  if (env != NULL && strcmp(env, "libc") == 0) {
+    use_libc = 1;
+    return;
+  }
   if (mallctl("arenas.create", &ind, &sz, NULL, 0) == 0) {
     arena_index = ind;
     arena_flags = MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE;
@@ -69,19 +85,27 @@ __attribute__((constructor)) static void arena_preinit(void) {
 }
 
 void *fp__alloc(size_t n) {
-  return mallocx(n ? n : 1, flags());
+  int f = flags(); /* after the once: use_libc is set */
+  return use_libc ? malloc(n ? n : 1) : mallocx(n ? n : 1, f);
 }
 
 void *fp__realloc(void *p, size_t old_n, size_t new_n) {
   if (p == NULL)
     return fp__alloc(new_n);
   (void)old_n; /* rallocx finds the old size itself */
-  return rallocx(p, new_n ? new_n : 1, flags());
+  int f = flags();
+  return use_libc ? realloc(p, new_n ? new_n : 1)
+                  : rallocx(p, new_n ? new_n : 1, f);
 }
 
 void fp__free(void *p, size_t n) {
-  if (p != NULL)
-    sdallocx(p, n ? n : 1, flags());
+  if (p == NULL)
+    return;
+  int f = flags();
+  if (use_libc)
+    free(p);
+  else
+    sdallocx(p, n ? n : 1, f);
 }
 
 int fp__alloc_from_arena(const void *p) {

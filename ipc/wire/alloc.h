@@ -43,8 +43,9 @@ FP__HIDDEN void fp__free(void *p, size_t n);
 FP__HIDDEN int fp__alloc_from_arena(const void *p);
 
 /* Returns 1 when buffers come from the private jemalloc arena, 0 when the
- * build uses libc malloc (FP_ALLOC_LIBC) or the arena could not be
- * created (then the default jemalloc arenas serve the requests). */
+ * build uses libc malloc (FP_ALLOC_LIBC), the process was started with
+ * FORKPOOL_ALLOC=libc, or the arena could not be created (then the
+ * default jemalloc arenas serve the requests). */
 FP__HIDDEN int fp__alloc_uses_arena(void);
 
 #endif /* FP_IPC_ALLOC_H */
