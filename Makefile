@@ -355,6 +355,19 @@ fuzz: $(FUZZ_BIN)
 	  -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus
 
 # --- install ----------------------------------------------------------------
+# A real install (no DESTDIR) by root refreshes the dynamic linker's cache:
+# without it a program linked against a fresh /usr/local/lib/libforkpool.so
+# fails to start ("cannot open shared object file") until someone runs
+# ldconfig. A prefix outside the linker's search path (/etc/ld.so.conf)
+# still needs LD_LIBRARY_PATH or -Wl,-rpath (README).
+LDCONFIG ?= ldconfig
+define refresh_ld_cache
+	@if [ -z "$(DESTDIR)" ] && [ "$(INSTALL_SHARED)" != 0 ] && \
+	  [ "$$(id -u)" = 0 ]; then \
+	  echo "$(LDCONFIG)"; $(LDCONFIG) || echo "warning: $(LDCONFIG) failed"; \
+	fi
+endef
+
 # INSTALL_SHARED=0 leaves the shared library out, so that -lforkpool (and
 # `pkg-config --static --libs forkpool`) can only mean libforkpool.a.
 INSTALL_SHARED ?= 1
@@ -370,6 +383,7 @@ ifneq ($(INSTALL_SHARED),0)
 endif
 	install -m 644 $(BUILD)/forkpool.pc $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc
 	install -m 644 docs/forkpool.3 $(DESTDIR)$(MANDIR)/man3/forkpool.3
+	$(refresh_ld_cache)
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/forkpool.h \
@@ -379,6 +393,7 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/libforkpool.so \
 	  $(DESTDIR)$(PKGCONFIGDIR)/forkpool.pc \
 	  $(DESTDIR)$(MANDIR)/man3/forkpool.3
+	$(refresh_ld_cache)
 
 clean:
 	rm -rf build

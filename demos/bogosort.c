@@ -15,7 +15,7 @@
  * lines (FP_PROGRESS_LINES), like joblib's verbose output. A table then
  * times the same map with 1 .. 2 x CPUs workers: past the CPU count more
  * workers only share the same cores. Each row is also printed as a line
- * "WORKERS bogosort w=<n> time=<s> items=<arrays>" (even with --quiet),
+ * "WORKERS bogosort w=<n> time=<s> items=<arrays>" with --quiet (only),
  * from which `make demo-compare` draws time against workers for C and
  * Python on one chart. The row of --workers is the timed parallel side
  * (median of --repeat runs); the other rows are the median of
@@ -124,8 +124,8 @@ static double median_partitioned(const demo_opts *o, int workers,
 
 /* The workers table: the partitioned map on 1 .. 2 x CPUs workers, a
  * fresh pool per row, `repeat` runs each (the row of o->workers is the
- * parallel side, `par`), each row also as a WORKERS line; *ok is cleared
- * when an output differs from ref. */
+ * parallel side, `par`), each row as a WORKERS line with --quiet; *ok is
+ * cleared when an output differs from ref. */
 static void workers_table(const demo_opts *o, int repeat, double seq,
                           double par, const job *jobs, size_t n, sorted *out,
                           const sorted *ref, int *ok) {
@@ -139,7 +139,8 @@ static void workers_table(const demo_opts *o, int repeat, double seq,
                                                      jobs, n, out, ref, ok);
     demo_say(o, "  %7d  %8.3f  %6.2fx%s%s\n", w, tw, seq / tw,
              w == cpus ? "  <- CPUs" : "", demo_noise(w, seq / tw, 0));
-    printf("WORKERS bogosort w=%d time=%.4f items=%zu\n", w, tw, n);
+    if (o->quiet) /* machine-readable, for demos/compare.sh */
+      printf("WORKERS bogosort w=%d time=%.4f items=%zu\n", w, tw, n);
   }
   fflush(stdout);
 }

@@ -81,6 +81,9 @@ int main(int argc, char **argv) {
       r->lo = s * step + 1;
       r->hi = s == SLICES - 1 ? values[i] : (s + 1) * step;
     }
+  /* Made first: under --transport mpi, only the pool knows how many
+   * workers there are (demo.h, demo_pool). */
+  pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
   /* Five equal tasks: the slowest worker runs ceil(5 / workers) of them,
    * which bounds the speedup (the demo's stated ceiling). */
   rounds = (NVALUES + o.workers - 1) / o.workers;
@@ -93,8 +96,6 @@ int main(int argc, char **argv) {
            "(%d values), %d workers, median of %d runs\n",
            (long long)values[0], (long long)values[NVALUES - 1], NVALUES,
            o.workers, o.repeat);
-
-  pool = demo_pool(&o, FP_PROGRESS_OFF, 1);
   for (int rep = 0; rep < o.repeat; rep++) {
     /* Sequential: Python's [cumsum(n) for n in values]. */
     t = demo_now();

@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "forkpool.h"
+#include "lib/demo.h" /* the demos' common options */
 
 /* Tasks run in the worker processes. Codec tasks read args, write one value. */
 static int square(fp_reader *args, fp_writer *out) {
@@ -33,7 +34,7 @@ static void done(fp_result *res, void *arg) { /* runs on the pool thread */
     printf("apply_async(square, 12) -> callback got %lld\n", (long long)v);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   fp_pool *pool;
   fp_writer args, out;
   fp_reader rd;
@@ -41,7 +42,13 @@ int main(void) {
   fp_result *res;
   int64_t in[5] = {1, 2, 3, 4, 5}, tripled[5] = {0}, v, a, b, c;
   fp_call_opts cb = {.callback = done};
-  int rc = fp_pool_new(&pool, NULL); /* workers: one per usable CPU */
+  demo_opts o; /* --workers N, --transport; the tour times nothing */
+  demo_parse(argc, argv, &o,
+             "tour: apply, map, starmap, imap and apply_async, once each "
+             "(nothing is timed:\n--full, --quiet and --repeat change "
+             "nothing here)");
+  fp_pool_opts po = {.processes = o.workers, .transport = o.transport};
+  int rc = fp_pool_new(&pool, &po);
   if (rc < 0)
     return fprintf(stderr, "fp_pool_new: %s\n", fp_strerror(rc)), 1;
   printf("pool of %d workers\n", fp_pool_size(pool));

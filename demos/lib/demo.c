@@ -27,7 +27,7 @@ static void usage(FILE *f, const char *prog, const char *extra,
           "usage: %s [--workers N] [--full] [--quiet] [--repeat N] "
           "[--transport local|mpi]%s\n"
           "  --workers N  worker processes (default: usable CPUs, %d here)\n"
-          "  --full       the seed example's original sizes (slower)\n"
+          "  --full       the seed example's original sizes\n"
           "  --quiet      print only the RESULT line\n"
           "  --repeat N   time each side N times, report the median "
           "(default 3)\n"
@@ -80,7 +80,8 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
   o->workers = fp_cpu_count();
   o->repeat = 3;
   opterr = 0; /* our own messages */
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  /* ":" first: a missing argument is ':', an unknown option '?'. */
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     if (c >= OPT_MORE && c < OPT_MORE + MORE_MAX) {
       const demo_option *d = &more[c - OPT_MORE];
       if (parse_int(optarg, d->min, d->max, d->value) != 0) {
@@ -93,7 +94,8 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
     switch (c) {
     case 'w':
       if (parse_int(optarg, 1, 1024, &o->workers) != 0) {
-        fprintf(stderr, "%s: bad worker count '%s'\n", argv[0], optarg);
+        fprintf(stderr, "%s: bad worker count '%s' (1 to 1024)\n", argv[0],
+                optarg);
         exit(2);
       }
       workers_given = 1;
@@ -123,11 +125,15 @@ void demo_parse_ex(int argc, char **argv, demo_opts *o, const char *extra,
       usage(stdout, argv[0], extra, more);
       exit(0);
     default:
+      fprintf(stderr, "%s: %s '%s'\n", argv[0],
+              c == ':' ? "option needs an argument:" : "unknown option",
+              argv[optind - 1]);
       usage(stderr, argv[0], extra, more);
       exit(2);
     }
   }
   if (optind < argc) { /* no positional arguments */
+    fprintf(stderr, "%s: unexpected argument '%s'\n", argv[0], argv[optind]);
     usage(stderr, argv[0], extra, more);
     exit(2);
   }

@@ -12,7 +12,7 @@ output reports progress.
 Sizes: the C demo sorts the seed's 1000 arrays by default; at about 50 ms
 per array in CPython that is close to a minute, so the default here is 100
 arrays and --full gives the seed's 1000. --table adds the C demo's table
-of times for 1 .. 2 x CPUs jobs, each row also printed as
+of times for 1 .. 2 x CPUs jobs, each row printed with --quiet as
 "WORKERS bogosort w=<n> time=<s> items=<arrays>" for demos/compare.sh.
 
 Each side runs --repeat times (3 by default); the medians are reported.
@@ -60,9 +60,9 @@ def main():
     ap = dc.parser(__doc__.splitlines()[0])
     ap.add_argument("--table", action="store_true",
                     help="time 1 .. 2 x CPUs jobs")
-    ap.add_argument("--table-repeat", type=int, default=1,
-                    choices=range(1, 100), metavar="N",
-                    help="runs per row of the table (default 1)")
+    ap.add_argument("--table-repeat", type=dc.int_in(1, 99),
+                    default=1, metavar="N",
+                    help="runs per row of the table (1 to 99, default 1)")
     opt = ap.parse_args()
     say = dc.say_fn(opt)
     n = 1000 if opt.full else 100
@@ -105,8 +105,9 @@ def main():
                 tw = dc.median(times)
             say(f"  {w:7d}  {tw:8.3f}  {seq / tw:6.2f}x"
                 f"{'  <- CPUs' if w == cpus else ''}{dc.noise(w, seq / tw)}")
-            print(f"WORKERS bogosort w={w} time={tw:.4f} items={n}",
-                  flush=True)
+            if opt.quiet:  # machine-readable, for demos/compare.sh
+                print(f"WORKERS bogosort w={w} time={tw:.4f} items={n}",
+                      flush=True)
     return dc.result(opt, "bogosort", seq, par, ok, n)
 
 

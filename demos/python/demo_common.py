@@ -22,19 +22,37 @@ import statistics
 import time
 
 
+def int_in(lo, hi):
+    """An argparse type: a whole number in [lo, hi], else a one-line usage
+    error naming the range (as the C demos' messages do), not a traceback
+    from deep inside the twin or a list of every allowed value."""
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                "'%s' is not a whole number" % text)
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(
+                "%d is out of range (%d to %d)" % (n, lo, hi))
+        return n
+    return parse
+
+
 def parser(description=None):
     """Returns an ArgumentParser with the common options; a twin adds its
     own and calls parse_args()."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--workers", type=int, default=usable_cpus(),
-                    help="worker processes (default: usable CPUs)")
+    ap.add_argument("--workers", type=int_in(1, 1024), default=usable_cpus(),
+                    metavar="N",
+                    help="worker processes, 1 to 1024 (default: usable "
+                    "CPUs)")
     ap.add_argument("--full", action="store_true", help="the seed's sizes")
     ap.add_argument("--quiet", action="store_true",
                     help="print only the RESULT line")
-    ap.add_argument("--repeat", type=int, default=3, choices=range(1, 100),
-                    metavar="N",
+    ap.add_argument("--repeat", type=int_in(1, 99), default=3, metavar="N",
                     help="time each side N times, report the median "
-                    "(default 3)")
+                    "(1 to 99, default 3)")
     return ap
 
 
