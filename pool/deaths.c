@@ -309,7 +309,7 @@ static void slot_reset(fp_pool *pool, fp__wslot *ws, death *d, int status) {
   ws->lost_results = 0;
   if (ws->ready)
     pool->nready--;
-  ws->alive = ws->ready = ws->retiring = 0;
+  ws->alive = ws->ready = ws->retiring = ws->finish_told = 0;
   ws->kill_reason = 0;
   ws->kill_seq = 0;
   ws->kill_aimed = 0;

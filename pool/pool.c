@@ -99,9 +99,16 @@ static void maybe_shutdown_locked(fp_pool *pool) {
   if (pool->state == FP__CLOSE && (pool->jobs.head || pool->qhead) &&
       !pool->broken)
     return;
-  for (int i = 0; i < pool->nworkers; i++)
-    if (pool->ws[i].alive && pool->ws[i].ninflight == 0)
+  /* Once per process: this runs at every loop iteration until the end,
+   * and a link may send a message per call (MPI: 1024 workers per rank
+   * queued 744,000 FINISH messages, and free took minutes). */
+  for (int i = 0; i < pool->nworkers; i++) {
+    fp__wslot *ws = &pool->ws[i];
+    if (ws->alive && ws->ninflight == 0 && !ws->finish_told) {
+      ws->finish_told = 1;
       pool->link->ops->finish(pool->link, i);
+    }
+  }
   /* Terminating: wait until every worker is reported dead (terminate
    * returns only then). Closing: the workers have no work and are leaving;
    * the link reaps them when it is freed (join). */

@@ -40,6 +40,7 @@ typedef struct fp__wslot {
   int ninflight;
   uint64_t sent;         /* chunks sent to the current process */
   int retiring;          /* said RETIRE (maxtasksperchild) */
+  int finish_told;       /* the link's finish() went to this process */
   int kill_reason;       /* FP_ETIMEDOUT / FP_ECANCELED / FP_EPROTO /
                             FP_ENOMEM (sched.c) */
   uint64_t kill_seq;     /* the chunk we killed it for */

@@ -19,6 +19,11 @@
  *                                 FP_EWORKER instead of waiting.
  *   mpirun -n 3 leave --bad-option   an option out of range: every rank
  *                                 returns FP_EINVAL before any MPI call.
+ *   mpirun -n 2 leave --many      1024 workers on the worker rank:
+ *                                 fp_pool_free returns within its 10 s
+ *                                 BYE bound (the pool told each worker
+ *                                 FINISH at every loop iteration, 744,000
+ *                                 messages queued, and free took minutes)
  *   mpirun -n 3 leave --threads   two threads of every rank make an MPI
  *                                 pool at once: one gets it (rank 0) or
  *                                 serves, the other gets FP_ENOTSUP; MPI
@@ -157,8 +162,36 @@ static int threads(void) {
   return mt_done();
 }
 
+static void c_many(void *a) {
+  (void)a;
+  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1024};
+  int rc = fp_pool_new(&pool, &o);
+  EXPECT(rc == 0, "fp_pool_new: %s", fp_last_error());
+  if (rc != 0)
+    return;
+  c_no_free(NULL);
+  double t0 = mt_now();
+  fp_pool_free(pool);
+  double took = mt_now() - t0;
+  EXPECT(took < 10, "fp_pool_free took %.1f s, past the 10 s BYE bound",
+         took);
+}
+
+/* --many: worker ranks serve inside fp_pool_new, rank 0 runs the case. */
+static int many(void) {
+  const char *r = getenv("OMPI_COMM_WORLD_RANK");
+  if (r != NULL && strcmp(r, "0") != 0) {
+    fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1024};
+    return fp_pool_new(&pool, &o) == 0 ? 0 : 1;
+  }
+  mt_run("free_of_a_thousand_workers_per_rank_is_bounded", c_many, NULL);
+  return mt_done();
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "";
+  if (strcmp(mode, "--many") == 0)
+    return many();
   int late = strcmp(mode, "--late") == 0, rank = 0, level;
   if (strcmp(mode, "--bad-option") == 0)
     return bad_option();
