@@ -255,6 +255,11 @@ static const char *bad_option(const fp_pool_opts *o) {
     return "invalid pool option max_frame (0, or 4096 to UINT32_MAX)";
   if (o->pin_ncpus > SIZE_MAX / sizeof(int))
     return "invalid pool option pin_ncpus (larger than any array)";
+  /* Here, not only when the CPUs are planned: an MPI worker rank serves
+   * inside fp_pool_new and never plans rank 0's CPUs, so it would never
+   * refuse the option. */
+  if (o->pin < FP_PIN_NONE || o->pin > FP_PIN_LIST)
+    return "invalid pool option pin (unknown pin policy)";
   return NULL;
 }
 

@@ -199,10 +199,10 @@ END_TEST
 
 /* fp_last_error() names the option out of range, one at a time. */
 START_TEST(pool_new_names_the_bad_option) {
-  const char *names[] = {"processes",      "task_timeout", "kill_grace",
-                         "retries",        "max_restarts", "restart_window",
-                         "inflight",       "on_crash",     "progress",
-                         "max_frame"};
+  const char *names[] = {"processes", "task_timeout", "kill_grace",
+                         "retries",   "max_restarts", "restart_window",
+                         "inflight",  "on_crash",     "progress",
+                         "max_frame", "pin"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     fp_pool_opts o = {0};
     fp_pool *p = (fp_pool *)1;
@@ -216,7 +216,12 @@ START_TEST(pool_new_names_the_bad_option) {
     case 6: o.inflight = 17; break;
     case 7: o.on_crash = (fp_crash_policy)99; break;
     case 8: o.progress = (fp_progress_mode)99; break;
-    default: o.max_frame = 100; break;
+    case 9:
+      o.max_frame = 100;
+      break;
+    default:
+      o.pin = (fp_pin_policy)99;
+      break;
     }
     ck_assert_int_eq(fp_pool_new(&p, &o), FP_EINVAL);
     ck_assert_ptr_null(p);

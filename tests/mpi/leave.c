@@ -17,8 +17,10 @@
  *                                 attribute says BYE from inside it, and
  *                                 the pool then fails calls with
  *                                 FP_EWORKER instead of waiting.
- *   mpirun -n 3 leave --bad-option   an option out of range: every rank
- *                                 returns FP_EINVAL before any MPI call.
+ *   mpirun -n 3 leave --bad-option [pin]   an option out of range
+ *                                 (pin_ncpus, or the pin policy): every
+ *                                 rank returns FP_EINVAL before any MPI
+ *                                 call.
  *   mpirun -n 2 leave --many      1024 workers on the worker rank:
  *                                 fp_pool_free returns within its 10 s
  *                                 BYE bound (the pool told each worker
@@ -105,21 +107,30 @@ static void c_finalize(void *a) {
   fp_pool_free(pool);
 }
 
+static const char *g_bad_name;
+
 static void c_refused(void *a) {
   int rc = *(int *)a;
   EXPECT(rc == FP_EINVAL && pool == NULL, "fp_pool_new: %s",
          fp_err_name(rc));
-  EXPECT(strstr(fp_last_error(), "pin_ncpus") != NULL, "message: %s",
+  EXPECT(strstr(fp_last_error(), g_bad_name) != NULL, "message: %s",
          fp_last_error());
 }
 
 /* --bad-option: no rank may serve, so each one reports; only rank 0's
  * line is counted (mpirun sets the rank in the environment). */
-static int bad_option(void) {
+static int bad_option(const char *which) {
   const char *r = getenv("OMPI_COMM_WORLD_RANK");
   static const int cpu0 = 0;
-  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1,
-                    .pin_cpus = &cpu0, .pin_ncpus = SIZE_MAX};
+  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1};
+  if (strcmp(which, "pin") == 0) { /* not a worker rank's "cannot serve" */
+    o.pin = (fp_pin_policy)99;
+    g_bad_name = "invalid pool option pin ";
+  } else {
+    o.pin_cpus = &cpu0;
+    o.pin_ncpus = SIZE_MAX;
+    g_bad_name = "pin_ncpus";
+  }
   int rc = fp_pool_new(&pool, &o);
   if (r != NULL && strcmp(r, "0") != 0)
     return rc == FP_EINVAL ? 0 : 1;
@@ -194,7 +205,7 @@ int main(int argc, char **argv) {
     return many();
   int late = strcmp(mode, "--late") == 0, rank = 0, level;
   if (strcmp(mode, "--bad-option") == 0)
-    return bad_option();
+    return bad_option(argc > 2 ? argv[2] : "");
   if (strcmp(mode, "--threads") == 0)
     return threads();
   if (late || strcmp(mode, "--finalize") == 0) {

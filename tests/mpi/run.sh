@@ -46,6 +46,7 @@ run "exit without fp_pool_free" $MPIRUN -n 3 "$T/leave" --no-free
 run "a rank too late for rank 0" $MPIRUN -n 3 "$T/leave" --late
 run "MPI_Finalize with the pool alive" $MPIRUN -n 3 "$T/leave" --finalize
 run "an option out of range on every rank" $MPIRUN -n 3 "$T/leave" --bad-option
+run "an unknown pin policy on every rank" $MPIRUN -n 3 "$T/leave" --bad-option pin
 run "two threads make an MPI pool at once" $MPIRUN -n 3 "$T/leave" --threads
 run "free of 1024 workers per rank is bounded" $MPIRUN -n 2 "$T/leave" --many
 run "memory and message-size limits" $MPIRUN -n 2 "$T/limits"
