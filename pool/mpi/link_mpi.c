@@ -16,6 +16,14 @@
  *
  * free() tells every rank BYE and waits (bounded) for their BYE_ACKs, so
  * their workers are gone when fp_pool_free() returns on rank 0.
+ *
+ * A rank that stops answering (stopped, hung in the kernel, its node
+ * unreachable without MPI noticing) must not hang rank 0: when a worker
+ * it was told to SIGKILL has not been reported dead UNRESPONSIVE_NS later,
+ * the whole rank is given up (rank_unresponsive): its workers are
+ * reported dead, nothing is spawned there again, whatever it sends later
+ * is ignored, and BYE does not wait for it. fp_pool_terminate() and
+ * fp_pool_free() are thus bounded even then.
  */
 #include "pool/mpi/mpi_int.h"
 
@@ -28,11 +36,18 @@
 
 #define BYE_WAIT_NS (10 * 1000000000LL)
 
+/* A worker rank that has not reported a SIGKILLed worker dead this long
+ * after the KILL was posted is given up; the watch looks every
+ * WATCH_MS. */
+#define UNRESPONSIVE_NS (10 * 1000000000LL)
+#define WATCH_MS 1000
+
 typedef struct mslot {
   int rank, lslot;
   pid_t pid;
   int alive, ready;
   int spawning; /* a SPAWN is unanswered */
+  int64_t killed_ns; /* when a SIGKILL for it was posted; 0: none */
   fp__running run;
 } mslot;
 
@@ -42,11 +57,13 @@ typedef struct mlink {
   fp__mpi_world *w;
   int n;
   mslot *s;
-  int *lost;          /* per rank: its fork server died */
+  int *lost; /* per rank: its fork server died, or it was given up */
+  int *gone; /* per rank: given up (rank_unresponsive) */
   int nlost;
   char (*where)[96];  /* per rank: "rank 2 on host" */
   fp__mprog prog;
   uv_async_t in;
+  uv_timer_t watch; /* looks for ranks that stopped answering */
   int started;
   _Atomic int finalized; /* 1: MPI_Finalize ended the link under the pool
                             (leave_at_finalize); 2: the pool was told */
@@ -102,8 +119,8 @@ static void report_violation(mlink *l, int g, const fp__mbuf *m) {
 static void handle(mlink *l, const fp__mbuf *m) {
   const fp__mhdr *h = FP__MHDR(m);
   int r = m->peer;
-  if (m->len < sizeof(*h) || r < 1 || r >= l->w->size)
-    return;
+  if (m->len < sizeof(*h) || r < 1 || r >= l->w->size || l->gone[r])
+    return; /* a rank given up may wake up: its slots are settled */
   if (h->op == FP__M_LOST) {
     rank_lost(l, r);
     return;
@@ -116,6 +133,7 @@ static void handle(mlink *l, const fp__mbuf *m) {
   case FP__M_STARTED:
     s->spawning = 0;
     s->alive = 1;
+    s->killed_ns = 0;
     s->pid = h->pid;
     forget_run(s);
     EV(l, started, g, h->pid);
@@ -143,6 +161,7 @@ static void handle(mlink *l, const fp__mbuf *m) {
   case FP__M_EXITED:
     set_run(l, s, m);
     s->alive = s->ready = 0;
+    s->killed_ns = 0;
     EV(l, exited, g, h->pid, h->arg);
     break;
   case FP__M_START_FAILED:
@@ -180,6 +199,48 @@ static void end_every_slot(mlink *l) {
                           "alive: its worker ranks were told to end");
 }
 
+/* Rank r has not reported a SIGKILLed worker dead (see the file
+ * comment): every slot of it ends now, as for a rank that died. The last
+ * known run of each stays, so the scheduler blames the item it was
+ * killed for (a time limit, a cancel) as it would have. */
+static void rank_unresponsive(mlink *l, int r) {
+  int was_lost = l->lost[r];
+  l->gone[r] = l->lost[r] = 1; /* first: the exits' respawns fail */
+  for (int k = 0; k < l->w->count[r]; k++) {
+    int g = l->w->base[r] + k;
+    mslot *s = &l->s[g];
+    if (s->alive) {
+      s->alive = s->ready = 0;
+      s->killed_ns = 0;
+      EV(l, exited, g, s->pid, SIGKILL);
+    } else if (s->spawning) {
+      s->spawning = 0;
+      EV(l, start_failed, g, FP_EWORKER);
+    }
+  }
+  if (!was_lost && ++l->nlost == l->w->size - 1)
+    l->ev.lost(l->ev.ctx, "every worker rank died or stopped answering");
+}
+
+static void on_watch(uv_timer_t *t) {
+  mlink *l = t->data;
+  int64_t now = l->w->core->now_ns();
+  int entered = 0;
+  for (int g = 0; g < l->n; g++) {
+    mslot *s = &l->s[g];
+    if (!s->alive || s->killed_ns == 0 || now - s->killed_ns < UNRESPONSIVE_NS)
+      continue;
+    if (!entered) {
+      l->ev.enter(l->ev.ctx);
+      entered = 1;
+    }
+    if (s->alive) /* an earlier slot's rank may have ended it */
+      rank_unresponsive(l, s->rank);
+  }
+  if (entered)
+    l->ev.leave(l->ev.ctx);
+}
+
 static void on_incoming(uv_async_t *a) {
   mlink *l = a->data;
   /* finalized before the take: what arrived before the halt is taken
@@ -211,6 +272,7 @@ static void notify(void *arg) {
 static void mlink_release(mlink *l) {
   free(l->s);
   free(l->lost);
+  free(l->gone);
   free(l->where);
   free(l);
 }
@@ -229,8 +291,9 @@ static int mpi_open(fp__link **out, const fp__wconf *cfg,
   l->n = cfg->nworkers;
   l->s = calloc((size_t)l->n, sizeof(*l->s));
   l->lost = calloc((size_t)w->size, sizeof(int));
+  l->gone = calloc((size_t)w->size, sizeof(int));
   l->where = calloc((size_t)w->size, sizeof(*l->where));
-  if (!l->s || !l->lost || !l->where) {
+  if (!l->s || !l->lost || !l->gone || !l->where) {
     mlink_release(l);
     return FP_ENOMEM;
   }
@@ -329,9 +392,14 @@ static int mpi_start(fp__link *base, uv_loop_t *loop) {
   if (rc != 0)
     return rc;
   l->in.data = l;
+  uv_timer_init(loop, &l->watch); /* cannot fail: no system call */
+  l->watch.data = l;
+  uv_timer_start(&l->watch, on_watch, WATCH_MS, WATCH_MS);
+  uv_unref((uv_handle_t *)&l->watch); /* it never keeps the loop alive */
   hook_leave(l->w);
   if ((rc = fp__mprog_start(&l->prog, notify, l)) != 0) {
     uv_close((uv_handle_t *)&l->in, NULL);
+    uv_close((uv_handle_t *)&l->watch, NULL);
     return rc;
   }
   l->started = 1;
@@ -358,6 +426,8 @@ static int mpi_kill(fp__link *base, int g, int sig, uint64_t aim) {
   (void)aim; /* the rank kills what its worker runs */
   if (!l->s[g].alive)
     return FP_EINVAL;
+  if (sig == SIGKILL && l->s[g].killed_ns == 0)
+    l->s[g].killed_ns = l->w->core->now_ns(); /* on_watch's clock */
   post(l, g, FP__M_KILL, l->s[g].pid, sig);
   return 0;
 }
@@ -465,6 +535,7 @@ static void mpi_close(fp__link *base) {
   if (l->started && !uv_is_closing((uv_handle_t *)&l->in)) {
     fp__mprog_mute(&l->prog);
     uv_close((uv_handle_t *)&l->in, NULL);
+    uv_close((uv_handle_t *)&l->watch, NULL);
   }
 }
 
@@ -474,18 +545,20 @@ static void say_bye(mlink *l) {
   int64_t deadline = fp__mpi_now() + BYE_WAIT_NS;
   int waiting = 0;
   for (int r = 1; r < l->w->size; r++) {
-    /* A rank whose fork server died (lost) still waits for its BYE. */
+    /* A rank whose fork server died (lost) still waits for its BYE; one
+     * given up is told too, but not waited for. */
     fp__mbuf *m = fp__mbuf_new(r, FP__M_BYE, 0, 0, 0, 0);
     if (m != NULL) {
       fp__mprog_post(&l->prog, m);
-      waiting++;
+      waiting += !l->gone[r];
     }
   }
   while (waiting > 0 && fp__mpi_now() < deadline) {
     fp__mbuf *m = fp__mprog_wait(&l->prog, deadline);
     while (m != NULL) {
       fp__mbuf *next = m->next;
-      if (m->len >= sizeof(fp__mhdr) && FP__MHDR(m)->op == FP__M_BYE_ACK)
+      if (m->len >= sizeof(fp__mhdr) && FP__MHDR(m)->op == FP__M_BYE_ACK &&
+          m->peer > 0 && m->peer < l->w->size && !l->gone[m->peer])
         waiting--;
       fp__mbuf_free(m);
       m = next;

@@ -26,6 +26,11 @@
  *                                 BYE bound (the pool told each worker
  *                                 FINISH at every loop iteration, 744,000
  *                                 messages queued, and free took minutes)
+ *   mpirun -n 3 leave --stopped   rank 1 is stopped (SIGSTOP) before
+ *                                 rank 0 frees the pool: fp_pool_free
+ *                                 gives the silent rank up and returns
+ *                                 (it waited forever); rank 1 is then let
+ *                                 go so that the job can end
  *   mpirun -n 3 leave --threads   two threads of every rank make an MPI
  *                                 pool at once: one gets it (rank 0) or
  *                                 serves, the other gets FP_ENOTSUP; MPI
@@ -36,6 +41,7 @@
 
 #include <mpi.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +194,39 @@ static void c_many(void *a) {
          took);
 }
 
+static int rank_pids[16];
+
+static void c_stopped(void *a) {
+  (void)a;
+  c_no_free(NULL); /* every rank serves */
+  kill(rank_pids[1], SIGSTOP);
+  double t0 = mt_now();
+  fp_pool_free(pool);
+  double took = mt_now() - t0;
+  kill(rank_pids[1], SIGCONT); /* MPI_Finalize needs it */
+  /* SIGKILL after kill_grace, given up UNRESPONSIVE_NS (10 s) later. */
+  EXPECT(took < 40, "fp_pool_free took %.1f s with rank 1 stopped", took);
+}
+
+/* --stopped: every rank says its pid before the pool is made. */
+static int stopped(int argc, char **argv) {
+  int level, rank = 0, size = 0, pid = (int)getpid();
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &level);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 16 || size < 2)
+    return 1;
+  MPI_Gather(&pid, 1, MPI_INT, rank_pids, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  fp_pool_opts o = {.transport = FP_TRANSPORT_MPI, .processes = 1};
+  int rc = fp_pool_new(&pool, &o); /* worker ranks serve in here */
+  EXPECT(rc == 0, "fp_pool_new: %s", fp_last_error());
+  if (rc == 0)
+    mt_run("free_gives_up_a_stopped_rank", c_stopped, NULL);
+  rc = mt_done();
+  MPI_Finalize(); /* ours: the library finalizes only what it started */
+  return rc;
+}
+
 /* --many: worker ranks serve inside fp_pool_new, rank 0 runs the case. */
 static int many(void) {
   const char *r = getenv("OMPI_COMM_WORLD_RANK");
@@ -203,6 +242,8 @@ int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "";
   if (strcmp(mode, "--many") == 0)
     return many();
+  if (strcmp(mode, "--stopped") == 0)
+    return stopped(argc, argv);
   int late = strcmp(mode, "--late") == 0, rank = 0, level;
   if (strcmp(mode, "--bad-option") == 0)
     return bad_option(argc > 2 ? argv[2] : "");

@@ -49,6 +49,7 @@ run "an option out of range on every rank" $MPIRUN -n 3 "$T/leave" --bad-option
 run "an unknown pin policy on every rank" $MPIRUN -n 3 "$T/leave" --bad-option pin
 run "two threads make an MPI pool at once" $MPIRUN -n 3 "$T/leave" --threads
 run "free of 1024 workers per rank is bounded" $MPIRUN -n 2 "$T/leave" --many
+run "free gives a stopped rank up" $MPIRUN -n 3 "$T/leave" --stopped
 run "memory and message-size limits" $MPIRUN -n 2 "$T/limits"
 run "FP_MPI_HELLO_TIMEOUT=inf is no bound" env FP_MPI_HELLO_TIMEOUT=inf \
   $MPIRUN -x FP_MPI_HELLO_TIMEOUT -n 3 "$T/refuse"
