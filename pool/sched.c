@@ -314,8 +314,9 @@ static int any_idle(fp_pool *pool) {
 }
 
 int fp__sched_steal_pending_locked(fp_pool *pool) {
+  /* Cheapest first: usually no worker holds two chunks. */
   return pool->qhead == NULL && pool->state != FP__TERMINATE &&
-         any_idle(pool) && fp__steal_victim_locked(pool, 0) != NULL;
+         fp__steal_victim_locked(pool, 0) != NULL && any_idle(pool);
 }
 
 /* With nothing pending and a worker idle, takes back the chunks queued

@@ -46,7 +46,7 @@ static int holds_queued(const fp_pool *pool, const fp__wslot *ws) {
 }
 
 fp__wslot *fp__steal_victim_locked(fp_pool *pool, int stuck_only) {
-  int64_t now = fp__now_ns();
+  int64_t now = 0; /* read only when needed: this runs at every dispatch */
   int64_t after =
       2 * pool->ewma_ns > STEAL_MIN_NS ? 2 * pool->ewma_ns : STEAL_MIN_NS;
   fp__wslot *best = NULL;
@@ -54,8 +54,11 @@ fp__wslot *fp__steal_victim_locked(fp_pool *pool, int stuck_only) {
     return NULL;
   for (int i = 0; i < pool->nworkers; i++) {
     fp__wslot *ws = &pool->ws[i];
-    if (!holds_queued(pool, ws) ||
-        (stuck_only && now - ws->last_done_ns < after))
+    if (!holds_queued(pool, ws))
+      continue;
+    if (stuck_only && now == 0)
+      now = fp__now_ns();
+    if (stuck_only && now - ws->last_done_ns < after)
       continue;
     if (best == NULL || ws->last_done_ns < best->last_done_ns)
       best = ws; /* its queue has waited longest */
