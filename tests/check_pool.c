@@ -656,29 +656,31 @@ static int t_count_run(fp_reader *args, fp_writer *out) {
   return fp_write_int(out, i);
 }
 
-/* Three workers, two tasks that last until the end of the test, then
- * short calls: the adaptive queue depth spreads those over every worker,
- * behind the long ones too. They must all finish while the long ones
- * still run - the idle worker takes back what waits behind them - and
- * none may run twice, neither then nor when the long ones end and their
- * workers reach the frames they no longer own. */
-/* Runs the scenario: returns the pool, the long calls still running. */
-static fp_pool *queue_behind_long_tasks(fp_result **longs, int nshort,
-                                        fp_result **shorts) {
+/* Runs the scenario on a pool of three workers made with po (NULL: the
+ * defaults), the long calls with long_co: returns the pool, the long
+ * calls still running. */
+static fp_pool *queue_behind_long_tasks_with(const fp_pool_opts *po,
+                                             const fp_call_opts *long_co,
+                                             fp_result **longs, int nshort,
+                                             fp_result **shorts) {
   ck_assert_int_eq(pipe(g_gate), 0);
   g_runs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                 -1, 0);
   ck_assert_ptr_ne(g_runs, MAP_FAILED);
-  fp_pool *p = new_pool(3);
+  fp_pool_opts o = po != NULL ? *po : (fp_pool_opts){0};
+  o.processes = 3;
+  fp_pool *p = NULL;
+  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
   /* Short chunks measured: queues run deep. */
-  int64_t in[3000], out[3000];
-  for (int i = 0; i < 3000; i++)
+  int64_t in[300], out[300];
+  for (int i = 0; i < 300; i++)
     in[i] = i;
   fp_call_opts co = {0};
   co.chunksize = 1;
-  ck_assert_int_eq(fp_pool_map(p, t_square, in, 3000, 8, out, 8, &co), 0);
+  ck_assert_int_eq(fp_pool_map(p, t_square, in, 300, 8, out, 8, &co), 0);
   for (int k = 0; k < 2; k++)
-    ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, NULL, &longs[k]), 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, long_co, &longs[k]),
+                     0);
   fp_writer a;
   fp_writer_init(&a);
   for (int i = 0; i < nshort; i++) {
@@ -695,6 +697,11 @@ static fp_pool *queue_behind_long_tasks(fp_result **longs, int nshort,
   }
   ck_assert_int_eq(fp_result_ready(longs[0]) + fp_result_ready(longs[1]), 0);
   return p;
+}
+
+static fp_pool *queue_behind_long_tasks(fp_result **longs, int nshort,
+                                        fp_result **shorts) {
+  return queue_behind_long_tasks_with(NULL, NULL, longs, nshort, shorts);
 }
 
 /* Ends the scenario: every short call ran exactly once. */
@@ -725,6 +732,42 @@ START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
   ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
   for (int k = 0; k < 2; k++) {
     ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
+    fp_result_free(longs[k]);
+  }
+  check_ran_once_and_free(p, SHORT, shorts);
+}
+END_TEST
+
+/* With maxtasksperchild, a worker counts the frames it answers without
+ * running them as tasks, as the master counts them sent: the moved calls
+ * cost no protocol violation ("RETIRE before maxtasksperchild") and no
+ * lost call, through many replacements. */
+START_TEST(moved_calls_count_towards_maxtasksperchild_on_both_sides) {
+  enum { SHORT = 12 };
+  fp_result *longs[2], *shorts[SHORT];
+  fp_pool_opts po = {0};
+  po.maxtasksperchild = 40;
+  fp_pool *p = queue_behind_long_tasks_with(&po, NULL, longs, SHORT, shorts);
+  ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
+  for (int k = 0; k < 2; k++) {
+    ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
+    fp_result_free(longs[k]);
+  }
+  check_ran_once_and_free(p, SHORT, shorts);
+}
+END_TEST
+
+/* The long calls end by their time limit instead: they fail with
+ * FP_ETIMEDOUT as any call over its limit, their workers are replaced,
+ * and the calls moved off them ran once. */
+START_TEST(moved_calls_run_once_when_the_long_ones_time_out) {
+  enum { SHORT = 12 };
+  fp_result *longs[2], *shorts[SHORT];
+  fp_call_opts co = {0};
+  co.timeout = 6; /* past the moves, even when valgrind runs the master */
+  fp_pool *p = queue_behind_long_tasks_with(NULL, &co, longs, SHORT, shorts);
+  for (int k = 0; k < 2; k++) {
+    ck_assert_int_eq(fp_result_get(longs[k], 60), FP_ETIMEDOUT);
     fp_result_free(longs[k]);
   }
   check_ran_once_and_free(p, SHORT, shorts);
@@ -2201,6 +2244,8 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, cancel_running_task_replaces_worker);
   tcase_add_test(tc, calls_queued_behind_long_tasks_move_to_an_idle_worker);
   tcase_add_test(tc, moved_calls_run_once_when_the_workers_they_left_die);
+  tcase_add_test(tc, moved_calls_count_towards_maxtasksperchild_on_both_sides);
+  tcase_add_test(tc, moved_calls_run_once_when_the_long_ones_time_out);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("map");
