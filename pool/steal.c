@@ -40,9 +40,12 @@ static int recallable(const fp_pool *pool, const fp__chunk *ch) {
  * gives its chunks back anyway), holding recallable chunks behind its
  * head. */
 static int holds_queued(const fp_pool *pool, const fp__wslot *ws) {
-  if (!ws->alive || ws->kill_reason || ws->ninflight < 2)
+  if (!ws->alive || ws->kill_reason)
     return 0;
-  return recallable(pool, ws->inflight[ws->ninflight - 1]);
+  for (int k = ws->ninflight - 1; k >= 1; k--) /* the tail, usually */
+    if (recallable(pool, ws->inflight[k]))
+      return 1;
+  return 0;
 }
 
 fp__wslot *fp__steal_victim_locked(fp_pool *pool, int stuck_only) {
