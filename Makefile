@@ -275,7 +275,8 @@ endif
 
 # A bounded random mix of the faults of issue 15 (tests/stress/stress.c):
 # worker kills, descriptor pressure, huge and NaN timeouts, pools made and
-# freed from several threads, user forks and cancels; every result checked,
+# freed from several threads, user forks, cancels and calls of uneven cost
+# (each must run exactly once); every result checked,
 # and no process, thread or descriptor left at the end. It prints a summary
 # line and exits 0 only when every check passed.
 STRESS_SECONDS ?= 120

@@ -659,10 +659,10 @@ static int t_count_run(fp_reader *args, fp_writer *out) {
 /* Runs the scenario on a pool of three workers made with po (NULL: the
  * defaults), the long calls with long_co: returns the pool, the long
  * calls still running. */
-static fp_pool *queue_behind_long_tasks_with(const fp_pool_opts *po,
-                                             const fp_call_opts *long_co,
-                                             fp_result **longs, int nshort,
-                                             fp_result **shorts) {
+static fp_pool *queue_behind_long_tasks(const fp_pool_opts *po,
+                                        const fp_call_opts *long_co,
+                                        fp_result **longs, int nshort,
+                                        fp_result **shorts) {
   ck_assert_int_eq(pipe(g_gate), 0);
   g_runs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                 -1, 0);
@@ -699,9 +699,17 @@ static fp_pool *queue_behind_long_tasks_with(const fp_pool_opts *po,
   return p;
 }
 
-static fp_pool *queue_behind_long_tasks(fp_result **longs, int nshort,
-                                        fp_result **shorts) {
-  return queue_behind_long_tasks_with(NULL, NULL, longs, nshort, shorts);
+/* Lets the long calls end (gate: the two bytes for the gate, or NULL to
+ * wait for their time limit) and checks each ended with want. */
+static void end_long_calls(fp_result **longs, const char *gate, int want) {
+  if (gate != NULL)
+    ck_assert_int_eq(write(g_gate[1], gate, 2), 2);
+  for (int k = 0; k < 2; k++) {
+    int rc = fp_result_get(longs[k], 60);
+    ck_assert_msg(rc == want, "long call %d: %s (%s)", k, fp_err_name(rc),
+                  fp_result_error(longs[k]));
+    fp_result_free(longs[k]);
+  }
 }
 
 /* Ends the scenario: every short call ran exactly once. */
@@ -728,12 +736,8 @@ static void check_ran_once_and_free(fp_pool *p, int nshort,
 START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
   enum { SHORT = 12 };
   fp_result *longs[2], *shorts[SHORT];
-  fp_pool *p = queue_behind_long_tasks(longs, SHORT, shorts);
-  ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
-  for (int k = 0; k < 2; k++) {
-    ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
-    fp_result_free(longs[k]);
-  }
+  fp_pool *p = queue_behind_long_tasks(NULL, NULL, longs, SHORT, shorts);
+  end_long_calls(longs, "xx", 0);
   check_ran_once_and_free(p, SHORT, shorts);
 }
 END_TEST
@@ -747,12 +751,8 @@ START_TEST(moved_calls_count_towards_maxtasksperchild_on_both_sides) {
   fp_result *longs[2], *shorts[SHORT];
   fp_pool_opts po = {0};
   po.maxtasksperchild = 40;
-  fp_pool *p = queue_behind_long_tasks_with(&po, NULL, longs, SHORT, shorts);
-  ck_assert_int_eq(write(g_gate[1], "xx", 2), 2);
-  for (int k = 0; k < 2; k++) {
-    ck_assert_int_eq(fp_result_get(longs[k], 60), 0);
-    fp_result_free(longs[k]);
-  }
+  fp_pool *p = queue_behind_long_tasks(&po, NULL, longs, SHORT, shorts);
+  end_long_calls(longs, "xx", 0);
   check_ran_once_and_free(p, SHORT, shorts);
 }
 END_TEST
@@ -765,11 +765,8 @@ START_TEST(moved_calls_run_once_when_the_long_ones_time_out) {
   fp_result *longs[2], *shorts[SHORT];
   fp_call_opts co = {0};
   co.timeout = 6; /* past the moves, even when valgrind runs the master */
-  fp_pool *p = queue_behind_long_tasks_with(NULL, &co, longs, SHORT, shorts);
-  for (int k = 0; k < 2; k++) {
-    ck_assert_int_eq(fp_result_get(longs[k], 60), FP_ETIMEDOUT);
-    fp_result_free(longs[k]);
-  }
+  fp_pool *p = queue_behind_long_tasks(NULL, &co, longs, SHORT, shorts);
+  end_long_calls(longs, NULL, FP_ETIMEDOUT);
   check_ran_once_and_free(p, SHORT, shorts);
 }
 END_TEST
@@ -780,12 +777,8 @@ END_TEST
 START_TEST(moved_calls_run_once_when_the_workers_they_left_die) {
   enum { SHORT = 12 };
   fp_result *longs[2], *shorts[SHORT];
-  fp_pool *p = queue_behind_long_tasks(longs, SHORT, shorts);
-  ck_assert_int_eq(write(g_gate[1], "kk", 2), 2);
-  for (int k = 0; k < 2; k++) {
-    ck_assert_int_eq(fp_result_get(longs[k], 60), FP_EWORKER);
-    fp_result_free(longs[k]);
-  }
+  fp_pool *p = queue_behind_long_tasks(NULL, NULL, longs, SHORT, shorts);
+  end_long_calls(longs, "kk", FP_EWORKER);
   fp_writer o;
   fp_writer_init(&o);
   ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, &o), 0);

@@ -171,29 +171,37 @@ static void handle(mlink *l, const fp__mbuf *m) {
   }
 }
 
+/* Ends slot g as if its rank had reported it killed (SIGKILL, which keeps
+ * the death out of the start-up storm count, as any kill from outside),
+ * or its spawn as failed. keep_run: the scheduler blames the item it last
+ * ran; else no item is blamed. */
+static void end_slot(mlink *l, int g, int keep_run) {
+  mslot *s = &l->s[g];
+  if (s->alive) {
+    s->alive = s->ready = 0;
+    s->killed_ns = 0;
+    if (!keep_run)
+      forget_run(s);
+    EV(l, exited, g, s->pid, SIGKILL);
+  } else if (s->spawning) {
+    s->spawning = 0;
+    EV(l, start_failed, g, FP_EWORKER);
+  }
+}
+
 /* MPI was finalized under the pool (leave_at_finalize): the worker ranks
  * were told BYE and nothing more will come from them. Ends every slot, as
  * link.h asks before lost(). lost[] first, so that the respawns the exits
  * ask for fail at once instead of posting SPAWNs nobody answers. An exit
  * blames no item (run cleared): the chunks go back to the queue, and
- * lost() fails them with its reason. The status, SIGKILL, keeps the
- * deaths out of the start-up storm count, as any kill from outside. */
+ * lost() fails them with its reason. */
 static void end_every_slot(mlink *l) {
   int was_lost = l->nlost == l->w->size - 1;
   for (int r = 1; r < l->w->size; r++)
     l->lost[r] = 1;
   l->nlost = l->w->size - 1;
-  for (int g = 0; g < l->n; g++) {
-    mslot *s = &l->s[g];
-    if (s->alive) {
-      s->alive = s->ready = 0;
-      forget_run(s);
-      EV(l, exited, g, s->pid, SIGKILL);
-    } else if (s->spawning) {
-      s->spawning = 0;
-      EV(l, start_failed, g, FP_EWORKER);
-    }
-  }
+  for (int g = 0; g < l->n; g++)
+    end_slot(l, g, 0);
   if (!was_lost) /* every rank's fork server died first: that said it */
     l->ev.lost(l->ev.ctx, "MPI_Finalize was called while the pool was "
                           "alive: its worker ranks were told to end");
@@ -206,18 +214,8 @@ static void end_every_slot(mlink *l) {
 static void rank_unresponsive(mlink *l, int r) {
   int was_lost = l->lost[r];
   l->gone[r] = l->lost[r] = 1; /* first: the exits' respawns fail */
-  for (int k = 0; k < l->w->count[r]; k++) {
-    int g = l->w->base[r] + k;
-    mslot *s = &l->s[g];
-    if (s->alive) {
-      s->alive = s->ready = 0;
-      s->killed_ns = 0;
-      EV(l, exited, g, s->pid, SIGKILL);
-    } else if (s->spawning) {
-      s->spawning = 0;
-      EV(l, start_failed, g, FP_EWORKER);
-    }
-  }
+  for (int k = 0; k < l->w->count[r]; k++)
+    end_slot(l, l->w->base[r] + k, 1);
   if (!was_lost && ++l->nlost == l->w->size - 1)
     l->ev.lost(l->ev.ctx, "every worker rank died or stopped answering");
 }
