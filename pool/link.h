@@ -158,6 +158,12 @@ typedef struct fp__link_ops {
   /* 1 when kill() honours aim; 0 when an aimed SIGTERM may still hit
    * whatever the worker runs by the time it arrives. */
   int kill_aims;
+  /* 0, or how many chunks a worker must hold before the link lets its
+   * results wait for the owner to look instead of telling it (the local
+   * link's workers do, for about FP__DEFER_NS: local.h). While a worker
+   * holds that many, the pool thread looks every FP__LOOK_MS (pool.c), so
+   * that such a result waits no longer when the chunk after it runs long. */
+  int lazy_depth;
   /* The largest frame the link carries, 0: any the options allow. A
    * pool's max_frame is capped to it, so that a task too big for the
    * link is refused at submission, naming its size. */

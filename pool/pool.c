@@ -8,7 +8,7 @@
  * over the link's handles, an async handle that user threads poke, and a
  * tick timer (time limits, SIGTERM -> SIGKILL escalation, delayed
  * respawns; deaths.c), and a poke timer while workers hold chunks (see
- * POKE_MS).
+ * FP__POKE_MS in pool_int.h).
  *
  * The link reports events between enter() and leave(): enter takes
  * pool->mu; leave dispatches queued work, releases the mutex, runs the
@@ -31,14 +31,6 @@
 #include <unistd.h>
 
 #define TICK_MS 2
-/* While workers hold chunks, the pool thread looks at the link at least
- * this often, whatever the workers say. Results normally come with a
- * worker's kick, or to a caller that polls; but whether a worker kicks
- * depends on words in shared memory (master_idle, pollers) that any
- * worker's task can overwrite, and a result with callbacks and no waiter
- * would then never be taken in. Ten looks a second while busy; none when
- * idle. */
-#define POKE_MS 100
 /* Longest accepted SIGTERM -> SIGKILL delay: fp_pool_terminate() must
  * return, so "never escalate" is refused rather than honoured. */
 #define MAX_KILL_GRACE_S 3600.0
@@ -121,6 +113,7 @@ static void maybe_shutdown_locked(fp_pool *pool) {
   uv_close((uv_handle_t *)&pool->tick, closed_noop);
   uv_timer_stop(&pool->poke);
   uv_close((uv_handle_t *)&pool->poke, closed_noop);
+  pool->poke_ms = 0;
 }
 
 /* Link events arrive between these two (see link.h). */
@@ -156,9 +149,11 @@ static void loop_leave(void *ctx) {
         uv_timer_start(&pool->tick, on_tick, TICK_MS, TICK_MS);
         pool->tick_on = 1;
       }
-      if (!pool->poke_on && fp__chunks_travel_locked(pool)) {
-        uv_timer_start(&pool->poke, on_poke, POKE_MS, POKE_MS);
-        pool->poke_on = 1;
+      /* Faster only: a restart puts the next look off. */
+      int ms = fp__poke_ms_locked(pool);
+      if (ms != 0 && (pool->poke_ms == 0 || ms < pool->poke_ms)) {
+        uv_timer_start(&pool->poke, on_poke, (uint64_t)ms, (uint64_t)ms);
+        pool->poke_ms = ms;
       }
       pool->poke_asked = 0;
       maybe_shutdown_locked(pool);
@@ -188,10 +183,12 @@ static void on_tick(uv_timer_t *t) {
 static void on_poke(uv_timer_t *t) {
   fp_pool *pool = t->data;
   loop_enter(pool);
-  if (!fp__chunks_travel_locked(pool)) {
+  int ms = fp__poke_ms_locked(pool);
+  if (ms == 0)
     uv_timer_stop(&pool->poke);
-    pool->poke_on = 0;
-  }
+  else if (ms != pool->poke_ms)
+    uv_timer_start(&pool->poke, on_poke, (uint64_t)ms, (uint64_t)ms);
+  pool->poke_ms = ms;
   loop_leave(pool);
 }
 

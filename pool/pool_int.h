@@ -100,9 +100,9 @@ struct fp_pool {
   uv_async_t wake;
   uv_timer_t tick;
   int tick_on;
-  uv_timer_t poke; /* a slow look at the link while chunks travel */
-  int poke_on;
-  int poke_asked; /* another thread woke the loop to arm it */
+  uv_timer_t poke; /* a look at the link while chunks travel */
+  int poke_ms;     /* its period, 0: off (fp__poke_ms_locked) */
+  int poke_asked;  /* another thread woke the loop to arm it */
   pthread_t thread;
   int thread_started;
   int thread_done;
@@ -194,20 +194,43 @@ static inline void fp__pool_wake(fp_pool *pool) {
     uv_async_send(&pool->wake);
 }
 
-/* 1 when a worker holds chunks. */
-static inline int fp__chunks_travel_locked(const fp_pool *pool) {
-  for (int i = 0; i < pool->nworkers; i++)
-    if (pool->ws[i].ninflight > 0)
-      return 1;
-  return 0;
+/* While workers hold chunks, the pool thread looks at the link at least
+ * every FP__POKE_MS, whatever the workers say. Results normally come with
+ * a worker's kick, or to a caller that polls; but whether a worker kicks
+ * depends on words in shared memory (master_idle, pollers) that any
+ * worker's task can overwrite, and a result with callbacks and no waiter
+ * would then never be taken in. Ten looks a second while busy; none when
+ * idle. */
+#define FP__POKE_MS 100
+/* ... and every FP__LOOK_MS while a worker holds the link's lazy_depth
+ * chunks: its results may be waiting for that look (link.h), which bounds
+ * their wait when the chunk after them runs long. A worker holds that many
+ * only while chunks are short (sched.c, queue_depth), when the results
+ * keep the pool thread that busy anyway. */
+#define FP__LOOK_MS 2
+
+/* The poke timer's period now: FP__LOOK_MS, FP__POKE_MS, or 0 when no
+ * worker holds a chunk. */
+static inline int fp__poke_ms_locked(const fp_pool *pool) {
+  int lazy = pool->link->ops->lazy_depth, ms = 0;
+  for (int i = 0; i < pool->nworkers; i++) {
+    int n = pool->ws[i].ninflight;
+    if (lazy > 0 && n >= lazy)
+      return FP__LOOK_MS;
+    if (n > 0)
+      ms = FP__POKE_MS;
+  }
+  return ms;
 }
 
-/* pool.c's poke timer runs while workers hold chunks. The pool thread
- * arms it (loop_leave); a thread that sent chunks while it is off wakes
- * the pool thread to arm it: once per busy spell, not per send. */
+/* The pool thread arms the poke timer (loop_leave); a thread that sent
+ * chunks while it is off, or slower than they need, wakes the pool thread
+ * to arm it: once per busy spell, not per send. */
 static inline void fp__pool_need_poke_locked(fp_pool *pool) {
-  if (pool->poke_on || pool->poke_asked || pool->stopping ||
-      fp__on_pool_thread(pool) || !fp__chunks_travel_locked(pool))
+  if (pool->poke_asked || pool->stopping || fp__on_pool_thread(pool))
+    return;
+  int ms = fp__poke_ms_locked(pool);
+  if (ms == 0 || (pool->poke_ms != 0 && pool->poke_ms <= ms))
     return;
   pool->poke_asked = 1;
   fp__pool_wake(pool);

@@ -656,6 +656,20 @@ static int t_count_run(fp_reader *args, fp_writer *out) {
   return fp_write_int(out, i);
 }
 
+/* A pool made with o that has run 300 one-item chunks: chunks measured
+ * short, its workers' queues run deep. */
+static fp_pool *pool_measuring_short_chunks(const fp_pool_opts *o) {
+  fp_pool *p = NULL;
+  ck_assert_int_eq(fp_pool_new(&p, o), 0);
+  int64_t in[300], out[300];
+  for (int i = 0; i < 300; i++)
+    in[i] = i;
+  fp_call_opts co = {0};
+  co.chunksize = 1;
+  ck_assert_int_eq(fp_pool_map(p, t_square, in, 300, 8, out, 8, &co), 0);
+  return p;
+}
+
 /* Runs the scenario on a pool of three workers made with po (NULL: the
  * defaults), the long calls with long_co: returns the pool, the long
  * calls still running. */
@@ -669,15 +683,7 @@ static fp_pool *queue_behind_long_tasks(const fp_pool_opts *po,
   ck_assert_ptr_ne(g_runs, MAP_FAILED);
   fp_pool_opts o = po != NULL ? *po : (fp_pool_opts){0};
   o.processes = 3;
-  fp_pool *p = NULL;
-  ck_assert_int_eq(fp_pool_new(&p, &o), 0);
-  /* Short chunks measured: queues run deep. */
-  int64_t in[300], out[300];
-  for (int i = 0; i < 300; i++)
-    in[i] = i;
-  fp_call_opts co = {0};
-  co.chunksize = 1;
-  ck_assert_int_eq(fp_pool_map(p, t_square, in, 300, 8, out, 8, &co), 0);
+  fp_pool *p = pool_measuring_short_chunks(&o);
   for (int k = 0; k < 2; k++)
     ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, long_co, &longs[k]),
                      0);
@@ -784,6 +790,85 @@ START_TEST(moved_calls_run_once_when_the_workers_they_left_die) {
   ck_assert_int_eq(fp_pool_apply(p, t_pid, NULL, &o), 0);
   fp_writer_free(&o);
   check_ran_once_and_free(p, SHORT, shorts);
+}
+END_TEST
+
+/* Runs for the milliseconds it is given: a chunk of known length. */
+static int t_for_ms(fp_reader *args, fp_writer *out) {
+  int64_t ms;
+  int rc = fp_read_int(args, &ms);
+  if (rc != 0)
+    return rc;
+  struct timespec ts = {0, (long)ms * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    ;
+  return fp_write_int(out, ms);
+}
+
+/* A callback that tells the test, through a pipe, that the pool thread
+ * has taken its call's result in. */
+static void note_taken(fp_result *res, void *arg) {
+  (void)res;
+  if (write(*(int *)arg, "t", 1) != 1)
+    abort(); /* the test's pipe: cannot fill up */
+}
+
+/* A worker with chunks queued behind the one it runs lets that one's
+ * result wait in its ring for the pool thread to look (pool.md 7); when
+ * the next chunk is a long one, the pool thread must still look soon:
+ * the result must not wait for the long chunk, nor for the pool's slow
+ * 100 ms look. One worker: a gated call it runs first, then a 5 ms call
+ * whose result is watched (its callback runs when the pool thread takes
+ * it), then a gated call and another one queued behind it. Nobody polls
+ * meanwhile: the test thread sleeps in poll() on the callback's pipe. */
+START_TEST(a_result_does_not_wait_for_the_long_chunk_after_it) {
+  enum { ROUNDS = 8 };
+  int note[2];
+  ck_assert_int_eq(pipe(g_gate), 0);
+  ck_assert_int_eq(pipe(note), 0);
+  fp_pool_opts o = {0};
+  o.processes = 1;
+  o.inflight = 16;
+  fp_pool *p = pool_measuring_short_chunks(&o);
+  fp_call_opts watched = {0};
+  watched.callback = note_taken;
+  watched.arg = &note[1];
+  fp_writer five;
+  fp_writer_init(&five);
+  fp_write_int(&five, 5);
+  for (int r = 0; r < ROUNDS; r++) {
+    fp_result *rs[4];
+    ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, NULL, &rs[0]), 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_for_ms, &five, &watched, &rs[1]),
+                     0);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_gated, NULL, NULL, &rs[2]), 0);
+    ck_assert_int_eq(fp_pool_apply_async(p, t_for_ms, &five, NULL, &rs[3]), 0);
+    double t0 = now_s();
+    ck_assert_int_eq(write(g_gate[1], "x", 1), 1); /* the first one ends */
+    struct pollfd pfd = {note[0], POLLIN, 0};
+    ck_assert_int_eq(poll(&pfd, 1, 60000), 1);
+    double waited = now_s() - t0;
+    char c;
+    ck_assert_int_eq(read(note[0], &c, 1), 1);
+    ck_assert_int_eq(fp_result_ready(rs[2]), 0); /* the long one still runs */
+    /* 5 ms of work, then a look every 2 ms; valgrind slows everything. */
+    if (!fp_test_under_valgrind())
+      ck_assert_msg(waited < 0.030,
+                    "round %d: the 5 ms call's result "
+                    "was taken in after %.1f ms",
+                    r, waited * 1e3);
+    ck_assert_int_eq(write(g_gate[1], "x", 1), 1);
+    for (int k = 0; k < 4; k++) {
+      ck_assert_int_eq(fp_result_get(rs[k], 60), 0);
+      fp_result_free(rs[k]);
+    }
+  }
+  fp_writer_free(&five);
+  fp_pool_free(p);
+  close(note[0]);
+  close(note[1]);
+  close(g_gate[0]);
+  close(g_gate[1]);
 }
 END_TEST
 
@@ -2236,6 +2321,7 @@ Suite *pool_suite(void) {
   tcase_add_test(tc, cancel_queued_task);
   tcase_add_test(tc, cancel_running_task_replaces_worker);
   tcase_add_test(tc, calls_queued_behind_long_tasks_move_to_an_idle_worker);
+  tcase_add_test(tc, a_result_does_not_wait_for_the_long_chunk_after_it);
   tcase_add_test(tc, moved_calls_run_once_when_the_workers_they_left_die);
   tcase_add_test(tc, moved_calls_count_towards_maxtasksperchild_on_both_sides);
   tcase_add_test(tc, moved_calls_run_once_when_the_long_ones_time_out);

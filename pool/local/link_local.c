@@ -1479,6 +1479,7 @@ const fp__link_ops fp__link_local = {
     .send = local_send,
     .kill = local_kill,
     .kill_aims = 1,
+    .lazy_depth = FP__DEFER_QUEUED,
     .running = local_running,
     .skip = local_skip,
     .recall = local_recall,

@@ -87,11 +87,21 @@ void fp__slot_unskip(fp__slot *s, uint64_t seq);
  * master_idle, then reads the tails, all four accesses seq_cst, so at least
  * one side sees the other's store and a result is never left unseen.
  *
+ * A worker that holds FP__DEFER_QUEUED or more chunks (the one it runs and
+ * those queued behind it) may let a result wait in the ring instead of
+ * kicking, until it publishes one FP__DEFER_NS later: the master then
+ * takes several results per wake-up. The worker cannot bound that wait by
+ * itself, as the next chunk it runs may be long; the master does, by
+ * looking at the rings every FP__LOOK_MS while a worker holds that many
+ * (the link's lazy_depth, pool.c).
+ *
  * Results in the ring survive the worker: when a worker dies, the master
  * drains its ring before accounting for its chunks, so a chunk that
  * finished is never run twice or lost. Entries are frames (frame.h),
  * 8-byte aligned; FP__RING_WRAP in place of a frame header marks the unused
  * end before a wrap. */
+#define FP__DEFER_QUEUED 3
+#define FP__DEFER_NS 1000000
 #define FP__RING_SIZE (256 * 1024)
 #define FP__RING_MAX (FP__RING_SIZE / 2)
 #define FP__RING_WRAP 0xFFFFFFFFu

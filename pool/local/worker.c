@@ -88,7 +88,6 @@ int fp_task_fail(const char *fmt, ...) {
   return FP_ETASK;
 }
 
-#define KICK_DEFER_NS 1000000 /* longest a published result waits */
 /* Before a kick, a worker with no task queued watches this long for a
  * caller to start polling (or the pool thread to wake): a blocking call's
  * caller submits and then polls, and a short task can finish in between
@@ -595,7 +594,7 @@ static int master_will_look(const worker *w) {
  * in fp__ring_put() and the loads of master_will_look() are all seq_cst,
  * so the loads cannot be ordered before the store (the protocol is in
  * local.h). While this worker still has chunks queued the kick may wait
- * (up to KICK_DEFER_NS): the master then drains several results and
+ * (up to FP__DEFER_NS, local.h): the master then drains several results and
  * refills the queue with one write, instead of one wake-up and one write
  * per chunk. With nothing queued it first watches KICK_GRACE_NS for a
  * poller. Returns 0 or -errno of the send. */
@@ -606,7 +605,7 @@ static int maybe_kick(worker *w, int may_defer) {
   }
   int64_t now = fp__now_ns();
   if (!may_defer ||
-      (w->deferred_since != 0 && now - w->deferred_since >= KICK_DEFER_NS)) {
+      (w->deferred_since != 0 && now - w->deferred_since >= FP__DEFER_NS)) {
     w->deferred_since = 0;
     /* Only with nothing queued: this worker would wait for a task anyway. */
     int64_t grace = atomic_load_explicit(&w->tring->tail,
@@ -704,16 +703,17 @@ static int run_chunk(worker *w, const chunk *ch, int may_defer) {
 
 /* ---- reading frames ------------------------------------------------------ */
 
-/* Counts the entries (at most 2) queued in the task ring after the one
- * being run: chunks this worker will run without waiting for the master. */
-static int frames_buffered(const worker *w) {
+/* Whether this worker holds FP__DEFER_QUEUED chunks or more: the one it
+ * runs and those queued in the task ring after it, which it will run
+ * without waiting for the master. Its results may then wait (local.h). */
+static int results_may_wait(const worker *w) {
   uint64_t pos = w->tpos;
   const unsigned char *p;
   size_t len;
-  int n = 0;
-  while (n < 2 && fp__tring_next(w->tring, &pos, &p, &len) == 1)
+  int n = 1;
+  while (n < FP__DEFER_QUEUED && fp__tring_next(w->tring, &pos, &p, &len) == 1)
     n++;
-  return n;
+  return n == FP__DEFER_QUEUED;
 }
 
 /* Returns the next frame's payload, reading as much as the socket has in
@@ -980,7 +980,7 @@ void fp__worker_main(const fp__wconf *cfg, const fp__wboot *boot) {
     next_task(&w, &payload, &plen);
     if (parse_task(payload, plen, cfg->max_frame, &ch) != 0)
       _exit(FP__WEXIT_PROTO);
-    int rc = run_chunk(&w, &ch, frames_buffered(&w) >= 2);
+    int rc = run_chunk(&w, &ch, results_may_wait(&w));
     fflush(stdout);
     fflush(stderr);
     if (rc != 0) /* the master is gone, or a task broke the socket */
