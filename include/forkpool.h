@@ -746,7 +746,9 @@ typedef struct fp_pool_opts {
                                   non-zero return makes that start fail */
   void *initarg;
   unsigned maxtasksperchild; /* tasks (chunks) before a worker is replaced;
-                                0: unlimited */
+                                0: unlimited. Chunks it was sent and
+                                answered without running (canceled, or
+                                moved to an idle worker) count too */
   size_t max_frame;          /* largest message, item or result: 4096
                                 to 2^32 - 1; 0: FP_FRAME_MAX_DEFAULT.
                                 A task frame's header takes 256 bytes
@@ -1038,7 +1040,10 @@ FP_EXTERN int fp_iter_next(fp_iter *it, fp_reader *item, double timeout);
  * crashing item's index under FP_CRASH_ABORT, else -1. -1 for NULL. */
 FP_EXTERN int64_t fp_iter_index(const fp_iter *it);
 
-/* Message of the last failed item, or "" (also for NULL). Never NULL. */
+/* Message of the last outcome fp_iter_next returned: an item's failure or
+ * the job's; "" after an item that succeeded, before the first item, and
+ * for NULL (FP_EAGAIN and FP_EOF leave it as it was). Never NULL; valid
+ * until the next fp_iter_next or fp_iter_free. */
 FP_EXTERN const char *fp_iter_error(const fp_iter *it);
 
 /* Frees the iterator; unfinished work is canceled. NULL is ignored. In a
