@@ -24,6 +24,7 @@
 #include "forkpool.h"
 #include "ipc/shm/check.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -669,6 +670,79 @@ START_TEST(idle_pool_workers_give_their_caches_back) {
 }
 END_TEST
 
+/* --- a busy peer's caches ------------------------------------------------ */
+
+/* Sets 1 KiB values under fresh keys (prefix tag) until the arena is
+ * full; returns how many fit. */
+static long fill_until_full(fp_dict *d, const char *tag) {
+  fp_writer v;
+  char k[64];
+  long n = 0;
+  int rc;
+  make_bytes(&v, 1024, 'f');
+  for (;; n++) {
+    snprintf(k, sizeof(k), "%s%ld", tag, n);
+    if ((rc = fp_dict_set(d, K(k), v.data, v.len)) != 0)
+      break;
+  }
+  ck_assert_msg(rc == FP_ENOMEM, "fill: %s", fp_err_name(rc));
+  fp_writer_free(&v);
+  return n;
+}
+
+/* A process that keeps making calls holds in its caches what it wrote and
+ * deleted. When another process finds the arena full, it must get that
+ * memory: before, only the busy process's exit gave it back. The test
+ * fills the arena while the peer runs, lets the peer exit, and fills
+ * again: almost nothing more may fit then. */
+START_TEST(a_full_arena_gets_what_a_busy_peer_caches) {
+  fp_manager *m = new_manager(4u << 20);
+  int ready[2], stop[2];
+  ck_assert_int_eq(fp_dict_new(m, &g_churn_dict), 0);
+  size_t base = used_of(m);
+  ck_assert_int_eq(pipe(ready), 0);
+  ck_assert_int_eq(pipe(stop), 0);
+  pid_t pid = fork();
+  ck_assert_int_ne(pid, -1);
+  if (pid == 0) {
+    fp_writer items, out;
+    fp_reader r;
+    int64_t v;
+    fp_writer_init(&items);
+    fp_writer_init(&out);
+    fp_write_int(&items, 0);
+    fp_reader_init(&r, items.data, items.len);
+    if (churn_every_class(&r, &out) != 0 || write(ready[1], "r", 1) != 1)
+      _exit(1);
+    /* Busy until told to stop (at most a minute). */
+    for (long i = 0; i < 60000000; i++) {
+      fp_dict_get_int(g_churn_dict, K("absent"), &v);
+      struct pollfd pfd = {stop[0], POLLIN, 0};
+      if (i % 256 == 0 && poll(&pfd, 1, 0) == 1)
+        _exit(0);
+    }
+    _exit(2);
+  }
+  char c;
+  ck_assert_int_eq(read(ready[0], &c, 1), 1);
+  size_t held = used_of(m) - base;
+  ck_assert_msg(held >= (256u << 10), "the peer holds only %zu bytes", held);
+  long first = fill_until_full(g_churn_dict, "a");
+  ck_assert_int_eq(write(stop[1], "s", 1), 1);
+  ck_assert_int_eq(reap(pid), 0);
+  long more = fill_until_full(g_churn_dict, "b");
+  ck_assert_msg(more * 1024 < (long)held / 4,
+                "%ld more values fit once the peer exited (%ld before it "
+                "did; it held %zu bytes)",
+                more, first, held);
+  assert_consistent(m);
+  close(ready[0]);
+  close(ready[1]);
+  close(stop[0]);
+  close(stop[1]);
+}
+END_TEST
+
 Suite *arena_reuse_suite(void) {
   Suite *s = suite_create("arena_reuse");
   TCase *tc;
@@ -688,6 +762,7 @@ Suite *arena_reuse_suite(void) {
   tcase_add_test(tc, heaps_of_exited_processes_are_reclaimed_when_full);
   tcase_add_test(tc, array_new_gets_the_pages_of_cached_chunks);
   tcase_add_test(tc, idle_pool_workers_give_their_caches_back);
+  tcase_add_test(tc, a_full_arena_gets_what_a_busy_peer_caches);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("safety");

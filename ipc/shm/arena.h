@@ -170,6 +170,8 @@ typedef struct fp__shm_heap {
   _Atomic uint64_t pin __attribute__((aligned(64)));
   _Atomic uint64_t pins; /* calls so far (written by the owner only), to
                             tell a stuck pin from a busy heap */
+  _Atomic uint64_t squeezed; /* the last m->squeeze it gave back for
+                                (written by the owner only; heap.c) */
   uint64_t nlog __attribute__((aligned(64)));
   fp__shm_undo log[FP__SHM_HLOG_MAX]; /* heap step undo log */
   uint64_t limbo[3];                  /* retired chunks, linked by word 0 */
@@ -215,6 +217,10 @@ struct fp_manager {
   /* The epoch of reclamation (heap.c), on its own line: read by every
    * call, written rarely. */
   _Atomic uint64_t epoch __attribute__((aligned(64)));
+  /* Bumped by an allocation that found no room: every heap gives back
+   * what it caches and what it retired at the end of its next call
+   * (fp__shm_call_end, heap.c). Read by every call too, written rarely. */
+  _Atomic uint64_t squeeze;
   /* Counters updated with atomics, apart from the allocator's line. */
   _Atomic uint64_t repairs __attribute__((aligned(64)));
   _Atomic uint64_t recovered; /* locks taken over from a dead holder */
@@ -453,6 +459,10 @@ static inline void fp__shm_unpin(fp__shm_heap *h) {
   atomic_store_explicit(&h->pin, 0, memory_order_release);
 }
 
+/* Gives back what h caches and retired because an allocation of another
+ * heap found no room (m->squeeze, heap.c). */
+FP__SHM_HIDDEN void fp__shm_squeezed(fp_manager *m, fp__shm_heap *h);
+
 /* The weight of retired chunks (h->nlimbo) a heap lets pile up before a
  * call's end collects them (fp__shm_collect with this min). A chunk weighs
  * 1, a span of pages 1 more per 1/1024 of the arena it holds: so 64 small
@@ -465,6 +475,19 @@ static inline void fp__shm_unpin(fp__shm_heap *h) {
  * epoch first when h holds more than `min` retired chunks. */
 FP__SHM_HIDDEN void fp__shm_collect(fp_manager *m, fp__shm_heap *h,
                                     uint64_t min);
+
+/* Ends a call of h's owner on a structure of m: unpins, then gives back
+ * what h holds when another heap asked for room, or else collects what it
+ * retired once that piled up. m is read by the caller before the call's
+ * structure may be freed. */
+static inline void fp__shm_call_end(fp_manager *m, fp__shm_heap *h) {
+  fp__shm_unpin(h);
+  if (atomic_load_explicit(&m->squeeze, memory_order_relaxed) !=
+      atomic_load_explicit(&h->squeezed, memory_order_relaxed))
+    fp__shm_squeezed(m, h);
+  else if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
+    fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
+}
 
 /* Returns every cached chunk of heap d to the slabs and moves d's retired
  * chunks to the caller's heap h (d is a dead thread's, being reclaimed) or

@@ -317,9 +317,7 @@ static int prepare(fp_dict *d, const void *key, size_t klen, stripe **s,
 
 /* Ends a call: unpins, and lets the heap reuse what it retired. */
 static void done(fp_manager *m, fp__shm_heap *h) {
-  fp__shm_unpin(h);
-  if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
-    fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
+  fp__shm_call_end(m, h);
 }
 
 /* Locks a stripe, repairing it if the previous holder died; FP_EINVAL

@@ -142,9 +142,75 @@ static int refill_cache(fp_manager *m, fp__shm_heap *h, int c) {
 static int alloc_any(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                      uint64_t size);
 
+/* What other heaps cache and retired counts as used, and only they give
+ * it back: four processes churning values of every size on two CPUs held
+ * 3.5 MB of a 4 MiB arena between them, and one of them failed with
+ * FP_ENOMEM holding little itself. So a heap that finds no room first
+ * asks every heap to give back at the end of its next call (m->squeeze),
+ * waits for their answers, and tries once more. A busy peer answers
+ * within microseconds. The wait ends when every live heap answered, when
+ * none answered for SQUEEZE_QUIET_NS while none of those left is inside a
+ * call (they are idle: an idle pool worker gave back before it slept),
+ * or after SQUEEZE_WAIT_NS (a peer inside a long call, such as a foreach
+ * callback). The caller is pinned and may hold a structure's lock: a peer
+ * waiting for that lock answers late, which only makes this wait longer. */
+#define SQUEEZE_WAIT_NS 20000000L
+#define SQUEEZE_QUIET_NS 1000000L
+
+static double secs_since(const struct timespec *t);
+
+/* How many live heaps other than h have not given back for squeeze
+ * `target`; *busy: whether one of them is inside a call. */
+static int squeeze_pending(fp_manager *m, fp__shm_heap *h, uint64_t target,
+                           int *busy) {
+  uint64_t hw = atomic_load(&m->heap_hw);
+  int n = 0;
+  *busy = 0;
+  for (uint64_t i = 0; i < hw; i++) {
+    fp__shm_heap *x = fp__shm_heap_at(m, (int)i);
+    if (x == h || FP__HS_TID(atomic_load(&x->state)) == 0 ||
+        atomic_load_explicit(&x->squeezed, memory_order_acquire) >= target)
+      continue;
+    n++;
+    *busy |= (int)(atomic_load(&x->pin) & 1);
+  }
+  return n;
+}
+
+static int alloc_after_squeeze(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
+                               uint64_t size) {
+  uint64_t target = atomic_fetch_add(&m->squeeze, 1) + 1;
+  struct timespec since, answered;
+  int busy, left, before = -1;
+  clock_gettime(CLOCK_MONOTONIC, &since);
+  answered = since;
+  for (int k = 0; (left = squeeze_pending(m, h, target, &busy)) > 0; k++) {
+    if (left != before) {
+      before = left;
+      clock_gettime(CLOCK_MONOTONIC, &answered);
+    }
+    if (secs_since(&since) * 1e9 >= (double)SQUEEZE_WAIT_NS ||
+        (!busy && secs_since(&answered) * 1e9 >= (double)SQUEEZE_QUIET_NS))
+      break;
+    if (k < 8)
+      sched_yield();
+    else
+      nanosleep(&(struct timespec){0, 20000}, NULL);
+  }
+  return alloc_any(m, h, slot, size);
+}
+
+void fp__shm_squeezed(fp_manager *m, fp__shm_heap *h) {
+  uint64_t s = atomic_load_explicit(&m->squeeze, memory_order_relaxed);
+  fp__shm_give_back(m, h);
+  atomic_store_explicit(&h->squeezed, s, memory_order_release);
+}
+
 int fp__shm_alloc(fp_manager *m, fp__shm_heap *h, uint64_t *slot,
                   uint64_t size) {
   int rc = alloc_any(m, h, slot, size);
+  if (rc == FP_ENOMEM && atomic_load(&m->heap_hw) > 1)
+    rc = alloc_after_squeeze(m, h, slot, size);
   if (rc == FP_ENOMEM)
     fp__shm_refuse(rc,
                    "the manager's arena is full: no room for %llu bytes "

@@ -99,13 +99,10 @@ static int enter(fp_list *l, fp__shm_heap **h) {
   return rc != 0 ? rc : fp__shm_obj_pin(l, FP__SHM_LIST, h);
 }
 
-/* Unpins; the list may be freed from then on, so its manager is read
- * first. */
+/* Ends the call; the list may be freed from then on, so its manager is
+ * read first. */
 static void leave(fp_list *l, fp__shm_heap *h) {
-  fp_manager *m = mgr(l);
-  fp__shm_unpin(h);
-  if (h->nlimbo >= FP__SHM_LIMBO_TRIGGER)
-    fp__shm_collect(m, h, FP__SHM_LIMBO_TRIGGER);
+  fp__shm_call_end(mgr(l), h);
 }
 
 /* Locks the list; FP_EINVAL (nothing locked) when a destroy of the list
