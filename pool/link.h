@@ -161,7 +161,7 @@ typedef struct fp__link_ops {
   /* 0, or how many chunks a worker must hold before the link lets its
    * results wait for the owner to look instead of telling it (the local
    * link's workers do, for about FP__DEFER_NS: local.h). While a worker
-   * holds that many, the pool thread looks every FP__LOOK_MS (pool.c), so
+   * holds that many, the pool thread looks every FP__LOOK_MS (pool_int.h), so
    * that such a result waits no longer when the chunk after it runs long. */
   int lazy_depth;
   /* The largest frame the link carries, 0: any the options allow. A

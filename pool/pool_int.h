@@ -227,8 +227,9 @@ static inline int fp__poke_ms_locked(const fp_pool *pool) {
  * chunks while it is off, or slower than they need, wakes the pool thread
  * to arm it: once per busy spell, not per send. */
 static inline void fp__pool_need_poke_locked(fp_pool *pool) {
-  if (pool->poke_asked || pool->stopping || fp__on_pool_thread(pool))
-    return;
+  if (pool->poke_ms == FP__LOOK_MS || pool->poke_asked || pool->stopping ||
+      fp__on_pool_thread(pool))
+    return; /* the fastest already, or to be armed */
   int ms = fp__poke_ms_locked(pool);
   if (ms == 0 || (pool->poke_ms != 0 && pool->poke_ms <= ms))
     return;

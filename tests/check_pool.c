@@ -739,12 +739,21 @@ static void check_ran_once_and_free(fp_pool *p, int nshort,
  * still run - the idle worker takes back what waits behind them - and
  * none may run twice, neither then nor when the long ones end and their
  * workers reach the frames they no longer own. */
-START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
-  enum { SHORT = 12 };
+enum { SHORT = 12 };
+
+/* The whole scenario: the long calls end through gate (end_long_calls)
+ * with want, and every short call ran once. */
+static void move_calls_and_check(const fp_pool_opts *po,
+                                 const fp_call_opts *long_co, const char *gate,
+                                 int want) {
   fp_result *longs[2], *shorts[SHORT];
-  fp_pool *p = queue_behind_long_tasks(NULL, NULL, longs, SHORT, shorts);
-  end_long_calls(longs, "xx", 0);
+  fp_pool *p = queue_behind_long_tasks(po, long_co, longs, SHORT, shorts);
+  end_long_calls(longs, gate, want);
   check_ran_once_and_free(p, SHORT, shorts);
+}
+
+START_TEST(calls_queued_behind_long_tasks_move_to_an_idle_worker) {
+  move_calls_and_check(NULL, NULL, "xx", 0);
 }
 END_TEST
 
@@ -753,13 +762,9 @@ END_TEST
  * cost no protocol violation ("RETIRE before maxtasksperchild") and no
  * lost call, through many replacements. */
 START_TEST(moved_calls_count_towards_maxtasksperchild_on_both_sides) {
-  enum { SHORT = 12 };
-  fp_result *longs[2], *shorts[SHORT];
   fp_pool_opts po = {0};
   po.maxtasksperchild = 40;
-  fp_pool *p = queue_behind_long_tasks(&po, NULL, longs, SHORT, shorts);
-  end_long_calls(longs, "xx", 0);
-  check_ran_once_and_free(p, SHORT, shorts);
+  move_calls_and_check(&po, NULL, "xx", 0);
 }
 END_TEST
 
@@ -767,13 +772,9 @@ END_TEST
  * FP_ETIMEDOUT as any call over its limit, their workers are replaced,
  * and the calls moved off them ran once. */
 START_TEST(moved_calls_run_once_when_the_long_ones_time_out) {
-  enum { SHORT = 12 };
-  fp_result *longs[2], *shorts[SHORT];
   fp_call_opts co = {0};
   co.timeout = 6; /* past the moves, even when valgrind runs the master */
-  fp_pool *p = queue_behind_long_tasks(NULL, &co, longs, SHORT, shorts);
-  end_long_calls(longs, NULL, FP_ETIMEDOUT);
-  check_ran_once_and_free(p, SHORT, shorts);
+  move_calls_and_check(NULL, &co, NULL, FP_ETIMEDOUT);
 }
 END_TEST
 
@@ -781,7 +782,6 @@ END_TEST
  * of reaching them: the long calls fail with FP_EWORKER, the moved ones
  * have run once and only once, and the pool still serves. */
 START_TEST(moved_calls_run_once_when_the_workers_they_left_die) {
-  enum { SHORT = 12 };
   fp_result *longs[2], *shorts[SHORT];
   fp_pool *p = queue_behind_long_tasks(NULL, NULL, longs, SHORT, shorts);
   end_long_calls(longs, "kk", FP_EWORKER);
