@@ -10,7 +10,7 @@
  *
  * Implementations:
  *   local/   fork server + socket + task and result rings in shared
- *            memory (link_local.c)
+ *            memory (link_local.c; llink.h lists its files)
  *   mpi/     worker slots on other MPI ranks, each rank running a local
  *            link (libforkpool_mpi, found at run time: transport.h)
  *

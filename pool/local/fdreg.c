@@ -3,7 +3,7 @@
  * library descriptors off the standard streams.
  *
  * (The pool/local/ folder is the local link of link.h: the master's side
- * in link_local.c, the fork server, the worker loop, the result rings and
+ * in link_local.c and the files of llink.h, the fork server, the worker loop, the result rings and
  * this registry; local.h is what those processes share.)
  *
  * The registry lists the master ends of every pool's control socket and
@@ -155,4 +155,25 @@ int fp__fd_above_stdio(int fd) {
     return -errno;
   close(fd);
   return nfd;
+}
+
+/* A pair of descriptors just made under the registry's lock (rc: how
+ * making them went): both moved above stdio and registered, so that a
+ * fork server another thread forks meanwhile closes them. Returns 0, or
+ * -errno with both closed. */
+int fp__fdreg_add_pair_locked(int fds[2], int rc) {
+  for (int k = 0; rc == 0 && k < 2; k++) {
+    int fd = fp__fd_above_stdio(fds[k]);
+    if (fd < 0) { /* fds[k] is still open then */
+      rc = fd;
+      close(fds[0]);
+      close(fds[1]);
+    }
+    fds[k] = fd;
+  }
+  if (rc == 0) {
+    fp__fdreg_add_locked(fds[0]);
+    fp__fdreg_add_locked(fds[1]);
+  }
+  return rc;
 }

@@ -2,7 +2,7 @@
 /* forkserver.c - the fork server (zygote) that forks every worker of the
  * local link.
  *
- * link_local.c forks this process before the pool thread exists. It is
+ * fsclient.c forks this process before the pool thread exists. It is
  * single-threaded and idle between requests, so a worker it forks never
  * inherits a lock held by some other thread of the user's program (the
  * fork-with-threads hazard). It talks to the master over one SOCK_SEQPACKET
@@ -255,7 +255,7 @@ static void fs_start(fserver *fs) {
     if (sigismember(&fs->shielded, group_sigs[i]) == 1)
       sigaddset(&held, group_sigs[i]);
   sigaddset(&held, SIGCHLD);
-  /* Until here every signal was blocked (fork_server() in link_local.c):
+  /* Until here every signal was blocked (fp__fs_fork() in fsclient.c):
    * what arrived meanwhile is delivered now, with our dispositions. */
   sigprocmask(SIG_SETMASK, &held, NULL);
   sigdelset(&fs->mask, SIGCHLD);

@@ -381,6 +381,11 @@ void fp__fdreg_close(int fd);
  * been reused for a descriptor of the task's own. Returns 1 if closed. */
 int fp__fdreg_close_if_registered(int fd);
 int fp__fdreg_close_all(int keep);
+/* A pair of descriptors just made under fp__fdreg_lock() (rc: how making
+ * them went, 0 or -errno): both moved above stdio (fp__fd_above_stdio)
+ * and registered, so that a fork server another thread forks meanwhile
+ * closes them. Returns 0, or -errno with both closed. */
+int fp__fdreg_add_pair_locked(int fds[2], int rc);
 
 /* ---- shared mappings (mapreg.c) -------------------------------------------
  *
