@@ -185,7 +185,7 @@ static void worker_gone(llink *l, int slot, int status) {
 }
 
 /* SPAWNED: the worker's socket came with the message (fd, registered and
- * above stdio by fs_recv; or -errno when it could not be received). */
+ * above stdio by fp__fs_recv; or -errno when it could not be received). */
 static void worker_spawned(llink *l, int slot, pid_t pid, int fd) {
   lslot *s = &l->slots[slot];
   conn *c = NULL;

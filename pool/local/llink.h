@@ -80,13 +80,13 @@ struct llink {
   uv_check_t chk;            /* after each poll: drain the rings */
   uv_idle_t spin;            /* keeps the poll from blocking while rings fill */
   uv_async_t flush;          /* a user thread left bytes to send */
-  uv_timer_t watch;          /* runs while an EXITED is due (fs_watch) */
+  uv_timer_t watch;          /* runs while an EXITED is due (fp__fs_watch) */
   int watching;              /* watch runs */
   int watch_wanted;          /* an EXITED became due: on_flush starts watch */
   int counted;               /* the pool thread is in the CPU budget */
   _Atomic int64_t last_work; /* fp__now_ns() of the last send or result */
   int copy_pipe[2];          /* safe_copy's fallback, made on first use */
-  /* Control messages the socket had no room for, in order (fs_send). */
+  /* Control messages the socket had no room for, in order (fp__fs_send). */
   fp__fs_msg *ctl_q;
   size_t ctl_len, ctl_cap;
 };
