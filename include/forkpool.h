@@ -1159,7 +1159,10 @@ FP_EXTERN int fp_task_fail(const char *fmt, ...) FP_PRINTF(1, 2);
  * no slot.
  * A process killed in the middle of any call leaves every structure valid:
  * the interrupted call took effect entirely or not at all, and the next
- * process to touch the structure repairs it (see docs/manager.md).
+ * process to touch the structure repairs it (see docs/manager.md). Two
+ * calls are made of several such steps and may stop between them:
+ * fp_list_extend (a prefix of its values is appended) and fp_dict_clear
+ * (some stripes are cleared, the others untouched).
  *
  * Handles are checked: NULL or a freed object gives FP_EINVAL, an object of
  * another type FP_ETYPE. Values stored in dicts and lists are single codec
@@ -1299,7 +1302,10 @@ FP_EXTERN int fp_dict_contains(fp_dict *d, const void *key, size_t klen);
 FP_EXTERN int64_t fp_dict_len(fp_dict *d);
 
 /* Removes every key. Each stripe is cleared atomically; keys inserted
- * concurrently into an already-cleared stripe survive. */
+ * concurrently into an already-cleared stripe survive. A process killed
+ * in the middle leaves some stripes cleared and the others as they were
+ * (each stripe all or nothing, the dict valid); call it again to finish.
+ * Returns 0 or an error. */
 FP_EXTERN int fp_dict_clear(fp_dict *d);
 
 /* Atomic d[key] += delta on an INT value; a missing key starts at 0. Stores
