@@ -98,10 +98,8 @@ static int clean_task(fp_reader *args, fp_writer *out) {
   return fp_write_strn(out, buf, clean_line(s, n, buf));
 }
 
-/* Appends one line to the corpus. */
-static void corpus_add(corpus *c, const char *s, size_t n) {
-  if (n > MAX_LINE)
-    n = MAX_LINE;
+/* Makes room for one more line of n bytes (and its NUL). */
+static void corpus_reserve(corpus *c, size_t n) {
   if (c->n == c->cap) {
     c->cap = c->cap ? 2 * c->cap : 4096;
     c->start = realloc(c->start, sizeof(size_t) * c->cap);
@@ -117,11 +115,32 @@ static void corpus_add(corpus *c, const char *s, size_t n) {
     fprintf(stderr, "textclean: out of memory\n");
     exit(2);
   }
+}
+
+/* Appends n bytes at s as the next line; room was reserved. */
+static void corpus_put(corpus *c, const char *s, size_t n) {
   memcpy(c->text + c->tlen, s, n);
   c->text[c->tlen + n] = '\0';
   c->start[c->n] = c->tlen;
   c->len[c->n++] = n;
   c->tlen += n + 1;
+}
+
+/* Appends one line to the corpus. */
+static void corpus_add(corpus *c, const char *s, size_t n) {
+  if (n > MAX_LINE)
+    n = MAX_LINE;
+  corpus_reserve(c, n);
+  corpus_put(c, s, n);
+}
+
+/* Appends a copy of line i. Its bytes are read after the text grew: the
+ * growth may move them (reading them through a pointer taken before
+ * would read freed memory). */
+static void corpus_repeat(corpus *c, size_t i) {
+  size_t n = c->len[i];
+  corpus_reserve(c, n);
+  corpus_put(c, c->text + c->start[i], n);
 }
 
 /* Adds the lines of one file; returns the number added. */
@@ -265,7 +284,7 @@ int main(int argc, char **argv) {
     base = c.n;
   }
   while (c.n < target) /* repeat the base text up to the target size */
-    corpus_add(&c, c.text + c.start[c.n % base], c.len[c.n % base]);
+    corpus_repeat(&c, c.n % base);
   demo_set_work(&o, (double)c.n, 0); /* lines cleaned */
   demo_say(&o,
            "textclean: %zu lines (%.1f MB) from %s, %zu lines repeated; "
