@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "benchutil.h"
 #include "kernels.h"
@@ -186,38 +187,52 @@ static void bench_memcpy(void) {
 
 /* Shared state of the two-process tests, in a MAP_SHARED page. */
 typedef struct shared_t {
-  atomic_int ready;
-  atomic_int go;
   atomic_llong counter;
   pthread_mutex_t mu;
   long long value;
 } shared_t;
 
 /* Runs op(sh, iters) in two child processes started together; returns the
- * total operations per second. */
+ * total operations per second. Started as fpbench's run_procs() starts
+ * the forkpool side of these rows: each child says it is ready on a pipe
+ * and sleeps in a read of another until the parent closes it. Children
+ * spinning for the start while the parent spun waiting for them (three
+ * busy threads on two CPUs) could begin on one CPU and stay there, where
+ * a shared counter never moves between caches: a baseline no pair of
+ * processes on two CPUs reaches. */
 static double two_procs(shared_t *sh, void (*op)(shared_t *, long), long it) {
   pid_t p[2];
-  atomic_store(&sh->ready, 0);
-  atomic_store(&sh->go, 0);
+  int ready[2], go[2];
+  char c;
+  if (pipe(ready) != 0 || pipe(go) != 0)
+    die("pipe: %s", strerror(errno));
   for (int i = 0; i < 2; i++) {
     p[i] = fork();
     if (p[i] < 0)
       die("fork: %s", strerror(errno));
     if (p[i] == 0) {
-      atomic_fetch_add(&sh->ready, 1);
-      while (!atomic_load(&sh->go))
-        ;
+      close(go[1]);
+      if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 0)
+        _exit(1);
       op(sh, it);
       _exit(0);
     }
   }
-  while (atomic_load(&sh->ready) < 2)
-    ;
-  double t0 = now_s();
-  atomic_store(&sh->go, 1);
+  close(go[0]);
   for (int i = 0; i < 2; i++)
-    waitpid(p[i], NULL, 0);
-  return 2.0 * (double)it / (now_s() - t0);
+    if (read(ready[0], &c, 1) != 1)
+      die("a two-process test child did not start");
+  double t0 = now_s();
+  close(go[1]); /* EOF: go */
+  for (int i = 0; i < 2; i++) {
+    int st;
+    if (waitpid(p[i], &st, 0) != p[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+      die("a two-process test child failed");
+  }
+  double dt = now_s() - t0;
+  close(ready[0]);
+  close(ready[1]);
+  return 2.0 * (double)it / dt;
 }
 
 static void op_atomic(shared_t *sh, long it) {
