@@ -11,7 +11,7 @@ ran on, the times, the speedup and a correctness check; exits 1 if the
 check fails.
 
 Default sizes are the seed's divided by 10 so the demo takes seconds, not
-minutes (the C demo runs 5 times the seed's: compare them per iteration);
+minutes (the C demo runs 3 times the seed's: compare them per iteration);
 --full runs the seed's sizes. --workers N sets the pool size. Each side
 runs --repeat times (3 by default); the medians are reported. Ends with the
 RESULT line of demo_common.py.

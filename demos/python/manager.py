@@ -21,8 +21,8 @@ Lock with pool workers. Phases, one task per worker:
      phase 5 is where shared memory scales.
 
 Every access is a round trip to the manager's server process (~30k ops/s),
-so the default sizes are 100x smaller than the C demo's; --full uses 10x
-smaller ones.
+so the default sizes are 100x smaller than the C demo's, and so are
+--full's (10x the default here, as in C).
 
 Usage: manager.py [--workers N] [--full] [--quiet] [--repeat N]
 Phases 4 and 5 run --repeat times (3 by default); the medians are reported.
