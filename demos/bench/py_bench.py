@@ -11,7 +11,8 @@ Usage: /usr/bin/python3 py_bench.py GROUP   (one run of one group; run.sh
 repeats and interleaves runs, report.py takes medians). BENCH_QUICK=1 picks
 the smoke-test sizes. The item counts below MUST match fpbench.c's
 (sizes()); both sides build their input before the clock starts, except
-map, which passes range() to Pool.map as a Python user would.
+map, imap and the chunk-size rows, which pass range() to the pool as a
+Python user would.
 
 Every timed section runs on a pool that is already started and warmed up
 by a small job, as the C side does.
@@ -177,32 +178,64 @@ def g_chunks(n):
             emit(f"chunk.{cs}", "python", dt / items * 1e9, "ns/item")
 
 
+# The two-process rows: each target prepares its work (keys built, as the
+# C side builds them before its clock) and returns it as a callable; the
+# clock starts once both processes are ready, as in fpbench's run_procs,
+# so neither side times process start-up.
 def _dict_worker(d, base, k):
-    for i in range(k):
-        d[f"{base}{i}"] = i
+    keys = [f"{base}{i}" for i in range(k)]
+
+    def work():
+        for i, key in enumerate(keys):
+            d[key] = i
+    return work
 
 
 def _mgr_incr(v, lock, k):
-    for _ in range(k):
-        with lock:
-            v.value += 1
+    def work():
+        for _ in range(k):
+            with lock:
+                v.value += 1
+    return work
 
 
 def _shm_incr(v, k):
-    for _ in range(k):
-        with v.get_lock():
-            v.value += 1
+    def work():
+        for _ in range(k):
+            with v.get_lock():
+                v.value += 1
+    return work
+
+
+def _child(target, args, ready_w, go_r, go_w):
+    os.close(go_w)  # or the read below would never see EOF
+    work = target(*args)
+    os.write(ready_w, b"r")
+    os.read(go_r, 1)  # EOF: go
+    work()
 
 
 def _two(target, args_a, args_b):
     ctx = mp.get_context("fork")
-    ps = [ctx.Process(target=target, args=a) for a in (args_a, args_b)]
-    t0 = time.perf_counter()
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    ps = [ctx.Process(target=_child, args=(target, a, ready_w, go_r, go_w))
+          for a in (args_a, args_b)]
     for p in ps:
         p.start()
+    for _ in ps:
+        if os.read(ready_r, 1) != b"r":
+            raise SystemExit("a two-process child did not start")
+    t0 = time.perf_counter()
+    os.close(go_w)
     for p in ps:
         p.join()
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    for fd in (ready_r, ready_w, go_r):
+        os.close(fd)
+    if any(p.exitcode != 0 for p in ps):
+        raise SystemExit("a two-process child failed")
+    return dt
 
 
 def g_manager(n):
