@@ -49,6 +49,13 @@ def sort_partition(part):
     return [bogosort(a, seed) for a, seed in part]
 
 
+def warm(n_jobs):
+    """Starts joblib's n_jobs workers (loky keeps them between calls), so
+    that the timed runs do not include their start-up: the C demo times
+    its pool after starting it too."""
+    Parallel(n_jobs=n_jobs)(delayed(int)(0) for _ in range(n_jobs))
+
+
 def run(jobs, n_jobs, verbose):
     parts = np.array_split(np.arange(len(jobs)), n_jobs)
     out = Parallel(n_jobs=n_jobs, verbose=verbose)(
@@ -84,6 +91,7 @@ def main():
     say(f"  parallel, {opt.workers} partitions (np.array_split):")
     ok = True
     par_t = []
+    warm(opt.workers)
     for rep in range(opt.repeat):  # joblib's verbose lines on the first
         t, par_out = dc.timed(run, jobs, opt.workers, 10 if rep == 0 else 0)
         par_t.append(t)
@@ -98,6 +106,7 @@ def main():
                 tw = par
             else:
                 times = []
+                warm(w)
                 for _ in range(opt.table_repeat):
                     t, out = dc.timed(run, jobs, w, 0)
                     times.append(t)
