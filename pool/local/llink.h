@@ -27,6 +27,7 @@
 
 typedef struct llink llink;
 
+/* A worker's stream socket as the loop watches it, with its buffers. */
 typedef struct conn {
   uv_poll_t poll; /* must stay first: handle -> conn */
   llink *l;
@@ -45,6 +46,8 @@ typedef struct conn {
   size_t part_len, part_cap;
 } conn;
 
+/* What the master knows of one worker slot (never read back from the
+ * shared mapping). */
 typedef struct lslot {
   conn *c;           /* current worker's socket, NULL when none */
   pid_t pid;         /* current worker, 0 when none */
@@ -60,6 +63,7 @@ typedef struct lslot {
                           its socket closed); 0: none expected */
 } lslot;
 
+/* The local link: the scheduler's fp__link, and everything behind it. */
 struct llink {
   fp__link base;
   fp__link_events ev;
